@@ -1,0 +1,18 @@
+//! Compiles proto/threatmesh/v1 with the pure-Rust `protox` compiler, so a
+//! fresh machine needs no system `protoc`.
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let protos = [
+        "proto/threatmesh/v1/envelope.proto",
+        "proto/threatmesh/v1/exchange.proto",
+        "proto/threatmesh/v1/admin.proto",
+    ];
+    for p in &protos {
+        println!("cargo:rerun-if-changed={p}");
+    }
+    let fds = protox::compile(protos, ["proto"])?;
+    tonic_prost_build::configure()
+        .type_attribute(".", "#[allow(clippy::all)]")
+        .compile_fds(fds)?;
+    Ok(())
+}

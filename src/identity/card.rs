@@ -1,0 +1,201 @@
+//! Org cards: an organisation's id, CA bundle, signing keys and endpoints,
+//! self-signed with its signing key and exchanged out of band. On disk a card
+//! is a DSSE JSON envelope (`payloadType`, base64 `payload`, `signatures`).
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as B64;
+use prost::Message;
+use ring::signature;
+use serde::{Deserialize, Serialize};
+
+use super::{IdentityError, fingerprint, parse_ca_bundle};
+use crate::model::OrgId;
+use crate::proto::v1::{Envelope, OrgCard, Signature, SigningKey};
+use crate::signing::{CARD_PAYLOAD_TYPE, KnownKey, MAX_PAYLOAD_LEN, OrgSigningKey, key_id, pae};
+
+/// The DSSE JSON envelope format of a card file.
+#[derive(Debug, Serialize, Deserialize)]
+struct DsseJson {
+    #[serde(rename = "payloadType")]
+    payload_type: String,
+    payload: String,
+    signatures: Vec<DsseSig>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct DsseSig {
+    keyid: String,
+    sig: String,
+}
+
+/// What goes into a new card, besides keys.
+#[derive(Debug, Clone)]
+pub struct CardInfo {
+    /// The org.
+    pub org: OrgId,
+    /// Human name shown to partners' admins.
+    pub display_name: String,
+    /// ISO 3166-1 alpha-2, may be empty.
+    pub country: String,
+    /// Sector (law-enforcement, cert, isp, vendor...), may be empty.
+    pub sector: String,
+    /// The org's CA bundle, PEM.
+    pub ca_bundle_pem: String,
+    /// `host:port` endpoints of the org's node(s).
+    pub endpoints: Vec<String>,
+}
+
+/// Builds and self-signs a card. The version is the issue time in
+/// milliseconds, so a newer card always has a higher version.
+pub fn seal_card(info: &CardInfo, key: &OrgSigningKey, now_ms: i64) -> Envelope {
+    let card = OrgCard {
+        org_id: info.org.to_string(),
+        display_name: info.display_name.clone(),
+        country: info.country.clone(),
+        sector: info.sector.clone(),
+        ca_bundle_pem: info.ca_bundle_pem.clone(),
+        signing_keys: vec![SigningKey {
+            key_id: key.key_id().to_string(),
+            public_key: key.public_key().to_vec(),
+            not_before_unix_ms: 0,
+            not_after_unix_ms: 0,
+        }],
+        endpoints: info.endpoints.clone(),
+        version: now_ms as u64,
+        issued_unix_ms: now_ms,
+    };
+    key.seal(CARD_PAYLOAD_TYPE, card.encode_to_vec())
+}
+
+/// A card whose self-signature and fields have been checked.
+#[derive(Debug, Clone)]
+pub struct VerifiedCard {
+    /// The decoded card.
+    pub card: OrgCard,
+    /// Its org id, validated.
+    pub org: OrgId,
+    /// Its signing keys, ready for the key directory.
+    pub keys: Vec<KnownKey>,
+    /// SHA-256 fingerprints of the CA certificates, for out-of-band checks.
+    pub ca_fingerprints: Vec<String>,
+}
+
+/// Checks a card envelope: type, size, that the signature is by one of the
+/// card's own keys, each key id derived from its key, and the CA bundle.
+///
+/// A self-signed card must be decoded to find its key; the bytes are
+/// size-limited first and every field is checked before anything is used.
+pub fn open_card(env: &Envelope) -> Result<VerifiedCard, IdentityError> {
+    let bad = |why: String| IdentityError::Card(why);
+    if env.payload_type != CARD_PAYLOAD_TYPE {
+        return Err(bad(format!(
+            "payload type '{}' is not an org card",
+            env.payload_type
+        )));
+    }
+    if env.payload.len() > MAX_PAYLOAD_LEN {
+        return Err(bad("card is larger than 64 KiB".into()));
+    }
+    let [sig] = env.signatures.as_slice() else {
+        return Err(bad(format!(
+            "card has {} signatures; exactly one is required",
+            env.signatures.len()
+        )));
+    };
+    let card = OrgCard::decode(env.payload.as_slice())
+        .map_err(|e| bad(format!("card does not decode: {e}")))?;
+    let org = OrgId::parse(&card.org_id).map_err(|e| bad(format!("org_id: {e}")))?;
+    let mut keys = Vec::new();
+    for (i, k) in card.signing_keys.iter().enumerate() {
+        if k.public_key.len() != 32 || key_id(&k.public_key) != k.key_id {
+            return Err(bad(format!(
+                "signing_keys[{i}]: key id does not match a 32-byte Ed25519 key"
+            )));
+        }
+        keys.push(KnownKey {
+            key_id: k.key_id.clone(),
+            org: org.clone(),
+            public_key: k.public_key.clone(),
+            not_before_ms: k.not_before_unix_ms,
+            not_after_ms: k.not_after_unix_ms,
+        });
+    }
+    let signer = keys
+        .iter()
+        .find(|k| k.key_id == sig.key_id)
+        .ok_or_else(|| bad(format!("card is signed by key {} which it does not carry", sig.key_id)))?;
+    signature::UnparsedPublicKey::new(&signature::ED25519, &signer.public_key)
+        .verify(&pae(&env.payload_type, &env.payload), &sig.sig)
+        .map_err(|_| bad(format!("self-signature of {org}'s card does not verify")))?;
+    if card.display_name.trim().is_empty() || card.display_name.chars().count() > 128 {
+        return Err(bad("display_name must be 1-128 characters".into()));
+    }
+    for (i, e) in card.endpoints.iter().enumerate() {
+        check_endpoint(e).map_err(|why| bad(format!("endpoints[{i}]: {why}")))?;
+    }
+    let cas = parse_ca_bundle(&card.ca_bundle_pem)?;
+    Ok(VerifiedCard {
+        ca_fingerprints: cas.iter().map(|c| fingerprint(c)).collect(),
+        card,
+        org,
+        keys,
+    })
+}
+
+/// Checks a `host:port` endpoint.
+pub fn check_endpoint(e: &str) -> Result<(), String> {
+    let (host, port) = e
+        .rsplit_once(':')
+        .ok_or_else(|| format!("'{e}' is not host:port"))?;
+    if host.is_empty() || host.contains('/') || host.chars().any(char::is_whitespace) {
+        return Err(format!("'{e}' has no valid host"));
+    }
+    port.parse::<u16>()
+        .ok()
+        .filter(|p| *p != 0)
+        .ok_or_else(|| format!("'{e}' has no valid port (1-65535)"))?;
+    Ok(())
+}
+
+/// Writes an envelope as DSSE JSON.
+pub fn envelope_to_json(env: &Envelope) -> String {
+    let j = DsseJson {
+        payload_type: env.payload_type.clone(),
+        payload: B64.encode(&env.payload),
+        signatures: env
+            .signatures
+            .iter()
+            .map(|s| DsseSig {
+                keyid: s.key_id.clone(),
+                sig: B64.encode(&s.sig),
+            })
+            .collect(),
+    };
+    let mut s = serde_json::to_string_pretty(&j).unwrap_or_default();
+    s.push('\n');
+    s
+}
+
+/// Reads a DSSE JSON envelope.
+pub fn envelope_from_json(text: &str) -> Result<Envelope, IdentityError> {
+    let j: DsseJson = serde_json::from_str(text)
+        .map_err(|e| IdentityError::Card(format!("not a DSSE JSON envelope: {e}")))?;
+    let payload = B64
+        .decode(j.payload.as_bytes())
+        .map_err(|e| IdentityError::Card(format!("payload is not base64: {e}")))?;
+    let mut signatures = Vec::new();
+    for (i, s) in j.signatures.into_iter().enumerate() {
+        let sig = B64
+            .decode(s.sig.as_bytes())
+            .map_err(|e| IdentityError::Card(format!("signatures[{i}].sig is not base64: {e}")))?;
+        signatures.push(Signature {
+            key_id: s.keyid,
+            sig,
+        });
+    }
+    Ok(Envelope {
+        payload_type: j.payload_type,
+        payload,
+        signatures,
+    })
+}

@@ -1,0 +1,194 @@
+//! Identities without a central authority: each org's own CA and the
+//! certificates it issues (SPIFFE ids, path = role), the per-org trust store,
+//! rustls configurations and verifiers, and org cards.
+
+mod card;
+mod pki;
+mod spiffe;
+mod tls;
+mod trust;
+
+pub use card::{
+    CardInfo, VerifiedCard, check_endpoint, envelope_from_json, envelope_to_json, open_card,
+    seal_card,
+};
+pub use pki::{IssuedCert, generate_ca, issue};
+pub use spiffe::{Role, SpiffeId};
+pub use tls::{
+    CertifiedKey, SharedTrust, client_config, install_default_provider, provider, server_config,
+};
+pub use trust::{TrustStore, Usage, fingerprint, parse_ca_bundle};
+
+/// Identity and certificate errors. Messages name the id, org or file.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum IdentityError {
+    /// A URI that is not a ThreatMesh SPIFFE id.
+    #[error("'{uri}' is not a valid ThreatMesh SPIFFE id: {reason}")]
+    BadSpiffeId {
+        /// The URI.
+        uri: String,
+        /// Why.
+        reason: String,
+    },
+    /// Certificate without a URI SAN.
+    #[error("certificate has no URI SAN with a SPIFFE id")]
+    NoSpiffeId,
+    /// Certificate with several URI SANs (ambiguous identity).
+    #[error("certificate has {0} URI SANs; exactly one SPIFFE id is allowed")]
+    SeveralUris(usize),
+    /// The certificate could not be parsed.
+    #[error("certificate does not parse: {0}")]
+    CertParse(String),
+    /// The certificate names an org whose CA we do not hold.
+    #[error("certificate claims {0}, but that org is not a registered partner")]
+    UnknownOrg(SpiffeId),
+    /// The chain does not lead to the named org's own CA.
+    #[error("certificate claims {id} but does not chain to {}'s CA bundle: {reason}", id.org)]
+    Chain {
+        /// The id the certificate claims.
+        id: SpiffeId,
+        /// The path-building failure.
+        reason: String,
+    },
+    /// The dialled node presented another identity.
+    #[error("expected to reach {expected} but the server is {got}")]
+    UnexpectedPeer {
+        /// Whom we dialled.
+        expected: SpiffeId,
+        /// Whom we reached.
+        got: SpiffeId,
+    },
+    /// A certificate with the wrong role for its use.
+    #[error("certificate {id} cannot be used here: a {expected} certificate is required")]
+    WrongRole {
+        /// The id found.
+        id: SpiffeId,
+        /// The role required.
+        expected: &'static str,
+    },
+    /// A bad CA bundle.
+    #[error("CA bundle: {0}")]
+    CaBundle(String),
+    /// A bad or unverifiable org card.
+    #[error("org card: {0}")]
+    Card(String),
+    /// Certificate generation failed.
+    #[error("certificate generation: {0}")]
+    Pki(String),
+    /// A rustls configuration error.
+    #[error("TLS configuration: {0}")]
+    Tls(String),
+    /// A certificate or key file could not be read.
+    #[error("{path}: {reason}")]
+    File {
+        /// The file.
+        path: String,
+        /// Why.
+        reason: String,
+    },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::OrgId;
+    use rustls_pki_types::UnixTime;
+
+    fn org(s: &str) -> OrgId {
+        OrgId::parse(s).unwrap()
+    }
+
+    fn der(pem: &str) -> rustls_pki_types::CertificateDer<'static> {
+        CertifiedKey::from_pem(pem, &generate_ca(&org("z.example"), 1).unwrap().key_pem)
+            .unwrap()
+            .chain
+            .remove(0)
+    }
+
+    #[test]
+    fn cert_valid_only_for_its_own_orgs_ca() {
+        let algs = provider().signature_verification_algorithms.all;
+        let a = org("a.example");
+        let y = org("y.example");
+        let a_ca = generate_ca(&a, 30).unwrap();
+        let y_ca = generate_ca(&y, 30).unwrap();
+        let mut trust = TrustStore::new(a.clone(), &a_ca.cert_pem).unwrap();
+        trust.set_partner(y.clone(), &y_ca.cert_pem).unwrap();
+        let now = UnixTime::now();
+
+        let good = issue(&a_ca.cert_pem, &a_ca.key_pem, &SpiffeId::node(&a), 30).unwrap();
+        let id = trust
+            .verify(&der(&good.cert_pem), &[], now, Usage::Client, algs)
+            .unwrap();
+        assert_eq!(id, SpiffeId::node(&a));
+        assert!(trust
+            .verify(&der(&good.cert_pem), &[], now, Usage::Server, algs)
+            .is_ok());
+
+        // Y's CA issues a certificate claiming to be A's node.
+        let forged = issue(&y_ca.cert_pem, &y_ca.key_pem, &SpiffeId::node(&a), 30).unwrap();
+        let err = trust
+            .verify(&der(&forged.cert_pem), &[], now, Usage::Client, algs)
+            .unwrap_err();
+        assert!(matches!(err, IdentityError::Chain { .. }), "{err}");
+
+        // A publisher certificate cannot act as a server.
+        let publ = issue(
+            &a_ca.cert_pem,
+            &a_ca.key_pem,
+            &SpiffeId::publisher(&a, "feed").unwrap(),
+            30,
+        )
+        .unwrap();
+        assert!(trust
+            .verify(&der(&publ.cert_pem), &[], now, Usage::Server, algs)
+            .is_err());
+
+        // Unknown org.
+        let q = org("q.example");
+        let q_ca = generate_ca(&q, 30).unwrap();
+        let q_node = issue(&q_ca.cert_pem, &q_ca.key_pem, &SpiffeId::node(&q), 30).unwrap();
+        assert!(matches!(
+            trust.verify(&der(&q_node.cert_pem), &[], now, Usage::Client, algs),
+            Err(IdentityError::UnknownOrg(_))
+        ));
+        // Our own org cannot be overwritten by a partner registration.
+        assert!(trust.set_partner(a.clone(), &y_ca.cert_pem).is_err());
+        // A leaf certificate is not a CA bundle.
+        assert!(parse_ca_bundle(&good.cert_pem).is_err());
+    }
+
+    #[test]
+    fn cards_verify_and_detect_tampering() {
+        let a = org("a.example");
+        let ca = generate_ca(&a, 30).unwrap();
+        let (key, _) = crate::signing::OrgSigningKey::generate().unwrap();
+        let info = CardInfo {
+            org: a.clone(),
+            display_name: "Agency A".into(),
+            country: "DE".into(),
+            sector: "law-enforcement".into(),
+            ca_bundle_pem: ca.cert_pem.clone(),
+            endpoints: vec!["node.a.example:7443".into()],
+        };
+        let env = seal_card(&info, &key, 1_000);
+        let json = envelope_to_json(&env);
+        let back = envelope_from_json(&json).unwrap();
+        assert_eq!(back, env);
+        let v = open_card(&back).unwrap();
+        assert_eq!(v.org, a);
+        assert_eq!(v.keys[0].key_id, key.key_id());
+
+        let mut bad = env.clone();
+        let n = bad.payload.len() - 1;
+        bad.payload[n] ^= 1;
+        assert!(open_card(&bad).is_err());
+        let (other, _) = crate::signing::OrgSigningKey::generate().unwrap();
+        let resigned = seal_card(&info, &other, 1_000);
+        // Signed by its own (different) key: valid, but carries the other key.
+        assert_eq!(open_card(&resigned).unwrap().keys[0].key_id, other.key_id());
+        let mut mixed = env.clone();
+        mixed.signatures = resigned.signatures.clone();
+        assert!(open_card(&mixed).is_err());
+    }
+}

@@ -1,0 +1,20 @@
+//! The domain model: organisation ids, indicator validation and
+//! normalisation, TLP labels. Pure: no I/O, no clock (callers pass `now`).
+
+mod indicator;
+mod org;
+
+pub use indicator::{
+    KIND_NAMES, MAX_CLOCK_SKEW_MS, TLP_NAMES, ValidationError, is_iso3166_alpha2, kind_name,
+    normalise_value, parse_kind, parse_tlp, prepare_draft, tlp_name, validate_indicator,
+    validate_marking,
+};
+pub use org::{OrgId, OrgIdError};
+
+/// Milliseconds since the Unix epoch, for callers at the I/O edge.
+pub fn now_unix_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
