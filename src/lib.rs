@@ -1,7 +1,36 @@
 //! ThreatMesh: a federated exchange for signed cyber-threat indicators.
+//!
+//! Every organisation runs its own node. Nodes talk gRPC over mutual TLS,
+//! publish and subscribe to signed indicators, and apply a sharing decision
+//! at every exit. A tour of the modules, from the pure core outwards:
+//!
+//! - [`model`]: org ids, indicator validation and normalisation, TLP labels (pure).
+//! - [`signing`]: DSSE envelopes, Ed25519 keys, verify-before-decode (pure).
+//! - [`policy`]: the egress and ingress decisions (pure).
+//! - [`identity`]: each org's CA, SPIFFE ids, the per-org trust store, TLS
+//!   configs and verifiers, org cards.
+//! - [`config`]: settings, defaults < file < environment.
+//! - [`store`]: the durable log, partners, keys, cursors, rejections (SQLite).
+//! - [`net`]: mutual-TLS accept loop and client channels for tonic.
+//! - [`rpc`]: caller authorisation and the one error-to-status mapping.
+//! - [`exchange`]: Publish / Subscribe / GetCard and the egress gate.
+//! - [`admin`]: the Admin service (own-org admins).
+//! - [`federation`]: outbound partner links: verify, store, cursor.
+//! - [`node`]: assembles one node and runs it.
+//! - [`cli`]: the `threatmesh` commands, including `demo`.
 #![forbid(unsafe_code)]
 
+pub mod admin;
+pub mod cli;
+pub mod config;
+pub mod exchange;
+pub mod federation;
 pub mod identity;
 pub mod model;
+pub mod net;
+pub mod node;
+pub mod policy;
 pub mod proto;
+pub mod rpc;
 pub mod signing;
+pub mod store;

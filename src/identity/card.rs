@@ -123,7 +123,12 @@ pub fn open_card(env: &Envelope) -> Result<VerifiedCard, IdentityError> {
     let signer = keys
         .iter()
         .find(|k| k.key_id == sig.key_id)
-        .ok_or_else(|| bad(format!("card is signed by key {} which it does not carry", sig.key_id)))?;
+        .ok_or_else(|| {
+            bad(format!(
+                "card is signed by key {} which it does not carry",
+                sig.key_id
+            ))
+        })?;
     signature::UnparsedPublicKey::new(&signature::ED25519, &signer.public_key)
         .verify(&pae(&env.payload_type, &env.payload), &sig.sig)
         .map_err(|_| bad(format!("self-signature of {org}'s card does not verify")))?;

@@ -121,9 +121,11 @@ mod tests {
             .verify(&der(&good.cert_pem), &[], now, Usage::Client, algs)
             .unwrap();
         assert_eq!(id, SpiffeId::node(&a));
-        assert!(trust
-            .verify(&der(&good.cert_pem), &[], now, Usage::Server, algs)
-            .is_ok());
+        assert!(
+            trust
+                .verify(&der(&good.cert_pem), &[], now, Usage::Server, algs)
+                .is_ok()
+        );
 
         // Y's CA issues a certificate claiming to be A's node.
         let forged = issue(&y_ca.cert_pem, &y_ca.key_pem, &SpiffeId::node(&a), 30).unwrap();
@@ -140,9 +142,11 @@ mod tests {
             30,
         )
         .unwrap();
-        assert!(trust
-            .verify(&der(&publ.cert_pem), &[], now, Usage::Server, algs)
-            .is_err());
+        assert!(
+            trust
+                .verify(&der(&publ.cert_pem), &[], now, Usage::Server, algs)
+                .is_err()
+        );
 
         // Unknown org.
         let q = org("q.example");

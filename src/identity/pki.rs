@@ -76,11 +76,10 @@ pub fn issue(
     let key = KeyPair::generate().map_err(pki_err)?;
     let mut params = CertificateParams::new(Vec::<String>::new()).map_err(pki_err)?;
     let uri = id.uri();
-    params.subject_alt_names = vec![SanType::URI(
-        uri.as_str()
-            .try_into()
-            .map_err(|_| IdentityError::Pki(format!("{uri} is not an IA5 string")))?,
-    )];
+    params.subject_alt_names =
+        vec![SanType::URI(uri.as_str().try_into().map_err(|_| {
+            IdentityError::Pki(format!("{uri} is not an IA5 string"))
+        })?)];
     let mut dn = DistinguishedName::new();
     dn.push(DnType::OrganizationName, id.org.as_str());
     dn.push(DnType::CommonName, uri.as_str());

@@ -93,8 +93,8 @@ impl SpiffeId {
     /// Extracts the SPIFFE id from a DER certificate: exactly one URI SAN,
     /// which must be a valid id. Does **not** verify the chain.
     pub fn from_cert_der(der: &[u8]) -> Result<Self, IdentityError> {
-        let (_, cert) = X509Certificate::from_der(der)
-            .map_err(|e| IdentityError::CertParse(e.to_string()))?;
+        let (_, cert) =
+            X509Certificate::from_der(der).map_err(|e| IdentityError::CertParse(e.to_string()))?;
         let san = cert
             .subject_alternative_name()
             .map_err(|e| IdentityError::CertParse(e.to_string()))?
@@ -138,9 +138,14 @@ mod tests {
     #[test]
     fn parses_the_three_roles_only() {
         let org = OrgId::parse("a.example").unwrap();
-        assert_eq!(SpiffeId::parse("spiffe://a.example/node").unwrap(), SpiffeId::node(&org));
         assert_eq!(
-            SpiffeId::parse("spiffe://a.example/admin/alice").unwrap().role,
+            SpiffeId::parse("spiffe://a.example/node").unwrap(),
+            SpiffeId::node(&org)
+        );
+        assert_eq!(
+            SpiffeId::parse("spiffe://a.example/admin/alice")
+                .unwrap()
+                .role,
             Role::Admin("alice".into())
         );
         for bad in [

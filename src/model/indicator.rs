@@ -157,7 +157,11 @@ fn normalise_cidr(v: &str) -> Result<String, String> {
             IpAddr::V4(Ipv4Addr::from(u32::from(a) & mask))
         }
         IpAddr::V6(a) => {
-            let mask = if len == 0 { 0 } else { u128::MAX << (128 - len) };
+            let mask = if len == 0 {
+                0
+            } else {
+                u128::MAX << (128 - len)
+            };
             IpAddr::V6(Ipv6Addr::from(u128::from(a) & mask))
         }
     };
@@ -417,7 +421,11 @@ fn normalise_content(c: &Content) -> Result<Content, ValidationError> {
     })
 }
 
-fn normalise_labels(field: &str, items: &[String], max: usize) -> Result<Vec<String>, ValidationError> {
+fn normalise_labels(
+    field: &str,
+    items: &[String],
+    max: usize,
+) -> Result<Vec<String>, ValidationError> {
     if items.len() > max {
         return Err(invalid(field, format!("at most {max} entries")));
     }
@@ -529,7 +537,10 @@ pub fn validate_indicator(ind: &Indicator, now_ms: i64) -> Result<(), Validation
     if normal.value != given.value {
         return Err(invalid(
             "value",
-            format!("'{}' is not in normal form ('{}')", given.value, normal.value),
+            format!(
+                "'{}' is not in normal form ('{}')",
+                given.value, normal.value
+            ),
         ));
     }
     if normal != given {
@@ -588,14 +599,22 @@ mod tests {
             (Cidr, "198.51.100.0/24", "198.51.100.0/24"),
             (Cidr, "2001:db8::/32", "2001:db8::/32"),
             (Domain, "Evil.Example.", "evil.example"),
-            (Url, "HTTP://Evil.Example:80/a b", "http://evil.example/a%20b"),
+            (
+                Url,
+                "HTTP://Evil.Example:80/a b",
+                "http://evil.example/a%20b",
+            ),
             (Email, "Boss@Evil.Example", "Boss@evil.example"),
             (Sha256, &"AB".repeat(32), &"ab".repeat(32)),
             (Sha1, &"0f".repeat(20), &"0f".repeat(20)),
             (Md5, &"Cd".repeat(16), &"cd".repeat(16)),
         ];
         for (k, input, want) in cases {
-            assert_eq!(normalise_value(k, input).as_deref(), Ok(want), "{k:?} {input}");
+            assert_eq!(
+                normalise_value(k, input).as_deref(),
+                Ok(want),
+                "{k:?} {input}"
+            );
         }
     }
 
@@ -640,13 +659,19 @@ mod tests {
         assert_eq!(dup.unwrap_err().field, "marking.recipients[1]");
         let mut m = marking(Tlp::Red, &["b.example"]).unwrap();
         m.may_forward = true;
-        assert_eq!(validate_marking(Some(&m)).unwrap_err().field, "marking.may_forward");
+        assert_eq!(
+            validate_marking(Some(&m)).unwrap_err().field,
+            "marking.may_forward"
+        );
         let mut m = marking(Tlp::Amber, &[]).unwrap();
         m.tlp = 42;
         assert_eq!(validate_marking(Some(&m)).unwrap_err().field, "marking.tlp");
         let mut m = marking(Tlp::Green, &[]).unwrap();
         m.hop_limit = 2;
-        assert_eq!(validate_marking(Some(&m)).unwrap_err().field, "marking.hop_limit");
+        assert_eq!(
+            validate_marking(Some(&m)).unwrap_err().field,
+            "marking.hop_limit"
+        );
     }
 
     #[test]
@@ -666,10 +691,16 @@ mod tests {
         assert_eq!(prepare_draft(&d, now).unwrap_err().field, "confidence");
         let mut d = draft(IndicatorKind::Ipv4, "1.2.3.4");
         d.jurisdictions = vec!["XX".into()];
-        assert_eq!(prepare_draft(&d, now).unwrap_err().field, "jurisdictions[0]");
+        assert_eq!(
+            prepare_draft(&d, now).unwrap_err().field,
+            "jurisdictions[0]"
+        );
         let mut d = draft(IndicatorKind::Ipv4, "1.2.3.4");
         d.valid_until_unix_ms = now - 1;
-        assert_eq!(prepare_draft(&d, now).unwrap_err().field, "valid_until_unix_ms");
+        assert_eq!(
+            prepare_draft(&d, now).unwrap_err().field,
+            "valid_until_unix_ms"
+        );
         let d = draft(IndicatorKind::Ipv4, "nope");
         assert_eq!(prepare_draft(&d, now).unwrap_err().field, "value");
         let mut d = draft(IndicatorKind::Ipv4, "1.2.3.4");
@@ -704,7 +735,10 @@ mod tests {
         );
         ind.modified_unix_ms = now;
         ind.origin_org = "A".into();
-        assert_eq!(validate_indicator(&ind, now).unwrap_err().field, "origin_org");
+        assert_eq!(
+            validate_indicator(&ind, now).unwrap_err().field,
+            "origin_org"
+        );
     }
 
     #[test]

@@ -109,7 +109,12 @@ mod tests {
 
     #[test]
     fn accepts_dns_style_names() {
-        for ok in ["a.example", "cert-eu.europa.example", "x1.y2", "bka.example"] {
+        for ok in [
+            "a.example",
+            "cert-eu.europa.example",
+            "x1.y2",
+            "bka.example",
+        ] {
             assert!(OrgId::parse(ok).is_ok(), "{ok}");
         }
     }
@@ -125,7 +130,15 @@ mod tests {
             OrgId::parse("example"),
             Err(OrgIdError::SingleLabel(_))
         ));
-        for bad in ["a..b", "-a.b", "a-.b", "a_b.c", "a.b.", "spiffe://a.b", "a b.c"] {
+        for bad in [
+            "a..b",
+            "-a.b",
+            "a-.b",
+            "a_b.c",
+            "a.b.",
+            "spiffe://a.b",
+            "a b.c",
+        ] {
             assert!(
                 matches!(OrgId::parse(bad), Err(OrgIdError::BadLabel { .. })),
                 "{bad}"

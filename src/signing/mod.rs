@@ -345,7 +345,10 @@ mod tests {
             let mut bad = env.clone();
             bad.payload[i] ^= 1;
             assert!(
-                matches!(open_indicator(&bad, &dir), Err(VerifyError::BadSignature { .. })),
+                matches!(
+                    open_indicator(&bad, &dir),
+                    Err(VerifyError::BadSignature { .. })
+                ),
                 "flip at byte {i}"
             );
         }
@@ -357,7 +360,10 @@ mod tests {
         ));
         let mut bad = env.clone();
         bad.signatures.push(bad.signatures[0].clone());
-        assert_eq!(open_indicator(&bad, &dir), Err(VerifyError::SignatureCount(2)));
+        assert_eq!(
+            open_indicator(&bad, &dir),
+            Err(VerifyError::SignatureCount(2))
+        );
     }
 
     #[test]
@@ -384,7 +390,10 @@ mod tests {
         // An unknown key is refused without looking at the payload.
         let (x, _) = OrgSigningKey::generate().unwrap();
         let env = x.seal(INDICATOR_PAYLOAD_TYPE, b"not even protobuf".to_vec());
-        assert!(matches!(open_indicator(&env, &dir), Err(VerifyError::UnknownKey(_))));
+        assert!(matches!(
+            open_indicator(&env, &dir),
+            Err(VerifyError::UnknownKey(_))
+        ));
         // One key id cannot be registered for two orgs.
         assert!(
             dir.insert(KnownKey {

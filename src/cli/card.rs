@@ -1,0 +1,87 @@
+//! `threatmesh card export|show`: the org card partners register us with.
+
+use std::path::{Path, PathBuf};
+
+use clap::Subcommand;
+
+use super::{CliError, write_file};
+use crate::config::Settings;
+use crate::identity::{envelope_from_json, envelope_to_json, open_card};
+use crate::node::{load_signing_key, own_card};
+
+/// `threatmesh card ...`
+#[derive(Debug, Subcommand)]
+pub enum CardCommand {
+    /// Write this org's card (org id, display name, CA bundle, signing key,
+    /// endpoint), self-signed with the signing key. Works offline.
+    Export {
+        /// Output file (default: standard output).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Verify a card file and print what it says, with fingerprints to
+    /// compare with the partner out of band.
+    Show {
+        /// The card file.
+        file: PathBuf,
+    },
+}
+
+/// Runs a card command.
+pub fn run(config: &Path, cmd: &CardCommand) -> Result<(), CliError> {
+    match cmd {
+        CardCommand::Export { out } => {
+            let settings = Settings::load(config)?;
+            Settings::check_file("tls.ca_cert", &settings.tls.ca_cert, false)?;
+            Settings::check_file("signing.key", &settings.signing.key, true)?;
+            let ca_pem = std::fs::read_to_string(&settings.tls.ca_cert).map_err(|e| {
+                CliError::Failed(format!("{}: {e}", settings.tls.ca_cert.display()))
+            })?;
+            let key = load_signing_key(&settings)?;
+            let json = envelope_to_json(&own_card(&settings, &key, &ca_pem));
+            match out {
+                Some(p) => {
+                    write_file(p, json.as_bytes(), false)?;
+                    eprintln!("wrote the card of {} to {}", settings.org.id, p.display());
+                }
+                None => print!("{json}"),
+            }
+            Ok(())
+        }
+        CardCommand::Show { file } => {
+            let card = read_card(file)?;
+            print_card(&card);
+            Ok(())
+        }
+    }
+}
+
+/// Reads and verifies a card file.
+pub fn read_card(file: &Path) -> Result<crate::identity::VerifiedCard, CliError> {
+    let text = std::fs::read_to_string(file)
+        .map_err(|e| CliError::Usage(format!("--card {}: {e}", file.display())))?;
+    let env = envelope_from_json(&text)
+        .map_err(|e| CliError::Usage(format!("{}: {e}", file.display())))?;
+    open_card(&env).map_err(|e| CliError::Usage(format!("{}: {e}", file.display())))
+}
+
+/// Prints a verified card for a person.
+pub fn print_card(v: &crate::identity::VerifiedCard) {
+    let c = &v.card;
+    println!("org:          {}", v.org);
+    println!("display name: {}", c.display_name);
+    if !c.country.is_empty() {
+        println!("country:      {}", c.country);
+    }
+    if !c.sector.is_empty() {
+        println!("sector:       {}", c.sector);
+    }
+    println!("endpoints:    {}", c.endpoints.join(", "));
+    println!("card version: {}", c.version);
+    for f in &v.ca_fingerprints {
+        println!("CA SHA-256:   {f}");
+    }
+    for k in &v.keys {
+        println!("signing key:  {}", k.key_id);
+    }
+}

@@ -1,0 +1,362 @@
+//! `threatmesh demo`: two agencies and a private partner, each with its own
+//! CA and signing key, run real nodes on loopback in one process, register
+//! each other's cards, publish indicators under different markings over
+//! mutual TLS, and report who received what. The outcome is checked against
+//! the policy function: any difference, or any verification failure, makes
+//! the demo fail.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::Args;
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+
+use super::client::{As, channel};
+use super::init::{InitArgs, init_org};
+use super::peer::register_peer;
+use super::publish::DraftInput;
+use super::{CliError, init_logging};
+use crate::config::Settings;
+use crate::exchange::decode_stored;
+use crate::model::{OrgId, kind_name, tlp_name};
+use crate::node::{Node, NodeContext, load_signing_key, own_card};
+use crate::policy::{self, Decision};
+use crate::proto::v1::PublishRequest;
+use crate::proto::v1::exchange_client::ExchangeClient;
+use crate::store::Store;
+
+/// Arguments of `threatmesh demo`.
+#[derive(Debug, Clone, Args)]
+pub struct DemoArgs {
+    /// Leave the nodes running after the report and print how to talk to
+    /// them; stop with Ctrl-C.
+    #[arg(long)]
+    pub keep: bool,
+    /// Create the organisations here instead of a temporary directory.
+    #[arg(long)]
+    pub dir: Option<PathBuf>,
+    /// Seconds to wait for deliveries before declaring failure.
+    #[arg(long, default_value_t = 30)]
+    pub timeout: u64,
+}
+
+/// The figures of the closing line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DemoSummary {
+    /// Indicators published.
+    pub published: usize,
+    /// (indicator, partner) pairs stored at the partner.
+    pub delivered: usize,
+    /// (indicator, partner) pairs the policy withheld.
+    pub withheld: usize,
+    /// Envelopes refused on ingest anywhere.
+    pub verification_failures: usize,
+}
+
+impl std::fmt::Display for DemoSummary {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "demo: {} published, {} delivered, {} withheld, {} verification failures",
+            self.published, self.delivered, self.withheld, self.verification_failures
+        )
+    }
+}
+
+struct DemoOrg {
+    id: OrgId,
+    label: &'static str,
+    config: PathBuf,
+    settings: Settings,
+}
+
+const ORGS: [(&str, &str, &str, &str); 3] = [
+    (
+        "cyberpolice.example",
+        "Federal Cyber Police (agency)",
+        "DE",
+        "law-enforcement",
+    ),
+    ("cert.example", "National CERT (agency)", "FR", "cert"),
+    ("isp.example", "Example ISP (private partner)", "NL", "isp"),
+];
+
+/// (publisher index, indicator as in a JSON-lines file)
+fn indicators() -> Vec<(usize, &'static str)> {
+    vec![
+        (
+            0,
+            r#"{"kind":"domain","value":"login-secure-bank.example","tlp":"CLEAR","confidence":90,"tags":["phishing"],"jurisdictions":["DE"]}"#,
+        ),
+        (
+            0,
+            r#"{"kind":"ipv4","value":"198.51.100.23","tlp":"GREEN","confidence":80,"tags":["c2","emotet"]}"#,
+        ),
+        (
+            0,
+            r#"{"kind":"url","value":"http://dropper.example/payload.bin","tlp":"AMBER","recipients":["cert.example"],"confidence":70}"#,
+        ),
+        (
+            0,
+            r#"{"kind":"sha256","value":"9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08","tlp":"AMBER+STRICT","recipients":["cert.example"],"confidence":95}"#,
+        ),
+        (
+            0,
+            r#"{"kind":"email","value":"negotiator@ransom-gang.example","tlp":"RED","recipients":["cert.example"],"confidence":99,"description":"live investigation"}"#,
+        ),
+        (
+            1,
+            r#"{"kind":"cidr","value":"203.0.113.0/24","tlp":"GREEN","confidence":60,"tags":["scanning"]}"#,
+        ),
+        (
+            1,
+            r#"{"kind":"md5","value":"44d88612fea8a8f36de82e1278abb02f","tlp":"CLEAR","confidence":100,"tags":["test-file"]}"#,
+        ),
+        (
+            2,
+            r#"{"kind":"ipv6","value":"2001:db8:bad::1","tlp":"GREEN","confidence":75,"tags":["botnet"]}"#,
+        ),
+    ]
+}
+
+/// Runs `threatmesh demo`.
+pub async fn run(args: &DemoArgs) -> Result<(), CliError> {
+    init_logging("human", "warn");
+    let summary = run_demo(args).await?;
+    println!("{summary}");
+    Ok(())
+}
+
+/// Runs the whole demo and returns its summary; fails if the outcome differs
+/// from what the policy allows or any envelope failed verification.
+pub async fn run_demo(args: &DemoArgs) -> Result<DemoSummary, CliError> {
+    let (tmp, base) = match &args.dir {
+        Some(d) => (None, d.clone()),
+        None => {
+            let t = tempfile::Builder::new()
+                .prefix("threatmesh-demo-")
+                .tempdir()
+                .map_err(|e| {
+                    CliError::Failed(format!("cannot create a temporary directory: {e}"))
+                })?;
+            let p = t.path().to_path_buf();
+            (Some(t), p)
+        }
+    };
+
+    // Bind first, so the endpoints in the cards are the real ports.
+    let mut listeners = Vec::new();
+    let mut orgs = Vec::new();
+    for (id, label, country, sector) in ORGS {
+        let l = TcpListener::bind("127.0.0.1:0")
+            .await
+            .map_err(|e| CliError::Failed(format!("cannot bind a loopback port: {e}")))?;
+        let addr = l
+            .local_addr()
+            .map_err(|e| CliError::Failed(e.to_string()))?;
+        let report = init_org(&InitArgs {
+            org: id.into(),
+            dir: base.join(id),
+            endpoint: Some(addr.to_string()),
+            listen: addr.to_string(),
+            display_name: Some(label.into()),
+            country: country.into(),
+            sector: sector.into(),
+            admin_name: "admin".into(),
+            publisher_name: "publisher".into(),
+            force: args.dir.is_some(),
+        })?;
+        let settings = Settings::load(&report.config)?;
+        listeners.push(l);
+        orgs.push(DemoOrg {
+            id: report.org,
+            label,
+            config: report.config,
+            settings,
+        });
+    }
+    println!("ThreatMesh demo in {}", base.display());
+    for o in &orgs {
+        println!(
+            "  {:<20} {:<32} {}",
+            o.id.as_str(),
+            o.label,
+            o.settings.node.endpoint
+        );
+    }
+
+    // Exchange cards out of band: everyone registers everyone.
+    for o in &orgs {
+        let store = Store::open_sqlite(&o.settings.store.path).await?;
+        for p in orgs.iter().filter(|p| p.id != o.id) {
+            let ca = std::fs::read_to_string(&p.settings.tls.ca_cert)
+                .map_err(|e| CliError::Failed(e.to_string()))?;
+            let card = own_card(&p.settings, &load_signing_key(&p.settings)?, &ca);
+            register_peer(&o.settings, &store, &card, None).await?;
+        }
+        store.close().await;
+    }
+
+    // Start the nodes.
+    let mut contexts: Vec<Arc<NodeContext>> = Vec::new();
+    let mut stops = Vec::new();
+    let mut tasks = Vec::new();
+    for (o, l) in orgs.iter().zip(listeners) {
+        let node = Node::open(o.settings.clone()).await?;
+        contexts.push(node.context());
+        let (tx, rx) = oneshot::channel::<()>();
+        stops.push(tx);
+        tasks.push(tokio::spawn(node.serve(l, async move {
+            let _ = rx.await;
+        })));
+    }
+
+    // Publish through each org's node with its publisher certificate.
+    let mut published: Vec<(usize, String)> = Vec::new();
+    for (who, line) in indicators() {
+        let input: DraftInput =
+            serde_json::from_str(line).map_err(|e| CliError::Failed(e.to_string()))?;
+        let draft = input.to_draft().map_err(CliError::Failed)?;
+        let mut client = ExchangeClient::new(channel(&orgs[who].settings, As::Publisher)?);
+        let resp = client
+            .publish(PublishRequest {
+                indicator: Some(draft),
+            })
+            .await
+            .map_err(|s| CliError::Rpc(format!("publish at {}: {}", orgs[who].id, s.message())))?
+            .into_inner();
+        published.push((who, resp.id));
+    }
+
+    // What the policy says should happen, pair by pair.
+    let mut expected: BTreeMap<usize, BTreeSet<String>> = BTreeMap::new();
+    let mut decisions = Vec::new();
+    for (who, id) in &published {
+        let stored = contexts[*who]
+            .store
+            .indicators(Some(orgs[*who].id.as_str()))
+            .await?;
+        let row = stored
+            .iter()
+            .find(|r| &r.indicator_id == id)
+            .ok_or_else(|| CliError::Failed(format!("{id} missing at its origin")))?;
+        let ind = decode_stored(&row.envelope).map_err(CliError::Failed)?;
+        let mut per_partner = Vec::new();
+        for (to, p) in orgs.iter().enumerate().filter(|(i, _)| i != who) {
+            let d = policy::egress(&orgs[*who].id, &ind, &p.id);
+            if d.is_allow() {
+                expected.entry(to).or_default().insert(id.clone());
+            }
+            per_partner.push((to, d));
+        }
+        decisions.push((ind, per_partner));
+    }
+
+    // Wait until every node holds what it should.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(args.timeout);
+    let received = loop {
+        let mut got: BTreeMap<usize, BTreeSet<String>> = BTreeMap::new();
+        for (i, c) in contexts.iter().enumerate() {
+            for r in c.store.indicators(None).await? {
+                if r.received_from.is_some() {
+                    got.entry(i).or_default().insert(r.indicator_id);
+                }
+            }
+        }
+        if got == expected || tokio::time::Instant::now() > deadline {
+            break got;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let mut failures = 0;
+    for c in &contexts {
+        failures += c.store.rejections().await?.len();
+    }
+
+    println!();
+    println!(
+        "{:<20} {:<13} {:<7} {:<44} delivery",
+        "origin", "TLP", "kind", "value"
+    );
+    for (ind, per_partner) in &decisions {
+        let tlp = tlp_name(ind.marking.as_ref().map(|m| m.tlp).unwrap_or(0)).unwrap_or("?");
+        let fate: Vec<String> = per_partner
+            .iter()
+            .map(|(to, d)| {
+                let got = received.get(to).is_some_and(|s| s.contains(&ind.id));
+                match d {
+                    Decision::Allow { .. } if got => format!("{}: received", orgs[*to].id),
+                    Decision::Allow { .. } => format!("{}: MISSING", orgs[*to].id),
+                    Decision::Deny { rule, .. } if got => {
+                        format!("{}: LEAKED ({rule})", orgs[*to].id)
+                    }
+                    Decision::Deny { rule, .. } => format!("{}: withheld ({rule})", orgs[*to].id),
+                }
+            })
+            .collect();
+        println!(
+            "{:<20} {:<13} {:<7} {:<44} {}",
+            ind.origin_org,
+            tlp,
+            kind_name(ind.kind).unwrap_or("?"),
+            ind.value,
+            fate.join(", ")
+        );
+    }
+    println!();
+
+    let summary = DemoSummary {
+        published: published.len(),
+        delivered: received.values().map(BTreeSet::len).sum(),
+        withheld: decisions
+            .iter()
+            .flat_map(|(_, d)| d)
+            .filter(|(_, d)| !d.is_allow())
+            .count(),
+        verification_failures: failures,
+    };
+
+    if args.keep {
+        println!("Nodes keep running; in another shell, for example:");
+        for o in &orgs {
+            println!("  threatmesh -c {} tail", o.config.display());
+        }
+        println!(
+            "  threatmesh -c {} publish --kind domain --value another-phish.example --tlp GREEN",
+            orgs[0].config.display()
+        );
+        println!("Press Ctrl-C to stop.");
+        let _ = tokio::signal::ctrl_c().await;
+    }
+    for s in stops {
+        let _ = s.send(());
+    }
+    for t in tasks {
+        match t.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(CliError::Failed(format!("node failed: {e}"))),
+            Err(e) => return Err(CliError::Failed(format!("node task failed: {e}"))),
+        }
+    }
+    if args.keep
+        && let Some(t) = tmp
+    {
+        // The user was told these paths; leave them.
+        let _ = t.keep();
+    }
+
+    if received != expected {
+        return Err(CliError::Failed(format!(
+            "deliveries differ from what the sharing policy allows (see MISSING/LEAKED above)\n{summary}"
+        )));
+    }
+    if failures > 0 {
+        return Err(CliError::Failed(format!(
+            "{failures} envelope(s) failed verification\n{summary}"
+        )));
+    }
+    Ok(summary)
+}

@@ -1,0 +1,203 @@
+//! The `threatmesh` command line: argument definitions and dispatch. One
+//! file per command group; each is a thin layer over the library.
+
+pub mod card;
+pub mod client;
+pub mod demo;
+pub mod init;
+pub mod peer;
+pub mod publish;
+pub mod serve;
+pub mod tail;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use crate::config::ConfigError;
+use crate::node::NodeError;
+
+/// Exit status for bad configuration or usage (BSD `EX_USAGE`/`EX_CONFIG` family).
+pub const EXIT_CONFIG: u8 = 64;
+
+/// Errors of CLI commands, each with a message an operator can act on.
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    /// Bad configuration: exit 64.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// Bad arguments or input: exit 64.
+    #[error("{0}")]
+    Usage(String),
+    /// The node could not start.
+    #[error(transparent)]
+    Node(#[from] NodeError),
+    /// The node answered with an error.
+    #[error("{0}")]
+    Rpc(String),
+    /// Anything else that failed.
+    #[error("{0}")]
+    Failed(String),
+}
+
+impl CliError {
+    /// The process exit status for this error.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            CliError::Config(_) | CliError::Usage(_) | CliError::Node(NodeError::Config(_)) => {
+                EXIT_CONFIG
+            }
+            _ => 1,
+        }
+    }
+}
+
+impl From<crate::store::StoreError> for CliError {
+    fn from(e: crate::store::StoreError) -> Self {
+        CliError::Failed(e.to_string())
+    }
+}
+
+impl From<crate::identity::IdentityError> for CliError {
+    fn from(e: crate::identity::IdentityError) -> Self {
+        CliError::Failed(e.to_string())
+    }
+}
+
+const AFTER_HELP: &str = "\
+Quick start (two organisations on one machine):
+  threatmesh init --org a.example --dir a --endpoint 127.0.0.1:7441 --listen 127.0.0.1:7441
+  threatmesh init --org b.example --dir b --endpoint 127.0.0.1:7442 --listen 127.0.0.1:7442
+  threatmesh -c a/threatmesh.toml card export --out a.card
+  threatmesh -c b/threatmesh.toml card export --out b.card
+  threatmesh -c a/threatmesh.toml peer add --card b.card
+  threatmesh -c b/threatmesh.toml peer add --card a.card
+  threatmesh -c a/threatmesh.toml serve &   threatmesh -c b/threatmesh.toml serve &
+  threatmesh -c a/threatmesh.toml publish --kind domain --value evil.example --tlp GREEN
+  threatmesh -c b/threatmesh.toml tail
+
+Or see it all at once: threatmesh demo";
+
+/// ThreatMesh: a federated exchange for signed cyber-threat indicators.
+///
+/// Each organisation runs its own node with its own CA and signing key.
+/// Nodes talk gRPC over mutual TLS, publish and subscribe to signed
+/// indicators, and apply a sharing decision at every exit.
+#[derive(Debug, Parser)]
+#[command(name = "threatmesh", version, after_help = AFTER_HELP)]
+pub struct Cli {
+    /// Node configuration file (made by `threatmesh init`).
+    #[arg(
+        long,
+        short = 'c',
+        global = true,
+        env = "THREATMESH_CONFIG",
+        default_value = "threatmesh.toml"
+    )]
+    pub config: PathBuf,
+
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create an organisation: its CA, node/admin/publisher certificates,
+    /// Ed25519 signing key and a config file.
+    Init(init::InitArgs),
+    /// Run the node: serve Exchange over mutual TLS and subscribe to partners.
+    Serve,
+    /// Three organisations on loopback, end to end, in one process.
+    Demo(demo::DemoArgs),
+    /// Org cards: the signed unit of trust exchanged with partners.
+    #[command(subcommand)]
+    Card(card::CardCommand),
+    /// Partner organisations.
+    #[command(subcommand)]
+    Peer(peer::PeerCommand),
+    /// Publish indicators through the running node (publisher certificate).
+    Publish(publish::PublishArgs),
+    /// Show what the node holds, then what arrives (admin certificate).
+    Tail(tail::TailArgs),
+}
+
+/// Runs a parsed command line and returns the process exit status.
+pub fn run(cli: Cli) -> ExitCode {
+    crate::identity::install_default_provider();
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let result = rt.block_on(async move {
+        match cli.command {
+            Command::Init(args) => init::run(&args),
+            Command::Serve => serve::run(&cli.config).await,
+            Command::Demo(args) => demo::run(&args).await,
+            Command::Card(cmd) => card::run(&cli.config, &cmd),
+            Command::Peer(cmd) => peer::run(&cli.config, &cmd).await,
+            Command::Publish(args) => publish::run(&cli.config, &args).await,
+            Command::Tail(args) => tail::run(&cli.config, &args).await,
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(e.exit_code())
+        }
+    }
+}
+
+/// Sets up `tracing` output: `human` or `json`, filtered by `level` unless
+/// `RUST_LOG` is set. Safe to call more than once.
+pub fn init_logging(format: &str, level: &str) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = if format == "json" {
+        builder.json().try_init()
+    } else {
+        builder.try_init()
+    };
+}
+
+/// Writes `contents` to `path` atomically (temp file + rename); private files
+/// get mode 0600 from creation.
+pub fn write_file(path: &std::path::Path, contents: &[u8], private: bool) -> Result<(), CliError> {
+    use std::io::Write;
+    let fail =
+        |e: std::io::Error| CliError::Failed(format!("cannot write {}: {e}", path.display()));
+    let dir = path.parent().unwrap_or(std::path::Path::new("."));
+    std::fs::create_dir_all(dir).map_err(fail)?;
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".threatmesh-")
+        .permissions({
+            #[cfg(unix)]
+            {
+                use std::os::unix::fs::PermissionsExt;
+                std::fs::Permissions::from_mode(if private { 0o600 } else { 0o644 })
+            }
+            #[cfg(not(unix))]
+            {
+                let _ = private;
+                std::fs::metadata(dir).map_err(fail)?.permissions()
+            }
+        })
+        .tempfile_in(dir)
+        .map_err(fail)?;
+    tmp.write_all(contents).map_err(fail)?;
+    tmp.as_file().sync_all().map_err(fail)?;
+    tmp.persist(path).map_err(|e| fail(e.error))?;
+    Ok(())
+}

@@ -1,0 +1,145 @@
+//! `threatmesh peer add|list`: partner organisations, registered from their
+//! verified cards into the node's store. A running node picks changes up
+//! within `federation.peer_refresh_ms`.
+
+use std::path::{Path, PathBuf};
+
+use clap::Subcommand;
+use prost::Message;
+
+use super::CliError;
+use super::card::print_card;
+use crate::config::Settings;
+use crate::identity::check_endpoint;
+use crate::store::{PeerChange, Store};
+
+/// `threatmesh peer ...`
+#[derive(Debug, Subcommand)]
+pub enum PeerCommand {
+    /// Register a partner from its card (verifies the card's self-signature).
+    #[command(after_help = "\
+Example:
+  threatmesh peer add --card bka.example.card --endpoint 10.1.2.3:7443
+Compare the printed CA fingerprint and signing key with the partner out of band
+(phone, signed letter) before relying on the link.")]
+    Add {
+        /// The partner's card file (from `threatmesh card export`).
+        #[arg(long)]
+        card: PathBuf,
+        /// Where to dial the partner (default: the first endpoint in its
+        /// card; "" = do not subscribe to it, only let it subscribe to us).
+        #[arg(long)]
+        endpoint: Option<String>,
+    },
+    /// List registered partners.
+    List {
+        /// One JSON object per line.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// Runs a peer command.
+pub async fn run(config: &Path, cmd: &PeerCommand) -> Result<(), CliError> {
+    let settings = Settings::load(config)?;
+    match cmd {
+        PeerCommand::Add { card, endpoint } => {
+            let text = std::fs::read_to_string(card)
+                .map_err(|e| CliError::Usage(format!("--card {}: {e}", card.display())))?;
+            let env = crate::identity::envelope_from_json(&text)
+                .map_err(|e| CliError::Usage(format!("{}: {e}", card.display())))?;
+            let store = Store::open_sqlite(&settings.store.path).await?;
+            let added = register_peer(&settings, &store, &env, endpoint.as_deref()).await;
+            store.close().await;
+            let (v, change, endpoint) = added?;
+            let verb = match change {
+                PeerChange::Added => "registered partner",
+                PeerChange::Updated => "updated partner",
+            };
+            println!(
+                "{verb} {} (dial: {})",
+                v.org,
+                if endpoint.is_empty() { "-" } else { &endpoint }
+            );
+            print_card(&v);
+            println!(
+                "Compare the CA fingerprint and signing key with {} out of band.",
+                v.org
+            );
+            Ok(())
+        }
+        PeerCommand::List { json } => {
+            let store = Store::open_sqlite(&settings.store.path).await?;
+            let peers = store.peers().await?;
+            let mut rows = Vec::new();
+            for p in &peers {
+                rows.push((p, store.cursor(&p.org).await?));
+            }
+            store.close().await;
+            if *json {
+                for (p, cursor) in rows {
+                    println!(
+                        "{}",
+                        serde_json::json!({
+                            "org": p.org.as_str(), "display_name": p.display_name,
+                            "endpoint": p.endpoint, "card_version": p.card_version,
+                            "cursor": cursor, "added_unix_ms": p.added_ms,
+                        })
+                    );
+                }
+            } else if rows.is_empty() {
+                println!("no partners registered (add one with `threatmesh peer add --card FILE`)");
+            } else {
+                println!(
+                    "{:<28} {:<24} {:<22} {:>10}",
+                    "ORG", "NAME", "ENDPOINT", "CURSOR"
+                );
+                for (p, cursor) in rows {
+                    let ep = if p.endpoint.is_empty() {
+                        "-"
+                    } else {
+                        &p.endpoint
+                    };
+                    println!(
+                        "{:<28} {:<24} {:<22} {:>10}",
+                        p.org.as_str(),
+                        p.display_name,
+                        ep,
+                        cursor
+                    );
+                }
+            }
+            Ok(())
+        }
+    }
+}
+
+/// Verifies a partner's card and registers it in `store`. The endpoint is
+/// `endpoint` if given, else the card's first. Returns the verified card,
+/// whether it was new, and the endpoint used.
+pub async fn register_peer(
+    settings: &Settings,
+    store: &Store,
+    card: &crate::proto::v1::Envelope,
+    endpoint: Option<&str>,
+) -> Result<(crate::identity::VerifiedCard, PeerChange, String), CliError> {
+    let v = crate::identity::open_card(card).map_err(|e| CliError::Usage(e.to_string()))?;
+    if v.org == settings.org_id() {
+        return Err(CliError::Usage(format!(
+            "that is the card of {}, this node's own org; register partners' cards instead",
+            v.org
+        )));
+    }
+    let endpoint = match endpoint {
+        Some(e) => e.to_string(),
+        None => v.card.endpoints.first().cloned().unwrap_or_default(),
+    };
+    if !endpoint.is_empty() {
+        check_endpoint(&endpoint).map_err(|e| CliError::Usage(format!("--endpoint: {e}")))?;
+    }
+    let change = store
+        .put_peer(&v, &card.encode_to_vec(), &endpoint)
+        .await
+        .map_err(|e| CliError::Failed(format!("cannot register {}: {e}", v.org)))?;
+    Ok((v, change, endpoint))
+}

@@ -1,0 +1,417 @@
+//! Node settings: built-in defaults < the TOML file < `THREATMESH__SECTION__KEY`
+//! environment variables, loaded with the `config` crate and validated before
+//! anything is bound. Errors name the key at fault. Relative paths are taken
+//! relative to the directory of the config file.
+//!
+//! Node-local settings live here; partners and (later) policies live in the
+//! store, because admins change them at run time.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::identity::check_endpoint;
+use crate::model::OrgId;
+
+/// Configuration errors. `serve` exits with status 64 on any of them.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file named with `--config` does not exist.
+    #[error("config file {0} not found (create one with `threatmesh init`)")]
+    NotFound(PathBuf),
+    /// The `config` crate could not read or deserialise the settings; its
+    /// message names the key.
+    #[error("config: {0}")]
+    Load(String),
+    /// A setting has a value we cannot use.
+    #[error("config key `{key}`: {reason}")]
+    Invalid {
+        /// Dotted key, e.g. `tls.node_cert`.
+        key: &'static str,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+fn invalid(key: &'static str, reason: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key,
+        reason: reason.into(),
+    }
+}
+
+/// All settings of one node.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    /// Who we are.
+    pub org: OrgSettings,
+    /// Where we listen and how partners reach us.
+    pub node: NodeSettings,
+    /// Our CA and node certificate.
+    pub tls: TlsSettings,
+    /// Our Ed25519 signing key.
+    pub signing: SigningSettings,
+    /// Where indicators, partners and cursors are kept.
+    pub store: StoreSettings,
+    /// How the CLI reaches this node, and with which certificates.
+    pub client: ClientSettings,
+    /// Outbound partner links.
+    pub federation: FederationSettings,
+    /// Logging.
+    pub log: LogSettings,
+}
+
+/// `[org]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OrgSettings {
+    /// DNS-style org id, also the SPIFFE trust domain.
+    pub id: String,
+    /// Name shown to partners in our card.
+    pub display_name: String,
+    /// ISO 3166-1 alpha-2 country, may be empty.
+    pub country: String,
+    /// Sector, may be empty.
+    pub sector: String,
+}
+
+/// `[node]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeSettings {
+    /// Socket address the gRPC server binds.
+    pub listen: String,
+    /// `host:port` partners dial, published in our card (may be empty for a
+    /// node that only subscribes).
+    pub endpoint: String,
+}
+
+/// `[tls]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsSettings {
+    /// Our CA certificate (PEM), sent to partners in our card.
+    pub ca_cert: PathBuf,
+    /// Node certificate (`spiffe://<org>/node`).
+    pub node_cert: PathBuf,
+    /// Node private key (must be mode 0600).
+    pub node_key: PathBuf,
+}
+
+/// `[signing]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SigningSettings {
+    /// PEM PKCS#8 Ed25519 key (must be mode 0600).
+    pub key: PathBuf,
+}
+
+/// `[store]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreSettings {
+    /// SQLite database file (created if missing).
+    pub path: PathBuf,
+}
+
+/// `[client]`: used by `publish`, `tail` and other CLI clients.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClientSettings {
+    /// `host:port` of our node.
+    pub server: String,
+    /// Admin certificate (`spiffe://<org>/admin/<name>`).
+    pub admin_cert: PathBuf,
+    /// Admin private key.
+    pub admin_key: PathBuf,
+    /// Publisher certificate (`spiffe://<org>/publisher/<name>`).
+    pub publisher_cert: PathBuf,
+    /// Publisher private key.
+    pub publisher_key: PathBuf,
+}
+
+/// `[federation]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FederationSettings {
+    /// First reconnect delay after a failed link, in ms.
+    pub reconnect_min_ms: u64,
+    /// Cap of the exponential reconnect delay, in ms.
+    pub reconnect_max_ms: u64,
+    /// How often the partner list is re-read from the store, in ms.
+    pub peer_refresh_ms: u64,
+    /// Most envelopes per Subscribe message.
+    pub batch_size: u32,
+}
+
+/// `[log]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogSettings {
+    /// `human` or `json`.
+    pub format: String,
+    /// A tracing filter such as `info` or `threatmesh=debug`.
+    pub level: String,
+}
+
+const DEFAULTS: &[(&str, &str)] = &[
+    ("org.country", ""),
+    ("org.sector", ""),
+    ("node.listen", "127.0.0.1:7443"),
+    ("node.endpoint", ""),
+    ("tls.ca_cert", "certs/ca.pem"),
+    ("tls.node_cert", "certs/node.pem"),
+    ("tls.node_key", "certs/node.key"),
+    ("signing.key", "keys/signing.key"),
+    ("store.path", "data/threatmesh.db"),
+    ("client.server", ""),
+    ("client.admin_cert", "certs/admin.pem"),
+    ("client.admin_key", "certs/admin.key"),
+    ("client.publisher_cert", "certs/publisher.pem"),
+    ("client.publisher_key", "certs/publisher.key"),
+    ("log.format", "human"),
+    ("log.level", "info"),
+];
+
+impl Settings {
+    /// Loads defaults, then `path`, then `THREATMESH__SECTION__KEY` variables,
+    /// and validates the result.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        Self::load_with_env(path, None)
+    }
+
+    /// As [`Settings::load`], with an explicit environment map (for tests).
+    pub fn load_with_env(
+        path: &Path,
+        env: Option<std::collections::HashMap<String, String>>,
+    ) -> Result<Self, ConfigError> {
+        if !path.is_file() {
+            return Err(ConfigError::NotFound(path.to_path_buf()));
+        }
+        let mut b = config::Config::builder();
+        for (k, v) in DEFAULTS {
+            b = b
+                .set_default(*k, *v)
+                .map_err(|e| ConfigError::Load(e.to_string()))?;
+        }
+        for (k, v) in [
+            ("federation.reconnect_min_ms", 250),
+            ("federation.reconnect_max_ms", 30_000),
+            ("federation.peer_refresh_ms", 1_000),
+            ("federation.batch_size", 256),
+        ] {
+            b = b
+                .set_default(k, v)
+                .map_err(|e| ConfigError::Load(e.to_string()))?;
+        }
+        let env_source = config::Environment::with_prefix("THREATMESH")
+            .prefix_separator("__")
+            .separator("__")
+            .try_parsing(true)
+            .source(env);
+        let cfg = b
+            .add_source(config::File::from(path).format(config::FileFormat::Toml))
+            .add_source(env_source)
+            .build()
+            .map_err(|e| ConfigError::Load(e.to_string()))?;
+        let mut s: Settings = cfg
+            .try_deserialize()
+            .map_err(|e| ConfigError::Load(e.to_string()))?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        for p in [
+            &mut s.tls.ca_cert,
+            &mut s.tls.node_cert,
+            &mut s.tls.node_key,
+            &mut s.signing.key,
+            &mut s.store.path,
+            &mut s.client.admin_cert,
+            &mut s.client.admin_key,
+            &mut s.client.publisher_cert,
+            &mut s.client.publisher_key,
+        ] {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        }
+        s.validate()?;
+        Ok(s)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        OrgId::parse(&self.org.id).map_err(|e| invalid("org.id", e.to_string()))?;
+        if self.org.display_name.trim().is_empty() {
+            return Err(invalid("org.display_name", "must not be empty"));
+        }
+        if !self.org.country.is_empty() && !crate::model::is_iso3166_alpha2(&self.org.country) {
+            return Err(invalid(
+                "org.country",
+                format!(
+                    "'{}' is not an ISO 3166-1 alpha-2 code (upper case, e.g. DE)",
+                    self.org.country
+                ),
+            ));
+        }
+        self.listen_addr()?;
+        if !self.node.endpoint.is_empty() {
+            check_endpoint(&self.node.endpoint).map_err(|e| invalid("node.endpoint", e))?;
+        }
+        if !self.client.server.is_empty() {
+            check_endpoint(&self.client.server).map_err(|e| invalid("client.server", e))?;
+        }
+        if !matches!(self.log.format.as_str(), "human" | "json") {
+            return Err(invalid("log.format", "must be \"human\" or \"json\""));
+        }
+        let f = &self.federation;
+        if f.reconnect_min_ms == 0 || f.reconnect_max_ms < f.reconnect_min_ms {
+            return Err(invalid(
+                "federation.reconnect_max_ms",
+                "need 0 < reconnect_min_ms <= reconnect_max_ms",
+            ));
+        }
+        if f.peer_refresh_ms == 0 {
+            return Err(invalid("federation.peer_refresh_ms", "must be positive"));
+        }
+        if f.batch_size == 0 || f.batch_size > 4096 {
+            return Err(invalid("federation.batch_size", "must be 1-4096"));
+        }
+        Ok(())
+    }
+
+    /// The validated org id.
+    pub fn org_id(&self) -> OrgId {
+        OrgId::parse(&self.org.id).expect("validated at load")
+    }
+
+    /// The listen address.
+    pub fn listen_addr(&self) -> Result<SocketAddr, ConfigError> {
+        self.node.listen.parse().map_err(|_| {
+            invalid(
+                "node.listen",
+                format!(
+                    "'{}' is not a socket address such as 0.0.0.0:7443",
+                    self.node.listen
+                ),
+            )
+        })
+    }
+
+    /// Where CLI clients dial our node: `client.server`, else the listen
+    /// address (with an unspecified IP replaced by loopback).
+    pub fn client_server(&self) -> Result<String, ConfigError> {
+        if !self.client.server.is_empty() {
+            return Ok(self.client.server.clone());
+        }
+        let mut a = self.listen_addr()?;
+        if a.ip().is_unspecified() {
+            a.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+        }
+        Ok(a.to_string())
+    }
+
+    /// Checks that a file named by `key` exists and, for private keys, is not
+    /// readable by group or others.
+    pub fn check_file(key: &'static str, path: &Path, secret: bool) -> Result<(), ConfigError> {
+        let meta = std::fs::metadata(path)
+            .map_err(|e| invalid(key, format!("{}: {e}", path.display())))?;
+        if !meta.is_file() {
+            return Err(invalid(key, format!("{} is not a file", path.display())));
+        }
+        #[cfg(unix)]
+        if secret {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = meta.permissions().mode() & 0o777;
+            if mode & 0o077 != 0 {
+                return Err(invalid(
+                    key,
+                    format!(
+                        "private key {} is accessible by group or others (mode {mode:o}); run chmod 600",
+                        path.display()
+                    ),
+                ));
+            }
+        }
+        #[cfg(not(unix))]
+        let _ = secret;
+        Ok(())
+    }
+
+    /// Checks every file `serve` needs.
+    pub fn check_node_files(&self) -> Result<(), ConfigError> {
+        Self::check_file("tls.ca_cert", &self.tls.ca_cert, false)?;
+        Self::check_file("tls.node_cert", &self.tls.node_cert, false)?;
+        Self::check_file("tls.node_key", &self.tls.node_key, true)?;
+        Self::check_file("signing.key", &self.signing.key, true)?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn write(dir: &Path, body: &str) -> PathBuf {
+        let p = dir.join("threatmesh.toml");
+        std::fs::write(&p, body).unwrap();
+        p
+    }
+
+    const MINIMAL: &str = "[org]\nid = \"a.example\"\ndisplay_name = \"A\"\n";
+
+    #[test]
+    fn defaults_file_env_precedence_and_relative_paths() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = write(
+            dir.path(),
+            &format!("{MINIMAL}[node]\nlisten = \"127.0.0.1:9000\"\n"),
+        );
+        let s = Settings::load_with_env(&p, Some(HashMap::new())).unwrap();
+        assert_eq!(s.node.listen, "127.0.0.1:9000");
+        assert_eq!(s.store.path, dir.path().join("data/threatmesh.db"));
+        assert_eq!(s.federation.batch_size, 256);
+        assert_eq!(s.client_server().unwrap(), "127.0.0.1:9000");
+
+        let env = HashMap::from([
+            (
+                "THREATMESH__NODE__LISTEN".to_string(),
+                "0.0.0.0:9100".to_string(),
+            ),
+            (
+                "THREATMESH__FEDERATION__BATCH_SIZE".to_string(),
+                "64".to_string(),
+            ),
+        ]);
+        let s = Settings::load_with_env(&p, Some(env)).unwrap();
+        assert_eq!(s.node.listen, "0.0.0.0:9100");
+        assert_eq!(s.federation.batch_size, 64);
+        assert_eq!(s.client_server().unwrap(), "127.0.0.1:9100");
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = |body: &str, env: &[(&str, &str)]| {
+            let p = write(dir.path(), body);
+            let env = env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect();
+            Settings::load_with_env(&p, Some(env))
+                .unwrap_err()
+                .to_string()
+        };
+        assert!(err("[org]\ndisplay_name = \"A\"\n", &[]).contains("org.id"));
+        assert!(err("[org]\nid = \"A\"\ndisplay_name = \"A\"\n", &[]).contains("org.id"));
+        assert!(err(MINIMAL, &[("THREATMESH__NODE__LISTEN", "nowhere")]).contains("node.listen"));
+        assert!(err(MINIMAL, &[("THREATMESH__LOG__FORMAT", "xml")]).contains("log.format"));
+        assert!(
+            err(MINIMAL, &[("THREATMESH__FEDERATION__BATCH_SIZE", "lots")]).contains("batch_size")
+        );
+        let e = err(&format!("{MINIMAL}[node]\nlisen = \"x\"\n"), &[]);
+        assert!(e.contains("lisen"), "{e}");
+        let missing = Settings::load(&dir.path().join("nope.toml")).unwrap_err();
+        assert!(matches!(missing, ConfigError::NotFound(_)));
+    }
+}

@@ -1,0 +1,253 @@
+//! The Exchange gRPC service: Publish for our own publishers, Subscribe for
+//! partner nodes, GetCard for anyone authenticated — and [`release`], the
+//! single gate every outbound indicator passes.
+
+use std::sync::Arc;
+
+use prost::Message;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status};
+
+use crate::model::{OrgId, now_unix_ms, prepare_draft, validate_indicator};
+use crate::node::NodeContext;
+use crate::policy::{self, Decision};
+use crate::proto::v1::exchange_server::Exchange;
+use crate::proto::v1::{
+    Delivery, Envelope, GetCardRequest, GetCardResponse, Indicator, PublishRequest,
+    PublishResponse, SubscribeRequest, SubscribeResponse,
+};
+use crate::rpc::{Allowed, RpcError, authorize};
+use crate::signing::INDICATOR_PAYLOAD_TYPE;
+use crate::store::{NewIndicator, StoredIndicator};
+
+/// Decodes the indicator inside a stored envelope. Stored bytes were
+/// verified (or signed) before they were written, so this only decodes.
+pub fn decode_stored(envelope: &[u8]) -> Result<Indicator, String> {
+    let env = Envelope::decode(envelope).map_err(|e| format!("envelope: {e}"))?;
+    if env.payload_type != INDICATOR_PAYLOAD_TYPE {
+        return Err(format!("unexpected payload type {}", env.payload_type));
+    }
+    Indicator::decode(env.payload.as_slice()).map_err(|e| format!("payload: {e}"))
+}
+
+/// The egress gate. Every path that sends an indicator to a partner — today
+/// Subscribe backlog and live tail — calls this, and sends only what it
+/// returns. It applies [`policy::egress`] and logs what was withheld.
+pub fn release(own: &OrgId, row: &StoredIndicator, recipient: &OrgId) -> Option<Delivery> {
+    let decision = match decode_stored(&row.envelope) {
+        Ok(ind) => policy::egress(own, &ind, recipient),
+        Err(e) => Decision::Deny {
+            rule: "stored-row-unreadable",
+            reason: e,
+        },
+    };
+    match decision {
+        Decision::Allow { rule } => {
+            tracing::trace!(seq = row.seq, partner = %recipient, rule, "released");
+            Some(Delivery {
+                seq: row.seq,
+                envelope: row.envelope.clone(),
+            })
+        }
+        Decision::Deny { rule, reason } => {
+            tracing::debug!(seq = row.seq, partner = %recipient, rule, %reason, "withheld");
+            None
+        }
+    }
+}
+
+/// Streams the local log after `after` in batches, mapping each batch with
+/// `map` (which may filter), then — with `follow` — the live tail. Reads come
+/// from the store, so a slow reader costs a cursor, not memory: at most two
+/// batches wait in the channel. Stops when the client goes away or the node
+/// shuts down.
+pub fn stream_log<T, F>(
+    ctx: Arc<NodeContext>,
+    after: u64,
+    follow: bool,
+    mut map: F,
+) -> ReceiverStream<Result<T, Status>>
+where
+    T: Send + 'static,
+    F: FnMut(&[StoredIndicator], u64) -> Option<T> + Send + 'static,
+{
+    let (tx, rx) = mpsc::channel(2);
+    tokio::spawn(async move {
+        let mut cursor = after;
+        let mut latest = ctx.store.watch_latest();
+        let mut shutdown = ctx.shutdown.clone();
+        let batch = ctx.settings.federation.batch_size;
+        loop {
+            if *shutdown.borrow() {
+                let _ = tx.send(Err(RpcError::ShuttingDown.into())).await;
+                return;
+            }
+            latest.borrow_and_update();
+            let rows = match ctx.store.read_after(cursor, batch).await {
+                Ok(r) => r,
+                Err(e) => {
+                    let _ = tx.send(Err(RpcError::Store(e).into())).await;
+                    return;
+                }
+            };
+            let Some(last) = rows.last().map(|r| r.seq) else {
+                if !follow {
+                    return;
+                }
+                tokio::select! {
+                    r = latest.changed() => if r.is_err() { return },
+                    _ = tx.closed() => return,
+                    _ = shutdown.changed() => {}
+                }
+                continue;
+            };
+            if let Some(item) = map(&rows, last) {
+                tokio::select! {
+                    r = tx.send(Ok(item)) => if r.is_err() { return },
+                    _ = shutdown.changed() => {}
+                }
+            }
+            cursor = last;
+        }
+    });
+    ReceiverStream::new(rx)
+}
+
+/// The Exchange service of one node.
+pub struct ExchangeService {
+    /// Shared node state.
+    ctx: Arc<NodeContext>,
+}
+
+impl ExchangeService {
+    /// A service over the node's context.
+    pub fn new(ctx: Arc<NodeContext>) -> Self {
+        Self { ctx }
+    }
+
+    async fn publish_inner(
+        &self,
+        req: Request<PublishRequest>,
+    ) -> Result<PublishResponse, RpcError> {
+        let ctx = &self.ctx;
+        let caller = authorize(&req, &ctx.own, Allowed::OwnPublisher, "Exchange/Publish")?;
+        let draft = req
+            .into_inner()
+            .indicator
+            .ok_or(RpcError::Missing("indicator"))?;
+        let now = now_unix_ms();
+        let d = prepare_draft(&draft, now)?;
+        let (id, version, created) = if d.id.is_empty() {
+            (uuid::Uuid::new_v4().to_string(), 1, now)
+        } else {
+            match ctx.store.latest_version(ctx.own.as_str(), &d.id).await? {
+                Some((v, created)) => (d.id.clone(), v + 1, created),
+                None => {
+                    return Err(RpcError::NotFound(format!(
+                        "id: {} was never published by {}; omit id to publish a new indicator",
+                        d.id, ctx.own
+                    )));
+                }
+            }
+        };
+        let ind = Indicator {
+            origin_org: ctx.own.to_string(),
+            key_id: ctx.signing.key_id().to_string(),
+            id,
+            version,
+            created_unix_ms: created,
+            modified_unix_ms: now,
+            marking: d.marking,
+            kind: d.kind,
+            value: d.value,
+            confidence: d.confidence,
+            tags: d.tags,
+            jurisdictions: d.jurisdictions,
+            valid_from_unix_ms: d.valid_from_unix_ms,
+            valid_until_unix_ms: d.valid_until_unix_ms,
+            kill_chain_phases: d.kill_chain_phases,
+            description: d.description,
+            revoked: d.revoked,
+        };
+        // What we sign must pass the same check every receiver applies.
+        validate_indicator(&ind, now)?;
+        let envelope = ctx
+            .signing
+            .seal(INDICATOR_PAYLOAD_TYPE, ind.encode_to_vec())
+            .encode_to_vec();
+        let row = NewIndicator {
+            indicator: ind,
+            envelope,
+        };
+        let seq = match ctx.store.append_local(&row).await {
+            Err(crate::store::StoreError::Duplicate { .. }) => {
+                return Err(RpcError::Aborted(format!(
+                    "id: {} was updated concurrently; retry",
+                    row.indicator.id
+                )));
+            }
+            r => r?,
+        };
+        let i = &row.indicator;
+        tracing::info!(publisher = %caller, id = %i.id, version = i.version, seq, "published");
+        Ok(PublishResponse {
+            id: i.id.clone(),
+            version: i.version,
+            seq,
+        })
+    }
+}
+
+#[tonic::async_trait]
+impl Exchange for ExchangeService {
+    async fn publish(
+        &self,
+        req: Request<PublishRequest>,
+    ) -> Result<Response<PublishResponse>, Status> {
+        Ok(Response::new(self.publish_inner(req).await?))
+    }
+
+    type SubscribeStream = ReceiverStream<Result<SubscribeResponse, Status>>;
+
+    async fn subscribe(
+        &self,
+        req: Request<SubscribeRequest>,
+    ) -> Result<Response<Self::SubscribeStream>, Status> {
+        let ctx = self.ctx.clone();
+        let caller = authorize(&req, &ctx.own, Allowed::PartnerNode, "Exchange/Subscribe")?;
+        let from = req.into_inner().from_cursor;
+        let latest = ctx.store.latest_seq().await.map_err(RpcError::from)?;
+        if from > latest {
+            return Err(RpcError::OutOfRange(format!(
+                "from_cursor {from} is beyond this node's log (latest {latest}); was {}'s store reset?",
+                ctx.own
+            ))
+            .into());
+        }
+        tracing::info!(partner = %caller.org, from, "subscription opened");
+        let own = ctx.own.clone();
+        let partner = caller.org;
+        let stream = stream_log(ctx, from, true, move |rows, last| {
+            let deliveries = rows
+                .iter()
+                .filter_map(|r| release(&own, r, &partner))
+                .collect();
+            Some(SubscribeResponse {
+                deliveries,
+                cursor: last,
+            })
+        });
+        Ok(Response::new(stream))
+    }
+
+    async fn get_card(
+        &self,
+        req: Request<GetCardRequest>,
+    ) -> Result<Response<GetCardResponse>, Status> {
+        authorize(&req, &self.ctx.own, Allowed::Anyone, "Exchange/GetCard")?;
+        Ok(Response::new(GetCardResponse {
+            card: Some(self.ctx.card.clone()),
+        }))
+    }
+}

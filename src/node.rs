@@ -1,0 +1,249 @@
+//! One running node: loads and checks everything before binding, serves
+//! Exchange, Admin and gRPC health over mutual TLS on a listener it is given,
+//! runs the partner links, and shuts down cleanly when told to.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::Server;
+
+use crate::admin::AdminService;
+use crate::config::{ConfigError, Settings};
+use crate::exchange::ExchangeService;
+use crate::identity::{
+    CardInfo, CertifiedKey, IdentityError, Role, SharedTrust, TrustStore, seal_card, server_config,
+};
+use crate::model::{OrgId, now_unix_ms};
+use crate::proto::v1::Envelope;
+use crate::proto::v1::admin_server::AdminServer;
+use crate::proto::v1::exchange_server::ExchangeServer;
+use crate::signing::{KeyDirectory, KnownKey, OrgSigningKey};
+use crate::store::{PeerRecord, Store, StoreError};
+
+/// Errors starting or running a node.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    /// Bad configuration (the CLI exits 64).
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// A certificate or key problem.
+    #[error(transparent)]
+    Identity(#[from] IdentityError),
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The gRPC server failed.
+    #[error("gRPC server: {0}")]
+    Serve(#[from] tonic::transport::Error),
+}
+
+/// State shared by the services and links of one node.
+pub struct NodeContext {
+    /// Our org.
+    pub own: OrgId,
+    /// Validated settings.
+    pub settings: Settings,
+    /// Our Ed25519 signing key.
+    pub signing: OrgSigningKey,
+    /// The store.
+    pub store: Store,
+    /// Per-org trusted CAs, swapped when partners change.
+    pub trust: SharedTrust,
+    /// Trusted signing keys (ours and partners'), swapped when partners change.
+    pub keys: ArcSwap<KeyDirectory>,
+    /// Our current signed org card.
+    pub card: Envelope,
+    /// Turns true when the node shuts down; streams and links watch it.
+    pub shutdown: watch::Receiver<bool>,
+    /// Our CA bundle, kept to rebuild the trust store.
+    own_ca_pem: String,
+    /// The partner records the trust store and keys were last built from
+    /// (`None` before the first load).
+    loaded_peers: std::sync::Mutex<Option<Vec<PeerRecord>>>,
+}
+
+impl NodeContext {
+    /// Re-reads partners and their keys from the store and, if anything
+    /// changed, swaps in a new trust store and key directory. A partner whose
+    /// stored CA bundle no longer parses is skipped with an error logged.
+    pub async fn reload_peers(&self) -> Result<Vec<PeerRecord>, NodeError> {
+        let peers = self.store.peers().await?;
+        let unchanged = self.loaded_peers.lock().expect("not poisoned").as_ref() == Some(&peers);
+        if unchanged {
+            return Ok(peers);
+        }
+        let mut trust = TrustStore::new(self.own.clone(), &self.own_ca_pem)?;
+        for p in &peers {
+            if let Err(e) = trust.set_partner(p.org.clone(), &p.ca_bundle_pem) {
+                tracing::error!(partner = %p.org, error = %e, "partner CA bundle unusable; partner skipped");
+            }
+        }
+        let mut keys = KeyDirectory::default();
+        keys.insert(KnownKey {
+            key_id: self.signing.key_id().to_string(),
+            org: self.own.clone(),
+            public_key: self.signing.public_key().to_vec(),
+            not_before_ms: 0,
+            not_after_ms: 0,
+        })
+        .map_err(|e| StoreError::Conflict(e.to_string()))?;
+        for k in self.store.signing_keys().await? {
+            if let Err(e) = keys.insert(k) {
+                tracing::error!(error = %e, "conflicting signing key skipped");
+            }
+        }
+        self.trust.store(Arc::new(trust));
+        self.keys.store(Arc::new(keys));
+        tracing::info!(partners = peers.len(), "partner trust loaded");
+        *self.loaded_peers.lock().expect("not poisoned") = Some(peers.clone());
+        Ok(peers)
+    }
+}
+
+/// A node that has loaded its configuration, keys, certificates and store.
+pub struct Node {
+    ctx: Arc<NodeContext>,
+    node_cert: Arc<CertifiedKey>,
+    server_tls: Arc<ArcSwap<rustls::ServerConfig>>,
+    shutdown_tx: watch::Sender<bool>,
+}
+
+impl Node {
+    /// Loads and checks everything `serve` needs. Nothing is bound yet, so a
+    /// bad setting fails here with the key named.
+    pub async fn open(settings: Settings) -> Result<Self, NodeError> {
+        crate::identity::install_default_provider();
+        settings.check_node_files()?;
+        let own = settings.org_id();
+        let own_ca_pem =
+            std::fs::read_to_string(&settings.tls.ca_cert).map_err(|e| ConfigError::Invalid {
+                key: "tls.ca_cert",
+                reason: format!("{}: {e}", settings.tls.ca_cert.display()),
+            })?;
+        let trust_store =
+            TrustStore::new(own.clone(), &own_ca_pem).map_err(|e| ConfigError::Invalid {
+                key: "tls.ca_cert",
+                reason: e.to_string(),
+            })?;
+        let node_cert = CertifiedKey::load(&settings.tls.node_cert, &settings.tls.node_key)
+            .map_err(|e| ConfigError::Invalid {
+                key: "tls.node_cert",
+                reason: e.to_string(),
+            })?;
+        let id = node_cert.spiffe_id().map_err(|e| ConfigError::Invalid {
+            key: "tls.node_cert",
+            reason: e.to_string(),
+        })?;
+        if id.org != own || id.role != Role::Node {
+            return Err(ConfigError::Invalid {
+                key: "tls.node_cert",
+                reason: format!("certificate is {id}, expected spiffe://{own}/node"),
+            }
+            .into());
+        }
+        let signing = load_signing_key(&settings)?;
+        let trust: SharedTrust = Arc::new(ArcSwap::from_pointee(trust_store));
+        let server_tls = Arc::new(ArcSwap::new(server_config(trust.clone(), &node_cert)?));
+        let store = Store::open_sqlite(&settings.store.path).await?;
+        let card = own_card(&settings, &signing, &own_ca_pem);
+        let (shutdown_tx, shutdown) = watch::channel(false);
+        let ctx = Arc::new(NodeContext {
+            own,
+            settings,
+            signing,
+            store,
+            trust,
+            keys: ArcSwap::from_pointee(KeyDirectory::default()),
+            card,
+            shutdown,
+            own_ca_pem,
+            loaded_peers: std::sync::Mutex::new(None),
+        });
+        ctx.reload_peers().await?;
+        Ok(Self {
+            ctx,
+            node_cert: Arc::new(node_cert),
+            server_tls,
+            shutdown_tx,
+        })
+    }
+
+    /// The node's shared state (store, org, keys), e.g. for tests and the demo.
+    pub fn context(&self) -> Arc<NodeContext> {
+        self.ctx.clone()
+    }
+
+    /// Serves on `listener` until `shutdown` completes, then closes streams
+    /// and links and waits for them.
+    pub async fn serve(
+        self,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()> + Send,
+    ) -> Result<(), NodeError> {
+        let ctx = self.ctx;
+        let addr = listener.local_addr().ok();
+        let incoming = ReceiverStream::new(crate::net::accept_mtls(listener, self.server_tls));
+        let (health, health_service) = tonic_health::server::health_reporter();
+        health
+            .set_serving::<ExchangeServer<ExchangeService>>()
+            .await;
+        let links = tokio::spawn(crate::federation::supervise(
+            ctx.clone(),
+            self.node_cert,
+            ctx.shutdown.clone(),
+        ));
+        tracing::info!(org = %ctx.own, addr = ?addr, "node serving");
+        let shutdown_tx = self.shutdown_tx;
+        let signal = async move {
+            shutdown.await;
+            tracing::info!("shutting down");
+            shutdown_tx.send_replace(true);
+        };
+        let served = Server::builder()
+            .add_service(health_service)
+            .add_service(ExchangeServer::new(ExchangeService::new(ctx.clone())))
+            .add_service(AdminServer::new(AdminService::new(ctx.clone())))
+            .serve_with_incoming_shutdown(incoming, signal)
+            .await;
+        let _ = links.await;
+        ctx.store.close().await;
+        tracing::info!(org = %ctx.own, "node stopped");
+        Ok(served?)
+    }
+}
+
+/// Loads the org signing key named by `signing.key`.
+pub fn load_signing_key(settings: &Settings) -> Result<OrgSigningKey, ConfigError> {
+    use rustls_pki_types::PrivatePkcs8KeyDer;
+    use rustls_pki_types::pem::PemObject;
+    let bad = |reason: String| ConfigError::Invalid {
+        key: "signing.key",
+        reason: format!("{}: {reason}", settings.signing.key.display()),
+    };
+    let der =
+        PrivatePkcs8KeyDer::from_pem_file(&settings.signing.key).map_err(|e| bad(e.to_string()))?;
+    OrgSigningKey::from_pkcs8(der.secret_pkcs8_der()).map_err(|e| bad(e.to_string()))
+}
+
+/// Our org card, built from settings and self-signed with our signing key.
+pub fn own_card(settings: &Settings, signing: &OrgSigningKey, own_ca_pem: &str) -> Envelope {
+    seal_card(
+        &CardInfo {
+            org: settings.org_id(),
+            display_name: settings.org.display_name.clone(),
+            country: settings.org.country.clone(),
+            sector: settings.org.sector.clone(),
+            ca_bundle_pem: own_ca_pem.to_string(),
+            endpoints: (!settings.node.endpoint.is_empty())
+                .then(|| settings.node.endpoint.clone())
+                .into_iter()
+                .collect(),
+        },
+        signing,
+        now_unix_ms(),
+    )
+}

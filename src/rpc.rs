@@ -1,0 +1,137 @@
+//! Where domain errors become gRPC statuses — the one mapping — and where a
+//! request's caller is established from its verified certificate.
+
+use tonic::{Code, Request, Status};
+
+use crate::identity::{Role, SpiffeId};
+use crate::model::{OrgId, ValidationError};
+use crate::net::PeerInfo;
+use crate::signing::VerifyError;
+use crate::store::StoreError;
+
+/// Errors a service returns; converted to [`Status`] only here.
+#[derive(Debug, thiserror::Error)]
+pub enum RpcError {
+    /// No verified identity on the connection.
+    #[error("no verified client certificate on this connection")]
+    Unauthenticated,
+    /// The caller's role or org may not call this RPC.
+    #[error("{caller} may not call {rpc}: {needed}")]
+    Forbidden {
+        /// Who called.
+        caller: SpiffeId,
+        /// Which RPC.
+        rpc: &'static str,
+        /// Who may.
+        needed: String,
+    },
+    /// A request field is invalid.
+    #[error("{0}")]
+    Invalid(#[from] ValidationError),
+    /// A required part of the request is missing.
+    #[error("{0}: is required")]
+    Missing(&'static str),
+    /// The referenced thing does not exist.
+    #[error("{0}")]
+    NotFound(String),
+    /// The request conflicts with stored state (retry may succeed).
+    #[error("{0}")]
+    Aborted(String),
+    /// A cursor or position outside what this node holds.
+    #[error("{0}")]
+    OutOfRange(String),
+    /// The node is shutting down.
+    #[error("node is shutting down")]
+    ShuttingDown,
+    /// Storage failed; details go to the node log, not to the caller.
+    #[error("{0}")]
+    Store(#[from] StoreError),
+}
+
+impl From<RpcError> for Status {
+    fn from(e: RpcError) -> Status {
+        match &e {
+            RpcError::Unauthenticated => Status::unauthenticated(e.to_string()),
+            RpcError::Forbidden { .. } => Status::permission_denied(e.to_string()),
+            RpcError::Invalid(_) | RpcError::Missing(_) => Status::invalid_argument(e.to_string()),
+            RpcError::NotFound(_) => Status::not_found(e.to_string()),
+            RpcError::Aborted(_) => Status::aborted(e.to_string()),
+            RpcError::OutOfRange(_) => Status::out_of_range(e.to_string()),
+            RpcError::ShuttingDown => Status::unavailable(e.to_string()),
+            RpcError::Store(StoreError::Duplicate { .. }) => Status::already_exists(e.to_string()),
+            RpcError::Store(inner) => {
+                tracing::error!(error = %inner, "storage failure while serving a request");
+                Status::internal("storage failure on the serving node; see its log")
+            }
+        }
+    }
+}
+
+/// The gRPC code an envelope refusal maps to, recorded with the rejection:
+/// authenticity failures are `Unauthenticated`, a key we do not know yet is
+/// `FailedPrecondition` (fixable by registering the card), malformed content
+/// is `InvalidArgument`.
+pub fn verify_code(e: &VerifyError) -> Code {
+    match e {
+        VerifyError::BadSignature { .. }
+        | VerifyError::OriginMismatch { .. }
+        | VerifyError::KeyIdMismatch { .. }
+        | VerifyError::KeyNotValid { .. }
+        | VerifyError::SignatureCount(_) => Code::Unauthenticated,
+        VerifyError::UnknownKey(_) => Code::FailedPrecondition,
+        VerifyError::WrongPayloadType { .. }
+        | VerifyError::TooLarge(_)
+        | VerifyError::Decode(_) => Code::InvalidArgument,
+    }
+}
+
+/// Who may call an RPC.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Allowed {
+    /// A publisher certificate of our own org.
+    OwnPublisher,
+    /// An admin certificate of our own org.
+    OwnAdmin,
+    /// The node certificate of a registered partner org (its certificate
+    /// chained to that partner's CA, or the handshake would have failed).
+    PartnerNode,
+    /// Any verified caller.
+    Anyone,
+}
+
+/// Returns the verified caller if it may call `rpc`.
+pub fn authorize<T>(
+    req: &Request<T>,
+    own: &OrgId,
+    allowed: Allowed,
+    rpc: &'static str,
+) -> Result<SpiffeId, RpcError> {
+    let id = req
+        .extensions()
+        .get::<PeerInfo>()
+        .map(|p| p.id.clone())
+        .ok_or(RpcError::Unauthenticated)?;
+    let own_org = &id.org == own;
+    let ok = match allowed {
+        Allowed::OwnPublisher => own_org && matches!(id.role, Role::Publisher(_)),
+        Allowed::OwnAdmin => own_org && matches!(id.role, Role::Admin(_)),
+        Allowed::PartnerNode => !own_org && id.role == Role::Node,
+        Allowed::Anyone => true,
+    };
+    if !ok {
+        let needed = match allowed {
+            Allowed::OwnPublisher => format!("only spiffe://{own}/publisher/<name> certificates"),
+            Allowed::OwnAdmin => format!("only spiffe://{own}/admin/<name> certificates"),
+            Allowed::PartnerNode => {
+                "only partner node certificates (spiffe://<partner>/node)".into()
+            }
+            Allowed::Anyone => String::new(),
+        };
+        return Err(RpcError::Forbidden {
+            caller: id,
+            rpc,
+            needed,
+        });
+    }
+    Ok(id)
+}

@@ -1,0 +1,554 @@
+//! Durable storage: the append-only indicator log, partners and their keys,
+//! per-upstream cursors and rejected envelopes.
+//!
+//! SQLite (embedded default) in WAL mode with `synchronous=FULL`: a publish
+//! is acknowledged, and a cursor advanced, only after the commit is durable.
+//! Received rows and the cursor that covers them commit in one transaction.
+
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::Row;
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
+use tokio::sync::watch;
+
+use crate::identity::VerifiedCard;
+use crate::model::{OrgId, now_unix_ms};
+use crate::proto::v1::Indicator;
+use crate::signing::KnownKey;
+
+/// Storage errors.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The database could not be opened or migrated.
+    #[error("cannot open store {path}: {reason}")]
+    Open {
+        /// The database file.
+        path: String,
+        /// Why.
+        reason: String,
+    },
+    /// A query failed.
+    #[error("store: {0}")]
+    Database(#[from] sqlx::Error),
+    /// The (origin, id, version) already exists.
+    #[error("{origin}/{id} version {version} is already stored")]
+    Duplicate {
+        /// Origin org.
+        origin: String,
+        /// Indicator id.
+        id: String,
+        /// Version.
+        version: u64,
+    },
+    /// A partner card conflicts with what is stored.
+    #[error("{0}")]
+    Conflict(String),
+    /// A stored row is unreadable (manual edits, corruption).
+    #[error("corrupt stored row: {0}")]
+    Corrupt(String),
+}
+
+/// An indicator version to append.
+#[derive(Debug, Clone)]
+pub struct NewIndicator {
+    /// The decoded (verified) indicator, for the columns.
+    pub indicator: Indicator,
+    /// The serialised envelope, stored byte for byte.
+    pub envelope: Vec<u8>,
+}
+
+/// A stored indicator version.
+#[derive(Debug, Clone)]
+pub struct StoredIndicator {
+    /// Local sequence number.
+    pub seq: u64,
+    /// Origin org.
+    pub origin_org: String,
+    /// Indicator id.
+    pub indicator_id: String,
+    /// Version.
+    pub version: u64,
+    /// Partner it came from; `None` if published here.
+    pub received_from: Option<String>,
+    /// Envelope bytes exactly as signed.
+    pub envelope: Vec<u8>,
+    /// When this node stored it.
+    pub stored_ms: i64,
+}
+
+/// A refused envelope to record.
+#[derive(Debug, Clone)]
+pub struct Rejection {
+    /// Upstream sequence number of the refused item.
+    pub upstream_seq: u64,
+    /// gRPC status code name the refusal maps to (e.g. `Unauthenticated`).
+    pub code: String,
+    /// Why it was refused.
+    pub reason: String,
+    /// The refused bytes, for forensics.
+    pub envelope: Vec<u8>,
+}
+
+/// A recorded rejection.
+#[derive(Debug, Clone)]
+pub struct RejectionRecord {
+    /// Partner that sent it.
+    pub upstream_org: String,
+    /// Upstream sequence number.
+    pub upstream_seq: u64,
+    /// gRPC status code name.
+    pub code: String,
+    /// Why.
+    pub reason: String,
+    /// When.
+    pub rejected_ms: i64,
+}
+
+/// A registered partner.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerRecord {
+    /// Partner org.
+    pub org: OrgId,
+    /// Its display name.
+    pub display_name: String,
+    /// Where we dial it; empty = we do not subscribe to it.
+    pub endpoint: String,
+    /// Version of the stored card.
+    pub card_version: u64,
+    /// Its CA bundle.
+    pub ca_bundle_pem: String,
+    /// When first registered.
+    pub added_ms: i64,
+}
+
+/// Result of committing a batch received from a partner.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct IngestOutcome {
+    /// New versions stored.
+    pub stored: u64,
+    /// Versions already held (idempotent re-delivery).
+    pub duplicates: u64,
+    /// Envelopes refused and recorded.
+    pub rejected: u64,
+}
+
+/// Whether `put_peer` added or replaced a partner.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PeerChange {
+    /// A new partner.
+    Added,
+    /// A newer card or endpoint for a known partner.
+    Updated,
+}
+
+/// The node's store.
+#[derive(Debug, Clone)]
+pub struct Store {
+    /// Connection pool; writes serialise inside SQLite.
+    pool: SqlitePool,
+    /// Highest local sequence number, so live subscribers wake without polling.
+    latest: watch::Sender<u64>,
+}
+
+fn to_i64(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+impl Store {
+    /// Opens (creating if needed) the SQLite database at `path` and migrates it.
+    pub async fn open_sqlite(path: &Path) -> Result<Self, StoreError> {
+        let open_err = |reason: String| StoreError::Open {
+            path: path.display().to_string(),
+            reason,
+        };
+        if let Some(dir) = path.parent()
+            && !dir.as_os_str().is_empty()
+        {
+            std::fs::create_dir_all(dir).map_err(|e| open_err(e.to_string()))?;
+        }
+        let opts = SqliteConnectOptions::from_str("sqlite://")
+            .map_err(|e| open_err(e.to_string()))?
+            .filename(path)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Full)
+            .foreign_keys(true)
+            .busy_timeout(Duration::from_secs(10));
+        let pool = SqlitePoolOptions::new()
+            .max_connections(4)
+            .connect_with(opts)
+            .await
+            .map_err(|e| open_err(e.to_string()))?;
+        sqlx::migrate!("migrations/sqlite")
+            .run(&pool)
+            .await
+            .map_err(|e| open_err(format!("migration failed: {e}")))?;
+        let store = Self {
+            pool,
+            latest: watch::channel(0).0,
+        };
+        let latest = store.latest_seq().await?;
+        store.latest.send_replace(latest);
+        Ok(store)
+    }
+
+    /// Closes the pool, flushing WAL state.
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+
+    /// Highest local sequence number (0 if empty).
+    pub async fn latest_seq(&self) -> Result<u64, StoreError> {
+        let v: Option<i64> = sqlx::query_scalar("SELECT MAX(seq) FROM indicators")
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(v.unwrap_or(0) as u64)
+    }
+
+    /// A receiver that changes whenever new rows are committed.
+    pub fn watch_latest(&self) -> watch::Receiver<u64> {
+        self.latest.subscribe()
+    }
+
+    fn bump(&self, seq: u64) {
+        self.latest.send_if_modified(|cur| {
+            if seq > *cur {
+                *cur = seq;
+                true
+            } else {
+                false
+            }
+        });
+    }
+
+    /// Appends a version published here. Durable when this returns.
+    pub async fn append_local(&self, row: &NewIndicator) -> Result<u64, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let seq = insert_indicator(&mut tx, row, "").await?;
+        tx.commit().await?;
+        let Some(seq) = seq else {
+            return Err(StoreError::Duplicate {
+                origin: row.indicator.origin_org.clone(),
+                id: row.indicator.id.clone(),
+                version: row.indicator.version,
+            });
+        };
+        self.bump(seq);
+        Ok(seq)
+    }
+
+    /// Highest stored version and creation time of an indicator.
+    pub async fn latest_version(
+        &self,
+        origin: &str,
+        id: &str,
+    ) -> Result<Option<(u64, i64)>, StoreError> {
+        let row = sqlx::query(
+            "SELECT version, created_ms FROM indicators \
+             WHERE origin_org = ? AND indicator_id = ? ORDER BY version DESC LIMIT 1",
+        )
+        .bind(origin)
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.map(|r| (r.get::<i64, _>(0) as u64, r.get::<i64, _>(1))))
+    }
+
+    /// Commits a batch from `upstream`: new rows (duplicates ignored),
+    /// rejections, and the cursor, in **one** transaction. The cursor only
+    /// moves forward.
+    pub async fn ingest_batch(
+        &self,
+        upstream: &OrgId,
+        rows: &[NewIndicator],
+        rejections: &[Rejection],
+        cursor: u64,
+    ) -> Result<IngestOutcome, StoreError> {
+        let now = now_unix_ms();
+        let mut out = IngestOutcome::default();
+        let mut tx = self.pool.begin().await?;
+        let mut max_seq = 0;
+        for row in rows {
+            match insert_indicator(&mut tx, row, upstream.as_str()).await? {
+                Some(seq) => {
+                    out.stored += 1;
+                    max_seq = seq;
+                }
+                None => out.duplicates += 1,
+            }
+        }
+        for r in rejections {
+            sqlx::query(
+                "INSERT INTO rejections (upstream_org, upstream_seq, code, reason, envelope, rejected_ms) \
+                 VALUES (?, ?, ?, ?, ?, ?)",
+            )
+            .bind(upstream.as_str())
+            .bind(to_i64(r.upstream_seq))
+            .bind(&r.code)
+            .bind(&r.reason)
+            .bind(&r.envelope)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+            out.rejected += 1;
+        }
+        sqlx::query(
+            "INSERT INTO cursors (upstream_org, cursor, updated_ms) VALUES (?, ?, ?) \
+             ON CONFLICT (upstream_org) DO UPDATE SET cursor = excluded.cursor, updated_ms = excluded.updated_ms \
+             WHERE excluded.cursor > cursors.cursor",
+        )
+        .bind(upstream.as_str())
+        .bind(to_i64(cursor))
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        if max_seq > 0 {
+            self.bump(max_seq);
+        }
+        Ok(out)
+    }
+
+    /// The committed cursor for `upstream` (0 if never subscribed).
+    pub async fn cursor(&self, upstream: &OrgId) -> Result<u64, StoreError> {
+        let v: Option<i64> =
+            sqlx::query_scalar("SELECT cursor FROM cursors WHERE upstream_org = ?")
+                .bind(upstream.as_str())
+                .fetch_optional(&self.pool)
+                .await?;
+        Ok(v.unwrap_or(0) as u64)
+    }
+
+    /// Up to `limit` rows with `seq > after`, in order.
+    pub async fn read_after(
+        &self,
+        after: u64,
+        limit: u32,
+    ) -> Result<Vec<StoredIndicator>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT seq, origin_org, indicator_id, version, received_from, envelope, stored_ms \
+             FROM indicators WHERE seq > ? ORDER BY seq LIMIT ?",
+        )
+        .bind(to_i64(after))
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.iter().map(stored_from_row).collect())
+    }
+
+    /// Every stored version of `origin`'s indicators (or all, if `None`), in order.
+    pub async fn indicators(
+        &self,
+        origin: Option<&str>,
+    ) -> Result<Vec<StoredIndicator>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT seq, origin_org, indicator_id, version, received_from, envelope, stored_ms \
+             FROM indicators WHERE (?1 IS NULL OR origin_org = ?1) ORDER BY seq",
+        )
+        .bind(origin)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.iter().map(stored_from_row).collect())
+    }
+
+    /// Number of stored indicator versions.
+    pub async fn count_indicators(&self) -> Result<u64, StoreError> {
+        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM indicators")
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(n as u64)
+    }
+
+    /// Rejected envelopes, oldest first.
+    pub async fn rejections(&self) -> Result<Vec<RejectionRecord>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT upstream_org, upstream_seq, code, reason, rejected_ms FROM rejections ORDER BY id",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .iter()
+            .map(|r| RejectionRecord {
+                upstream_org: r.get(0),
+                upstream_seq: r.get::<i64, _>(1) as u64,
+                code: r.get(2),
+                reason: r.get(3),
+                rejected_ms: r.get(4),
+            })
+            .collect())
+    }
+
+    /// Registers or updates a partner from its verified card. A card older
+    /// than the stored one is refused (rollback), and a signing key already
+    /// registered for another org is refused.
+    pub async fn put_peer(
+        &self,
+        card: &VerifiedCard,
+        card_bytes: &[u8],
+        endpoint: &str,
+    ) -> Result<PeerChange, StoreError> {
+        let now = now_unix_ms();
+        let mut tx = self.pool.begin().await?;
+        let existing: Option<i64> =
+            sqlx::query_scalar("SELECT card_version FROM peers WHERE org_id = ?")
+                .bind(card.org.as_str())
+                .fetch_optional(&mut *tx)
+                .await?;
+        if let Some(v) = existing
+            && (v as u64) > card.card.version
+        {
+            return Err(StoreError::Conflict(format!(
+                "card for {} has version {} but version {v} is already registered",
+                card.org, card.card.version
+            )));
+        }
+        for k in &card.keys {
+            let owner: Option<String> =
+                sqlx::query_scalar("SELECT org_id FROM signing_keys WHERE key_id = ?")
+                    .bind(&k.key_id)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+            if let Some(owner) = owner
+                && owner != card.org.as_str()
+            {
+                return Err(StoreError::Conflict(format!(
+                    "signing key {} in {}'s card is already registered for {owner}",
+                    k.key_id, card.org
+                )));
+            }
+        }
+        sqlx::query(
+            "INSERT INTO peers (org_id, display_name, endpoint, card, card_version, ca_bundle_pem, added_ms, updated_ms) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7) \
+             ON CONFLICT (org_id) DO UPDATE SET display_name = excluded.display_name, \
+             endpoint = excluded.endpoint, card = excluded.card, card_version = excluded.card_version, \
+             ca_bundle_pem = excluded.ca_bundle_pem, updated_ms = excluded.updated_ms",
+        )
+        .bind(card.org.as_str())
+        .bind(&card.card.display_name)
+        .bind(endpoint)
+        .bind(card_bytes)
+        .bind(to_i64(card.card.version))
+        .bind(&card.card.ca_bundle_pem)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query("DELETE FROM signing_keys WHERE org_id = ?")
+            .bind(card.org.as_str())
+            .execute(&mut *tx)
+            .await?;
+        for k in &card.keys {
+            sqlx::query(
+                "INSERT INTO signing_keys (key_id, org_id, public_key, not_before_ms, not_after_ms) \
+                 VALUES (?, ?, ?, ?, ?)",
+            )
+            .bind(&k.key_id)
+            .bind(card.org.as_str())
+            .bind(&k.public_key)
+            .bind(k.not_before_ms)
+            .bind(k.not_after_ms)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(if existing.is_some() {
+            PeerChange::Updated
+        } else {
+            PeerChange::Added
+        })
+    }
+
+    /// All registered partners, by org id.
+    pub async fn peers(&self) -> Result<Vec<PeerRecord>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT org_id, display_name, endpoint, card_version, ca_bundle_pem, added_ms \
+             FROM peers ORDER BY org_id",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                let org: String = r.get(0);
+                Ok(PeerRecord {
+                    org: OrgId::parse(&org)
+                        .map_err(|e| StoreError::Corrupt(format!("peers.org_id: {e}")))?,
+                    display_name: r.get(1),
+                    endpoint: r.get(2),
+                    card_version: r.get::<i64, _>(3) as u64,
+                    ca_bundle_pem: r.get(4),
+                    added_ms: r.get(5),
+                })
+            })
+            .collect()
+    }
+
+    /// All partners' signing keys.
+    pub async fn signing_keys(&self) -> Result<Vec<KnownKey>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT key_id, org_id, public_key, not_before_ms, not_after_ms FROM signing_keys",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                let org: String = r.get(1);
+                Ok(KnownKey {
+                    key_id: r.get(0),
+                    org: OrgId::parse(&org)
+                        .map_err(|e| StoreError::Corrupt(format!("signing_keys.org_id: {e}")))?,
+                    public_key: r.get(2),
+                    not_before_ms: r.get(3),
+                    not_after_ms: r.get(4),
+                })
+            })
+            .collect()
+    }
+}
+
+fn stored_from_row(r: &sqlx::sqlite::SqliteRow) -> StoredIndicator {
+    let from: String = r.get(4);
+    StoredIndicator {
+        seq: r.get::<i64, _>(0) as u64,
+        origin_org: r.get(1),
+        indicator_id: r.get(2),
+        version: r.get::<i64, _>(3) as u64,
+        received_from: (!from.is_empty()).then_some(from),
+        envelope: r.get(5),
+        stored_ms: r.get(6),
+    }
+}
+
+/// Inserts one version; `None` when (origin, id, version) is already stored.
+async fn insert_indicator(
+    tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+    row: &NewIndicator,
+    received_from: &str,
+) -> Result<Option<u64>, StoreError> {
+    let i = &row.indicator;
+    let seq: Option<i64> = sqlx::query_scalar(
+        "INSERT INTO indicators (origin_org, indicator_id, version, received_from, envelope, kind, value, \
+         tlp, confidence, created_ms, modified_ms, revoked, stored_ms) \
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) \
+         ON CONFLICT (origin_org, indicator_id, version) DO NOTHING RETURNING seq",
+    )
+    .bind(&i.origin_org)
+    .bind(&i.id)
+    .bind(to_i64(i.version))
+    .bind(received_from)
+    .bind(&row.envelope)
+    .bind(i.kind)
+    .bind(&i.value)
+    .bind(i.marking.as_ref().map(|m| m.tlp).unwrap_or(0))
+    .bind(i64::from(i.confidence))
+    .bind(i.created_unix_ms)
+    .bind(i.modified_unix_ms)
+    .bind(i.revoked)
+    .bind(now_unix_ms())
+    .fetch_optional(&mut **tx)
+    .await?;
+    Ok(seq.map(|s| s as u64))
+}
