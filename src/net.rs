@@ -1,7 +1,9 @@
 //! Mutual-TLS transport for tonic. The server side accepts TCP, completes the
-//! TLS handshake itself (so the per-org verifier decides), and hands tonic a
-//! connection that carries the caller's verified SPIFFE id as its connect
-//! info. The client side dials with a connector that expects one exact node
+//! TLS handshake itself, verifies the client certificate against the CA of
+//! the org it claims, and hands tonic a connection that carries the outcome
+//! as its connect info; [`require_verified_peer`] then refuses every request
+//! of a connection without a verified identity, before any service sees it.
+//! The client side dials with a connector that expects one exact node
 //! identity. DNS names play no part in identity.
 
 use std::io;
@@ -22,18 +24,34 @@ use tokio_rustls::{TlsAcceptor, TlsConnector, server::TlsStream};
 use tonic::transport::server::Connected;
 use tonic::transport::{Channel, Endpoint, Uri};
 
-use crate::identity::SpiffeId;
+use crate::identity::{IdentityError, SharedTrust, SpiffeId, Usage};
 
 /// How long a client has to complete the TLS handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// The authenticated caller of a connection, attached to every request on it.
+/// The caller of a connection, attached to every request on it.
 #[derive(Debug, Clone)]
 pub struct PeerInfo {
-    /// SPIFFE id from the verified client certificate.
-    pub id: SpiffeId,
+    /// SPIFFE id from the client certificate, verified against the CA bundle
+    /// of the org it names — or why there is none.
+    pub identity: Result<SpiffeId, IdentityError>,
     /// Remote socket address, for logs.
     pub remote: SocketAddr,
+}
+
+/// The request gate, installed in front of every service of a node: a
+/// request on a connection without a verified identity is answered
+/// `Unauthenticated` with the reason, and reaches no service.
+pub fn require_verified_peer(req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+    match req.extensions().get::<PeerInfo>().map(|p| &p.identity) {
+        Some(Ok(_)) => Ok(req),
+        Some(Err(e)) => Err(tonic::Status::unauthenticated(format!(
+            "client certificate refused: {e}"
+        ))),
+        None => Err(tonic::Status::unauthenticated(
+            "connection has no TLS identity",
+        )),
+    }
 }
 
 /// A server-side TLS connection whose client certificate has been verified.
@@ -85,13 +103,15 @@ impl AsyncWrite for PeerConn {
     }
 }
 
-/// Accepts connections on `listener` and yields those whose TLS handshake
-/// (with mandatory, per-org verified client certificates) succeeds. The
-/// server config is read per connection, so a swapped config applies to the
-/// next handshake. Ends when the receiver is dropped.
+/// Accepts connections on `listener`, completes the TLS handshake, and
+/// verifies the client certificate chain against the CA bundle of the org
+/// it claims, using the trust store current at that moment. The server
+/// config is also read per connection, so swaps apply to the next one.
+/// Ends when the receiver is dropped.
 pub fn accept_mtls(
     listener: TcpListener,
     tls: Arc<ArcSwap<ServerConfig>>,
+    trust: SharedTrust,
 ) -> mpsc::Receiver<Result<PeerConn, io::Error>> {
     let (tx, rx) = mpsc::channel(64);
     tokio::spawn(async move {
@@ -110,6 +130,7 @@ pub fn accept_mtls(
             let _ = tcp.set_nodelay(true);
             let acceptor = TlsAcceptor::from(tls.load_full());
             let tx = tx.clone();
+            let trust = trust.clone();
             tokio::spawn(async move {
                 let io = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
                     Ok(Ok(io)) => io,
@@ -122,28 +143,41 @@ pub fn accept_mtls(
                         return;
                     }
                 };
-                let id = io
-                    .get_ref()
-                    .1
-                    .peer_certificates()
-                    .and_then(|c| c.first())
-                    .map(|c| SpiffeId::from_cert_der(c.as_ref()));
-                let Some(Ok(id)) = id else {
-                    // Unreachable with a mandatory-client-auth verifier; fail closed.
-                    tracing::warn!(%remote, "connection without a verified identity dropped");
-                    return;
-                };
-                tracing::debug!(%remote, peer = %id, "mTLS connection");
+                let identity = verify_client(&io, &trust);
+                match &identity {
+                    Ok(id) => tracing::debug!(%remote, peer = %id, "mTLS connection"),
+                    Err(e) => tracing::warn!(%remote, reason = %e, "client certificate refused"),
+                }
                 let _ = tx
                     .send(Ok(PeerConn {
                         io,
-                        info: PeerInfo { id, remote },
+                        info: PeerInfo { identity, remote },
                     }))
                     .await;
             });
         }
     });
     rx
+}
+
+fn verify_client(
+    io: &TlsStream<TcpStream>,
+    trust: &SharedTrust,
+) -> Result<SpiffeId, IdentityError> {
+    let certs = io.get_ref().1.peer_certificates().unwrap_or_default();
+    let Some((end_entity, intermediates)) = certs.split_first() else {
+        return Err(IdentityError::NoClientCert);
+    };
+    let algs = crate::identity::provider()
+        .signature_verification_algorithms
+        .all;
+    trust.load().verify(
+        end_entity,
+        intermediates,
+        rustls_pki_types::UnixTime::now(),
+        Usage::Client,
+        algs,
+    )
 }
 
 /// A lazily connecting gRPC channel to `endpoint` (`host:port`) over mutual

@@ -147,7 +147,7 @@ impl Node {
         }
         let signing = load_signing_key(&settings)?;
         let trust: SharedTrust = Arc::new(ArcSwap::from_pointee(trust_store));
-        let server_tls = Arc::new(ArcSwap::new(server_config(trust.clone(), &node_cert)?));
+        let server_tls = Arc::new(ArcSwap::new(server_config(&node_cert)?));
         let store = Store::open_sqlite(&settings.store.path).await?;
         let card = own_card(&settings, &signing, &own_ca_pem);
         let (shutdown_tx, shutdown) = watch::channel(false);
@@ -186,7 +186,11 @@ impl Node {
     ) -> Result<(), NodeError> {
         let ctx = self.ctx;
         let addr = listener.local_addr().ok();
-        let incoming = ReceiverStream::new(crate::net::accept_mtls(listener, self.server_tls));
+        let incoming = ReceiverStream::new(crate::net::accept_mtls(
+            listener,
+            self.server_tls,
+            ctx.trust.clone(),
+        ));
         let (health, health_service) = tonic_health::server::health_reporter();
         health
             .set_serving::<ExchangeServer<ExchangeService>>()
@@ -204,6 +208,11 @@ impl Node {
             shutdown_tx.send_replace(true);
         };
         let served = Server::builder()
+            // Deny by default: no request reaches any service, health
+            // included, without a verified identity.
+            .layer(tonic::service::InterceptorLayer::new(
+                crate::net::require_verified_peer,
+            ))
             .add_service(health_service)
             .add_service(ExchangeServer::new(ExchangeService::new(ctx.clone())))
             .add_service(AdminServer::new(AdminService::new(ctx.clone())))

@@ -106,11 +106,10 @@ pub fn authorize<T>(
     allowed: Allowed,
     rpc: &'static str,
 ) -> Result<SpiffeId, RpcError> {
-    let id = req
-        .extensions()
-        .get::<PeerInfo>()
-        .map(|p| p.id.clone())
-        .ok_or(RpcError::Unauthenticated)?;
+    let id = match req.extensions().get::<PeerInfo>().map(|p| &p.identity) {
+        Some(Ok(id)) => id.clone(),
+        _ => return Err(RpcError::Unauthenticated),
+    };
     let own_org = &id.org == own;
     let ok = match allowed {
         Allowed::OwnPublisher => own_org && matches!(id.role, Role::Publisher(_)),

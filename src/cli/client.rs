@@ -44,7 +44,7 @@ pub fn channel(settings: &Settings, who: As) -> Result<Channel, CliError> {
         .map_err(|e| CliError::Failed(format!("{}: {e}", settings.tls.ca_cert.display())))?;
     let trust = Arc::new(ArcSwap::from_pointee(TrustStore::new(own.clone(), &ca)?));
     let cert = CertifiedKey::load(cp, kp)?;
-    let tls = client_config(trust, SpiffeId::node(&own), &cert)?;
+    let tls = client_config(trust, SpiffeId::node(&own), Some(&cert))?;
     let server = settings.client_server()?;
     crate::net::mtls_channel(&server, own.as_str(), tls)
         .map_err(|e| CliError::Failed(format!("client.server {server}: {e}")))

@@ -150,7 +150,7 @@ async fn session(
     client: &CertifiedKey,
     backoff: &mut Backoff,
 ) -> Result<(), LinkError> {
-    let tls = client_config(ctx.trust.clone(), SpiffeId::node(&peer.org), client)?;
+    let tls = client_config(ctx.trust.clone(), SpiffeId::node(&peer.org), Some(client))?;
     let channel = crate::net::mtls_channel(&peer.endpoint, peer.org.as_str(), tls)?;
     let mut exchange = ExchangeClient::new(channel).max_decoding_message_size(MAX_MESSAGE_BYTES);
     let mut cursor = ctx.store.cursor(&peer.org).await?;

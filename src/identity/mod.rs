@@ -30,6 +30,9 @@ pub enum IdentityError {
         /// Why.
         reason: String,
     },
+    /// The client presented no certificate.
+    #[error("no client certificate presented; use a certificate issued by your organisation's CA")]
+    NoClientCert,
     /// Certificate without a URI SAN.
     #[error("certificate has no URI SAN with a SPIFFE id")]
     NoSpiffeId,

@@ -82,34 +82,37 @@ fn refuse(e: IdentityError) -> rustls::Error {
     rustls::Error::InvalidCertificate(CertificateError::Other(OtherError(Arc::new(e))))
 }
 
-/// Server side: every client must present a certificate that chains to the
-/// CA of the org its SPIFFE id names.
+/// Server side. The handshake proves the client holds the private key of the
+/// certificate it presents; whether that certificate is **trusted** is
+/// decided once per connection by [`crate::net::accept_mtls`] with
+/// [`TrustStore::verify`] (chain to the claimed org's own CA). Deciding there
+/// rather than in the handshake lets a refused caller receive a gRPC
+/// `Unauthenticated` naming the reason instead of a bare TLS alert; the
+/// node's request gate lets no request without a verified identity through.
 #[derive(Debug)]
-struct PeerCertVerifier {
-    trust: SharedTrust,
+struct DeferredClientCertVerifier {
     algs: WebPkiSupportedAlgorithms,
 }
 
-impl ClientCertVerifier for PeerCertVerifier {
+impl ClientCertVerifier for DeferredClientCertVerifier {
     fn root_hint_subjects(&self) -> &[DistinguishedName] {
         // Do not advertise which partners we trust.
         &[]
     }
 
+    fn client_auth_mandatory(&self) -> bool {
+        // A caller without a certificate is refused by the request gate with
+        // a clear status rather than by a handshake failure.
+        false
+    }
+
     fn verify_client_cert(
         &self,
-        end_entity: &CertificateDer<'_>,
-        intermediates: &[CertificateDer<'_>],
-        now: UnixTime,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _now: UnixTime,
     ) -> Result<ClientCertVerified, rustls::Error> {
-        let trust = self.trust.load();
-        match trust.verify(end_entity, intermediates, now, Usage::Client, self.algs.all) {
-            Ok(_) => Ok(ClientCertVerified::assertion()),
-            Err(e) => {
-                tracing::warn!(reason = %e, "refused client certificate");
-                Err(refuse(e))
-            }
-        }
+        Ok(ClientCertVerified::assertion())
     }
 
     fn verify_tls12_signature(
@@ -189,12 +192,9 @@ impl ServerCertVerifier for NodeCertVerifier {
     }
 }
 
-/// The server configuration of a node: its node certificate, mandatory
-/// client certificates verified per org, ALPN h2.
-pub fn server_config(
-    trust: SharedTrust,
-    node: &CertifiedKey,
-) -> Result<Arc<ServerConfig>, IdentityError> {
+/// The server configuration of a node: its node certificate, client
+/// certificates requested (and trusted per org in [`crate::net`]), ALPN h2.
+pub fn server_config(node: &CertifiedKey) -> Result<Arc<ServerConfig>, IdentityError> {
     let id = node.spiffe_id()?;
     if id.role != Role::Node {
         return Err(IdentityError::WrongRole {
@@ -203,8 +203,7 @@ pub fn server_config(
         });
     }
     let provider = provider();
-    let verifier = Arc::new(PeerCertVerifier {
-        trust,
+    let verifier = Arc::new(DeferredClientCertVerifier {
         algs: provider.signature_verification_algorithms,
     });
     let mut cfg = ServerConfig::builder_with_provider(provider)
@@ -217,12 +216,13 @@ pub fn server_config(
     Ok(Arc::new(cfg))
 }
 
-/// A client configuration that presents `client`'s certificate and accepts
-/// only a server whose verified SPIFFE id is `expected`.
+/// A client configuration that presents `client`'s certificate (or none:
+/// every node refuses such a client, but it can still check who a node is)
+/// and accepts only a server whose verified SPIFFE id is `expected`.
 pub fn client_config(
     trust: SharedTrust,
     expected: SpiffeId,
-    client: &CertifiedKey,
+    client: Option<&CertifiedKey>,
 ) -> Result<Arc<ClientConfig>, IdentityError> {
     let provider = provider();
     let verifier = Arc::new(NodeCertVerifier {
@@ -230,13 +230,17 @@ pub fn client_config(
         expected,
         algs: provider.signature_verification_algorithms,
     });
-    let mut cfg = ClientConfig::builder_with_provider(provider)
+    let builder = ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(|e| IdentityError::Tls(e.to_string()))?
         .dangerous()
-        .with_custom_certificate_verifier(verifier)
-        .with_client_auth_cert(client.chain.clone(), client.key.clone_key())
-        .map_err(|e| IdentityError::Tls(e.to_string()))?;
+        .with_custom_certificate_verifier(verifier);
+    let mut cfg = match client {
+        Some(c) => builder
+            .with_client_auth_cert(c.chain.clone(), c.key.clone_key())
+            .map_err(|e| IdentityError::Tls(e.to_string()))?,
+        None => builder.with_no_client_auth(),
+    };
     cfg.alpn_protocols = vec![b"h2".to_vec()];
     Ok(Arc::new(cfg))
 }

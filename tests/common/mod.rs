@@ -1,0 +1,379 @@
+//! The one test harness: organisations made by the project's own `init`,
+//! real nodes on 127.0.0.1:0 over real mutual TLS, clients presenting any
+//! certificate, and a rogue upstream that serves hand-made envelopes.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use prost::Message;
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::{Channel, Server};
+use tonic::{Request, Response, Status};
+
+use threatmesh::cli::init::{InitArgs, init_org};
+use threatmesh::cli::peer::register_peer;
+use threatmesh::config::Settings;
+use threatmesh::identity::{
+    CertifiedKey, IssuedCert, SpiffeId, TrustStore, client_config, issue, server_config,
+};
+use threatmesh::model::OrgId;
+use threatmesh::node::{Node, NodeContext, NodeError, load_signing_key, own_card};
+use threatmesh::proto::v1::exchange_client::ExchangeClient;
+use threatmesh::proto::v1::exchange_server::{Exchange, ExchangeServer};
+use threatmesh::proto::v1::{
+    Delivery, Envelope, GetCardRequest, GetCardResponse, IndicatorDraft, IndicatorKind, Marking,
+    PublishRequest, PublishResponse, SubscribeRequest, SubscribeResponse, Tlp,
+};
+use threatmesh::signing::OrgSigningKey;
+use threatmesh::store::Store;
+
+/// An organisation created with `threatmesh init` in a temporary directory.
+pub struct Org {
+    pub id: OrgId,
+    pub dir: tempfile::TempDir,
+    pub config: PathBuf,
+    pub settings: Settings,
+}
+
+impl Org {
+    /// Creates `name` with fast test timings.
+    pub fn new(name: &str) -> Self {
+        threatmesh::identity::install_default_provider();
+        let dir = tempfile::tempdir().unwrap();
+        let report = init_org(&InitArgs {
+            org: name.into(),
+            dir: dir.path().to_path_buf(),
+            endpoint: None,
+            listen: "127.0.0.1:0".into(),
+            display_name: Some(format!("Test org {name}")),
+            country: String::new(),
+            sector: String::new(),
+            admin_name: "admin".into(),
+            publisher_name: "publisher".into(),
+            force: false,
+        })
+        .unwrap();
+        let mut settings = Settings::load(&report.config).unwrap();
+        settings.federation.peer_refresh_ms = 100;
+        settings.federation.reconnect_min_ms = 50;
+        settings.federation.reconnect_max_ms = 500;
+        Self {
+            id: report.org,
+            dir,
+            config: report.config,
+            settings,
+        }
+    }
+
+    fn read(&self, p: &std::path::Path) -> String {
+        std::fs::read_to_string(p).unwrap()
+    }
+
+    pub fn ca_pem(&self) -> String {
+        self.read(&self.settings.tls.ca_cert)
+    }
+
+    pub fn ca_key_pem(&self) -> String {
+        self.read(&self.dir.path().join("certs/ca.key"))
+    }
+
+    /// Issues a certificate for `id` from this org's CA.
+    pub fn issue(&self, id: &SpiffeId) -> IssuedCert {
+        issue(&self.ca_pem(), &self.ca_key_pem(), id, 30).unwrap()
+    }
+
+    pub fn signing_key(&self) -> OrgSigningKey {
+        load_signing_key(&self.settings).unwrap()
+    }
+
+    /// This org's signed card.
+    pub fn card(&self) -> Envelope {
+        own_card(&self.settings, &self.signing_key(), &self.ca_pem())
+    }
+
+    pub fn publisher_cert(&self) -> CertifiedKey {
+        let c = &self.settings.client;
+        CertifiedKey::load(&c.publisher_cert, &c.publisher_key).unwrap()
+    }
+
+    pub fn admin_cert(&self) -> CertifiedKey {
+        let c = &self.settings.client;
+        CertifiedKey::load(&c.admin_cert, &c.admin_key).unwrap()
+    }
+
+    pub fn node_cert(&self) -> CertifiedKey {
+        let t = &self.settings.tls;
+        CertifiedKey::load(&t.node_cert, &t.node_key).unwrap()
+    }
+
+    /// Registers `partner`'s card in this org's store; `dial` = where to
+    /// subscribe to it (None = trust it, but do not dial it).
+    pub async fn add_peer(&self, partner: &Org, dial: Option<SocketAddr>) {
+        self.add_card(&partner.card(), dial).await;
+    }
+
+    pub async fn add_card(&self, card: &Envelope, dial: Option<SocketAddr>) {
+        let store = Store::open_sqlite(&self.settings.store.path).await.unwrap();
+        let ep = dial.map(|a| a.to_string()).unwrap_or_default();
+        register_peer(&self.settings, &store, card, Some(&ep))
+            .await
+            .unwrap();
+        store.close().await;
+    }
+
+    /// Opens this org's store directly (a second handle, as an operator would).
+    pub async fn store(&self) -> Store {
+        Store::open_sqlite(&self.settings.store.path).await.unwrap()
+    }
+}
+
+/// A node running in this process.
+pub struct RunningNode {
+    pub addr: SocketAddr,
+    pub ctx: Arc<NodeContext>,
+    stop: Option<oneshot::Sender<()>>,
+    task: JoinHandle<Result<(), NodeError>>,
+}
+
+impl RunningNode {
+    /// Clean shutdown; panics if the node reports an error.
+    pub async fn stop(mut self) {
+        let _ = self.stop.take().unwrap().send(());
+        tokio::time::timeout(Duration::from_secs(10), self.task)
+            .await
+            .expect("node stops within 10 s")
+            .unwrap()
+            .unwrap();
+    }
+}
+
+/// Binds 127.0.0.1:0 and starts `org`'s node.
+pub async fn start(org: &Org) -> RunningNode {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    start_on(org, listener).await
+}
+
+pub async fn start_on(org: &Org, listener: TcpListener) -> RunningNode {
+    let addr = listener.local_addr().unwrap();
+    let node = Node::open(org.settings.clone()).await.unwrap();
+    let ctx = node.context();
+    let (tx, rx) = oneshot::channel();
+    let task = tokio::spawn(node.serve(listener, async move {
+        let _ = rx.await;
+    }));
+    RunningNode {
+        addr,
+        ctx,
+        stop: Some(tx),
+        task,
+    }
+}
+
+/// A channel to `addr`, expecting the node of `server_org` (trusting the CA
+/// `server_ca_pem`), presenting `cert` — or no certificate at all.
+pub fn channel_with(
+    addr: SocketAddr,
+    server_org: &OrgId,
+    server_ca_pem: &str,
+    cert: Option<&CertifiedKey>,
+) -> Channel {
+    let trust = Arc::new(ArcSwap::from_pointee(
+        TrustStore::new(server_org.clone(), server_ca_pem).unwrap(),
+    ));
+    let tls = client_config(trust, SpiffeId::node(server_org), cert).unwrap();
+    threatmesh::net::mtls_channel(&addr.to_string(), server_org.as_str(), tls).unwrap()
+}
+
+/// A client of `node` (run by `org`) presenting `cert`.
+pub fn exchange_as(org: &Org, node: &RunningNode, cert: &CertifiedKey) -> ExchangeClient<Channel> {
+    ExchangeClient::new(channel_with(node.addr, &org.id, &org.ca_pem(), Some(cert)))
+}
+
+/// `org`'s own publisher client of its running node.
+pub fn publisher(org: &Org, node: &RunningNode) -> ExchangeClient<Channel> {
+    exchange_as(org, node, &org.publisher_cert())
+}
+
+pub fn draft(kind: IndicatorKind, value: &str, tlp: Tlp, recipients: &[&str]) -> IndicatorDraft {
+    IndicatorDraft {
+        kind: kind as i32,
+        value: value.into(),
+        marking: Some(Marking {
+            tlp: tlp as i32,
+            recipients: recipients.iter().map(|s| s.to_string()).collect(),
+            ..Default::default()
+        }),
+        confidence: 70,
+        ..Default::default()
+    }
+}
+
+/// The i-th distinct IPv4 draft.
+pub fn ipv4_draft(i: u32, tlp: Tlp) -> IndicatorDraft {
+    let a = 0x0a00_0000u32 + i;
+    draft(
+        IndicatorKind::Ipv4,
+        &std::net::Ipv4Addr::from(a).to_string(),
+        tlp,
+        &[],
+    )
+}
+
+/// Publishes drafts with `in_flight` requests outstanding; returns responses in order.
+pub async fn publish_all(
+    client: &ExchangeClient<Channel>,
+    drafts: Vec<IndicatorDraft>,
+    in_flight: usize,
+) -> Vec<PublishResponse> {
+    use futures_util::StreamExt;
+    futures_util::stream::iter(drafts)
+        .map(|d| {
+            let mut c = client.clone();
+            async move {
+                c.publish(PublishRequest { indicator: Some(d) })
+                    .await
+                    .unwrap()
+                    .into_inner()
+            }
+        })
+        .buffered(in_flight)
+        .collect()
+        .await
+}
+
+/// Polls `f` every 20 ms until it returns true or `secs` pass.
+pub async fn wait_until<F, Fut>(secs: u64, what: &str, mut f: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
+    while !f().await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out after {secs}s waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// An upstream that serves fixed deliveries to whoever subscribes, as a
+/// compromised or buggy partner node would. Runs over the library's real
+/// mTLS acceptor with `org`'s node certificate.
+pub struct RogueUpstream {
+    pub addr: SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+}
+
+#[derive(Clone)]
+struct RogueExchange {
+    deliveries: Arc<Vec<Delivery>>,
+}
+
+#[tonic::async_trait]
+impl Exchange for RogueExchange {
+    async fn publish(
+        &self,
+        _: Request<PublishRequest>,
+    ) -> Result<Response<PublishResponse>, Status> {
+        Err(Status::unimplemented("rogue"))
+    }
+
+    type SubscribeStream = ReceiverStream<Result<SubscribeResponse, Status>>;
+
+    async fn subscribe(
+        &self,
+        req: Request<SubscribeRequest>,
+    ) -> Result<Response<Self::SubscribeStream>, Status> {
+        let from = req.into_inner().from_cursor;
+        let deliveries: Vec<Delivery> = self
+            .deliveries
+            .iter()
+            .filter(|d| d.seq > from)
+            .cloned()
+            .collect();
+        let cursor = self
+            .deliveries
+            .iter()
+            .map(|d| d.seq)
+            .max()
+            .unwrap_or(0)
+            .max(from);
+        let (tx, rx) = tokio::sync::mpsc::channel(1);
+        tokio::spawn(async move {
+            let _ = tx.send(Ok(SubscribeResponse { deliveries, cursor })).await;
+            // Keep the stream open, like a live tail.
+            tx.closed().await;
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
+    async fn get_card(
+        &self,
+        _: Request<GetCardRequest>,
+    ) -> Result<Response<GetCardResponse>, Status> {
+        Err(Status::unimplemented("rogue"))
+    }
+}
+
+impl RogueUpstream {
+    /// Serves `envelopes` as seq 1, 2, ... to subscribers trusted by `org`'s
+    /// CA plus the CAs of `trusts`.
+    pub async fn start(org: &Org, trusts: &[&Org], envelopes: Vec<Vec<u8>>) -> Self {
+        let mut trust = TrustStore::new(org.id.clone(), &org.ca_pem()).unwrap();
+        for t in trusts {
+            trust.set_partner(t.id.clone(), &t.ca_pem()).unwrap();
+        }
+        let trust = Arc::new(ArcSwap::from_pointee(trust));
+        let tls = Arc::new(ArcSwap::new(server_config(&org.node_cert()).unwrap()));
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let incoming = ReceiverStream::new(threatmesh::net::accept_mtls(listener, tls, trust));
+        let deliveries = envelopes
+            .into_iter()
+            .enumerate()
+            .map(|(i, e)| Delivery {
+                seq: i as u64 + 1,
+                envelope: e,
+            })
+            .collect();
+        let svc = RogueExchange {
+            deliveries: Arc::new(deliveries),
+        };
+        let (tx, rx) = oneshot::channel::<()>();
+        tokio::spawn(
+            Server::builder()
+                .layer(tonic::service::InterceptorLayer::new(
+                    threatmesh::net::require_verified_peer,
+                ))
+                .add_service(ExchangeServer::new(svc))
+                .serve_with_incoming_shutdown(incoming, async move {
+                    let _ = rx.await;
+                }),
+        );
+        Self {
+            addr,
+            stop: Some(tx),
+        }
+    }
+}
+
+impl Drop for RogueUpstream {
+    fn drop(&mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+    }
+}
+
+/// Serialises an envelope as it travels.
+pub fn bytes(env: &Envelope) -> Vec<u8> {
+    env.encode_to_vec()
+}

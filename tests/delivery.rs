@@ -1,0 +1,188 @@
+//! Publish at A, subscribe at B, over real mutual TLS on loopback.
+
+mod common;
+
+use std::collections::{HashMap, HashSet};
+
+use common::*;
+use prost::Message;
+use threatmesh::exchange::decode_stored;
+use threatmesh::proto::v1::{Envelope, IndicatorKind, Tlp};
+use threatmesh::signing::{KeyDirectory, KnownKey, open_indicator};
+
+/// A and B linked: B subscribes to A; A trusts B's CA so B's node may connect.
+async fn linked_pair() -> (Org, Org, RunningNode, RunningNode) {
+    let a = Org::new("a.example");
+    let b = Org::new("b.example");
+    a.add_peer(&b, None).await;
+    let node_a = start(&a).await;
+    b.add_peer(&a, Some(node_a.addr)).await;
+    let node_b = start(&b).await;
+    (a, b, node_a, node_b)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn thousand_indicators_arrive_verified_once_and_byte_identical() {
+    let (a, _b, node_a, node_b) = linked_pair().await;
+    let drafts = (0..1000)
+        .map(|i| ipv4_draft(i, if i % 2 == 0 { Tlp::Green } else { Tlp::Clear }))
+        .collect();
+    let published = publish_all(&publisher(&a, &node_a), drafts, 32).await;
+    assert_eq!(published.len(), 1000);
+    let ids: HashSet<String> = published.iter().map(|p| p.id.clone()).collect();
+    assert_eq!(ids.len(), 1000, "every publish got a fresh id");
+
+    let store_b = node_b.ctx.store.clone();
+    wait_until(60, "1,000 indicators at B", || {
+        let s = store_b.clone();
+        async move { s.count_indicators().await.unwrap() >= 1000 }
+    })
+    .await;
+
+    let at_a: HashMap<String, Vec<u8>> = node_a
+        .ctx
+        .store
+        .indicators(None)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| (r.indicator_id, r.envelope))
+        .collect();
+    let at_b = store_b.indicators(None).await.unwrap();
+    assert_eq!(at_b.len(), 1000, "exactly 1,000 rows at B");
+    let mut keys = KeyDirectory::default();
+    let key_a = a.signing_key();
+    keys.insert(KnownKey {
+        key_id: key_a.key_id().into(),
+        org: a.id.clone(),
+        public_key: key_a.public_key().to_vec(),
+        not_before_ms: 0,
+        not_after_ms: 0,
+    })
+    .unwrap();
+    let mut seen = HashSet::new();
+    for row in &at_b {
+        assert_eq!(row.received_from.as_deref(), Some("a.example"));
+        assert!(seen.insert((
+            row.origin_org.clone(),
+            row.indicator_id.clone(),
+            row.version
+        )));
+        assert_eq!(
+            Some(&row.envelope),
+            at_a.get(&row.indicator_id),
+            "B stores A's envelope byte for byte"
+        );
+        // Each stored envelope verifies against A's key, independently of the node.
+        let env = Envelope::decode(row.envelope.as_slice()).unwrap();
+        let ind = open_indicator(&env, &keys).unwrap();
+        assert!(ids.contains(&ind.id));
+    }
+    assert!(store_b.rejections().await.unwrap().is_empty());
+    assert_eq!(
+        store_b.cursor(&a.id).await.unwrap(),
+        node_a.ctx.store.latest_seq().await.unwrap()
+    );
+    node_b.stop().await;
+    node_a.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn amber_amber_strict_and_red_never_reach_the_partner() {
+    let (a, _b, node_a, node_b) = linked_pair().await;
+    let client = publisher(&a, &node_a);
+    let withheld = vec![
+        draft(IndicatorKind::Domain, "amber.example", Tlp::Amber, &[]),
+        draft(
+            IndicatorKind::Domain,
+            "amber-named.example",
+            Tlp::Amber,
+            &["b.example"],
+        ),
+        draft(
+            IndicatorKind::Domain,
+            "strict.example",
+            Tlp::AmberStrict,
+            &["b.example"],
+        ),
+        draft(
+            IndicatorKind::Domain,
+            "red.example",
+            Tlp::Red,
+            &["b.example"],
+        ),
+    ];
+    let shared = vec![
+        draft(IndicatorKind::Domain, "clear.example", Tlp::Clear, &[]),
+        draft(IndicatorKind::Domain, "green.example", Tlp::Green, &[]),
+    ];
+    // Withheld ones first (backlog for the live stream), then the shareable ones.
+    let denied_ids: HashSet<String> = publish_all(&client, withheld.clone(), 1)
+        .await
+        .into_iter()
+        .map(|p| p.id)
+        .collect();
+    let allowed_ids: HashSet<String> = publish_all(&client, shared, 1)
+        .await
+        .into_iter()
+        .map(|p| p.id)
+        .collect();
+    // And more withheld ones after, on the live tail.
+    let late: HashSet<String> = publish_all(&client, withheld, 1)
+        .await
+        .into_iter()
+        .map(|p| p.id)
+        .collect();
+    let latest_a = node_a.ctx.store.latest_seq().await.unwrap();
+    let store_b = node_b.ctx.store.clone();
+    let a_id = a.id.clone();
+    wait_until(30, "B's cursor to cover all of A's log", || {
+        let (s, a_id) = (store_b.clone(), a_id.clone());
+        async move { s.cursor(&a_id).await.unwrap() >= latest_a }
+    })
+    .await;
+    let got: HashSet<String> = store_b
+        .indicators(None)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| {
+            let ind = decode_stored(&r.envelope).unwrap();
+            let tlp = ind.marking.unwrap().tlp;
+            assert!(
+                tlp == Tlp::Clear as i32 || tlp == Tlp::Green as i32,
+                "{} arrived with TLP {tlp}",
+                ind.value
+            );
+            r.indicator_id
+        })
+        .collect();
+    assert_eq!(got, allowed_ids);
+    assert!(got.is_disjoint(&denied_ids) && got.is_disjoint(&late));
+    node_b.stop().await;
+    node_a.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn updates_are_new_versions_of_the_same_id() {
+    let (a, _b, node_a, node_b) = linked_pair().await;
+    let client = publisher(&a, &node_a);
+    let first = publish_all(&client, vec![ipv4_draft(7, Tlp::Green)], 1).await;
+    let mut update = ipv4_draft(7, Tlp::Green);
+    update.id = first[0].id.clone();
+    update.revoked = true;
+    let second = publish_all(&client, vec![update], 1).await;
+    assert_eq!(second[0].id, first[0].id);
+    assert_eq!(second[0].version, 2);
+    let store_b = node_b.ctx.store.clone();
+    wait_until(30, "both versions at B", || {
+        let s = store_b.clone();
+        async move { s.count_indicators().await.unwrap() == 2 }
+    })
+    .await;
+    let rows = store_b.indicators(None).await.unwrap();
+    let last = decode_stored(&rows[1].envelope).unwrap();
+    assert!(last.revoked && last.version == 2);
+    node_b.stop().await;
+    node_a.stop().await;
+}

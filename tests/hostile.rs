@@ -1,0 +1,309 @@
+//! Callers and envelopes that must be refused, each with a specific status
+//! and nothing stored.
+
+mod common;
+
+use common::*;
+use prost::Message;
+use threatmesh::identity::{CertifiedKey, SpiffeId};
+use threatmesh::proto::v1::{
+    Envelope, Indicator, IndicatorKind, PublishRequest, SubscribeRequest, Tlp,
+};
+use threatmesh::signing::{INDICATOR_PAYLOAD_TYPE, OrgSigningKey};
+use tonic::Code;
+
+fn certified(c: &threatmesh::identity::IssuedCert) -> CertifiedKey {
+    CertifiedKey::from_pem(&c.cert_pem, &c.key_pem).unwrap()
+}
+
+type Client = threatmesh::proto::v1::exchange_client::ExchangeClient<tonic::transport::Channel>;
+
+async fn publish_status(client: &mut Client) -> (Code, String) {
+    let e = client
+        .publish(PublishRequest {
+            indicator: Some(ipv4_draft(1, Tlp::Clear)),
+        })
+        .await
+        .unwrap_err();
+    (e.code(), e.message().to_string())
+}
+
+async fn publish_code(client: &mut Client) -> Code {
+    publish_status(client).await.0
+}
+
+async fn subscribe_status(client: &mut Client) -> (Code, String) {
+    let e = match client.subscribe(SubscribeRequest { from_cursor: 0 }).await {
+        Ok(mut s) => s.get_mut().message().await.unwrap_err(),
+        Err(e) => e,
+    };
+    (e.code(), e.message().to_string())
+}
+
+async fn subscribe_code(client: &mut Client) -> Code {
+    subscribe_status(client).await.0
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn callers_without_the_right_certificate_are_refused() {
+    let a = Org::new("a.example");
+    let b = Org::new("b.example");
+    let y = Org::new("y.example");
+    let q = Org::new("q.example"); // never registered at A
+    a.add_peer(&b, None).await;
+    a.add_peer(&y, None).await;
+    let node = start(&a).await;
+    let ca = a.ca_pem();
+    let conn = |cert: Option<&CertifiedKey>| {
+        threatmesh::proto::v1::exchange_client::ExchangeClient::new(channel_with(
+            node.addr, &a.id, &ca, cert,
+        ))
+    };
+
+    // No client certificate.
+    let (code, msg) = publish_status(&mut conn(None)).await;
+    assert_eq!(code, Code::Unauthenticated);
+    assert!(msg.contains("no client certificate"), "{msg}");
+    // A certificate from an unknown CA (q.example is no partner of A).
+    let (code, msg) = subscribe_status(&mut conn(Some(&q.node_cert()))).await;
+    assert_eq!(code, Code::Unauthenticated);
+    assert!(
+        msg.contains("q.example") && msg.contains("not a registered partner"),
+        "{msg}"
+    );
+    // Partner Y's CA issues certificates claiming to be A's node and A's publisher.
+    let forged_node = certified(&y.issue(&SpiffeId::node(&a.id)));
+    let (code, msg) = subscribe_status(&mut conn(Some(&forged_node))).await;
+    assert_eq!(code, Code::Unauthenticated);
+    assert!(
+        msg.contains("claims spiffe://a.example/node but does not chain to a.example's CA bundle"),
+        "{msg}"
+    );
+    let forged_pub = certified(&y.issue(&SpiffeId::publisher(&a.id, "evil").unwrap()));
+    assert_eq!(
+        publish_code(&mut conn(Some(&forged_pub))).await,
+        Code::Unauthenticated
+    );
+    // The gate stands in front of every service, health included.
+    let mut health = tonic_health::pb::health_client::HealthClient::new(channel_with(
+        node.addr,
+        &a.id,
+        &ca,
+        Some(&forged_node),
+    ));
+    let err = health
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Unauthenticated);
+    // A registered partner's node may subscribe but not publish.
+    assert_eq!(
+        publish_code(&mut conn(Some(&b.node_cert()))).await,
+        Code::PermissionDenied
+    );
+    // A partner's publisher may do neither.
+    assert_eq!(
+        publish_code(&mut conn(Some(&b.publisher_cert()))).await,
+        Code::PermissionDenied
+    );
+    // Our own publisher may publish but not subscribe; our admin may not publish.
+    assert_eq!(
+        subscribe_code(&mut conn(Some(&a.publisher_cert()))).await,
+        Code::PermissionDenied
+    );
+    assert_eq!(
+        publish_code(&mut conn(Some(&a.admin_cert()))).await,
+        Code::PermissionDenied
+    );
+    // Our own node certificate is not a partner.
+    assert_eq!(
+        subscribe_code(&mut conn(Some(&a.node_cert()))).await,
+        Code::PermissionDenied
+    );
+
+    assert_eq!(
+        node.ctx.store.count_indicators().await.unwrap(),
+        0,
+        "nothing stored"
+    );
+
+    // The same connection set-up with the right certificate works, so the
+    // refusals above are about the certificates, not the harness.
+    let mut ok = conn(Some(&a.publisher_cert()));
+    ok.publish(PublishRequest {
+        indicator: Some(ipv4_draft(1, Tlp::Clear)),
+    })
+    .await
+    .unwrap();
+    assert_eq!(node.ctx.store.count_indicators().await.unwrap(), 1);
+    node.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalid_publishes_name_the_field_and_store_nothing() {
+    let a = Org::new("a.example");
+    let node = start(&a).await;
+    let mut client = publisher(&a, &node);
+    let cases = [
+        (
+            draft(IndicatorKind::Ipv4, "300.1.1.1", Tlp::Green, &[]),
+            "value",
+        ),
+        (
+            draft(IndicatorKind::Cidr, "10.0.0.5/24", Tlp::Green, &[]),
+            "value",
+        ),
+        (
+            draft(IndicatorKind::Domain, "evil.example", Tlp::Red, &[]),
+            "marking.recipients",
+        ),
+        (
+            draft(IndicatorKind::Domain, "evil.example", Tlp::Unspecified, &[]),
+            "marking.tlp",
+        ),
+        (
+            draft(IndicatorKind::Unspecified, "evil.example", Tlp::Green, &[]),
+            "kind",
+        ),
+        (
+            {
+                let mut d = draft(IndicatorKind::Domain, "evil.example", Tlp::Green, &[]);
+                d.confidence = 150;
+                d
+            },
+            "confidence",
+        ),
+    ];
+    for (d, field) in cases {
+        let err = client
+            .publish(PublishRequest { indicator: Some(d) })
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument, "{}", err.message());
+        assert!(
+            err.message().starts_with(field),
+            "'{}' should name {field}",
+            err.message()
+        );
+    }
+    let err = client
+        .publish(PublishRequest { indicator: None })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    let mut update = ipv4_draft(1, Tlp::Green);
+    update.id = uuid::Uuid::new_v4().to_string();
+    let err = client
+        .publish(PublishRequest {
+            indicator: Some(update),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::NotFound, "{}", err.message());
+    assert_eq!(node.ctx.store.count_indicators().await.unwrap(), 0);
+    node.stop().await;
+}
+
+fn signed(origin: &str, key: &OrgSigningKey, value: &str) -> Envelope {
+    let now = threatmesh::model::now_unix_ms();
+    let ind = Indicator {
+        origin_org: origin.into(),
+        key_id: key.key_id().into(),
+        id: uuid::Uuid::new_v4().to_string(),
+        version: 1,
+        created_unix_ms: now,
+        modified_unix_ms: now,
+        marking: Some(threatmesh::proto::v1::Marking {
+            tlp: Tlp::Green as i32,
+            ..Default::default()
+        }),
+        kind: IndicatorKind::Domain as i32,
+        value: value.into(),
+        valid_from_unix_ms: now,
+        ..Default::default()
+    };
+    key.seal(INDICATOR_PAYLOAD_TYPE, ind.encode_to_vec())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tampered_and_forged_envelopes_are_refused_and_the_link_keeps_going() {
+    // R is a registered partner of B that turns hostile; A is another partner.
+    let a = Org::new("a.example");
+    let r = Org::new("r.example");
+    let b = Org::new("b.example");
+    let r_key = r.signing_key();
+
+    // 1: R's own indicator with one payload byte flipped after signing.
+    let mut altered = signed("r.example", &r_key, "altered.example");
+    let n = altered.payload.len() / 2;
+    altered.payload[n] ^= 0x01;
+    // 2: claims to come from A, but signed with R's key (forged origin).
+    let mut forged = signed("a.example", &r_key, "forged.example");
+    forged.signatures[0].key_id = r_key.key_id().into();
+    // 3: signed by a key no registered card carries.
+    let (stray, _) = OrgSigningKey::generate().unwrap();
+    let unknown = signed("r.example", &stray, "unknown-key.example");
+    // 4: a valid indicator of R, after the bad ones: the link must not stall.
+    let good = signed("r.example", &r_key, "good.example");
+
+    let rogue = RogueUpstream::start(
+        &r,
+        &[&b],
+        vec![
+            bytes(&altered),
+            bytes(&forged),
+            bytes(&unknown),
+            bytes(&good),
+        ],
+    )
+    .await;
+    b.add_peer(&a, None).await;
+    b.add_peer(&r, Some(rogue.addr)).await;
+    let node_b = start(&b).await;
+
+    let store = node_b.ctx.store.clone();
+    wait_until(30, "B to process R's four envelopes", || {
+        let s = store.clone();
+        let r_id = r.id.clone();
+        async move { s.cursor(&r_id).await.unwrap() >= 4 }
+    })
+    .await;
+
+    let stored = store.indicators(None).await.unwrap();
+    assert_eq!(stored.len(), 1, "only the valid envelope is stored");
+    assert_eq!(stored[0].envelope, bytes(&good));
+    let rejections = store.rejections().await.unwrap();
+    let summary: Vec<(u64, &str)> = rejections
+        .iter()
+        .map(|r| (r.upstream_seq, r.code.as_str()))
+        .collect();
+    assert_eq!(
+        summary,
+        vec![
+            (1, "Unauthenticated"),
+            (2, "Unauthenticated"),
+            (3, "FailedPrecondition")
+        ],
+        "{rejections:#?}"
+    );
+    assert!(
+        rejections[0].reason.contains("does not match the payload"),
+        "{}",
+        rejections[0].reason
+    );
+    assert!(
+        rejections[1]
+            .reason
+            .contains("claims origin a.example but is signed by a key of r.example"),
+        "{}",
+        rejections[1].reason
+    );
+    assert!(
+        rejections[2].reason.contains("not known"),
+        "{}",
+        rejections[2].reason
+    );
+    node_b.stop().await;
+}
