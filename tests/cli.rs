@@ -1,0 +1,354 @@
+//! The `threatmesh` binary as an operator uses it.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+fn tm(args: &[&str]) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_threatmesh"));
+    c.args(args)
+        .env_remove("THREATMESH_CONFIG")
+        .env("RUST_LOG", "warn");
+    c
+}
+
+fn run(args: &[&str]) -> Output {
+    tm(args).output().unwrap()
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+fn init(dir: &Path, org: &str, port: u16) -> String {
+    let addr = format!("127.0.0.1:{port}");
+    let o = run(&[
+        "init",
+        "--org",
+        org,
+        "--dir",
+        dir.to_str().unwrap(),
+        "--endpoint",
+        &addr,
+        "--listen",
+        &addr,
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    dir.join("threatmesh.toml").to_str().unwrap().to_string()
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[test]
+fn init_writes_private_keys_0600_and_refuses_to_overwrite() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("a");
+    init(&dir, "a.example", 7443);
+    for key in [
+        "certs/ca.key",
+        "certs/node.key",
+        "certs/admin.key",
+        "certs/publisher.key",
+        "keys/signing.key",
+    ] {
+        let mode = std::fs::metadata(dir.join(key))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777;
+        assert_eq!(mode, 0o600, "{key}");
+    }
+    let before = std::fs::read(dir.join("keys/signing.key")).unwrap();
+    let o = run(&["init", "--org", "a.example", "--dir", dir.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(64));
+    assert!(text(&o).contains("--force"), "{}", text(&o));
+    assert_eq!(before, std::fs::read(dir.join("keys/signing.key")).unwrap());
+    let o = run(&[
+        "init",
+        "--org",
+        "a.example",
+        "--dir",
+        dir.to_str().unwrap(),
+        "--force",
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert_ne!(before, std::fs::read(dir.join("keys/signing.key")).unwrap());
+
+    let o = run(&[
+        "init",
+        "--org",
+        "Bad_Org",
+        "--dir",
+        tmp.path().join("x").to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(64));
+    assert!(text(&o).contains("--org"), "{}", text(&o));
+}
+
+#[test]
+fn serve_exits_64_naming_the_bad_key() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = init(&tmp.path().join("a"), "a.example", 7443);
+
+    let o = run(&[
+        "serve",
+        "--config",
+        tmp.path().join("nope.toml").to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(64), "{}", text(&o));
+    assert!(text(&o).contains("not found"), "{}", text(&o));
+
+    let o = tm(&["serve", "--config", &cfg])
+        .env("THREATMESH__NODE__LISTEN", "not-an-address")
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(64), "{}", text(&o));
+    assert!(text(&o).contains("node.listen"), "{}", text(&o));
+
+    let o = tm(&["serve", "--config", &cfg])
+        .env("THREATMESH__ORG__ID", "UPPER.example")
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(64), "{}", text(&o));
+    assert!(text(&o).contains("org.id"), "{}", text(&o));
+
+    let key = tmp.path().join("a/certs/node.key");
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let o = run(&["serve", "--config", &cfg]);
+    assert_eq!(o.status.code(), Some(64), "{}", text(&o));
+    assert!(
+        text(&o).contains("tls.node_key") && text(&o).contains("chmod 600"),
+        "{}",
+        text(&o)
+    );
+}
+
+#[test]
+fn cards_are_verified_before_a_partner_is_registered() {
+    let tmp = tempfile::tempdir().unwrap();
+    let a = init(&tmp.path().join("a"), "a.example", 7441);
+    let b = init(&tmp.path().join("b"), "b.example", 7442);
+    let card = tmp.path().join("a.card");
+    let o = run(&["-c", &a, "card", "export", "--out", card.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", text(&o));
+
+    let o = run(&["card", "show", card.to_str().unwrap()]);
+    assert!(text(&o).contains("org:          a.example") && text(&o).contains("CA SHA-256"));
+
+    // Own card refused.
+    let o = run(&["-c", &a, "peer", "add", "--card", card.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(64), "{}", text(&o));
+
+    // A tampered card is refused and nothing is registered.
+    let original = std::fs::read_to_string(&card).unwrap();
+    let tampered = tmp.path().join("tampered.card");
+    let mut json: serde_json::Value = serde_json::from_str(&original).unwrap();
+    let sig = json["signatures"][0]["sig"].as_str().unwrap().to_string();
+    let flipped = if sig.starts_with('A') {
+        format!("B{}", &sig[1..])
+    } else {
+        format!("A{}", &sig[1..])
+    };
+    json["signatures"][0]["sig"] = flipped.into();
+    std::fs::write(&tampered, json.to_string()).unwrap();
+    let o = run(&[
+        "-c",
+        &b,
+        "peer",
+        "add",
+        "--card",
+        tampered.to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(64), "{}", text(&o));
+    assert!(text(&o).contains("self-signature"), "{}", text(&o));
+    let o = run(&["-c", &b, "peer", "list", "--json"]);
+    assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), "");
+
+    let o = run(&["-c", &b, "peer", "add", "--card", card.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(
+        text(&o).contains("registered partner a.example (dial: 127.0.0.1:7441)"),
+        "{}",
+        text(&o)
+    );
+    let o = run(&["-c", &b, "peer", "list", "--json"]);
+    let row: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(row["org"], "a.example");
+    assert_eq!(row["endpoint"], "127.0.0.1:7441");
+}
+
+#[test]
+fn a_bad_publish_file_names_line_and_field_and_publishes_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let a = init(&tmp.path().join("a"), "a.example", free_port());
+    let file = tmp.path().join("in.jsonl");
+    std::fs::write(
+        &file,
+        "{\"kind\":\"domain\",\"value\":\"ok.example\",\"tlp\":\"GREEN\"}\n\
+         # comment\n\
+         {\"kind\":\"domian\",\"value\":\"x.example\",\"tlp\":\"GREEN\"}\n\
+         {\"kind\":\"domain\",\"value\":\"x.example\",\"tlp\":\"WHITE\"}\n\
+         {\"kind\":\"domain\",\"value\":\"x.example\",\"tlp\":\"GREEN\",\"colour\":1}\n",
+    )
+    .unwrap();
+    // No node is running: the file is rejected before anything is sent.
+    let o = run(&["-c", &a, "publish", "--file", file.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(64), "{}", text(&o));
+    let t = text(&o);
+    assert!(t.contains("3 bad line(s); nothing was published"), "{t}");
+    assert!(t.contains("line 3: kind: 'domian'"), "{t}");
+    assert!(t.contains("line 4: tlp: 'WHITE'"), "{t}");
+    assert!(t.contains("line 5:") && t.contains("colour"), "{t}");
+}
+
+struct Serve(std::process::Child);
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn serve(cfg: &str) -> Serve {
+    Serve(
+        tm(&["-c", cfg, "serve"])
+            .env("THREATMESH__FEDERATION__PEER_REFRESH_MS", "100")
+            .env("THREATMESH__FEDERATION__RECONNECT_MIN_MS", "50")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    )
+}
+
+/// The README quick start: two orgs, cards exchanged, two `serve`
+/// processes, publish at A with the CLI, see it with `tail` at B.
+#[test]
+fn quick_start_two_processes_publish_and_tail() {
+    let tmp = tempfile::tempdir().unwrap();
+    let a = init(&tmp.path().join("a"), "a.example", free_port());
+    let b = init(&tmp.path().join("b"), "b.example", free_port());
+    for (from, to) in [(&a, &b), (&b, &a)] {
+        let card = tmp.path().join("x.card");
+        assert!(
+            run(&[
+                "-c",
+                from,
+                "card",
+                "export",
+                "--out",
+                card.to_str().unwrap()
+            ])
+            .status
+            .success()
+        );
+        let o = run(&["-c", to, "peer", "add", "--card", card.to_str().unwrap()]);
+        assert!(o.status.success(), "{}", text(&o));
+    }
+    let _sa = serve(&a);
+    let _sb = serve(&b);
+
+    // Retry while the node starts listening.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let published = loop {
+        let o = run(&[
+            "-c",
+            &a,
+            "publish",
+            "--kind",
+            "domain",
+            "--value",
+            "Phish.EXAMPLE",
+            "--tlp",
+            "green",
+            "--confidence",
+            "85",
+            "--tag",
+            "phishing",
+            "--json",
+        ]);
+        if o.status.success() {
+            break serde_json::from_slice::<serde_json::Value>(&o.stdout).unwrap();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "publish never succeeded: {}",
+            text(&o)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let o = run(&[
+        "-c",
+        &a,
+        "publish",
+        "--kind",
+        "domain",
+        "--value",
+        "secret.example",
+        "--tlp",
+        "RED",
+    ]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(
+        text(&o).contains("InvalidArgument") && text(&o).contains("marking.recipients"),
+        "{}",
+        text(&o)
+    );
+
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let o = run(&["-c", &b, "tail", "--no-follow", "--json"]);
+        let out = String::from_utf8_lossy(&o.stdout).to_string();
+        if let Some(line) = out.lines().next() {
+            let v: serde_json::Value = serde_json::from_str(line).unwrap();
+            assert_eq!(v["id"], published["id"]);
+            assert_eq!(v["value"], "phish.example", "normalised by the origin");
+            assert_eq!(v["origin"], "a.example");
+            assert_eq!(v["received_from"], "a.example");
+            assert_eq!(v["tlp"], "GREEN");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "B never showed the indicator: {}",
+            text(&o)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // The publisher certificate cannot tail.
+    let o = tm(&["-c", &b, "tail", "--no-follow"])
+        .env("THREATMESH__CLIENT__ADMIN_CERT", "certs/publisher.pem")
+        .env("THREATMESH__CLIENT__ADMIN_KEY", "certs/publisher.key")
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    assert!(text(&o).contains("PermissionDenied"), "{}", text(&o));
+}
+
+#[test]
+fn demo_exits_zero_with_the_summary_line() {
+    let o = run(&["demo"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    let last = stdout.lines().last().unwrap();
+    assert_eq!(
+        last,
+        "demo: 8 published, 10 delivered, 6 withheld, 0 verification failures"
+    );
+    assert_eq!(
+        stdout.lines().filter(|l| l.starts_with("demo: ")).count(),
+        1
+    );
+}

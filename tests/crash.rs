@@ -1,0 +1,116 @@
+//! B runs as a real `threatmesh serve` process, is killed with SIGKILL while
+//! it is receiving, and restarted on the same database.
+
+mod common;
+
+use std::collections::HashSet;
+use std::process::Stdio;
+use std::time::Duration;
+
+use common::*;
+use threatmesh::proto::v1::Tlp;
+use tokio::process::{Child, Command};
+
+fn spawn_serve(org: &Org) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_threatmesh"))
+        .args(["serve", "--config"])
+        .arg(&org.config)
+        // Settings through the environment, as an operator would override them.
+        .env("THREATMESH__FEDERATION__PEER_REFRESH_MS", "100")
+        .env("THREATMESH__FEDERATION__RECONNECT_MIN_MS", "50")
+        .env("THREATMESH__FEDERATION__RECONNECT_MAX_MS", "500")
+        .env("THREATMESH__LOG__LEVEL", "warn")
+        .stdout(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start threatmesh serve")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscriber_killed_mid_stream_resumes_with_nothing_lost_or_duplicated() {
+    let mut a = Org::new("a.example");
+    // Small batches: many separate commits at B, so the kill lands mid-stream.
+    a.settings.federation.batch_size = 10;
+    let b = Org::new("b.example");
+    a.add_peer(&b, None).await;
+    let node_a = start(&a).await;
+    b.add_peer(&a, Some(node_a.addr)).await;
+
+    let client = publisher(&a, &node_a);
+    let mut ids: HashSet<String> = publish_all(
+        &client,
+        (0..500).map(|i| ipv4_draft(i, Tlp::Green)).collect(),
+        32,
+    )
+    .await
+    .into_iter()
+    .map(|p| p.id)
+    .collect();
+    // The other 500 are published while B is receiving, paced so that B is
+    // killed while A is still publishing.
+    let pacer = {
+        let client = client.clone();
+        tokio::spawn(async move {
+            let mut out = Vec::new();
+            for chunk in 0..50u32 {
+                let drafts = (0..10)
+                    .map(|i| ipv4_draft(500 + chunk * 10 + i, Tlp::Clear))
+                    .collect();
+                out.extend(
+                    publish_all(&client, drafts, 10)
+                        .await
+                        .into_iter()
+                        .map(|p| p.id),
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            out
+        })
+    };
+
+    let store_b = b.store().await;
+    let mut child = spawn_serve(&b);
+    wait_until(60, "B to start receiving", || {
+        let s = store_b.clone();
+        async move { s.count_indicators().await.unwrap() >= 100 }
+    })
+    .await;
+    child.kill().await.unwrap(); // SIGKILL: no clean shutdown, no flush
+    let at_kill = store_b.count_indicators().await.unwrap();
+    eprintln!("B killed with {at_kill} of 1,000 stored");
+    assert!(at_kill < 1000, "B was killed mid-stream (had {at_kill})");
+
+    ids.extend(pacer.await.unwrap());
+    assert_eq!(ids.len(), 1000);
+
+    let mut child = spawn_serve(&b);
+    wait_until(60, "B to hold all 1,000 after restart", || {
+        let s = store_b.clone();
+        async move { s.count_indicators().await.unwrap() >= 1000 }
+    })
+    .await;
+    // Clean shutdown on SIGTERM, with exit status 0.
+    let pid = child.id().unwrap().to_string();
+    let term = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap();
+    assert!(term.success());
+    let status = tokio::time::timeout(Duration::from_secs(10), child.wait())
+        .await
+        .expect("B stops within 10 s of SIGTERM")
+        .unwrap();
+    assert!(status.success(), "clean exit after SIGTERM: {status}");
+
+    let rows = store_b.indicators(None).await.unwrap();
+    assert_eq!(rows.len(), 1000, "exactly 1,000 rows at B");
+    let got: HashSet<String> = rows.iter().map(|r| r.indicator_id.clone()).collect();
+    assert_eq!(got, ids, "B holds exactly A's indicators, each once");
+    assert!(store_b.rejections().await.unwrap().is_empty());
+    assert_eq!(
+        store_b.cursor(&a.id).await.unwrap(),
+        node_a.ctx.store.latest_seq().await.unwrap()
+    );
+    store_b.close().await;
+    node_a.stop().await;
+}
