@@ -155,11 +155,9 @@ fn cards_are_verified_before_a_partner_is_registered() {
     let tampered = tmp.path().join("tampered.card");
     let mut json: serde_json::Value = serde_json::from_str(&original).unwrap();
     let sig = json["signatures"][0]["sig"].as_str().unwrap().to_string();
-    let flipped = if sig.starts_with('A') {
-        format!("B{}", &sig[1..])
-    } else {
-        format!("A{}", &sig[1..])
-    };
+    // Change the first signature character: still base64, no longer valid.
+    let first = if sig.starts_with('A') { "B" } else { "A" };
+    let flipped = format!("{first}{}", &sig[1..]);
     json["signatures"][0]["sig"] = flipped.into();
     std::fs::write(&tampered, json.to_string()).unwrap();
     let o = run(&[
