@@ -390,6 +390,14 @@ mod tests {
     }
 
     #[test]
+    fn the_shipped_example_config_loads() {
+        let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/threatmesh.example.toml");
+        let s = Settings::load_with_env(&p, Some(HashMap::new())).unwrap();
+        assert_eq!(s.org.id, "cert.example");
+        assert_eq!(s.client_server().unwrap(), "127.0.0.1:7443");
+    }
+
+    #[test]
     fn errors_name_the_key() {
         let dir = tempfile::tempdir().unwrap();
         let err = |body: &str, env: &[(&str, &str)]| {

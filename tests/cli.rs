@@ -101,37 +101,24 @@ fn serve_exits_64_naming_the_bad_key() {
     let tmp = tempfile::tempdir().unwrap();
     let cfg = init(&tmp.path().join("a"), "a.example", 7443);
 
-    let o = run(&[
-        "serve",
-        "--config",
-        tmp.path().join("nope.toml").to_str().unwrap(),
-    ]);
-    assert_eq!(o.status.code(), Some(64), "{}", text(&o));
-    assert!(text(&o).contains("not found"), "{}", text(&o));
-
-    let o = tm(&["serve", "--config", &cfg])
-        .env("THREATMESH__NODE__LISTEN", "not-an-address")
-        .output()
-        .unwrap();
-    assert_eq!(o.status.code(), Some(64), "{}", text(&o));
-    assert!(text(&o).contains("node.listen"), "{}", text(&o));
-
-    let o = tm(&["serve", "--config", &cfg])
-        .env("THREATMESH__ORG__ID", "UPPER.example")
-        .output()
-        .unwrap();
-    assert_eq!(o.status.code(), Some(64), "{}", text(&o));
-    assert!(text(&o).contains("org.id"), "{}", text(&o));
-
+    let missing = tmp.path().join("nope.toml");
+    expect_64(run(&["serve", "--config", missing.to_str().unwrap()]), &["not found"]);
+    let with_env = |key: &str, value: &str| {
+        tm(&["serve", "--config", &cfg]).env(key, value).output().unwrap()
+    };
+    expect_64(with_env("THREATMESH__NODE__LISTEN", "not-an-address"), &["node.listen"]);
+    expect_64(with_env("THREATMESH__ORG__ID", "UPPER.example"), &["org.id"]);
     let key = tmp.path().join("a/certs/node.key");
     std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
-    let o = run(&["serve", "--config", &cfg]);
+    expect_64(run(&["serve", "--config", &cfg]), &["tls.node_key", "chmod 600"]);
+}
+
+/// Asserts exit status 64 and that the message names each of `needles`.
+fn expect_64(o: Output, needles: &[&str]) {
     assert_eq!(o.status.code(), Some(64), "{}", text(&o));
-    assert!(
-        text(&o).contains("tls.node_key") && text(&o).contains("chmod 600"),
-        "{}",
-        text(&o)
-    );
+    for n in needles {
+        assert!(text(&o).contains(n), "'{n}' missing from: {}", text(&o));
+    }
 }
 
 #[test]

@@ -186,3 +186,22 @@ async fn updates_are_new_versions_of_the_same_id() {
     node_b.stop().await;
     node_a.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partner_fetches_the_live_card_and_it_verifies() {
+    let (a, b, node_a, node_b) = linked_pair().await;
+    let mut client = exchange_as(&a, &node_a, &b.node_cert());
+    let card = client
+        .get_card(threatmesh::proto::v1::GetCardRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .card
+        .unwrap();
+    let verified = threatmesh::identity::open_card(&card).unwrap();
+    assert_eq!(verified.org, a.id);
+    assert_eq!(verified.keys[0].key_id, a.signing_key().key_id());
+    assert_eq!(verified.card.ca_bundle_pem, a.ca_pem());
+    node_b.stop().await;
+    node_a.stop().await;
+}
