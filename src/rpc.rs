@@ -9,6 +9,10 @@ use crate::net::PeerInfo;
 use crate::signing::VerifyError;
 use crate::store::StoreError;
 
+/// Message of the `Unavailable` status a stream ends with when its node
+/// shuts down, so partners can tell an orderly stop from a failure.
+pub const SHUTTING_DOWN: &str = "node is shutting down";
+
 /// Errors a service returns; converted to [`Status`] only here.
 #[derive(Debug, thiserror::Error)]
 pub enum RpcError {
@@ -41,7 +45,7 @@ pub enum RpcError {
     #[error("{0}")]
     OutOfRange(String),
     /// The node is shutting down.
-    #[error("node is shutting down")]
+    #[error("{SHUTTING_DOWN}")]
     ShuttingDown,
     /// Storage failed; details go to the node log, not to the caller.
     #[error("{0}")]

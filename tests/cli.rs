@@ -102,15 +102,30 @@ fn serve_exits_64_naming_the_bad_key() {
     let cfg = init(&tmp.path().join("a"), "a.example", 7443);
 
     let missing = tmp.path().join("nope.toml");
-    expect_64(run(&["serve", "--config", missing.to_str().unwrap()]), &["not found"]);
+    expect_64(
+        run(&["serve", "--config", missing.to_str().unwrap()]),
+        &["not found"],
+    );
     let with_env = |key: &str, value: &str| {
-        tm(&["serve", "--config", &cfg]).env(key, value).output().unwrap()
+        tm(&["serve", "--config", &cfg])
+            .env(key, value)
+            .output()
+            .unwrap()
     };
-    expect_64(with_env("THREATMESH__NODE__LISTEN", "not-an-address"), &["node.listen"]);
-    expect_64(with_env("THREATMESH__ORG__ID", "UPPER.example"), &["org.id"]);
+    expect_64(
+        with_env("THREATMESH__NODE__LISTEN", "not-an-address"),
+        &["node.listen"],
+    );
+    expect_64(
+        with_env("THREATMESH__ORG__ID", "UPPER.example"),
+        &["org.id"],
+    );
     let key = tmp.path().join("a/certs/node.key");
     std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
-    expect_64(run(&["serve", "--config", &cfg]), &["tls.node_key", "chmod 600"]);
+    expect_64(
+        run(&["serve", "--config", &cfg]),
+        &["tls.node_key", "chmod 600"],
+    );
 }
 
 /// Asserts exit status 64 and that the message names each of `needles`.

@@ -205,3 +205,34 @@ async fn a_partner_fetches_the_live_card_and_it_verifies() {
     node_b.stop().await;
     node_a.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partners_registered_while_running_are_picked_up_without_restart() {
+    let a = Org::new("a.example");
+    let b = Org::new("b.example");
+    let node_a = start(&a).await;
+    let node_b = start(&b).await;
+    let published = publish_all(&publisher(&a, &node_a), vec![ipv4_draft(1, Tlp::Green)], 1).await;
+
+    // Before A knows B's CA, B's node certificate is refused by A.
+    let mut early = exchange_as(&a, &node_a, &b.node_cert());
+    let err = early
+        .subscribe(threatmesh::proto::v1::SubscribeRequest { from_cursor: 0 })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::Unauthenticated);
+
+    // Both admins register each other while the nodes run.
+    a.add_peer(&b, None).await;
+    b.add_peer(&a, Some(node_a.addr)).await;
+    let store_b = node_b.ctx.store.clone();
+    wait_until(30, "B to receive A's indicator after registration", || {
+        let s = store_b.clone();
+        async move { s.count_indicators().await.unwrap() == 1 }
+    })
+    .await;
+    let rows = store_b.indicators(None).await.unwrap();
+    assert_eq!(rows[0].indicator_id, published[0].id);
+    node_b.stop().await;
+    node_a.stop().await;
+}

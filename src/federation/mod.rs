@@ -19,7 +19,7 @@ use crate::node::NodeContext;
 use crate::policy::{self, Decision};
 use crate::proto::v1::exchange_client::ExchangeClient;
 use crate::proto::v1::{Envelope, SubscribeRequest};
-use crate::rpc::verify_code;
+use crate::rpc::{SHUTTING_DOWN, verify_code};
 use crate::signing::{KeyDirectory, open_indicator};
 use crate::store::{NewIndicator, PeerRecord, Rejection};
 
@@ -131,6 +131,11 @@ async fn run_link(
         match ended {
             Ok(()) => {
                 tracing::info!(partner = %peer.org, "subscription ended by partner; reconnecting")
+            }
+            Err(LinkError::Status(s))
+                if s.code() == Code::Unavailable && s.message() == SHUTTING_DOWN =>
+            {
+                tracing::info!(partner = %peer.org, retry_in_ms = delay.as_millis() as u64, "partner node is shutting down")
             }
             Err(e) => tracing::warn!(
                 partner = %peer.org, endpoint = %peer.endpoint, error = %e,
