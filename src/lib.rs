@@ -6,7 +6,8 @@
 //!
 //! - [`model`]: org ids, indicator validation and normalisation, TLP labels (pure).
 //! - [`signing`]: DSSE envelopes, Ed25519 keys, verify-before-decode (pure).
-//! - [`policy`]: the egress and ingress decisions (pure).
+//! - [`policy`]: the egress and ingress decisions and policy documents (pure).
+//! - [`audit`]: the audit ledger's hash chain (pure).
 //! - [`identity`]: each org's CA, SPIFFE ids, the per-org trust store, TLS
 //!   configs and verifiers, org cards.
 //! - [`config`]: settings, defaults < file < environment.
@@ -21,6 +22,7 @@
 #![forbid(unsafe_code)]
 
 pub mod admin;
+pub mod audit;
 pub mod cli;
 pub mod config;
 pub mod exchange;

@@ -18,11 +18,15 @@ use crate::identity::{
     CardInfo, CertifiedKey, IdentityError, Role, SharedTrust, TrustStore, seal_card, server_config,
 };
 use crate::model::{OrgId, now_unix_ms};
+use crate::policy::{PartnerPolicy, parse_policy};
 use crate::proto::v1::Envelope;
 use crate::proto::v1::admin_server::AdminServer;
 use crate::proto::v1::exchange_server::ExchangeServer;
 use crate::signing::{KeyDirectory, KnownKey, OrgSigningKey};
-use crate::store::{PeerRecord, Store, StoreError};
+use crate::store::{PeerRecord, PolicyRecord, Store, StoreError};
+
+/// Partner → the latest version of the policy bound to it.
+pub type PolicyMap = std::collections::HashMap<OrgId, Arc<PartnerPolicy>>;
 
 /// Errors starting or running a node.
 #[derive(Debug, thiserror::Error)]
@@ -55,15 +59,18 @@ pub struct NodeContext {
     pub trust: SharedTrust,
     /// Trusted signing keys (ours and partners'), swapped when partners change.
     pub keys: ArcSwap<KeyDirectory>,
+    /// Each partner's bound policy, swapped when bindings or versions change;
+    /// read at send time, so a change applies to everything not yet sent.
+    pub policies: ArcSwap<PolicyMap>,
     /// Our current signed org card.
     pub card: Envelope,
     /// Turns true when the node shuts down; streams and links watch it.
     pub shutdown: watch::Receiver<bool>,
     /// Our CA bundle, kept to rebuild the trust store.
     own_ca_pem: String,
-    /// The partner records the trust store and keys were last built from
-    /// (`None` before the first load).
-    loaded_peers: std::sync::Mutex<Option<Vec<PeerRecord>>>,
+    /// The partner records and policy versions the trust store, keys and
+    /// policies were last built from (`None` before the first load).
+    loaded: std::sync::Mutex<Option<(Vec<PeerRecord>, Vec<PolicyRecord>)>>,
 }
 
 impl NodeContext {
@@ -72,10 +79,30 @@ impl NodeContext {
     /// stored CA bundle no longer parses is skipped with an error logged.
     pub async fn reload_peers(&self) -> Result<Vec<PeerRecord>, NodeError> {
         let peers = self.store.peers().await?;
-        let unchanged = self.loaded_peers.lock().expect("not poisoned").as_ref() == Some(&peers);
-        if unchanged {
-            return Ok(peers);
+        let policies = self.store.policies().await?;
+        let current = (peers, policies);
+        if self.loaded.lock().expect("not poisoned").as_ref() == Some(&current) {
+            return Ok(current.0);
         }
+        let (peers, policies) = current;
+        let mut bound = PolicyMap::new();
+        for p in peers.iter().filter(|p| !p.policy.is_empty()) {
+            let Some(rec) = policies.iter().find(|r| r.name == p.policy) else {
+                tracing::error!(partner = %p.org, policy = %p.policy, "bound policy not found; partner receives nothing");
+                continue;
+            };
+            match parse_policy(&rec.document) {
+                Ok(mut parsed) => {
+                    parsed.version = rec.version;
+                    bound.insert(p.org.clone(), Arc::new(parsed));
+                }
+                Err(e) => tracing::error!(
+                    partner = %p.org, policy = %rec.name, version = rec.version, error = %e,
+                    "stored policy does not parse; partner receives nothing"
+                ),
+            }
+        }
+        self.policies.store(Arc::new(bound));
         let mut trust = TrustStore::new(self.own.clone(), &self.own_ca_pem)?;
         for p in &peers {
             if let Err(e) = trust.set_partner(p.org.clone(), &p.ca_bundle_pem) {
@@ -98,8 +125,8 @@ impl NodeContext {
         }
         self.trust.store(Arc::new(trust));
         self.keys.store(Arc::new(keys));
-        tracing::info!(partners = peers.len(), "partner trust loaded");
-        *self.loaded_peers.lock().expect("not poisoned") = Some(peers.clone());
+        tracing::info!(partners = peers.len(), "partner trust and policies loaded");
+        *self.loaded.lock().expect("not poisoned") = Some((peers.clone(), policies));
         Ok(peers)
     }
 }
@@ -161,7 +188,8 @@ impl Node {
             card,
             shutdown,
             own_ca_pem,
-            loaded_peers: std::sync::Mutex::new(None),
+            policies: ArcSwap::from_pointee(PolicyMap::new()),
+            loaded: std::sync::Mutex::new(None),
         });
         ctx.reload_peers().await?;
         Ok(Self {

@@ -240,21 +240,38 @@ fn quick_start_two_processes_publish_and_tail() {
     let tmp = tempfile::tempdir().unwrap();
     let a = init(&tmp.path().join("a"), "a.example", free_port());
     let b = init(&tmp.path().join("b"), "b.example", free_port());
+    let policies = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/policies");
+    let agency = policies.join("agency-partner.toml");
+    for cfg in [&a, &b] {
+        let o = run(&["-c", cfg, "policy", "apply", agency.to_str().unwrap()]);
+        assert!(o.status.success(), "{}", text(&o));
+        assert!(
+            text(&o).contains("applied policy agency-partner version 1"),
+            "{}",
+            text(&o)
+        );
+    }
     for (from, to) in [(&a, &b), (&b, &a)] {
         let card = tmp.path().join("x.card");
-        assert!(
-            run(&[
-                "-c",
-                from,
-                "card",
-                "export",
-                "--out",
-                card.to_str().unwrap()
-            ])
-            .status
-            .success()
-        );
-        let o = run(&["-c", to, "peer", "add", "--card", card.to_str().unwrap()]);
+        let o = run(&[
+            "-c",
+            from,
+            "card",
+            "export",
+            "--out",
+            card.to_str().unwrap(),
+        ]);
+        assert!(o.status.success(), "{}", text(&o));
+        let o = run(&[
+            "-c",
+            to,
+            "peer",
+            "add",
+            "--card",
+            card.to_str().unwrap(),
+            "--policy",
+            "agency-partner",
+        ]);
         assert!(o.status.success(), "{}", text(&o));
     }
     let _sa = serve(&a);
@@ -327,6 +344,61 @@ fn quick_start_two_processes_publish_and_tail() {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
+    // Why B got it, and what A would do with a draft, without sending.
+    let o = run(&[
+        "-c",
+        &a,
+        "policy",
+        "explain",
+        "--partner",
+        "b.example",
+        "--indicator",
+        published["id"].as_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(
+        text(&o).starts_with("ALLOW  rule tlp-green-community"),
+        "{}",
+        text(&o)
+    );
+    let draft = tmp.path().join("draft.json");
+    std::fs::write(
+        &draft,
+        r#"{"kind":"ipv4","value":"192.0.2.1","tlp":"RED","recipients":["c.example"]}"#,
+    )
+    .unwrap();
+    let o = run(&[
+        "-c",
+        &a,
+        "policy",
+        "explain",
+        "--partner",
+        "b.example",
+        "--file",
+        draft.to_str().unwrap(),
+    ]);
+    assert!(
+        text(&o).starts_with("DENY   rule red-not-named"),
+        "{}",
+        text(&o)
+    );
+
+    // The ledger at A records the release to B, and verifies.
+    let o = run(&["-c", &a, "audit", "log", "--partner", "b.example", "--json"]);
+    let sent: Vec<serde_json::Value> = String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .filter(|v: &serde_json::Value| v["event"] == "sent")
+        .collect();
+    assert_eq!(sent.len(), 1, "{}", text(&o));
+    assert_eq!(sent[0]["rule"], "tlp-green-community");
+    let o = run(&["-c", &a, "audit", "verify"]);
+    assert!(
+        o.status.success() && text(&o).contains("audit ledger intact"),
+        "{}",
+        text(&o)
+    );
+
     // The publisher certificate cannot tail.
     let o = tm(&["-c", &b, "tail", "--no-follow"])
         .env("THREATMESH__CLIENT__ADMIN_CERT", "certs/publisher.pem")
@@ -345,7 +417,7 @@ fn demo_exits_zero_with_the_summary_line() {
     let last = stdout.lines().last().unwrap();
     assert_eq!(
         last,
-        "demo: 8 published, 10 delivered, 6 withheld, 0 verification failures"
+        "demo: 8 published, 12 delivered, 4 withheld, 0 verification failures"
     );
     assert_eq!(
         stdout.lines().filter(|l| l.starts_with("demo: ")).count(),

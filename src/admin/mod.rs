@@ -48,7 +48,7 @@ impl Admin for AdminService {
                     }
                 })
                 .collect();
-            Some(TailResponse { indicators })
+            (Some(TailResponse { indicators }), Vec::new())
         });
         Ok(Response::new(stream))
     }

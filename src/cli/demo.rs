@@ -21,7 +21,7 @@ use super::publish::DraftInput;
 use super::{CliError, init_logging};
 use crate::config::Settings;
 use crate::exchange::decode_stored;
-use crate::model::{OrgId, kind_name, tlp_name};
+use crate::model::{OrgId, kind_name, now_unix_ms, tlp_name};
 use crate::node::{Node, NodeContext, load_signing_key, own_card};
 use crate::policy::{self, Decision};
 use crate::proto::v1::PublishRequest;
@@ -82,6 +82,13 @@ const ORGS: [(&str, &str, &str, &str); 3] = [
     ),
     ("cert.example", "National CERT (agency)", "FR", "cert"),
     ("isp.example", "Example ISP (private partner)", "NL", "isp"),
+];
+
+/// The example policies shipped in config/policies/.
+const POLICIES: [&str; 3] = [
+    include_str!("../../config/policies/agency-partner.toml"),
+    include_str!("../../config/policies/isp-feed.toml"),
+    include_str!("../../config/policies/community-feed.toml"),
 ];
 
 /// (publisher index, indicator as in a JSON-lines file)
@@ -188,14 +195,28 @@ pub async fn run_demo(args: &DemoArgs) -> Result<DemoSummary, CliError> {
         );
     }
 
-    // Exchange cards out of band: everyone registers everyone.
-    for o in &orgs {
+    // Each org applies the example policies, then registers the others'
+    // cards (exchanged out of band) bound to a policy: the agencies trust
+    // each other fully, the ISP gets blockable network indicators only, and
+    // the ISP shares up to AMBER back.
+    for (i, o) in orgs.iter().enumerate() {
         let store = Store::open_sqlite(&o.settings.store.path).await?;
-        for p in orgs.iter().filter(|p| p.id != o.id) {
+        for doc in POLICIES {
+            let name = crate::policy::parse_policy(doc)
+                .map_err(|e| CliError::Failed(e.to_string()))?
+                .name;
+            store.apply_policy(&name, doc, "demo").await?;
+        }
+        for (j, p) in orgs.iter().enumerate().filter(|(j, _)| *j != i) {
             let ca = std::fs::read_to_string(&p.settings.tls.ca_cert)
                 .map_err(|e| CliError::Failed(e.to_string()))?;
             let card = own_card(&p.settings, &load_signing_key(&p.settings)?, &ca);
-            register_peer(&o.settings, &store, &card, None).await?;
+            let policy = match (i, j) {
+                (2, _) => "community-feed",
+                (_, 2) => "isp-feed",
+                _ => "agency-partner",
+            };
+            register_peer(&o.settings, &store, &card, None, Some(policy), "demo").await?;
         }
         store.close().await;
     }
@@ -245,8 +266,10 @@ pub async fn run_demo(args: &DemoArgs) -> Result<DemoSummary, CliError> {
             .ok_or_else(|| CliError::Failed(format!("{id} missing at its origin")))?;
         let ind = decode_stored(&row.envelope).map_err(CliError::Failed)?;
         let mut per_partner = Vec::new();
+        let policies = contexts[*who].policies.load();
         for (to, p) in orgs.iter().enumerate().filter(|(i, _)| i != who) {
-            let d = policy::egress(&orgs[*who].id, &ind, &p.id);
+            let bound = policies.get(&p.id).map(|x| x.as_ref());
+            let d = policy::egress(&orgs[*who].id, &ind, 0, &p.id, bound, now_unix_ms());
             if d.is_allow() {
                 expected.entry(to).or_default().insert(id.clone());
             }
@@ -339,6 +362,16 @@ pub async fn run_demo(args: &DemoArgs) -> Result<DemoSummary, CliError> {
             Ok(Ok(())) => {}
             Ok(Err(e)) => return Err(CliError::Failed(format!("node failed: {e}"))),
             Err(e) => return Err(CliError::Failed(format!("node task failed: {e}"))),
+        }
+    }
+    // Every decision above is on each node's ledger; check the chains.
+    for o in &orgs {
+        let store = Store::open_sqlite(&o.settings.store.path).await?;
+        let verdict = store.verify_audit().await?;
+        store.close().await;
+        match verdict {
+            Ok(n) => println!("audit ledger of {:<20} intact ({n} rows)", o.id.as_str()),
+            Err(b) => return Err(CliError::Failed(format!("{}: {b}", o.id))),
         }
     }
     if args.keep

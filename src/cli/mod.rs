@@ -1,11 +1,13 @@
 //! The `threatmesh` command line: argument definitions and dispatch. One
 //! file per command group; each is a thin layer over the library.
 
+pub mod audit;
 pub mod card;
 pub mod client;
 pub mod demo;
 pub mod init;
 pub mod peer;
+pub mod policy;
 pub mod publish;
 pub mod serve;
 pub mod tail;
@@ -73,6 +75,8 @@ Quick start (two organisations on one machine):
   threatmesh -c b/threatmesh.toml card export --out b.card
   threatmesh -c a/threatmesh.toml peer add --card b.card
   threatmesh -c b/threatmesh.toml peer add --card a.card
+  threatmesh -c a/threatmesh.toml policy apply config/policies/agency-partner.toml
+  threatmesh -c a/threatmesh.toml peer set-policy --partner b.example --policy agency-partner
   threatmesh -c a/threatmesh.toml serve &   threatmesh -c b/threatmesh.toml serve &
   threatmesh -c a/threatmesh.toml publish --kind domain --value evil.example --tlp GREEN
   threatmesh -c b/threatmesh.toml tail
@@ -118,6 +122,12 @@ pub enum Command {
     /// Partner organisations.
     #[command(subcommand)]
     Peer(peer::PeerCommand),
+    /// Sharing policies: apply, show, explain.
+    #[command(subcommand)]
+    Policy(policy::PolicyCommand),
+    /// The hash-chained audit ledger: log, verify.
+    #[command(subcommand)]
+    Audit(audit::AuditCommand),
     /// Publish indicators through the running node (publisher certificate).
     Publish(publish::PublishArgs),
     /// Show what the node holds, then what arrives (admin certificate).
@@ -144,6 +154,8 @@ pub fn run(cli: Cli) -> ExitCode {
             Command::Demo(args) => demo::run(&args).await,
             Command::Card(cmd) => card::run(&cli.config, &cmd),
             Command::Peer(cmd) => peer::run(&cli.config, &cmd).await,
+            Command::Policy(cmd) => policy::run(&cli.config, &cmd).await,
+            Command::Audit(cmd) => audit::run(&cli.config, &cmd).await,
             Command::Publish(args) => publish::run(&cli.config, &args).await,
             Command::Tail(args) => tail::run(&cli.config, &args).await,
         }
@@ -155,6 +167,14 @@ pub fn run(cli: Cli) -> ExitCode {
             ExitCode::from(e.exit_code())
         }
     }
+}
+
+/// Who a CLI change is recorded as in the audit ledger: the local user.
+pub fn local_actor() -> String {
+    let user = std::env::var("USER")
+        .or_else(|_| std::env::var("LOGNAME"))
+        .unwrap_or_else(|_| "unknown".into());
+    format!("cli:{user}")
 }
 
 /// Sets up `tracing` output: `human` or `json`, filtered by `level` unless

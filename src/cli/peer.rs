@@ -7,10 +7,11 @@ use std::path::{Path, PathBuf};
 use clap::Subcommand;
 use prost::Message;
 
-use super::CliError;
 use super::card::print_card;
+use super::{CliError, local_actor};
 use crate::config::Settings;
 use crate::identity::check_endpoint;
+use crate::model::OrgId;
 use crate::store::{PeerChange, Store};
 
 /// `threatmesh peer ...`
@@ -19,7 +20,7 @@ pub enum PeerCommand {
     /// Register a partner from its card (verifies the card's self-signature).
     #[command(after_help = "\
 Example:
-  threatmesh peer add --card bka.example.card --endpoint 10.1.2.3:7443
+  threatmesh peer add --card bka.example.card --endpoint 10.1.2.3:7443 --policy agency-partner
 Compare the printed CA fingerprint and signing key with the partner out of band
 (phone, signed letter) before relying on the link.")]
     Add {
@@ -30,6 +31,20 @@ Compare the printed CA fingerprint and signing key with the partner out of band
         /// card; "" = do not subscribe to it, only let it subscribe to us).
         #[arg(long)]
         endpoint: Option<String>,
+        /// Sharing policy to bind (see `threatmesh policy`). Without one the
+        /// partner receives nothing.
+        #[arg(long)]
+        policy: Option<String>,
+    },
+    /// Bind a partner to a sharing policy (takes effect for everything not
+    /// yet sent, within `federation.peer_refresh_ms` on a running node).
+    SetPolicy {
+        /// Partner org id.
+        #[arg(long)]
+        partner: String,
+        /// Policy name (applied earlier with `threatmesh policy apply`).
+        #[arg(long)]
+        policy: String,
     },
     /// List registered partners.
     List {
@@ -43,13 +58,25 @@ Compare the printed CA fingerprint and signing key with the partner out of band
 pub async fn run(config: &Path, cmd: &PeerCommand) -> Result<(), CliError> {
     let settings = Settings::load(config)?;
     match cmd {
-        PeerCommand::Add { card, endpoint } => {
+        PeerCommand::Add {
+            card,
+            endpoint,
+            policy,
+        } => {
             let text = std::fs::read_to_string(card)
                 .map_err(|e| CliError::Usage(format!("--card {}: {e}", card.display())))?;
             let env = crate::identity::envelope_from_json(&text)
                 .map_err(|e| CliError::Usage(format!("{}: {e}", card.display())))?;
             let store = Store::open_sqlite(&settings.store.path).await?;
-            let added = register_peer(&settings, &store, &env, endpoint.as_deref()).await;
+            let added = register_peer(
+                &settings,
+                &store,
+                &env,
+                endpoint.as_deref(),
+                policy.as_deref(),
+                &local_actor(),
+            )
+            .await;
             store.close().await;
             let (v, change, endpoint) = added?;
             let verb = match change {
@@ -62,10 +89,27 @@ pub async fn run(config: &Path, cmd: &PeerCommand) -> Result<(), CliError> {
                 if endpoint.is_empty() { "-" } else { &endpoint }
             );
             print_card(&v);
+            match policy {
+                Some(p) => println!("sharing policy: {p}"),
+                None => println!(
+                    "no sharing policy bound: {} receives nothing until `threatmesh peer set-policy --partner {} --policy NAME`",
+                    v.org, v.org
+                ),
+            }
             println!(
                 "Compare the CA fingerprint and signing key with {} out of band.",
                 v.org
             );
+            Ok(())
+        }
+        PeerCommand::SetPolicy { partner, policy } => {
+            let org =
+                OrgId::parse(partner).map_err(|e| CliError::Usage(format!("--partner: {e}")))?;
+            let store = Store::open_sqlite(&settings.store.path).await?;
+            let r = store.set_peer_policy(&org, policy, &local_actor()).await;
+            store.close().await;
+            r.map_err(|e| CliError::Usage(e.to_string()))?;
+            println!("{org} is now bound to policy {policy}");
             Ok(())
         }
         PeerCommand::List { json } => {
@@ -83,7 +127,7 @@ pub async fn run(config: &Path, cmd: &PeerCommand) -> Result<(), CliError> {
                         serde_json::json!({
                             "org": p.org.as_str(), "display_name": p.display_name,
                             "endpoint": p.endpoint, "card_version": p.card_version,
-                            "cursor": cursor, "added_unix_ms": p.added_ms,
+                            "cursor": cursor, "added_unix_ms": p.added_ms, "policy": p.policy,
                         })
                     );
                 }
@@ -122,6 +166,8 @@ pub async fn register_peer(
     store: &Store,
     card: &crate::proto::v1::Envelope,
     endpoint: Option<&str>,
+    policy: Option<&str>,
+    actor: &str,
 ) -> Result<(crate::identity::VerifiedCard, PeerChange, String), CliError> {
     let v = crate::identity::open_card(card).map_err(|e| CliError::Usage(e.to_string()))?;
     if v.org == settings.org_id() {
@@ -138,8 +184,8 @@ pub async fn register_peer(
         check_endpoint(&endpoint).map_err(|e| CliError::Usage(format!("--endpoint: {e}")))?;
     }
     let change = store
-        .put_peer(&v, &card.encode_to_vec(), &endpoint)
+        .put_peer(&v, &card.encode_to_vec(), &endpoint, policy, actor)
         .await
-        .map_err(|e| CliError::Failed(format!("cannot register {}: {e}", v.org)))?;
+        .map_err(|e| CliError::Usage(format!("cannot register {}: {e}", v.org)))?;
     Ok((v, change, endpoint))
 }

@@ -9,9 +9,10 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
+use crate::audit::{AuditEntry, event};
 use crate::model::{OrgId, now_unix_ms, prepare_draft, validate_indicator};
 use crate::node::NodeContext;
-use crate::policy::{self, Decision};
+use crate::policy::{self, Decision, PartnerPolicy};
 use crate::proto::v1::exchange_server::Exchange;
 use crate::proto::v1::{
     Delivery, Envelope, GetCardRequest, GetCardResponse, Indicator, PublishRequest,
@@ -31,37 +32,82 @@ pub fn decode_stored(envelope: &[u8]) -> Result<Indicator, String> {
     Indicator::decode(env.payload.as_slice()).map_err(|e| format!("payload: {e}"))
 }
 
+/// Relay hops an indicator passed before reaching this node. Relay is not
+/// implemented yet, so anything not ours came straight from its origin.
+pub fn hops(own: &OrgId, ind: &Indicator) -> u32 {
+    u32::from(ind.origin_org != own.as_str())
+}
+
 /// The egress gate. Every path that sends an indicator to a partner — today
-/// Subscribe backlog and live tail — calls this, and sends only what it
-/// returns. It applies [`policy::egress`] and logs what was withheld.
-pub fn release(own: &OrgId, row: &StoredIndicator, recipient: &OrgId) -> Option<Delivery> {
-    let decision = match decode_stored(&row.envelope) {
-        Ok(ind) => policy::egress(own, &ind, recipient),
-        Err(e) => Decision::Deny {
-            rule: "stored-row-unreadable",
-            reason: e,
-        },
+/// Subscribe backlog and live tail — calls this and sends only what it
+/// returns, with the partner's policy as it is at send time. It applies
+/// [`policy::egress`] and returns the audit entry recording the decision,
+/// which the caller commits before sending.
+pub fn release(
+    own: &OrgId,
+    row: &StoredIndicator,
+    recipient: &OrgId,
+    policy: Option<&PartnerPolicy>,
+    now_ms: i64,
+) -> (Option<Delivery>, AuditEntry) {
+    let (decision, subject) = match decode_stored(&row.envelope) {
+        Ok(ind) => {
+            let hops = hops(own, &ind);
+            let subject = format!("{}/{}#{}", ind.origin_org, ind.id, ind.version);
+            (
+                policy::egress(own, &ind, hops, recipient, policy, now_ms),
+                subject,
+            )
+        }
+        Err(e) => (
+            Decision::Deny {
+                rule: "stored-row-unreadable",
+                reason: e,
+            },
+            format!("seq {}", row.seq),
+        ),
     };
+    let policy_ref = policy
+        .map(|p| format!("policy {}@{}", p.name, p.version))
+        .unwrap_or_else(|| "no policy".into());
     match decision {
         Decision::Allow { rule } => {
             tracing::trace!(seq = row.seq, partner = %recipient, rule, "released");
-            Some(Delivery {
+            let entry = AuditEntry {
+                event: event::SENT,
+                actor: "node".into(),
+                partner: recipient.to_string(),
+                subject,
+                rule: rule.into(),
+                detail: policy_ref,
+            };
+            let delivery = Delivery {
                 seq: row.seq,
                 envelope: row.envelope.clone(),
-            })
+            };
+            (Some(delivery), entry)
         }
         Decision::Deny { rule, reason } => {
             tracing::debug!(seq = row.seq, partner = %recipient, rule, %reason, "withheld");
-            None
+            let entry = AuditEntry {
+                event: event::WITHHELD,
+                actor: "node".into(),
+                partner: recipient.to_string(),
+                subject,
+                rule: rule.into(),
+                detail: format!("{reason} ({policy_ref})"),
+            };
+            (None, entry)
         }
     }
 }
 
 /// Streams the local log after `after` in batches, mapping each batch with
-/// `map` (which may filter), then — with `follow` — the live tail. Reads come
-/// from the store, so a slow reader costs a cursor, not memory: at most two
-/// batches wait in the channel. Stops when the client goes away or the node
-/// shuts down.
+/// `map` (which may filter and returns audit entries to commit before the
+/// batch is sent), then — with `follow` — the live tail. Reads come from the
+/// store, so a slow reader costs a cursor, not memory: at most two batches
+/// wait in the channel. Stops when the client goes away or the node shuts
+/// down.
 pub fn stream_log<T, F>(
     ctx: Arc<NodeContext>,
     after: u64,
@@ -70,7 +116,7 @@ pub fn stream_log<T, F>(
 ) -> ReceiverStream<Result<T, Status>>
 where
     T: Send + 'static,
-    F: FnMut(&[StoredIndicator], u64) -> Option<T> + Send + 'static,
+    F: FnMut(&[StoredIndicator], u64) -> (Option<T>, Vec<AuditEntry>) + Send + 'static,
 {
     let (tx, rx) = mpsc::channel(2);
     tokio::spawn(async move {
@@ -102,7 +148,13 @@ where
                 }
                 continue;
             };
-            if let Some(item) = map(&rows, last) {
+            let (item, audit) = map(&rows, last);
+            if let Err(e) = ctx.store.append_audit(&audit).await {
+                // Nothing leaves unless its decision is on record.
+                let _ = tx.send(Err(RpcError::Store(e).into())).await;
+                return;
+            }
+            if let Some(item) = item {
                 tokio::select! {
                     r = tx.send(Ok(item)) => if r.is_err() { return },
                     _ = shutdown.changed() => {}
@@ -179,8 +231,9 @@ impl ExchangeService {
         let row = NewIndicator {
             indicator: ind,
             envelope,
+            rule: "published-here",
         };
-        let seq = match ctx.store.append_local(&row).await {
+        let seq = match ctx.store.append_local(&row, &caller.to_string()).await {
             Err(crate::store::StoreError::Duplicate { .. }) => {
                 return Err(RpcError::Aborted(format!(
                     "id: {} was updated concurrently; retry",
@@ -226,17 +279,24 @@ impl Exchange for ExchangeService {
             .into());
         }
         tracing::info!(partner = %caller.org, from, "subscription opened");
-        let own = ctx.own.clone();
         let partner = caller.org;
+        let gate = ctx.clone();
         let stream = stream_log(ctx, from, true, move |rows, last| {
-            let deliveries = rows
-                .iter()
-                .filter_map(|r| release(&own, r, &partner))
-                .collect();
-            Some(SubscribeResponse {
+            let policies = gate.policies.load();
+            let policy = policies.get(&partner).map(|p| p.as_ref());
+            let now = now_unix_ms();
+            let mut deliveries = Vec::new();
+            let mut audit = Vec::with_capacity(rows.len());
+            for r in rows {
+                let (d, entry) = release(&gate.own, r, &partner, policy, now);
+                deliveries.extend(d);
+                audit.push(entry);
+            }
+            let response = SubscribeResponse {
                 deliveries,
                 cursor: last,
-            })
+            };
+            (Some(response), audit)
         });
         Ok(Response::new(stream))
     }

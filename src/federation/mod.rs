@@ -16,7 +16,7 @@ use tonic::Code;
 use crate::identity::{CertifiedKey, SpiffeId, client_config};
 use crate::model::{OrgId, now_unix_ms, validate_indicator};
 use crate::node::NodeContext;
-use crate::policy::{self, Decision};
+use crate::policy::{self, Decision, PartnerPolicy};
 use crate::proto::v1::exchange_client::ExchangeClient;
 use crate::proto::v1::{Envelope, SubscribeRequest};
 use crate::rpc::{SHUTTING_DOWN, verify_code};
@@ -43,6 +43,7 @@ pub fn check_delivery(
     upstream: &OrgId,
     bytes: &[u8],
     keys: &KeyDirectory,
+    policy: Option<&PartnerPolicy>,
     now_ms: i64,
 ) -> Result<NewIndicator, Refusal> {
     let env = Envelope::decode(bytes).map_err(|e| Refusal {
@@ -57,15 +58,19 @@ pub fn check_delivery(
         code: Code::InvalidArgument,
         reason: format!("indicator {}: {e}", indicator.id),
     })?;
-    if let Decision::Deny { rule, reason } = policy::ingress(own, &indicator, upstream) {
-        return Err(Refusal {
-            code: Code::PermissionDenied,
-            reason: format!("ingress rule {rule}: {reason}"),
-        });
-    }
+    let rule = match policy::ingress(own, &indicator, upstream, policy) {
+        Decision::Allow { rule } => rule,
+        Decision::Deny { rule, reason } => {
+            return Err(Refusal {
+                code: Code::PermissionDenied,
+                reason: format!("ingress rule {rule}: {reason}"),
+            });
+        }
+    };
     Ok(NewIndicator {
         indicator,
         envelope: bytes.to_vec(),
+        rule,
     })
 }
 
@@ -174,6 +179,8 @@ async fn session(
             )));
         }
         let keys = ctx.keys.load();
+        let policies = ctx.policies.load();
+        let policy = policies.get(&peer.org).map(|p| p.as_ref());
         let now = now_unix_ms();
         let mut rows = Vec::with_capacity(msg.deliveries.len());
         let mut refused = Vec::new();
@@ -186,7 +193,7 @@ async fn session(
                 )));
             }
             prev = d.seq;
-            match check_delivery(&ctx.own, &peer.org, &d.envelope, &keys, now) {
+            match check_delivery(&ctx.own, &peer.org, &d.envelope, &keys, policy, now) {
                 Ok(row) => rows.push(row),
                 Err(r) => {
                     tracing::warn!(
@@ -311,23 +318,25 @@ mod tests {
         let good = key
             .seal(INDICATOR_PAYLOAD_TYPE, ind.encode_to_vec())
             .encode_to_vec();
-        let row = check_delivery(&b, &a, &good, &keys, now).unwrap();
+        let row = check_delivery(&b, &a, &good, &keys, None, now).unwrap();
         assert_eq!(row.envelope, good);
 
         assert_eq!(
-            check_delivery(&b, &a, b"\xff\xff", &keys, now)
+            check_delivery(&b, &a, b"\xff\xff", &keys, None, now)
                 .unwrap_err()
                 .code,
             Code::InvalidArgument
         );
         let mut env = Envelope::decode(good.as_slice()).unwrap();
         env.payload[3] ^= 0x01;
-        let err = check_delivery(&b, &a, &env.encode_to_vec(), &keys, now).unwrap_err();
+        let err = check_delivery(&b, &a, &env.encode_to_vec(), &keys, None, now).unwrap_err();
         assert_eq!(err.code, Code::Unauthenticated);
         // Arrives from c.example but originates at a.example: not accepted yet.
         let c = OrgId::parse("c.example").unwrap();
         assert_eq!(
-            check_delivery(&b, &c, &good, &keys, now).unwrap_err().code,
+            check_delivery(&b, &c, &good, &keys, None, now)
+                .unwrap_err()
+                .code,
             Code::PermissionDenied
         );
         // Far-future timestamp.
@@ -338,7 +347,9 @@ mod tests {
             .seal(INDICATOR_PAYLOAD_TYPE, future.encode_to_vec())
             .encode_to_vec();
         assert_eq!(
-            check_delivery(&b, &a, &env, &keys, now).unwrap_err().code,
+            check_delivery(&b, &a, &env, &keys, None, now)
+                .unwrap_err()
+                .code,
             Code::InvalidArgument
         );
     }

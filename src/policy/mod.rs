@@ -1,19 +1,29 @@
-//! The sharing decision: one pure function per direction, no I/O.
+//! The sharing decision: pure functions, no I/O, no clock (callers pass
+//! `now`).
 //!
-//! [`egress`] is the **only** way an indicator leaves this node: every exit
-//! (Subscribe backlog and live tail today; relay, TAXII and export later)
-//! goes through [`crate::exchange::release`], which calls it. [`ingress`]
-//! decides what we accept from a partner.
+//! [`egress`] decides whether an indicator may go to one partner. It is the
+//! **only** way an indicator leaves this node: every exit (Subscribe backlog
+//! and live tail today; relay, TAXII and export later) goes through
+//! [`crate::exchange::release`], which calls it with the partner's policy as
+//! it is at send time. [`ingress`] decides what we accept from a partner.
 //!
-//! Until per-partner sharing policies exist, egress is deliberately narrow:
-//! only our own TLP:CLEAR and TLP:GREEN indicators leave, to any registered
-//! partner; everything else is denied. Deny is the default for anything not
-//! positively allowed.
+//! TLP 2.0 is compiled into propagation: RED only to orgs named in the
+//! signed recipient list and never relayed; AMBER+STRICT likewise; AMBER to
+//! named recipients (or, with no names, to partners whose ceiling admits
+//! AMBER), relayed only as the origin's marking allows; GREEN only to
+//! partners flagged as community; CLEAR to anyone. A partner without a
+//! policy receives nothing; an unknown or inconsistent marking is denied.
+
+mod document;
+mod rules;
+
+pub use document::{PolicyError, parse_policy};
+pub use rules::{EgressRules, IngressRules, Origins, PartnerPolicy};
 
 use std::fmt;
 
 use crate::model::{OrgId, tlp_name, validate_marking};
-use crate::proto::v1::{Indicator, Tlp};
+use crate::proto::v1::{Indicator, IndicatorKind, Tlp};
 
 /// The outcome of a sharing decision.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -27,7 +37,7 @@ pub enum Decision {
     Deny {
         /// Rule that denied it.
         rule: &'static str,
-        /// Explanation naming the label, org or field.
+        /// Explanation naming the label, org, field or limit.
         reason: String,
     },
 }
@@ -62,51 +72,205 @@ fn deny(rule: &'static str, reason: impl Into<String>) -> Decision {
     }
 }
 
-/// Would this node send `ind` to partner `recipient`?
-pub fn egress(own: &OrgId, ind: &Indicator, recipient: &OrgId) -> Decision {
+fn label(tlp: i32) -> &'static str {
+    tlp_name(tlp).unwrap_or("?")
+}
+
+/// Would this node send `ind` to partner `recipient`, governed by `policy`?
+///
+/// `hops` is how many relays the indicator has passed before reaching this
+/// node: 0 when we are its origin, 1 when we received it from its origin.
+pub fn egress(
+    own: &OrgId,
+    ind: &Indicator,
+    hops: u32,
+    recipient: &OrgId,
+    policy: Option<&PartnerPolicy>,
+    now_ms: i64,
+) -> Decision {
+    let Some(policy) = policy else {
+        return deny(
+            "no-policy",
+            format!("no sharing policy is bound to {recipient}; nothing is sent to it"),
+        );
+    };
+    let rules = &policy.egress;
     if let Err(e) = validate_marking(ind.marking.as_ref()) {
         return deny("marking-invalid", e.to_string());
     }
+    let Some(m) = ind.marking.as_ref() else {
+        return deny("marking-invalid", "marking is missing");
+    };
+    let Ok(tlp) = Tlp::try_from(m.tlp) else {
+        return deny("marking-invalid", format!("unknown TLP value {}", m.tlp));
+    };
     if recipient == own {
         return deny("recipient-is-self", "a node does not send to itself");
     }
-    if ind.origin_org != own.as_str() {
+    if rules.origins == Origins::Own && ind.origin_org != own.as_str() {
         return deny(
-            "relay-disabled",
+            "origin-not-own",
             format!(
-                "indicator originates at {}; relaying is not enabled on this node",
-                ind.origin_org
+                "policy {} sends only {own}'s own indicators; this one originates at {}",
+                policy.name, ind.origin_org
             ),
         );
     }
-    let tlp = ind.marking.as_ref().map(|m| m.tlp).unwrap_or_default();
-    match Tlp::try_from(tlp) {
-        Ok(Tlp::Clear) => Decision::Allow { rule: "tlp-clear" },
-        Ok(Tlp::Green) => Decision::Allow { rule: "tlp-green" },
-        Ok(Tlp::Amber | Tlp::AmberStrict | Tlp::Red) => deny(
-            "tlp-needs-policy",
-            format!(
-                "TLP:{} is only shared under a per-partner sharing policy, and {recipient} has none",
-                tlp_name(tlp).unwrap_or("?")
-            ),
-        ),
-        _ => deny("marking-invalid", format!("unknown TLP value {tlp}")),
+    if hops > 0 {
+        if matches!(tlp, Tlp::Red | Tlp::AmberStrict) {
+            return deny(
+                "tlp-never-relayed",
+                format!("TLP:{} is never relayed", label(m.tlp)),
+            );
+        }
+        if !m.may_forward || hops > m.hop_limit {
+            return deny(
+                "hop-limit",
+                format!(
+                    "origin {} allows {} relay hop(s); this would be hop {hops}",
+                    ind.origin_org,
+                    if m.may_forward { m.hop_limit } else { 0 }
+                ),
+            );
+        }
     }
+    if m.tlp > rules.tlp_ceiling as i32 {
+        return deny(
+            "tlp-ceiling",
+            format!(
+                "TLP:{} is above the TLP:{} ceiling of policy {}",
+                label(m.tlp),
+                label(rules.tlp_ceiling as i32),
+                policy.name
+            ),
+        );
+    }
+    let named = m.recipients.iter().any(|r| r == recipient.as_str());
+    let allow_rule = match tlp {
+        Tlp::Red if !named => {
+            return deny(
+                "red-not-named",
+                format!("TLP:RED goes only to the named recipients; {recipient} is not named"),
+            );
+        }
+        Tlp::AmberStrict if !named => {
+            return deny(
+                "amber-strict-not-named",
+                format!(
+                    "TLP:AMBER+STRICT goes only to the named recipients; {recipient} is not named"
+                ),
+            );
+        }
+        Tlp::Amber if !m.recipients.is_empty() && !named => {
+            return deny(
+                "amber-not-named",
+                format!("TLP:AMBER is addressed to named recipients; {recipient} is not one"),
+            );
+        }
+        Tlp::Green if !rules.community => {
+            return deny(
+                "green-not-community",
+                format!(
+                    "TLP:GREEN goes to community partners; policy {} does not flag {recipient} as community",
+                    policy.name
+                ),
+            );
+        }
+        Tlp::Red => "tlp-red-named",
+        Tlp::AmberStrict => "tlp-amber-strict-named",
+        Tlp::Amber => "tlp-amber",
+        Tlp::Green => "tlp-green-community",
+        Tlp::Clear => "tlp-clear",
+        Tlp::Unspecified => return deny("marking-invalid", "TLP is unset"),
+    };
+    if !rules.kinds.is_empty() && !rules.kinds.iter().any(|k| *k as i32 == ind.kind) {
+        return deny(
+            "kind-not-allowed",
+            format!(
+                "kind {} is not in the kinds of policy {}",
+                crate::model::kind_name(ind.kind).unwrap_or("?"),
+                policy.name
+            ),
+        );
+    }
+    if ind.confidence < rules.min_confidence {
+        return deny(
+            "confidence-below-minimum",
+            format!(
+                "confidence {} is below the minimum {} of policy {}",
+                ind.confidence, rules.min_confidence, policy.name
+            ),
+        );
+    }
+    if let Some(t) = ind.tags.iter().find(|t| rules.tags_exclude.contains(t)) {
+        return deny(
+            "tag-excluded",
+            format!("tag '{t}' is excluded by policy {}", policy.name),
+        );
+    }
+    if !rules.tags_include.is_empty() && !ind.tags.iter().any(|t| rules.tags_include.contains(t)) {
+        return deny(
+            "tag-not-included",
+            format!(
+                "none of the tags is among those policy {} includes ({})",
+                policy.name,
+                rules.tags_include.join(", ")
+            ),
+        );
+    }
+    if !rules.jurisdictions.is_empty()
+        && !ind
+            .jurisdictions
+            .iter()
+            .any(|j| rules.jurisdictions.contains(j))
+    {
+        return deny(
+            "jurisdiction-not-allowed",
+            format!(
+                "policy {} shares only indicators of jurisdictions {}",
+                policy.name,
+                rules.jurisdictions.join(", ")
+            ),
+        );
+    }
+    if let Some(days) = rules.max_age_days {
+        let age_ms = now_ms.saturating_sub(ind.created_unix_ms);
+        if age_ms > i64::from(days) * 86_400_000 {
+            return deny(
+                "too-old",
+                format!(
+                    "indicator is {} day(s) old; policy {} shares at most {days}",
+                    age_ms / 86_400_000,
+                    policy.name
+                ),
+            );
+        }
+    }
+    Decision::Allow { rule: allow_rule }
 }
 
-/// Do we accept `ind`, received from partner `upstream`?
-pub fn ingress(own: &OrgId, ind: &Indicator, upstream: &OrgId) -> Decision {
+/// Do we accept `ind`, received from partner `upstream`? Without a bound
+/// policy the default ingress rules apply (all kinds, any confidence, no
+/// relayed indicators).
+pub fn ingress(
+    own: &OrgId,
+    ind: &Indicator,
+    upstream: &OrgId,
+    policy: Option<&PartnerPolicy>,
+) -> Decision {
+    let default = IngressRules::default();
+    let rules = policy.map(|p| &p.ingress).unwrap_or(&default);
     if ind.origin_org == own.as_str() {
         return deny(
             "own-origin",
             "indicator originates at this node; its own copy is authoritative",
         );
     }
-    if ind.origin_org != upstream.as_str() {
+    if ind.origin_org != upstream.as_str() && !rules.accept_relayed {
         return deny(
             "relayed-not-accepted",
             format!(
-                "{upstream} sent an indicator of {}; relayed indicators are not accepted yet",
+                "{upstream} sent an indicator of {}; relayed indicators are not accepted from it",
                 ind.origin_org
             ),
         );
@@ -117,19 +281,52 @@ pub fn ingress(own: &OrgId, ind: &Indicator, upstream: &OrgId) -> Decision {
     if let Err(e) = validate_marking(Some(m)) {
         return deny("marking-invalid", e.to_string());
     }
-    match Tlp::try_from(m.tlp) {
-        Ok(Tlp::Red | Tlp::AmberStrict) if !m.recipients.iter().any(|r| r == own.as_str()) => deny(
+    if matches!(Tlp::try_from(m.tlp), Ok(Tlp::Red | Tlp::AmberStrict))
+        && !m.recipients.iter().any(|r| r == own.as_str())
+    {
+        return deny(
             "not-a-named-recipient",
             format!(
                 "TLP:{} indicator does not name {own} as a recipient",
-                tlp_name(m.tlp).unwrap_or("?")
+                label(m.tlp)
             ),
-        ),
-        _ => Decision::Allow {
-            rule: "from-partner",
-        },
+        );
+    }
+    if !rules.kinds.is_empty() && !rules.kinds.iter().any(|k| *k as i32 == ind.kind) {
+        return deny(
+            "kind-not-accepted",
+            format!(
+                "kind {} is not accepted from {upstream}",
+                crate::model::kind_name(ind.kind).unwrap_or("?")
+            ),
+        );
+    }
+    if ind.confidence < rules.min_confidence {
+        return deny(
+            "confidence-below-minimum",
+            format!(
+                "confidence {} is below the minimum {} accepted from {upstream}",
+                ind.confidence, rules.min_confidence
+            ),
+        );
+    }
+    Decision::Allow {
+        rule: "from-partner",
     }
 }
+
+/// Every indicator kind, for policies that name none (= all).
+pub const ALL_KINDS: [IndicatorKind; 9] = [
+    IndicatorKind::Ipv4,
+    IndicatorKind::Ipv6,
+    IndicatorKind::Cidr,
+    IndicatorKind::Domain,
+    IndicatorKind::Url,
+    IndicatorKind::Email,
+    IndicatorKind::Sha256,
+    IndicatorKind::Sha1,
+    IndicatorKind::Md5,
+];
 
 #[cfg(test)]
 mod tests {
@@ -148,57 +345,116 @@ mod tests {
                 recipients: recipients.iter().map(|s| s.to_string()).collect(),
                 ..Default::default()
             }),
+            kind: IndicatorKind::Domain as i32,
+            confidence: 50,
             ..Default::default()
         }
     }
 
-    #[test]
-    fn egress_sends_only_own_clear_and_green() {
-        let (a, b) = (org("a.example"), org("b.example"));
-        assert!(egress(&a, &ind("a.example", Tlp::Clear, &[]), &b).is_allow());
-        assert!(egress(&a, &ind("a.example", Tlp::Green, &[]), &b).is_allow());
-        for (tlp, r) in [
-            (Tlp::Amber, vec![]),
-            (Tlp::Amber, vec!["b.example"]),
-            (Tlp::AmberStrict, vec!["b.example"]),
-            (Tlp::Red, vec!["b.example"]),
-        ] {
-            let d = egress(&a, &ind("a.example", tlp, &r), &b);
-            assert_eq!(d.rule(), "tlp-needs-policy", "{tlp:?}");
+    fn open(ceiling: Tlp, community: bool) -> PartnerPolicy {
+        PartnerPolicy {
+            name: "t".into(),
+            version: 1,
+            egress: EgressRules {
+                tlp_ceiling: ceiling,
+                community,
+                ..EgressRules::default()
+            },
+            ingress: IngressRules::default(),
         }
+    }
+
+    #[test]
+    fn no_policy_means_nothing_is_sent() {
+        let (a, b) = (org("a.example"), org("b.example"));
+        let d = egress(&a, &ind("a.example", Tlp::Clear, &[]), 0, &b, None, 0);
+        assert_eq!(d.rule(), "no-policy");
+    }
+
+    #[test]
+    fn tlp_rules_in_brief() {
+        let (a, b) = (org("a.example"), org("b.example"));
+        let p = open(Tlp::Red, true);
+        let e = |i: &Indicator, hops| egress(&a, i, hops, &b, Some(&p), 0);
+        assert!(e(&ind("a.example", Tlp::Red, &["b.example"]), 0).is_allow());
         assert_eq!(
-            egress(&a, &ind("c.example", Tlp::Clear, &[]), &b).rule(),
-            "relay-disabled"
+            e(&ind("a.example", Tlp::Red, &["c.example"]), 0).rule(),
+            "red-not-named"
         );
-        // Inconsistent or unknown markings are denied, never guessed at.
         assert_eq!(
-            egress(&a, &ind("a.example", Tlp::Red, &[]), &b).rule(),
+            e(&ind("a.example", Tlp::Red, &[]), 0).rule(),
             "marking-invalid"
         );
-        let mut unknown = ind("a.example", Tlp::Clear, &[]);
-        unknown.marking.as_mut().unwrap().tlp = 9;
-        assert_eq!(egress(&a, &unknown, &b).rule(), "marking-invalid");
-        let mut none = ind("a.example", Tlp::Clear, &[]);
-        none.marking = None;
-        assert_eq!(egress(&a, &none, &b).rule(), "marking-invalid");
+        assert_eq!(
+            e(&ind("a.example", Tlp::AmberStrict, &["c.example"]), 0).rule(),
+            "amber-strict-not-named"
+        );
+        assert!(e(&ind("a.example", Tlp::Amber, &[]), 0).is_allow());
+        assert_eq!(
+            e(&ind("a.example", Tlp::Amber, &["c.example"]), 0).rule(),
+            "amber-not-named"
+        );
+        let closed = open(Tlp::Red, false);
+        assert_eq!(
+            egress(
+                &a,
+                &ind("a.example", Tlp::Green, &[]),
+                0,
+                &b,
+                Some(&closed),
+                0
+            )
+            .rule(),
+            "green-not-community"
+        );
+        assert!(
+            egress(
+                &a,
+                &ind("a.example", Tlp::Clear, &[]),
+                0,
+                &b,
+                Some(&closed),
+                0
+            )
+            .is_allow()
+        );
+        let green = open(Tlp::Green, true);
+        assert_eq!(
+            egress(
+                &a,
+                &ind("a.example", Tlp::Amber, &[]),
+                0,
+                &b,
+                Some(&green),
+                0
+            )
+            .rule(),
+            "tlp-ceiling"
+        );
     }
 
     #[test]
     fn ingress_requires_origin_upstream_and_named_recipient() {
         let (a, b) = (org("a.example"), org("b.example"));
-        assert!(ingress(&b, &ind("a.example", Tlp::Green, &[]), &a).is_allow());
-        assert!(ingress(&b, &ind("a.example", Tlp::Red, &["b.example"]), &a).is_allow());
+        assert!(ingress(&b, &ind("a.example", Tlp::Green, &[]), &a, None).is_allow());
+        assert!(ingress(&b, &ind("a.example", Tlp::Red, &["b.example"]), &a, None).is_allow());
         assert_eq!(
-            ingress(&b, &ind("a.example", Tlp::Red, &["c.example"]), &a).rule(),
+            ingress(&b, &ind("a.example", Tlp::Red, &["c.example"]), &a, None).rule(),
             "not-a-named-recipient"
         );
         assert_eq!(
-            ingress(&b, &ind("c.example", Tlp::Green, &[]), &a).rule(),
+            ingress(&b, &ind("c.example", Tlp::Green, &[]), &a, None).rule(),
             "relayed-not-accepted"
         );
         assert_eq!(
-            ingress(&b, &ind("b.example", Tlp::Green, &[]), &a).rule(),
+            ingress(&b, &ind("b.example", Tlp::Green, &[]), &a, None).rule(),
             "own-origin"
+        );
+        let mut p = open(Tlp::Red, true);
+        p.ingress.kinds = vec![IndicatorKind::Ipv4];
+        assert_eq!(
+            ingress(&b, &ind("a.example", Tlp::Green, &[]), &a, Some(&p)).rule(),
+            "kind-not-accepted"
         );
     }
 }

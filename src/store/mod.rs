@@ -15,6 +15,9 @@ use sqlx::sqlite::{
 };
 use tokio::sync::watch;
 
+use crate::audit::{
+    AuditEntry, AuditEntryOwned, AuditRow, ChainBreak, event, row_hash, verify_chain,
+};
 use crate::identity::VerifiedCard;
 use crate::model::{OrgId, now_unix_ms};
 use crate::proto::v1::Indicator;
@@ -59,6 +62,8 @@ pub struct NewIndicator {
     pub indicator: Indicator,
     /// The serialised envelope, stored byte for byte.
     pub envelope: Vec<u8>,
+    /// The ingress rule that accepted it (recorded in the audit ledger).
+    pub rule: &'static str,
 }
 
 /// A stored indicator version.
@@ -123,6 +128,23 @@ pub struct PeerRecord {
     pub ca_bundle_pem: String,
     /// When first registered.
     pub added_ms: i64,
+    /// Name of the bound sharing policy; empty = none (receives nothing).
+    pub policy: String,
+}
+
+/// One applied version of a named policy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PolicyRecord {
+    /// Policy name.
+    pub name: String,
+    /// Version, from 1.
+    pub version: u64,
+    /// The TOML document as applied.
+    pub document: String,
+    /// When applied.
+    pub applied_ms: i64,
+    /// Who applied it.
+    pub applied_by: String,
 }
 
 /// Result of committing a batch received from a partner.
@@ -225,10 +247,66 @@ impl Store {
         });
     }
 
-    /// Appends a version published here. Durable when this returns.
-    pub async fn append_local(&self, row: &NewIndicator) -> Result<u64, StoreError> {
+    /// A write transaction holding SQLite's write lock from its first
+    /// statement, so read-then-write sequences (the audit chain head) cannot
+    /// interleave with another writer, even in another process.
+    async fn write_tx(&self) -> Result<sqlx::Transaction<'static, sqlx::Sqlite>, StoreError> {
+        Ok(self.pool.begin_with("BEGIN IMMEDIATE").await?)
+    }
+
+    /// Appends entries to the audit ledger in their own transaction.
+    pub async fn append_audit(&self, entries: &[AuditEntry]) -> Result<(), StoreError> {
+        if entries.is_empty() {
+            return Ok(());
+        }
+        let mut tx = self.write_tx().await?;
+        append_audit_tx(&mut tx, entries).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Ledger rows, oldest first, optionally for one partner and from a time.
+    pub async fn audit_rows(
+        &self,
+        partner: Option<&str>,
+        since_ms: Option<i64>,
+    ) -> Result<Vec<AuditRow>, StoreError> {
+        let mut conn = self.pool.acquire().await?;
+        read_audit(&mut conn, partner, since_ms).await
+    }
+
+    /// Checks the whole ledger; `Ok(rows)` or the first bad row.
+    pub async fn verify_audit(&self) -> Result<Result<u64, ChainBreak>, StoreError> {
+        // Rows and head from one snapshot, so a concurrent append cannot
+        // look like a truncation.
         let mut tx = self.pool.begin().await?;
+        let rows = read_audit(&mut tx, None, None).await?;
+        let head: Option<(i64, Vec<u8>)> =
+            sqlx::query_as("SELECT seq, hash FROM audit_head WHERE id = 1")
+                .fetch_optional(&mut *tx)
+                .await?;
+        tx.commit().await?;
+        Ok(verify_chain(&rows, head.map(|(s, h)| (s as u64, h))))
+    }
+
+    /// Appends a version published here. Durable when this returns.
+    pub async fn append_local(&self, row: &NewIndicator, actor: &str) -> Result<u64, StoreError> {
+        let mut tx = self.write_tx().await?;
         let seq = insert_indicator(&mut tx, row, "").await?;
+        if seq.is_some() {
+            append_audit_tx(
+                &mut tx,
+                &[AuditEntry {
+                    event: event::PUBLISHED,
+                    actor: actor.to_string(),
+                    partner: String::new(),
+                    subject: subject_of(&row.indicator),
+                    rule: String::new(),
+                    detail: String::new(),
+                }],
+            )
+            .await?;
+        }
         tx.commit().await?;
         let Some(seq) = seq else {
             return Err(StoreError::Duplicate {
@@ -270,17 +348,37 @@ impl Store {
     ) -> Result<IngestOutcome, StoreError> {
         let now = now_unix_ms();
         let mut out = IngestOutcome::default();
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write_tx().await?;
         let mut max_seq = 0;
+        let mut audit = Vec::new();
         for row in rows {
             match insert_indicator(&mut tx, row, upstream.as_str()).await? {
                 Some(seq) => {
                     out.stored += 1;
                     max_seq = seq;
+                    audit.push(AuditEntry {
+                        event: event::ACCEPTED,
+                        actor: "node".into(),
+                        partner: upstream.to_string(),
+                        subject: subject_of(&row.indicator),
+                        rule: row.rule.to_string(),
+                        detail: String::new(),
+                    });
                 }
                 None => out.duplicates += 1,
             }
         }
+        for r in rejections {
+            audit.push(AuditEntry {
+                event: event::REJECTED,
+                actor: "node".into(),
+                partner: upstream.to_string(),
+                subject: format!("{upstream} seq {}", r.upstream_seq),
+                rule: r.code.clone(),
+                detail: r.reason.clone(),
+            });
+        }
+        append_audit_tx(&mut tx, &audit).await?;
         for r in rejections {
             sqlx::query(
                 "INSERT INTO rejections (upstream_org, upstream_seq, code, reason, envelope, rejected_ms) \
@@ -390,9 +488,14 @@ impl Store {
         card: &VerifiedCard,
         card_bytes: &[u8],
         endpoint: &str,
+        policy: Option<&str>,
+        actor: &str,
     ) -> Result<PeerChange, StoreError> {
         let now = now_unix_ms();
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write_tx().await?;
+        if let Some(name) = policy {
+            require_policy(&mut tx, name).await?;
+        }
         let existing: Option<i64> =
             sqlx::query_scalar("SELECT card_version FROM peers WHERE org_id = ?")
                 .bind(card.org.as_str())
@@ -454,6 +557,19 @@ impl Store {
             .execute(&mut *tx)
             .await?;
         }
+        let mut audit = vec![AuditEntry {
+            event: event::PEER_REGISTERED,
+            actor: actor.to_string(),
+            partner: card.org.to_string(),
+            subject: format!("card v{}", card.card.version),
+            rule: String::new(),
+            detail: format!("endpoint '{endpoint}'"),
+        }];
+        if let Some(name) = policy {
+            bind_policy(&mut tx, &card.org, name).await?;
+            audit.push(policy_binding_entry(&card.org, name, actor));
+        }
+        append_audit_tx(&mut tx, &audit).await?;
         tx.commit().await?;
         Ok(if existing.is_some() {
             PeerChange::Updated
@@ -465,7 +581,7 @@ impl Store {
     /// All registered partners, by org id.
     pub async fn peers(&self) -> Result<Vec<PeerRecord>, StoreError> {
         let rows = sqlx::query(
-            "SELECT org_id, display_name, endpoint, card_version, ca_bundle_pem, added_ms \
+            "SELECT org_id, display_name, endpoint, card_version, ca_bundle_pem, added_ms, policy \
              FROM peers ORDER BY org_id",
         )
         .fetch_all(&self.pool)
@@ -481,9 +597,113 @@ impl Store {
                     card_version: r.get::<i64, _>(3) as u64,
                     ca_bundle_pem: r.get(4),
                     added_ms: r.get(5),
+                    policy: r.get(6),
                 })
             })
             .collect()
+    }
+
+    /// Stores `document` as the next version of policy `name`, unless it is
+    /// identical to the latest version. Returns the version and whether a
+    /// new one was written. The caller validates the document first.
+    pub async fn apply_policy(
+        &self,
+        name: &str,
+        document: &str,
+        actor: &str,
+    ) -> Result<(u64, bool), StoreError> {
+        let mut tx = self.write_tx().await?;
+        let latest: Option<(i64, String)> = sqlx::query_as(
+            "SELECT version, document FROM policies WHERE name = ? ORDER BY version DESC LIMIT 1",
+        )
+        .bind(name)
+        .fetch_optional(&mut *tx)
+        .await?;
+        if let Some((v, doc)) = &latest
+            && doc == document
+        {
+            return Ok((*v as u64, false));
+        }
+        let version = latest.map(|(v, _)| v as u64).unwrap_or(0) + 1;
+        sqlx::query(
+            "INSERT INTO policies (name, version, document, applied_ms, applied_by) VALUES (?, ?, ?, ?, ?)",
+        )
+        .bind(name)
+        .bind(to_i64(version))
+        .bind(document)
+        .bind(now_unix_ms())
+        .bind(actor)
+        .execute(&mut *tx)
+        .await?;
+        append_audit_tx(
+            &mut tx,
+            &[AuditEntry {
+                event: event::POLICY_APPLIED,
+                actor: actor.to_string(),
+                partner: String::new(),
+                subject: format!("{name}@{version}"),
+                rule: String::new(),
+                detail: String::new(),
+            }],
+        )
+        .await?;
+        tx.commit().await?;
+        Ok((version, true))
+    }
+
+    /// A policy version (the latest when `version` is `None`).
+    pub async fn policy(
+        &self,
+        name: &str,
+        version: Option<u64>,
+    ) -> Result<Option<PolicyRecord>, StoreError> {
+        let row = sqlx::query(
+            "SELECT name, version, document, applied_ms, applied_by FROM policies \
+             WHERE name = ?1 AND (?2 IS NULL OR version = ?2) ORDER BY version DESC LIMIT 1",
+        )
+        .bind(name)
+        .bind(version.map(to_i64))
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.as_ref().map(policy_from_row))
+    }
+
+    /// The latest version of every policy, by name.
+    pub async fn policies(&self) -> Result<Vec<PolicyRecord>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT p.name, p.version, p.document, p.applied_ms, p.applied_by FROM policies p \
+             WHERE p.version = (SELECT MAX(version) FROM policies q WHERE q.name = p.name) ORDER BY p.name",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.iter().map(policy_from_row).collect())
+    }
+
+    /// Binds partner `org` to policy `name` (which must exist).
+    pub async fn set_peer_policy(
+        &self,
+        org: &OrgId,
+        name: &str,
+        actor: &str,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.write_tx().await?;
+        require_policy(&mut tx, name).await?;
+        bind_policy(&mut tx, org, name).await?;
+        append_audit_tx(&mut tx, &[policy_binding_entry(org, name, actor)]).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// The latest stored version of indicator `id` (any origin).
+    pub async fn indicator_by_id(&self, id: &str) -> Result<Option<StoredIndicator>, StoreError> {
+        let row = sqlx::query(
+            "SELECT seq, origin_org, indicator_id, version, received_from, envelope, stored_ms \
+             FROM indicators WHERE indicator_id = ? ORDER BY version DESC, seq DESC LIMIT 1",
+        )
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.as_ref().map(stored_from_row))
     }
 
     /// All partners' signing keys.
@@ -551,4 +771,146 @@ async fn insert_indicator(
     .fetch_optional(&mut **tx)
     .await?;
     Ok(seq.map(|s| s as u64))
+}
+
+fn subject_of(i: &Indicator) -> String {
+    format!("{}/{}#{}", i.origin_org, i.id, i.version)
+}
+
+fn policy_from_row(r: &sqlx::sqlite::SqliteRow) -> PolicyRecord {
+    PolicyRecord {
+        name: r.get(0),
+        version: r.get::<i64, _>(1) as u64,
+        document: r.get(2),
+        applied_ms: r.get(3),
+        applied_by: r.get(4),
+    }
+}
+
+async fn require_policy(
+    tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+    name: &str,
+) -> Result<(), StoreError> {
+    let exists: Option<i64> = sqlx::query_scalar("SELECT 1 FROM policies WHERE name = ? LIMIT 1")
+        .bind(name)
+        .fetch_optional(&mut **tx)
+        .await?;
+    if exists.is_none() {
+        return Err(StoreError::Conflict(format!(
+            "no policy named '{name}' has been applied (use `threatmesh policy apply FILE` first)"
+        )));
+    }
+    Ok(())
+}
+
+async fn bind_policy(
+    tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+    org: &OrgId,
+    name: &str,
+) -> Result<(), StoreError> {
+    let done = sqlx::query("UPDATE peers SET policy = ?, updated_ms = ? WHERE org_id = ?")
+        .bind(name)
+        .bind(now_unix_ms())
+        .bind(org.as_str())
+        .execute(&mut **tx)
+        .await?;
+    if done.rows_affected() == 0 {
+        return Err(StoreError::Conflict(format!(
+            "{org} is not a registered partner"
+        )));
+    }
+    Ok(())
+}
+
+fn policy_binding_entry(org: &OrgId, name: &str, actor: &str) -> AuditEntry {
+    AuditEntry {
+        event: event::PEER_POLICY,
+        actor: actor.to_string(),
+        partner: org.to_string(),
+        subject: name.to_string(),
+        rule: String::new(),
+        detail: String::new(),
+    }
+}
+
+/// Appends entries to the chain inside `tx` (which holds the write lock).
+async fn append_audit_tx(
+    tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+    entries: &[AuditEntry],
+) -> Result<(), StoreError> {
+    if entries.is_empty() {
+        return Ok(());
+    }
+    let head: Option<(i64, Vec<u8>)> =
+        sqlx::query_as("SELECT seq, hash FROM audit_head WHERE id = 1")
+            .fetch_optional(&mut **tx)
+            .await?;
+    let (mut seq, mut prev) = head
+        .map(|(s, h)| (s as u64, h))
+        .unwrap_or((0, crate::audit::GENESIS.to_vec()));
+    let now = now_unix_ms();
+    for e in entries {
+        seq += 1;
+        let hash = row_hash(
+            &prev, seq, now, e.event, &e.actor, &e.partner, &e.subject, &e.rule, &e.detail,
+        );
+        sqlx::query(
+            "INSERT INTO audit (seq, at_ms, event, actor, partner, subject, rule, detail, prev_hash, hash) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(to_i64(seq))
+        .bind(now)
+        .bind(e.event)
+        .bind(&e.actor)
+        .bind(&e.partner)
+        .bind(&e.subject)
+        .bind(&e.rule)
+        .bind(&e.detail)
+        .bind(prev.as_slice())
+        .bind(hash.as_slice())
+        .execute(&mut **tx)
+        .await?;
+        prev = hash.to_vec();
+    }
+    sqlx::query(
+        "INSERT INTO audit_head (id, seq, hash) VALUES (1, ?1, ?2) \
+         ON CONFLICT (id) DO UPDATE SET seq = ?1, hash = ?2",
+    )
+    .bind(to_i64(seq))
+    .bind(prev.as_slice())
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+async fn read_audit(
+    conn: &mut sqlx::SqliteConnection,
+    partner: Option<&str>,
+    since_ms: Option<i64>,
+) -> Result<Vec<AuditRow>, StoreError> {
+    let rows = sqlx::query(
+        "SELECT seq, at_ms, event, actor, partner, subject, rule, detail, prev_hash, hash FROM audit \
+         WHERE (?1 IS NULL OR partner = ?1) AND (?2 IS NULL OR at_ms >= ?2) ORDER BY seq",
+    )
+    .bind(partner)
+    .bind(since_ms)
+    .fetch_all(&mut *conn)
+    .await?;
+    Ok(rows
+        .iter()
+        .map(|r| AuditRow {
+            seq: r.get::<i64, _>(0) as u64,
+            at_ms: r.get(1),
+            entry: AuditEntryOwned {
+                event: r.get(2),
+                actor: r.get(3),
+                partner: r.get(4),
+                subject: r.get(5),
+                rule: r.get(6),
+                detail: r.get(7),
+            },
+            prev_hash: r.get(8),
+            hash: r.get(9),
+        })
+        .collect())
 }

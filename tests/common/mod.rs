@@ -34,6 +34,11 @@ use threatmesh::proto::v1::{
 use threatmesh::signing::OrgSigningKey;
 use threatmesh::store::Store;
 
+/// The policy tests bind unless they say otherwise: TLP:CLEAR and GREEN
+/// (community), every kind, own indicators.
+pub const OPEN_POLICY: &str =
+    "name = \"test-open\"\n[egress]\ntlp_ceiling = \"GREEN\"\ncommunity = true\n";
+
 /// An organisation created with `threatmesh init` in a temporary directory.
 pub struct Org {
     pub id: OrgId,
@@ -113,19 +118,35 @@ impl Org {
         CertifiedKey::load(&t.node_cert, &t.node_key).unwrap()
     }
 
-    /// Registers `partner`'s card in this org's store; `dial` = where to
-    /// subscribe to it (None = trust it, but do not dial it).
+    /// Registers `partner`'s card in this org's store bound to
+    /// [`OPEN_POLICY`]; `dial` = where to subscribe to it (None = trust it,
+    /// but do not dial it).
     pub async fn add_peer(&self, partner: &Org, dial: Option<SocketAddr>) {
-        self.add_card(&partner.card(), dial).await;
+        self.add_peer_with(partner, dial, OPEN_POLICY).await;
     }
 
-    pub async fn add_card(&self, card: &Envelope, dial: Option<SocketAddr>) {
+    /// As [`Org::add_peer`], bound to the policy document `policy`.
+    pub async fn add_peer_with(&self, partner: &Org, dial: Option<SocketAddr>, policy: &str) {
+        let name = self.apply_policy(policy).await;
+        self.add_card(&partner.card(), dial, Some(&name)).await;
+    }
+
+    pub async fn add_card(&self, card: &Envelope, dial: Option<SocketAddr>, policy: Option<&str>) {
         let store = Store::open_sqlite(&self.settings.store.path).await.unwrap();
         let ep = dial.map(|a| a.to_string()).unwrap_or_default();
-        register_peer(&self.settings, &store, card, Some(&ep))
+        register_peer(&self.settings, &store, card, Some(&ep), policy, "test")
             .await
             .unwrap();
         store.close().await;
+    }
+
+    /// Applies a policy document; returns its name.
+    pub async fn apply_policy(&self, doc: &str) -> String {
+        let name = threatmesh::policy::parse_policy(doc).unwrap().name;
+        let store = Store::open_sqlite(&self.settings.store.path).await.unwrap();
+        store.apply_policy(&name, doc, "test").await.unwrap();
+        store.close().await;
+        name
     }
 
     /// Opens this org's store directly (a second handle, as an operator would).
