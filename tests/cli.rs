@@ -424,3 +424,79 @@ fn demo_exits_zero_with_the_summary_line() {
         1
     );
 }
+
+#[test]
+fn policy_files_are_checked_versioned_and_shown() {
+    let tmp = tempfile::tempdir().unwrap();
+    let a = init(&tmp.path().join("a"), "a.example", free_port());
+    let file = tmp.path().join("p.toml");
+    std::fs::write(
+        &file,
+        "name = \"isp\"\n[egress]\ntlp_ceiling = \"GREEN\"\nkinds = [\"ipv4\", \"domian\"]\n",
+    )
+    .unwrap();
+    let o = run(&["-c", &a, "policy", "apply", file.to_str().unwrap()]);
+    expect_64(o, &["line 4", "domian", "not an indicator kind"]);
+    let o = run(&["-c", &a, "policy", "show"]);
+    assert!(text(&o).contains("no policies applied"), "{}", text(&o));
+
+    std::fs::write(&file, "name = \"isp\"\n[egress]\ntlp_ceiling = \"GREEN\"\n").unwrap();
+    let o = run(&["-c", &a, "policy", "apply", file.to_str().unwrap()]);
+    assert!(
+        text(&o).contains("applied policy isp version 1"),
+        "{}",
+        text(&o)
+    );
+    let o = run(&["-c", &a, "policy", "apply", file.to_str().unwrap()]);
+    assert!(
+        text(&o).contains("policy isp unchanged (version 1)"),
+        "{}",
+        text(&o)
+    );
+    std::fs::write(&file, "name = \"isp\"\n[egress]\ntlp_ceiling = \"CLEAR\"\n").unwrap();
+    let o = run(&["-c", &a, "policy", "apply", file.to_str().unwrap()]);
+    assert!(
+        text(&o).contains("applied policy isp version 2"),
+        "{}",
+        text(&o)
+    );
+    let o = run(&["-c", &a, "policy", "show", "isp", "--version", "1"]);
+    assert!(text(&o).contains("tlp_ceiling = \"GREEN\""), "{}", text(&o));
+    let o = run(&["-c", &a, "policy", "show", "isp"]);
+    assert!(
+        text(&o).contains("version 2") && text(&o).contains("\"CLEAR\""),
+        "{}",
+        text(&o)
+    );
+    // Binding needs a registered partner and an existing policy.
+    let o = run(&[
+        "-c",
+        &a,
+        "peer",
+        "set-policy",
+        "--partner",
+        "b.example",
+        "--policy",
+        "isp",
+    ]);
+    expect_64(o, &["b.example is not a registered partner"]);
+    let o = run(&[
+        "-c",
+        &a,
+        "peer",
+        "set-policy",
+        "--partner",
+        "b.example",
+        "--policy",
+        "nope",
+    ]);
+    expect_64(o, &["no policy named 'nope'"]);
+    let o = run(&["-c", &a, "audit", "log", "--json"]);
+    let events: Vec<serde_json::Value> = String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(events.len(), 2, "two applied versions on the ledger");
+    assert_eq!(events[1]["subject"], "isp@2");
+    assert!(events[1]["actor"].as_str().unwrap().starts_with("cli:"));
+}

@@ -62,7 +62,7 @@ pub async fn run(config: &Path, cmd: &AuditCommand) -> Result<(), CliError> {
             for r in rows {
                 let e = &r.entry;
                 if *json {
-                    println!(
+                    out!(
                         "{}",
                         serde_json::json!({
                             "seq": r.seq, "at": rfc3339(r.at_ms), "at_unix_ms": r.at_ms,
@@ -71,7 +71,7 @@ pub async fn run(config: &Path, cmd: &AuditCommand) -> Result<(), CliError> {
                         })
                     );
                 } else {
-                    println!(
+                    out!(
                         "{:>7} {} {:<15} {:<20} {:<60} {:<26} {}  [{}]",
                         r.seq,
                         rfc3339(r.at_ms),
@@ -92,7 +92,7 @@ pub async fn run(config: &Path, cmd: &AuditCommand) -> Result<(), CliError> {
         }
         AuditCommand::Verify => match store.verify_audit().await? {
             Ok(n) => {
-                println!("audit ledger intact: {n} rows, every row linked to the one before");
+                out!("audit ledger intact: {n} rows, every row linked to the one before");
                 Ok(())
             }
             Err(b) => Err(CliError::Failed(b.to_string())),

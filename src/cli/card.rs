@@ -44,7 +44,7 @@ pub fn run(config: &Path, cmd: &CardCommand) -> Result<(), CliError> {
                     write_file(p, json.as_bytes(), false)?;
                     eprintln!("wrote the card of {} to {}", settings.org.id, p.display());
                 }
-                None => print!("{json}"),
+                None => out_raw!("{json}"),
             }
             Ok(())
         }
@@ -68,20 +68,20 @@ pub fn read_card(file: &Path) -> Result<crate::identity::VerifiedCard, CliError>
 /// Prints a verified card for a person.
 pub fn print_card(v: &crate::identity::VerifiedCard) {
     let c = &v.card;
-    println!("org:          {}", v.org);
-    println!("display name: {}", c.display_name);
+    out!("org:          {}", v.org);
+    out!("display name: {}", c.display_name);
     if !c.country.is_empty() {
-        println!("country:      {}", c.country);
+        out!("country:      {}", c.country);
     }
     if !c.sector.is_empty() {
-        println!("sector:       {}", c.sector);
+        out!("sector:       {}", c.sector);
     }
-    println!("endpoints:    {}", c.endpoints.join(", "));
-    println!("card version: {}", c.version);
+    out!("endpoints:    {}", c.endpoints.join(", "));
+    out!("card version: {}", c.version);
     for f in &v.ca_fingerprints {
-        println!("CA SHA-256:   {f}");
+        out!("CA SHA-256:   {f}");
     }
     for k in &v.keys {
-        println!("signing key:  {}", k.key_id);
+        out!("signing key:  {}", k.key_id);
     }
 }

@@ -133,7 +133,7 @@ fn indicators() -> Vec<(usize, &'static str)> {
 pub async fn run(args: &DemoArgs) -> Result<(), CliError> {
     init_logging("human", "warn");
     let summary = run_demo(args).await?;
-    println!("{summary}");
+    out!("{summary}");
     Ok(())
 }
 
@@ -185,9 +185,9 @@ pub async fn run_demo(args: &DemoArgs) -> Result<DemoSummary, CliError> {
             settings,
         });
     }
-    println!("ThreatMesh demo in {}", base.display());
+    out!("ThreatMesh demo in {}", base.display());
     for o in &orgs {
-        println!(
+        out!(
             "  {:<20} {:<32} {}",
             o.id.as_str(),
             o.label,
@@ -299,10 +299,13 @@ pub async fn run_demo(args: &DemoArgs) -> Result<DemoSummary, CliError> {
         failures += c.store.rejections().await?.len();
     }
 
-    println!();
-    println!(
+    out!();
+    out!(
         "{:<20} {:<13} {:<7} {:<44} delivery",
-        "origin", "TLP", "kind", "value"
+        "origin",
+        "TLP",
+        "kind",
+        "value"
     );
     for (ind, per_partner) in &decisions {
         let tlp = tlp_name(ind.marking.as_ref().map(|m| m.tlp).unwrap_or(0)).unwrap_or("?");
@@ -320,7 +323,7 @@ pub async fn run_demo(args: &DemoArgs) -> Result<DemoSummary, CliError> {
                 }
             })
             .collect();
-        println!(
+        out!(
             "{:<20} {:<13} {:<7} {:<44} {}",
             ind.origin_org,
             tlp,
@@ -329,7 +332,7 @@ pub async fn run_demo(args: &DemoArgs) -> Result<DemoSummary, CliError> {
             fate.join(", ")
         );
     }
-    println!();
+    out!();
 
     let summary = DemoSummary {
         published: published.len(),
@@ -343,15 +346,15 @@ pub async fn run_demo(args: &DemoArgs) -> Result<DemoSummary, CliError> {
     };
 
     if args.keep {
-        println!("Nodes keep running; in another shell, for example:");
+        out!("Nodes keep running; in another shell, for example:");
         for o in &orgs {
-            println!("  threatmesh -c {} tail", o.config.display());
+            out!("  threatmesh -c {} tail", o.config.display());
         }
-        println!(
+        out!(
             "  threatmesh -c {} publish --kind domain --value another-phish.example --tlp GREEN",
             orgs[0].config.display()
         );
-        println!("Press Ctrl-C to stop.");
+        out!("Press Ctrl-C to stop.");
         let _ = tokio::signal::ctrl_c().await;
     }
     for s in stops {
@@ -370,7 +373,7 @@ pub async fn run_demo(args: &DemoArgs) -> Result<DemoSummary, CliError> {
         let verdict = store.verify_audit().await?;
         store.close().await;
         match verdict {
-            Ok(n) => println!("audit ledger of {:<20} intact ({n} rows)", o.id.as_str()),
+            Ok(n) => out!("audit ledger of {:<20} intact ({n} rows)", o.id.as_str()),
             Err(b) => return Err(CliError::Failed(format!("{}: {b}", o.id))),
         }
     }

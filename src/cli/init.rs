@@ -77,10 +77,10 @@ pub struct InitReport {
 /// Runs `threatmesh init`.
 pub fn run(args: &InitArgs) -> Result<(), CliError> {
     let r = init_org(args)?;
-    println!("initialised {} in {}", r.org, args.dir.display());
-    println!("  config:      {}", r.config.display());
-    println!("  signing key: {}", r.key_id);
-    println!(
+    out!("initialised {} in {}", r.org, args.dir.display());
+    out!("  config:      {}", r.config.display());
+    out!("  signing key: {}", r.key_id);
+    out!(
         "next: threatmesh -c {} card export --out {}.card   (give the card to partners)",
         r.config.display(),
         r.org

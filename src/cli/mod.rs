@@ -1,6 +1,18 @@
 //! The `threatmesh` command line: argument definitions and dispatch. One
 //! file per command group; each is a thin layer over the library.
 
+/// `println!` for command output: a closed pipe (`threatmesh audit log | head`)
+/// ends the command quietly instead of panicking.
+macro_rules! out {
+    () => { $crate::cli::emit(format_args!(""), true) };
+    ($($arg:tt)*) => { $crate::cli::emit(format_args!($($arg)*), true) };
+}
+
+/// `print!` counterpart of `out!`.
+macro_rules! out_raw {
+    ($($arg:tt)*) => { $crate::cli::emit(format_args!($($arg)*), false) };
+}
+
 pub mod audit;
 pub mod card;
 pub mod client;
@@ -169,12 +181,46 @@ pub fn run(cli: Cli) -> ExitCode {
     }
 }
 
+/// Writes command output to stdout; exits with status 0 if the reader has
+/// gone away (broken pipe), as command-line tools are expected to.
+pub fn emit(args: std::fmt::Arguments<'_>, newline: bool) {
+    use std::io::Write;
+    let mut o = std::io::stdout().lock();
+    let r = o
+        .write_fmt(args)
+        .and_then(|_| if newline { o.write_all(b"\n") } else { Ok(()) });
+    if let Err(e) = r {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(0);
+        }
+        eprintln!("error: cannot write output: {e}");
+        std::process::exit(1);
+    }
+}
+
 /// Who a CLI change is recorded as in the audit ledger: the local user.
 pub fn local_actor() -> String {
     let user = std::env::var("USER")
         .or_else(|_| std::env::var("LOGNAME"))
-        .unwrap_or_else(|_| "unknown".into());
-    format!("cli:{user}")
+        .ok()
+        .filter(|u| !u.is_empty());
+    match user {
+        Some(u) => format!("cli:{u}"),
+        None => {
+            #[cfg(unix)]
+            {
+                use std::os::unix::fs::MetadataExt;
+                match std::fs::metadata("/proc/self") {
+                    Ok(m) => format!("cli:uid{}", m.uid()),
+                    Err(_) => "cli:unknown".into(),
+                }
+            }
+            #[cfg(not(unix))]
+            {
+                "cli:unknown".into()
+            }
+        }
+    }
 }
 
 /// Sets up `tracing` output: `human` or `json`, filtered by `level` unless

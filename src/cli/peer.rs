@@ -83,20 +83,21 @@ pub async fn run(config: &Path, cmd: &PeerCommand) -> Result<(), CliError> {
                 PeerChange::Added => "registered partner",
                 PeerChange::Updated => "updated partner",
             };
-            println!(
+            out!(
                 "{verb} {} (dial: {})",
                 v.org,
                 if endpoint.is_empty() { "-" } else { &endpoint }
             );
             print_card(&v);
             match policy {
-                Some(p) => println!("sharing policy: {p}"),
-                None => println!(
+                Some(p) => out!("sharing policy: {p}"),
+                None => out!(
                     "no sharing policy bound: {} receives nothing until `threatmesh peer set-policy --partner {} --policy NAME`",
-                    v.org, v.org
+                    v.org,
+                    v.org
                 ),
             }
-            println!(
+            out!(
                 "Compare the CA fingerprint and signing key with {} out of band.",
                 v.org
             );
@@ -109,7 +110,7 @@ pub async fn run(config: &Path, cmd: &PeerCommand) -> Result<(), CliError> {
             let r = store.set_peer_policy(&org, policy, &local_actor()).await;
             store.close().await;
             r.map_err(|e| CliError::Usage(e.to_string()))?;
-            println!("{org} is now bound to policy {policy}");
+            out!("{org} is now bound to policy {policy}");
             Ok(())
         }
         PeerCommand::List { json } => {
@@ -122,7 +123,7 @@ pub async fn run(config: &Path, cmd: &PeerCommand) -> Result<(), CliError> {
             store.close().await;
             if *json {
                 for (p, cursor) in rows {
-                    println!(
+                    out!(
                         "{}",
                         serde_json::json!({
                             "org": p.org.as_str(), "display_name": p.display_name,
@@ -132,11 +133,14 @@ pub async fn run(config: &Path, cmd: &PeerCommand) -> Result<(), CliError> {
                     );
                 }
             } else if rows.is_empty() {
-                println!("no partners registered (add one with `threatmesh peer add --card FILE`)");
+                out!("no partners registered (add one with `threatmesh peer add --card FILE`)");
             } else {
-                println!(
+                out!(
                     "{:<28} {:<24} {:<22} {:>10}",
-                    "ORG", "NAME", "ENDPOINT", "CURSOR"
+                    "ORG",
+                    "NAME",
+                    "ENDPOINT",
+                    "CURSOR"
                 );
                 for (p, cursor) in rows {
                     let ep = if p.endpoint.is_empty() {
@@ -144,7 +148,7 @@ pub async fn run(config: &Path, cmd: &PeerCommand) -> Result<(), CliError> {
                     } else {
                         &p.endpoint
                     };
-                    println!(
+                    out!(
                         "{:<28} {:<24} {:<22} {:>10}",
                         p.org.as_str(),
                         p.display_name,

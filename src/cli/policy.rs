@@ -76,9 +76,9 @@ async fn dispatch(settings: &Settings, store: &Store, cmd: &PolicyCommand) -> Re
                 .apply_policy(&policy.name, &text, &local_actor())
                 .await?;
             if changed {
-                println!("applied policy {} version {version}", policy.name);
+                out!("applied policy {} version {version}", policy.name);
             } else {
-                println!("policy {} unchanged (version {version})", policy.name);
+                out!("policy {} unchanged (version {version})", policy.name);
             }
             let bound: Vec<String> = store
                 .peers()
@@ -88,12 +88,12 @@ async fn dispatch(settings: &Settings, store: &Store, cmd: &PolicyCommand) -> Re
                 .map(|p| p.org.to_string())
                 .collect();
             if bound.is_empty() {
-                println!(
+                out!(
                     "no partner is bound to it yet (threatmesh peer set-policy --partner ORG --policy {})",
                     policy.name
                 );
             } else {
-                println!("bound partners: {}", bound.join(", "));
+                out!("bound partners: {}", bound.join(", "));
             }
             Ok(())
         }
@@ -101,14 +101,16 @@ async fn dispatch(settings: &Settings, store: &Store, cmd: &PolicyCommand) -> Re
             let peers = store.peers().await?;
             let policies = store.policies().await?;
             if policies.is_empty() {
-                println!(
+                out!(
                     "no policies applied (threatmesh policy apply FILE; examples in config/policies/)"
                 );
                 return Ok(());
             }
-            println!(
+            out!(
                 "{:<24} {:>7}  {:<24} PARTNERS",
-                "NAME", "VERSION", "APPLIED BY"
+                "NAME",
+                "VERSION",
+                "APPLIED BY"
             );
             for p in policies {
                 let bound: Vec<&str> = peers
@@ -116,7 +118,7 @@ async fn dispatch(settings: &Settings, store: &Store, cmd: &PolicyCommand) -> Re
                     .filter(|r| r.policy == p.name)
                     .map(|r| r.org.as_str())
                     .collect();
-                println!(
+                out!(
                     "{:<24} {:>7}  {:<24} {}",
                     p.name,
                     p.version,
@@ -136,11 +138,14 @@ async fn dispatch(settings: &Settings, store: &Store, cmd: &PolicyCommand) -> Re
                     None => format!("no policy named {name} (see `threatmesh policy show`)"),
                 })
             })?;
-            println!(
+            out!(
                 "# policy {} version {}, applied by {} at {} (Unix ms)",
-                p.name, p.version, p.applied_by, p.applied_ms
+                p.name,
+                p.version,
+                p.applied_by,
+                p.applied_ms
             );
-            print!("{}", p.document);
+            out_raw!("{}", p.document);
             Ok(())
         }
         PolicyCommand::Explain {
@@ -201,7 +206,7 @@ async fn dispatch(settings: &Settings, store: &Store, cmd: &PolicyCommand) -> Re
                     Decision::Allow { .. } => ("allow", String::new()),
                     Decision::Deny { reason, .. } => ("deny", reason.clone()),
                 };
-                println!(
+                out!(
                     "{}",
                     serde_json::json!({
                         "decision": verdict, "rule": d.rule(), "reason": reason,
@@ -212,11 +217,11 @@ async fn dispatch(settings: &Settings, store: &Store, cmd: &PolicyCommand) -> Re
                 );
             } else {
                 match &d {
-                    Decision::Allow { rule } => println!("ALLOW  rule {rule}"),
-                    Decision::Deny { rule, reason } => println!("DENY   rule {rule}: {reason}"),
+                    Decision::Allow { rule } => out!("ALLOW  rule {rule}"),
+                    Decision::Deny { rule, reason } => out!("DENY   rule {rule}: {reason}"),
                 }
-                println!("  partner   {partner} (policy {policy_ref})");
-                println!(
+                out!("  partner   {partner} (policy {policy_ref})");
+                out!(
                     "  indicator {} {} {} from {} (TLP:{}, confidence {})",
                     if ind.id.is_empty() {
                         "(draft)"

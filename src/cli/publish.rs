@@ -267,12 +267,12 @@ pub async fn run(config: &Path, args: &PublishArgs) -> Result<(), CliError> {
                 let p = resp.into_inner();
                 published += 1;
                 if args.json {
-                    println!(
+                    out!(
                         "{}",
                         serde_json::json!({"line": line, "id": p.id, "version": p.version, "seq": p.seq})
                     );
                 } else if args.file.is_none() {
-                    println!("published {} version {} (seq {})", p.id, p.version, p.seq);
+                    out!("published {} version {} (seq {})", p.id, p.version, p.seq);
                 }
             }
             Err(s) if s.code() == tonic::Code::Unavailable => return Err(rpc_error(&settings, s)),
@@ -287,7 +287,7 @@ pub async fn run(config: &Path, args: &PublishArgs) -> Result<(), CliError> {
         }
     }
     if args.file.is_some() && !args.json {
-        println!("published {published} of {total} indicator(s)");
+        out!("published {published} of {total} indicator(s)");
     }
     if failed.is_empty() {
         Ok(())

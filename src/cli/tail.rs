@@ -52,10 +52,10 @@ fn print_row(s: &StoredIndicator, json: bool) {
         v["seq"] = s.seq.into();
         v["received_from"] = s.received_from.clone().into();
         v["stored_unix_ms"] = s.stored_unix_ms.into();
-        println!("{v}");
+        out!("{v}");
     } else {
         let tlp = tlp_name(ind.marking.as_ref().map(|m| m.tlp).unwrap_or(0)).unwrap_or("?");
-        println!(
+        out!(
             "{:>6}  {:<20} {:<20} {:<12} {:<6} {:<40} {:>3}  {} v{}{}",
             s.seq,
             from,
@@ -84,9 +84,15 @@ pub async fn run(config: &Path, args: &TailArgs) -> Result<(), CliError> {
         .map_err(|s| rpc_error(&settings, s))?
         .into_inner();
     if !args.json {
-        println!(
+        out!(
             "{:>6}  {:<20} {:<20} {:<12} {:<6} {:<40} {:>3}  ID",
-            "SEQ", "FROM", "ORIGIN", "TLP", "KIND", "VALUE", "CNF"
+            "SEQ",
+            "FROM",
+            "ORIGIN",
+            "TLP",
+            "KIND",
+            "VALUE",
+            "CNF"
         );
     }
     loop {
