@@ -8,7 +8,7 @@ use clap::Subcommand;
 use super::publish::DraftInput;
 use super::{CliError, local_actor};
 use crate::config::Settings;
-use crate::exchange::{decode_stored, hops};
+use crate::exchange::{Identity, assemble, decode_stored, hops};
 use crate::model::{OrgId, now_unix_ms, prepare_draft, tlp_name};
 use crate::node::load_signing_key;
 use crate::policy::{Decision, egress, parse_policy};
@@ -253,23 +253,10 @@ fn draft_as_indicator(settings: &Settings, file: &Path) -> Result<Indicator, Cli
     let d = prepare_draft(&draft, now)
         .map_err(|e| CliError::Usage(format!("--file {}: {e}", file.display())))?;
     let key = load_signing_key(settings)?;
-    Ok(Indicator {
-        origin_org: settings.org.id.clone(),
-        key_id: key.key_id().to_string(),
+    let draft_id = Identity {
         id: String::new(),
         version: 1,
         created_unix_ms: now,
-        modified_unix_ms: now,
-        marking: d.marking,
-        kind: d.kind,
-        value: d.value,
-        confidence: d.confidence,
-        tags: d.tags,
-        jurisdictions: d.jurisdictions,
-        valid_from_unix_ms: d.valid_from_unix_ms,
-        valid_until_unix_ms: d.valid_until_unix_ms,
-        kill_chain_phases: d.kill_chain_phases,
-        description: d.description,
-        revoked: d.revoked,
-    })
+    };
+    Ok(assemble(&settings.org_id(), key.key_id(), draft_id, now, d))
 }

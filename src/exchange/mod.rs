@@ -15,7 +15,7 @@ use crate::node::NodeContext;
 use crate::policy::{self, Decision, PartnerPolicy};
 use crate::proto::v1::exchange_server::Exchange;
 use crate::proto::v1::{
-    Delivery, Envelope, GetCardRequest, GetCardResponse, Indicator, PublishRequest,
+    Delivery, Envelope, GetCardRequest, GetCardResponse, Indicator, IndicatorDraft, PublishRequest,
     PublishResponse, SubscribeRequest, SubscribeResponse,
 };
 use crate::rpc::{Allowed, RpcError, authorize};
@@ -30,6 +30,46 @@ pub fn decode_stored(envelope: &[u8]) -> Result<Indicator, String> {
         return Err(format!("unexpected payload type {}", env.payload_type));
     }
     Indicator::decode(env.payload.as_slice()).map_err(|e| format!("payload: {e}"))
+}
+
+/// Which indicator and version a publish produces.
+pub struct Identity {
+    /// Indicator id (UUID).
+    pub id: String,
+    /// Version number.
+    pub version: u64,
+    /// Creation time of the first version.
+    pub created_unix_ms: i64,
+}
+
+/// The indicator this org publishes from a prepared (validated, normalised)
+/// draft: the one place drafts become signed content.
+pub fn assemble(
+    own: &OrgId,
+    key_id: &str,
+    at: Identity,
+    now_ms: i64,
+    d: IndicatorDraft,
+) -> Indicator {
+    Indicator {
+        origin_org: own.to_string(),
+        key_id: key_id.to_string(),
+        id: at.id,
+        version: at.version,
+        created_unix_ms: at.created_unix_ms,
+        modified_unix_ms: now_ms,
+        marking: d.marking,
+        kind: d.kind,
+        value: d.value,
+        confidence: d.confidence,
+        tags: d.tags,
+        jurisdictions: d.jurisdictions,
+        valid_from_unix_ms: d.valid_from_unix_ms,
+        valid_until_unix_ms: d.valid_until_unix_ms,
+        kill_chain_phases: d.kill_chain_phases,
+        description: d.description,
+        revoked: d.revoked,
+    }
 }
 
 /// Relay hops an indicator passed before reaching this node. Relay is not
@@ -203,25 +243,17 @@ impl ExchangeService {
                 }
             }
         };
-        let ind = Indicator {
-            origin_org: ctx.own.to_string(),
-            key_id: ctx.signing.key_id().to_string(),
-            id,
-            version,
-            created_unix_ms: created,
-            modified_unix_ms: now,
-            marking: d.marking,
-            kind: d.kind,
-            value: d.value,
-            confidence: d.confidence,
-            tags: d.tags,
-            jurisdictions: d.jurisdictions,
-            valid_from_unix_ms: d.valid_from_unix_ms,
-            valid_until_unix_ms: d.valid_until_unix_ms,
-            kill_chain_phases: d.kill_chain_phases,
-            description: d.description,
-            revoked: d.revoked,
-        };
+        let ind = assemble(
+            &ctx.own,
+            ctx.signing.key_id(),
+            Identity {
+                id,
+                version,
+                created_unix_ms: created,
+            },
+            now,
+            d,
+        );
         // What we sign must pass the same check every receiver applies.
         validate_indicator(&ind, now)?;
         let envelope = ctx
