@@ -69,6 +69,12 @@ fn init_writes_private_keys_0600_and_refuses_to_overwrite() {
             & 0o777;
         assert_eq!(mode, 0o600, "{key}");
     }
+    let data = std::fs::metadata(dir.join("data"))
+        .unwrap()
+        .permissions()
+        .mode()
+        & 0o777;
+    assert_eq!(data, 0o700, "data/ holds the database");
     let before = std::fs::read(dir.join("keys/signing.key")).unwrap();
     let o = run(&["init", "--org", "a.example", "--dir", dir.to_str().unwrap()]);
     assert_eq!(o.status.code(), Some(64));
@@ -184,6 +190,13 @@ fn cards_are_verified_before_a_partner_is_registered() {
     );
     let o = run(&["-c", &b, "peer", "list", "--json"]);
     let row: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    for f in ["threatmesh.db", "threatmesh.db-wal"] {
+        let p = tmp.path().join("b/data").join(f);
+        if p.exists() {
+            let mode = std::fs::metadata(&p).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode, 0o600, "{f}");
+        }
+    }
     assert_eq!(row["org"], "a.example");
     assert_eq!(row["endpoint"], "127.0.0.1:7441");
 }

@@ -152,8 +152,15 @@ pub fn init_org(args: &InitArgs) -> Result<InitReport, CliError> {
         pem("PRIVATE KEY", &pkcs8).as_bytes(),
         true,
     )?;
-    std::fs::create_dir_all(file("data"))
-        .map_err(|e| CliError::Failed(format!("cannot create {}: {e}", file("data").display())))?;
+    let data = file("data");
+    std::fs::create_dir_all(&data)
+        .map_err(|e| CliError::Failed(format!("cannot create {}: {e}", data.display())))?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o700))
+            .map_err(|e| CliError::Failed(format!("cannot restrict {}: {e}", data.display())))?;
+    }
     let display_name = args.display_name.clone().unwrap_or_else(|| org.to_string());
     let body = config_text(&org, &display_name, args);
     write_file(&config, body.as_bytes(), false)?;

@@ -192,6 +192,19 @@ impl Store {
         {
             std::fs::create_dir_all(dir).map_err(|e| open_err(e.to_string()))?;
         }
+        // The database holds partners' TLP:RED envelopes and the ledger:
+        // create it readable by the owner only. SQLite gives its -wal and
+        // -shm files the database file's permissions.
+        #[cfg(unix)]
+        if !path.exists() {
+            use std::os::unix::fs::OpenOptionsExt;
+            std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(path)
+                .map_err(|e| open_err(e.to_string()))?;
+        }
         let opts = SqliteConnectOptions::from_str("sqlite://")
             .map_err(|e| open_err(e.to_string()))?
             .filename(path)
