@@ -59,6 +59,8 @@ pub struct NodeContext {
     pub trust: SharedTrust,
     /// Trusted signing keys (ours and partners'), swapped when partners change.
     pub keys: ArcSwap<KeyDirectory>,
+    /// Health of the outbound partner links.
+    pub links: crate::federation::LinkBoard,
     /// Each partner's bound policy, swapped when bindings or versions change;
     /// read at send time, so a change applies to everything not yet sent.
     pub policies: ArcSwap<PolicyMap>,
@@ -189,6 +191,7 @@ impl Node {
             shutdown,
             own_ca_pem,
             policies: ArcSwap::from_pointee(PolicyMap::new()),
+            links: crate::federation::LinkBoard::default(),
             loaded: std::sync::Mutex::new(None),
         });
         ctx.reload_peers().await?;

@@ -22,6 +22,7 @@ pub mod peer;
 pub mod policy;
 pub mod publish;
 pub mod serve;
+pub mod status;
 pub mod tail;
 
 use std::path::PathBuf;
@@ -144,6 +145,8 @@ pub enum Command {
     Publish(publish::PublishArgs),
     /// Show what the node holds, then what arrives (admin certificate).
     Tail(tail::TailArgs),
+    /// The node at a glance: counts, and each partner link with state and lag.
+    Status(status::StatusArgs),
 }
 
 /// Runs a parsed command line and returns the process exit status.
@@ -170,6 +173,7 @@ pub fn run(cli: Cli) -> ExitCode {
             Command::Audit(cmd) => audit::run(&cli.config, &cmd).await,
             Command::Publish(args) => publish::run(&cli.config, &args).await,
             Command::Tail(args) => tail::run(&cli.config, &args).await,
+            Command::Status(args) => status::run(&cli.config, &args).await,
         }
     });
     match result {

@@ -327,6 +327,7 @@ impl Exchange for ExchangeService {
             let response = SubscribeResponse {
                 deliveries,
                 cursor: last,
+                latest: gate.store.latest_known().max(last),
             };
             (Some(response), audit)
         });

@@ -23,6 +23,82 @@ use crate::rpc::{SHUTTING_DOWN, verify_code};
 use crate::signing::{KeyDirectory, open_indicator};
 use crate::store::{NewIndicator, PeerRecord, Rejection};
 
+/// The state of an outbound link.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LinkState {
+    /// Dialling and subscribing.
+    Connecting,
+    /// Subscribed and receiving.
+    Connected,
+    /// The last attempt failed; a retry is scheduled.
+    Down,
+}
+
+impl LinkState {
+    /// The name shown by `threatmesh status`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LinkState::Connecting => "connecting",
+            LinkState::Connected => "connected",
+            LinkState::Down => "down",
+        }
+    }
+}
+
+/// Health of one outbound link, as the node last saw it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LinkHealth {
+    /// Current state.
+    pub state: LinkState,
+    /// When it entered that state (Unix ms).
+    pub since_ms: i64,
+    /// When the last Subscribe message arrived (0 = none yet).
+    pub last_message_ms: i64,
+    /// The partner's latest sequence number, as last reported.
+    pub upstream_latest: u64,
+    /// Why the link last went down ("" if it has not).
+    pub last_error: String,
+}
+
+/// Outbound link health by partner: written by the links, read by Status.
+#[derive(Debug, Default)]
+pub struct LinkBoard(std::sync::Mutex<HashMap<OrgId, LinkHealth>>);
+
+impl LinkBoard {
+    fn with(&self, org: &OrgId, f: impl FnOnce(&mut LinkHealth)) {
+        let mut map = self.0.lock().expect("not poisoned");
+        let h = map.entry(org.clone()).or_insert(LinkHealth {
+            state: LinkState::Connecting,
+            since_ms: now_unix_ms(),
+            last_message_ms: 0,
+            upstream_latest: 0,
+            last_error: String::new(),
+        });
+        f(h);
+    }
+
+    fn set_state(&self, org: &OrgId, state: LinkState, error: Option<String>) {
+        self.with(org, |h| {
+            if h.state != state {
+                h.state = state;
+                h.since_ms = now_unix_ms();
+            }
+            if let Some(e) = error {
+                h.last_error = e;
+            }
+        });
+    }
+
+    fn remove(&self, org: &OrgId) {
+        self.0.lock().expect("not poisoned").remove(org);
+    }
+
+    /// A copy of every link's health.
+    pub fn snapshot(&self) -> HashMap<OrgId, LinkHealth> {
+        self.0.lock().expect("not poisoned").clone()
+    }
+}
+
 /// Largest Subscribe message accepted from a partner.
 const MAX_MESSAGE_BYTES: usize = 32 * 1024 * 1024;
 
@@ -125,13 +201,24 @@ async fn run_link(
     let f = &ctx.settings.federation;
     let mut backoff = Backoff::new(f.reconnect_min_ms, f.reconnect_max_ms);
     loop {
+        ctx.links.set_state(&peer.org, LinkState::Connecting, None);
         let ended = tokio::select! {
             r = session(&ctx, &peer, &client, &mut backoff) => r,
-            _ = stop.changed() => return,
+            _ = stop.changed() => {
+                ctx.links.remove(&peer.org);
+                return;
+            }
         };
         if *stop.borrow() {
+            ctx.links.remove(&peer.org);
             return;
         }
+        let reason = match &ended {
+            Ok(()) => "subscription ended by the partner".to_string(),
+            Err(e) => e.to_string(),
+        };
+        ctx.links
+            .set_state(&peer.org, LinkState::Down, Some(reason));
         let delay = backoff.step();
         match ended {
             Ok(()) => {
@@ -149,7 +236,10 @@ async fn run_link(
         }
         tokio::select! {
             _ = tokio::time::sleep(delay) => {}
-            _ = stop.changed() => return,
+            _ = stop.changed() => {
+                ctx.links.remove(&peer.org);
+                return;
+            }
         }
     }
 }
@@ -171,7 +261,12 @@ async fn session(
         .await?
         .into_inner();
     tracing::info!(partner = %peer.org, from = cursor, "subscribed");
+    ctx.links.set_state(&peer.org, LinkState::Connected, None);
     while let Some(msg) = stream.message().await? {
+        ctx.links.with(&peer.org, |h| {
+            h.last_message_ms = now_unix_ms();
+            h.upstream_latest = msg.latest.max(msg.cursor);
+        });
         if msg.cursor < cursor {
             return Err(LinkError::Protocol(format!(
                 "{} moved the cursor back from {cursor} to {}",

@@ -244,6 +244,27 @@ impl Store {
         Ok(v.unwrap_or(0) as u64)
     }
 
+    /// The highest sequence number committed through this handle (no query).
+    pub fn latest_known(&self) -> u64 {
+        *self.latest.borrow()
+    }
+
+    /// Number of refused envelopes recorded.
+    pub async fn count_rejections(&self) -> Result<u64, StoreError> {
+        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM rejections")
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(n as u64)
+    }
+
+    /// Number of rows in the audit ledger.
+    pub async fn count_audit(&self) -> Result<u64, StoreError> {
+        let n: Option<i64> = sqlx::query_scalar("SELECT seq FROM audit_head WHERE id = 1")
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(n.unwrap_or(0) as u64)
+    }
+
     /// A receiver that changes whenever new rows are committed.
     pub fn watch_latest(&self) -> watch::Receiver<u64> {
         self.latest.subscribe()

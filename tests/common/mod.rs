@@ -329,7 +329,14 @@ impl Exchange for RogueExchange {
             .max(from);
         let (tx, rx) = tokio::sync::mpsc::channel(1);
         tokio::spawn(async move {
-            let _ = tx.send(Ok(SubscribeResponse { deliveries, cursor })).await;
+            let latest = cursor;
+            let _ = tx
+                .send(Ok(SubscribeResponse {
+                    deliveries,
+                    cursor,
+                    latest,
+                }))
+                .await;
             // Keep the stream open, like a live tail.
             tx.closed().await;
         });

@@ -1,0 +1,107 @@
+//! `Admin.Status` and `threatmesh status`: each link with its state and lag.
+
+mod common;
+
+use common::*;
+use threatmesh::proto::v1::admin_client::AdminClient;
+use threatmesh::proto::v1::{LinkStatus, StatusRequest, Tlp};
+
+async fn link_at(node: &RunningNode, org: &Org, partner: &str) -> LinkStatus {
+    let mut admin = AdminClient::new(channel_with(
+        node.addr,
+        &org.id,
+        &org.ca_pem(),
+        Some(&org.admin_cert()),
+    ));
+    let s = admin.status(StatusRequest {}).await.unwrap().into_inner();
+    s.links
+        .into_iter()
+        .find(|l| l.partner == partner)
+        .expect("partner listed")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_shows_each_link_with_state_and_lag() {
+    let a = Org::new("a.example");
+    let b = Org::new("b.example");
+    a.add_peer(&b, None).await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let a_addr = listener.local_addr().unwrap();
+    let node_a = start_on(&a, listener).await;
+    b.add_peer(&a, Some(a_addr)).await;
+    let node_b = start(&b).await;
+    let client = publisher(&a, &node_a);
+    publish_all(
+        &client,
+        (0..3).map(|i| ipv4_draft(i, Tlp::Green)).collect(),
+        1,
+    )
+    .await;
+
+    let latest = node_a.ctx.store.latest_seq().await.unwrap();
+    let (node, org) = (&node_b, &b);
+    wait_until(30, "B's link to A connected and caught up", || async move {
+        let l = link_at(node, org, "a.example").await;
+        l.state == "connected" && l.cursor == latest && l.lag == 0 && l.last_message_unix_ms > 0
+    })
+    .await;
+    let l = link_at(&node_b, &b, "a.example").await;
+    assert_eq!(l.upstream_latest, latest);
+    assert_eq!(l.policy, "test-open");
+    assert_eq!(l.endpoint, a_addr.to_string());
+
+    // A's side: B is a partner A does not dial.
+    let l = link_at(&node_a, &a, "b.example").await;
+    assert_eq!(l.state, "not-dialled");
+
+    // The CLI shows the same, as a table and as JSON.
+    let cli = |json: bool| {
+        let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_threatmesh"));
+        c.args(["status", "--config"]).arg(&b.config);
+        if json {
+            c.arg("--json");
+        }
+        c.env("THREATMESH__CLIENT__SERVER", node_b.addr.to_string())
+            .output()
+            .unwrap()
+    };
+    let o = cli(false);
+    let table = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(table.contains("b.example: 3 indicator versions"), "{table}");
+    let row = table.lines().find(|l| l.starts_with("a.example")).unwrap();
+    assert!(
+        row.contains("connected") && row.contains("test-open"),
+        "{row}"
+    );
+    let v: serde_json::Value = serde_json::from_slice(&cli(true).stdout).unwrap();
+    assert_eq!(v["links"][0]["lag"], 0);
+
+    // A goes away: B reports the link down, with the reason.
+    node_a.stop().await;
+    let (node, org) = (&node_b, &b);
+    wait_until(30, "B to report the link down", || async move {
+        let l = link_at(node, org, "a.example").await;
+        l.state != "connected" && !l.last_error.is_empty()
+    })
+    .await;
+
+    // Only our own admins may ask.
+    let mut as_partner = AdminClient::new(channel_with(
+        node_b.addr,
+        &b.id,
+        &b.ca_pem(),
+        Some(&a.node_cert()),
+    ));
+    let err = as_partner.status(StatusRequest {}).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::PermissionDenied);
+    let mut as_publisher = AdminClient::new(channel_with(
+        node_b.addr,
+        &b.id,
+        &b.ca_pem(),
+        Some(&b.publisher_cert()),
+    ));
+    let err = as_publisher.status(StatusRequest {}).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::PermissionDenied);
+    node_b.stop().await;
+}
