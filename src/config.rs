@@ -199,7 +199,7 @@ impl Settings {
         for (k, v) in [
             ("federation.reconnect_min_ms", 250),
             ("federation.reconnect_max_ms", 30_000),
-            ("federation.peer_refresh_ms", 1_000),
+            ("federation.peer_refresh_ms", 500),
             ("federation.batch_size", 256),
         ] {
             b = b

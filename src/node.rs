@@ -23,7 +23,7 @@ use crate::proto::v1::Envelope;
 use crate::proto::v1::admin_server::AdminServer;
 use crate::proto::v1::exchange_server::ExchangeServer;
 use crate::signing::{KeyDirectory, KnownKey, OrgSigningKey};
-use crate::store::{PeerRecord, PolicyRecord, Store, StoreError};
+use crate::store::{PeerRecord, PeerState, PolicyRecord, Store, StoreError};
 
 /// Partner → the latest version of the policy bound to it.
 pub type PolicyMap = std::collections::HashMap<OrgId, Arc<PartnerPolicy>>;
@@ -61,6 +61,9 @@ pub struct NodeContext {
     pub keys: ArcSwap<KeyDirectory>,
     /// Health of the outbound partner links.
     pub links: crate::federation::LinkBoard,
+    /// Bumped whenever partners or policies change, so open streams re-check
+    /// whether their partner may still receive.
+    pub peer_changes: watch::Sender<u64>,
     /// Each partner's bound policy, swapped when bindings or versions change;
     /// read at send time, so a change applies to everything not yet sent.
     pub policies: ArcSwap<PolicyMap>,
@@ -76,6 +79,16 @@ pub struct NodeContext {
 }
 
 impl NodeContext {
+    /// Why partner `org` may not receive anything now, or `None` if it may.
+    pub fn partner_refused(&self, org: &OrgId) -> Option<String> {
+        let trust = self.trust.load();
+        if let Some(state) = trust.blocked(org) {
+            return Some(format!("{org} is {state} on {}", self.own));
+        }
+        (!trust.knows(org) || org == &self.own)
+            .then(|| format!("{org} is not a registered partner of {}", self.own))
+    }
+
     /// Re-reads partners and their keys from the store and, if anything
     /// changed, swaps in a new trust store and key directory. A partner whose
     /// stored CA bundle no longer parses is skipped with an error logged.
@@ -88,7 +101,10 @@ impl NodeContext {
         }
         let (peers, policies) = current;
         let mut bound = PolicyMap::new();
-        for p in peers.iter().filter(|p| !p.policy.is_empty()) {
+        for p in peers
+            .iter()
+            .filter(|p| p.state == PeerState::Active && !p.policy.is_empty())
+        {
             let Some(rec) = policies.iter().find(|r| r.name == p.policy) else {
                 tracing::error!(partner = %p.org, policy = %p.policy, "bound policy not found; partner receives nothing");
                 continue;
@@ -107,6 +123,10 @@ impl NodeContext {
         self.policies.store(Arc::new(bound));
         let mut trust = TrustStore::new(self.own.clone(), &self.own_ca_pem)?;
         for p in &peers {
+            if p.state != PeerState::Active {
+                trust.block(p.org.clone(), p.state.as_str());
+                continue;
+            }
             if let Err(e) = trust.set_partner(p.org.clone(), &p.ca_bundle_pem) {
                 tracing::error!(partner = %p.org, error = %e, "partner CA bundle unusable; partner skipped");
             }
@@ -128,6 +148,8 @@ impl NodeContext {
         self.trust.store(Arc::new(trust));
         self.keys.store(Arc::new(keys));
         tracing::info!(partners = peers.len(), "partner trust and policies loaded");
+        // Wake open streams so they re-check their partner.
+        self.peer_changes.send_modify(|g| *g += 1);
         *self.loaded.lock().expect("not poisoned") = Some((peers.clone(), policies));
         Ok(peers)
     }
@@ -192,6 +214,7 @@ impl Node {
             own_ca_pem,
             policies: ArcSwap::from_pointee(PolicyMap::new()),
             links: crate::federation::LinkBoard::default(),
+            peer_changes: watch::channel(0).0,
             loaded: std::sync::Mutex::new(None),
         });
         ctx.reload_peers().await?;

@@ -199,6 +199,24 @@ fn cards_are_verified_before_a_partner_is_registered() {
     }
     assert_eq!(row["org"], "a.example");
     assert_eq!(row["endpoint"], "127.0.0.1:7441");
+    assert_eq!(row["state"], "active");
+
+    // Lifecycle through the CLI.
+    let o = run(&["-c", &b, "peer", "suspend", "--partner", "a.example"]);
+    assert!(
+        text(&o).contains("a.example: active -> suspended"),
+        "{}",
+        text(&o)
+    );
+    let o = run(&["-c", &b, "peer", "remove", "--partner", "a.example"]);
+    assert!(text(&o).contains("suspended -> removed"), "{}", text(&o));
+    expect_64(
+        run(&["-c", &b, "peer", "resume", "--partner", "a.example"]),
+        &["was removed", "peer add"],
+    );
+    let o = run(&["-c", &b, "peer", "list", "--json"]);
+    let row: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(row["state"], "removed");
 }
 
 #[test]

@@ -35,8 +35,13 @@ impl Admin for AdminService {
     async fn tail(&self, req: Request<TailRequest>) -> Result<Response<Self::TailStream>, Status> {
         authorize(&req, &self.ctx.own, Allowed::OwnAdmin, "Admin/Tail")?;
         let TailRequest { after_seq, follow } = req.into_inner();
-        let stream = stream_log(self.ctx.clone(), after_seq, follow, |rows, _| {
-            let indicators = rows
+        let stream = stream_log(
+            self.ctx.clone(),
+            after_seq,
+            follow,
+            || None,
+            |rows, _| {
+                let indicators = rows
                 .iter()
                 .filter_map(|r| match decode_stored(&r.envelope) {
                     Ok(ind) => Some(StoredIndicator {
@@ -51,8 +56,9 @@ impl Admin for AdminService {
                     }
                 })
                 .collect();
-            (Some(TailResponse { indicators }), Vec::new())
-        });
+                (Some(TailResponse { indicators }), Vec::new())
+            },
+        );
         Ok(Response::new(stream))
     }
 

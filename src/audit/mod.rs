@@ -26,6 +26,8 @@ pub mod event {
     pub const PEER_REGISTERED: &str = "peer-registered";
     /// A partner was bound to a policy.
     pub const PEER_POLICY: &str = "peer-policy";
+    /// A partner was suspended, resumed or removed.
+    pub const PEER_STATE: &str = "peer-state";
 }
 
 /// One ledger entry before it is chained.

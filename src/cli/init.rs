@@ -225,7 +225,7 @@ publisher_key = "certs/publisher.key"
 [federation]
 reconnect_min_ms = 250
 reconnect_max_ms = 30000
-peer_refresh_ms = 1000
+peer_refresh_ms = 500
 batch_size = 256
 
 [log]

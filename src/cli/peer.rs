@@ -12,7 +12,7 @@ use super::{CliError, local_actor};
 use crate::config::Settings;
 use crate::identity::check_endpoint;
 use crate::model::OrgId;
-use crate::store::{PeerChange, Store};
+use crate::store::{PeerChange, PeerState, Store};
 
 /// `threatmesh peer ...`
 #[derive(Debug, Subcommand)]
@@ -45,6 +45,27 @@ Compare the printed CA fingerprint and signing key with the partner out of band
         /// Policy name (applied earlier with `threatmesh policy apply`).
         #[arg(long)]
         policy: String,
+    },
+    /// Stop sending to a partner and refuse its connections; open streams
+    /// close within `federation.peer_refresh_ms`. Its cursor is kept.
+    Suspend {
+        /// Partner org id.
+        #[arg(long)]
+        partner: String,
+    },
+    /// Undo `suspend`: the partner resumes from its own cursor.
+    Resume {
+        /// Partner org id.
+        #[arg(long)]
+        partner: String,
+    },
+    /// Hard stop: nothing more leaves for the partner and it is no longer
+    /// trusted or dialled. Its cursor, card and history stay for the audit;
+    /// `peer add --card` registers it again.
+    Remove {
+        /// Partner org id.
+        #[arg(long)]
+        partner: String,
     },
     /// List registered partners.
     List {
@@ -103,6 +124,11 @@ pub async fn run(config: &Path, cmd: &PeerCommand) -> Result<(), CliError> {
             );
             Ok(())
         }
+        PeerCommand::Suspend { partner } => {
+            set_state(&settings, partner, PeerState::Suspended).await
+        }
+        PeerCommand::Resume { partner } => set_state(&settings, partner, PeerState::Active).await,
+        PeerCommand::Remove { partner } => set_state(&settings, partner, PeerState::Removed).await,
         PeerCommand::SetPolicy { partner, policy } => {
             let org =
                 OrgId::parse(partner).map_err(|e| CliError::Usage(format!("--partner: {e}")))?;
@@ -129,6 +155,7 @@ pub async fn run(config: &Path, cmd: &PeerCommand) -> Result<(), CliError> {
                             "org": p.org.as_str(), "display_name": p.display_name,
                             "endpoint": p.endpoint, "card_version": p.card_version,
                             "cursor": cursor, "added_unix_ms": p.added_ms, "policy": p.policy,
+                            "state": p.state.as_str(),
                         })
                     );
                 }
@@ -192,4 +219,18 @@ pub async fn register_peer(
         .await
         .map_err(|e| CliError::Usage(format!("cannot register {}: {e}", v.org)))?;
     Ok((v, change, endpoint))
+}
+
+async fn set_state(settings: &Settings, partner: &str, state: PeerState) -> Result<(), CliError> {
+    let org = OrgId::parse(partner).map_err(|e| CliError::Usage(format!("--partner: {e}")))?;
+    let store = Store::open_sqlite(&settings.store.path).await?;
+    let r = store.set_peer_state(&org, state, &local_actor()).await;
+    store.close().await;
+    let before = r.map_err(|e| CliError::Usage(e.to_string()))?;
+    out!(
+        "{org}: {} -> {} (a running node applies it within federation.peer_refresh_ms)",
+        before.as_str(),
+        state.as_str()
+    );
+    Ok(())
 }

@@ -148,25 +148,33 @@ pub fn release(
 /// store, so a slow reader costs a cursor, not memory: at most two batches
 /// wait in the channel. Stops when the client goes away or the node shuts
 /// down.
-pub fn stream_log<T, F>(
+pub fn stream_log<T, F, A>(
     ctx: Arc<NodeContext>,
     after: u64,
     follow: bool,
+    refused: A,
     mut map: F,
 ) -> ReceiverStream<Result<T, Status>>
 where
     T: Send + 'static,
     F: FnMut(&[StoredIndicator], u64) -> (Option<T>, Vec<AuditEntry>) + Send + 'static,
+    A: Fn() -> Option<Status> + Send + 'static,
 {
     let (tx, rx) = mpsc::channel(2);
     tokio::spawn(async move {
         let mut cursor = after;
         let mut latest = ctx.store.watch_latest();
         let mut shutdown = ctx.shutdown.clone();
+        let mut peers = ctx.peer_changes.subscribe();
         let batch = ctx.settings.federation.batch_size;
         loop {
             if *shutdown.borrow() {
                 let _ = tx.send(Err(RpcError::ShuttingDown.into())).await;
+                return;
+            }
+            peers.borrow_and_update();
+            if let Some(status) = refused() {
+                let _ = tx.send(Err(status)).await;
                 return;
             }
             latest.borrow_and_update();
@@ -183,6 +191,7 @@ where
                 }
                 tokio::select! {
                     r = latest.changed() => if r.is_err() { return },
+                    _ = peers.changed() => {}
                     _ = tx.closed() => return,
                     _ = shutdown.changed() => {}
                 }
@@ -312,8 +321,18 @@ impl Exchange for ExchangeService {
         }
         tracing::info!(partner = %caller.org, from, "subscription opened");
         let partner = caller.org;
+        if let Some(why) = ctx.partner_refused(&partner) {
+            return Err(Status::permission_denied(why));
+        }
         let gate = ctx.clone();
-        let stream = stream_log(ctx, from, true, move |rows, last| {
+        let check = (ctx.clone(), partner.clone());
+        let refused = move || {
+            check
+                .0
+                .partner_refused(&check.1)
+                .map(Status::permission_denied)
+        };
+        let stream = stream_log(ctx, from, true, refused, move |rows, last| {
             let policies = gate.policies.load();
             let policy = policies.get(&partner).map(|p| p.as_ref());
             let now = now_unix_ms();

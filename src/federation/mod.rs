@@ -21,7 +21,7 @@ use crate::proto::v1::exchange_client::ExchangeClient;
 use crate::proto::v1::{Envelope, SubscribeRequest};
 use crate::rpc::{SHUTTING_DOWN, verify_code};
 use crate::signing::{KeyDirectory, open_indicator};
-use crate::store::{NewIndicator, PeerRecord, Rejection};
+use crate::store::{NewIndicator, PeerRecord, PeerState, Rejection};
 
 /// The state of an outbound link.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -342,7 +342,10 @@ pub async fn supervise(
                     }
                     keep
                 });
-                for p in peers.into_iter().filter(|p| !p.endpoint.is_empty()) {
+                for p in peers
+                    .into_iter()
+                    .filter(|p| !p.endpoint.is_empty() && p.state == PeerState::Active)
+                {
                     if links.contains_key(&p.org) {
                         continue;
                     }

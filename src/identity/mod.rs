@@ -45,6 +45,14 @@ pub enum IdentityError {
     /// The certificate names an org whose CA we do not hold.
     #[error("certificate claims {0}, but that org is not a registered partner")]
     UnknownOrg(SpiffeId),
+    /// The named org is a registered partner that is suspended or removed.
+    #[error("certificate claims {id}, but {} is {state} on this node", id.org)]
+    Blocked {
+        /// The id the certificate claims.
+        id: SpiffeId,
+        /// `suspended` or `removed`.
+        state: String,
+    },
     /// The chain does not lead to the named org's own CA.
     #[error("certificate claims {id} but does not chain to {}'s CA bundle: {reason}", id.org)]
     Chain {

@@ -61,6 +61,9 @@ pub struct TrustStore {
     /// Org → DER CA certificates. Anchors are derived at verify time (cheap)
     /// so the store owns plain bytes and can be cloned and swapped freely.
     cas: HashMap<OrgId, Vec<CertificateDer<'static>>>,
+    /// Registered partners that are not trusted now (suspended, removed), with
+    /// their state, so a refusal can say why.
+    blocked: HashMap<OrgId, String>,
 }
 
 impl TrustStore {
@@ -68,7 +71,11 @@ impl TrustStore {
     pub fn new(own: OrgId, own_ca_pem: &str) -> Result<Self, IdentityError> {
         let mut cas = HashMap::new();
         cas.insert(own.clone(), parse_ca_bundle(own_ca_pem)?);
-        Ok(Self { own, cas })
+        Ok(Self {
+            own,
+            cas,
+            blocked: HashMap::new(),
+        })
     }
 
     /// Our org.
@@ -89,6 +96,17 @@ impl TrustStore {
         Ok(())
     }
 
+    /// Marks a registered partner as not trusted now (`state` says why).
+    pub fn block(&mut self, org: OrgId, state: &str) {
+        self.cas.remove(&org);
+        self.blocked.insert(org, state.to_string());
+    }
+
+    /// Why `org` is blocked, if it is.
+    pub fn blocked(&self, org: &OrgId) -> Option<&str> {
+        self.blocked.get(org).map(String::as_str)
+    }
+
     /// Whether we hold a CA bundle for `org`.
     pub fn knows(&self, org: &OrgId) -> bool {
         self.cas.contains_key(org)
@@ -106,6 +124,12 @@ impl TrustStore {
         algs: &[&dyn rustls_pki_types::SignatureVerificationAlgorithm],
     ) -> Result<SpiffeId, IdentityError> {
         let id = SpiffeId::from_cert_der(end_entity.as_ref())?;
+        if let Some(state) = self.blocked(&id.org) {
+            return Err(IdentityError::Blocked {
+                id: id.clone(),
+                state: state.to_string(),
+            });
+        }
         let cas = self
             .cas
             .get(&id.org)

@@ -130,6 +130,39 @@ pub struct PeerRecord {
     pub added_ms: i64,
     /// Name of the bound sharing policy; empty = none (receives nothing).
     pub policy: String,
+    /// Lifecycle state.
+    pub state: PeerState,
+}
+
+/// A partner's lifecycle state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PeerState {
+    /// Trusted, dialled, and served under its policy.
+    Active,
+    /// Nothing is sent, its connections are refused; can be resumed.
+    Suspended,
+    /// Hard stop; its cursor and history are kept for the audit.
+    Removed,
+}
+
+impl PeerState {
+    /// Stored and displayed name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PeerState::Active => "active",
+            PeerState::Suspended => "suspended",
+            PeerState::Removed => "removed",
+        }
+    }
+
+    fn parse(s: &str) -> Result<Self, StoreError> {
+        match s {
+            "active" => Ok(PeerState::Active),
+            "suspended" => Ok(PeerState::Suspended),
+            "removed" => Ok(PeerState::Removed),
+            other => Err(StoreError::Corrupt(format!("peers.state '{other}'"))),
+        }
+    }
 }
 
 /// One applied version of a named policy.
@@ -563,7 +596,7 @@ impl Store {
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7) \
              ON CONFLICT (org_id) DO UPDATE SET display_name = excluded.display_name, \
              endpoint = excluded.endpoint, card = excluded.card, card_version = excluded.card_version, \
-             ca_bundle_pem = excluded.ca_bundle_pem, updated_ms = excluded.updated_ms",
+             ca_bundle_pem = excluded.ca_bundle_pem, updated_ms = excluded.updated_ms, state = 'active'",
         )
         .bind(card.org.as_str())
         .bind(&card.card.display_name)
@@ -615,7 +648,7 @@ impl Store {
     /// All registered partners, by org id.
     pub async fn peers(&self) -> Result<Vec<PeerRecord>, StoreError> {
         let rows = sqlx::query(
-            "SELECT org_id, display_name, endpoint, card_version, ca_bundle_pem, added_ms, policy \
+            "SELECT org_id, display_name, endpoint, card_version, ca_bundle_pem, added_ms, policy, state \
              FROM peers ORDER BY org_id",
         )
         .fetch_all(&self.pool)
@@ -632,6 +665,7 @@ impl Store {
                     ca_bundle_pem: r.get(4),
                     added_ms: r.get(5),
                     policy: r.get(6),
+                    state: PeerState::parse(&r.get::<String, _>(7))?,
                 })
             })
             .collect()
@@ -726,6 +760,52 @@ impl Store {
         append_audit_tx(&mut tx, &[policy_binding_entry(org, name, actor)]).await?;
         tx.commit().await?;
         Ok(())
+    }
+
+    /// Suspends, resumes or removes a partner. Cursor, history and card are
+    /// kept in every state.
+    pub async fn set_peer_state(
+        &self,
+        org: &OrgId,
+        state: PeerState,
+        actor: &str,
+    ) -> Result<PeerState, StoreError> {
+        let mut tx = self.write_tx().await?;
+        let before: Option<String> = sqlx::query_scalar("SELECT state FROM peers WHERE org_id = ?")
+            .bind(org.as_str())
+            .fetch_optional(&mut *tx)
+            .await?;
+        let Some(before) = before else {
+            return Err(StoreError::Conflict(format!(
+                "{org} is not a registered partner"
+            )));
+        };
+        let before = PeerState::parse(&before)?;
+        if before == PeerState::Removed && state == PeerState::Active {
+            return Err(StoreError::Conflict(format!(
+                "{org} was removed; register it again with `threatmesh peer add --card FILE`"
+            )));
+        }
+        sqlx::query("UPDATE peers SET state = ?, updated_ms = ? WHERE org_id = ?")
+            .bind(state.as_str())
+            .bind(now_unix_ms())
+            .bind(org.as_str())
+            .execute(&mut *tx)
+            .await?;
+        append_audit_tx(
+            &mut tx,
+            &[AuditEntry {
+                event: event::PEER_STATE,
+                actor: actor.to_string(),
+                partner: org.to_string(),
+                subject: state.as_str().to_string(),
+                rule: String::new(),
+                detail: format!("was {}", before.as_str()),
+            }],
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(before)
     }
 
     /// The latest stored version of indicator `id` (any origin).
