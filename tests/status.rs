@@ -95,6 +95,19 @@ async fn status_shows_each_link_with_state_and_lag() {
     ));
     let err = as_partner.status(StatusRequest {}).await.unwrap_err();
     assert_eq!(err.code(), tonic::Code::PermissionDenied);
+    let mut as_partner_admin = AdminClient::new(channel_with(
+        node_b.addr,
+        &b.id,
+        &b.ca_pem(),
+        Some(&a.admin_cert()),
+    ));
+    let err = as_partner_admin.status(StatusRequest {}).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::PermissionDenied);
+    assert!(
+        err.message().contains("only spiffe://b.example/admin/"),
+        "{}",
+        err.message()
+    );
     let mut as_publisher = AdminClient::new(channel_with(
         node_b.addr,
         &b.id,
