@@ -94,6 +94,8 @@ pub struct NodeSettings {
 pub struct TlsSettings {
     /// Our CA certificate (PEM), sent to partners in our card.
     pub ca_cert: PathBuf,
+    /// Our CA private key; only `certs issue` reads it (keep it offline).
+    pub ca_key: PathBuf,
     /// Node certificate (`spiffe://<org>/node`).
     pub node_cert: PathBuf,
     /// Node private key (must be mode 0600).
@@ -162,6 +164,7 @@ const DEFAULTS: &[(&str, &str)] = &[
     ("node.listen", "127.0.0.1:7443"),
     ("node.endpoint", ""),
     ("tls.ca_cert", "certs/ca.pem"),
+    ("tls.ca_key", "certs/ca.key"),
     ("tls.node_cert", "certs/node.pem"),
     ("tls.node_key", "certs/node.key"),
     ("signing.key", "keys/signing.key"),
@@ -222,6 +225,7 @@ impl Settings {
         let base = path.parent().unwrap_or(Path::new("."));
         for p in [
             &mut s.tls.ca_cert,
+            &mut s.tls.ca_key,
             &mut s.tls.node_cert,
             &mut s.tls.node_key,
             &mut s.signing.key,

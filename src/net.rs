@@ -37,20 +37,46 @@ pub struct PeerInfo {
     pub identity: Result<SpiffeId, IdentityError>,
     /// Remote socket address, for logs.
     pub remote: SocketAddr,
+    /// Serial number (hex) of the client certificate; empty without one.
+    pub serial: String,
 }
 
 /// The request gate, installed in front of every service of a node: a
 /// request on a connection without a verified identity is answered
-/// `Unauthenticated` with the reason, and reaches no service.
-pub fn require_verified_peer(req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
-    match req.extensions().get::<PeerInfo>().map(|p| &p.identity) {
-        Some(Ok(_)) => Ok(req),
-        Some(Err(e)) => Err(tonic::Status::unauthenticated(format!(
-            "client certificate refused: {e}"
-        ))),
-        None => Err(tonic::Status::unauthenticated(
-            "connection has no TLS identity",
-        )),
+/// `Unauthenticated` with the reason, and reaches no service. Revocation of
+/// our own certificates is re-checked on every request, so a certificate
+/// revoked while its connection is open is refused on its next RPC.
+pub fn request_gate(
+    trust: SharedTrust,
+) -> impl FnMut(tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status>
++ Clone
++ Send
++ Sync
++ 'static {
+    move |req: tonic::Request<()>| {
+        let Some(peer) = req.extensions().get::<PeerInfo>() else {
+            return Err(tonic::Status::unauthenticated(
+                "connection has no TLS identity",
+            ));
+        };
+        match &peer.identity {
+            Ok(id) => {
+                let trust = trust.load();
+                if &id.org == trust.own_org() && trust.is_revoked(&peer.serial) {
+                    let e = IdentityError::Revoked {
+                        id: id.clone(),
+                        serial: peer.serial.clone(),
+                    };
+                    return Err(tonic::Status::unauthenticated(format!(
+                        "client certificate refused: {e}"
+                    )));
+                }
+                Ok(req)
+            }
+            Err(e) => Err(tonic::Status::unauthenticated(format!(
+                "client certificate refused: {e}"
+            ))),
+        }
     }
 }
 
@@ -144,6 +170,13 @@ pub fn accept_mtls(
                     }
                 };
                 let identity = verify_client(&io, &trust);
+                let serial = io
+                    .get_ref()
+                    .1
+                    .peer_certificates()
+                    .and_then(|c| c.first())
+                    .and_then(|c| crate::identity::cert_serial(c.as_ref()).ok())
+                    .unwrap_or_default();
                 match &identity {
                     Ok(id) => tracing::debug!(%remote, peer = %id, "mTLS connection"),
                     Err(e) => tracing::warn!(%remote, reason = %e, "client certificate refused"),
@@ -151,7 +184,11 @@ pub fn accept_mtls(
                 let _ = tx
                     .send(Ok(PeerConn {
                         io,
-                        info: PeerInfo { identity, remote },
+                        info: PeerInfo {
+                            identity,
+                            remote,
+                            serial,
+                        },
                     }))
                     .await;
             });

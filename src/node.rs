@@ -25,6 +25,10 @@ use crate::proto::v1::exchange_server::ExchangeServer;
 use crate::signing::{KeyDirectory, KnownKey, OrgSigningKey};
 use crate::store::{PeerRecord, PeerState, PolicyRecord, Store, StoreError};
 
+/// What the trust store, keys and policies were last built from: partners,
+/// policy versions, revoked serials of our own certificates.
+type Loaded = (Vec<PeerRecord>, Vec<PolicyRecord>, Vec<String>);
+
 /// Partner → the latest version of the policy bound to it.
 pub type PolicyMap = std::collections::HashMap<OrgId, Arc<PartnerPolicy>>;
 
@@ -75,7 +79,7 @@ pub struct NodeContext {
     own_ca_pem: String,
     /// The partner records and policy versions the trust store, keys and
     /// policies were last built from (`None` before the first load).
-    loaded: std::sync::Mutex<Option<(Vec<PeerRecord>, Vec<PolicyRecord>)>>,
+    loaded: std::sync::Mutex<Option<Loaded>>,
 }
 
 impl NodeContext {
@@ -95,11 +99,12 @@ impl NodeContext {
     pub async fn reload_peers(&self) -> Result<Vec<PeerRecord>, NodeError> {
         let peers = self.store.peers().await?;
         let policies = self.store.policies().await?;
-        let current = (peers, policies);
+        let revoked = self.store.revoked_serials().await?;
+        let current = (peers, policies, revoked);
         if self.loaded.lock().expect("not poisoned").as_ref() == Some(&current) {
             return Ok(current.0);
         }
-        let (peers, policies) = current;
+        let (peers, policies, revoked) = current;
         let mut bound = PolicyMap::new();
         for p in peers
             .iter()
@@ -122,6 +127,7 @@ impl NodeContext {
         }
         self.policies.store(Arc::new(bound));
         let mut trust = TrustStore::new(self.own.clone(), &self.own_ca_pem)?;
+        trust.set_revoked(revoked.iter().cloned());
         for p in &peers {
             if p.state != PeerState::Active {
                 trust.block(p.org.clone(), p.state.as_str());
@@ -150,7 +156,7 @@ impl NodeContext {
         tracing::info!(partners = peers.len(), "partner trust and policies loaded");
         // Wake open streams so they re-check their partner.
         self.peer_changes.send_modify(|g| *g += 1);
-        *self.loaded.lock().expect("not poisoned") = Some((peers.clone(), policies));
+        *self.loaded.lock().expect("not poisoned") = Some((peers.clone(), policies, revoked));
         Ok(peers)
     }
 }
@@ -265,7 +271,7 @@ impl Node {
             // Deny by default: no request reaches any service, health
             // included, without a verified identity.
             .layer(tonic::service::InterceptorLayer::new(
-                crate::net::require_verified_peer,
+                crate::net::request_gate(ctx.trust.clone()),
             ))
             .add_service(health_service)
             .add_service(ExchangeServer::new(ExchangeService::new(ctx.clone())))

@@ -28,6 +28,8 @@ pub mod event {
     pub const PEER_POLICY: &str = "peer-policy";
     /// A partner was suspended, resumed or removed.
     pub const PEER_STATE: &str = "peer-state";
+    /// One of our certificates was revoked.
+    pub const CERT_REVOKED: &str = "cert-revoked";
 }
 
 /// One ledger entry before it is chained.

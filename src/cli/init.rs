@@ -204,6 +204,8 @@ endpoint = {endpoint}
 
 [tls]
 ca_cert = "certs/ca.pem"
+# Needed only by `threatmesh certs issue`; keep it offline in production.
+ca_key = "certs/ca.key"
 node_cert = "certs/node.pem"
 node_key = "certs/node.key"
 

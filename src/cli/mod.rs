@@ -15,6 +15,7 @@ macro_rules! out_raw {
 
 pub mod audit;
 pub mod card;
+pub mod certs;
 pub mod client;
 pub mod demo;
 pub mod init;
@@ -138,6 +139,9 @@ pub enum Command {
     /// Sharing policies: apply, show, explain.
     #[command(subcommand)]
     Policy(policy::PolicyCommand),
+    /// Our own certificates: issue, revoke.
+    #[command(subcommand)]
+    Certs(certs::CertsCommand),
     /// The hash-chained audit ledger: log, verify.
     #[command(subcommand)]
     Audit(audit::AuditCommand),
@@ -171,6 +175,7 @@ pub fn run(cli: Cli) -> ExitCode {
             Command::Peer(cmd) => peer::run(&cli.config, &cmd).await,
             Command::Policy(cmd) => policy::run(&cli.config, &cmd).await,
             Command::Audit(cmd) => audit::run(&cli.config, &cmd).await,
+            Command::Certs(cmd) => certs::run(&cli.config, &cmd).await,
             Command::Publish(args) => publish::run(&cli.config, &args).await,
             Command::Tail(args) => tail::run(&cli.config, &args).await,
             Command::Status(args) => status::run(&cli.config, &args).await,

@@ -17,7 +17,7 @@ pub use spiffe::{Role, SpiffeId};
 pub use tls::{
     CertifiedKey, SharedTrust, client_config, install_default_provider, provider, server_config,
 };
-pub use trust::{TrustStore, Usage, fingerprint, parse_ca_bundle};
+pub use trust::{TrustStore, Usage, cert_serial, fingerprint, parse_ca_bundle};
 
 /// Identity and certificate errors. Messages name the id, org or file.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -52,6 +52,14 @@ pub enum IdentityError {
         id: SpiffeId,
         /// `suspended` or `removed`.
         state: String,
+    },
+    /// One of our own certificates that has been revoked.
+    #[error("certificate {id} (serial {serial}) has been revoked by {}", id.org)]
+    Revoked {
+        /// The id in the certificate.
+        id: SpiffeId,
+        /// Its serial number, hex.
+        serial: String,
     },
     /// The chain does not lead to the named org's own CA.
     #[error("certificate claims {id} but does not chain to {}'s CA bundle: {reason}", id.org)]

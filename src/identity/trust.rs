@@ -2,7 +2,7 @@
 //! if it chains to **X's own** CA bundle: a certificate signed by partner Y's
 //! CA that claims `spiffe://X/...` is refused. Pure: callers load the PEM.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, UnixTime};
@@ -64,6 +64,15 @@ pub struct TrustStore {
     /// Registered partners that are not trusted now (suspended, removed), with
     /// their state, so a refusal can say why.
     blocked: HashMap<OrgId, String>,
+    /// Serial numbers (lower-case hex) of our own revoked certificates.
+    revoked: HashSet<String>,
+}
+
+/// The serial number of a DER certificate, as lower-case hex.
+pub fn cert_serial(der: &[u8]) -> Result<String, IdentityError> {
+    let (_, cert) =
+        X509Certificate::from_der(der).map_err(|e| IdentityError::CertParse(e.to_string()))?;
+    Ok(crate::signing::hex(cert.raw_serial()))
 }
 
 impl TrustStore {
@@ -75,6 +84,7 @@ impl TrustStore {
             own,
             cas,
             blocked: HashMap::new(),
+            revoked: HashSet::new(),
         })
     }
 
@@ -105,6 +115,16 @@ impl TrustStore {
     /// Why `org` is blocked, if it is.
     pub fn blocked(&self, org: &OrgId) -> Option<&str> {
         self.blocked.get(org).map(String::as_str)
+    }
+
+    /// Replaces the set of our own revoked certificate serials.
+    pub fn set_revoked(&mut self, serials: impl IntoIterator<Item = String>) {
+        self.revoked = serials.into_iter().collect();
+    }
+
+    /// Whether `serial` is one of our own revoked certificates.
+    pub fn is_revoked(&self, serial: &str) -> bool {
+        self.revoked.contains(serial)
     }
 
     /// Whether we hold a CA bundle for `org`.
@@ -150,6 +170,12 @@ impl TrustStore {
                 id: id.clone(),
                 reason: e.to_string(),
             })?;
+        if id.org == self.own {
+            let serial = cert_serial(end_entity.as_ref())?;
+            if self.is_revoked(&serial) {
+                return Err(IdentityError::Revoked { id, serial });
+            }
+        }
         Ok(id)
     }
 }

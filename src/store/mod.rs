@@ -808,6 +808,54 @@ impl Store {
         Ok(before)
     }
 
+    /// Records one of our own certificates as revoked. Idempotent.
+    pub async fn revoke_cert(
+        &self,
+        serial: &str,
+        spiffe_id: &str,
+        reason: &str,
+        actor: &str,
+    ) -> Result<bool, StoreError> {
+        let mut tx = self.write_tx().await?;
+        let done = sqlx::query(
+            "INSERT INTO revoked_certs (serial, spiffe_id, reason, revoked_ms, revoked_by) \
+             VALUES (?, ?, ?, ?, ?) ON CONFLICT (serial) DO NOTHING",
+        )
+        .bind(serial)
+        .bind(spiffe_id)
+        .bind(reason)
+        .bind(now_unix_ms())
+        .bind(actor)
+        .execute(&mut *tx)
+        .await?;
+        let new = done.rows_affected() == 1;
+        if new {
+            append_audit_tx(
+                &mut tx,
+                &[AuditEntry {
+                    event: event::CERT_REVOKED,
+                    actor: actor.to_string(),
+                    partner: String::new(),
+                    subject: format!("{spiffe_id} serial {serial}"),
+                    rule: String::new(),
+                    detail: reason.to_string(),
+                }],
+            )
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(new)
+    }
+
+    /// Serials of our own revoked certificates, sorted.
+    pub async fn revoked_serials(&self) -> Result<Vec<String>, StoreError> {
+        Ok(
+            sqlx::query_scalar("SELECT serial FROM revoked_certs ORDER BY serial")
+                .fetch_all(&self.pool)
+                .await?,
+        )
+    }
+
     /// The latest stored version of indicator `id` (any origin).
     pub async fn indicator_by_id(&self, id: &str) -> Result<Option<StoredIndicator>, StoreError> {
         let row = sqlx::query(

@@ -360,6 +360,7 @@ impl RogueUpstream {
             trust.set_partner(t.id.clone(), &t.ca_pem()).unwrap();
         }
         let trust = Arc::new(ArcSwap::from_pointee(trust));
+        let gate_trust = trust.clone();
         let tls = Arc::new(ArcSwap::new(server_config(&org.node_cert()).unwrap()));
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -379,7 +380,7 @@ impl RogueUpstream {
         tokio::spawn(
             Server::builder()
                 .layer(tonic::service::InterceptorLayer::new(
-                    threatmesh::net::require_verified_peer,
+                    threatmesh::net::request_gate(gate_trust),
                 ))
                 .add_service(ExchangeServer::new(svc))
                 .serve_with_incoming_shutdown(incoming, async move {

@@ -1,0 +1,143 @@
+//! Revoking one of our own certificates while it is connected.
+
+mod common;
+
+use std::process::Command;
+
+use common::*;
+use threatmesh::identity::CertifiedKey;
+use threatmesh::proto::v1::{PublishRequest, Tlp};
+
+fn tm(org: &Org, args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_threatmesh"))
+        .arg("--config")
+        .arg(&org.config)
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_publisher_is_refused_on_its_next_rpc() {
+    let a = Org::new("a.example");
+    let other = Org::new("y.example");
+    let node = start(&a).await;
+
+    // A second publisher, issued with the CLI.
+    let out = a.dir.path().join("feeds");
+    let o = tm(
+        &a,
+        &[
+            "certs",
+            "issue",
+            "--role",
+            "publisher",
+            "--name",
+            "feed-2",
+            "--out",
+            out.to_str().unwrap(),
+        ],
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("issued spiffe://a.example/publisher/feed-2")
+    );
+    let feed2 = CertifiedKey::load(&out.join("feed-2.pem"), &out.join("feed-2.key")).unwrap();
+
+    // The default publisher has an open connection and publishes.
+    let mut open = publisher(&a, &node);
+    open.publish(PublishRequest {
+        indicator: Some(ipv4_draft(1, Tlp::Green)),
+    })
+    .await
+    .unwrap();
+
+    let cert = a
+        .settings
+        .client
+        .publisher_cert
+        .to_str()
+        .unwrap()
+        .to_string();
+    let o = tm(
+        &a,
+        &[
+            "certs",
+            "revoke",
+            "--cert",
+            &cert,
+            "--reason",
+            "laptop stolen",
+        ],
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let ctx = node.ctx.clone();
+    let serial = threatmesh::identity::cert_serial(a.publisher_cert().chain[0].as_ref()).unwrap();
+    wait_until(5, "the node to load the revocation", || {
+        let (ctx, serial) = (ctx.clone(), serial.clone());
+        async move { ctx.trust.load().is_revoked(&serial) }
+    })
+    .await;
+
+    // Same connection, next RPC: refused, with the reason.
+    let err = open
+        .publish(PublishRequest {
+            indicator: Some(ipv4_draft(2, Tlp::Green)),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::Unauthenticated);
+    assert!(
+        err.message().contains("has been revoked"),
+        "{}",
+        err.message()
+    );
+    // A new connection with it: refused too.
+    let err = publisher(&a, &node)
+        .publish(PublishRequest {
+            indicator: Some(ipv4_draft(3, Tlp::Green)),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::Unauthenticated);
+    // The other publisher is unaffected.
+    exchange_as(&a, &node, &feed2)
+        .publish(PublishRequest {
+            indicator: Some(ipv4_draft(4, Tlp::Green)),
+        })
+        .await
+        .unwrap();
+    assert_eq!(node.ctx.store.count_indicators().await.unwrap(), 2);
+
+    // On the ledger, with who did it and why; revoking again is a no-op.
+    let rows = node.ctx.store.audit_rows(None, None).await.unwrap();
+    let r = rows
+        .iter()
+        .find(|r| r.entry.event == "cert-revoked")
+        .unwrap();
+    assert!(
+        r.entry
+            .subject
+            .contains("spiffe://a.example/publisher/publisher")
+            && r.entry.detail == "laptop stolen"
+    );
+    assert!(r.entry.actor.starts_with("cli:"));
+    let o = tm(&a, &["certs", "revoke", "--cert", &cert]);
+    assert!(String::from_utf8_lossy(&o.stdout).contains("already revoked"));
+    // A certificate from another org's CA cannot be revoked here.
+    let foreign = other
+        .settings
+        .client
+        .publisher_cert
+        .to_str()
+        .unwrap()
+        .to_string();
+    let o = tm(&a, &["certs", "revoke", "--cert", &foreign]);
+    assert_eq!(
+        o.status.code(),
+        Some(64),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    node.stop().await;
+}
