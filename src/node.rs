@@ -77,12 +77,72 @@ pub struct NodeContext {
     pub shutdown: watch::Receiver<bool>,
     /// Our CA bundle, kept to rebuild the trust store.
     own_ca_pem: String,
+    /// Our node certificate, swappable for rotation without restart.
+    pub tls: NodeTls,
     /// The partner records and policy versions the trust store, keys and
     /// policies were last built from (`None` before the first load).
     loaded: std::sync::Mutex<Option<Loaded>>,
 }
 
 impl NodeContext {
+    /// Re-reads `tls.node_cert` / `tls.node_key`; if they changed and the new
+    /// pair is valid (our node id, chains to our CA, key matches), serves it
+    /// to new connections and presents it on new outbound links. Open
+    /// connections are unaffected. Returns whether a new certificate was
+    /// taken; an invalid pair is logged and the current one kept.
+    pub fn reload_node_cert(&self) -> bool {
+        let t = &self.settings.tls;
+        let (Ok(cert), Ok(key)) = (std::fs::read(&t.node_cert), std::fs::read(&t.node_key)) else {
+            return false;
+        };
+        {
+            let mut seen = self.tls.seen.lock().expect("not poisoned");
+            if seen.0 == cert && seen.1 == key {
+                return false;
+            }
+            *seen = (cert.clone(), key.clone());
+        }
+        let checked =
+            (|| -> Result<(CertifiedKey, Arc<rustls::ServerConfig>, String), IdentityError> {
+                let ck = CertifiedKey::from_pem(
+                    &String::from_utf8_lossy(&cert),
+                    &String::from_utf8_lossy(&key),
+                )?;
+                let leaf = ck.chain.first().ok_or(IdentityError::NoSpiffeId)?;
+                let algs = crate::identity::provider()
+                    .signature_verification_algorithms
+                    .all;
+                let id = self.trust.load().verify(
+                    leaf,
+                    &ck.chain[1..],
+                    rustls_pki_types::UnixTime::now(),
+                    crate::identity::Usage::Server,
+                    algs,
+                )?;
+                if id != crate::identity::SpiffeId::node(&self.own) {
+                    return Err(IdentityError::WrongRole {
+                        id,
+                        expected: "node",
+                    });
+                }
+                let serial = crate::identity::cert_serial(leaf.as_ref())?;
+                let server = server_config(&ck)?;
+                Ok((ck, server, serial))
+            })();
+        match checked {
+            Ok((ck, server, serial)) => {
+                self.tls.server.store(server);
+                self.tls.cert.store(Arc::new(ck));
+                tracing::info!(serial = %serial, "node certificate reloaded; new connections get it");
+                true
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "new node certificate files refused; keeping the current certificate");
+                false
+            }
+        }
+    }
+
     /// Why partner `org` may not receive anything now, or `None` if it may.
     pub fn partner_refused(&self, org: &OrgId) -> Option<String> {
         let trust = self.trust.load();
@@ -161,11 +221,20 @@ impl NodeContext {
     }
 }
 
+/// Our node certificate as currently served and presented, swapped when
+/// the files change (rotation without restart).
+pub struct NodeTls {
+    /// The certificate links present when they connect.
+    pub cert: ArcSwap<CertifiedKey>,
+    /// The server configuration each new connection is accepted with.
+    pub server: Arc<ArcSwap<rustls::ServerConfig>>,
+    /// Bytes of the certificate and key files last looked at.
+    seen: std::sync::Mutex<(Vec<u8>, Vec<u8>)>,
+}
+
 /// A node that has loaded its configuration, keys, certificates and store.
 pub struct Node {
     ctx: Arc<NodeContext>,
-    node_cert: Arc<CertifiedKey>,
-    server_tls: Arc<ArcSwap<rustls::ServerConfig>>,
     shutdown_tx: watch::Sender<bool>,
 }
 
@@ -205,6 +274,10 @@ impl Node {
         let signing = load_signing_key(&settings)?;
         let trust: SharedTrust = Arc::new(ArcSwap::from_pointee(trust_store));
         let server_tls = Arc::new(ArcSwap::new(server_config(&node_cert)?));
+        let seen = (
+            std::fs::read(&settings.tls.node_cert).unwrap_or_default(),
+            std::fs::read(&settings.tls.node_key).unwrap_or_default(),
+        );
         let store = Store::open_sqlite(&settings.store.path).await?;
         let card = own_card(&settings, &signing, &own_ca_pem);
         let (shutdown_tx, shutdown) = watch::channel(false);
@@ -222,14 +295,14 @@ impl Node {
             links: crate::federation::LinkBoard::default(),
             peer_changes: watch::channel(0).0,
             loaded: std::sync::Mutex::new(None),
+            tls: NodeTls {
+                cert: ArcSwap::from_pointee(node_cert),
+                server: server_tls,
+                seen: std::sync::Mutex::new(seen),
+            },
         });
         ctx.reload_peers().await?;
-        Ok(Self {
-            ctx,
-            node_cert: Arc::new(node_cert),
-            server_tls,
-            shutdown_tx,
-        })
+        Ok(Self { ctx, shutdown_tx })
     }
 
     /// The node's shared state (store, org, keys), e.g. for tests and the demo.
@@ -248,7 +321,7 @@ impl Node {
         let addr = listener.local_addr().ok();
         let incoming = ReceiverStream::new(crate::net::accept_mtls(
             listener,
-            self.server_tls,
+            ctx.tls.server.clone(),
             ctx.trust.clone(),
         ));
         let (health, health_service) = tonic_health::server::health_reporter();
@@ -257,7 +330,6 @@ impl Node {
             .await;
         let links = tokio::spawn(crate::federation::supervise(
             ctx.clone(),
-            self.node_cert,
             ctx.shutdown.clone(),
         ));
         tracing::info!(org = %ctx.own, addr = ?addr, "node serving");

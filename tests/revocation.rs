@@ -141,3 +141,89 @@ async fn a_revoked_publisher_is_refused_on_its_next_rpc() {
     );
     node.stop().await;
 }
+
+/// The serial of the certificate a fresh TLS connection to `node` is served.
+async fn served_serial(org: &Org, node: &RunningNode) -> String {
+    use std::sync::Arc;
+    let trust = Arc::new(arc_swap::ArcSwap::from_pointee(
+        threatmesh::identity::TrustStore::new(org.id.clone(), &org.ca_pem()).unwrap(),
+    ));
+    let cfg = threatmesh::identity::client_config(
+        trust,
+        threatmesh::identity::SpiffeId::node(&org.id),
+        Some(&org.admin_cert()),
+    )
+    .unwrap();
+    let tcp = tokio::net::TcpStream::connect(node.addr).await.unwrap();
+    let name = rustls_pki_types::ServerName::try_from(org.id.to_string()).unwrap();
+    let tls = tokio_rustls::TlsConnector::from(cfg)
+        .connect(name, tcp)
+        .await
+        .unwrap();
+    let leaf = &tls.get_ref().1.peer_certificates().unwrap()[0];
+    threatmesh::identity::cert_serial(leaf.as_ref()).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rotated_node_certificate_is_served_without_restart_while_partners_stream() {
+    let a = Org::new("a.example");
+    let b = Org::new("b.example");
+    a.add_peer(&b, None).await;
+    let node_a = start(&a).await;
+    b.add_peer(&a, Some(node_a.addr)).await;
+    let node_b = start(&b).await;
+    let client = publisher(&a, &node_a);
+    let before = publish_all(&client, vec![ipv4_draft(1, Tlp::Green)], 1).await;
+    let store_b = node_b.ctx.store.clone();
+    wait_until(30, "B to receive before rotation", || {
+        let s = store_b.clone();
+        async move { s.count_indicators().await.unwrap() == 1 }
+    })
+    .await;
+    let old = served_serial(&a, &node_a).await;
+    let links_before = node_b.ctx.links.snapshot()[&a.id].since_ms;
+
+    let o = tm(&a, &["certs", "rotate"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let (org, node) = (&a, &node_a);
+    let old2 = old.clone();
+    wait_until(10, "new connections to get the new certificate", || {
+        let old = old2.clone();
+        async move { served_serial(org, node).await != old }
+    })
+    .await;
+
+    // B's stream was not interrupted, and keeps delivering.
+    let after = publish_all(&client, vec![ipv4_draft(2, Tlp::Green)], 1).await;
+    wait_until(30, "B to receive after rotation", || {
+        let s = store_b.clone();
+        async move { s.count_indicators().await.unwrap() == 2 }
+    })
+    .await;
+    let ids: Vec<String> = store_b
+        .indicators(None)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| r.indicator_id)
+        .collect();
+    assert_eq!(ids, vec![before[0].id.clone(), after[0].id.clone()]);
+    let h = &node_b.ctx.links.snapshot()[&a.id];
+    assert_eq!(h.state, threatmesh::federation::LinkState::Connected);
+    assert_eq!(
+        h.since_ms, links_before,
+        "B's link stayed up through the rotation"
+    );
+
+    // A pair that does not belong together is refused; the node keeps serving.
+    std::fs::write(
+        &a.settings.tls.node_key,
+        std::fs::read(&a.settings.client.admin_key).unwrap(),
+    )
+    .unwrap();
+    assert!(!node_a.ctx.reload_node_cert());
+    let current = served_serial(&a, &node_a).await;
+    assert_ne!(current, old);
+    node_b.stop().await;
+    node_a.stop().await;
+}

@@ -1,4 +1,4 @@
-//! `threatmesh certs issue|revoke`: certificates of our own org, issued by
+//! `threatmesh certs issue|rotate|revoke`: certificates of our own org, issued by
 //! our CA, and their revocation (enforced by a running node within
 //! `federation.peer_refresh_ms`, on new connections and on the next RPC of
 //! open ones).
@@ -38,6 +38,15 @@ pub enum CertsCommand {
         /// Directory for `<name>.pem` and `<name>.key` (mode 0600).
         #[arg(long)]
         out: PathBuf,
+        /// Validity in days.
+        #[arg(long, default_value_t = 397)]
+        days: i64,
+    },
+    /// Re-issue the node certificate in place (`tls.node_cert`,
+    /// `tls.node_key`). A running node serves it to new connections within
+    /// `federation.peer_refresh_ms`, without a restart; open connections and
+    /// partner streams continue.
+    Rotate {
         /// Validity in days.
         #[arg(long, default_value_t = 397)]
         days: i64,
@@ -96,6 +105,33 @@ pub async fn run(config: &Path, cmd: &CertsCommand) -> Result<(), CliError> {
             out!("issued {id} (serial {serial}), valid {days} days");
             out!("  certificate {}", cert_path.display());
             out!("  key         {} (mode 0600)", key_path.display());
+            Ok(())
+        }
+        CertsCommand::Rotate { days } => {
+            Settings::check_file("tls.ca_cert", &settings.tls.ca_cert, false)?;
+            Settings::check_file("tls.ca_key", &settings.tls.ca_key, true)?;
+            if !(1..=3650).contains(days) {
+                return Err(CliError::Usage("--days: must be 1-3650".into()));
+            }
+            let read = |p: &Path| {
+                std::fs::read_to_string(p)
+                    .map_err(|e| CliError::Failed(format!("{}: {e}", p.display())))
+            };
+            let id = SpiffeId::node(&own);
+            let c = issue(
+                &read(&settings.tls.ca_cert)?,
+                &read(&settings.tls.ca_key)?,
+                &id,
+                *days,
+            )?;
+            let serial =
+                cert_serial(CertifiedKey::from_pem(&c.cert_pem, &c.key_pem)?.chain[0].as_ref())?;
+            // Each file is replaced atomically; the node takes the pair only
+            // once both match.
+            write_file(&settings.tls.node_key, c.key_pem.as_bytes(), true)?;
+            write_file(&settings.tls.node_cert, c.cert_pem.as_bytes(), false)?;
+            out!("rotated {id}: new serial {serial}, valid {days} days");
+            out!("a running node serves it to new connections within federation.peer_refresh_ms");
             Ok(())
         }
         CertsCommand::Revoke { cert, reason } => {

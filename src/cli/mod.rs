@@ -139,7 +139,7 @@ pub enum Command {
     /// Sharing policies: apply, show, explain.
     #[command(subcommand)]
     Policy(policy::PolicyCommand),
-    /// Our own certificates: issue, revoke.
+    /// Our own certificates: issue, rotate, revoke.
     #[command(subcommand)]
     Certs(certs::CertsCommand),
     /// The hash-chained audit ledger: log, verify.

@@ -13,7 +13,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tonic::Code;
 
-use crate::identity::{CertifiedKey, SpiffeId, client_config};
+use crate::identity::{SpiffeId, client_config};
 use crate::model::{OrgId, now_unix_ms, validate_indicator};
 use crate::node::NodeContext;
 use crate::policy::{self, Decision, PartnerPolicy};
@@ -192,18 +192,13 @@ impl Backoff {
 }
 
 /// Runs one partner link until `stop` turns true.
-async fn run_link(
-    ctx: Arc<NodeContext>,
-    peer: PeerRecord,
-    client: Arc<CertifiedKey>,
-    mut stop: watch::Receiver<bool>,
-) {
+async fn run_link(ctx: Arc<NodeContext>, peer: PeerRecord, mut stop: watch::Receiver<bool>) {
     let f = &ctx.settings.federation;
     let mut backoff = Backoff::new(f.reconnect_min_ms, f.reconnect_max_ms);
     loop {
         ctx.links.set_state(&peer.org, LinkState::Connecting, None);
         let ended = tokio::select! {
-            r = session(&ctx, &peer, &client, &mut backoff) => r,
+            r = session(&ctx, &peer, &mut backoff) => r,
             _ = stop.changed() => {
                 ctx.links.remove(&peer.org);
                 return;
@@ -247,10 +242,11 @@ async fn run_link(
 async fn session(
     ctx: &NodeContext,
     peer: &PeerRecord,
-    client: &CertifiedKey,
     backoff: &mut Backoff,
 ) -> Result<(), LinkError> {
-    let tls = client_config(ctx.trust.clone(), SpiffeId::node(&peer.org), Some(client))?;
+    // The node certificate current now: a rotated one is used from the next connect.
+    let client = ctx.tls.cert.load_full();
+    let tls = client_config(ctx.trust.clone(), SpiffeId::node(&peer.org), Some(&client))?;
     let channel = crate::net::mtls_channel(&peer.endpoint, peer.org.as_str(), tls)?;
     let mut exchange = ExchangeClient::new(channel).max_decoding_message_size(MAX_MESSAGE_BYTES);
     let mut cursor = ctx.store.cursor(&peer.org).await?;
@@ -322,16 +318,14 @@ async fn session(
 
 /// Keeps one link per partner with an endpoint in step with the store: new
 /// partners get a link, changed ones a fresh link, removed ones none. Also
-/// refreshes the trust store and key directory. Returns when `stop` is set.
-pub async fn supervise(
-    ctx: Arc<NodeContext>,
-    client: Arc<CertifiedKey>,
-    mut stop: watch::Receiver<bool>,
-) {
+/// refreshes the trust store, key directory and policies, and picks up a
+/// rotated node certificate. Returns when `stop` is set.
+pub async fn supervise(ctx: Arc<NodeContext>, mut stop: watch::Receiver<bool>) {
     let mut links: HashMap<OrgId, (PeerRecord, watch::Sender<bool>, JoinHandle<()>)> =
         HashMap::new();
     let period = Duration::from_millis(ctx.settings.federation.peer_refresh_ms);
     loop {
+        ctx.reload_node_cert();
         match ctx.reload_peers().await {
             Ok(peers) => {
                 links.retain(|org, (rec, stop_link, _)| {
@@ -350,7 +344,7 @@ pub async fn supervise(
                         continue;
                     }
                     let (tx, rx) = watch::channel(false);
-                    let h = tokio::spawn(run_link(ctx.clone(), p.clone(), client.clone(), rx));
+                    let h = tokio::spawn(run_link(ctx.clone(), p.clone(), rx));
                     links.insert(p.org.clone(), (p, tx, h));
                 }
             }
