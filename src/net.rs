@@ -1,7 +1,7 @@
 //! Mutual-TLS transport for tonic. The server side accepts TCP, completes the
 //! TLS handshake itself, verifies the client certificate against the CA of
 //! the org it claims, and hands tonic a connection that carries the outcome
-//! as its connect info; [`require_verified_peer`] then refuses every request
+//! as its connect info; [`request_gate`] then refuses every request
 //! of a connection without a verified identity, before any service sees it.
 //! The client side dials with a connector that expects one exact node
 //! identity. DNS names play no part in identity.
