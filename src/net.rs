@@ -59,24 +59,13 @@ pub fn request_gate(
                 "connection has no TLS identity",
             ));
         };
-        match &peer.identity {
-            Ok(id) => {
-                let trust = trust.load();
-                if &id.org == trust.own_org() && trust.is_revoked(&peer.serial) {
-                    let e = IdentityError::Revoked {
-                        id: id.clone(),
-                        serial: peer.serial.clone(),
-                    };
-                    return Err(tonic::Status::unauthenticated(format!(
-                        "client certificate refused: {e}"
-                    )));
-                }
-                Ok(req)
-            }
-            Err(e) => Err(tonic::Status::unauthenticated(format!(
-                "client certificate refused: {e}"
-            ))),
-        }
+        let verdict = match &peer.identity {
+            Ok(id) => trust.load().check_revocation(id, &peer.serial),
+            Err(e) => Err(e.clone()),
+        };
+        verdict
+            .map(|()| req)
+            .map_err(|e| tonic::Status::unauthenticated(format!("client certificate refused: {e}")))
     }
 }
 

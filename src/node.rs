@@ -18,7 +18,7 @@ use crate::identity::{
     CardInfo, CertifiedKey, IdentityError, Role, SharedTrust, TrustStore, seal_card, server_config,
 };
 use crate::model::{OrgId, now_unix_ms};
-use crate::policy::{PartnerPolicy, parse_policy};
+use crate::policy::PartnerPolicy;
 use crate::proto::v1::Envelope;
 use crate::proto::v1::admin_server::AdminServer;
 use crate::proto::v1::exchange_server::ExchangeServer;
@@ -174,9 +174,8 @@ impl NodeContext {
                 tracing::error!(partner = %p.org, policy = %p.policy, "bound policy not found; partner receives nothing");
                 continue;
             };
-            match parse_policy(&rec.document) {
-                Ok(mut parsed) => {
-                    parsed.version = rec.version;
+            match rec.to_policy() {
+                Ok(parsed) => {
                     bound.insert(p.org.clone(), Arc::new(parsed));
                 }
                 Err(e) => tracing::error!(

@@ -38,9 +38,6 @@ pub enum RpcError {
     /// The referenced thing does not exist.
     #[error("{0}")]
     NotFound(String),
-    /// The request conflicts with stored state (retry may succeed).
-    #[error("{0}")]
-    Aborted(String),
     /// A cursor or position outside what this node holds.
     #[error("{0}")]
     OutOfRange(String),
@@ -59,10 +56,13 @@ impl From<RpcError> for Status {
             RpcError::Forbidden { .. } => Status::permission_denied(e.to_string()),
             RpcError::Invalid(_) | RpcError::Missing(_) => Status::invalid_argument(e.to_string()),
             RpcError::NotFound(_) => Status::not_found(e.to_string()),
-            RpcError::Aborted(_) => Status::aborted(e.to_string()),
             RpcError::OutOfRange(_) => Status::out_of_range(e.to_string()),
             RpcError::ShuttingDown => Status::unavailable(e.to_string()),
-            RpcError::Store(StoreError::Duplicate { .. }) => Status::already_exists(e.to_string()),
+            // A version number taken between reading the latest version and
+            // writing the next: another update won the race.
+            RpcError::Store(StoreError::Duplicate { .. }) => {
+                Status::aborted(format!("{e} (updated concurrently); retry"))
+            }
             RpcError::Store(inner) => {
                 tracing::error!(error = %inner, "storage failure while serving a request");
                 Status::internal("storage failure on the serving node; see its log")

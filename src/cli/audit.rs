@@ -9,6 +9,7 @@ use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
 use super::CliError;
+use super::publish::parse_rfc3339_ms;
 use crate::config::Settings;
 use crate::store::Store;
 
@@ -48,16 +49,11 @@ pub async fn run(config: &Path, cmd: &AuditCommand) -> Result<(), CliError> {
             since,
             json,
         } => {
-            let since_ms = match since {
-                Some(s) => Some(
-                    OffsetDateTime::parse(s, &Rfc3339)
-                        .map(|t| (t.unix_timestamp_nanos() / 1_000_000) as i64)
-                        .map_err(|e| {
-                            CliError::Usage(format!("--since: '{s}' is not an RFC 3339 time ({e})"))
-                        })?,
-                ),
-                None => None,
-            };
+            let since_ms = since
+                .as_deref()
+                .map(|s| parse_rfc3339_ms("--since", s))
+                .transpose()
+                .map_err(CliError::Usage)?;
             let rows = store.audit_rows(partner.as_deref(), since_ms).await?;
             for r in rows {
                 let e = &r.entry;

@@ -74,58 +74,26 @@ pub async fn run(config: &Path, cmd: &CertsCommand) -> Result<(), CliError> {
             out,
             days,
         } => {
-            Settings::check_file("tls.ca_cert", &settings.tls.ca_cert, false)?;
-            Settings::check_file("tls.ca_key", &settings.tls.ca_key, true)?;
             let id = match role {
                 CertRole::Admin => SpiffeId::admin(&own, name),
                 CertRole::Publisher => SpiffeId::publisher(&own, name),
             }
             .map_err(|e| CliError::Usage(format!("--name: {e}")))?;
-            if !(1..=3650).contains(days) {
-                return Err(CliError::Usage("--days: must be 1-3650".into()));
-            }
-            let read = |p: &Path| {
-                std::fs::read_to_string(p)
-                    .map_err(|e| CliError::Failed(format!("{}: {e}", p.display())))
-            };
-            let c = issue(
-                &read(&settings.tls.ca_cert)?,
-                &read(&settings.tls.ca_key)?,
-                &id,
-                *days,
-            )?;
+            let (c, serial) = issue_from_ca(&settings, &id, *days)?;
             let (cert_path, key_path) = (
                 out.join(format!("{name}.pem")),
                 out.join(format!("{name}.key")),
             );
             write_file(&cert_path, c.cert_pem.as_bytes(), false)?;
             write_file(&key_path, c.key_pem.as_bytes(), true)?;
-            let serial =
-                cert_serial(CertifiedKey::from_pem(&c.cert_pem, &c.key_pem)?.chain[0].as_ref())?;
             out!("issued {id} (serial {serial}), valid {days} days");
             out!("  certificate {}", cert_path.display());
             out!("  key         {} (mode 0600)", key_path.display());
             Ok(())
         }
         CertsCommand::Rotate { days } => {
-            Settings::check_file("tls.ca_cert", &settings.tls.ca_cert, false)?;
-            Settings::check_file("tls.ca_key", &settings.tls.ca_key, true)?;
-            if !(1..=3650).contains(days) {
-                return Err(CliError::Usage("--days: must be 1-3650".into()));
-            }
-            let read = |p: &Path| {
-                std::fs::read_to_string(p)
-                    .map_err(|e| CliError::Failed(format!("{}: {e}", p.display())))
-            };
             let id = SpiffeId::node(&own);
-            let c = issue(
-                &read(&settings.tls.ca_cert)?,
-                &read(&settings.tls.ca_key)?,
-                &id,
-                *days,
-            )?;
-            let serial =
-                cert_serial(CertifiedKey::from_pem(&c.cert_pem, &c.key_pem)?.chain[0].as_ref())?;
+            let (c, serial) = issue_from_ca(&settings, &id, *days)?;
             // Each file is replaced atomically; the node takes the pair only
             // once both match.
             write_file(&settings.tls.node_key, c.key_pem.as_bytes(), true)?;
@@ -176,4 +144,29 @@ pub async fn run(config: &Path, cmd: &CertsCommand) -> Result<(), CliError> {
             Ok(())
         }
     }
+}
+
+/// Issues a certificate for `id` from our CA (`tls.ca_cert`, `tls.ca_key`);
+/// returns it with its serial.
+fn issue_from_ca(
+    settings: &Settings,
+    id: &SpiffeId,
+    days: i64,
+) -> Result<(crate::identity::IssuedCert, String), CliError> {
+    Settings::check_file("tls.ca_cert", &settings.tls.ca_cert, false)?;
+    Settings::check_file("tls.ca_key", &settings.tls.ca_key, true)?;
+    if !(1..=3650).contains(&days) {
+        return Err(CliError::Usage("--days: must be 1-3650".into()));
+    }
+    let read = |p: &Path| {
+        std::fs::read_to_string(p).map_err(|e| CliError::Failed(format!("{}: {e}", p.display())))
+    };
+    let c = issue(
+        &read(&settings.tls.ca_cert)?,
+        &read(&settings.tls.ca_key)?,
+        id,
+        days,
+    )?;
+    let serial = cert_serial(CertifiedKey::from_pem(&c.cert_pem, &c.key_pem)?.chain[0].as_ref())?;
+    Ok((c, serial))
 }

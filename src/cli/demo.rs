@@ -199,6 +199,13 @@ pub async fn run_demo(args: &DemoArgs) -> Result<DemoSummary, CliError> {
     // cards (exchanged out of band) bound to a policy: the agencies trust
     // each other fully, the ISP gets blockable network indicators only, and
     // the ISP shares up to AMBER back.
+    // Each org's card, as it would hand it over.
+    let mut cards = Vec::new();
+    for o in &orgs {
+        let ca = std::fs::read_to_string(&o.settings.tls.ca_cert)
+            .map_err(|e| CliError::Failed(e.to_string()))?;
+        cards.push(own_card(&o.settings, &load_signing_key(&o.settings)?, &ca));
+    }
     for (i, o) in orgs.iter().enumerate() {
         let store = Store::open_sqlite(&o.settings.store.path).await?;
         for doc in POLICIES {
@@ -207,16 +214,13 @@ pub async fn run_demo(args: &DemoArgs) -> Result<DemoSummary, CliError> {
                 .name;
             store.apply_policy(&name, doc, "demo").await?;
         }
-        for (j, p) in orgs.iter().enumerate().filter(|(j, _)| *j != i) {
-            let ca = std::fs::read_to_string(&p.settings.tls.ca_cert)
-                .map_err(|e| CliError::Failed(e.to_string()))?;
-            let card = own_card(&p.settings, &load_signing_key(&p.settings)?, &ca);
+        for (j, card) in cards.iter().enumerate().filter(|(j, _)| *j != i) {
             let policy = match (i, j) {
                 (2, _) => "community-feed",
                 (_, 2) => "isp-feed",
                 _ => "agency-partner",
             };
-            register_peer(&o.settings, &store, &card, None, Some(policy), "demo").await?;
+            register_peer(&o.settings, &store, card, None, Some(policy), "demo").await?;
         }
         store.close().await;
     }

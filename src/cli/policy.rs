@@ -175,19 +175,11 @@ async fn dispatch(settings: &Settings, store: &Store, cmd: &PolicyCommand) -> Re
                 (None, Some(f)) => draft_as_indicator(settings, f)?,
                 (None, None) => return Err(CliError::Usage("give --indicator or --file".into())),
             };
-            let policy = if peer.policy.is_empty() {
-                None
-            } else {
-                let rec = store.policy(&peer.policy, None).await?;
-                match rec {
-                    Some(r) => {
-                        let mut p = parse_policy(&r.document)
-                            .map_err(|e| CliError::Failed(e.to_string()))?;
-                        p.version = r.version;
-                        Some(p)
-                    }
-                    None => None,
+            let policy = match store.policy(&peer.policy, None).await? {
+                Some(r) if !peer.policy.is_empty() => {
+                    Some(r.to_policy().map_err(|e| CliError::Failed(e.to_string()))?)
                 }
+                _ => None,
             };
             let d = egress(
                 &own,

@@ -125,13 +125,15 @@ pub struct DraftInput {
     pub revoked: bool,
 }
 
+/// An RFC 3339 time as Unix milliseconds; `field` names the input in errors.
+pub fn parse_rfc3339_ms(field: &str, s: &str) -> Result<i64, String> {
+    OffsetDateTime::parse(s, &Rfc3339)
+        .map(|t| (t.unix_timestamp_nanos() / 1_000_000) as i64)
+        .map_err(|e| format!("{field}: '{s}' is not an RFC 3339 time ({e})"))
+}
+
 fn rfc3339_ms(field: &str, v: &Option<String>) -> Result<i64, String> {
-    match v {
-        None => Ok(0),
-        Some(s) => OffsetDateTime::parse(s, &Rfc3339)
-            .map(|t| (t.unix_timestamp_nanos() / 1_000_000) as i64)
-            .map_err(|e| format!("{field}: '{s}' is not an RFC 3339 time ({e})")),
-    }
+    v.as_deref().map_or(Ok(0), |s| parse_rfc3339_ms(field, s))
 }
 
 impl DraftInput {

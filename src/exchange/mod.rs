@@ -274,15 +274,7 @@ impl ExchangeService {
             envelope,
             rule: "published-here",
         };
-        let seq = match ctx.store.append_local(&row, &caller.to_string()).await {
-            Err(crate::store::StoreError::Duplicate { .. }) => {
-                return Err(RpcError::Aborted(format!(
-                    "id: {} was updated concurrently; retry",
-                    row.indicator.id
-                )));
-            }
-            r => r?,
-        };
+        let seq = ctx.store.append_local(&row, &caller.to_string()).await?;
         let i = &row.indicator;
         tracing::info!(publisher = %caller, id = %i.id, version = i.version, seq, "published");
         Ok(PublishResponse {

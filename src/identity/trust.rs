@@ -127,6 +127,18 @@ impl TrustStore {
         self.revoked.contains(serial)
     }
 
+    /// Refuses a certificate of our own org whose serial has been revoked.
+    /// Checked at connection time and again on every request.
+    pub fn check_revocation(&self, id: &SpiffeId, serial: &str) -> Result<(), IdentityError> {
+        if id.org == self.own && self.is_revoked(serial) {
+            return Err(IdentityError::Revoked {
+                id: id.clone(),
+                serial: serial.to_string(),
+            });
+        }
+        Ok(())
+    }
+
     /// Whether we hold a CA bundle for `org`.
     pub fn knows(&self, org: &OrgId) -> bool {
         self.cas.contains_key(org)
@@ -171,10 +183,7 @@ impl TrustStore {
                 reason: e.to_string(),
             })?;
         if id.org == self.own {
-            let serial = cert_serial(end_entity.as_ref())?;
-            if self.is_revoked(&serial) {
-                return Err(IdentityError::Revoked { id, serial });
-            }
+            self.check_revocation(&id, &cert_serial(end_entity.as_ref())?)?;
         }
         Ok(id)
     }

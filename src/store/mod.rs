@@ -165,6 +165,15 @@ impl PeerState {
     }
 }
 
+impl PolicyRecord {
+    /// The policy this record holds, carrying the record's version.
+    pub fn to_policy(&self) -> Result<crate::policy::PartnerPolicy, crate::policy::PolicyError> {
+        let mut p = crate::policy::parse_policy(&self.document)?;
+        p.version = self.version;
+        Ok(p)
+    }
+}
+
 /// One applied version of a named policy.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PolicyRecord {
