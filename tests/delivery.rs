@@ -10,17 +10,6 @@ use threatmesh::exchange::decode_stored;
 use threatmesh::proto::v1::{Envelope, IndicatorKind, Tlp};
 use threatmesh::signing::{KeyDirectory, KnownKey, open_indicator};
 
-/// A and B linked: B subscribes to A; A trusts B's CA so B's node may connect.
-async fn linked_pair() -> (Org, Org, RunningNode, RunningNode) {
-    let a = Org::new("a.example");
-    let b = Org::new("b.example");
-    a.add_peer(&b, None).await;
-    let node_a = start(&a).await;
-    b.add_peer(&a, Some(node_a.addr)).await;
-    let node_b = start(&b).await;
-    (a, b, node_a, node_b)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn thousand_indicators_arrive_verified_once_and_byte_identical() {
     let (a, _b, node_a, node_b) = linked_pair().await;
@@ -133,14 +122,8 @@ async fn amber_amber_strict_and_red_never_reach_the_partner() {
         .into_iter()
         .map(|p| p.id)
         .collect();
-    let latest_a = node_a.ctx.store.latest_seq().await.unwrap();
+    caught_up(&node_b, &a, &node_a).await;
     let store_b = node_b.ctx.store.clone();
-    let a_id = a.id.clone();
-    wait_until(30, "B's cursor to cover all of A's log", || {
-        let (s, a_id) = (store_b.clone(), a_id.clone());
-        async move { s.cursor(&a_id).await.unwrap() >= latest_a }
-    })
-    .await;
     let got: HashSet<String> = store_b
         .indicators(None)
         .await

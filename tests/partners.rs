@@ -2,25 +2,12 @@
 
 mod common;
 
-use std::collections::BTreeSet;
-
 use common::*;
 use threatmesh::proto::v1::Tlp;
 use threatmesh::store::PeerState;
 
-async fn ids(node: &RunningNode) -> BTreeSet<String> {
-    node.ctx
-        .store
-        .indicators(None)
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|r| r.indicator_id)
-        .collect()
-}
-
 async fn has(node: &RunningNode, id: &str) -> bool {
-    ids(node).await.contains(id)
+    ids_at(node).await.contains(id)
 }
 
 /// A serves B and C; C is the control that keeps receiving.
@@ -122,7 +109,7 @@ async fn suspended_partner_gets_nothing_is_refused_and_resumes_from_its_cursor()
         })
         .await;
     }
-    assert_eq!(ids(&node_b).await.len(), 3, "each indicator once");
+    assert_eq!(ids_at(&node_b).await.len(), 3, "each indicator once");
     node_b.stop().await;
     node_c.stop().await;
     node_a.stop().await;

@@ -113,32 +113,6 @@ fn mix(prefix: &str) -> Vec<(IndicatorDraft, bool, bool)> {
     ]
 }
 
-async fn ids_at(node: &RunningNode) -> BTreeSet<String> {
-    node.ctx
-        .store
-        .indicators(None)
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|r| r.indicator_id)
-        .collect()
-}
-
-async fn caught_up(subscriber: &RunningNode, upstream: &Org, upstream_node: &RunningNode) {
-    let latest = upstream_node.ctx.store.latest_seq().await.unwrap();
-    let store = subscriber.ctx.store.clone();
-    let org = upstream.id.clone();
-    wait_until(
-        30,
-        "subscriber's cursor to reach the upstream's latest",
-        || {
-            let (s, o) = (store.clone(), org.clone());
-            async move { s.cursor(&o).await.unwrap() >= latest }
-        },
-    )
-    .await;
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn partners_receive_exactly_what_their_policies_allow_backlog_and_live() {
     let a = Org::new("a.example");
@@ -298,12 +272,7 @@ async fn a_tightened_policy_applies_to_the_live_stream_and_the_unsent_backlog() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn audit_verify_passes_after_a_run_and_names_an_edited_row() {
-    let a = Org::new("a.example");
-    let b = Org::new("b.example");
-    a.add_peer(&b, None).await;
-    let node_a = start(&a).await;
-    b.add_peer(&a, Some(node_a.addr)).await;
-    let node_b = start(&b).await;
+    let (a, b, node_a, node_b) = linked_pair().await;
     let client = publisher(&a, &node_a);
     publish_all(
         &client,

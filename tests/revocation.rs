@@ -166,12 +166,7 @@ async fn served_serial(org: &Org, node: &RunningNode) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rotated_node_certificate_is_served_without_restart_while_partners_stream() {
-    let a = Org::new("a.example");
-    let b = Org::new("b.example");
-    a.add_peer(&b, None).await;
-    let node_a = start(&a).await;
-    b.add_peer(&a, Some(node_a.addr)).await;
-    let node_b = start(&b).await;
+    let (a, _b, node_a, node_b) = linked_pair().await;
     let client = publisher(&a, &node_a);
     let before = publish_all(&client, vec![ipv4_draft(1, Tlp::Green)], 1).await;
     let store_b = node_b.ctx.store.clone();

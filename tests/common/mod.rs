@@ -269,6 +269,46 @@ pub async fn publish_all(
         .await
 }
 
+/// A and B linked with the open policy: B subscribes to A; A trusts B's CA
+/// so B's node may connect.
+pub async fn linked_pair() -> (Org, Org, RunningNode, RunningNode) {
+    let a = Org::new("a.example");
+    let b = Org::new("b.example");
+    a.add_peer(&b, None).await;
+    let node_a = start(&a).await;
+    b.add_peer(&a, Some(node_a.addr)).await;
+    let node_b = start(&b).await;
+    (a, b, node_a, node_b)
+}
+
+/// Ids of every indicator version `node` holds.
+pub async fn ids_at(node: &RunningNode) -> std::collections::BTreeSet<String> {
+    node.ctx
+        .store
+        .indicators(None)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| r.indicator_id)
+        .collect()
+}
+
+/// Waits until `subscriber`'s cursor covers everything `upstream_node` holds now.
+pub async fn caught_up(subscriber: &RunningNode, upstream: &Org, upstream_node: &RunningNode) {
+    let latest = upstream_node.ctx.store.latest_seq().await.unwrap();
+    let store = subscriber.ctx.store.clone();
+    let org = upstream.id.clone();
+    wait_until(
+        30,
+        "subscriber's cursor to reach the upstream's latest",
+        || {
+            let (s, o) = (store.clone(), org.clone());
+            async move { s.cursor(&o).await.unwrap() >= latest }
+        },
+    )
+    .await;
+}
+
 /// Polls `f` every 20 ms until it returns true or `secs` pass.
 pub async fn wait_until<F, Fut>(secs: u64, what: &str, mut f: F)
 where
