@@ -59,6 +59,8 @@ pub struct Settings {
     pub client: ClientSettings,
     /// Outbound partner links.
     pub federation: FederationSettings,
+    /// Certificate revocation lists.
+    pub revocation: RevocationSettings,
     /// Logging.
     pub log: LogSettings,
 }
@@ -148,6 +150,27 @@ pub struct FederationSettings {
     pub batch_size: u32,
 }
 
+/// `[revocation]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RevocationSettings {
+    /// What a partner CRL past its next-update time means: `refuse` (every
+    /// certificate of that partner is refused until a fresh CRL is imported;
+    /// the default, fail closed) or `accept` (the stale list is still
+    /// enforced, other certificates are accepted; fail open).
+    pub stale_crl: String,
+    /// How long the CRLs this node signs for partners are valid (nextUpdate
+    /// = now + this many days).
+    pub crl_validity_days: u32,
+}
+
+impl RevocationSettings {
+    /// The validated `stale_crl` setting.
+    pub fn stale_crl(&self) -> crate::identity::StaleCrl {
+        crate::identity::StaleCrl::parse(&self.stale_crl).expect("validated at load")
+    }
+}
+
 /// `[log]`
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -174,6 +197,7 @@ const DEFAULTS: &[(&str, &str)] = &[
     ("client.admin_key", "certs/admin.key"),
     ("client.publisher_cert", "certs/publisher.pem"),
     ("client.publisher_key", "certs/publisher.key"),
+    ("revocation.stale_crl", "refuse"),
     ("log.format", "human"),
     ("log.level", "info"),
 ];
@@ -204,6 +228,7 @@ impl Settings {
             ("federation.reconnect_max_ms", 30_000),
             ("federation.peer_refresh_ms", 500),
             ("federation.batch_size", 256),
+            ("revocation.crl_validity_days", 7),
         ] {
             b = b
                 .set_default(k, v)
@@ -279,6 +304,18 @@ impl Settings {
         }
         if f.batch_size == 0 || f.batch_size > 4096 {
             return Err(invalid("federation.batch_size", "must be 1-4096"));
+        }
+        if crate::identity::StaleCrl::parse(&self.revocation.stale_crl).is_none() {
+            return Err(invalid(
+                "revocation.stale_crl",
+                format!(
+                    "'{}': must be \"refuse\" or \"accept\"",
+                    self.revocation.stale_crl
+                ),
+            ));
+        }
+        if !(1..=366).contains(&self.revocation.crl_validity_days) {
+            return Err(invalid("revocation.crl_validity_days", "must be 1-366"));
         }
         Ok(())
     }

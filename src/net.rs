@@ -6,10 +6,13 @@
 //! The client side dials with a connector that expects one exact node
 //! identity. DNS names play no part in identity.
 
+use std::collections::HashMap;
+use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -21,6 +24,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio_rustls::{TlsAcceptor, TlsConnector, server::TlsStream};
+use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 use tonic::transport::server::Connected;
 use tonic::transport::{Channel, Endpoint, Uri};
 
@@ -60,7 +64,9 @@ pub fn request_gate(
             ));
         };
         let verdict = match &peer.identity {
-            Ok(id) => trust.load().check_revocation(id, &peer.serial),
+            Ok(id) => trust
+                .load()
+                .check_revocation(id, &peer.serial, crate::model::now_unix_ms()),
             Err(e) => Err(e.clone()),
         };
         verdict
@@ -69,10 +75,125 @@ pub fn request_gate(
     }
 }
 
+/// The open server-side connections with a verified identity, so that a
+/// change of trust (a revoked certificate, a new CRL, a suspended or removed
+/// partner) closes the ones it no longer allows, instead of waiting for
+/// their next request.
+#[derive(Clone, Default)]
+pub struct Connections {
+    /// Connection number → who is on it and how to close it.
+    open: Arc<Mutex<HashMap<u64, LiveConn>>>,
+    /// Next connection number.
+    next: Arc<AtomicU64>,
+}
+
+struct LiveConn {
+    id: SpiffeId,
+    serial: String,
+    remote: SocketAddr,
+    close: CancellationToken,
+}
+
+impl Connections {
+    fn register(&self, id: &SpiffeId, serial: &str, remote: SocketAddr) -> ConnGuard {
+        let key = self.next.fetch_add(1, Ordering::Relaxed);
+        let close = CancellationToken::new();
+        self.open.lock().expect("not poisoned").insert(
+            key,
+            LiveConn {
+                id: id.clone(),
+                serial: serial.to_string(),
+                remote,
+                close: close.clone(),
+            },
+        );
+        ConnGuard {
+            key,
+            conns: self.clone(),
+            closed: Box::pin(close.cancelled_owned()),
+        }
+    }
+
+    /// Closes every open connection whose identity and certificate serial
+    /// `allowed` now refuses; returns how many were closed.
+    pub fn close_refused(
+        &self,
+        mut allowed: impl FnMut(&SpiffeId, &str) -> Result<(), IdentityError>,
+    ) -> usize {
+        let open = self.open.lock().expect("not poisoned");
+        let mut closed = 0;
+        for c in open.values() {
+            if c.close.is_cancelled() {
+                continue;
+            }
+            if let Err(e) = allowed(&c.id, &c.serial) {
+                tracing::warn!(remote = %c.remote, peer = %c.id, serial = %c.serial, reason = %e, "closing open connection");
+                c.close.cancel();
+                closed += 1;
+            }
+        }
+        closed
+    }
+
+    /// How many open connections match `f` (identity, serial).
+    pub fn count_where(&self, mut f: impl FnMut(&SpiffeId, &str) -> bool) -> usize {
+        self.open
+            .lock()
+            .expect("not poisoned")
+            .values()
+            .filter(|c| !c.close.is_cancelled() && f(&c.id, &c.serial))
+            .count()
+    }
+
+    /// How many verified connections are open.
+    pub fn len(&self) -> usize {
+        self.open.lock().expect("not poisoned").len()
+    }
+
+    /// Whether no verified connection is open.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Ties a connection to its entry in [`Connections`]: resolves when the
+/// connection must close, and removes the entry when dropped.
+struct ConnGuard {
+    key: u64,
+    conns: Connections,
+    closed: Pin<Box<WaitForCancellationFutureOwned>>,
+}
+
+impl Drop for ConnGuard {
+    fn drop(&mut self) {
+        self.conns
+            .open
+            .lock()
+            .expect("not poisoned")
+            .remove(&self.key);
+    }
+}
+
 /// A server-side TLS connection whose client certificate has been verified.
 pub struct PeerConn {
     io: TlsStream<TcpStream>,
     info: PeerInfo,
+    /// Present for connections with a verified identity.
+    guard: Option<ConnGuard>,
+}
+
+impl PeerConn {
+    /// An error once the connection has been ordered closed, so the HTTP/2
+    /// server drops it and every stream on it ends.
+    fn check_open(&mut self, cx: &mut Context<'_>) -> Option<io::Error> {
+        let g = self.guard.as_mut()?;
+        g.closed.as_mut().poll(cx).is_ready().then(|| {
+            io::Error::new(
+                io::ErrorKind::ConnectionAborted,
+                "connection closed: its certificate is no longer trusted",
+            )
+        })
+    }
 }
 
 impl Connected for PeerConn {
@@ -88,7 +209,11 @@ impl AsyncRead for PeerConn {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().io).poll_read(cx, buf)
+        let this = self.get_mut();
+        if let Some(e) = this.check_open(cx) {
+            return Poll::Ready(Err(e));
+        }
+        Pin::new(&mut this.io).poll_read(cx, buf)
     }
 }
 
@@ -98,7 +223,11 @@ impl AsyncWrite for PeerConn {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
+        let this = self.get_mut();
+        if let Some(e) = this.check_open(cx) {
+            return Poll::Ready(Err(e));
+        }
+        Pin::new(&mut this.io).poll_write(cx, buf)
     }
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.get_mut().io).poll_flush(cx)
@@ -111,7 +240,11 @@ impl AsyncWrite for PeerConn {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().io).poll_write_vectored(cx, bufs)
+        let this = self.get_mut();
+        if let Some(e) = this.check_open(cx) {
+            return Poll::Ready(Err(e));
+        }
+        Pin::new(&mut this.io).poll_write_vectored(cx, bufs)
     }
     fn is_write_vectored(&self) -> bool {
         self.io.is_write_vectored()
@@ -122,11 +255,13 @@ impl AsyncWrite for PeerConn {
 /// verifies the client certificate chain against the CA bundle of the org
 /// it claims, using the trust store current at that moment. The server
 /// config is also read per connection, so swaps apply to the next one.
-/// Ends when the receiver is dropped.
+/// Verified connections are registered in `conns`. Ends when the receiver
+/// is dropped.
 pub fn accept_mtls(
     listener: TcpListener,
     tls: Arc<ArcSwap<ServerConfig>>,
     trust: SharedTrust,
+    conns: Connections,
 ) -> mpsc::Receiver<Result<PeerConn, io::Error>> {
     let (tx, rx) = mpsc::channel(64);
     tokio::spawn(async move {
@@ -146,6 +281,7 @@ pub fn accept_mtls(
             let acceptor = TlsAcceptor::from(tls.load_full());
             let tx = tx.clone();
             let trust = trust.clone();
+            let conns = conns.clone();
             tokio::spawn(async move {
                 let io = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
                     Ok(Ok(io)) => io,
@@ -166,13 +302,20 @@ pub fn accept_mtls(
                     .and_then(|c| c.first())
                     .and_then(|c| crate::identity::cert_serial(c.as_ref()).ok())
                     .unwrap_or_default();
-                match &identity {
-                    Ok(id) => tracing::debug!(%remote, peer = %id, "mTLS connection"),
-                    Err(e) => tracing::warn!(%remote, reason = %e, "client certificate refused"),
-                }
+                let guard = match &identity {
+                    Ok(id) => {
+                        tracing::debug!(%remote, peer = %id, "mTLS connection");
+                        Some(conns.register(id, &serial, remote))
+                    }
+                    Err(e) => {
+                        tracing::warn!(%remote, reason = %e, "client certificate refused");
+                        None
+                    }
+                };
                 let _ = tx
                     .send(Ok(PeerConn {
                         io,
+                        guard,
                         info: PeerInfo {
                             identity,
                             remote,

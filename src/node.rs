@@ -23,11 +23,11 @@ use crate::proto::v1::Envelope;
 use crate::proto::v1::admin_server::AdminServer;
 use crate::proto::v1::exchange_server::ExchangeServer;
 use crate::signing::{KeyDirectory, KnownKey, OrgSigningKey};
-use crate::store::{PeerRecord, PeerState, PolicyRecord, Store, StoreError};
+use crate::store::{CertRow, CrlRow, PeerRecord, PeerState, PolicyRecord, Store, StoreError};
 
 /// What the trust store, keys and policies were last built from: partners,
-/// policy versions, revoked serials of our own certificates.
-type Loaded = (Vec<PeerRecord>, Vec<PolicyRecord>, Vec<String>);
+/// policy versions, revoked serials of our own certificates, partner CRLs.
+type Loaded = (Vec<PeerRecord>, Vec<PolicyRecord>, Vec<String>, Vec<CrlRow>);
 
 /// Partner → the latest version of the policy bound to it.
 pub type PolicyMap = std::collections::HashMap<OrgId, Arc<PartnerPolicy>>;
@@ -79,6 +79,8 @@ pub struct NodeContext {
     own_ca_pem: String,
     /// Our node certificate, swappable for rotation without restart.
     pub tls: NodeTls,
+    /// Open verified connections, closed when trust in them ends.
+    pub conns: crate::net::Connections,
     /// The partner records and policy versions the trust store, keys and
     /// policies were last built from (`None` before the first load).
     loaded: std::sync::Mutex<Option<Loaded>>,
@@ -156,15 +158,20 @@ impl NodeContext {
     /// Re-reads partners and their keys from the store and, if anything
     /// changed, swaps in a new trust store and key directory. A partner whose
     /// stored CA bundle no longer parses is skipped with an error logged.
+    /// Open connections the current trust store no longer allows (revoked,
+    /// suspended, removed, stale CRL) are closed, also when nothing changed,
+    /// since a CRL can turn stale with time alone.
     pub async fn reload_peers(&self) -> Result<Vec<PeerRecord>, NodeError> {
         let peers = self.store.peers().await?;
         let policies = self.store.policies().await?;
         let revoked = self.store.revoked_serials().await?;
-        let current = (peers, policies, revoked);
+        let crls = self.store.partner_crls().await?;
+        let current = (peers, policies, revoked, crls);
         if self.loaded.lock().expect("not poisoned").as_ref() == Some(&current) {
+            self.close_refused_connections();
             return Ok(current.0);
         }
-        let (peers, policies, revoked) = current;
+        let (peers, policies, revoked, crls) = current;
         let mut bound = PolicyMap::new();
         for p in peers
             .iter()
@@ -187,6 +194,7 @@ impl NodeContext {
         self.policies.store(Arc::new(bound));
         let mut trust = TrustStore::new(self.own.clone(), &self.own_ca_pem)?;
         trust.set_revoked(revoked.iter().cloned());
+        trust.set_stale_crl(self.settings.revocation.stale_crl());
         for p in &peers {
             if p.state != PeerState::Active {
                 trust.block(p.org.clone(), p.state.as_str());
@@ -194,6 +202,19 @@ impl NodeContext {
             }
             if let Err(e) = trust.set_partner(p.org.clone(), &p.ca_bundle_pem) {
                 tracing::error!(partner = %p.org, error = %e, "partner CA bundle unusable; partner skipped");
+                continue;
+            }
+            // Re-checked against the partner's current CA bundle: a CRL
+            // that no longer verifies is not silently dropped but refuses
+            // the partner, as a revocation we cannot read must.
+            if let Some(row) = crls.iter().find(|c| c.org == p.org) {
+                match crate::identity::open_crl(&p.org, &p.ca_bundle_pem, &row.der) {
+                    Ok(crl) => trust.set_crl(crl),
+                    Err(e) => {
+                        tracing::error!(partner = %p.org, error = %e, "stored CRL no longer verifies; partner refused until a valid CRL is imported");
+                        trust.block(p.org.clone(), "refused (its CRL does not verify)");
+                    }
+                }
             }
         }
         let mut keys = KeyDirectory::default();
@@ -215,8 +236,97 @@ impl NodeContext {
         tracing::info!(partners = peers.len(), "partner trust and policies loaded");
         // Wake open streams so they re-check their partner.
         self.peer_changes.send_modify(|g| *g += 1);
-        *self.loaded.lock().expect("not poisoned") = Some((peers.clone(), policies, revoked));
+        *self.loaded.lock().expect("not poisoned") = Some((peers.clone(), policies, revoked, crls));
+        self.close_refused_connections();
         Ok(peers)
+    }
+
+    /// Closes open connections the current trust store refuses; returns how
+    /// many.
+    pub fn close_refused_connections(&self) -> usize {
+        let trust = self.trust.load();
+        let now = now_unix_ms();
+        self.conns
+            .close_refused(|id, serial| trust.check_connection(id, serial, now))
+    }
+
+    /// Records the certificates named in our configuration (node, admin,
+    /// publisher) in the certificate list, so `certs list` shows them and
+    /// they can be revoked by serial. Files that are missing or not ours are
+    /// skipped.
+    pub async fn record_config_certs(&self) -> Result<(), StoreError> {
+        let files = [
+            ("tls.node_cert", &self.settings.tls.node_cert),
+            ("client.admin_cert", &self.settings.client.admin_cert),
+            (
+                "client.publisher_cert",
+                &self.settings.client.publisher_cert,
+            ),
+        ];
+        for (key, path) in files {
+            let Ok(pem) = std::fs::read_to_string(path) else {
+                continue;
+            };
+            match self.own_cert_row(&pem, &format!("config ({key})")) {
+                Ok(row) => {
+                    self.store
+                        .record_cert(&row, &format!("config:{key}"))
+                        .await?;
+                }
+                Err(e) => {
+                    tracing::warn!(file = %path.display(), error = %e, "certificate not recorded")
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Checks that `pem` is a certificate of our own org issued by our CA
+    /// and describes it for the certificate list.
+    pub fn own_cert_row(&self, pem: &str, issued_by: &str) -> Result<CertRow, IdentityError> {
+        use rustls_pki_types::pem::PemObject;
+        let der = rustls_pki_types::CertificateDer::from_pem_slice(pem.as_bytes())
+            .map_err(|e| IdentityError::CertParse(e.to_string()))?;
+        let only_ours = TrustStore::new(self.own.clone(), &self.own_ca_pem)?;
+        let id = crate::identity::SpiffeId::from_cert_der(der.as_ref())?;
+        let usage = if id.role == Role::Node {
+            crate::identity::Usage::Server
+        } else {
+            crate::identity::Usage::Client
+        };
+        let algs = crate::identity::provider()
+            .signature_verification_algorithms
+            .all;
+        let (not_before_ms, not_after_ms) = crate::identity::cert_validity_ms(der.as_ref())?;
+        // Expired certificates are still ours to list: check the chain at a
+        // time inside their validity.
+        let at = rustls_pki_types::UnixTime::since_unix_epoch(std::time::Duration::from_millis(
+            u64::try_from(not_before_ms.saturating_add(60_000)).unwrap_or(0),
+        ));
+        let verified = only_ours.verify(&der, &[], at, usage, algs)?;
+        Ok(CertRow {
+            serial: crate::identity::cert_serial(der.as_ref())?,
+            spiffe_id: verified.to_string(),
+            not_before_ms,
+            not_after_ms,
+            issued_ms: now_unix_ms(),
+            issued_by: issued_by.to_string(),
+            pem: pem.to_string(),
+            revoked: None,
+        })
+    }
+
+    /// Our CA certificate and key, if this node holds the key
+    /// (`tls.ca_key`); needed to issue certificates and sign our CRL.
+    pub fn ca_material(&self) -> Result<(String, String), String> {
+        let path = &self.settings.tls.ca_key;
+        let key = std::fs::read_to_string(path).map_err(|e| {
+            format!(
+                "this node does not hold its CA key (tls.ca_key = {}: {e}); issue offline or place the key there",
+                path.display()
+            )
+        })?;
+        Ok((self.own_ca_pem.clone(), key))
     }
 }
 
@@ -294,6 +404,7 @@ impl Node {
             links: crate::federation::LinkBoard::default(),
             peer_changes: watch::channel(0).0,
             loaded: std::sync::Mutex::new(None),
+            conns: crate::net::Connections::default(),
             tls: NodeTls {
                 cert: ArcSwap::from_pointee(node_cert),
                 server: server_tls,
@@ -301,6 +412,7 @@ impl Node {
             },
         });
         ctx.reload_peers().await?;
+        ctx.record_config_certs().await?;
         Ok(Self { ctx, shutdown_tx })
     }
 
@@ -322,6 +434,7 @@ impl Node {
             listener,
             ctx.tls.server.clone(),
             ctx.trust.clone(),
+            ctx.conns.clone(),
         ));
         let (health, health_service) = tonic_health::server::health_reporter();
         health

@@ -35,9 +35,15 @@ pub enum RpcError {
     /// A required part of the request is missing.
     #[error("{0}: is required")]
     Missing(&'static str),
+    /// A request field is invalid (names the field).
+    #[error("{0}")]
+    BadRequest(String),
     /// The referenced thing does not exist.
     #[error("{0}")]
     NotFound(String),
+    /// The node cannot do this in its present set-up or state (says why).
+    #[error("{0}")]
+    Precondition(String),
     /// A cursor or position outside what this node holds.
     #[error("{0}")]
     OutOfRange(String),
@@ -54,8 +60,15 @@ impl From<RpcError> for Status {
         match &e {
             RpcError::Unauthenticated => Status::unauthenticated(e.to_string()),
             RpcError::Forbidden { .. } => Status::permission_denied(e.to_string()),
-            RpcError::Invalid(_) | RpcError::Missing(_) => Status::invalid_argument(e.to_string()),
-            RpcError::NotFound(_) => Status::not_found(e.to_string()),
+            RpcError::Invalid(_) | RpcError::Missing(_) | RpcError::BadRequest(_) => {
+                Status::invalid_argument(e.to_string())
+            }
+            RpcError::NotFound(_) | RpcError::Store(StoreError::NotFound(_)) => {
+                Status::not_found(e.to_string())
+            }
+            RpcError::Precondition(_) | RpcError::Store(StoreError::Conflict(_)) => {
+                Status::failed_precondition(e.to_string())
+            }
             RpcError::OutOfRange(_) => Status::out_of_range(e.to_string()),
             RpcError::ShuttingDown => Status::unavailable(e.to_string()),
             // A version number taken between reading the latest version and

@@ -297,7 +297,7 @@ async fn audit_verify_passes_after_a_run_and_names_an_edited_row() {
 
     let verify = |org: &Org| {
         std::process::Command::new(env!("CARGO_BIN_EXE_threatmesh"))
-            .args(["audit", "verify", "--config"])
+            .args(["audit", "verify", "--offline", "--config"])
             .arg(&org.config)
             .output()
             .unwrap()

@@ -1,6 +1,11 @@
-//! The Admin gRPC service, for our own org's admin certificates only. This
-//! first cut serves `Tail` and `Status`; peers, policies and certificates
-//! follow.
+//! The Admin gRPC service, for our own org's admin certificates only
+//! (`spiffe://<own-org>/admin/<name>`): partners, policies, certificates,
+//! CRLs, the audit ledger, tail and status. Every change is written to the
+//! audit ledger under the calling admin's SPIFFE id and applied to the
+//! running node at once (trust store, links, open streams and connections).
+
+mod peers;
+mod pki;
 
 use std::sync::Arc;
 
@@ -8,12 +13,13 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 use crate::exchange::{decode_stored, stream_log};
+use crate::identity::SpiffeId;
 use crate::node::NodeContext;
 use crate::proto::v1::admin_server::Admin;
-use crate::proto::v1::{
-    LinkStatus, StatusRequest, StatusResponse, StoredIndicator, TailRequest, TailResponse,
-};
+use crate::proto::v1::*;
 use crate::rpc::{Allowed, RpcError, authorize};
+
+pub use peers::register_peer;
 
 /// The Admin service of one node.
 pub struct AdminService {
@@ -26,6 +32,26 @@ impl AdminService {
     pub fn new(ctx: Arc<NodeContext>) -> Self {
         Self { ctx }
     }
+
+    /// The calling admin, or the refusal.
+    fn admin<T>(&self, req: &Request<T>, rpc: &'static str) -> Result<SpiffeId, Status> {
+        Ok(authorize(req, &self.ctx.own, Allowed::OwnAdmin, rpc)?)
+    }
+
+    /// Applies a stored change to the running node now, rather than at the
+    /// next refresh tick.
+    async fn apply_now(&self) -> Result<(), RpcError> {
+        self.ctx.reload_peers().await.map_err(|e| match e {
+            crate::node::NodeError::Store(s) => RpcError::Store(s),
+            other => RpcError::Precondition(other.to_string()),
+        })?;
+        Ok(())
+    }
+}
+
+/// Wraps a handler result as a tonic response.
+fn reply<T>(r: Result<T, RpcError>) -> Result<Response<T>, Status> {
+    r.map(Response::new).map_err(Status::from)
 }
 
 #[tonic::async_trait]
@@ -33,7 +59,7 @@ impl Admin for AdminService {
     type TailStream = ReceiverStream<Result<TailResponse, Status>>;
 
     async fn tail(&self, req: Request<TailRequest>) -> Result<Response<Self::TailStream>, Status> {
-        authorize(&req, &self.ctx.own, Allowed::OwnAdmin, "Admin/Tail")?;
+        self.admin(&req, "Admin/Tail")?;
         let TailRequest { after_seq, follow } = req.into_inner();
         let stream = stream_log(
             self.ctx.clone(),
@@ -66,8 +92,200 @@ impl Admin for AdminService {
         &self,
         req: Request<StatusRequest>,
     ) -> Result<Response<StatusResponse>, Status> {
-        authorize(&req, &self.ctx.own, Allowed::OwnAdmin, "Admin/Status")?;
-        Ok(Response::new(self.status_now().await?))
+        self.admin(&req, "Admin/Status")?;
+        reply(self.status_now().await)
+    }
+
+    async fn add_peer(
+        &self,
+        req: Request<AddPeerRequest>,
+    ) -> Result<Response<PeerResponse>, Status> {
+        let who = self.admin(&req, "Admin/AddPeer")?;
+        reply(self.add_peer_as(&who, req.into_inner()).await)
+    }
+
+    async fn list_peers(
+        &self,
+        req: Request<ListPeersRequest>,
+    ) -> Result<Response<ListPeersResponse>, Status> {
+        self.admin(&req, "Admin/ListPeers")?;
+        reply(self.list_peers_now().await)
+    }
+
+    async fn show_peer(&self, req: Request<PeerRequest>) -> Result<Response<PeerResponse>, Status> {
+        self.admin(&req, "Admin/ShowPeer")?;
+        let org = peers::parse_org("org", &req.get_ref().org)?;
+        reply(self.peer_response(&org, false, "").await)
+    }
+
+    async fn update_peer(
+        &self,
+        req: Request<UpdatePeerRequest>,
+    ) -> Result<Response<PeerResponse>, Status> {
+        let who = self.admin(&req, "Admin/UpdatePeer")?;
+        reply(self.update_peer_as(&who, req.into_inner()).await)
+    }
+
+    async fn set_peer_state(
+        &self,
+        req: Request<SetPeerStateRequest>,
+    ) -> Result<Response<PeerResponse>, Status> {
+        let who = self.admin(&req, "Admin/SetPeerState")?;
+        reply(self.set_peer_state_as(&who, req.into_inner()).await)
+    }
+
+    async fn apply_policy(
+        &self,
+        req: Request<ApplyPolicyRequest>,
+    ) -> Result<Response<ApplyPolicyResponse>, Status> {
+        let who = self.admin(&req, "Admin/ApplyPolicy")?;
+        reply(self.apply_policy_as(&who, &req.get_ref().document).await)
+    }
+
+    async fn list_policies(
+        &self,
+        req: Request<ListPoliciesRequest>,
+    ) -> Result<Response<ListPoliciesResponse>, Status> {
+        self.admin(&req, "Admin/ListPolicies")?;
+        reply(self.list_policies_now().await)
+    }
+
+    async fn show_policy(
+        &self,
+        req: Request<ShowPolicyRequest>,
+    ) -> Result<Response<PolicyVersion>, Status> {
+        self.admin(&req, "Admin/ShowPolicy")?;
+        let r = req.into_inner();
+        reply(self.show_policy_now(&r.name, r.version).await)
+    }
+
+    async fn policy_history(
+        &self,
+        req: Request<PolicyHistoryRequest>,
+    ) -> Result<Response<ListPoliciesResponse>, Status> {
+        self.admin(&req, "Admin/PolicyHistory")?;
+        reply(self.policy_history_now(&req.get_ref().name).await)
+    }
+
+    async fn explain_policy(
+        &self,
+        req: Request<ExplainPolicyRequest>,
+    ) -> Result<Response<ExplainPolicyResponse>, Status> {
+        self.admin(&req, "Admin/ExplainPolicy")?;
+        reply(self.explain_now(req.into_inner()).await)
+    }
+
+    async fn issue_cert(
+        &self,
+        req: Request<IssueCertRequest>,
+    ) -> Result<Response<CertRecord>, Status> {
+        let who = self.admin(&req, "Admin/IssueCert")?;
+        reply(self.issue_cert_as(&who, req.into_inner()).await)
+    }
+
+    async fn list_certs(
+        &self,
+        req: Request<ListCertsRequest>,
+    ) -> Result<Response<ListCertsResponse>, Status> {
+        self.admin(&req, "Admin/ListCerts")?;
+        reply(self.list_certs_now().await)
+    }
+
+    async fn revoke_cert(
+        &self,
+        req: Request<RevokeCertRequest>,
+    ) -> Result<Response<RevokeCertResponse>, Status> {
+        let who = self.admin(&req, "Admin/RevokeCert")?;
+        reply(self.revoke_cert_as(&who, req.into_inner()).await)
+    }
+
+    async fn rotate_node_cert(
+        &self,
+        req: Request<RotateNodeCertRequest>,
+    ) -> Result<Response<CertRecord>, Status> {
+        let who = self.admin(&req, "Admin/RotateNodeCert")?;
+        reply(self.rotate_node_cert_as(&who, req.get_ref().days).await)
+    }
+
+    async fn export_crl(
+        &self,
+        req: Request<ExportCrlRequest>,
+    ) -> Result<Response<CrlResponse>, Status> {
+        self.admin(&req, "Admin/ExportCrl")?;
+        reply(self.export_crl_now().await)
+    }
+
+    async fn import_crl(
+        &self,
+        req: Request<ImportCrlRequest>,
+    ) -> Result<Response<CrlResponse>, Status> {
+        let who = self.admin(&req, "Admin/ImportCrl")?;
+        reply(self.import_crl_as(&who, req.into_inner()).await)
+    }
+
+    type AuditLogStream = ReceiverStream<Result<AuditLogResponse, Status>>;
+
+    async fn audit_log(
+        &self,
+        req: Request<AuditLogRequest>,
+    ) -> Result<Response<Self::AuditLogStream>, Status> {
+        self.admin(&req, "Admin/AuditLog")?;
+        let r = req.into_inner();
+        let partner = (!r.partner.is_empty()).then_some(r.partner);
+        let since = (r.since_unix_ms != 0).then_some(r.since_unix_ms);
+        let rows = self
+            .ctx
+            .store
+            .audit_rows(partner.as_deref(), since)
+            .await
+            .map_err(RpcError::from)?;
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        tokio::spawn(async move {
+            for chunk in rows.chunks(500) {
+                let rows = chunk
+                    .iter()
+                    .map(|r| AuditRow {
+                        seq: r.seq,
+                        at_unix_ms: r.at_ms,
+                        event: r.entry.event.clone(),
+                        actor: r.entry.actor.clone(),
+                        partner: r.entry.partner.clone(),
+                        subject: r.entry.subject.clone(),
+                        rule: r.entry.rule.clone(),
+                        detail: r.entry.detail.clone(),
+                    })
+                    .collect();
+                if tx.send(Ok(AuditLogResponse { rows })).await.is_err() {
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
+    async fn audit_verify(
+        &self,
+        req: Request<AuditVerifyRequest>,
+    ) -> Result<Response<AuditVerifyResponse>, Status> {
+        self.admin(&req, "Admin/AuditVerify")?;
+        let r = self
+            .ctx
+            .store
+            .verify_audit()
+            .await
+            .map_err(RpcError::from)?;
+        Ok(Response::new(match r {
+            Ok(rows) => AuditVerifyResponse {
+                intact: true,
+                rows,
+                problem: String::new(),
+            },
+            Err(b) => AuditVerifyResponse {
+                intact: false,
+                rows: 0,
+                problem: b.to_string(),
+            },
+        }))
     }
 }
 
@@ -86,7 +304,9 @@ impl AdminService {
                 policy: p.policy.clone(),
                 ..Default::default()
             };
-            if let Some(h) = board.get(&p.org) {
+            if p.state != crate::store::PeerState::Active {
+                link.state = p.state.as_str().into();
+            } else if let Some(h) = board.get(&p.org) {
                 link.state = h.state.as_str().into();
                 link.since_unix_ms = h.since_ms;
                 link.last_message_unix_ms = h.last_message_ms;

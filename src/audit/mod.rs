@@ -30,6 +30,12 @@ pub mod event {
     pub const PEER_STATE: &str = "peer-state";
     /// One of our certificates was revoked.
     pub const CERT_REVOKED: &str = "cert-revoked";
+    /// A certificate of our own org was issued or first seen.
+    pub const CERT_ISSUED: &str = "cert-issued";
+    /// A partner's CRL was imported.
+    pub const CRL_IMPORTED: &str = "crl-imported";
+    /// A partner's endpoint or introducer flag was changed.
+    pub const PEER_UPDATED: &str = "peer-updated";
 }
 
 /// One ledger entry before it is chained.

@@ -1,6 +1,8 @@
 //! `threatmesh audit log|verify`: the hash-chained ledger of what went to
 //! whom under which rule, what was withheld and why, what was accepted or
-//! refused, and who changed policies and partners.
+//! refused, and which admin changed policies, partners and certificates.
+//! Through the node's Admin service; `verify --offline` reads the store file
+//! itself, for auditors and stopped nodes.
 
 use std::path::Path;
 
@@ -9,8 +11,9 @@ use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
 use super::CliError;
+use super::client::{ClientArgs, admin, load, rpc_error};
 use super::publish::parse_rfc3339_ms;
-use crate::config::Settings;
+use crate::proto::v1::{AuditLogRequest, AuditVerifyRequest};
 use crate::store::Store;
 
 /// `threatmesh audit ...`
@@ -29,10 +32,16 @@ pub enum AuditCommand {
         json: bool,
     },
     /// Check the whole chain; names the first edited, deleted or reordered row.
-    Verify,
+    Verify {
+        /// Read the store file (`store.path`) directly instead of asking the
+        /// node: for auditors with a copy of the database, or a stopped node.
+        #[arg(long)]
+        offline: bool,
+    },
 }
 
-fn rfc3339(ms: i64) -> String {
+/// A Unix ms time as RFC 3339.
+pub fn rfc3339(ms: i64) -> String {
     OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
         .ok()
         .and_then(|t| t.format(&Rfc3339).ok())
@@ -40,10 +49,8 @@ fn rfc3339(ms: i64) -> String {
 }
 
 /// Runs an audit command.
-pub async fn run(config: &Path, cmd: &AuditCommand) -> Result<(), CliError> {
-    let settings = Settings::load(config)?;
-    let store = Store::open_sqlite(&settings.store.path).await?;
-    let result = match cmd {
+pub async fn run(config: &Path, conn: &ClientArgs, cmd: &AuditCommand) -> Result<(), CliError> {
+    match cmd {
         AuditCommand::Log {
             partner,
             since,
@@ -54,46 +61,83 @@ pub async fn run(config: &Path, cmd: &AuditCommand) -> Result<(), CliError> {
                 .map(|s| parse_rfc3339_ms("--since", s))
                 .transpose()
                 .map_err(CliError::Usage)?;
-            let rows = store.audit_rows(partner.as_deref(), since_ms).await?;
-            for r in rows {
-                let e = &r.entry;
-                if *json {
-                    out!(
-                        "{}",
-                        serde_json::json!({
-                            "seq": r.seq, "at": rfc3339(r.at_ms), "at_unix_ms": r.at_ms,
-                            "event": e.event, "actor": e.actor, "partner": e.partner,
-                            "subject": e.subject, "rule": e.rule, "detail": e.detail,
-                        })
-                    );
-                } else {
-                    out!(
-                        "{:>7} {} {:<15} {:<20} {:<60} {:<26} {}  [{}]",
-                        r.seq,
-                        rfc3339(r.at_ms),
-                        e.event,
-                        if e.partner.is_empty() {
-                            "-"
-                        } else {
-                            &e.partner
-                        },
-                        e.subject,
-                        e.rule,
-                        e.detail,
-                        e.actor
-                    );
+            let (settings, mut client) = admin(config, conn)?;
+            let fail = |e| rpc_error(&settings, e);
+            let mut stream = client
+                .audit_log(AuditLogRequest {
+                    partner: partner.clone().unwrap_or_default(),
+                    since_unix_ms: since_ms.unwrap_or(0),
+                })
+                .await
+                .map_err(fail)?
+                .into_inner();
+            while let Some(chunk) = stream.message().await.map_err(fail)? {
+                for r in chunk.rows {
+                    if *json {
+                        out!(
+                            "{}",
+                            serde_json::json!({
+                                "seq": r.seq, "at": rfc3339(r.at_unix_ms), "at_unix_ms": r.at_unix_ms,
+                                "event": r.event, "actor": r.actor, "partner": r.partner,
+                                "subject": r.subject, "rule": r.rule, "detail": r.detail,
+                            })
+                        );
+                    } else {
+                        out!(
+                            "{:>7} {} {:<15} {:<20} {:<60} {:<26} {}  [{}]",
+                            r.seq,
+                            rfc3339(r.at_unix_ms),
+                            r.event,
+                            if r.partner.is_empty() {
+                                "-"
+                            } else {
+                                &r.partner
+                            },
+                            r.subject,
+                            r.rule,
+                            r.detail,
+                            r.actor
+                        );
+                    }
                 }
             }
             Ok(())
         }
-        AuditCommand::Verify => match store.verify_audit().await? {
-            Ok(n) => {
-                out!("audit ledger intact: {n} rows, every row linked to the one before");
+        AuditCommand::Verify { offline: false } => {
+            let (settings, mut client) = admin(config, conn)?;
+            let r = client
+                .audit_verify(AuditVerifyRequest {})
+                .await
+                .map_err(|e| rpc_error(&settings, e))?
+                .into_inner();
+            if r.intact {
+                out!(
+                    "audit ledger intact: {} rows, every row linked to the one before",
+                    r.rows
+                );
                 Ok(())
+            } else {
+                Err(CliError::Failed(r.problem))
             }
-            Err(b) => Err(CliError::Failed(b.to_string())),
-        },
-    };
-    store.close().await;
-    result
+        }
+        AuditCommand::Verify { offline: true } => {
+            let settings = load(config, conn)?;
+            if !settings.store.path.is_file() {
+                return Err(CliError::Usage(format!(
+                    "store.path {}: no such database",
+                    settings.store.path.display()
+                )));
+            }
+            let store = Store::open_sqlite(&settings.store.path).await?;
+            let result = store.verify_audit().await;
+            store.close().await;
+            match result? {
+                Ok(n) => {
+                    out!("audit ledger intact: {n} rows, every row linked to the one before");
+                    Ok(())
+                }
+                Err(b) => Err(CliError::Failed(b.to_string())),
+            }
+        }
+    }
 }

@@ -1,16 +1,20 @@
-//! `threatmesh certs issue|rotate|revoke`: certificates of our own org, issued by
-//! our CA, and their revocation (enforced by a running node within
-//! `federation.peer_refresh_ms`, on new connections and on the next RPC of
-//! open ones).
+//! `threatmesh certs ...`: certificates of our own org, issued by our CA
+//! through the node's Admin service, their revocation (enforced at once:
+//! new connections are refused and open ones closed), our CRL for partners,
+//! and partners' CRLs.
 
 use std::path::{Path, PathBuf};
 
 use clap::{Subcommand, ValueEnum};
 
-use super::{CliError, local_actor, write_file};
-use crate::config::Settings;
-use crate::identity::{CertifiedKey, SpiffeId, TrustStore, Usage, cert_serial, issue, provider};
-use crate::store::Store;
+use super::client::{ClientArgs, admin, rpc_error};
+use super::{CliError, write_file};
+use crate::identity::{SpiffeId, certificate_request};
+use crate::proto::v1::revoke_cert_request::Which;
+use crate::proto::v1::{
+    CertRecord, CertRole as ProtoRole, ExportCrlRequest, ImportCrlRequest, IssueCertRequest,
+    ListCertsRequest, RevokeCertRequest, RotateNodeCertRequest,
+};
 
 /// Which kind of certificate to issue.
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -24,7 +28,9 @@ pub enum CertRole {
 /// `threatmesh certs ...`
 #[derive(Debug, Subcommand)]
 pub enum CertsCommand {
-    /// Issue an admin or publisher certificate from our CA (`tls.ca_key`).
+    /// Issue an admin or publisher certificate. The key is made here and
+    /// never leaves this machine; the node signs a request for it with our
+    /// CA (the node must hold `tls.ca_key`).
     #[command(
         after_help = "Example:\n  threatmesh certs issue --role publisher --name misp-bridge --out /etc/threatmesh/feeds"
     )]
@@ -38,34 +44,84 @@ pub enum CertsCommand {
         /// Directory for `<name>.pem` and `<name>.key` (mode 0600).
         #[arg(long)]
         out: PathBuf,
-        /// Validity in days.
+        /// Validity in days (1-3650).
         #[arg(long, default_value_t = 397)]
-        days: i64,
+        days: u32,
+    },
+    /// Certificates of our org known to the node, with their revocation.
+    List {
+        /// One JSON object per line.
+        #[arg(long)]
+        json: bool,
     },
     /// Re-issue the node certificate in place (`tls.node_cert`,
-    /// `tls.node_key`). A running node serves it to new connections within
-    /// `federation.peer_refresh_ms`, without a restart; open connections and
-    /// partner streams continue.
+    /// `tls.node_key` on the node's host). New connections get it at once,
+    /// without a restart; open connections and partner streams continue.
     Rotate {
-        /// Validity in days.
+        /// Validity in days (1-3650).
         #[arg(long, default_value_t = 397)]
-        days: i64,
+        days: u32,
     },
-    /// Revoke one of our certificates: the node refuses it on new
-    /// connections and on the next RPC of open ones.
+    /// Revoke one of our certificates: new connections with it are refused
+    /// and its open connections are closed at once.
+    #[command(after_help = "\
+Examples:
+  threatmesh certs revoke --cert feeds/misp-bridge.pem --reason key-compromise
+  threatmesh certs revoke --serial 5f1c0e... --reason superseded
+Then give partners the new CRL: threatmesh certs crl --out our.crl")]
     Revoke {
         /// The certificate file (PEM).
+        #[arg(long, required_unless_present = "serial", conflicts_with = "serial")]
+        cert: Option<PathBuf>,
+        /// Its serial, as `certs list` prints it.
         #[arg(long)]
-        cert: PathBuf,
+        serial: Option<String>,
         /// Why (recorded in the audit ledger).
         #[arg(long, default_value = "unspecified")]
         reason: String,
     },
+    /// Write our CRL (signed by our CA, valid `revocation.crl_validity_days`)
+    /// for partners to import.
+    Crl {
+        /// Where to write the CRL (PEM).
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Import a partner's CRL (PEM or DER). It must be signed by that
+    /// partner's CA and not older than the one imported before; its
+    /// certificates are refused at once, open connections closed.
+    #[command(after_help = "\
+What happens when the CRL passes its next-update time is the node setting
+revocation.stale_crl: \"refuse\" (default) refuses all of the partner's
+certificates until a fresh CRL is imported; \"accept\" keeps accepting those
+not listed.")]
+    ImportCrl {
+        /// Partner org id.
+        #[arg(long)]
+        partner: String,
+        /// The CRL file.
+        file: PathBuf,
+    },
+}
+
+fn ms_date(ms: i64) -> String {
+    super::audit::rfc3339(ms)
+}
+
+fn cert_json(c: &CertRecord) -> serde_json::Value {
+    serde_json::json!({
+        "serial": c.serial, "spiffe_id": c.spiffe_id,
+        "not_before_unix_ms": c.not_before_unix_ms, "not_after_unix_ms": c.not_after_unix_ms,
+        "issued_unix_ms": c.issued_unix_ms, "issued_by": c.issued_by,
+        "revoked": c.revoked, "revoked_unix_ms": c.revoked_unix_ms,
+        "revocation_reason": c.revocation_reason,
+    })
 }
 
 /// Runs a certs command.
-pub async fn run(config: &Path, cmd: &CertsCommand) -> Result<(), CliError> {
-    let settings = Settings::load(config)?;
+pub async fn run(config: &Path, conn: &ClientArgs, cmd: &CertsCommand) -> Result<(), CliError> {
+    let (settings, mut client) = admin(config, conn)?;
+    let fail = |e| rpc_error(&settings, e);
     let own = settings.org_id();
     match cmd {
         CertsCommand::Issue {
@@ -74,99 +130,159 @@ pub async fn run(config: &Path, cmd: &CertsCommand) -> Result<(), CliError> {
             out,
             days,
         } => {
-            let id = match role {
-                CertRole::Admin => SpiffeId::admin(&own, name),
-                CertRole::Publisher => SpiffeId::publisher(&own, name),
-            }
-            .map_err(|e| CliError::Usage(format!("--name: {e}")))?;
-            let (c, serial) = issue_from_ca(&settings, &id, *days)?;
+            let (id, proto_role) = match role {
+                CertRole::Admin => (SpiffeId::admin(&own, name), ProtoRole::Admin),
+                CertRole::Publisher => (SpiffeId::publisher(&own, name), ProtoRole::Publisher),
+            };
+            let id = id.map_err(|e| CliError::Usage(format!("--name: {e}")))?;
+            let (csr_pem, key_pem) = certificate_request(&id)?;
+            let c = client
+                .issue_cert(IssueCertRequest {
+                    role: proto_role as i32,
+                    name: name.clone(),
+                    days: *days,
+                    csr_pem,
+                })
+                .await
+                .map_err(fail)?
+                .into_inner();
             let (cert_path, key_path) = (
                 out.join(format!("{name}.pem")),
                 out.join(format!("{name}.key")),
             );
+            write_file(&key_path, key_pem.as_bytes(), true)?;
             write_file(&cert_path, c.cert_pem.as_bytes(), false)?;
-            write_file(&key_path, c.key_pem.as_bytes(), true)?;
-            out!("issued {id} (serial {serial}), valid {days} days");
+            out!(
+                "issued {} (serial {}), valid until {}",
+                c.spiffe_id,
+                c.serial,
+                ms_date(c.not_after_unix_ms)
+            );
             out!("  certificate {}", cert_path.display());
             out!("  key         {} (mode 0600)", key_path.display());
-            Ok(())
+        }
+        CertsCommand::List { json } => {
+            let certs = client
+                .list_certs(ListCertsRequest {})
+                .await
+                .map_err(fail)?
+                .into_inner()
+                .certs;
+            if *json {
+                for c in &certs {
+                    out!("{}", cert_json(c));
+                }
+            } else {
+                out!(
+                    "{:<34} {:<40} {:<21} {:<36} STATUS",
+                    "SERIAL",
+                    "IDENTITY",
+                    "NOT AFTER",
+                    "ISSUED BY"
+                );
+                for c in &certs {
+                    let status = if c.revoked {
+                        format!("revoked ({})", c.revocation_reason)
+                    } else if c.not_after_unix_ms < crate::model::now_unix_ms() {
+                        "expired".into()
+                    } else {
+                        "valid".into()
+                    };
+                    out!(
+                        "{:<34} {:<40} {:<21} {:<36} {}",
+                        c.serial,
+                        c.spiffe_id,
+                        ms_date(c.not_after_unix_ms),
+                        c.issued_by,
+                        status
+                    );
+                }
+            }
         }
         CertsCommand::Rotate { days } => {
-            let id = SpiffeId::node(&own);
-            let (c, serial) = issue_from_ca(&settings, &id, *days)?;
-            // Each file is replaced atomically; the node takes the pair only
-            // once both match.
-            write_file(&settings.tls.node_key, c.key_pem.as_bytes(), true)?;
-            write_file(&settings.tls.node_cert, c.cert_pem.as_bytes(), false)?;
-            out!("rotated {id}: new serial {serial}, valid {days} days");
-            out!("a running node serves it to new connections within federation.peer_refresh_ms");
-            Ok(())
+            let c = client
+                .rotate_node_cert(RotateNodeCertRequest { days: *days })
+                .await
+                .map_err(fail)?
+                .into_inner();
+            out!(
+                "rotated {}: new serial {}, valid until {}",
+                c.spiffe_id,
+                c.serial,
+                ms_date(c.not_after_unix_ms)
+            );
+            out!("new connections get it now; open connections and partner streams continue");
         }
-        CertsCommand::Revoke { cert, reason } => {
-            let pem = std::fs::read_to_string(cert)
-                .map_err(|e| CliError::Usage(format!("--cert {}: {e}", cert.display())))?;
-            let der = rustls_pki_types::pem::PemObject::from_pem_slice(pem.as_bytes())
-                .map_err(|e| CliError::Usage(format!("--cert {}: {e}", cert.display())))?;
-            let der: rustls_pki_types::CertificateDer<'static> = der;
-            let ca = std::fs::read_to_string(&settings.tls.ca_cert).map_err(|e| {
-                CliError::Failed(format!("{}: {e}", settings.tls.ca_cert.display()))
-            })?;
-            // Only certificates our own CA issued can be revoked here.
-            let trust = TrustStore::new(own.clone(), &ca)?;
-            let algs = provider().signature_verification_algorithms.all;
-            let id = trust
-                .verify(
-                    &der,
-                    &[],
-                    rustls_pki_types::UnixTime::now(),
-                    Usage::Client,
-                    algs,
-                )
-                .map_err(|e| CliError::Usage(format!("--cert {}: {e}", cert.display())))?;
-            if id.org != own {
-                return Err(CliError::Usage(format!(
-                    "--cert: {id} is not a certificate of {own}"
-                )));
-            }
-            let serial = cert_serial(der.as_ref())?;
-            let store = Store::open_sqlite(&settings.store.path).await?;
-            let new = store
-                .revoke_cert(&serial, &id.to_string(), reason, &local_actor())
-                .await;
-            store.close().await;
-            if new? {
+        CertsCommand::Revoke {
+            cert,
+            serial,
+            reason,
+        } => {
+            let which = match (cert, serial) {
+                (Some(path), _) => Which::CertPem(
+                    std::fs::read_to_string(path)
+                        .map_err(|e| CliError::Usage(format!("--cert {}: {e}", path.display())))?,
+                ),
+                (None, Some(s)) => Which::Serial(s.clone()),
+                (None, None) => return Err(CliError::Usage("give --cert or --serial".into())),
+            };
+            let r = client
+                .revoke_cert(RevokeCertRequest {
+                    which: Some(which),
+                    reason: reason.clone(),
+                })
+                .await
+                .map_err(fail)?
+                .into_inner();
+            if r.newly_revoked {
                 out!(
-                    "revoked {id} (serial {serial}); a running node refuses it within federation.peer_refresh_ms"
+                    "revoked {} (serial {}); refused from now on, {} open connection(s) closed",
+                    r.spiffe_id,
+                    r.serial,
+                    r.connections_closed
                 );
+                out!("give partners the new CRL: threatmesh certs crl --out FILE");
             } else {
-                out!("{id} (serial {serial}) was already revoked");
+                out!("{} (serial {}) was already revoked", r.spiffe_id, r.serial);
             }
-            Ok(())
+        }
+        CertsCommand::Crl { out } => {
+            let r = client
+                .export_crl(ExportCrlRequest {})
+                .await
+                .map_err(fail)?
+                .into_inner();
+            write_file(out, r.crl_pem.as_bytes(), false)?;
+            out!(
+                "wrote the CRL of {} to {}: {} revoked, next update {}",
+                r.issuer_org,
+                out.display(),
+                r.revoked_serials.len(),
+                ms_date(r.next_update_unix_ms)
+            );
+        }
+        CertsCommand::ImportCrl { partner, file } => {
+            let crl = std::fs::read(file)
+                .map_err(|e| CliError::Usage(format!("{}: {e}", file.display())))?;
+            let r = client
+                .import_crl(ImportCrlRequest {
+                    partner: partner.clone(),
+                    crl,
+                })
+                .await
+                .map_err(fail)?
+                .into_inner();
+            out!(
+                "imported the CRL of {}: {} revoked, next update {}",
+                r.issuer_org,
+                r.revoked_serials.len(),
+                if r.next_update_unix_ms == 0 {
+                    "none".to_string()
+                } else {
+                    ms_date(r.next_update_unix_ms)
+                }
+            );
         }
     }
-}
-
-/// Issues a certificate for `id` from our CA (`tls.ca_cert`, `tls.ca_key`);
-/// returns it with its serial.
-fn issue_from_ca(
-    settings: &Settings,
-    id: &SpiffeId,
-    days: i64,
-) -> Result<(crate::identity::IssuedCert, String), CliError> {
-    Settings::check_file("tls.ca_cert", &settings.tls.ca_cert, false)?;
-    Settings::check_file("tls.ca_key", &settings.tls.ca_key, true)?;
-    if !(1..=3650).contains(&days) {
-        return Err(CliError::Usage("--days: must be 1-3650".into()));
-    }
-    let read = |p: &Path| {
-        std::fs::read_to_string(p).map_err(|e| CliError::Failed(format!("{}: {e}", p.display())))
-    };
-    let c = issue(
-        &read(&settings.tls.ca_cert)?,
-        &read(&settings.tls.ca_key)?,
-        id,
-        days,
-    )?;
-    let serial = cert_serial(CertifiedKey::from_pem(&c.cert_pem, &c.key_pem)?.chain[0].as_ref())?;
-    Ok((c, serial))
+    Ok(())
 }

@@ -2,14 +2,69 @@
 //! admin or publisher certificate, trusting only our own CA and accepting
 //! only our own node's identity.
 
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
+use clap::Args;
 use tonic::transport::Channel;
 
 use super::CliError;
 use crate::config::Settings;
 use crate::identity::{CertifiedKey, SpiffeId, TrustStore, client_config};
+
+/// How the CLI reaches its node, overriding `[client]` in the config.
+#[derive(Debug, Clone, Default, Args)]
+pub struct ClientArgs {
+    /// host:port of the node (default: client.server, else node.listen).
+    #[arg(
+        long,
+        global = true,
+        env = "THREATMESH_SERVER",
+        value_name = "HOST:PORT"
+    )]
+    pub server: Option<String>,
+    /// Admin certificate to present (default: client.admin_cert).
+    #[arg(long, global = true, value_name = "PEM", requires = "admin_key")]
+    pub admin_cert: Option<PathBuf>,
+    /// Its private key (default: client.admin_key).
+    #[arg(long, global = true, value_name = "PEM", requires = "admin_cert")]
+    pub admin_key: Option<PathBuf>,
+}
+
+/// Loads the config and applies the command-line overrides of `[client]`.
+pub fn load(config: &Path, conn: &ClientArgs) -> Result<Settings, CliError> {
+    let mut s = Settings::load(config)?;
+    if let Some(server) = &conn.server {
+        crate::identity::check_endpoint(server)
+            .map_err(|e| CliError::Usage(format!("--server: {e}")))?;
+        s.client.server = server.clone();
+    }
+    if let (Some(c), Some(k)) = (&conn.admin_cert, &conn.admin_key) {
+        s.client.admin_cert = c.clone();
+        s.client.admin_key = k.clone();
+    }
+    Ok(s)
+}
+
+/// The Admin service of our node, with the admin certificate.
+pub fn admin(
+    config: &Path,
+    conn: &ClientArgs,
+) -> Result<
+    (
+        Settings,
+        crate::proto::v1::admin_client::AdminClient<Channel>,
+    ),
+    CliError,
+> {
+    let settings = load(config, conn)?;
+    let ch = channel(&settings, As::Admin)?;
+    Ok((
+        settings,
+        crate::proto::v1::admin_client::AdminClient::new(ch),
+    ))
+}
 
 /// Which of our certificates the CLI presents.
 #[derive(Debug, Clone, Copy)]
@@ -51,18 +106,22 @@ pub fn channel(settings: &Settings, who: As) -> Result<Channel, CliError> {
 }
 
 /// Turns an RPC error into a message naming the node and what to check.
+/// A refusal of the request itself (invalid argument, not found, not
+/// possible in the node's state) is a usage error (exit 64); anything else
+/// exits 1.
 pub fn rpc_error(settings: &Settings, s: tonic::Status) -> CliError {
     let server = settings.client_server().unwrap_or_default();
-    if s.code() == tonic::Code::Unavailable {
-        CliError::Rpc(format!(
+    match s.code() {
+        tonic::Code::Unavailable => CliError::Rpc(format!(
             "cannot reach the node at {server} ({}); is `threatmesh serve` running with this config?",
             s.message()
-        ))
-    } else {
-        CliError::Rpc(format!(
-            "node at {server} refused: {:?}: {}",
-            s.code(),
+        )),
+        tonic::Code::InvalidArgument | tonic::Code::NotFound | tonic::Code::FailedPrecondition => {
+            CliError::Usage(format!("node at {server} refused: {}", s.message()))
+        }
+        code => CliError::Rpc(format!(
+            "node at {server} refused: {code:?}: {}",
             s.message()
-        ))
+        )),
     }
 }

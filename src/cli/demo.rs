@@ -16,7 +16,6 @@ use tokio::sync::oneshot;
 
 use super::client::{As, channel};
 use super::init::{InitArgs, init_org};
-use super::peer::register_peer;
 use super::publish::DraftInput;
 use super::{CliError, init_logging};
 use crate::config::Settings;
@@ -220,7 +219,17 @@ pub async fn run_demo(args: &DemoArgs) -> Result<DemoSummary, CliError> {
                 (_, 2) => "isp-feed",
                 _ => "agency-partner",
             };
-            register_peer(&o.settings, &store, card, None, Some(policy), "demo").await?;
+            crate::admin::register_peer(
+                &o.settings.org_id(),
+                &store,
+                card,
+                None,
+                Some(policy),
+                false,
+                "demo",
+            )
+            .await
+            .map_err(|e| CliError::Failed(e.to_string()))?;
         }
         store.close().await;
     }

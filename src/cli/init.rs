@@ -204,7 +204,8 @@ endpoint = {endpoint}
 
 [tls]
 ca_cert = "certs/ca.pem"
-# Needed only by `threatmesh certs issue`; keep it offline in production.
+# Read by the node only for `certs issue|rotate|crl`; move it off the host to
+# keep the CA offline (those commands then fail, nothing else does).
 ca_key = "certs/ca.key"
 node_cert = "certs/node.pem"
 node_key = "certs/node.key"
@@ -229,6 +230,13 @@ reconnect_min_ms = 250
 reconnect_max_ms = 30000
 peer_refresh_ms = 500
 batch_size = 256
+
+[revocation]
+# A partner CRL past its next update: "refuse" its certificates until a fresh
+# CRL is imported (fail closed), or "accept" them unless listed (fail open).
+stale_crl = "refuse"
+# Validity of the CRLs this node signs (`threatmesh certs crl`), in days.
+crl_validity_days = 7
 
 [log]
 # "human" or "json"; RUST_LOG overrides level.

@@ -115,6 +115,10 @@ pub struct Cli {
     )]
     pub config: PathBuf,
 
+    /// How to reach the node (commands that talk to it).
+    #[command(flatten)]
+    pub client: client::ClientArgs,
+
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
@@ -133,16 +137,17 @@ pub enum Command {
     /// Org cards: the signed unit of trust exchanged with partners.
     #[command(subcommand)]
     Card(card::CardCommand),
-    /// Partner organisations.
+    /// Partner organisations (Admin API, admin certificate).
     #[command(subcommand)]
     Peer(peer::PeerCommand),
-    /// Sharing policies: apply, show, explain.
+    /// Sharing policies: apply, show, history, explain (Admin API).
     #[command(subcommand)]
     Policy(policy::PolicyCommand),
-    /// Our own certificates: issue, rotate, revoke.
+    /// Our own certificates and CRLs: issue, list, rotate, revoke, crl,
+    /// import-crl (Admin API).
     #[command(subcommand)]
     Certs(certs::CertsCommand),
-    /// The hash-chained audit ledger: log, verify.
+    /// The hash-chained audit ledger: log, verify (Admin API).
     #[command(subcommand)]
     Audit(audit::AuditCommand),
     /// Publish indicators through the running node (publisher certificate).
@@ -172,13 +177,13 @@ pub fn run(cli: Cli) -> ExitCode {
             Command::Serve => serve::run(&cli.config).await,
             Command::Demo(args) => demo::run(&args).await,
             Command::Card(cmd) => card::run(&cli.config, &cmd),
-            Command::Peer(cmd) => peer::run(&cli.config, &cmd).await,
-            Command::Policy(cmd) => policy::run(&cli.config, &cmd).await,
-            Command::Audit(cmd) => audit::run(&cli.config, &cmd).await,
-            Command::Certs(cmd) => certs::run(&cli.config, &cmd).await,
-            Command::Publish(args) => publish::run(&cli.config, &args).await,
-            Command::Tail(args) => tail::run(&cli.config, &args).await,
-            Command::Status(args) => status::run(&cli.config, &args).await,
+            Command::Peer(cmd) => peer::run(&cli.config, &cli.client, &cmd).await,
+            Command::Policy(cmd) => policy::run(&cli.config, &cli.client, &cmd).await,
+            Command::Audit(cmd) => audit::run(&cli.config, &cli.client, &cmd).await,
+            Command::Certs(cmd) => certs::run(&cli.config, &cli.client, &cmd).await,
+            Command::Publish(args) => publish::run(&cli.config, &cli.client, &args).await,
+            Command::Tail(args) => tail::run(&cli.config, &cli.client, &args).await,
+            Command::Status(args) => status::run(&cli.config, &cli.client, &args).await,
         }
     });
     match result {
@@ -207,31 +212,6 @@ pub fn emit(args: std::fmt::Arguments<'_>, newline: bool) {
     }
 }
 
-/// Who a CLI change is recorded as in the audit ledger: the local user.
-pub fn local_actor() -> String {
-    let user = std::env::var("USER")
-        .or_else(|_| std::env::var("LOGNAME"))
-        .ok()
-        .filter(|u| !u.is_empty());
-    match user {
-        Some(u) => format!("cli:{u}"),
-        None => {
-            #[cfg(unix)]
-            {
-                use std::os::unix::fs::MetadataExt;
-                match std::fs::metadata("/proc/self") {
-                    Ok(m) => format!("cli:uid{}", m.uid()),
-                    Err(_) => "cli:unknown".into(),
-                }
-            }
-            #[cfg(not(unix))]
-            {
-                "cli:unknown".into()
-            }
-        }
-    }
-}
-
 /// Sets up `tracing` output: `human` or `json`, filtered by `level` unless
 /// `RUST_LOG` is set. Safe to call more than once.
 pub fn init_logging(format: &str, level: &str) {
@@ -248,32 +228,9 @@ pub fn init_logging(format: &str, level: &str) {
     };
 }
 
-/// Writes `contents` to `path` atomically (temp file + rename); private files
-/// get mode 0600 from creation.
+/// Writes `contents` to `path` atomically; private files get mode 0600 from
+/// creation. See [`crate::identity::write_atomic`].
 pub fn write_file(path: &std::path::Path, contents: &[u8], private: bool) -> Result<(), CliError> {
-    use std::io::Write;
-    let fail =
-        |e: std::io::Error| CliError::Failed(format!("cannot write {}: {e}", path.display()));
-    let dir = path.parent().unwrap_or(std::path::Path::new("."));
-    std::fs::create_dir_all(dir).map_err(fail)?;
-    let mut tmp = tempfile::Builder::new()
-        .prefix(".threatmesh-")
-        .permissions({
-            #[cfg(unix)]
-            {
-                use std::os::unix::fs::PermissionsExt;
-                std::fs::Permissions::from_mode(if private { 0o600 } else { 0o644 })
-            }
-            #[cfg(not(unix))]
-            {
-                let _ = private;
-                std::fs::metadata(dir).map_err(fail)?.permissions()
-            }
-        })
-        .tempfile_in(dir)
-        .map_err(fail)?;
-    tmp.write_all(contents).map_err(fail)?;
-    tmp.as_file().sync_all().map_err(fail)?;
-    tmp.persist(path).map_err(|e| fail(e.error))?;
-    Ok(())
+    crate::identity::write_atomic(path, contents, private)
+        .map_err(|e| CliError::Failed(format!("cannot write {}: {e}", path.display())))
 }

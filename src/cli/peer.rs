@@ -1,23 +1,23 @@
-//! `threatmesh peer add|list`: partner organisations, registered from their
-//! verified cards into the node's store. A running node picks changes up
-//! within `federation.peer_refresh_ms`.
+//! `threatmesh peer ...`: partner organisations, managed through the running
+//! node's Admin service with our admin certificate. Every change applies at
+//! once and is recorded in the audit ledger under the admin's identity.
 
 use std::path::{Path, PathBuf};
 
 use clap::Subcommand;
-use prost::Message;
 
-use super::card::print_card;
-use super::{CliError, local_actor};
-use crate::config::Settings;
-use crate::identity::check_endpoint;
-use crate::model::OrgId;
-use crate::store::{PeerChange, PeerState, Store};
+use super::CliError;
+use super::client::{ClientArgs, admin, rpc_error};
+use crate::proto::v1::{
+    AddPeerRequest, ListPeersRequest, Peer, PeerAction, PeerRequest, SetPeerStateRequest,
+    UpdatePeerRequest,
+};
 
 /// `threatmesh peer ...`
 #[derive(Debug, Subcommand)]
 pub enum PeerCommand {
-    /// Register a partner from its card (verifies the card's self-signature).
+    /// Register a partner from its card (the node verifies the card's
+    /// self-signature) and start dialling it.
     #[command(after_help = "\
 Example:
   threatmesh peer add --card bka.example.card --endpoint 10.1.2.3:7443 --policy agency-partner
@@ -35,9 +35,31 @@ Compare the printed CA fingerprint and signing key with the partner out of band
         /// partner receives nothing.
         #[arg(long)]
         policy: Option<String>,
+        /// Accept cards of other orgs that this partner relays.
+        #[arg(long)]
+        introducer: bool,
     },
-    /// Bind a partner to a sharing policy (takes effect for everything not
-    /// yet sent, within `federation.peer_refresh_ms` on a running node).
+    /// Change a partner's endpoint, policy or introducer flag.
+    #[command(after_help = "\
+Examples:
+  threatmesh peer update --partner isp.example --policy isp-feed
+  threatmesh peer update --partner isp.example --endpoint \"\"   # stop dialling it")]
+    Update {
+        /// Partner org id.
+        #[arg(long)]
+        partner: String,
+        /// New dial endpoint ("" = do not dial).
+        #[arg(long)]
+        endpoint: Option<String>,
+        /// Policy to bind (applied earlier with `threatmesh policy apply`);
+        /// applies to everything not yet sent.
+        #[arg(long)]
+        policy: Option<String>,
+        /// Whether cards relayed by this partner are accepted.
+        #[arg(long)]
+        introducer: Option<bool>,
+    },
+    /// Bind a partner to a sharing policy (same as `update --policy`).
     SetPolicy {
         /// Partner org id.
         #[arg(long)]
@@ -46,8 +68,8 @@ Compare the printed CA fingerprint and signing key with the partner out of band
         #[arg(long)]
         policy: String,
     },
-    /// Stop sending to a partner and refuse its connections; open streams
-    /// close within `federation.peer_refresh_ms`. Its cursor is kept.
+    /// Stop sending to a partner and refuse its connections; its open
+    /// connections are closed at once. Its cursor is kept.
     Suspend {
         /// Partner org id.
         #[arg(long)]
@@ -73,164 +95,228 @@ Compare the printed CA fingerprint and signing key with the partner out of band
         #[arg(long)]
         json: bool,
     },
+    /// Everything about one partner: card, policy, state, cursor, CRL.
+    Show {
+        /// Partner org id.
+        #[arg(long)]
+        partner: String,
+        /// Print one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn peer_json(p: &Peer) -> serde_json::Value {
+    serde_json::json!({
+        "org": p.org, "display_name": p.display_name, "country": p.country,
+        "sector": p.sector, "endpoint": p.endpoint, "policy": p.policy,
+        "state": p.state, "introducer": p.introducer, "card_version": p.card_version,
+        "added_unix_ms": p.added_unix_ms, "cursor": p.cursor,
+        "ca_fingerprints": p.ca_fingerprints, "signing_key_ids": p.signing_key_ids,
+        "crl_revoked": p.crl_revoked, "crl_next_update_unix_ms": p.crl_next_update_unix_ms,
+    })
+}
+
+fn print_peer(p: &Peer) {
+    let dash = |s: &str| {
+        if s.is_empty() {
+            "-".to_string()
+        } else {
+            s.to_string()
+        }
+    };
+    out!("org:          {}", p.org);
+    out!("display name: {}", p.display_name);
+    if !p.country.is_empty() {
+        out!("country:      {}", p.country);
+    }
+    if !p.sector.is_empty() {
+        out!("sector:       {}", p.sector);
+    }
+    out!("state:        {}", p.state);
+    out!("dial:         {}", dash(&p.endpoint));
+    out!(
+        "policy:       {}",
+        if p.policy.is_empty() {
+            "none (receives nothing)".to_string()
+        } else {
+            p.policy.clone()
+        }
+    );
+    out!("introducer:   {}", if p.introducer { "yes" } else { "no" });
+    out!("card version: {}", p.card_version);
+    out!("cursor:       {}", p.cursor);
+    for f in &p.ca_fingerprints {
+        out!("CA SHA-256:   {f}");
+    }
+    for k in &p.signing_key_ids {
+        out!("signing key:  {k}");
+    }
+    if p.crl_next_update_unix_ms != 0 || p.crl_revoked != 0 {
+        out!(
+            "CRL:          {} revoked, next update {} (Unix ms)",
+            p.crl_revoked,
+            p.crl_next_update_unix_ms
+        );
+    }
 }
 
 /// Runs a peer command.
-pub async fn run(config: &Path, cmd: &PeerCommand) -> Result<(), CliError> {
-    let settings = Settings::load(config)?;
+pub async fn run(config: &Path, conn: &ClientArgs, cmd: &PeerCommand) -> Result<(), CliError> {
+    let (settings, mut client) = admin(config, conn)?;
+    let fail = |e| rpc_error(&settings, e);
+    let state_change = |org: &str, action: PeerAction| SetPeerStateRequest {
+        org: org.to_string(),
+        action: action as i32,
+    };
     match cmd {
         PeerCommand::Add {
             card,
             endpoint,
             policy,
+            introducer,
         } => {
             let text = std::fs::read_to_string(card)
                 .map_err(|e| CliError::Usage(format!("--card {}: {e}", card.display())))?;
             let env = crate::identity::envelope_from_json(&text)
-                .map_err(|e| CliError::Usage(format!("{}: {e}", card.display())))?;
-            let store = Store::open_sqlite(&settings.store.path).await?;
-            let added = register_peer(
-                &settings,
-                &store,
-                &env,
-                endpoint.as_deref(),
-                policy.as_deref(),
-                &local_actor(),
-            )
-            .await;
-            store.close().await;
-            let (v, change, endpoint) = added?;
-            let verb = match change {
-                PeerChange::Added => "registered partner",
-                PeerChange::Updated => "updated partner",
-            };
+                .map_err(|e| CliError::Usage(format!("--card {}: {e}", card.display())))?;
+            let r = client
+                .add_peer(AddPeerRequest {
+                    card: Some(env),
+                    endpoint: endpoint.clone(),
+                    policy: policy.clone().unwrap_or_default(),
+                    introducer: *introducer,
+                })
+                .await
+                .map_err(fail)?
+                .into_inner();
+            let p = r.peer.unwrap_or_default();
             out!(
-                "{verb} {} (dial: {})",
-                v.org,
-                if endpoint.is_empty() { "-" } else { &endpoint }
+                "{} partner {}",
+                if r.added { "registered" } else { "updated" },
+                p.org
             );
-            print_card(&v);
-            match policy {
-                Some(p) => out!("sharing policy: {p}"),
-                None => out!(
+            print_peer(&p);
+            if p.policy.is_empty() {
+                out!(
                     "no sharing policy bound: {} receives nothing until `threatmesh peer set-policy --partner {} --policy NAME`",
-                    v.org,
-                    v.org
-                ),
+                    p.org,
+                    p.org
+                );
             }
             out!(
                 "Compare the CA fingerprint and signing key with {} out of band.",
-                v.org
+                p.org
             );
-            Ok(())
         }
-        PeerCommand::Suspend { partner } => {
-            set_state(&settings, partner, PeerState::Suspended).await
+        PeerCommand::Update {
+            partner,
+            endpoint,
+            policy,
+            introducer,
+        } => {
+            let r = client
+                .update_peer(UpdatePeerRequest {
+                    org: partner.clone(),
+                    endpoint: endpoint.clone(),
+                    policy: policy.clone(),
+                    introducer: *introducer,
+                })
+                .await
+                .map_err(fail)?
+                .into_inner();
+            out!("updated {partner}");
+            print_peer(&r.peer.unwrap_or_default());
         }
-        PeerCommand::Resume { partner } => set_state(&settings, partner, PeerState::Active).await,
-        PeerCommand::Remove { partner } => set_state(&settings, partner, PeerState::Removed).await,
         PeerCommand::SetPolicy { partner, policy } => {
-            let org =
-                OrgId::parse(partner).map_err(|e| CliError::Usage(format!("--partner: {e}")))?;
-            let store = Store::open_sqlite(&settings.store.path).await?;
-            let r = store.set_peer_policy(&org, policy, &local_actor()).await;
-            store.close().await;
-            r.map_err(|e| CliError::Usage(e.to_string()))?;
-            out!("{org} is now bound to policy {policy}");
-            Ok(())
+            client
+                .update_peer(UpdatePeerRequest {
+                    org: partner.clone(),
+                    policy: Some(policy.clone()),
+                    ..Default::default()
+                })
+                .await
+                .map_err(fail)?;
+            out!("{partner} is now bound to policy {policy}");
+        }
+        PeerCommand::Suspend { partner }
+        | PeerCommand::Resume { partner }
+        | PeerCommand::Remove { partner } => {
+            let action = match cmd {
+                PeerCommand::Suspend { .. } => PeerAction::Suspend,
+                PeerCommand::Resume { .. } => PeerAction::Resume,
+                _ => PeerAction::Remove,
+            };
+            let r = client
+                .set_peer_state(state_change(partner, action))
+                .await
+                .map_err(fail)?
+                .into_inner();
+            let now = r.peer.map(|p| p.state).unwrap_or_default();
+            out!(
+                "{partner}: {} -> {now} (applied on the node now)",
+                r.previous_state
+            );
         }
         PeerCommand::List { json } => {
-            let store = Store::open_sqlite(&settings.store.path).await?;
-            let peers = store.peers().await?;
-            let mut rows = Vec::new();
-            for p in &peers {
-                rows.push((p, store.cursor(&p.org).await?));
-            }
-            store.close().await;
+            let peers = client
+                .list_peers(ListPeersRequest {})
+                .await
+                .map_err(fail)?
+                .into_inner()
+                .peers;
             if *json {
-                for (p, cursor) in rows {
-                    out!(
-                        "{}",
-                        serde_json::json!({
-                            "org": p.org.as_str(), "display_name": p.display_name,
-                            "endpoint": p.endpoint, "card_version": p.card_version,
-                            "cursor": cursor, "added_unix_ms": p.added_ms, "policy": p.policy,
-                            "state": p.state.as_str(),
-                        })
-                    );
+                for p in &peers {
+                    out!("{}", peer_json(p));
                 }
-            } else if rows.is_empty() {
+            } else if peers.is_empty() {
                 out!("no partners registered (add one with `threatmesh peer add --card FILE`)");
             } else {
                 out!(
-                    "{:<28} {:<24} {:<22} {:>10}",
+                    "{:<24} {:<22} {:<10} {:<18} {:<22} {:>8}",
                     "ORG",
                     "NAME",
+                    "STATE",
+                    "POLICY",
                     "ENDPOINT",
                     "CURSOR"
                 );
-                for (p, cursor) in rows {
-                    let ep = if p.endpoint.is_empty() {
-                        "-"
-                    } else {
-                        &p.endpoint
+                for p in &peers {
+                    let dash = |s: &str| {
+                        if s.is_empty() {
+                            "-".to_string()
+                        } else {
+                            s.to_string()
+                        }
                     };
                     out!(
-                        "{:<28} {:<24} {:<22} {:>10}",
-                        p.org.as_str(),
+                        "{:<24} {:<22} {:<10} {:<18} {:<22} {:>8}",
+                        p.org,
                         p.display_name,
-                        ep,
-                        cursor
+                        p.state,
+                        dash(&p.policy),
+                        dash(&p.endpoint),
+                        p.cursor
                     );
                 }
             }
-            Ok(())
+        }
+        PeerCommand::Show { partner, json } => {
+            let p = client
+                .show_peer(PeerRequest {
+                    org: partner.clone(),
+                })
+                .await
+                .map_err(fail)?
+                .into_inner()
+                .peer
+                .unwrap_or_default();
+            if *json {
+                out!("{}", peer_json(&p));
+            } else {
+                print_peer(&p);
+            }
         }
     }
-}
-
-/// Verifies a partner's card and registers it in `store`. The endpoint is
-/// `endpoint` if given, else the card's first. Returns the verified card,
-/// whether it was new, and the endpoint used.
-pub async fn register_peer(
-    settings: &Settings,
-    store: &Store,
-    card: &crate::proto::v1::Envelope,
-    endpoint: Option<&str>,
-    policy: Option<&str>,
-    actor: &str,
-) -> Result<(crate::identity::VerifiedCard, PeerChange, String), CliError> {
-    let v = crate::identity::open_card(card).map_err(|e| CliError::Usage(e.to_string()))?;
-    if v.org == settings.org_id() {
-        return Err(CliError::Usage(format!(
-            "that is the card of {}, this node's own org; register partners' cards instead",
-            v.org
-        )));
-    }
-    let endpoint = match endpoint {
-        Some(e) => e.to_string(),
-        None => v.card.endpoints.first().cloned().unwrap_or_default(),
-    };
-    if !endpoint.is_empty() {
-        check_endpoint(&endpoint).map_err(|e| CliError::Usage(format!("--endpoint: {e}")))?;
-    }
-    let change = store
-        .put_peer(&v, &card.encode_to_vec(), &endpoint, policy, actor)
-        .await
-        .map_err(|e| CliError::Usage(format!("cannot register {}: {e}", v.org)))?;
-    Ok((v, change, endpoint))
-}
-
-async fn set_state(settings: &Settings, partner: &str, state: PeerState) -> Result<(), CliError> {
-    let org = OrgId::parse(partner).map_err(|e| CliError::Usage(format!("--partner: {e}")))?;
-    let store = Store::open_sqlite(&settings.store.path).await?;
-    let r = store.set_peer_state(&org, state, &local_actor()).await;
-    store.close().await;
-    let before = r.map_err(|e| CliError::Usage(e.to_string()))?;
-    out!(
-        "{org}: {} -> {} (a running node applies it within federation.peer_refresh_ms)",
-        before.as_str(),
-        state.as_str()
-    );
     Ok(())
 }

@@ -1,26 +1,27 @@
-//! `threatmesh policy apply|show|explain`: named, versioned sharing policies
-//! in the node's store, and "would partner P receive indicator I, and why?".
+//! `threatmesh policy apply|show|history|explain`: named, versioned sharing
+//! policies, and "would partner P receive indicator I, and why?", through
+//! the node's Admin service.
 
 use std::path::{Path, PathBuf};
 
 use clap::Subcommand;
 
+use super::CliError;
+use super::client::{ClientArgs, admin, rpc_error};
 use super::publish::DraftInput;
-use super::{CliError, local_actor};
-use crate::config::Settings;
-use crate::exchange::{Identity, assemble, decode_stored, hops};
-use crate::model::{OrgId, now_unix_ms, prepare_draft, tlp_name};
-use crate::node::load_signing_key;
-use crate::policy::{Decision, egress, parse_policy};
-use crate::proto::v1::Indicator;
-use crate::store::Store;
+use crate::model::tlp_name;
+use crate::proto::v1::explain_policy_request::Subject;
+use crate::proto::v1::{
+    ApplyPolicyRequest, ExplainPolicyRequest, ListPoliciesRequest, PolicyHistoryRequest,
+    ShowPolicyRequest,
+};
 
 /// `threatmesh policy ...`
 #[derive(Debug, Subcommand)]
 pub enum PolicyCommand {
     /// Validate a policy TOML file and store it as the next version of its
-    /// name. Partners bound to the name get it within
-    /// `federation.peer_refresh_ms`, for everything not yet sent.
+    /// name. Partners bound to the name get it at once, for everything not
+    /// yet sent.
     #[command(after_help = "Examples of policy files: config/policies/*.toml")]
     Apply {
         /// The policy document.
@@ -33,6 +34,11 @@ pub enum PolicyCommand {
         /// Version to print (default: latest).
         #[arg(long, requires = "name")]
         version: Option<u64>,
+    },
+    /// Every version of a policy: when, and by whom.
+    History {
+        /// Policy name.
+        name: String,
     },
     /// Would a partner receive an indicator, and under which rule? Sends nothing.
     #[command(after_help = "\
@@ -57,49 +63,42 @@ A --file holds one indicator as a JSON object, as in `publish --file`.")]
 }
 
 /// Runs a policy command.
-pub async fn run(config: &Path, cmd: &PolicyCommand) -> Result<(), CliError> {
-    let settings = Settings::load(config)?;
-    let store = Store::open_sqlite(&settings.store.path).await?;
-    let result = dispatch(&settings, &store, cmd).await;
-    store.close().await;
-    result
-}
-
-async fn dispatch(settings: &Settings, store: &Store, cmd: &PolicyCommand) -> Result<(), CliError> {
+pub async fn run(config: &Path, conn: &ClientArgs, cmd: &PolicyCommand) -> Result<(), CliError> {
+    let (settings, mut client) = admin(config, conn)?;
+    let fail = |e| rpc_error(&settings, e);
     match cmd {
         PolicyCommand::Apply { file } => {
-            let text = std::fs::read_to_string(file)
+            let document = std::fs::read_to_string(file)
                 .map_err(|e| CliError::Usage(format!("{}: {e}", file.display())))?;
-            let policy = parse_policy(&text)
+            // Checked here first so the error names the file.
+            crate::policy::parse_policy(&document)
                 .map_err(|e| CliError::Usage(format!("{}: {e}", file.display())))?;
-            let (version, changed) = store
-                .apply_policy(&policy.name, &text, &local_actor())
-                .await?;
-            if changed {
-                out!("applied policy {} version {version}", policy.name);
+            let r = client
+                .apply_policy(ApplyPolicyRequest { document })
+                .await
+                .map_err(fail)?
+                .into_inner();
+            if r.changed {
+                out!("applied policy {} version {}", r.name, r.version);
             } else {
-                out!("policy {} unchanged (version {version})", policy.name);
+                out!("policy {} unchanged (version {})", r.name, r.version);
             }
-            let bound: Vec<String> = store
-                .peers()
-                .await?
-                .into_iter()
-                .filter(|p| p.policy == policy.name)
-                .map(|p| p.org.to_string())
-                .collect();
-            if bound.is_empty() {
+            if r.bound_partners.is_empty() {
                 out!(
                     "no partner is bound to it yet (threatmesh peer set-policy --partner ORG --policy {})",
-                    policy.name
+                    r.name
                 );
             } else {
-                out!("bound partners: {}", bound.join(", "));
+                out!("bound partners: {}", r.bound_partners.join(", "));
             }
-            Ok(())
         }
         PolicyCommand::Show { name: None, .. } => {
-            let peers = store.peers().await?;
-            let policies = store.policies().await?;
+            let policies = client
+                .list_policies(ListPoliciesRequest {})
+                .await
+                .map_err(fail)?
+                .into_inner()
+                .policies;
             if policies.is_empty() {
                 out!(
                     "no policies applied (threatmesh policy apply FILE; examples in config/policies/)"
@@ -107,46 +106,58 @@ async fn dispatch(settings: &Settings, store: &Store, cmd: &PolicyCommand) -> Re
                 return Ok(());
             }
             out!(
-                "{:<24} {:>7}  {:<24} PARTNERS",
+                "{:<24} {:>7}  {:<36} PARTNERS",
                 "NAME",
                 "VERSION",
                 "APPLIED BY"
             );
             for p in policies {
-                let bound: Vec<&str> = peers
-                    .iter()
-                    .filter(|r| r.policy == p.name)
-                    .map(|r| r.org.as_str())
-                    .collect();
                 out!(
-                    "{:<24} {:>7}  {:<24} {}",
+                    "{:<24} {:>7}  {:<36} {}",
                     p.name,
                     p.version,
                     p.applied_by,
-                    bound.join(", ")
+                    p.bound_partners.join(", ")
                 );
             }
-            Ok(())
         }
         PolicyCommand::Show {
             name: Some(name),
             version,
         } => {
-            let p = store.policy(name, *version).await?.ok_or_else(|| {
-                CliError::Usage(match version {
-                    Some(v) => format!("policy {name} has no version {v}"),
-                    None => format!("no policy named {name} (see `threatmesh policy show`)"),
+            let p = client
+                .show_policy(ShowPolicyRequest {
+                    name: name.clone(),
+                    version: version.unwrap_or(0),
                 })
-            })?;
+                .await
+                .map_err(fail)?
+                .into_inner();
             out!(
                 "# policy {} version {}, applied by {} at {} (Unix ms)",
                 p.name,
                 p.version,
                 p.applied_by,
-                p.applied_ms
+                p.applied_unix_ms
             );
             out_raw!("{}", p.document);
-            Ok(())
+        }
+        PolicyCommand::History { name } => {
+            let versions = client
+                .policy_history(PolicyHistoryRequest { name: name.clone() })
+                .await
+                .map_err(fail)?
+                .into_inner()
+                .policies;
+            out!("{:>7}  {:<26} APPLIED BY", "VERSION", "APPLIED");
+            for p in versions {
+                out!(
+                    "{:>7}  {:<26} {}",
+                    p.version,
+                    super::audit::rfc3339(p.applied_unix_ms),
+                    p.applied_by
+                );
+            }
         }
         PolicyCommand::Explain {
             partner,
@@ -154,65 +165,37 @@ async fn dispatch(settings: &Settings, store: &Store, cmd: &PolicyCommand) -> Re
             file,
             json,
         } => {
-            let own = settings.org_id();
-            let partner =
-                OrgId::parse(partner).map_err(|e| CliError::Usage(format!("--partner: {e}")))?;
-            let peer = store
-                .peers()
-                .await?
-                .into_iter()
-                .find(|p| p.org == partner)
-                .ok_or_else(|| {
-                    CliError::Usage(format!("--partner: {partner} is not a registered partner"))
-                })?;
-            let ind = match (indicator, file) {
-                (Some(id), _) => {
-                    let row = store.indicator_by_id(id).await?.ok_or_else(|| {
-                        CliError::Usage(format!("--indicator: this node holds no indicator {id}"))
-                    })?;
-                    decode_stored(&row.envelope).map_err(CliError::Failed)?
-                }
-                (None, Some(f)) => draft_as_indicator(settings, f)?,
+            let subject = match (indicator, file) {
+                (Some(id), _) => Subject::IndicatorId(id.clone()),
+                (None, Some(f)) => Subject::Draft(read_draft(f)?),
                 (None, None) => return Err(CliError::Usage("give --indicator or --file".into())),
             };
-            let policy = match store.policy(&peer.policy, None).await? {
-                Some(r) if !peer.policy.is_empty() => {
-                    Some(r.to_policy().map_err(|e| CliError::Failed(e.to_string()))?)
-                }
-                _ => None,
-            };
-            let d = egress(
-                &own,
-                &ind,
-                hops(&own, &ind),
-                &partner,
-                policy.as_ref(),
-                now_unix_ms(),
-            );
-            let policy_ref = policy
-                .as_ref()
-                .map(|p| format!("{}@{}", p.name, p.version))
-                .unwrap_or_else(|| "none".into());
+            let r = client
+                .explain_policy(ExplainPolicyRequest {
+                    partner: partner.clone(),
+                    subject: Some(subject),
+                })
+                .await
+                .map_err(fail)?
+                .into_inner();
+            let ind = r.indicator.unwrap_or_default();
+            let tlp = tlp_name(ind.marking.as_ref().map(|m| m.tlp).unwrap_or(0));
             if *json {
-                let (verdict, reason) = match &d {
-                    Decision::Allow { .. } => ("allow", String::new()),
-                    Decision::Deny { reason, .. } => ("deny", reason.clone()),
-                };
                 out!(
                     "{}",
                     serde_json::json!({
-                        "decision": verdict, "rule": d.rule(), "reason": reason,
-                        "partner": partner.as_str(), "policy": policy_ref,
-                        "indicator": ind.id, "origin": ind.origin_org,
-                        "tlp": tlp_name(ind.marking.as_ref().map(|m| m.tlp).unwrap_or(0)),
+                        "decision": if r.allow { "allow" } else { "deny" }, "rule": r.rule,
+                        "reason": r.reason, "partner": partner, "policy": r.policy,
+                        "indicator": ind.id, "origin": ind.origin_org, "tlp": tlp,
                     })
                 );
             } else {
-                match &d {
-                    Decision::Allow { rule } => out!("ALLOW  rule {rule}"),
-                    Decision::Deny { rule, reason } => out!("DENY   rule {rule}: {reason}"),
+                if r.allow {
+                    out!("ALLOW  rule {}", r.rule);
+                } else {
+                    out!("DENY   rule {}: {}", r.rule, r.reason);
                 }
-                out!("  partner   {partner} (policy {policy_ref})");
+                out!("  partner   {partner} (policy {})", r.policy);
                 out!(
                     "  indicator {} {} {} from {} (TLP:{}, confidence {})",
                     if ind.id.is_empty() {
@@ -223,32 +206,22 @@ async fn dispatch(settings: &Settings, store: &Store, cmd: &PolicyCommand) -> Re
                     crate::model::kind_name(ind.kind).unwrap_or("?"),
                     ind.value,
                     ind.origin_org,
-                    tlp_name(ind.marking.as_ref().map(|m| m.tlp).unwrap_or(0)).unwrap_or("?"),
+                    tlp.unwrap_or("?"),
                     ind.confidence
                 );
             }
-            Ok(())
         }
     }
+    Ok(())
 }
 
-/// Builds the indicator this org would publish from a JSON draft, for a dry run.
-fn draft_as_indicator(settings: &Settings, file: &Path) -> Result<Indicator, CliError> {
+/// Reads a JSON indicator draft, as `publish --file` takes it.
+fn read_draft(file: &Path) -> Result<crate::proto::v1::IndicatorDraft, CliError> {
     let text = std::fs::read_to_string(file)
         .map_err(|e| CliError::Usage(format!("--file {}: {e}", file.display())))?;
     let input: DraftInput = serde_json::from_str(&text)
         .map_err(|e| CliError::Usage(format!("--file {}: {e}", file.display())))?;
-    let draft = input
+    input
         .to_draft()
-        .map_err(|e| CliError::Usage(format!("--file {}: {e}", file.display())))?;
-    let now = now_unix_ms();
-    let d = prepare_draft(&draft, now)
-        .map_err(|e| CliError::Usage(format!("--file {}: {e}", file.display())))?;
-    let key = load_signing_key(settings)?;
-    let draft_id = Identity {
-        id: String::new(),
-        version: 1,
-        created_unix_ms: now,
-    };
-    Ok(assemble(&settings.org_id(), key.key_id(), draft_id, now, d))
+        .map_err(|e| CliError::Usage(format!("--file {}: {e}", file.display())))
 }

@@ -11,7 +11,6 @@ use time::format_description::well_known::Rfc3339;
 
 use super::CliError;
 use super::client::{As, channel, rpc_error};
-use crate::config::Settings;
 use crate::model::{KIND_NAMES, parse_kind, parse_tlp};
 use crate::proto::v1::exchange_client::ExchangeClient;
 use crate::proto::v1::{IndicatorDraft, Marking, PublishRequest};
@@ -224,8 +223,12 @@ pub fn parse_lines(text: &str) -> Result<Vec<(usize, IndicatorDraft)>, Vec<Strin
 }
 
 /// Runs `threatmesh publish`.
-pub async fn run(config: &Path, args: &PublishArgs) -> Result<(), CliError> {
-    let settings = Settings::load(config)?;
+pub async fn run(
+    config: &Path,
+    conn: &super::client::ClientArgs,
+    args: &PublishArgs,
+) -> Result<(), CliError> {
+    let settings = super::client::load(config, conn)?;
     let drafts = match &args.file {
         Some(path) => {
             let text = if path.as_os_str() == "-" {

@@ -6,11 +6,9 @@ use std::path::Path;
 use clap::Args;
 
 use super::CliError;
-use super::client::{As, channel, rpc_error};
-use crate::config::Settings;
+use super::client::rpc_error;
 use crate::model::now_unix_ms;
 use crate::proto::v1::StatusRequest;
-use crate::proto::v1::admin_client::AdminClient;
 
 /// Arguments of `threatmesh status`.
 #[derive(Debug, Clone, Args)]
@@ -33,9 +31,12 @@ fn ago(ms: i64) -> String {
 }
 
 /// Runs `threatmesh status`.
-pub async fn run(config: &Path, args: &StatusArgs) -> Result<(), CliError> {
-    let settings = Settings::load(config)?;
-    let mut client = AdminClient::new(channel(&settings, As::Admin)?);
+pub async fn run(
+    config: &Path,
+    conn: &super::client::ClientArgs,
+    args: &StatusArgs,
+) -> Result<(), CliError> {
+    let (settings, mut client) = super::client::admin(config, conn)?;
     let s = client
         .status(StatusRequest {})
         .await

@@ -6,10 +6,8 @@ use std::path::Path;
 use clap::Args;
 
 use super::CliError;
-use super::client::{As, channel, rpc_error};
-use crate::config::Settings;
+use super::client::rpc_error;
 use crate::model::{kind_name, tlp_name};
-use crate::proto::v1::admin_client::AdminClient;
 use crate::proto::v1::{Indicator, StoredIndicator, TailRequest};
 
 /// Arguments of `threatmesh tail`.
@@ -72,9 +70,12 @@ fn print_row(s: &StoredIndicator, json: bool) {
 }
 
 /// Runs `threatmesh tail`.
-pub async fn run(config: &Path, args: &TailArgs) -> Result<(), CliError> {
-    let settings = Settings::load(config)?;
-    let mut client = AdminClient::new(channel(&settings, As::Admin)?);
+pub async fn run(
+    config: &Path,
+    conn: &super::client::ClientArgs,
+    args: &TailArgs,
+) -> Result<(), CliError> {
+    let (settings, mut client) = super::client::admin(config, conn)?;
     let mut stream = client
         .tail(TailRequest {
             after_seq: args.after,

@@ -3,21 +3,29 @@
 //! rustls configurations and verifiers, and org cards.
 
 mod card;
+mod crl;
+mod files;
 mod pki;
 mod spiffe;
 mod tls;
 mod trust;
 
+use crate::model::OrgId;
+
 pub use card::{
     CardInfo, VerifiedCard, check_endpoint, envelope_from_json, envelope_to_json, open_card,
     seal_card,
 };
-pub use pki::{IssuedCert, generate_ca, issue};
+pub use crl::{PartnerCrl, StaleCrl, open_crl, serial_hex};
+pub use files::write_atomic;
+pub use pki::{
+    IssuedCert, RevokedEntry, certificate_request, generate_ca, issue, issue_for_csr, sign_crl,
+};
 pub use spiffe::{Role, SpiffeId};
 pub use tls::{
     CertifiedKey, SharedTrust, client_config, install_default_provider, provider, server_config,
 };
-pub use trust::{TrustStore, Usage, cert_serial, fingerprint, parse_ca_bundle};
+pub use trust::{TrustStore, Usage, cert_serial, cert_validity_ms, fingerprint, parse_ca_bundle};
 
 /// Identity and certificate errors. Messages name the id, org or file.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -53,7 +61,7 @@ pub enum IdentityError {
         /// `suspended` or `removed`.
         state: String,
     },
-    /// One of our own certificates that has been revoked.
+    /// A certificate revoked by its org: one of ours, or on a partner's CRL.
     #[error("certificate {id} (serial {serial}) has been revoked by {}", id.org)]
     Revoked {
         /// The id in the certificate.
@@ -85,6 +93,26 @@ pub enum IdentityError {
         /// The role required.
         expected: &'static str,
     },
+    /// The partner's CRL is past its next-update time and
+    /// `revocation.stale_crl = "refuse"`.
+    #[error(
+        "certificate claims {id}, but {}'s CRL expired at {next_update} (Unix ms); import a fresh one (revocation.stale_crl = \"refuse\")",
+        id.org
+    )]
+    CrlStale {
+        /// The id the certificate claims.
+        id: SpiffeId,
+        /// When the CRL's next update was due.
+        next_update: i64,
+    },
+    /// A partner CRL that cannot be trusted.
+    #[error("CRL of {org}: {reason}")]
+    Crl {
+        /// The partner.
+        org: OrgId,
+        /// Why.
+        reason: String,
+    },
     /// A bad CA bundle.
     #[error("CA bundle: {0}")]
     CaBundle(String),
@@ -110,7 +138,6 @@ pub enum IdentityError {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::OrgId;
     use rustls_pki_types::UnixTime;
 
     fn org(s: &str) -> OrgId {

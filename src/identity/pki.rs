@@ -62,18 +62,66 @@ pub fn generate_ca(org: &OrgId, days: i64) -> Result<IssuedCert, IdentityError> 
     })
 }
 
-/// Issues a certificate for `id`, signed by the org's CA, valid `days` days.
-/// Node certificates may serve and dial (server + client auth); admin and
-/// publisher certificates are client-only.
+/// Issues a certificate for `id`, signed by the org's CA, valid `days` days,
+/// with a newly generated key. Node certificates may serve and dial (server +
+/// client auth); admin and publisher certificates are client-only.
 pub fn issue(
     ca_cert_pem: &str,
     ca_key_pem: &str,
     id: &SpiffeId,
     days: i64,
 ) -> Result<IssuedCert, IdentityError> {
+    let key = KeyPair::generate().map_err(pki_err)?;
+    let cert = sign_leaf(ca_cert_pem, ca_key_pem, id, days, &key)?;
+    Ok(IssuedCert {
+        cert_pem: cert,
+        key_pem: key.serialize_pem(),
+    })
+}
+
+/// Issues a certificate for `id` to the key of a PKCS#10 request (PEM), so
+/// the private key never leaves its holder. The request's own signature must
+/// verify; everything else it asks for (names, extensions) is ignored: the
+/// certificate carries exactly `id` and the role's usages. Returns PEM.
+pub fn issue_for_csr(
+    ca_cert_pem: &str,
+    ca_key_pem: &str,
+    id: &SpiffeId,
+    days: i64,
+    csr_pem: &str,
+) -> Result<String, IdentityError> {
+    let csr = rcgen::CertificateSigningRequestParams::from_pem(csr_pem)
+        .map_err(|e| IdentityError::Pki(format!("certificate request: {e}")))?;
+    sign_leaf(ca_cert_pem, ca_key_pem, id, days, &csr.public_key)
+}
+
+/// A PKCS#10 request (PEM) for `id` with a newly generated key; returns
+/// (request PEM, private key PEM). Used by `certs issue` so the key is made
+/// where it will be used.
+pub fn certificate_request(id: &SpiffeId) -> Result<(String, String), IdentityError> {
+    let key = KeyPair::generate().map_err(pki_err)?;
+    let mut params = CertificateParams::new(Vec::<String>::new()).map_err(pki_err)?;
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::CommonName, id.uri().as_str());
+    params.distinguished_name = dn;
+    let csr = params.serialize_request(&key).map_err(pki_err)?;
+    Ok((csr.pem().map_err(pki_err)?, key.serialize_pem()))
+}
+
+fn sign_leaf(
+    ca_cert_pem: &str,
+    ca_key_pem: &str,
+    id: &SpiffeId,
+    days: i64,
+    public_key: &impl rcgen::PublicKeyData,
+) -> Result<String, IdentityError> {
+    if !(1..=3650).contains(&days) {
+        return Err(IdentityError::Pki(format!(
+            "validity of {days} days: must be 1-3650"
+        )));
+    }
     let ca_key = KeyPair::from_pem(ca_key_pem).map_err(pki_err)?;
     let issuer = Issuer::from_ca_cert_pem(ca_cert_pem, ca_key).map_err(pki_err)?;
-    let key = KeyPair::generate().map_err(pki_err)?;
     let mut params = CertificateParams::new(Vec::<String>::new()).map_err(pki_err)?;
     let uri = id.uri();
     params.subject_alt_names =
@@ -98,9 +146,58 @@ pub fn issue(
     params.not_before = now - Duration::minutes(5);
     params.not_after = now + Duration::days(days);
     params.serial_number = Some(random_serial()?);
-    let cert = params.signed_by(&key, &issuer).map_err(pki_err)?;
-    Ok(IssuedCert {
-        cert_pem: cert.pem(),
-        key_pem: key.serialize_pem(),
-    })
+    let cert = params.signed_by(public_key, &issuer).map_err(pki_err)?;
+    Ok(cert.pem())
+}
+
+/// One revoked certificate for our CRL.
+#[derive(Debug, Clone)]
+pub struct RevokedEntry {
+    /// Serial number, lower-case hex.
+    pub serial: String,
+    /// When it was revoked (Unix ms).
+    pub revoked_ms: i64,
+}
+
+/// Our CRL (PEM), signed by our CA: every revoked certificate, valid from
+/// `now_ms` until `now_ms + validity_ms`, numbered `number` (monotonic, so
+/// partners can refuse an older CRL).
+pub fn sign_crl(
+    ca_cert_pem: &str,
+    ca_key_pem: &str,
+    revoked: &[RevokedEntry],
+    number: u64,
+    now_ms: i64,
+    validity_ms: i64,
+) -> Result<String, IdentityError> {
+    let ca_key = KeyPair::from_pem(ca_key_pem).map_err(pki_err)?;
+    let issuer = Issuer::from_ca_cert_pem(ca_cert_pem, ca_key).map_err(pki_err)?;
+    let at = |ms: i64| {
+        OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
+            .map_err(|e| IdentityError::Pki(format!("time {ms}: {e}")))
+    };
+    let mut entries = Vec::new();
+    for r in revoked {
+        let bytes = crate::signing::unhex(&r.serial)
+            .ok_or_else(|| IdentityError::Pki(format!("serial '{}' is not hex", r.serial)))?;
+        entries.push(rcgen::RevokedCertParams {
+            serial_number: SerialNumber::from_slice(&bytes),
+            revocation_time: at(r.revoked_ms)?,
+            reason_code: None,
+            invalidity_date: None,
+        });
+    }
+    let params = rcgen::CertificateRevocationListParams {
+        this_update: at(now_ms)?,
+        next_update: at(now_ms.saturating_add(validity_ms))?,
+        crl_number: SerialNumber::from_slice(&number.to_be_bytes()),
+        issuing_distribution_point: None,
+        revoked_certs: entries,
+        key_identifier_method: rcgen::KeyIdMethod::Sha256,
+    };
+    params
+        .signed_by(&issuer)
+        .map_err(pki_err)?
+        .pem()
+        .map_err(pki_err)
 }

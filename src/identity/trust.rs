@@ -9,7 +9,7 @@ use rustls_pki_types::{CertificateDer, UnixTime};
 use webpki::{EndEntityCert, KeyUsage};
 use x509_parser::prelude::{FromDer, X509Certificate};
 
-use super::{IdentityError, SpiffeId};
+use super::{IdentityError, PartnerCrl, SpiffeId, StaleCrl, serial_hex};
 use crate::model::OrgId;
 
 /// The certificate purpose being checked.
@@ -66,13 +66,29 @@ pub struct TrustStore {
     blocked: HashMap<OrgId, String>,
     /// Serial numbers (lower-case hex) of our own revoked certificates.
     revoked: HashSet<String>,
+    /// Each partner's imported CRL, signature already checked.
+    crls: HashMap<OrgId, PartnerCrl>,
+    /// What a CRL past its next-update time means.
+    stale_crl: StaleCrl,
 }
 
 /// The serial number of a DER certificate, as lower-case hex.
 pub fn cert_serial(der: &[u8]) -> Result<String, IdentityError> {
     let (_, cert) =
         X509Certificate::from_der(der).map_err(|e| IdentityError::CertParse(e.to_string()))?;
-    Ok(crate::signing::hex(cert.raw_serial()))
+    Ok(serial_hex(cert.raw_serial()))
+}
+
+/// The validity period of a DER certificate as (notBefore, notAfter) in
+/// Unix ms.
+pub fn cert_validity_ms(der: &[u8]) -> Result<(i64, i64), IdentityError> {
+    let (_, cert) =
+        X509Certificate::from_der(der).map_err(|e| IdentityError::CertParse(e.to_string()))?;
+    let v = cert.validity();
+    Ok((
+        v.not_before.timestamp().saturating_mul(1000),
+        v.not_after.timestamp().saturating_mul(1000),
+    ))
 }
 
 impl TrustStore {
@@ -85,6 +101,8 @@ impl TrustStore {
             cas,
             blocked: HashMap::new(),
             revoked: HashSet::new(),
+            crls: HashMap::new(),
+            stale_crl: StaleCrl::Refuse,
         })
     }
 
@@ -127,16 +145,78 @@ impl TrustStore {
         self.revoked.contains(serial)
     }
 
-    /// Refuses a certificate of our own org whose serial has been revoked.
-    /// Checked at connection time and again on every request.
-    pub fn check_revocation(&self, id: &SpiffeId, serial: &str) -> Result<(), IdentityError> {
-        if id.org == self.own && self.is_revoked(serial) {
-            return Err(IdentityError::Revoked {
+    /// Sets what a partner CRL past its next-update time means.
+    pub fn set_stale_crl(&mut self, policy: StaleCrl) {
+        self.stale_crl = policy;
+    }
+
+    /// Installs a partner's verified CRL (replacing an earlier one).
+    pub fn set_crl(&mut self, crl: PartnerCrl) {
+        self.crls.insert(crl.org.clone(), crl);
+    }
+
+    /// A partner's installed CRL, if any.
+    pub fn crl(&self, org: &OrgId) -> Option<&PartnerCrl> {
+        self.crls.get(org)
+    }
+
+    /// Refuses a revoked certificate: one of ours whose serial we revoked, or
+    /// a partner's on its CRL; and, with [`StaleCrl::Refuse`], any partner
+    /// certificate while that partner's CRL is past its next update at
+    /// `now_ms`. Checked at connection time, on every request, and over open
+    /// connections whenever revocations change.
+    pub fn check_revocation(
+        &self,
+        id: &SpiffeId,
+        serial: &str,
+        now_ms: i64,
+    ) -> Result<(), IdentityError> {
+        let revoked = || IdentityError::Revoked {
+            id: id.clone(),
+            serial: serial.to_string(),
+        };
+        if id.org == self.own {
+            return if self.is_revoked(serial) {
+                Err(revoked())
+            } else {
+                Ok(())
+            };
+        }
+        let Some(crl) = self.crls.get(&id.org) else {
+            return Ok(());
+        };
+        if crl.revoked.contains(serial) {
+            return Err(revoked());
+        }
+        match crl.next_update_ms {
+            Some(next) if next < now_ms && self.stale_crl == StaleCrl::Refuse => {
+                Err(IdentityError::CrlStale {
+                    id: id.clone(),
+                    next_update: next,
+                })
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Whether an open connection of `id` with certificate `serial` may go
+    /// on: its org is still trusted and the certificate is not revoked.
+    pub fn check_connection(
+        &self,
+        id: &SpiffeId,
+        serial: &str,
+        now_ms: i64,
+    ) -> Result<(), IdentityError> {
+        if let Some(state) = self.blocked(&id.org) {
+            return Err(IdentityError::Blocked {
                 id: id.clone(),
-                serial: serial.to_string(),
+                state: state.to_string(),
             });
         }
-        Ok(())
+        if !self.knows(&id.org) {
+            return Err(IdentityError::UnknownOrg(id.clone()));
+        }
+        self.check_revocation(id, serial, now_ms)
     }
 
     /// Whether we hold a CA bundle for `org`.
@@ -182,9 +262,10 @@ impl TrustStore {
                 id: id.clone(),
                 reason: e.to_string(),
             })?;
-        if id.org == self.own {
-            self.check_revocation(&id, &cert_serial(end_entity.as_ref())?)?;
-        }
+        let now_ms = i64::try_from(now.as_secs())
+            .unwrap_or(i64::MAX)
+            .saturating_mul(1000);
+        self.check_revocation(&id, &cert_serial(end_entity.as_ref())?, now_ms)?;
         Ok(id)
     }
 }

@@ -118,6 +118,18 @@ pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// Decodes lower- or upper-case hex; `None` if it is not an even number of
+/// hex digits.
+pub fn unhex(s: &str) -> Option<Vec<u8>> {
+    if !s.len().is_multiple_of(2) {
+        return None;
+    }
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
+        .collect()
+}
+
 /// An organisation's Ed25519 signing key (separate from its TLS keys).
 pub struct OrgSigningKey {
     /// The ring key pair; never leaves this struct.

@@ -47,9 +47,13 @@ pub enum StoreError {
         /// Version.
         version: u64,
     },
-    /// A partner card conflicts with what is stored.
+    /// The change conflicts with what is stored (an older card, an unknown
+    /// policy, a removed partner).
     #[error("{0}")]
     Conflict(String),
+    /// The named partner, policy or certificate does not exist.
+    #[error("{0}")]
+    NotFound(String),
     /// A stored row is unreadable (manual edits, corruption).
     #[error("corrupt stored row: {0}")]
     Corrupt(String),
@@ -132,6 +136,40 @@ pub struct PeerRecord {
     pub policy: String,
     /// Lifecycle state.
     pub state: PeerState,
+    /// Whether cards of other orgs relayed by this partner are accepted.
+    pub introducer: bool,
+    /// Its signed card as registered (serialised envelope).
+    pub card: Vec<u8>,
+}
+
+/// A certificate of our own org known to this node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertRow {
+    /// Serial, lower-case hex.
+    pub serial: String,
+    /// Its SPIFFE id.
+    pub spiffe_id: String,
+    /// Validity start (Unix ms).
+    pub not_before_ms: i64,
+    /// Validity end (Unix ms).
+    pub not_after_ms: i64,
+    /// When issued or first seen.
+    pub issued_ms: i64,
+    /// Who issued it.
+    pub issued_by: String,
+    /// The certificate (PEM).
+    pub pem: String,
+    /// (when, why) if revoked.
+    pub revoked: Option<(i64, String)>,
+}
+
+/// A partner's imported CRL as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CrlRow {
+    /// The partner.
+    pub org: OrgId,
+    /// The CRL (DER).
+    pub der: Vec<u8>,
 }
 
 /// A partner's lifecycle state.
@@ -565,6 +603,7 @@ impl Store {
         card_bytes: &[u8],
         endpoint: &str,
         policy: Option<&str>,
+        introducer: bool,
         actor: &str,
     ) -> Result<PeerChange, StoreError> {
         let now = now_unix_ms();
@@ -601,11 +640,12 @@ impl Store {
             }
         }
         sqlx::query(
-            "INSERT INTO peers (org_id, display_name, endpoint, card, card_version, ca_bundle_pem, added_ms, updated_ms) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7) \
+            "INSERT INTO peers (org_id, display_name, endpoint, card, card_version, ca_bundle_pem, added_ms, updated_ms, introducer) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7, ?8) \
              ON CONFLICT (org_id) DO UPDATE SET display_name = excluded.display_name, \
              endpoint = excluded.endpoint, card = excluded.card, card_version = excluded.card_version, \
-             ca_bundle_pem = excluded.ca_bundle_pem, updated_ms = excluded.updated_ms, state = 'active'",
+             ca_bundle_pem = excluded.ca_bundle_pem, updated_ms = excluded.updated_ms, state = 'active', \
+             introducer = excluded.introducer",
         )
         .bind(card.org.as_str())
         .bind(&card.card.display_name)
@@ -614,6 +654,7 @@ impl Store {
         .bind(to_i64(card.card.version))
         .bind(&card.card.ca_bundle_pem)
         .bind(now)
+        .bind(introducer)
         .execute(&mut *tx)
         .await?;
         sqlx::query("DELETE FROM signing_keys WHERE org_id = ?")
@@ -639,7 +680,7 @@ impl Store {
             partner: card.org.to_string(),
             subject: format!("card v{}", card.card.version),
             rule: String::new(),
-            detail: format!("endpoint '{endpoint}'"),
+            detail: format!("endpoint '{endpoint}', introducer {introducer}"),
         }];
         if let Some(name) = policy {
             bind_policy(&mut tx, &card.org, name).await?;
@@ -657,8 +698,8 @@ impl Store {
     /// All registered partners, by org id.
     pub async fn peers(&self) -> Result<Vec<PeerRecord>, StoreError> {
         let rows = sqlx::query(
-            "SELECT org_id, display_name, endpoint, card_version, ca_bundle_pem, added_ms, policy, state \
-             FROM peers ORDER BY org_id",
+            "SELECT org_id, display_name, endpoint, card_version, ca_bundle_pem, added_ms, policy, state, \
+             introducer, card FROM peers ORDER BY org_id",
         )
         .fetch_all(&self.pool)
         .await?;
@@ -675,6 +716,8 @@ impl Store {
                     added_ms: r.get(5),
                     policy: r.get(6),
                     state: PeerState::parse(&r.get::<String, _>(7))?,
+                    introducer: r.get::<i64, _>(8) != 0,
+                    card: r.get(9),
                 })
             })
             .collect()
@@ -785,7 +828,7 @@ impl Store {
             .fetch_optional(&mut *tx)
             .await?;
         let Some(before) = before else {
-            return Err(StoreError::Conflict(format!(
+            return Err(StoreError::NotFound(format!(
                 "{org} is not a registered partner"
             )));
         };
@@ -898,6 +941,224 @@ impl Store {
             })
             .collect()
     }
+
+    /// Changes a partner's dial endpoint and/or introducer flag.
+    pub async fn update_peer(
+        &self,
+        org: &OrgId,
+        endpoint: Option<&str>,
+        introducer: Option<bool>,
+        actor: &str,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.write_tx().await?;
+        let row: Option<(String, i64)> =
+            sqlx::query_as("SELECT endpoint, introducer FROM peers WHERE org_id = ?")
+                .bind(org.as_str())
+                .fetch_optional(&mut *tx)
+                .await?;
+        let Some((old_ep, old_intro)) = row else {
+            return Err(StoreError::NotFound(format!(
+                "{org} is not a registered partner"
+            )));
+        };
+        let ep = endpoint.unwrap_or(&old_ep);
+        let intro = introducer.unwrap_or(old_intro != 0);
+        sqlx::query(
+            "UPDATE peers SET endpoint = ?, introducer = ?, updated_ms = ? WHERE org_id = ?",
+        )
+        .bind(ep)
+        .bind(intro)
+        .bind(now_unix_ms())
+        .bind(org.as_str())
+        .execute(&mut *tx)
+        .await?;
+        append_audit_tx(
+            &mut tx,
+            &[AuditEntry {
+                event: event::PEER_UPDATED,
+                actor: actor.to_string(),
+                partner: org.to_string(),
+                subject: format!("endpoint '{ep}', introducer {intro}"),
+                rule: String::new(),
+                detail: format!("was endpoint '{old_ep}', introducer {}", old_intro != 0),
+            }],
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Every version of policy `name`, oldest first.
+    pub async fn policy_history(&self, name: &str) -> Result<Vec<PolicyRecord>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT name, version, document, applied_ms, applied_by FROM policies \
+             WHERE name = ? ORDER BY version",
+        )
+        .bind(name)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.iter().map(policy_from_row).collect())
+    }
+
+    /// Records a certificate of our own org (issued now, or found in the
+    /// configuration). Returns false if it was known already.
+    pub async fn record_cert(&self, cert: &CertRow, actor: &str) -> Result<bool, StoreError> {
+        let mut tx = self.write_tx().await?;
+        let done = sqlx::query(
+            "INSERT INTO certificates (serial, spiffe_id, not_before_ms, not_after_ms, issued_ms, issued_by, pem) \
+             VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (serial) DO NOTHING",
+        )
+        .bind(&cert.serial)
+        .bind(&cert.spiffe_id)
+        .bind(cert.not_before_ms)
+        .bind(cert.not_after_ms)
+        .bind(cert.issued_ms)
+        .bind(&cert.issued_by)
+        .bind(&cert.pem)
+        .execute(&mut *tx)
+        .await?;
+        let new = done.rows_affected() == 1;
+        if new {
+            append_audit_tx(
+                &mut tx,
+                &[AuditEntry {
+                    event: event::CERT_ISSUED,
+                    actor: actor.to_string(),
+                    partner: String::new(),
+                    subject: format!("{} serial {}", cert.spiffe_id, cert.serial),
+                    rule: String::new(),
+                    detail: format!("valid until {} (Unix ms)", cert.not_after_ms),
+                }],
+            )
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(new)
+    }
+
+    /// Certificates of our own org, newest first, with their revocation.
+    pub async fn certs(&self) -> Result<Vec<CertRow>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT c.serial, c.spiffe_id, c.not_before_ms, c.not_after_ms, c.issued_ms, c.issued_by, c.pem, \
+             r.revoked_ms, r.reason FROM certificates c LEFT JOIN revoked_certs r ON r.serial = c.serial \
+             ORDER BY c.issued_ms DESC, c.serial",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .iter()
+            .map(|r| CertRow {
+                serial: r.get(0),
+                spiffe_id: r.get(1),
+                not_before_ms: r.get(2),
+                not_after_ms: r.get(3),
+                issued_ms: r.get(4),
+                issued_by: r.get(5),
+                pem: r.get(6),
+                revoked: r
+                    .get::<Option<i64>, _>(7)
+                    .map(|at| (at, r.get::<Option<String>, _>(8).unwrap_or_default())),
+            })
+            .collect())
+    }
+
+    /// Our revoked certificates with when they were revoked, for our CRL.
+    pub async fn revocations(&self) -> Result<Vec<(String, i64)>, StoreError> {
+        Ok(
+            sqlx::query_as("SELECT serial, revoked_ms FROM revoked_certs ORDER BY serial")
+                .fetch_all(&self.pool)
+                .await?,
+        )
+    }
+
+    /// The next number for our own CRL (1, 2, ...).
+    pub async fn next_crl_number(&self) -> Result<u64, StoreError> {
+        let mut tx = self.write_tx().await?;
+        let n: i64 = sqlx::query_scalar(
+            "INSERT INTO crl_counter (id, number) VALUES (1, 1) \
+             ON CONFLICT (id) DO UPDATE SET number = number + 1 RETURNING number",
+        )
+        .fetch_one(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(n as u64)
+    }
+
+    /// Stores a partner's verified CRL, replacing the previous one unless the
+    /// new one is older (thisUpdate), which is refused as a rollback.
+    pub async fn put_partner_crl(
+        &self,
+        org: &OrgId,
+        der: &[u8],
+        this_update_ms: i64,
+        summary: &str,
+        actor: &str,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.write_tx().await?;
+        let known: Option<i64> = sqlx::query_scalar("SELECT 1 FROM peers WHERE org_id = ?")
+            .bind(org.as_str())
+            .fetch_optional(&mut *tx)
+            .await?;
+        if known.is_none() {
+            return Err(StoreError::NotFound(format!(
+                "{org} is not a registered partner"
+            )));
+        }
+        let current: Option<i64> =
+            sqlx::query_scalar("SELECT this_update_ms FROM partner_crls WHERE org_id = ?")
+                .bind(org.as_str())
+                .fetch_optional(&mut *tx)
+                .await?;
+        if let Some(cur) = current
+            && cur > this_update_ms
+        {
+            return Err(StoreError::Conflict(format!(
+                "this CRL of {org} (thisUpdate {this_update_ms}) is older than the one already imported (thisUpdate {cur})"
+            )));
+        }
+        sqlx::query(
+            "INSERT INTO partner_crls (org_id, der, this_update_ms, imported_ms, imported_by) VALUES (?1, ?2, ?3, ?4, ?5) \
+             ON CONFLICT (org_id) DO UPDATE SET der = ?2, this_update_ms = ?3, imported_ms = ?4, imported_by = ?5",
+        )
+        .bind(org.as_str())
+        .bind(der)
+        .bind(this_update_ms)
+        .bind(now_unix_ms())
+        .bind(actor)
+        .execute(&mut *tx)
+        .await?;
+        append_audit_tx(
+            &mut tx,
+            &[AuditEntry {
+                event: event::CRL_IMPORTED,
+                actor: actor.to_string(),
+                partner: org.to_string(),
+                subject: format!("thisUpdate {this_update_ms}"),
+                rule: String::new(),
+                detail: summary.to_string(),
+            }],
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Every partner's imported CRL.
+    pub async fn partner_crls(&self) -> Result<Vec<CrlRow>, StoreError> {
+        let rows: Vec<(String, Vec<u8>)> =
+            sqlx::query_as("SELECT org_id, der FROM partner_crls ORDER BY org_id")
+                .fetch_all(&self.pool)
+                .await?;
+        rows.into_iter()
+            .map(|(org, der)| {
+                Ok(CrlRow {
+                    org: OrgId::parse(&org)
+                        .map_err(|e| StoreError::Corrupt(format!("partner_crls.org_id: {e}")))?,
+                    der,
+                })
+            })
+            .collect()
+    }
 }
 
 fn stored_from_row(r: &sqlx::sqlite::SqliteRow) -> StoredIndicator {
@@ -967,7 +1228,7 @@ async fn require_policy(
         .fetch_optional(&mut **tx)
         .await?;
     if exists.is_none() {
-        return Err(StoreError::Conflict(format!(
+        return Err(StoreError::NotFound(format!(
             "no policy named '{name}' has been applied (use `threatmesh policy apply FILE` first)"
         )));
     }
@@ -986,7 +1247,7 @@ async fn bind_policy(
         .execute(&mut **tx)
         .await?;
     if done.rows_affected() == 0 {
-        return Err(StoreError::Conflict(format!(
+        return Err(StoreError::NotFound(format!(
             "{org} is not a registered partner"
         )));
     }

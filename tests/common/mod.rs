@@ -18,7 +18,6 @@ use tonic::transport::{Channel, Server};
 use tonic::{Request, Response, Status};
 
 use threatmesh::cli::init::{InitArgs, init_org};
-use threatmesh::cli::peer::register_peer;
 use threatmesh::config::Settings;
 use threatmesh::identity::{
     CertifiedKey, IssuedCert, SpiffeId, TrustStore, client_config, issue, server_config,
@@ -134,7 +133,7 @@ impl Org {
     pub async fn add_card(&self, card: &Envelope, dial: Option<SocketAddr>, policy: Option<&str>) {
         let store = Store::open_sqlite(&self.settings.store.path).await.unwrap();
         let ep = dial.map(|a| a.to_string()).unwrap_or_default();
-        register_peer(&self.settings, &store, card, Some(&ep), policy, "test")
+        threatmesh::admin::register_peer(&self.id, &store, card, Some(&ep), policy, false, "test")
             .await
             .unwrap();
         store.close().await;
@@ -404,7 +403,12 @@ impl RogueUpstream {
         let tls = Arc::new(ArcSwap::new(server_config(&org.node_cert()).unwrap()));
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let incoming = ReceiverStream::new(threatmesh::net::accept_mtls(listener, tls, trust));
+        let incoming = ReceiverStream::new(threatmesh::net::accept_mtls(
+            listener,
+            tls,
+            trust,
+            threatmesh::net::Connections::default(),
+        ));
         let deliveries = envelopes
             .into_iter()
             .enumerate()
