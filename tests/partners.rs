@@ -1,9 +1,11 @@
-//! Suspending, resuming and removing a partner while it streams.
+//! Suspending, resuming and removing a partner while it streams, through
+//! the Admin API: applied when the call returns, the partner's connections
+//! closed within a second.
 
 mod common;
 
 use common::*;
-use threatmesh::proto::v1::Tlp;
+use threatmesh::proto::v1::{PeerAction, Tlp};
 use threatmesh::store::PeerState;
 
 async fn has(node: &RunningNode, id: &str) -> bool {
@@ -25,13 +27,18 @@ async fn three() -> (Org, Org, Org, RunningNode, RunningNode, RunningNode) {
     (a, b, c, node_a, node_b, node_c)
 }
 
-async fn set_state(org: &Org, partner: &Org, state: PeerState) {
-    let store = org.store().await;
-    store
-        .set_peer_state(&partner.id, state, "test")
-        .await
-        .unwrap();
-    store.close().await;
+/// Waits (at most a second) for B's link to A to be refused with `why`.
+async fn link_refused(node_b: &RunningNode, a: &Org, why: &str) {
+    let org = &a.id;
+    wait_until(1, "B's link to A to be closed and refused", || async move {
+        node_b
+            .ctx
+            .links
+            .snapshot()
+            .get(org)
+            .is_some_and(|h| h.last_error.contains(why))
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -48,24 +55,14 @@ async fn suspended_partner_gets_nothing_is_refused_and_resumes_from_its_cursor()
         .await;
     }
 
-    set_state(&a, &b, PeerState::Suspended).await;
-    let ctx = node_a.ctx.clone();
-    let b_id = b.id.clone();
-    wait_until(5, "A to apply the suspension", || {
-        let (ctx, b_id) = (ctx.clone(), b_id.clone());
-        async move { ctx.partner_refused(&b_id).is_some() }
-    })
-    .await;
+    let before = set_peer_state(&a, &node_a, &b, PeerAction::Suspend)
+        .await
+        .unwrap();
+    assert_eq!(before, "active");
+    // In force when the call returns.
+    assert!(node_a.ctx.partner_refused(&b.id).is_some());
     // B's open stream is closed and its reconnects are refused, with the reason.
-    let (node, org) = (&node_b, &a.id);
-    wait_until(5, "B's link to A to go down as suspended", || async move {
-        node.ctx
-            .links
-            .snapshot()
-            .get(org)
-            .is_some_and(|h| h.last_error.contains("suspended"))
-    })
-    .await;
+    link_refused(&node_b, &a, "suspended").await;
 
     let during = publish_all(
         &client,
@@ -93,13 +90,14 @@ async fn suspended_partner_gets_nothing_is_refused_and_resumes_from_its_cursor()
         .audit_rows(Some("b.example"), None)
         .await
         .unwrap();
-    assert!(
-        rows.iter()
-            .any(|r| r.entry.event == "peer-state" && r.entry.subject == "suspended")
-    );
+    assert!(rows.iter().any(|r| r.entry.event == "peer-state"
+        && r.entry.subject == "suspended"
+        && r.entry.actor == "spiffe://a.example/admin/admin"));
 
     // Resume: B continues from its own cursor and gets what it missed.
-    set_state(&a, &b, PeerState::Active).await;
+    set_peer_state(&a, &node_a, &b, PeerAction::Resume)
+        .await
+        .unwrap();
     for p in &during {
         let id = p.id.clone();
         wait_until(30, "B to catch up after resume", || {
@@ -129,17 +127,16 @@ async fn removal_is_a_hard_stop_that_keeps_cursor_and_history() {
     .await;
     let cursor_before = node_b.ctx.store.cursor(&a.id).await.unwrap();
 
-    set_state(&a, &b, PeerState::Removed).await;
-    let ctx = node_a.ctx.clone();
-    let b_id = b.id.clone();
-    wait_until(5, "A to apply the removal", || {
-        let (ctx, b_id) = (ctx.clone(), b_id.clone());
-        async move {
-            ctx.partner_refused(&b_id)
-                .is_some_and(|w| w.contains("removed"))
-        }
-    })
-    .await;
+    set_peer_state(&a, &node_a, &b, PeerAction::Remove)
+        .await
+        .unwrap();
+    assert!(
+        node_a
+            .ctx
+            .partner_refused(&b.id)
+            .is_some_and(|w| w.contains("removed"))
+    );
+    link_refused(&node_b, &a, "removed").await;
     let after = publish_all(&client, vec![ipv4_draft(2, Tlp::Green)], 1).await;
     let id = after[0].id.clone();
     wait_until(30, "C to receive", || {
@@ -170,13 +167,13 @@ async fn removal_is_a_hard_stop_that_keeps_cursor_and_history() {
         .count();
     assert_eq!(sent, 1);
     assert!(store.verify_audit().await.unwrap().is_ok());
+    store.close().await;
     // Resume cannot undo a removal; registering the card again can.
-    let err = store
-        .set_peer_state(&b.id, PeerState::Active, "test")
+    let err = set_peer_state(&a, &node_a, &b, PeerAction::Resume)
         .await
         .unwrap_err();
-    assert!(err.to_string().contains("peer add"), "{err}");
-    store.close().await;
+    assert_eq!(err.code(), tonic::Code::FailedPrecondition);
+    assert!(err.message().contains("peer add"), "{}", err.message());
     assert_eq!(node_b.ctx.store.cursor(&a.id).await.unwrap(), cursor_before);
     node_b.stop().await;
     node_c.stop().await;

@@ -216,6 +216,45 @@ pub fn exchange_as(org: &Org, node: &RunningNode, cert: &CertifiedKey) -> Exchan
     ExchangeClient::new(channel_with(node.addr, &org.id, &org.ca_pem(), Some(cert)))
 }
 
+/// A client of `node`'s Admin service (run by `org`) presenting `cert`.
+pub fn admin_as(
+    org: &Org,
+    node: &RunningNode,
+    cert: &CertifiedKey,
+) -> threatmesh::proto::v1::admin_client::AdminClient<Channel> {
+    threatmesh::proto::v1::admin_client::AdminClient::new(channel_with(
+        node.addr,
+        &org.id,
+        &org.ca_pem(),
+        Some(cert),
+    ))
+}
+
+/// `org`'s own admin client of its running node.
+pub fn admin(
+    org: &Org,
+    node: &RunningNode,
+) -> threatmesh::proto::v1::admin_client::AdminClient<Channel> {
+    admin_as(org, node, &org.admin_cert())
+}
+
+/// Suspends, resumes or removes `partner` at `org`'s running node through
+/// the Admin API; returns the state before.
+pub async fn set_peer_state(
+    org: &Org,
+    node: &RunningNode,
+    partner: &Org,
+    action: threatmesh::proto::v1::PeerAction,
+) -> Result<String, Status> {
+    admin(org, node)
+        .set_peer_state(threatmesh::proto::v1::SetPeerStateRequest {
+            org: partner.id.to_string(),
+            action: action as i32,
+        })
+        .await
+        .map(|r| r.into_inner().previous_state)
+}
+
 /// `org`'s own publisher client of its running node.
 pub fn publisher(org: &Org, node: &RunningNode) -> ExchangeClient<Channel> {
     exchange_as(org, node, &org.publisher_cert())
