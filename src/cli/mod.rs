@@ -85,13 +85,12 @@ const AFTER_HELP: &str = "\
 Quick start (two organisations on one machine):
   threatmesh init --org a.example --dir a --endpoint 127.0.0.1:7441 --listen 127.0.0.1:7441
   threatmesh init --org b.example --dir b --endpoint 127.0.0.1:7442 --listen 127.0.0.1:7442
+  threatmesh -c a/threatmesh.toml serve &   threatmesh -c b/threatmesh.toml serve &
   threatmesh -c a/threatmesh.toml card export --out a.card
   threatmesh -c b/threatmesh.toml card export --out b.card
-  threatmesh -c a/threatmesh.toml peer add --card b.card
-  threatmesh -c b/threatmesh.toml peer add --card a.card
   threatmesh -c a/threatmesh.toml policy apply config/policies/agency-partner.toml
-  threatmesh -c a/threatmesh.toml peer set-policy --partner b.example --policy agency-partner
-  threatmesh -c a/threatmesh.toml serve &   threatmesh -c b/threatmesh.toml serve &
+  threatmesh -c a/threatmesh.toml peer add --card b.card --policy agency-partner
+  threatmesh -c b/threatmesh.toml peer add --card a.card
   threatmesh -c a/threatmesh.toml publish --kind domain --value evil.example --tlp GREEN
   threatmesh -c b/threatmesh.toml tail
 

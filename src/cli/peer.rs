@@ -154,9 +154,9 @@ fn print_peer(p: &Peer) {
     }
     if p.crl_next_update_unix_ms != 0 || p.crl_revoked != 0 {
         out!(
-            "CRL:          {} revoked, next update {} (Unix ms)",
+            "CRL:          {} revoked, next update {}",
             p.crl_revoked,
-            p.crl_next_update_unix_ms
+            super::audit::rfc3339(p.crl_next_update_unix_ms)
         );
     }
 }
