@@ -256,9 +256,35 @@ async fn every_admin_change_is_on_the_ledger_with_the_admins_identity() {
     })
     .await
     .unwrap();
+    // The certificate the node serves cannot be revoked before a rotation.
+    let served = cert_serial(a.node_cert().chain[0].as_ref()).unwrap();
+    let revoke_served = RevokeCertRequest {
+        which: Some(Which::Serial(served.clone())),
+        reason: "superseded".into(),
+    };
+    let e = al.revoke_cert(revoke_served.clone()).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::FailedPrecondition);
+    assert!(e.message().contains("rotate it first"), "{}", e.message());
     al.rotate_node_cert(RotateNodeCertRequest { days: 30 })
         .await
         .unwrap();
+    al.revoke_cert(revoke_served).await.unwrap();
+    // Our CRL lists both revocations, and a partner can import it.
+    let crl = al
+        .export_crl(ExportCrlRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    let mut listed = crl.revoked_serials.clone();
+    listed.sort();
+    let mut expected = vec![feed.serial.clone(), served.clone()];
+    expected.sort();
+    assert_eq!(listed, expected);
+    let at_b = import_crl(&b, &node_b, &a, crl.crl_pem.into_bytes())
+        .await
+        .unwrap();
+    assert_eq!(at_b.issuer_org, "a.example");
+    assert_eq!(at_b.revoked_serials.len(), 2);
 
     // `threatmesh audit log` shows each with alice's identity.
     let o = std::process::Command::new(env!("CARGO_BIN_EXE_threatmesh"))
@@ -300,6 +326,8 @@ async fn every_admin_change_is_on_the_ledger_with_the_admins_identity() {
         ("cert-revoked", "spiffe://a.example/publisher/feed"),
         ("crl-imported", "thisUpdate"),
         ("cert-issued", "spiffe://a.example/node"),
+        ("cert-revoked", "spiffe://a.example/node"),
+        ("crl-signed", "CRL number 1"),
     ];
     let mut at = 0;
     for (event, subject) in expect {

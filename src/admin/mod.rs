@@ -211,8 +211,8 @@ impl Admin for AdminService {
         &self,
         req: Request<ExportCrlRequest>,
     ) -> Result<Response<CrlResponse>, Status> {
-        self.admin(&req, "Admin/ExportCrl")?;
-        reply(self.export_crl_now().await)
+        let who = self.admin(&req, "Admin/ExportCrl")?;
+        reply(self.export_crl_as(&who).await)
     }
 
     async fn import_crl(

@@ -129,6 +129,21 @@ impl AdminService {
             }
             None => return Err(RpcError::Missing("serial or cert_pem")),
         };
+        // Revoking the certificate this node serves would cut it off from
+        // every partner that imports our CRL: rotate first.
+        let serving = self
+            .ctx
+            .tls
+            .cert
+            .load()
+            .chain
+            .first()
+            .and_then(|c| crate::identity::cert_serial(c.as_ref()).ok());
+        if serving.as_deref() == Some(serial.as_str()) {
+            return Err(RpcError::Precondition(format!(
+                "{spiffe_id} (serial {serial}) is the certificate this node serves; rotate it first (threatmesh certs rotate), then revoke the old serial"
+            )));
+        }
         let newly = self
             .ctx
             .store
@@ -178,7 +193,7 @@ impl AdminService {
         Ok(record(row))
     }
 
-    pub(super) async fn export_crl_now(&self) -> Result<CrlResponse, RpcError> {
+    pub(super) async fn export_crl_as(&self, who: &SpiffeId) -> Result<CrlResponse, RpcError> {
         let (ca_cert, ca_key) = self.ca()?;
         let revoked: Vec<RevokedEntry> = self
             .ctx
@@ -188,7 +203,11 @@ impl AdminService {
             .into_iter()
             .map(|(serial, revoked_ms)| RevokedEntry { serial, revoked_ms })
             .collect();
-        let number = self.ctx.store.next_crl_number().await?;
+        let number = self
+            .ctx
+            .store
+            .next_crl_number(revoked.len(), &who.to_string())
+            .await?;
         let now = now_unix_ms();
         let validity = i64::from(self.ctx.settings.revocation.crl_validity_days) * 24 * 3_600_000;
         let pem = sign_crl(&ca_cert, &ca_key, &revoked, number, now, validity)

@@ -32,6 +32,8 @@ pub mod event {
     pub const CERT_REVOKED: &str = "cert-revoked";
     /// A certificate of our own org was issued or first seen.
     pub const CERT_ISSUED: &str = "cert-issued";
+    /// Our CRL was signed for export.
+    pub const CRL_SIGNED: &str = "crl-signed";
     /// A partner's CRL was imported.
     pub const CRL_IMPORTED: &str = "crl-imported";
     /// A partner's endpoint or introducer flag was changed.

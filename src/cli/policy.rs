@@ -34,11 +34,17 @@ pub enum PolicyCommand {
         /// Version to print (default: latest).
         #[arg(long, requires = "name")]
         version: Option<u64>,
+        /// One JSON object per policy (per line).
+        #[arg(long)]
+        json: bool,
     },
     /// Every version of a policy: when, and by whom.
     History {
         /// Policy name.
         name: String,
+        /// One JSON object per version (per line).
+        #[arg(long)]
+        json: bool,
     },
     /// Would a partner receive an indicator, and under which rule? Sends nothing.
     #[command(after_help = "\
@@ -92,13 +98,21 @@ pub async fn run(config: &Path, conn: &ClientArgs, cmd: &PolicyCommand) -> Resul
                 out!("bound partners: {}", r.bound_partners.join(", "));
             }
         }
-        PolicyCommand::Show { name: None, .. } => {
+        PolicyCommand::Show {
+            name: None, json, ..
+        } => {
             let policies = client
                 .list_policies(ListPoliciesRequest {})
                 .await
                 .map_err(fail)?
                 .into_inner()
                 .policies;
+            if *json {
+                for p in &policies {
+                    out!("{}", policy_json(p));
+                }
+                return Ok(());
+            }
             if policies.is_empty() {
                 out!(
                     "no policies applied (threatmesh policy apply FILE; examples in config/policies/)"
@@ -124,6 +138,7 @@ pub async fn run(config: &Path, conn: &ClientArgs, cmd: &PolicyCommand) -> Resul
         PolicyCommand::Show {
             name: Some(name),
             version,
+            json,
         } => {
             let p = client
                 .show_policy(ShowPolicyRequest {
@@ -133,22 +148,32 @@ pub async fn run(config: &Path, conn: &ClientArgs, cmd: &PolicyCommand) -> Resul
                 .await
                 .map_err(fail)?
                 .into_inner();
+            if *json {
+                out!("{}", policy_json(&p));
+                return Ok(());
+            }
             out!(
-                "# policy {} version {}, applied by {} at {} (Unix ms)",
+                "# policy {} version {}, applied by {} at {}",
                 p.name,
                 p.version,
                 p.applied_by,
-                p.applied_unix_ms
+                super::audit::rfc3339(p.applied_unix_ms)
             );
             out_raw!("{}", p.document);
         }
-        PolicyCommand::History { name } => {
+        PolicyCommand::History { name, json } => {
             let versions = client
                 .policy_history(PolicyHistoryRequest { name: name.clone() })
                 .await
                 .map_err(fail)?
                 .into_inner()
                 .policies;
+            if *json {
+                for p in &versions {
+                    out!("{}", policy_json(p));
+                }
+                return Ok(());
+            }
             out!("{:>7}  {:<26} APPLIED BY", "VERSION", "APPLIED");
             for p in versions {
                 out!(
@@ -213,6 +238,14 @@ pub async fn run(config: &Path, conn: &ClientArgs, cmd: &PolicyCommand) -> Resul
         }
     }
     Ok(())
+}
+
+fn policy_json(p: &crate::proto::v1::PolicyVersion) -> serde_json::Value {
+    serde_json::json!({
+        "name": p.name, "version": p.version, "applied_unix_ms": p.applied_unix_ms,
+        "applied_by": p.applied_by, "bound_partners": p.bound_partners,
+        "document": p.document,
+    })
 }
 
 /// Reads a JSON indicator draft, as `publish --file` takes it.

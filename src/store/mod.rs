@@ -1071,14 +1071,27 @@ impl Store {
         )
     }
 
-    /// The next number for our own CRL (1, 2, ...).
-    pub async fn next_crl_number(&self) -> Result<u64, StoreError> {
+    /// The next number for our own CRL (1, 2, ...), recorded on the ledger
+    /// as signed by `actor` with `revoked` entries.
+    pub async fn next_crl_number(&self, revoked: usize, actor: &str) -> Result<u64, StoreError> {
         let mut tx = self.write_tx().await?;
         let n: i64 = sqlx::query_scalar(
             "INSERT INTO crl_counter (id, number) VALUES (1, 1) \
              ON CONFLICT (id) DO UPDATE SET number = number + 1 RETURNING number",
         )
         .fetch_one(&mut *tx)
+        .await?;
+        append_audit_tx(
+            &mut tx,
+            &[AuditEntry {
+                event: event::CRL_SIGNED,
+                actor: actor.to_string(),
+                partner: String::new(),
+                subject: format!("CRL number {n}"),
+                rule: String::new(),
+                detail: format!("{revoked} revoked"),
+            }],
+        )
         .await?;
         tx.commit().await?;
         Ok(n as u64)
