@@ -65,8 +65,9 @@ impl Admin for AdminService {
             self.ctx.clone(),
             after_seq,
             follow,
+            None,
             || None,
-            |rows, _| {
+            |rows, _, _| {
                 let indicators = rows
                 .iter()
                 .filter_map(|r| match decode_stored(&r.envelope) {
@@ -82,7 +83,7 @@ impl Admin for AdminService {
                     }
                 })
                 .collect();
-                (Some(TailResponse { indicators }), Vec::new())
+                (Some(TailResponse { indicators }), Vec::new(), Vec::new())
             },
         );
         Ok(Response::new(stream))

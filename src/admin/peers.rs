@@ -3,7 +3,7 @@
 use prost::Message;
 
 use super::AdminService;
-use crate::exchange::{Identity, assemble, decode_stored, hops};
+use crate::exchange::{Identity, assemble, decode_stored};
 use crate::identity::{SpiffeId, VerifiedCard, check_endpoint, open_card};
 use crate::model::{OrgId, now_unix_ms, prepare_draft};
 use crate::policy::{Decision, egress, parse_policy};
@@ -303,12 +303,16 @@ impl AdminService {
         let own = &self.ctx.own;
         let partner = parse_org("partner", &r.partner)?;
         let peer = self.peer_record(&partner).await?;
-        let ind = match r.subject {
+        let (ind, hops) = match r.subject {
             Some(Subject::IndicatorId(id)) => {
                 let row = self.ctx.store.indicator_by_id(&id).await?.ok_or_else(|| {
                     RpcError::NotFound(format!("indicator_id: this node holds no indicator {id}"))
                 })?;
-                decode_stored(&row.envelope).map_err(RpcError::Precondition)?
+                let hops = u32::try_from(row.path.len()).unwrap_or(u32::MAX);
+                (
+                    decode_stored(&row.envelope).map_err(RpcError::Precondition)?,
+                    hops,
+                )
             }
             Some(Subject::Draft(d)) => {
                 let now = now_unix_ms();
@@ -318,7 +322,7 @@ impl AdminService {
                     version: 1,
                     created_unix_ms: now,
                 };
-                assemble(own, self.ctx.signing.key_id(), at, now, d)
+                (assemble(own, self.ctx.signing.key_id(), at, now, d), 0)
             }
             None => return Err(RpcError::Missing("indicator_id or draft")),
         };
@@ -327,14 +331,7 @@ impl AdminService {
         let policy = (peer.state == PeerState::Active)
             .then(|| self.ctx.policies.load().get(&partner).cloned())
             .flatten();
-        let d = egress(
-            own,
-            &ind,
-            hops(own, &ind),
-            &partner,
-            policy.as_deref(),
-            now_unix_ms(),
-        );
+        let d = egress(own, &ind, hops, &partner, policy.as_deref(), now_unix_ms());
         let (allow, reason) = match &d {
             Decision::Allow { .. } => (true, String::new()),
             Decision::Deny { reason, .. } => (false, reason.clone()),

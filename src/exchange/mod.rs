@@ -72,32 +72,45 @@ pub fn assemble(
     }
 }
 
-/// Relay hops an indicator passed before reaching this node. Relay is not
-/// implemented yet, so anything not ours came straight from its origin.
-pub fn hops(own: &OrgId, ind: &Indicator) -> u32 {
-    u32::from(ind.origin_org != own.as_str())
+/// What the egress gate decided for one stored row and one partner.
+#[derive(Debug)]
+pub enum Release {
+    /// Not for this partner at all: it is the origin or already on the
+    /// row's path (it had it before us). No decision is recorded.
+    Skip,
+    /// Send it; the entry records the decision.
+    Send(Delivery, AuditEntry),
+    /// Withhold it; the entry records why.
+    Withhold(AuditEntry),
 }
 
-/// The egress gate. Every path that sends an indicator to a partner — today
-/// Subscribe backlog and live tail — calls this and sends only what it
-/// returns, with the partner's policy as it is at send time. It applies
-/// [`policy::egress`] and returns the audit entry recording the decision,
-/// which the caller commits before sending.
+/// The egress gate. Every path that sends an indicator to a partner —
+/// Subscribe backlog and live tail, for our own indicators and relayed
+/// ones — calls this and sends only what it returns, with the partner's
+/// policy as it is at send time. It applies [`policy::retraction`] (a
+/// revocation always reaches a past recipient) and otherwise
+/// [`policy::egress`] with the row's hop count, and returns the audit entry
+/// recording the decision, which the caller commits before sending. A
+/// released envelope is forwarded byte for byte with our org appended to
+/// its path.
 pub fn release(
     own: &OrgId,
     row: &StoredIndicator,
     recipient: &OrgId,
     policy: Option<&PartnerPolicy>,
+    previously_sent: bool,
     now_ms: i64,
-) -> (Option<Delivery>, AuditEntry) {
+) -> Release {
+    if row.origin_org == recipient.as_str() || row.path.iter().any(|o| o == recipient.as_str()) {
+        return Release::Skip;
+    }
     let (decision, subject) = match decode_stored(&row.envelope) {
         Ok(ind) => {
-            let hops = hops(own, &ind);
+            let hops = u32::try_from(row.path.len()).unwrap_or(u32::MAX);
             let subject = format!("{}/{}#{}", ind.origin_org, ind.id, ind.version);
-            (
-                policy::egress(own, &ind, hops, recipient, policy, now_ms),
-                subject,
-            )
+            let d = policy::retraction(&ind, previously_sent)
+                .unwrap_or_else(|| policy::egress(own, &ind, hops, recipient, policy, now_ms));
+            (d, subject)
         }
         Err(e) => (
             Decision::Deny {
@@ -121,11 +134,14 @@ pub fn release(
                 rule: rule.into(),
                 detail: policy_ref,
             };
+            let mut path = row.path.clone();
+            path.push(own.to_string());
             let delivery = Delivery {
                 seq: row.seq,
                 envelope: row.envelope.clone(),
+                path,
             };
-            (Some(delivery), entry)
+            Release::Send(delivery, entry)
         }
         Decision::Deny { rule, reason } => {
             tracing::debug!(seq = row.seq, partner = %recipient, rule, %reason, "withheld");
@@ -137,14 +153,17 @@ pub fn release(
                 rule: rule.into(),
                 detail: format!("{reason} ({policy_ref})"),
             };
-            (None, entry)
+            Release::Withhold(entry)
         }
     }
 }
 
 /// Streams the local log after `after` in batches, mapping each batch with
-/// `map` (which may filter and returns audit entries to commit before the
-/// batch is sent), then — with `follow` — the live tail. Reads come from the
+/// `map` (which may filter and returns audit entries, and the indicators
+/// released to `recipient`, to commit before the batch is sent), then —
+/// with `follow` — the live tail. For a partner stream (`recipient` set),
+/// `map` also gets the revoked rows' indicators that partner was sent
+/// before, so retractions reach past recipients. Reads come from the
 /// store, so a slow reader costs a cursor, not memory: at most two batches
 /// wait in the channel. Stops when the client goes away or the node shuts
 /// down.
@@ -152,12 +171,19 @@ pub fn stream_log<T, F, A>(
     ctx: Arc<NodeContext>,
     after: u64,
     follow: bool,
+    recipient: Option<OrgId>,
     refused: A,
     mut map: F,
 ) -> ReceiverStream<Result<T, Status>>
 where
     T: Send + 'static,
-    F: FnMut(&[StoredIndicator], u64) -> (Option<T>, Vec<AuditEntry>) + Send + 'static,
+    F: FnMut(
+            &[StoredIndicator],
+            u64,
+            &SentBefore,
+        ) -> (Option<T>, Vec<AuditEntry>, Vec<(String, String)>)
+        + Send
+        + 'static,
     A: Fn() -> Option<Status> + Send + 'static,
 {
     let (tx, rx) = mpsc::channel(2);
@@ -197,8 +223,29 @@ where
                 }
                 continue;
             };
-            let (item, audit) = map(&rows, last);
-            if let Err(e) = ctx.store.append_audit(&audit).await {
+            let sent_before = match &recipient {
+                Some(r) => {
+                    let revoked: Vec<(String, String)> = rows
+                        .iter()
+                        .filter(|x| x.revoked)
+                        .map(|x| (x.origin_org.clone(), x.indicator_id.clone()))
+                        .collect();
+                    match ctx.store.sent_before(r, &revoked).await {
+                        Ok(s) => s,
+                        Err(e) => {
+                            let _ = tx.send(Err(RpcError::Store(e).into())).await;
+                            return;
+                        }
+                    }
+                }
+                None => SentBefore::new(),
+            };
+            let (item, audit, sent) = map(&rows, last, &sent_before);
+            let committed = match &recipient {
+                Some(r) => ctx.store.append_release(&audit, r, &sent).await,
+                None => ctx.store.append_audit(&audit).await,
+            };
+            if let Err(e) = committed {
                 // Nothing leaves unless its decision is on record.
                 let _ = tx.send(Err(RpcError::Store(e).into())).await;
                 return;
@@ -214,6 +261,9 @@ where
     });
     ReceiverStream::new(rx)
 }
+
+/// Indicators (origin, id) a partner was sent before.
+pub type SentBefore = std::collections::HashSet<(String, String)>;
 
 /// The Exchange service of one node.
 pub struct ExchangeService {
@@ -273,6 +323,8 @@ impl ExchangeService {
             indicator: ind,
             envelope,
             rule: "published-here",
+            path: Vec::new(),
+            upstream_seq: 0,
         };
         let seq = ctx.store.append_local(&row, &caller.to_string()).await?;
         let i = &row.indicator;
@@ -324,24 +376,40 @@ impl Exchange for ExchangeService {
                 .partner_refused(&check.1)
                 .map(Status::permission_denied)
         };
-        let stream = stream_log(ctx, from, true, refused, move |rows, last| {
-            let policies = gate.policies.load();
-            let policy = policies.get(&partner).map(|p| p.as_ref());
-            let now = now_unix_ms();
-            let mut deliveries = Vec::new();
-            let mut audit = Vec::with_capacity(rows.len());
-            for r in rows {
-                let (d, entry) = release(&gate.own, r, &partner, policy, now);
-                deliveries.extend(d);
-                audit.push(entry);
-            }
-            let response = SubscribeResponse {
-                deliveries,
-                cursor: last,
-                latest: gate.store.latest_known().max(last),
-            };
-            (Some(response), audit)
-        });
+        let recipient = Some(partner.clone());
+        let stream = stream_log(
+            ctx,
+            from,
+            true,
+            recipient,
+            refused,
+            move |rows, last, before| {
+                let policies = gate.policies.load();
+                let policy = policies.get(&partner).map(|p| p.as_ref());
+                let now = now_unix_ms();
+                let mut deliveries = Vec::new();
+                let mut audit = Vec::with_capacity(rows.len());
+                let mut sent = Vec::new();
+                for r in rows {
+                    let key = (r.origin_org.clone(), r.indicator_id.clone());
+                    match release(&gate.own, r, &partner, policy, before.contains(&key), now) {
+                        Release::Skip => {}
+                        Release::Send(d, entry) => {
+                            deliveries.push(d);
+                            audit.push(entry);
+                            sent.push(key);
+                        }
+                        Release::Withhold(entry) => audit.push(entry),
+                    }
+                }
+                let response = SubscribeResponse {
+                    deliveries,
+                    cursor: last,
+                    latest: gate.store.latest_known().max(last),
+                };
+                (Some(response), audit, sent)
+            },
+        );
         Ok(Response::new(stream))
     }
 

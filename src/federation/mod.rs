@@ -18,7 +18,7 @@ use crate::model::{OrgId, now_unix_ms, validate_indicator};
 use crate::node::NodeContext;
 use crate::policy::{self, Decision, PartnerPolicy};
 use crate::proto::v1::exchange_client::ExchangeClient;
-use crate::proto::v1::{Envelope, SubscribeRequest};
+use crate::proto::v1::{Delivery, Envelope, Indicator, SubscribeRequest};
 use crate::rpc::{SHUTTING_DOWN, verify_code};
 use crate::signing::{KeyDirectory, open_indicator};
 use crate::store::{NewIndicator, PeerRecord, PeerState, Rejection};
@@ -102,6 +102,9 @@ impl LinkBoard {
 /// Largest Subscribe message accepted from a partner.
 const MAX_MESSAGE_BYTES: usize = 32 * 1024 * 1024;
 
+/// Longest path accepted: more relays than this is a loop or an attack.
+pub const MAX_PATH_LEN: usize = 16;
+
 /// A refused envelope: the gRPC code it maps to and why.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Refusal {
@@ -109,45 +112,160 @@ pub struct Refusal {
     pub code: Code,
     /// Reason, naming the key, org or field.
     pub reason: String,
+    /// The signing key we do not know yet, when that is the only problem:
+    /// such an envelope waits in quarantine instead of being refused.
+    pub unknown_key: Option<String>,
 }
 
-/// Checks one envelope received from `upstream`: decode the envelope frame,
-/// verify the signature against the key directory (before the payload is
-/// decoded), validate the content, apply the ingress policy. Pure.
-pub fn check_delivery(
+impl Refusal {
+    fn new(code: Code, reason: String) -> Self {
+        Self {
+            code,
+            reason,
+            unknown_key: None,
+        }
+    }
+}
+
+/// An envelope from a partner whose signature, content and path checked out.
+#[derive(Debug, Clone)]
+pub struct Verified {
+    /// The indicator, decoded from exactly the verified bytes.
+    pub indicator: Indicator,
+    /// The envelope as received, to be stored byte for byte.
+    pub envelope: Vec<u8>,
+    /// Its path, origin first, ending at the partner that sent it.
+    pub path: Vec<String>,
+    /// Its sequence number at that partner.
+    pub upstream_seq: u64,
+}
+
+/// Checks the path of a delivery from `upstream`: 1 to [`MAX_PATH_LEN`]
+/// valid org ids, no org twice, ending at the authenticated sender.
+fn check_path(own: &OrgId, upstream: &OrgId, path: &[String]) -> Result<bool, Refusal> {
+    let bad = |why: String| Refusal::new(Code::InvalidArgument, format!("path: {why}"));
+    if path.is_empty() || path.len() > MAX_PATH_LEN {
+        return Err(bad(format!(
+            "{} hops; 1 to {MAX_PATH_LEN} are accepted",
+            path.len()
+        )));
+    }
+    let mut seen = std::collections::HashSet::new();
+    for o in path {
+        OrgId::parse(o).map_err(|e| bad(e.to_string()))?;
+        if !seen.insert(o.as_str()) {
+            return Err(bad(format!("{o} appears twice (a loop)")));
+        }
+    }
+    if path.iter().any(|o| o == own.as_str()) {
+        return Ok(true);
+    }
+    if path.last().map(String::as_str) != Some(upstream.as_str()) {
+        return Err(bad(format!(
+            "ends at {}, but it was sent by {upstream}",
+            path.last().map(String::as_str).unwrap_or("")
+        )));
+    }
+    Ok(false)
+}
+
+/// Checks one delivery from `upstream`: its path, then the envelope frame,
+/// then the signature against the key directory (before the payload is
+/// decoded), that the signed origin starts the path, and the content.
+/// `None`: it passed through this node already (we are on its path), a copy
+/// coming back round a loop, dropped unopened. Pure.
+pub fn verify_delivery(
     own: &OrgId,
     upstream: &OrgId,
-    bytes: &[u8],
+    d: &Delivery,
     keys: &KeyDirectory,
-    policy: Option<&PartnerPolicy>,
     now_ms: i64,
-) -> Result<NewIndicator, Refusal> {
-    let env = Envelope::decode(bytes).map_err(|e| Refusal {
-        code: Code::InvalidArgument,
-        reason: format!("envelope does not decode: {e}"),
+) -> Result<Option<Verified>, Refusal> {
+    if check_path(own, upstream, &d.path)? {
+        return Ok(None);
+    }
+    let env = Envelope::decode(d.envelope.as_slice()).map_err(|e| {
+        Refusal::new(
+            Code::InvalidArgument,
+            format!("envelope does not decode: {e}"),
+        )
     })?;
     let indicator = open_indicator(&env, keys).map_err(|e| Refusal {
         code: verify_code(&e),
         reason: e.to_string(),
+        unknown_key: match &e {
+            crate::signing::VerifyError::UnknownKey(k) => Some(k.clone()),
+            _ => None,
+        },
     })?;
-    validate_indicator(&indicator, now_ms).map_err(|e| Refusal {
-        code: Code::InvalidArgument,
-        reason: format!("indicator {}: {e}", indicator.id),
+    if d.path.first().map(String::as_str) != Some(indicator.origin_org.as_str()) {
+        return Err(Refusal::new(
+            Code::InvalidArgument,
+            format!(
+                "path: starts at {}, but the signed origin is {}",
+                d.path.first().map(String::as_str).unwrap_or(""),
+                indicator.origin_org
+            ),
+        ));
+    }
+    validate_indicator(&indicator, now_ms).map_err(|e| {
+        Refusal::new(
+            Code::InvalidArgument,
+            format!("indicator {}: {e}", indicator.id),
+        )
     })?;
-    let rule = match policy::ingress(own, &indicator, upstream, policy) {
+    Ok(Some(Verified {
+        indicator,
+        envelope: d.envelope.clone(),
+        path: d.path.clone(),
+        upstream_seq: d.seq,
+    }))
+}
+
+/// Applies our ingress policy for `upstream` to a verified envelope. A
+/// revocation of an indicator we hold (`held_earlier`) is always admitted.
+/// Pure.
+pub fn admit(
+    own: &OrgId,
+    upstream: &OrgId,
+    v: Verified,
+    policy: Option<&PartnerPolicy>,
+    held_earlier: bool,
+) -> Result<NewIndicator, Refusal> {
+    let decision = policy::accept_retraction(&v.indicator, held_earlier)
+        .unwrap_or_else(|| policy::ingress(own, &v.indicator, upstream, policy));
+    let rule = match decision {
         Decision::Allow { rule } => rule,
         Decision::Deny { rule, reason } => {
-            return Err(Refusal {
-                code: Code::PermissionDenied,
-                reason: format!("ingress rule {rule}: {reason}"),
-            });
+            return Err(Refusal::new(
+                Code::PermissionDenied,
+                format!("ingress rule {rule}: {reason}"),
+            ));
         }
     };
     Ok(NewIndicator {
-        indicator,
-        envelope: bytes.to_vec(),
+        indicator: v.indicator,
+        envelope: v.envelope,
         rule,
+        path: v.path,
+        upstream_seq: v.upstream_seq,
     })
+}
+
+/// [`verify_delivery`] then [`admit`] (as for an indicator not held yet);
+/// `None` for an echo.
+pub fn check_delivery(
+    own: &OrgId,
+    upstream: &OrgId,
+    d: &Delivery,
+    keys: &KeyDirectory,
+    policy: Option<&PartnerPolicy>,
+    now_ms: i64,
+) -> Result<Option<NewIndicator>, Refusal> {
+    match verify_delivery(own, upstream, d, keys, now_ms)? {
+        None => Ok(None),
+        Some(v) => admit(own, upstream, v, policy, false).map(Some),
+    }
 }
 
 /// Why a link session ended.
@@ -284,7 +402,20 @@ async fn session(
                 )));
             }
             prev = d.seq;
-            match check_delivery(&ctx.own, &peer.org, &d.envelope, &keys, policy, now) {
+            let checked = match verify_delivery(&ctx.own, &peer.org, &d, &keys, now) {
+                Ok(None) => continue,
+                Ok(Some(v)) => {
+                    let held = v.indicator.revoked
+                        && ctx
+                            .store
+                            .latest_version(&v.indicator.origin_org, &v.indicator.id)
+                            .await?
+                            .is_some();
+                    admit(&ctx.own, &peer.org, v, policy, held)
+                }
+                Err(r) => Err(r),
+            };
+            match checked {
                 Ok(row) => rows.push(row),
                 Err(r) => {
                     tracing::warn!(
@@ -410,26 +541,59 @@ mod tests {
         let good = key
             .seal(INDICATOR_PAYLOAD_TYPE, ind.encode_to_vec())
             .encode_to_vec();
-        let row = check_delivery(&b, &a, &good, &keys, None, now).unwrap();
+        let from = |envelope: &[u8], path: &[&str]| Delivery {
+            seq: 1,
+            envelope: envelope.to_vec(),
+            path: path.iter().map(|s| s.to_string()).collect(),
+        };
+        let row = check_delivery(&b, &a, &from(&good, &["a.example"]), &keys, None, now)
+            .unwrap()
+            .unwrap();
         assert_eq!(row.envelope, good);
+        assert_eq!(row.path, ["a.example"]);
 
-        assert_eq!(
-            check_delivery(&b, &a, b"\xff\xff", &keys, None, now)
+        let code = |d: Delivery, upstream: &OrgId| {
+            check_delivery(&b, upstream, &d, &keys, None, now)
                 .unwrap_err()
-                .code,
+                .code
+        };
+        assert_eq!(
+            code(from(b"\xff\xff", &["a.example"]), &a),
             Code::InvalidArgument
         );
         let mut env = Envelope::decode(good.as_slice()).unwrap();
         env.payload[3] ^= 0x01;
-        let err = check_delivery(&b, &a, &env.encode_to_vec(), &keys, None, now).unwrap_err();
-        assert_eq!(err.code, Code::Unauthenticated);
-        // Arrives from c.example but originates at a.example: not accepted yet.
+        assert_eq!(
+            code(from(&env.encode_to_vec(), &["a.example"]), &a),
+            Code::Unauthenticated
+        );
+        // Arrives from c.example but originates at a.example: relayed data
+        // is not accepted without a policy saying so.
         let c = OrgId::parse("c.example").unwrap();
         assert_eq!(
-            check_delivery(&b, &c, &good, &keys, None, now)
-                .unwrap_err()
-                .code,
+            code(from(&good, &["a.example", "c.example"]), &c),
             Code::PermissionDenied
+        );
+        // Paths: empty, not ending at the sender, not starting at the signed
+        // origin, with a loop — all refused; through us — an echo.
+        assert_eq!(code(from(&good, &[]), &a), Code::InvalidArgument);
+        assert_eq!(code(from(&good, &["a.example"]), &c), Code::InvalidArgument);
+        assert_eq!(code(from(&good, &["c.example"]), &c), Code::InvalidArgument);
+        assert_eq!(
+            code(from(&good, &["a.example", "c.example", "a.example"]), &a),
+            Code::InvalidArgument
+        );
+        assert!(
+            check_delivery(
+                &b,
+                &c,
+                &from(&good, &["a.example", "b.example", "c.example"]),
+                &keys,
+                None,
+                now
+            )
+            .unwrap()
+            .is_none()
         );
         // Far-future timestamp.
         let mut future = ind.clone();
@@ -438,11 +602,6 @@ mod tests {
         let env = key
             .seal(INDICATOR_PAYLOAD_TYPE, future.encode_to_vec())
             .encode_to_vec();
-        assert_eq!(
-            check_delivery(&b, &a, &env, &keys, None, now)
-                .unwrap_err()
-                .code,
-            Code::InvalidArgument
-        );
+        assert_eq!(code(from(&env, &["a.example"]), &a), Code::InvalidArgument);
     }
 }

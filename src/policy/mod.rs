@@ -249,6 +249,27 @@ pub fn egress(
     Decision::Allow { rule: allow_rule }
 }
 
+/// A revocation goes to every partner that was ever sent the indicator,
+/// even where the current policy would send it nothing new: a retraction is
+/// never withheld from a past recipient. `previously_sent` says whether
+/// `recipient` was sent an earlier version. `None`: the ordinary rules of
+/// [`egress`] apply.
+pub fn retraction(ind: &Indicator, previously_sent: bool) -> Option<Decision> {
+    (ind.revoked && previously_sent).then_some(Decision::Allow {
+        rule: "retraction-to-past-recipient",
+    })
+}
+
+/// A revocation of an indicator we hold is accepted from any partner
+/// whatever the ingress filters say (its signature already proved it comes
+/// from the origin): filters decide what new data we take, not whether we
+/// learn that data we hold was withdrawn. `None`: [`ingress`] applies.
+pub fn accept_retraction(ind: &Indicator, held_earlier: bool) -> Option<Decision> {
+    (ind.revoked && held_earlier).then_some(Decision::Allow {
+        rule: "retraction-of-held-indicator",
+    })
+}
+
 /// Do we accept `ind`, received from partner `upstream`? Without a bound
 /// policy the default ingress rules apply (all kinds, any confidence, no
 /// relayed indicators).

@@ -68,6 +68,11 @@ pub struct NewIndicator {
     pub envelope: Vec<u8>,
     /// The ingress rule that accepted it (recorded in the audit ledger).
     pub rule: &'static str,
+    /// Orgs it passed through before reaching us, origin first (empty when
+    /// published here).
+    pub path: Vec<String>,
+    /// Its sequence number at the partner it came from (0 if published here).
+    pub upstream_seq: u64,
 }
 
 /// A stored indicator version.
@@ -87,6 +92,11 @@ pub struct StoredIndicator {
     pub envelope: Vec<u8>,
     /// When this node stored it.
     pub stored_ms: i64,
+    /// Orgs it passed through before reaching us, origin first (empty when
+    /// published here).
+    pub path: Vec<String>,
+    /// Whether this version revokes the indicator.
+    pub revoked: bool,
 }
 
 /// A refused envelope to record.
@@ -379,6 +389,57 @@ impl Store {
         Ok(())
     }
 
+    /// Commits the ledger entries of one batch released to `recipient`, and
+    /// records which indicators (origin, id) it was sent, in one
+    /// transaction: nothing leaves before this returns.
+    pub async fn append_release(
+        &self,
+        entries: &[AuditEntry],
+        recipient: &OrgId,
+        sent: &[(String, String)],
+    ) -> Result<(), StoreError> {
+        let mut tx = self.write_tx().await?;
+        append_audit_tx(&mut tx, entries).await?;
+        let now = now_unix_ms();
+        for (origin, id) in sent {
+            sqlx::query(
+                "INSERT INTO sent_to (origin_org, indicator_id, recipient, first_sent_ms) \
+                 VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING",
+            )
+            .bind(origin)
+            .bind(id)
+            .bind(recipient.as_str())
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Which of `indicators` (origin, id) were ever sent to `recipient`.
+    pub async fn sent_before(
+        &self,
+        recipient: &OrgId,
+        indicators: &[(String, String)],
+    ) -> Result<std::collections::HashSet<(String, String)>, StoreError> {
+        let mut out = std::collections::HashSet::new();
+        for (origin, id) in indicators {
+            let hit: Option<i64> = sqlx::query_scalar(
+                "SELECT 1 FROM sent_to WHERE origin_org = ? AND indicator_id = ? AND recipient = ?",
+            )
+            .bind(origin)
+            .bind(id)
+            .bind(recipient.as_str())
+            .fetch_optional(&self.pool)
+            .await?;
+            if hit.is_some() {
+                out.insert((origin.clone(), id.clone()));
+            }
+        }
+        Ok(out)
+    }
+
     /// Ledger rows, oldest first, optionally for one partner and from a time.
     pub async fn audit_rows(
         &self,
@@ -465,7 +526,37 @@ impl Store {
         let mut tx = self.write_tx().await?;
         let mut max_seq = 0;
         let mut audit = Vec::new();
+        let mut refused: Vec<Rejection> = Vec::new();
         for row in rows {
+            let i = &row.indicator;
+            let held: Option<i64> = sqlx::query_scalar(
+                "SELECT MAX(version) FROM indicators WHERE origin_org = ? AND indicator_id = ?",
+            )
+            .bind(&i.origin_org)
+            .bind(&i.id)
+            .fetch_one(&mut *tx)
+            .await?;
+            let held = held.map(|v| v as u64);
+            let refusal = match held {
+                Some(h) if i.version < h => Some(format!(
+                    "rollback: {}/{} version {} is older than version {h} held here",
+                    i.origin_org, i.id, i.version
+                )),
+                Some(h) if i.version > h.saturating_add(MAX_VERSION_STEP) => Some(format!(
+                    "{}/{} version {} jumps more than {MAX_VERSION_STEP} versions past version {h} held here",
+                    i.origin_org, i.id, i.version
+                )),
+                _ => None,
+            };
+            if let Some(reason) = refusal {
+                refused.push(Rejection {
+                    upstream_seq: row.upstream_seq,
+                    code: "FailedPrecondition".into(),
+                    reason,
+                    envelope: row.envelope.clone(),
+                });
+                continue;
+            }
             match insert_indicator(&mut tx, row, upstream.as_str()).await? {
                 Some(seq) => {
                     out.stored += 1;
@@ -482,7 +573,8 @@ impl Store {
                 None => out.duplicates += 1,
             }
         }
-        for r in rejections {
+        let all_refused: Vec<&Rejection> = rejections.iter().chain(refused.iter()).collect();
+        for r in &all_refused {
             audit.push(AuditEntry {
                 event: event::REJECTED,
                 actor: "node".into(),
@@ -493,7 +585,7 @@ impl Store {
             });
         }
         append_audit_tx(&mut tx, &audit).await?;
-        for r in rejections {
+        for r in all_refused {
             sqlx::query(
                 "INSERT INTO rejections (upstream_org, upstream_seq, code, reason, envelope, rejected_ms) \
                  VALUES (?, ?, ?, ?, ?, ?)",
@@ -542,7 +634,7 @@ impl Store {
         limit: u32,
     ) -> Result<Vec<StoredIndicator>, StoreError> {
         let rows = sqlx::query(
-            "SELECT seq, origin_org, indicator_id, version, received_from, envelope, stored_ms \
+            "SELECT seq, origin_org, indicator_id, version, received_from, envelope, stored_ms, path, revoked \
              FROM indicators WHERE seq > ? ORDER BY seq LIMIT ?",
         )
         .bind(to_i64(after))
@@ -558,7 +650,7 @@ impl Store {
         origin: Option<&str>,
     ) -> Result<Vec<StoredIndicator>, StoreError> {
         let rows = sqlx::query(
-            "SELECT seq, origin_org, indicator_id, version, received_from, envelope, stored_ms \
+            "SELECT seq, origin_org, indicator_id, version, received_from, envelope, stored_ms, path, revoked \
              FROM indicators WHERE (?1 IS NULL OR origin_org = ?1) ORDER BY seq",
         )
         .bind(origin)
@@ -911,7 +1003,7 @@ impl Store {
     /// The latest stored version of indicator `id` (any origin).
     pub async fn indicator_by_id(&self, id: &str) -> Result<Option<StoredIndicator>, StoreError> {
         let row = sqlx::query(
-            "SELECT seq, origin_org, indicator_id, version, received_from, envelope, stored_ms \
+            "SELECT seq, origin_org, indicator_id, version, received_from, envelope, stored_ms, path, revoked \
              FROM indicators WHERE indicator_id = ? ORDER BY version DESC, seq DESC LIMIT 1",
         )
         .bind(id)
@@ -1184,8 +1276,23 @@ fn stored_from_row(r: &sqlx::sqlite::SqliteRow) -> StoredIndicator {
         received_from: (!from.is_empty()).then_some(from),
         envelope: r.get(5),
         stored_ms: r.get(6),
+        path: split_path(&r.get::<String, _>(7)),
+        revoked: r.get::<bool, _>(8),
     }
 }
+
+/// A stored path ("a.example,b.example") as org ids.
+fn split_path(s: &str) -> Vec<String> {
+    if s.is_empty() {
+        Vec::new()
+    } else {
+        s.split(',').map(str::to_string).collect()
+    }
+}
+
+/// Most a version may jump above the newest one held (a "far-future"
+/// version would block every later update by the origin).
+pub const MAX_VERSION_STEP: u64 = 1_000_000;
 
 /// Inserts one version; `None` when (origin, id, version) is already stored.
 async fn insert_indicator(
@@ -1196,8 +1303,8 @@ async fn insert_indicator(
     let i = &row.indicator;
     let seq: Option<i64> = sqlx::query_scalar(
         "INSERT INTO indicators (origin_org, indicator_id, version, received_from, envelope, kind, value, \
-         tlp, confidence, created_ms, modified_ms, revoked, stored_ms) \
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) \
+         tlp, confidence, created_ms, modified_ms, revoked, stored_ms, path) \
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) \
          ON CONFLICT (origin_org, indicator_id, version) DO NOTHING RETURNING seq",
     )
     .bind(&i.origin_org)
@@ -1213,6 +1320,7 @@ async fn insert_indicator(
     .bind(i.modified_unix_ms)
     .bind(i.revoked)
     .bind(now_unix_ms())
+    .bind(row.path.join(","))
     .fetch_optional(&mut **tx)
     .await?;
     Ok(seq.map(|s| s as u64))

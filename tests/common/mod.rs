@@ -431,8 +431,24 @@ impl Exchange for RogueExchange {
 
 impl RogueUpstream {
     /// Serves `envelopes` as seq 1, 2, ... to subscribers trusted by `org`'s
-    /// CA plus the CAs of `trusts`.
+    /// CA plus the CAs of `trusts`, each with the path `[org]` (as if `org`
+    /// were the origin).
     pub async fn start(org: &Org, trusts: &[&Org], envelopes: Vec<Vec<u8>>) -> Self {
+        let path = vec![org.id.to_string()];
+        Self::start_with_paths(
+            org,
+            trusts,
+            envelopes.into_iter().map(|e| (e, path.clone())).collect(),
+        )
+        .await
+    }
+
+    /// As [`RogueUpstream::start`], each envelope with its own path.
+    pub async fn start_with_paths(
+        org: &Org,
+        trusts: &[&Org],
+        envelopes: Vec<(Vec<u8>, Vec<String>)>,
+    ) -> Self {
         let mut trust = TrustStore::new(org.id.clone(), &org.ca_pem()).unwrap();
         for t in trusts {
             trust.set_partner(t.id.clone(), &t.ca_pem()).unwrap();
@@ -451,9 +467,10 @@ impl RogueUpstream {
         let deliveries = envelopes
             .into_iter()
             .enumerate()
-            .map(|(i, e)| Delivery {
+            .map(|(i, (e, path))| Delivery {
                 seq: i as u64 + 1,
                 envelope: e,
+                path,
             })
             .collect();
         let svc = RogueExchange {
