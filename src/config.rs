@@ -148,6 +148,9 @@ pub struct FederationSettings {
     pub peer_refresh_ms: u64,
     /// Most envelopes per Subscribe message.
     pub batch_size: u32,
+    /// How long an envelope signed by an unknown key waits in quarantine
+    /// for its org's card before it is dropped (with a ledger row), in ms.
+    pub quarantine_ttl_ms: u64,
 }
 
 /// `[revocation]`
@@ -229,6 +232,7 @@ impl Settings {
             ("federation.peer_refresh_ms", 500),
             ("federation.batch_size", 256),
             ("revocation.crl_validity_days", 7),
+            ("federation.quarantine_ttl_ms", 7 * 24 * 3_600_000),
         ] {
             b = b
                 .set_default(k, v)
@@ -301,6 +305,9 @@ impl Settings {
         }
         if f.peer_refresh_ms == 0 {
             return Err(invalid("federation.peer_refresh_ms", "must be positive"));
+        }
+        if f.quarantine_ttl_ms == 0 {
+            return Err(invalid("federation.quarantine_ttl_ms", "must be positive"));
         }
         if f.batch_size == 0 || f.batch_size > 4096 {
             return Err(invalid("federation.batch_size", "must be 1-4096"));

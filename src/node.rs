@@ -6,6 +6,7 @@ use std::future::Future;
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
+use prost::Message;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_stream::wrappers::ReceiverStream;
@@ -23,11 +24,26 @@ use crate::proto::v1::Envelope;
 use crate::proto::v1::admin_server::AdminServer;
 use crate::proto::v1::exchange_server::ExchangeServer;
 use crate::signing::{KeyDirectory, KnownKey, OrgSigningKey};
-use crate::store::{CertRow, CrlRow, PeerRecord, PeerState, PolicyRecord, Store, StoreError};
+use crate::store::{
+    CardState, CertRow, CrlRow, DirectoryRow, OwnKeyRow, PeerRecord, PeerState, PolicyRecord,
+    Store, StoreError,
+};
 
-/// What the trust store, keys and policies were last built from: partners,
-/// policy versions, revoked serials of our own certificates, partner CRLs.
-type Loaded = (Vec<PeerRecord>, Vec<PolicyRecord>, Vec<String>, Vec<CrlRow>);
+/// What the trust store, keys, cards and policies were last built from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Loaded {
+    peers: Vec<PeerRecord>,
+    policies: Vec<PolicyRecord>,
+    revoked: Vec<String>,
+    crls: Vec<CrlRow>,
+    directory: Vec<DirectoryRow>,
+    own_keys: Vec<OwnKeyRow>,
+    card_version: u64,
+}
+
+/// Cards this node can pass on, by org: its own, its partners' and the
+/// accepted cards of other orgs, each with its version.
+pub type CardMap = std::collections::HashMap<OrgId, (u64, Arc<Envelope>)>;
 
 /// Partner → the latest version of the policy bound to it.
 pub type PolicyMap = std::collections::HashMap<OrgId, Arc<PartnerPolicy>>;
@@ -55,8 +71,8 @@ pub struct NodeContext {
     pub own: OrgId,
     /// Validated settings.
     pub settings: Settings,
-    /// Our Ed25519 signing key.
-    pub signing: OrgSigningKey,
+    /// Our current Ed25519 signing key, swapped when it is rotated.
+    pub signing: ArcSwap<OrgSigningKey>,
     /// The store.
     pub store: Store,
     /// Per-org trusted CAs, swapped when partners change.
@@ -71,8 +87,12 @@ pub struct NodeContext {
     /// Each partner's bound policy, swapped when bindings or versions change;
     /// read at send time, so a change applies to everything not yet sent.
     pub policies: ArcSwap<PolicyMap>,
-    /// Our current signed org card.
-    pub card: Envelope,
+    /// Our current signed org card, swapped when our keys change.
+    pub card: ArcSwap<Envelope>,
+    /// Cards we pass on with the indicators of their orgs.
+    pub cards: ArcSwap<CardMap>,
+    /// Serialises changes of our own signing keys.
+    key_change: tokio::sync::Mutex<()>,
     /// Turns true when the node shuts down; streams and links watch it.
     pub shutdown: watch::Receiver<bool>,
     /// Our CA bundle, kept to rebuild the trust store.
@@ -162,16 +182,28 @@ impl NodeContext {
     /// suspended, removed, stale CRL) are closed, also when nothing changed,
     /// since a CRL can turn stale with time alone.
     pub async fn reload_peers(&self) -> Result<Vec<PeerRecord>, NodeError> {
-        let peers = self.store.peers().await?;
-        let policies = self.store.policies().await?;
-        let revoked = self.store.revoked_serials().await?;
-        let crls = self.store.partner_crls().await?;
-        let current = (peers, policies, revoked, crls);
+        let current = Loaded {
+            peers: self.store.peers().await?,
+            policies: self.store.policies().await?,
+            revoked: self.store.revoked_serials().await?,
+            crls: self.store.partner_crls().await?,
+            directory: self.store.directory().await?,
+            own_keys: self.store.own_signing_keys().await?,
+            card_version: own_card_version(&self.card.load()),
+        };
         if self.loaded.lock().expect("not poisoned").as_ref() == Some(&current) {
             self.close_refused_connections();
-            return Ok(current.0);
+            return Ok(current.peers);
         }
-        let (peers, policies, revoked, crls) = current;
+        let Loaded {
+            peers,
+            policies,
+            revoked,
+            crls,
+            directory,
+            own_keys,
+            ..
+        } = current.clone();
         let mut bound = PolicyMap::new();
         for p in peers
             .iter()
@@ -218,14 +250,31 @@ impl NodeContext {
             }
         }
         let mut keys = KeyDirectory::default();
-        keys.insert(KnownKey {
-            key_id: self.signing.key_id().to_string(),
-            org: self.own.clone(),
-            public_key: self.signing.public_key().to_vec(),
-            not_before_ms: 0,
-            not_after_ms: 0,
-        })
-        .map_err(|e| StoreError::Conflict(e.to_string()))?;
+        for k in &own_keys {
+            keys.insert(KnownKey {
+                key_id: k.key_id.clone(),
+                org: self.own.clone(),
+                public_key: k.public_key.clone(),
+                not_before_ms: k.not_before_ms,
+                not_after_ms: k.not_after_ms,
+                revoked: k.revoked_ms != 0,
+            })
+            .map_err(|e| StoreError::Conflict(e.to_string()))?;
+        }
+        let mut cards = CardMap::new();
+        let own_env = self.card.load_full();
+        cards.insert(self.own.clone(), (own_card_version(&own_env), own_env));
+        for p in &peers {
+            if let Ok(env) = Envelope::decode(p.card.as_slice()) {
+                cards.insert(p.org.clone(), (p.card_version, Arc::new(env)));
+            }
+        }
+        for d in directory.iter().filter(|d| d.state == CardState::Accepted) {
+            if let Ok(env) = Envelope::decode(d.card.as_slice()) {
+                cards.insert(d.org.clone(), (d.version, Arc::new(env)));
+            }
+        }
+        self.cards.store(Arc::new(cards));
         for k in self.store.signing_keys().await? {
             if let Err(e) = keys.insert(k) {
                 tracing::error!(error = %e, "conflicting signing key skipped");
@@ -236,9 +285,233 @@ impl NodeContext {
         tracing::info!(partners = peers.len(), "partner trust and policies loaded");
         // Wake open streams so they re-check their partner.
         self.peer_changes.send_modify(|g| *g += 1);
-        *self.loaded.lock().expect("not poisoned") = Some((peers.clone(), policies, revoked, crls));
+        *self.loaded.lock().expect("not poisoned") = Some(current);
         self.close_refused_connections();
+        // New keys may settle envelopes waiting for them.
+        if let Err(e) = self.release_quarantine().await {
+            tracing::error!(error = %e, "cannot release quarantined envelopes");
+        }
         Ok(peers)
+    }
+
+    /// Verifies and stores (or refuses) every quarantined envelope whose
+    /// signing key is known now. Returns how many were stored.
+    pub async fn release_quarantine(&self) -> Result<u64, StoreError> {
+        let keys = self.keys.load();
+        let now = now_unix_ms();
+        let mut stored = 0;
+        for q in self.store.quarantine().await? {
+            if keys.get(&q.key_id).is_none() {
+                continue;
+            }
+            let d = crate::proto::v1::Delivery {
+                seq: q.upstream_seq,
+                envelope: q.envelope.clone(),
+                path: q.path.clone(),
+            };
+            let policies = self.policies.load();
+            let policy = policies.get(&q.upstream).map(|p| p.as_ref());
+            let checked =
+                match crate::federation::verify_delivery(&self.own, &q.upstream, &d, &keys, now) {
+                    Ok(Some(v)) => {
+                        let held = v.indicator.revoked
+                            && self
+                                .store
+                                .latest_version(&v.indicator.origin_org, &v.indicator.id)
+                                .await?
+                                .is_some();
+                        crate::federation::admit(&self.own, &q.upstream, v, policy, held)
+                    }
+                    Ok(None) => Err(crate::federation::Refusal {
+                        code: tonic::Code::InvalidArgument,
+                        reason: "path: passes through this node".into(),
+                        unknown_key: None,
+                    }),
+                    Err(r) => Err(r),
+                };
+            let outcome = checked.map_err(|r| crate::store::Rejection {
+                upstream_seq: q.upstream_seq,
+                code: format!("{:?}", r.code),
+                reason: r.reason,
+                envelope: q.envelope.clone(),
+            });
+            if self.store.resolve_quarantine(&q, outcome).await? {
+                stored += 1;
+            }
+        }
+        if stored > 0 {
+            tracing::info!(stored, "quarantined envelopes verified and stored");
+        }
+        Ok(stored)
+    }
+
+    /// Takes a card that arrived through the mesh from partner `via`. Our
+    /// own card is ignored; a newer card of a known org (partner or accepted)
+    /// replaces it only if signed by a key of the card we trust
+    /// ([`crate::identity::check_card_succession`]); the first card of an
+    /// unknown org is accepted if `via` is an introducer, else it waits for
+    /// an admin's `peer approve-card`. Returns whether anything changed.
+    pub async fn learn_card(&self, env: &Envelope, via: &OrgId) -> Result<bool, StoreError> {
+        let refuse = |org: &str, why: String| {
+            tracing::warn!(org, via = %via, reason = %why, "card refused");
+            crate::audit::AuditEntry {
+                event: crate::audit::event::CARD_REFUSED,
+                actor: "node".into(),
+                partner: org.to_string(),
+                subject: format!("card via {via}"),
+                rule: String::new(),
+                detail: why,
+            }
+        };
+        let v = match crate::identity::open_card(env) {
+            Ok(v) => v,
+            Err(e) => {
+                self.store
+                    .append_audit(&[refuse("?", e.to_string())])
+                    .await?;
+                return Ok(false);
+            }
+        };
+        if v.org == self.own {
+            return Ok(false);
+        }
+        let bytes = env.encode_to_vec();
+        let peers = self.store.peers().await?;
+        if let Some(p) = peers.iter().find(|p| p.org == v.org) {
+            if v.card.version <= p.card_version {
+                return Ok(false);
+            }
+            let current = Envelope::decode(p.card.as_slice())
+                .ok()
+                .and_then(|e| crate::identity::open_card(&e).ok());
+            let Some(current) = current else {
+                return Ok(false);
+            };
+            if let Err(e) = crate::identity::check_card_succession(&current, &v, env) {
+                self.store
+                    .append_audit(&[refuse(v.org.as_str(), e.to_string())])
+                    .await?;
+                return Ok(false);
+            }
+            self.store.update_peer_card(&v, &bytes, via).await?;
+            return Ok(true);
+        }
+        let directory = self.store.directory().await?;
+        let held = directory.iter().find(|d| d.org == v.org);
+        if let Some(d) = held
+            && v.card.version <= d.version
+        {
+            return Ok(false);
+        }
+        let introducer = peers
+            .iter()
+            .any(|p| &p.org == via && p.introducer && p.state == PeerState::Active);
+        let (state, event) = match held {
+            Some(d) if d.state == CardState::Accepted => {
+                let current = Envelope::decode(d.card.as_slice())
+                    .ok()
+                    .and_then(|e| crate::identity::open_card(&e).ok());
+                let Some(current) = current else {
+                    return Ok(false);
+                };
+                if let Err(e) = crate::identity::check_card_succession(&current, &v, env) {
+                    self.store
+                        .append_audit(&[refuse(v.org.as_str(), e.to_string())])
+                        .await?;
+                    return Ok(false);
+                }
+                (CardState::Accepted, crate::audit::event::CARD_UPDATED)
+            }
+            _ if introducer => (CardState::Accepted, crate::audit::event::CARD_ACCEPTED),
+            _ => (CardState::Pending, crate::audit::event::CARD_PENDING),
+        };
+        let via_text = if introducer && state == CardState::Accepted && held.is_none() {
+            format!("introducer {via}")
+        } else {
+            via.to_string()
+        };
+        match self
+            .store
+            .put_directory_card(&v, &bytes, state, &via_text, event, "node")
+            .await
+        {
+            Ok(()) => {}
+            Err(StoreError::Conflict(why)) => {
+                self.store
+                    .append_audit(&[refuse(v.org.as_str(), why)])
+                    .await?;
+                return Ok(false);
+            }
+            Err(e) => return Err(e),
+        }
+        tracing::info!(org = %v.org, version = v.card.version, state = state.as_str(), via = %via, "card of another org received");
+        Ok(true)
+    }
+
+    /// Our card from our current keys, signed by `signer`, at a version
+    /// above the current one.
+    fn seal_own_card(&self, keys: &[OwnKeyRow], signer: &OrgSigningKey) -> Envelope {
+        let now = now_unix_ms();
+        let version = (now as u64).max(own_card_version(&self.card.load()) + 1);
+        crate::identity::seal_card_with_keys(
+            &card_info(&self.settings, &self.own_ca_pem),
+            &published_keys(keys),
+            signer,
+            version,
+            now,
+        )
+    }
+
+    /// Rotates our signing key: a new key signs from now on; the old one
+    /// stays in our card with its validity ending now (what it signed before
+    /// stays valid), and the new card is signed by the **old** key so
+    /// partners and their partners accept it as our card's successor. The
+    /// new private key replaces `signing.key` (mode 0600).
+    pub async fn rotate_signing_key(&self, actor: &str) -> Result<Vec<OwnKeyRow>, NodeError> {
+        let _guard = self.key_change.lock().await;
+        let old = self.signing.load_full();
+        let (new, pkcs8) = OrgSigningKey::generate()
+            .map_err(|e| IdentityError::Pki(format!("new signing key: {e}")))?;
+        let path = &self.settings.signing.key;
+        let next = next_key_path(path);
+        let pem = crate::identity::pem_encode("PRIVATE KEY", &pkcs8);
+        let io = |e: std::io::Error, p: &std::path::Path| IdentityError::File {
+            path: p.display().to_string(),
+            reason: e.to_string(),
+        };
+        // The new key is on disk before it is on record, and in place only
+        // after: a crash in between is completed or undone at the next start.
+        crate::identity::write_atomic(&next, pem.as_bytes(), true).map_err(|e| io(e, &next))?;
+        let at = now_unix_ms();
+        self.store
+            .rotate_own_key(old.key_id(), new.key_id(), new.public_key(), at, actor)
+            .await?;
+        std::fs::rename(&next, path).map_err(|e| io(e, path))?;
+        let keys = self.store.own_signing_keys().await?;
+        let card = self.seal_own_card(&keys, &old);
+        self.card.store(Arc::new(card));
+        self.signing.store(Arc::new(new));
+        self.reload_peers().await?;
+        tracing::info!(old = %old.key_id(), new = %self.signing.load().key_id(), "signing key rotated");
+        Ok(keys)
+    }
+
+    /// Revokes one of our retired signing keys: our next card marks it
+    /// revoked (signed by the current key), and every node that takes the
+    /// card refuses anything newly received under it.
+    pub async fn revoke_signing_key(
+        &self,
+        key_id: &str,
+        actor: &str,
+    ) -> Result<Vec<OwnKeyRow>, NodeError> {
+        let _guard = self.key_change.lock().await;
+        self.store.revoke_own_key(key_id, actor).await?;
+        let keys = self.store.own_signing_keys().await?;
+        let signer = self.signing.load_full();
+        let card = self.seal_own_card(&keys, &signer);
+        self.card.store(Arc::new(card));
+        self.reload_peers().await?;
+        Ok(keys)
     }
 
     /// Closes open connections the current trust store refuses; returns how
@@ -380,24 +653,36 @@ impl Node {
             }
             .into());
         }
-        let signing = load_signing_key(&settings)?;
+        let store = Store::open_sqlite(&settings.store.path).await?;
+        let signing = load_current_signing_key(&settings, &store).await?;
         let trust: SharedTrust = Arc::new(ArcSwap::from_pointee(trust_store));
         let server_tls = Arc::new(ArcSwap::new(server_config(&node_cert)?));
         let seen = (
             std::fs::read(&settings.tls.node_cert).unwrap_or_default(),
             std::fs::read(&settings.tls.node_key).unwrap_or_default(),
         );
-        let store = Store::open_sqlite(&settings.store.path).await?;
-        let card = own_card(&settings, &signing, &own_ca_pem);
+        store
+            .ensure_own_key(signing.key_id(), signing.public_key())
+            .await?;
+        let own_keys = store.own_signing_keys().await?;
+        let card = crate::identity::seal_card_with_keys(
+            &card_info(&settings, &own_ca_pem),
+            &published_keys(&own_keys),
+            &signing,
+            now_unix_ms() as u64,
+            now_unix_ms(),
+        );
         let (shutdown_tx, shutdown) = watch::channel(false);
         let ctx = Arc::new(NodeContext {
             own,
             settings,
-            signing,
+            signing: ArcSwap::from_pointee(signing),
             store,
             trust,
             keys: ArcSwap::from_pointee(KeyDirectory::default()),
-            card,
+            card: ArcSwap::from_pointee(card),
+            cards: ArcSwap::from_pointee(CardMap::new()),
+            key_change: tokio::sync::Mutex::new(()),
             shutdown,
             own_ca_pem,
             policies: ArcSwap::from_pointee(PolicyMap::new()),
@@ -482,21 +767,82 @@ pub fn load_signing_key(settings: &Settings) -> Result<OrgSigningKey, ConfigErro
     OrgSigningKey::from_pkcs8(der.secret_pkcs8_der()).map_err(|e| bad(e.to_string()))
 }
 
+/// What our card says about us besides keys.
+fn card_info(settings: &Settings, own_ca_pem: &str) -> CardInfo {
+    CardInfo {
+        org: settings.org_id(),
+        display_name: settings.org.display_name.clone(),
+        country: settings.org.country.clone(),
+        sector: settings.org.sector.clone(),
+        ca_bundle_pem: own_ca_pem.to_string(),
+        endpoints: (!settings.node.endpoint.is_empty())
+            .then(|| settings.node.endpoint.clone())
+            .into_iter()
+            .collect(),
+    }
+}
+
+/// Our keys as a card publishes them.
+fn published_keys(keys: &[OwnKeyRow]) -> Vec<crate::proto::v1::SigningKey> {
+    keys.iter()
+        .map(|k| crate::proto::v1::SigningKey {
+            key_id: k.key_id.clone(),
+            public_key: k.public_key.clone(),
+            not_before_unix_ms: k.not_before_ms,
+            not_after_unix_ms: k.not_after_ms,
+            revoked: k.revoked_ms != 0,
+        })
+        .collect()
+}
+
+/// The version of a card we made (0 if it does not decode).
+fn own_card_version(env: &Envelope) -> u64 {
+    crate::proto::v1::OrgCard::decode(env.payload.as_slice())
+        .map(|c| c.version)
+        .unwrap_or(0)
+}
+
+/// Where a rotated key waits until the rotation is on record.
+fn next_key_path(path: &std::path::Path) -> std::path::PathBuf {
+    let mut p = path.as_os_str().to_owned();
+    p.push(".next");
+    std::path::PathBuf::from(p)
+}
+
+/// Loads our current signing key, first completing or undoing a rotation
+/// that was interrupted: a `signing.key.next` whose key is on record as
+/// ours replaces `signing.key`; one that is not is discarded.
+async fn load_current_signing_key(
+    settings: &Settings,
+    store: &Store,
+) -> Result<OrgSigningKey, NodeError> {
+    let next = next_key_path(&settings.signing.key);
+    if next.exists() {
+        let mut probe = settings.clone();
+        probe.signing.key = next.clone();
+        let recorded = match load_signing_key(&probe) {
+            Ok(k) => store
+                .own_signing_keys()
+                .await?
+                .iter()
+                .any(|r| r.key_id == k.key_id()),
+            Err(_) => false,
+        };
+        if recorded {
+            tracing::warn!(file = %next.display(), "completing an interrupted signing-key rotation");
+            std::fs::rename(&next, &settings.signing.key).map_err(|e| IdentityError::File {
+                path: settings.signing.key.display().to_string(),
+                reason: e.to_string(),
+            })?;
+        } else {
+            tracing::warn!(file = %next.display(), "discarding the key of a rotation that was never recorded");
+            let _ = std::fs::remove_file(&next);
+        }
+    }
+    Ok(load_signing_key(settings)?)
+}
+
 /// Our org card, built from settings and self-signed with our signing key.
 pub fn own_card(settings: &Settings, signing: &OrgSigningKey, own_ca_pem: &str) -> Envelope {
-    seal_card(
-        &CardInfo {
-            org: settings.org_id(),
-            display_name: settings.org.display_name.clone(),
-            country: settings.org.country.clone(),
-            sector: settings.org.sector.clone(),
-            ca_bundle_pem: own_ca_pem.to_string(),
-            endpoints: (!settings.node.endpoint.is_empty())
-                .then(|| settings.node.endpoint.clone())
-                .into_iter()
-                .collect(),
-        },
-        signing,
-        now_unix_ms(),
-    )
+    seal_card(&card_info(settings, own_ca_pem), signing, now_unix_ms())
 }

@@ -94,6 +94,7 @@ pub fn verify_code(e: &VerifyError) -> Code {
         | VerifyError::OriginMismatch { .. }
         | VerifyError::KeyIdMismatch { .. }
         | VerifyError::KeyNotValid { .. }
+        | VerifyError::KeyRevoked { .. }
         | VerifyError::SignatureCount(_) => Code::Unauthenticated,
         VerifyError::UnknownKey(_) => Code::FailedPrecondition,
         VerifyError::WrongPayloadType { .. }

@@ -47,6 +47,7 @@ async fn thousand_indicators_arrive_verified_once_and_byte_identical() {
         public_key: key_a.public_key().to_vec(),
         not_before_ms: 0,
         not_after_ms: 0,
+        revoked: false,
     })
     .unwrap();
     let mut seen = HashSet::new();

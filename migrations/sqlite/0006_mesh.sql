@@ -35,9 +35,22 @@ CREATE TABLE org_cards (
     via           TEXT    NOT NULL,
     updated_ms    INTEGER NOT NULL
 );
--- A signing key revoked by its org: nothing newly received under it is
--- accepted, whatever time it claims.
-ALTER TABLE signing_keys ADD COLUMN revoked INTEGER NOT NULL DEFAULT 0;
+-- Signing keys of partners and of accepted directory orgs (so no longer tied
+-- to the peers table), with revocation: nothing newly received under a
+-- revoked key is accepted, whatever time it claims.
+CREATE TABLE signing_keys_v2 (
+    key_id         TEXT    PRIMARY KEY,
+    org_id         TEXT    NOT NULL,
+    public_key     BLOB    NOT NULL,
+    not_before_ms  INTEGER NOT NULL,
+    not_after_ms   INTEGER NOT NULL,
+    revoked        INTEGER NOT NULL DEFAULT 0
+);
+INSERT INTO signing_keys_v2 (key_id, org_id, public_key, not_before_ms, not_after_ms)
+    SELECT key_id, org_id, public_key, not_before_ms, not_after_ms FROM signing_keys;
+DROP TABLE signing_keys;
+ALTER TABLE signing_keys_v2 RENAME TO signing_keys;
+CREATE INDEX signing_keys_org ON signing_keys (org_id);
 -- Our own signing keys, current and retired, published in our card.
 CREATE TABLE own_signing_keys (
     key_id         TEXT    PRIMARY KEY,

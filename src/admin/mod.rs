@@ -4,6 +4,7 @@
 //! audit ledger under the calling admin's SPIFFE id and applied to the
 //! running node at once (trust store, links, open streams and connections).
 
+mod mesh;
 mod peers;
 mod pki;
 
@@ -224,6 +225,49 @@ impl Admin for AdminService {
         reply(self.import_crl_as(&who, req.into_inner()).await)
     }
 
+    async fn list_cards(
+        &self,
+        req: Request<ListCardsRequest>,
+    ) -> Result<Response<ListCardsResponse>, Status> {
+        self.admin(&req, "Admin/ListCards")?;
+        reply(self.list_cards_now().await)
+    }
+
+    async fn approve_card(
+        &self,
+        req: Request<ApproveCardRequest>,
+    ) -> Result<Response<DirectoryCard>, Status> {
+        let who = self.admin(&req, "Admin/ApproveCard")?;
+        reply(self.approve_card_as(&who, &req.get_ref().org).await)
+    }
+
+    async fn list_quarantine(
+        &self,
+        req: Request<ListQuarantineRequest>,
+    ) -> Result<Response<ListQuarantineResponse>, Status> {
+        self.admin(&req, "Admin/ListQuarantine")?;
+        reply(self.list_quarantine_now().await)
+    }
+
+    async fn rotate_signing_key(
+        &self,
+        req: Request<RotateSigningKeyRequest>,
+    ) -> Result<Response<SigningKeysResponse>, Status> {
+        let who = self.admin(&req, "Admin/RotateSigningKey")?;
+        reply(self.rotate_signing_key_as(&who).await)
+    }
+
+    async fn revoke_signing_key(
+        &self,
+        req: Request<RevokeSigningKeyRequest>,
+    ) -> Result<Response<SigningKeysResponse>, Status> {
+        let who = self.admin(&req, "Admin/RevokeSigningKey")?;
+        reply(
+            self.revoke_signing_key_as(&who, &req.get_ref().key_id)
+                .await,
+        )
+    }
+
     type AuditLogStream = ReceiverStream<Result<AuditLogResponse, Status>>;
 
     async fn audit_log(
@@ -294,6 +338,10 @@ impl AdminService {
     async fn status_now(&self) -> Result<StatusResponse, RpcError> {
         let store = &self.ctx.store;
         let board = self.ctx.links.snapshot();
+        let quarantine = store.quarantine().await?;
+        let waiting = |org: &crate::model::OrgId| {
+            quarantine.iter().filter(|q| &q.upstream == org).count() as u64
+        };
         let mut links = Vec::new();
         for p in store.peers().await? {
             let cursor = store.cursor(&p.org).await?;
@@ -303,6 +351,7 @@ impl AdminService {
                 state: "not-dialled".into(),
                 cursor,
                 policy: p.policy.clone(),
+                quarantined: waiting(&p.org),
                 ..Default::default()
             };
             if p.state != crate::store::PeerState::Active {
@@ -326,6 +375,7 @@ impl AdminService {
             rejections: store.count_rejections().await?,
             audit_rows: store.count_audit().await?,
             links,
+            quarantined: quarantine.len() as u64,
         })
     }
 }

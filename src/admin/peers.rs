@@ -322,7 +322,10 @@ impl AdminService {
                     version: 1,
                     created_unix_ms: now,
                 };
-                (assemble(own, self.ctx.signing.key_id(), at, now, d), 0)
+                (
+                    assemble(own, self.ctx.signing.load().key_id(), at, now, d),
+                    0,
+                )
             }
             None => return Err(RpcError::Missing("indicator_id or draft")),
         };

@@ -32,6 +32,20 @@ pub mod event {
     pub const CERT_REVOKED: &str = "cert-revoked";
     /// A certificate of our own org was issued or first seen.
     pub const CERT_ISSUED: &str = "cert-issued";
+    /// An envelope signed by an unknown key was put in quarantine.
+    pub const QUARANTINED: &str = "quarantined";
+    /// A quarantined envelope was dropped: its key never arrived.
+    pub const QUARANTINE_EXPIRED: &str = "quarantine-expired";
+    /// A card of another org was accepted (from an introducer, or approved).
+    pub const CARD_ACCEPTED: &str = "card-accepted";
+    /// A card of another org is waiting for approval.
+    pub const CARD_PENDING: &str = "card-pending";
+    /// A newer card of a known org replaced the one held.
+    pub const CARD_UPDATED: &str = "card-updated";
+    /// A card was refused (not signed by the org's trusted key).
+    pub const CARD_REFUSED: &str = "card-refused";
+    /// Our own signing key was rotated or a retired key revoked.
+    pub const SIGNING_KEY: &str = "signing-key";
     /// Our CRL was signed for export.
     pub const CRL_SIGNED: &str = "crl-signed";
     /// A partner's CRL was imported.

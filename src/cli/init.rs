@@ -149,7 +149,7 @@ pub fn init_org(args: &InitArgs) -> Result<InitReport, CliError> {
     let (key, pkcs8) = OrgSigningKey::generate().map_err(|e| CliError::Failed(e.to_string()))?;
     write_file(
         &file("keys/signing.key"),
-        pem("PRIVATE KEY", &pkcs8).as_bytes(),
+        crate::identity::pem_encode("PRIVATE KEY", &pkcs8).as_bytes(),
         true,
     )?;
     let data = file("data");
@@ -169,18 +169,6 @@ pub fn init_org(args: &InitArgs) -> Result<InitReport, CliError> {
         config,
         key_id: key.key_id().to_string(),
     })
-}
-
-fn pem(label: &str, der: &[u8]) -> String {
-    use base64::Engine;
-    let b64 = base64::engine::general_purpose::STANDARD.encode(der);
-    let mut out = format!("-----BEGIN {label}-----\n");
-    for chunk in b64.as_bytes().chunks(64) {
-        out.push_str(std::str::from_utf8(chunk).unwrap_or_default());
-        out.push('\n');
-    }
-    out.push_str(&format!("-----END {label}-----\n"));
-    out
 }
 
 fn config_text(org: &OrgId, display_name: &str, args: &InitArgs) -> String {
@@ -230,6 +218,7 @@ reconnect_min_ms = 250
 reconnect_max_ms = 30000
 peer_refresh_ms = 500
 batch_size = 256
+quarantine_ttl_ms = 604800000
 
 [revocation]
 # A partner CRL past its next update: "refuse" its certificates until a fresh

@@ -302,9 +302,10 @@ impl ExchangeService {
                 }
             }
         };
+        let signer = ctx.signing.load_full();
         let ind = assemble(
             &ctx.own,
-            ctx.signing.key_id(),
+            signer.key_id(),
             Identity {
                 id,
                 version,
@@ -315,8 +316,7 @@ impl ExchangeService {
         );
         // What we sign must pass the same check every receiver applies.
         validate_indicator(&ind, now)?;
-        let envelope = ctx
-            .signing
+        let envelope = signer
             .seal(INDICATOR_PAYLOAD_TYPE, ind.encode_to_vec())
             .encode_to_vec();
         let row = NewIndicator {
@@ -377,6 +377,8 @@ impl Exchange for ExchangeService {
                 .map(Status::permission_denied)
         };
         let recipient = Some(partner.clone());
+        // Card versions this stream has carried, per org.
+        let mut cards_sent: std::collections::HashMap<String, u64> = Default::default();
         let stream = stream_log(
             ctx,
             from,
@@ -386,8 +388,10 @@ impl Exchange for ExchangeService {
             move |rows, last, before| {
                 let policies = gate.policies.load();
                 let policy = policies.get(&partner).map(|p| p.as_ref());
+                let known_cards = gate.cards.load();
                 let now = now_unix_ms();
                 let mut deliveries = Vec::new();
+                let mut cards = Vec::new();
                 let mut audit = Vec::with_capacity(rows.len());
                 let mut sent = Vec::new();
                 for r in rows {
@@ -395,6 +399,16 @@ impl Exchange for ExchangeService {
                     match release(&gate.own, r, &partner, policy, before.contains(&key), now) {
                         Release::Skip => {}
                         Release::Send(d, entry) => {
+                            // The origin's card travels with its first
+                            // indicator on this stream, and again whenever
+                            // we hold a newer one.
+                            if let Ok(origin) = OrgId::parse(&r.origin_org)
+                                && let Some((version, card)) = known_cards.get(&origin)
+                                && cards_sent.get(&r.origin_org).is_none_or(|v| v < version)
+                            {
+                                cards_sent.insert(r.origin_org.clone(), *version);
+                                cards.push(card.as_ref().clone());
+                            }
                             deliveries.push(d);
                             audit.push(entry);
                             sent.push(key);
@@ -406,6 +420,7 @@ impl Exchange for ExchangeService {
                     deliveries,
                     cursor: last,
                     latest: gate.store.latest_known().max(last),
+                    cards,
                 };
                 (Some(response), audit, sent)
             },
@@ -419,7 +434,7 @@ impl Exchange for ExchangeService {
     ) -> Result<Response<GetCardResponse>, Status> {
         authorize(&req, &self.ctx.own, Allowed::Anyone, "Exchange/GetCard")?;
         Ok(Response::new(GetCardResponse {
-            card: Some(self.ctx.card.clone()),
+            card: Some(self.ctx.card.load().as_ref().clone()),
         }))
     }
 }

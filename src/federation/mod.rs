@@ -21,7 +21,7 @@ use crate::proto::v1::exchange_client::ExchangeClient;
 use crate::proto::v1::{Delivery, Envelope, Indicator, SubscribeRequest};
 use crate::rpc::{SHUTTING_DOWN, verify_code};
 use crate::signing::{KeyDirectory, open_indicator};
-use crate::store::{NewIndicator, PeerRecord, PeerState, Rejection};
+use crate::store::{NewIndicator, PeerRecord, PeerState, Quarantined, Rejection};
 
 /// The state of an outbound link.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -387,12 +387,23 @@ async fn session(
                 peer.org, msg.cursor
             )));
         }
+        // Cards first: they may carry the keys the deliveries need.
+        let mut learned = false;
+        for card in &msg.cards {
+            learned |= ctx.learn_card(card, &peer.org).await?;
+        }
+        if learned {
+            ctx.reload_peers()
+                .await
+                .map_err(|e| LinkError::Protocol(format!("reloading keys: {e}")))?;
+        }
         let keys = ctx.keys.load();
         let policies = ctx.policies.load();
         let policy = policies.get(&peer.org).map(|p| p.as_ref());
         let now = now_unix_ms();
         let mut rows = Vec::with_capacity(msg.deliveries.len());
         let mut refused = Vec::new();
+        let mut quarantined = Vec::new();
         let mut prev = cursor;
         for d in msg.deliveries {
             if d.seq <= prev || d.seq > msg.cursor {
@@ -417,6 +428,18 @@ async fn session(
             };
             match checked {
                 Ok(row) => rows.push(row),
+                Err(Refusal {
+                    unknown_key: Some(key_id),
+                    ..
+                }) => {
+                    tracing::info!(partner = %peer.org, seq = d.seq, key = %key_id, "signing key unknown; envelope quarantined");
+                    quarantined.push(Quarantined {
+                        upstream_seq: d.seq,
+                        key_id,
+                        envelope: d.envelope,
+                        path: d.path,
+                    });
+                }
                 Err(r) => {
                     tracing::warn!(
                         partner = %peer.org, seq = d.seq, code = ?r.code, reason = %r.reason,
@@ -433,7 +456,7 @@ async fn session(
         }
         let out = ctx
             .store
-            .ingest_batch(&peer.org, &rows, &refused, msg.cursor)
+            .ingest_batch(&peer.org, &rows, &refused, &quarantined, msg.cursor)
             .await?;
         if out.stored + out.rejected > 0 {
             tracing::debug!(
@@ -457,6 +480,19 @@ pub async fn supervise(ctx: Arc<NodeContext>, mut stop: watch::Receiver<bool>) {
     let period = Duration::from_millis(ctx.settings.federation.peer_refresh_ms);
     loop {
         ctx.reload_node_cert();
+        let ttl = i64::try_from(ctx.settings.federation.quarantine_ttl_ms).unwrap_or(i64::MAX);
+        match ctx
+            .store
+            .expire_quarantine(now_unix_ms().saturating_sub(ttl))
+            .await
+        {
+            Ok(0) => {}
+            Ok(n) => tracing::warn!(
+                dropped = n,
+                "quarantined envelopes dropped: their signing key never arrived"
+            ),
+            Err(e) => tracing::error!(error = %e, "cannot expire quarantined envelopes"),
+        }
         match ctx.reload_peers().await {
             Ok(peers) => {
                 links.retain(|org, (rec, stop_link, _)| {
@@ -519,6 +555,7 @@ mod tests {
             public_key: key.public_key().to_vec(),
             not_before_ms: 0,
             not_after_ms: 0,
+            revoked: false,
         })
         .unwrap();
         let now = 1_700_000_000_000;

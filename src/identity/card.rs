@@ -45,26 +45,82 @@ pub struct CardInfo {
     pub endpoints: Vec<String>,
 }
 
-/// Builds and self-signs a card. The version is the issue time in
-/// milliseconds, so a newer card always has a higher version.
+/// Builds and self-signs a card carrying only `key`. The version is the
+/// issue time in milliseconds, so a newer card always has a higher version.
 pub fn seal_card(info: &CardInfo, key: &OrgSigningKey, now_ms: i64) -> Envelope {
+    let only = [SigningKey {
+        key_id: key.key_id().to_string(),
+        public_key: key.public_key().to_vec(),
+        not_before_unix_ms: 0,
+        not_after_unix_ms: 0,
+        revoked: false,
+    }];
+    seal_card_with_keys(info, &only, key, now_ms as u64, now_ms)
+}
+
+/// Builds a card publishing `keys` (current and retired ones, with their
+/// validity and revocation) at `version`, signed by `signer`. After a key
+/// rotation the first card is signed by the **old** key, which links it to
+/// the card partners already trust.
+pub fn seal_card_with_keys(
+    info: &CardInfo,
+    keys: &[SigningKey],
+    signer: &OrgSigningKey,
+    version: u64,
+    now_ms: i64,
+) -> Envelope {
     let card = OrgCard {
         org_id: info.org.to_string(),
         display_name: info.display_name.clone(),
         country: info.country.clone(),
         sector: info.sector.clone(),
         ca_bundle_pem: info.ca_bundle_pem.clone(),
-        signing_keys: vec![SigningKey {
-            key_id: key.key_id().to_string(),
-            public_key: key.public_key().to_vec(),
-            not_before_unix_ms: 0,
-            not_after_unix_ms: 0,
-        }],
+        signing_keys: keys.to_vec(),
         endpoints: info.endpoints.clone(),
-        version: now_ms as u64,
+        version,
         issued_unix_ms: now_ms,
     };
-    key.seal(CARD_PAYLOAD_TYPE, card.encode_to_vec())
+    signer.seal(CARD_PAYLOAD_TYPE, card.encode_to_vec())
+}
+
+/// Whether `next` may replace `current` as the trusted card of an org:
+/// same org, a higher version, and signed by a key that `current` carries
+/// and has not revoked. This is what lets a card travel through untrusted
+/// relays: only the holder of the org's trusted key can make its successor.
+pub fn check_card_succession(
+    current: &VerifiedCard,
+    next: &VerifiedCard,
+    next_env: &Envelope,
+) -> Result<(), IdentityError> {
+    let bad = |why: String| IdentityError::Card(why);
+    if next.org != current.org {
+        return Err(bad(format!(
+            "card of {} cannot replace the card of {}",
+            next.org, current.org
+        )));
+    }
+    if next.card.version <= current.card.version {
+        return Err(bad(format!(
+            "card version {} of {} is not newer than version {} held",
+            next.card.version, next.org, current.card.version
+        )));
+    }
+    let signer = next_env
+        .signatures
+        .first()
+        .map(|s| s.key_id.as_str())
+        .unwrap_or("");
+    match current.keys.iter().find(|k| k.key_id == signer) {
+        Some(k) if !k.revoked => Ok(()),
+        Some(_) => Err(bad(format!(
+            "card version {} of {} is signed by key {signer}, which {} revoked",
+            next.card.version, next.org, next.org
+        ))),
+        None => Err(bad(format!(
+            "card version {} of {} is signed by key {signer}, which its current card (version {}) does not carry",
+            next.card.version, next.org, current.card.version
+        ))),
+    }
 }
 
 /// A card whose self-signature and fields have been checked.
@@ -118,6 +174,7 @@ pub fn open_card(env: &Envelope) -> Result<VerifiedCard, IdentityError> {
             public_key: k.public_key.clone(),
             not_before_ms: k.not_before_unix_ms,
             not_after_ms: k.not_after_unix_ms,
+            revoked: k.revoked,
         });
     }
     let signer = keys

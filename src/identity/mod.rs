@@ -13,11 +13,11 @@ mod trust;
 use crate::model::OrgId;
 
 pub use card::{
-    CardInfo, VerifiedCard, check_endpoint, envelope_from_json, envelope_to_json, open_card,
-    seal_card,
+    CardInfo, VerifiedCard, check_card_succession, check_endpoint, envelope_from_json,
+    envelope_to_json, open_card, seal_card, seal_card_with_keys,
 };
 pub use crl::{PartnerCrl, StaleCrl, open_crl, serial_hex};
-pub use files::write_atomic;
+pub use files::{pem_encode, write_atomic};
 pub use pki::{
     IssuedCert, RevokedEntry, certificate_request, generate_ca, issue, issue_for_csr, sign_crl,
 };

@@ -76,6 +76,15 @@ pub enum VerifyError {
         /// Key id on the signature.
         signature: String,
     },
+    /// The key has been revoked by its org: nothing newly received under it
+    /// is accepted, whatever time the document claims.
+    #[error("signing key {key_id} of {org} has been revoked by {org}")]
+    KeyRevoked {
+        /// The key.
+        key_id: String,
+        /// Its org.
+        org: String,
+    },
     /// The document's timestamp lies outside the key's validity window.
     #[error("key {key_id} was not valid at {at_ms} (document timestamp)")]
     KeyNotValid {
@@ -202,6 +211,8 @@ pub struct KnownKey {
     pub not_before_ms: i64,
     /// End of validity (Unix ms); 0 = open.
     pub not_after_ms: i64,
+    /// Revoked by its org.
+    pub revoked: bool,
 }
 
 /// The keys this node trusts, by key id. Built from stored org cards.
@@ -266,6 +277,12 @@ pub fn verify<'e, 'k>(
     let key = keys
         .get(&sig.key_id)
         .ok_or_else(|| VerifyError::UnknownKey(sig.key_id.chars().take(64).collect()))?;
+    if key.revoked {
+        return Err(VerifyError::KeyRevoked {
+            key_id: key.key_id.clone(),
+            org: key.org.to_string(),
+        });
+    }
     signature::UnparsedPublicKey::new(&signature::ED25519, &key.public_key)
         .verify(&pae(&env.payload_type, &env.payload), &sig.sig)
         .map_err(|_| VerifyError::BadSignature {
@@ -315,6 +332,7 @@ mod tests {
             public_key: key.public_key().to_vec(),
             not_before_ms: 0,
             not_after_ms: 0,
+            revoked: false,
         })
         .unwrap();
         d
@@ -389,6 +407,7 @@ mod tests {
             public_key: c.public_key().to_vec(),
             not_before_ms: 0,
             not_after_ms: 0,
+            revoked: false,
         })
         .unwrap();
         // C signs something claiming to come from A.
@@ -414,6 +433,7 @@ mod tests {
                 public_key: a.public_key().to_vec(),
                 not_before_ms: 0,
                 not_after_ms: 0,
+                revoked: false,
             })
             .is_err()
         );
@@ -429,6 +449,7 @@ mod tests {
             public_key: a.public_key().to_vec(),
             not_before_ms: 2000,
             not_after_ms: 0,
+            revoked: false,
         })
         .unwrap();
         let env = a.seal(

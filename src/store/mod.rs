@@ -246,6 +246,8 @@ pub struct IngestOutcome {
     pub duplicates: u64,
     /// Envelopes refused and recorded.
     pub rejected: u64,
+    /// Envelopes put in quarantine (unknown signing key).
+    pub quarantined: u64,
 }
 
 /// Whether `put_peer` added or replaced a partner.
@@ -255,6 +257,231 @@ pub enum PeerChange {
     Added,
     /// A newer card or endpoint for a known partner.
     Updated,
+}
+
+/// An envelope whose signing key is not known yet, to hold in quarantine.
+#[derive(Debug, Clone)]
+pub struct Quarantined {
+    /// Its sequence number at the partner that sent it.
+    pub upstream_seq: u64,
+    /// The unknown key.
+    pub key_id: String,
+    /// The envelope as received.
+    pub envelope: Vec<u8>,
+    /// Its path as received.
+    pub path: Vec<String>,
+}
+
+/// A quarantined envelope as stored.
+#[derive(Debug, Clone)]
+pub struct QuarantineRow {
+    /// Row id.
+    pub id: i64,
+    /// Partner it came from.
+    pub upstream: OrgId,
+    /// Its sequence number there.
+    pub upstream_seq: u64,
+    /// The unknown key.
+    pub key_id: String,
+    /// The envelope as received.
+    pub envelope: Vec<u8>,
+    /// Its path as received.
+    pub path: Vec<String>,
+    /// When it arrived.
+    pub received_ms: i64,
+}
+
+/// What became of one row offered for storage.
+enum Admitted {
+    Stored(u64),
+    Duplicate,
+    Refused(Rejection),
+}
+
+/// Stores one verified, admitted row from `upstream` unless it is a
+/// duplicate, older than the version held (rollback) or too far ahead.
+async fn admit_row_tx(
+    tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+    upstream: &OrgId,
+    row: &NewIndicator,
+    audit: &mut Vec<AuditEntry>,
+) -> Result<Admitted, StoreError> {
+    let i = &row.indicator;
+    let held: Option<i64> = sqlx::query_scalar(
+        "SELECT MAX(version) FROM indicators WHERE origin_org = ? AND indicator_id = ?",
+    )
+    .bind(&i.origin_org)
+    .bind(&i.id)
+    .fetch_one(&mut **tx)
+    .await?;
+    let refusal = match held.map(|v| v as u64) {
+        Some(h) if i.version < h => Some(format!(
+            "rollback: {}/{} version {} is older than version {h} held here",
+            i.origin_org, i.id, i.version
+        )),
+        Some(h) if i.version > h.saturating_add(MAX_VERSION_STEP) => Some(format!(
+            "{}/{} version {} jumps more than {MAX_VERSION_STEP} versions past version {h} held here",
+            i.origin_org, i.id, i.version
+        )),
+        _ => None,
+    };
+    if let Some(reason) = refusal {
+        return Ok(Admitted::Refused(Rejection {
+            upstream_seq: row.upstream_seq,
+            code: "FailedPrecondition".into(),
+            reason,
+            envelope: row.envelope.clone(),
+        }));
+    }
+    Ok(match insert_indicator(tx, row, upstream.as_str()).await? {
+        Some(seq) => {
+            audit.push(AuditEntry {
+                event: event::ACCEPTED,
+                actor: "node".into(),
+                partner: upstream.to_string(),
+                subject: subject_of(&row.indicator),
+                rule: row.rule.to_string(),
+                detail: format!("path {}", row.path.join(" > ")),
+            });
+            Admitted::Stored(seq)
+        }
+        None => Admitted::Duplicate,
+    })
+}
+
+/// Records a refused envelope from `upstream`.
+async fn reject_tx(
+    tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+    upstream: &OrgId,
+    r: &Rejection,
+    now: i64,
+    audit: &mut Vec<AuditEntry>,
+) -> Result<(), StoreError> {
+    audit.push(AuditEntry {
+        event: event::REJECTED,
+        actor: "node".into(),
+        partner: upstream.to_string(),
+        subject: format!("{upstream} seq {}", r.upstream_seq),
+        rule: r.code.clone(),
+        detail: r.reason.clone(),
+    });
+    sqlx::query(
+        "INSERT INTO rejections (upstream_org, upstream_seq, code, reason, envelope, rejected_ms) \
+         VALUES (?, ?, ?, ?, ?, ?)",
+    )
+    .bind(upstream.as_str())
+    .bind(to_i64(r.upstream_seq))
+    .bind(&r.code)
+    .bind(&r.reason)
+    .bind(&r.envelope)
+    .bind(now)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// Refuses a card carrying a signing key already registered for another
+/// org: one key belongs to one org.
+async fn check_key_owners_tx(
+    tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+    card: &VerifiedCard,
+) -> Result<(), StoreError> {
+    for k in &card.keys {
+        let owner: Option<String> =
+            sqlx::query_scalar("SELECT org_id FROM signing_keys WHERE key_id = ?")
+                .bind(&k.key_id)
+                .fetch_optional(&mut **tx)
+                .await?;
+        if let Some(owner) = owner
+            && owner != card.org.as_str()
+        {
+            return Err(StoreError::Conflict(format!(
+                "signing key {} in {}'s card is already registered for {owner}",
+                k.key_id, card.org
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Makes `card`'s keys (with validity and revocation) the trusted keys of
+/// its org.
+async fn replace_keys_tx(
+    tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+    card: &VerifiedCard,
+) -> Result<(), StoreError> {
+    check_key_owners_tx(tx, card).await?;
+    sqlx::query("DELETE FROM signing_keys WHERE org_id = ?")
+        .bind(card.org.as_str())
+        .execute(&mut **tx)
+        .await?;
+    for k in &card.keys {
+        sqlx::query(
+            "INSERT INTO signing_keys (key_id, org_id, public_key, not_before_ms, not_after_ms, revoked) \
+             VALUES (?, ?, ?, ?, ?, ?)",
+        )
+        .bind(&k.key_id)
+        .bind(card.org.as_str())
+        .bind(&k.public_key)
+        .bind(k.not_before_ms)
+        .bind(k.not_after_ms)
+        .bind(k.revoked)
+        .execute(&mut **tx)
+        .await?;
+    }
+    Ok(())
+}
+
+/// One of our own signing keys.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OwnKeyRow {
+    /// Key id.
+    pub key_id: String,
+    /// Raw Ed25519 public key.
+    pub public_key: Vec<u8>,
+    /// Valid from (Unix ms; 0 = always).
+    pub not_before_ms: i64,
+    /// Valid until (Unix ms; 0 = current key).
+    pub not_after_ms: i64,
+    /// When revoked (0 = not revoked).
+    pub revoked_ms: i64,
+}
+
+/// Whether a card of a non-partner org is trusted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CardState {
+    /// Its keys verify indicators (it came from an introducer, or an admin
+    /// approved it).
+    Accepted,
+    /// Waiting for `threatmesh peer approve-card`; its keys are not used.
+    Pending,
+}
+
+impl CardState {
+    /// Stored and displayed name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CardState::Accepted => "accepted",
+            CardState::Pending => "pending",
+        }
+    }
+}
+
+/// A card of a non-partner org received through the mesh.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DirectoryRow {
+    /// The org.
+    pub org: OrgId,
+    /// The card envelope (serialised).
+    pub card: Vec<u8>,
+    /// Its version.
+    pub version: u64,
+    /// Accepted or pending.
+    pub state: CardState,
+    /// The partner it came through, or the admin who approved it.
+    pub via: String,
+    /// When last changed.
+    pub updated_ms: i64,
 }
 
 /// The node's store.
@@ -511,14 +738,16 @@ impl Store {
         Ok(row.map(|r| (r.get::<i64, _>(0) as u64, r.get::<i64, _>(1))))
     }
 
-    /// Commits a batch from `upstream`: new rows (duplicates ignored),
-    /// rejections, and the cursor, in **one** transaction. The cursor only
+    /// Commits a batch from `upstream`: new rows (duplicates ignored, older
+    /// or far-future versions refused), rejections, envelopes waiting for
+    /// their key, and the cursor, in **one** transaction. The cursor only
     /// moves forward.
     pub async fn ingest_batch(
         &self,
         upstream: &OrgId,
         rows: &[NewIndicator],
         rejections: &[Rejection],
+        quarantined: &[Quarantined],
         cursor: u64,
     ) -> Result<IngestOutcome, StoreError> {
         let now = now_unix_ms();
@@ -528,78 +757,49 @@ impl Store {
         let mut audit = Vec::new();
         let mut refused: Vec<Rejection> = Vec::new();
         for row in rows {
-            let i = &row.indicator;
-            let held: Option<i64> = sqlx::query_scalar(
-                "SELECT MAX(version) FROM indicators WHERE origin_org = ? AND indicator_id = ?",
-            )
-            .bind(&i.origin_org)
-            .bind(&i.id)
-            .fetch_one(&mut *tx)
-            .await?;
-            let held = held.map(|v| v as u64);
-            let refusal = match held {
-                Some(h) if i.version < h => Some(format!(
-                    "rollback: {}/{} version {} is older than version {h} held here",
-                    i.origin_org, i.id, i.version
-                )),
-                Some(h) if i.version > h.saturating_add(MAX_VERSION_STEP) => Some(format!(
-                    "{}/{} version {} jumps more than {MAX_VERSION_STEP} versions past version {h} held here",
-                    i.origin_org, i.id, i.version
-                )),
-                _ => None,
-            };
-            if let Some(reason) = refusal {
-                refused.push(Rejection {
-                    upstream_seq: row.upstream_seq,
-                    code: "FailedPrecondition".into(),
-                    reason,
-                    envelope: row.envelope.clone(),
-                });
-                continue;
-            }
-            match insert_indicator(&mut tx, row, upstream.as_str()).await? {
-                Some(seq) => {
+            match admit_row_tx(&mut tx, upstream, row, &mut audit).await? {
+                Admitted::Stored(seq) => {
                     out.stored += 1;
                     max_seq = seq;
-                    audit.push(AuditEntry {
-                        event: event::ACCEPTED,
-                        actor: "node".into(),
-                        partner: upstream.to_string(),
-                        subject: subject_of(&row.indicator),
-                        rule: row.rule.to_string(),
-                        detail: String::new(),
-                    });
                 }
-                None => out.duplicates += 1,
+                Admitted::Duplicate => out.duplicates += 1,
+                Admitted::Refused(r) => refused.push(r),
             }
         }
-        let all_refused: Vec<&Rejection> = rejections.iter().chain(refused.iter()).collect();
-        for r in &all_refused {
-            audit.push(AuditEntry {
-                event: event::REJECTED,
-                actor: "node".into(),
-                partner: upstream.to_string(),
-                subject: format!("{upstream} seq {}", r.upstream_seq),
-                rule: r.code.clone(),
-                detail: r.reason.clone(),
-            });
+        for r in rejections.iter().chain(refused.iter()) {
+            reject_tx(&mut tx, upstream, r, now, &mut audit).await?;
+            out.rejected += 1;
         }
-        append_audit_tx(&mut tx, &audit).await?;
-        for r in all_refused {
-            sqlx::query(
-                "INSERT INTO rejections (upstream_org, upstream_seq, code, reason, envelope, rejected_ms) \
-                 VALUES (?, ?, ?, ?, ?, ?)",
+        for q in quarantined {
+            let done = sqlx::query(
+                "INSERT INTO quarantine (upstream_org, upstream_seq, key_id, envelope, path, received_ms) \
+                 VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
             )
             .bind(upstream.as_str())
-            .bind(to_i64(r.upstream_seq))
-            .bind(&r.code)
-            .bind(&r.reason)
-            .bind(&r.envelope)
+            .bind(to_i64(q.upstream_seq))
+            .bind(&q.key_id)
+            .bind(&q.envelope)
+            .bind(q.path.join(","))
             .bind(now)
             .execute(&mut *tx)
             .await?;
-            out.rejected += 1;
+            if done.rows_affected() == 1 {
+                out.quarantined += 1;
+                audit.push(AuditEntry {
+                    event: event::QUARANTINED,
+                    actor: "node".into(),
+                    partner: upstream.to_string(),
+                    subject: format!("{upstream} seq {}", q.upstream_seq),
+                    rule: "unknown-signing-key".into(),
+                    detail: format!(
+                        "signed by unknown key {} (path {})",
+                        q.key_id,
+                        q.path.join(" > ")
+                    ),
+                });
+            }
         }
+        append_audit_tx(&mut tx, &audit).await?;
         sqlx::query(
             "INSERT INTO cursors (upstream_org, cursor, updated_ms) VALUES (?, ?, ?) \
              ON CONFLICT (upstream_org) DO UPDATE SET cursor = excluded.cursor, updated_ms = excluded.updated_ms \
@@ -615,6 +815,337 @@ impl Store {
             self.bump(max_seq);
         }
         Ok(out)
+    }
+
+    /// Replaces a partner's card with a newer one that arrived through the
+    /// mesh (the caller checked its succession), keys included; endpoint,
+    /// policy, state and introducer flag are kept.
+    pub async fn update_peer_card(
+        &self,
+        card: &VerifiedCard,
+        card_bytes: &[u8],
+        via: &OrgId,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.write_tx().await?;
+        replace_keys_tx(&mut tx, card).await?;
+        sqlx::query(
+            "UPDATE peers SET display_name = ?, card = ?, card_version = ?, ca_bundle_pem = ?, updated_ms = ? \
+             WHERE org_id = ?",
+        )
+        .bind(&card.card.display_name)
+        .bind(card_bytes)
+        .bind(to_i64(card.card.version))
+        .bind(&card.card.ca_bundle_pem)
+        .bind(now_unix_ms())
+        .bind(card.org.as_str())
+        .execute(&mut *tx)
+        .await?;
+        append_audit_tx(
+            &mut tx,
+            &[AuditEntry {
+                event: event::CARD_UPDATED,
+                actor: "node".into(),
+                partner: card.org.to_string(),
+                subject: format!("card v{}", card.card.version),
+                rule: "signed-by-current-key".into(),
+                detail: format!("via {via}"),
+            }],
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Cards of non-partner orgs, by org id.
+    pub async fn directory(&self) -> Result<Vec<DirectoryRow>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT org_id, card, card_version, state, via, updated_ms FROM org_cards ORDER BY org_id",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                let org: String = r.get(0);
+                let state: String = r.get(3);
+                Ok(DirectoryRow {
+                    org: OrgId::parse(&org)
+                        .map_err(|e| StoreError::Corrupt(format!("org_cards.org_id: {e}")))?,
+                    card: r.get(1),
+                    version: r.get::<i64, _>(2) as u64,
+                    state: match state.as_str() {
+                        "accepted" => CardState::Accepted,
+                        "pending" => CardState::Pending,
+                        other => {
+                            return Err(StoreError::Corrupt(format!("org_cards.state '{other}'")));
+                        }
+                    },
+                    via: r.get(4),
+                    updated_ms: r.get(5),
+                })
+            })
+            .collect()
+    }
+
+    /// Stores a card of a non-partner org in `state` (the caller checked its
+    /// signature, and its succession if one was trusted before); an accepted
+    /// card's keys become trusted. `event` and `actor` go to the ledger.
+    pub async fn put_directory_card(
+        &self,
+        card: &VerifiedCard,
+        card_bytes: &[u8],
+        state: CardState,
+        via: &str,
+        event: &'static str,
+        actor: &str,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.write_tx().await?;
+        if state == CardState::Accepted {
+            replace_keys_tx(&mut tx, card).await?;
+        }
+        sqlx::query(
+            "INSERT INTO org_cards (org_id, card, card_version, state, via, updated_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6) \
+             ON CONFLICT (org_id) DO UPDATE SET card = ?2, card_version = ?3, state = ?4, via = ?5, updated_ms = ?6",
+        )
+        .bind(card.org.as_str())
+        .bind(card_bytes)
+        .bind(to_i64(card.card.version))
+        .bind(state.as_str())
+        .bind(via)
+        .bind(now_unix_ms())
+        .execute(&mut *tx)
+        .await?;
+        append_audit_tx(
+            &mut tx,
+            &[AuditEntry {
+                event,
+                actor: actor.to_string(),
+                partner: card.org.to_string(),
+                subject: format!("card v{}", card.card.version),
+                rule: String::new(),
+                detail: format!(
+                    "via {via}; keys {}",
+                    card.keys
+                        .iter()
+                        .map(|k| k.key_id.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            }],
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Our own signing keys (current and retired), oldest first.
+    pub async fn own_signing_keys(&self) -> Result<Vec<OwnKeyRow>, StoreError> {
+        let rows: Vec<(String, Vec<u8>, i64, i64, i64)> = sqlx::query_as(
+            "SELECT key_id, public_key, not_before_ms, not_after_ms, revoked_ms FROM own_signing_keys \
+             ORDER BY not_before_ms, key_id",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(
+                |(key_id, public_key, not_before_ms, not_after_ms, revoked_ms)| OwnKeyRow {
+                    key_id,
+                    public_key,
+                    not_before_ms,
+                    not_after_ms,
+                    revoked_ms,
+                },
+            )
+            .collect())
+    }
+
+    /// Records `key` as one of our signing keys if it is not yet (the key
+    /// `init` made, on first start).
+    pub async fn ensure_own_key(&self, key_id: &str, public_key: &[u8]) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO own_signing_keys (key_id, public_key, not_before_ms, not_after_ms) \
+             VALUES (?, ?, 0, 0) ON CONFLICT DO NOTHING",
+        )
+        .bind(key_id)
+        .bind(public_key)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Retires `old` at `at_ms` and records `new` as our current key from
+    /// then on.
+    pub async fn rotate_own_key(
+        &self,
+        old: &str,
+        new: &str,
+        new_public: &[u8],
+        at_ms: i64,
+        actor: &str,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.write_tx().await?;
+        sqlx::query("UPDATE own_signing_keys SET not_after_ms = ? WHERE key_id = ?")
+            .bind(at_ms)
+            .bind(old)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query(
+            "INSERT INTO own_signing_keys (key_id, public_key, not_before_ms, not_after_ms) VALUES (?, ?, ?, 0)",
+        )
+        .bind(new)
+        .bind(new_public)
+        .bind(at_ms)
+        .execute(&mut *tx)
+        .await?;
+        append_audit_tx(
+            &mut tx,
+            &[AuditEntry {
+                event: event::SIGNING_KEY,
+                actor: actor.to_string(),
+                partner: String::new(),
+                subject: format!("rotated {old} -> {new}"),
+                rule: String::new(),
+                detail: format!("{old} signs nothing dated from {at_ms} (Unix ms) on"),
+            }],
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Revokes one of our retired signing keys.
+    pub async fn revoke_own_key(&self, key_id: &str, actor: &str) -> Result<(), StoreError> {
+        let mut tx = self.write_tx().await?;
+        let row: Option<(i64, i64)> = sqlx::query_as(
+            "SELECT not_after_ms, revoked_ms FROM own_signing_keys WHERE key_id = ?",
+        )
+        .bind(key_id)
+        .fetch_optional(&mut *tx)
+        .await?;
+        match row {
+            None => {
+                return Err(StoreError::NotFound(format!(
+                    "key_id: {key_id} is not one of this org's signing keys"
+                )));
+            }
+            Some((0, _)) => {
+                return Err(StoreError::Conflict(format!(
+                    "{key_id} is the current signing key; rotate first, then revoke the old key"
+                )));
+            }
+            Some((_, r)) if r != 0 => {
+                return Err(StoreError::Conflict(format!("{key_id} is already revoked")));
+            }
+            Some(_) => {}
+        }
+        sqlx::query("UPDATE own_signing_keys SET revoked_ms = ? WHERE key_id = ?")
+            .bind(now_unix_ms())
+            .bind(key_id)
+            .execute(&mut *tx)
+            .await?;
+        append_audit_tx(
+            &mut tx,
+            &[AuditEntry {
+                event: event::SIGNING_KEY,
+                actor: actor.to_string(),
+                partner: String::new(),
+                subject: format!("revoked {key_id}"),
+                rule: String::new(),
+                detail: "nothing newly received under it is accepted".into(),
+            }],
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Every envelope waiting in quarantine, oldest first.
+    pub async fn quarantine(&self) -> Result<Vec<QuarantineRow>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT id, upstream_org, upstream_seq, key_id, envelope, path, received_ms \
+             FROM quarantine ORDER BY id",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                let up: String = r.get(1);
+                Ok(QuarantineRow {
+                    id: r.get(0),
+                    upstream: OrgId::parse(&up).map_err(|e| {
+                        StoreError::Corrupt(format!("quarantine.upstream_org: {e}"))
+                    })?,
+                    upstream_seq: r.get::<i64, _>(2) as u64,
+                    key_id: r.get(3),
+                    envelope: r.get(4),
+                    path: split_path(&r.get::<String, _>(5)),
+                    received_ms: r.get(6),
+                })
+            })
+            .collect()
+    }
+
+    /// Settles one quarantined envelope whose key has arrived: stores it (as
+    /// received from its upstream) or records the refusal, and removes it
+    /// from quarantine, in one transaction. Returns whether it was stored.
+    pub async fn resolve_quarantine(
+        &self,
+        q: &QuarantineRow,
+        outcome: Result<NewIndicator, Rejection>,
+    ) -> Result<bool, StoreError> {
+        let mut tx = self.write_tx().await?;
+        let mut audit = Vec::new();
+        let mut stored = None;
+        match outcome {
+            Ok(row) => match admit_row_tx(&mut tx, &q.upstream, &row, &mut audit).await? {
+                Admitted::Stored(seq) => stored = Some(seq),
+                Admitted::Duplicate => {}
+                Admitted::Refused(r) => {
+                    reject_tx(&mut tx, &q.upstream, &r, now_unix_ms(), &mut audit).await?
+                }
+            },
+            Err(r) => reject_tx(&mut tx, &q.upstream, &r, now_unix_ms(), &mut audit).await?,
+        }
+        sqlx::query("DELETE FROM quarantine WHERE id = ?")
+            .bind(q.id)
+            .execute(&mut *tx)
+            .await?;
+        append_audit_tx(&mut tx, &audit).await?;
+        tx.commit().await?;
+        if let Some(seq) = stored {
+            self.bump(seq);
+        }
+        Ok(stored.is_some())
+    }
+
+    /// Drops quarantined envelopes received before `before_ms` (their key
+    /// never arrived), each with a ledger row. Returns how many.
+    pub async fn expire_quarantine(&self, before_ms: i64) -> Result<u64, StoreError> {
+        let mut tx = self.write_tx().await?;
+        let rows: Vec<(i64, String, i64, String)> = sqlx::query_as(
+            "SELECT id, upstream_org, upstream_seq, key_id FROM quarantine WHERE received_ms < ?",
+        )
+        .bind(before_ms)
+        .fetch_all(&mut *tx)
+        .await?;
+        let mut audit = Vec::new();
+        for (id, up, seq, key) in &rows {
+            sqlx::query("DELETE FROM quarantine WHERE id = ?")
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+            audit.push(AuditEntry {
+                event: event::QUARANTINE_EXPIRED,
+                actor: "node".into(),
+                partner: up.clone(),
+                subject: format!("{up} seq {seq}"),
+                rule: "signing-key-never-arrived".into(),
+                detail: format!("key {key} unknown until the quarantine time ran out; dropped"),
+            });
+        }
+        append_audit_tx(&mut tx, &audit).await?;
+        tx.commit().await?;
+        Ok(rows.len() as u64)
     }
 
     /// The committed cursor for `upstream` (0 if never subscribed).
@@ -716,21 +1247,7 @@ impl Store {
                 card.org, card.card.version
             )));
         }
-        for k in &card.keys {
-            let owner: Option<String> =
-                sqlx::query_scalar("SELECT org_id FROM signing_keys WHERE key_id = ?")
-                    .bind(&k.key_id)
-                    .fetch_optional(&mut *tx)
-                    .await?;
-            if let Some(owner) = owner
-                && owner != card.org.as_str()
-            {
-                return Err(StoreError::Conflict(format!(
-                    "signing key {} in {}'s card is already registered for {owner}",
-                    k.key_id, card.org
-                )));
-            }
-        }
+        check_key_owners_tx(&mut tx, card).await?;
         sqlx::query(
             "INSERT INTO peers (org_id, display_name, endpoint, card, card_version, ca_bundle_pem, added_ms, updated_ms, introducer) \
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7, ?8) \
@@ -749,23 +1266,12 @@ impl Store {
         .bind(introducer)
         .execute(&mut *tx)
         .await?;
-        sqlx::query("DELETE FROM signing_keys WHERE org_id = ?")
+        replace_keys_tx(&mut tx, card).await?;
+        // A partner's card supersedes any copy that came through the mesh.
+        sqlx::query("DELETE FROM org_cards WHERE org_id = ?")
             .bind(card.org.as_str())
             .execute(&mut *tx)
             .await?;
-        for k in &card.keys {
-            sqlx::query(
-                "INSERT INTO signing_keys (key_id, org_id, public_key, not_before_ms, not_after_ms) \
-                 VALUES (?, ?, ?, ?, ?)",
-            )
-            .bind(&k.key_id)
-            .bind(card.org.as_str())
-            .bind(&k.public_key)
-            .bind(k.not_before_ms)
-            .bind(k.not_after_ms)
-            .execute(&mut *tx)
-            .await?;
-        }
         let mut audit = vec![AuditEntry {
             event: event::PEER_REGISTERED,
             actor: actor.to_string(),
@@ -1015,7 +1521,7 @@ impl Store {
     /// All partners' signing keys.
     pub async fn signing_keys(&self) -> Result<Vec<KnownKey>, StoreError> {
         let rows = sqlx::query(
-            "SELECT key_id, org_id, public_key, not_before_ms, not_after_ms FROM signing_keys",
+            "SELECT key_id, org_id, public_key, not_before_ms, not_after_ms, revoked FROM signing_keys",
         )
         .fetch_all(&self.pool)
         .await?;
@@ -1029,6 +1535,7 @@ impl Store {
                     public_key: r.get(2),
                     not_before_ms: r.get(3),
                     not_after_ms: r.get(4),
+                    revoked: r.get::<bool, _>(5),
                 })
             })
             .collect()

@@ -131,11 +131,31 @@ impl Org {
     }
 
     pub async fn add_card(&self, card: &Envelope, dial: Option<SocketAddr>, policy: Option<&str>) {
+        self.add_card_as(card, dial, policy, false).await;
+    }
+
+    /// Registers a partner card; `introducer`: cards of other orgs it relays
+    /// are accepted.
+    pub async fn add_card_as(
+        &self,
+        card: &Envelope,
+        dial: Option<SocketAddr>,
+        policy: Option<&str>,
+        introducer: bool,
+    ) {
         let store = Store::open_sqlite(&self.settings.store.path).await.unwrap();
         let ep = dial.map(|a| a.to_string()).unwrap_or_default();
-        threatmesh::admin::register_peer(&self.id, &store, card, Some(&ep), policy, false, "test")
-            .await
-            .unwrap();
+        threatmesh::admin::register_peer(
+            &self.id,
+            &store,
+            card,
+            Some(&ep),
+            policy,
+            introducer,
+            "test",
+        )
+        .await
+        .unwrap();
         store.close().await;
     }
 
@@ -413,6 +433,7 @@ impl Exchange for RogueExchange {
                     deliveries,
                     cursor,
                     latest,
+                    cards: Vec::new(),
                 }))
                 .await;
             // Keep the stream open, like a live tail.
@@ -505,4 +526,106 @@ impl Drop for RogueUpstream {
 /// Serialises an envelope as it travels.
 pub fn bytes(env: &Envelope) -> Vec<u8> {
     env.encode_to_vec()
+}
+
+/// A policy for relaying partners: every TLP (RED only where named), community, relayed
+/// indicators sent and accepted.
+pub const RELAY_POLICY: &str = "name = \"test-relay\"\n[egress]\ntlp_ceiling = \"RED\"\ncommunity = true\norigins = \"any\"\n[ingress]\naccept_relayed = true\n";
+
+/// Several organisations on loopback, each edge a two-way link (each side
+/// subscribes to the other), all bound to one policy.
+pub struct Mesh {
+    pub orgs: Vec<Org>,
+    pub nodes: Vec<RunningNode>,
+    /// (subscriber, upstream) for every link.
+    pub links: Vec<(usize, usize)>,
+}
+
+impl Mesh {
+    /// Every partner is an introducer: cards of other orgs it relays are
+    /// accepted.
+    pub async fn start(names: &[&str], edges: &[(usize, usize)], policy: &str) -> Mesh {
+        Self::start_with(names, edges, policy, true).await
+    }
+
+    pub async fn start_with(
+        names: &[&str],
+        edges: &[(usize, usize)],
+        policy: &str,
+        introducers: bool,
+    ) -> Mesh {
+        let orgs: Vec<Org> = names.iter().map(|n| Org::new(n)).collect();
+        let mut listeners = Vec::new();
+        for _ in &orgs {
+            listeners.push(TcpListener::bind("127.0.0.1:0").await.unwrap());
+        }
+        let addrs: Vec<SocketAddr> = listeners.iter().map(|l| l.local_addr().unwrap()).collect();
+        let mut links = Vec::new();
+        for &(i, j) in edges {
+            for (x, y) in [(i, j), (j, i)] {
+                let name = orgs[x].apply_policy(policy).await;
+                orgs[x]
+                    .add_card_as(&orgs[y].card(), Some(addrs[y]), Some(&name), introducers)
+                    .await;
+            }
+            links.push((i, j));
+            links.push((j, i));
+        }
+        let mut nodes = Vec::new();
+        for (o, l) in orgs.iter().zip(listeners) {
+            nodes.push(start_on(o, l).await);
+        }
+        Mesh { orgs, nodes, links }
+    }
+
+    /// Waits until every link's cursor covers its upstream's log and no
+    /// node's log grew meanwhile: nothing is in flight any more.
+    pub async fn settle(&self) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let mut before = Vec::new();
+            for n in &self.nodes {
+                before.push(n.ctx.store.latest_seq().await.unwrap());
+            }
+            for &(s, u) in &self.links {
+                let latest = self.nodes[u].ctx.store.latest_seq().await.unwrap();
+                loop {
+                    let cursor = self.nodes[s]
+                        .ctx
+                        .store
+                        .cursor(&self.orgs[u].id)
+                        .await
+                        .unwrap();
+                    if cursor >= latest {
+                        break;
+                    }
+                    assert!(
+                        tokio::time::Instant::now() < deadline,
+                        "{} stuck at cursor {cursor} of {}'s {latest}: {:?}",
+                        self.orgs[s].id,
+                        self.orgs[u].id,
+                        self.nodes[s].ctx.links.snapshot().get(&self.orgs[u].id)
+                    );
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            }
+            let mut after = Vec::new();
+            for n in &self.nodes {
+                after.push(n.ctx.store.latest_seq().await.unwrap());
+            }
+            if before == after {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the mesh did not settle: logs keep growing"
+            );
+        }
+    }
+
+    pub async fn stop(self) {
+        for n in self.nodes {
+            n.stop().await;
+        }
+    }
 }
