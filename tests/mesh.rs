@@ -417,3 +417,393 @@ async fn rollback_to_an_older_version_is_refused() {
     assert_eq!(rej[0].upstream_seq, 2);
     node_b.stop().await;
 }
+
+/// Publishes `n` relayable indicators at `node` (numbered from `first`).
+async fn publish_many(org: &Org, node: &RunningNode, first: u32, n: u32) -> Vec<String> {
+    let drafts = (first..first + n)
+        .map(|i| marked(i, Tlp::Clear, &[], true, 8))
+        .collect();
+    publish_all(&publisher(org, node), drafts, 8)
+        .await
+        .into_iter()
+        .map(|r| r.id)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partition_heals_with_nothing_lost_and_nothing_twice() {
+    let mesh = Mesh::start_with(
+        &NAMES,
+        &[(A, B), (B, C), (C, D), (D, E)],
+        RELAY_POLICY,
+        true,
+        &[(B, C)],
+    )
+    .await;
+    let (a, node_a) = (&mesh.orgs[A], &mesh.nodes[A]);
+    let mut all = publish_many(a, node_a, 0, 20).await;
+    mesh.settle().await;
+
+    // Cut B–C (both directions) while A keeps publishing.
+    mesh.partition(true);
+    let (node_c, b_id) = (&mesh.nodes[C], &mesh.orgs[B].id);
+    wait_until(10, "C's link to B to notice the cut", || async move {
+        node_c
+            .ctx
+            .links
+            .snapshot()
+            .get(b_id)
+            .is_some_and(|h| h.state != threatmesh::federation::LinkState::Connected)
+    })
+    .await;
+    all.extend(publish_many(a, node_a, 100, 30).await);
+    let node_b = &mesh.nodes[B];
+    wait_until(30, "B to hold all 50", || async move {
+        ids_at(node_b).await.len() == 50
+    })
+    .await;
+    for n in &mesh.nodes[C..] {
+        assert_eq!(ids_at(n).await.len(), 20, "nothing crosses the cut");
+    }
+
+    mesh.partition(false);
+    mesh.settle().await;
+    let want: std::collections::BTreeSet<String> = all.into_iter().collect();
+    for (i, n) in mesh.nodes.iter().enumerate() {
+        let rows = n.ctx.store.indicators(None).await.unwrap();
+        assert_eq!(rows.len(), 50, "{}: each of the 50 exactly once", NAMES[i]);
+        assert_eq!(ids_at(n).await, want, "{}", NAMES[i]);
+        assert_eq!(n.ctx.store.count_rejections().await.unwrap(), 0);
+    }
+    mesh.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_cannot_forge_an_origin_or_downgrade_a_marking() {
+    // D subscribes to C, which turns hostile; D knows A's card.
+    let a = Org::new("a.example");
+    let c = Org::new("c.example");
+    let d = Org::new("d.example");
+    let a_key = a.signing_key();
+    let c_key = c.signing_key();
+    let now = threatmesh::model::now_unix_ms();
+    let indicator =
+        |origin: &str, key: &threatmesh::signing::OrgSigningKey, value: &str, tlp: Tlp| {
+            threatmesh::proto::v1::Indicator {
+                origin_org: origin.into(),
+                key_id: key.key_id().into(),
+                id: uuid::Uuid::new_v4().to_string(),
+                version: 1,
+                created_unix_ms: now,
+                modified_unix_ms: now,
+                marking: Some(Marking {
+                    tlp: tlp as i32,
+                    may_forward: true,
+                    hop_limit: 8,
+                    ..Default::default()
+                }),
+                kind: threatmesh::proto::v1::IndicatorKind::Domain as i32,
+                value: value.into(),
+                valid_from_unix_ms: now,
+                ..Default::default()
+            }
+        };
+    let seal = |key: &threatmesh::signing::OrgSigningKey,
+                ind: &threatmesh::proto::v1::Indicator| {
+        key.seal(
+            threatmesh::signing::INDICATOR_PAYLOAD_TYPE,
+            prost::Message::encode_to_vec(ind),
+        )
+    };
+    let path = |p: &[&str]| p.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    // 1: claims origin A, signed by C.
+    let forged = seal(
+        &c_key,
+        &indicator("a.example", &c_key, "forged.example", Tlp::Green),
+    );
+    // 2: A's genuine GREEN envelope, payload re-encoded by C as CLEAR.
+    let genuine = indicator("a.example", &a_key, "green.example", Tlp::Green);
+    let mut downgraded = seal(&a_key, &genuine);
+    let mut lowered = genuine.clone();
+    lowered.marking.as_mut().unwrap().tlp = Tlp::Clear as i32;
+    downgraded.payload = prost::Message::encode_to_vec(&lowered);
+    // 3 and 4: valid traffic: C's own, and A's genuine envelope relayed.
+    let own = seal(
+        &c_key,
+        &indicator("c.example", &c_key, "own.example", Tlp::Clear),
+    );
+    let relayed = seal(&a_key, &genuine);
+    let rogue = RogueUpstream::start_with_paths(
+        &c,
+        &[&d],
+        vec![
+            (bytes(&forged), path(&["a.example", "c.example"])),
+            (bytes(&downgraded), path(&["a.example", "c.example"])),
+            (bytes(&own), path(&["c.example"])),
+            (bytes(&relayed), path(&["a.example", "c.example"])),
+        ],
+    )
+    .await;
+    d.add_card(&a.card(), None, None).await;
+    let name = d.apply_policy(RELAY_POLICY).await;
+    d.add_card(&c.card(), Some(rogue.addr), Some(&name)).await;
+    let node_d = start(&d).await;
+    let (store, c_id) = (node_d.ctx.store.clone(), c.id.clone());
+    wait_until(30, "D to consider C's four envelopes", || {
+        let (s, c_id) = (store.clone(), c_id.clone());
+        async move { s.cursor(&c_id).await.unwrap() == 4 }
+    })
+    .await;
+
+    let rej = store.rejections().await.unwrap();
+    let seen: Vec<(u64, &str)> = rej
+        .iter()
+        .map(|r| (r.upstream_seq, r.code.as_str()))
+        .collect();
+    assert_eq!(
+        seen,
+        [(1, "Unauthenticated"), (2, "Unauthenticated")],
+        "{rej:#?}"
+    );
+    assert!(
+        rej[0]
+            .reason
+            .contains("claims origin a.example but is signed by a key of c.example"),
+        "{}",
+        rej[0].reason
+    );
+    assert!(
+        rej[1].reason.contains("does not match the payload"),
+        "{}",
+        rej[1].reason
+    );
+    // On D's ledger, and C's valid traffic went on.
+    let ledger = store.audit_rows(Some("c.example"), None).await.unwrap();
+    assert_eq!(
+        ledger
+            .iter()
+            .filter(|r| r.entry.event == "rejected")
+            .count(),
+        2
+    );
+    let stored = store.indicators(None).await.unwrap();
+    let envs: Vec<&Vec<u8>> = stored.iter().map(|r| &r.envelope).collect();
+    assert_eq!(envs, [&bytes(&own), &bytes(&relayed)]);
+    assert_eq!(stored[1].path, ["a.example", "c.example"]);
+    assert_eq!(
+        node_d.ctx.links.snapshot()[&c.id].state,
+        threatmesh::federation::LinkState::Connected
+    );
+    node_d.stop().await;
+}
+
+/// CLI of `org` against its running node.
+fn tm(org: &Org, node: &RunningNode, args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_threatmesh"))
+        .arg("--config")
+        .arg(&org.config)
+        .args(["--server", &node.addr.to_string()])
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn json_lines(o: &std::process::Output) -> Vec<serde_json::Value> {
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unknown_origin_waits_in_quarantine_until_its_card_is_approved() {
+    // Line A–B–C; B is not an introducer for C.
+    let mesh = Mesh::start_with(&NAMES[..3], &[(A, B), (B, C)], RELAY_POLICY, false, &[]).await;
+    let (a, c) = (&mesh.orgs[A], &mesh.orgs[C]);
+    let (node_a, node_c) = (&mesh.nodes[A], &mesh.nodes[C]);
+    let first = publish_many(a, node_a, 0, 3).await;
+    mesh.settle().await;
+    assert!(
+        ids_at(node_c).await.is_empty(),
+        "nothing unverified is stored"
+    );
+
+    // Visible in the CLI: the quarantine, the pending card, the status.
+    let q = json_lines(&tm(c, node_c, &["quarantine", "--json"]));
+    assert_eq!(q.len(), 3);
+    let a_key = a.signing_key().key_id().to_string();
+    for e in &q {
+        assert_eq!(e["upstream"], "b.example");
+        assert_eq!(e["key_id"], a_key.as_str());
+        assert_eq!(e["path"], serde_json::json!(["a.example", "b.example"]));
+    }
+    let cards = json_lines(&tm(c, node_c, &["peer", "cards", "--json"]));
+    assert_eq!(cards.len(), 1);
+    assert_eq!(
+        (cards[0]["org"].as_str(), cards[0]["state"].as_str()),
+        (Some("a.example"), Some("pending"))
+    );
+    let status = json_lines(&tm(c, node_c, &["status", "--json"]));
+    assert_eq!(status[0]["quarantined"], 3);
+
+    // Approved: verified and released at once, then new ones flow.
+    let o = tm(c, node_c, &["peer", "approve-card", "a.example"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let want: std::collections::BTreeSet<String> = first.iter().cloned().collect();
+    assert_eq!(ids_at(node_c).await, want);
+    assert!(node_c.ctx.store.quarantine().await.unwrap().is_empty());
+    let later = publish_many(a, node_a, 10, 1).await;
+    mesh.settle().await;
+    assert!(ids_at(node_c).await.contains(&later[0]));
+    let ledger = node_c
+        .ctx
+        .store
+        .audit_rows(Some("a.example"), None)
+        .await
+        .unwrap();
+    assert!(
+        ledger.iter().any(|r| r.entry.event == "card-accepted"
+            && r.entry.actor == "spiffe://c.example/admin/admin")
+    );
+    mesh.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quarantined_indicators_are_dropped_with_a_ledger_row_when_no_card_comes() {
+    let mut orgs_ttl =
+        Mesh::start_with(&NAMES[..3], &[(A, B), (B, C)], RELAY_POLICY, false, &[]).await;
+    // Restart C with a short quarantine time.
+    let node_c = orgs_ttl.nodes.pop().unwrap();
+    node_c.stop().await;
+    orgs_ttl.orgs[C].settings.federation.quarantine_ttl_ms = 300;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let node_c = start_on(&orgs_ttl.orgs[C], listener).await;
+    publish_many(&orgs_ttl.orgs[A], &orgs_ttl.nodes[A], 0, 2).await;
+    let store = node_c.ctx.store.clone();
+    wait_until(30, "two quarantined, then dropped", || {
+        let s = store.clone();
+        async move {
+            let rows = s.audit_rows(Some("b.example"), None).await.unwrap();
+            rows.iter()
+                .filter(|r| r.entry.event == "quarantine-expired")
+                .count()
+                == 2
+        }
+    })
+    .await;
+    assert!(store.quarantine().await.unwrap().is_empty());
+    assert!(store.indicators(None).await.unwrap().is_empty());
+    node_c.stop().await;
+    orgs_ttl.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_signing_key_rotation_mid_stream_and_the_old_keys_revocation() {
+    let mesh = Mesh::start(&NAMES[..3], &[(A, B), (B, C)], RELAY_POLICY).await;
+    let (a, node_a, node_c) = (&mesh.orgs[A], &mesh.nodes[A], &mesh.nodes[C]);
+    let old_key = a.signing_key();
+    let before = publish_many(a, node_a, 0, 2).await;
+
+    // Rotate while indicators flow.
+    let o = tm(a, node_a, &["keys", "rotate"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let after = publish_many(a, node_a, 10, 2).await;
+    assert_ne!(
+        a.signing_key().key_id(),
+        old_key.key_id(),
+        "signing.key replaced"
+    );
+    mesh.settle().await;
+    for n in &mesh.nodes[B..] {
+        let ids = ids_at(n).await;
+        for id in before.iter().chain(&after) {
+            assert!(ids.contains(id), "old and new indicators verify downstream");
+        }
+    }
+    // C took A's new card through B: both keys, the old one retired.
+    let old_at_c = node_c
+        .ctx
+        .keys
+        .load()
+        .get(old_key.key_id())
+        .cloned()
+        .unwrap();
+    assert!(old_at_c.not_after_ms > 0 && !old_at_c.revoked);
+    assert!(
+        node_c
+            .ctx
+            .keys
+            .load()
+            .get(a.signing_key().key_id())
+            .is_some()
+    );
+
+    // Revoke the old key; the next card carries it to C.
+    let o = tm(a, node_a, &["keys", "revoke", old_key.key_id()]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("revoked"));
+    publish_many(a, node_a, 20, 1).await;
+    mesh.settle().await;
+    assert!(
+        node_c
+            .ctx
+            .keys
+            .load()
+            .get(old_key.key_id())
+            .unwrap()
+            .revoked
+    );
+
+    // An indicator under the old key, dated before the rotation, relayed to
+    // C by a new partner R: refused.
+    let r = Org::new("r.example");
+    let now = threatmesh::model::now_unix_ms();
+    let stale = threatmesh::proto::v1::Indicator {
+        origin_org: "a.example".into(),
+        key_id: old_key.key_id().into(),
+        id: uuid::Uuid::new_v4().to_string(),
+        version: 1,
+        created_unix_ms: now - 3_600_000,
+        modified_unix_ms: now - 3_600_000,
+        marking: Some(Marking {
+            tlp: Tlp::Clear as i32,
+            may_forward: true,
+            hop_limit: 8,
+            ..Default::default()
+        }),
+        kind: threatmesh::proto::v1::IndicatorKind::Domain as i32,
+        value: "backdated.example".into(),
+        valid_from_unix_ms: now - 3_600_000,
+        ..Default::default()
+    };
+    let env = old_key.seal(
+        threatmesh::signing::INDICATOR_PAYLOAD_TYPE,
+        prost::Message::encode_to_vec(&stale),
+    );
+    let rogue = RogueUpstream::start_with_paths(
+        &r,
+        &[&mesh.orgs[C]],
+        vec![(bytes(&env), vec!["a.example".into(), "r.example".into()])],
+    )
+    .await;
+    let c = &mesh.orgs[C];
+    let name = c.apply_policy(RELAY_POLICY).await;
+    c.add_card(&r.card(), Some(rogue.addr), Some(&name)).await;
+    let (store, r_id) = (node_c.ctx.store.clone(), r.id.clone());
+    wait_until(30, "C to consider R's envelope", || {
+        let (s, r_id) = (store.clone(), r_id.clone());
+        async move { s.cursor(&r_id).await.unwrap() == 1 }
+    })
+    .await;
+    let rej = store.rejections().await.unwrap();
+    assert_eq!(rej.len(), 1);
+    assert_eq!(rej[0].code, "Unauthenticated");
+    assert!(
+        rej[0].reason.contains("has been revoked"),
+        "{}",
+        rej[0].reason
+    );
+    assert!(!ids_at(node_c).await.contains(&stale.id));
+    mesh.stop().await;
+}

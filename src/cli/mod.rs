@@ -19,9 +19,11 @@ pub mod certs;
 pub mod client;
 pub mod demo;
 pub mod init;
+pub mod keys;
 pub mod peer;
 pub mod policy;
 pub mod publish;
+pub mod quarantine;
 pub mod serve;
 pub mod status;
 pub mod tail;
@@ -146,6 +148,11 @@ pub enum Command {
     /// import-crl (Admin API).
     #[command(subcommand)]
     Certs(certs::CertsCommand),
+    /// Our org's signing key: rotate, revoke a retired key (Admin API).
+    #[command(subcommand)]
+    Keys(keys::KeysCommand),
+    /// Indicators waiting for their signing key (Admin API).
+    Quarantine(quarantine::QuarantineArgs),
     /// The hash-chained audit ledger: log, verify (Admin API).
     #[command(subcommand)]
     Audit(audit::AuditCommand),
@@ -179,6 +186,8 @@ pub fn run(cli: Cli) -> ExitCode {
             Command::Peer(cmd) => peer::run(&cli.config, &cli.client, &cmd).await,
             Command::Policy(cmd) => policy::run(&cli.config, &cli.client, &cmd).await,
             Command::Audit(cmd) => audit::run(&cli.config, &cli.client, &cmd).await,
+            Command::Keys(cmd) => keys::run(&cli.config, &cli.client, &cmd).await,
+            Command::Quarantine(args) => quarantine::run(&cli.config, &cli.client, &args).await,
             Command::Certs(cmd) => certs::run(&cli.config, &cli.client, &cmd).await,
             Command::Publish(args) => publish::run(&cli.config, &cli.client, &args).await,
             Command::Tail(args) => tail::run(&cli.config, &cli.client, &args).await,

@@ -9,8 +9,8 @@ use clap::Subcommand;
 use super::CliError;
 use super::client::{ClientArgs, admin, rpc_error};
 use crate::proto::v1::{
-    AddPeerRequest, ListPeersRequest, Peer, PeerAction, PeerRequest, SetPeerStateRequest,
-    UpdatePeerRequest,
+    AddPeerRequest, ApproveCardRequest, DirectoryCard, ListCardsRequest, ListPeersRequest, Peer,
+    PeerAction, PeerRequest, SetPeerStateRequest, UpdatePeerRequest,
 };
 
 /// `threatmesh peer ...`
@@ -95,6 +95,23 @@ Examples:
         #[arg(long)]
         json: bool,
     },
+    /// Cards of other (non-partner) orgs that arrived through the mesh:
+    /// accepted (from an introducer, or approved) or pending.
+    Cards {
+        /// One JSON object per line.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Trust a pending card of another org: its keys verify indicators from
+    /// now on, and its quarantined indicators are verified and released.
+    #[command(after_help = "\
+Compare the printed key ids and CA fingerprint with the org out of band first:
+  threatmesh peer cards
+  threatmesh peer approve-card ncsc.example")]
+    ApproveCard {
+        /// Org id of the pending card.
+        org: String,
+    },
     /// Everything about one partner: card, policy, state, cursor, CRL.
     Show {
         /// Partner org id.
@@ -114,6 +131,14 @@ fn peer_json(p: &Peer) -> serde_json::Value {
         "added_unix_ms": p.added_unix_ms, "cursor": p.cursor,
         "ca_fingerprints": p.ca_fingerprints, "signing_key_ids": p.signing_key_ids,
         "crl_revoked": p.crl_revoked, "crl_next_update_unix_ms": p.crl_next_update_unix_ms,
+    })
+}
+
+fn card_json(c: &DirectoryCard) -> serde_json::Value {
+    serde_json::json!({
+        "org": c.org, "display_name": c.display_name, "card_version": c.card_version,
+        "state": c.state, "via": c.via, "updated_unix_ms": c.updated_unix_ms,
+        "signing_key_ids": c.signing_key_ids, "ca_fingerprints": c.ca_fingerprints,
     })
 }
 
@@ -299,6 +324,60 @@ pub async fn run(config: &Path, conn: &ClientArgs, cmd: &PeerCommand) -> Result<
                         p.cursor
                     );
                 }
+            }
+        }
+        PeerCommand::Cards { json } => {
+            let cards = client
+                .list_cards(ListCardsRequest {})
+                .await
+                .map_err(fail)?
+                .into_inner()
+                .cards;
+            if *json {
+                for c in &cards {
+                    out!("{}", card_json(c));
+                }
+            } else if cards.is_empty() {
+                out!("no cards of other orgs have arrived through the mesh");
+            } else {
+                out!(
+                    "{:<24} {:<22} {:<9} {:>14}  {:<34} VIA",
+                    "ORG",
+                    "NAME",
+                    "STATE",
+                    "VERSION",
+                    "SIGNING KEYS"
+                );
+                for c in &cards {
+                    out!(
+                        "{:<24} {:<22} {:<9} {:>14}  {:<34} {}",
+                        c.org,
+                        c.display_name,
+                        c.state,
+                        c.card_version,
+                        c.signing_key_ids.join(","),
+                        c.via
+                    );
+                }
+            }
+        }
+        PeerCommand::ApproveCard { org } => {
+            let c = client
+                .approve_card(ApproveCardRequest { org: org.clone() })
+                .await
+                .map_err(fail)?
+                .into_inner();
+            out!(
+                "{} card v{} is {}; its quarantined indicators are verified and released",
+                c.org,
+                c.card_version,
+                c.state
+            );
+            for f in &c.ca_fingerprints {
+                out!("  CA SHA-256:   {f}");
+            }
+            for k in &c.signing_key_ids {
+                out!("  signing key:  {k}");
             }
         }
         PeerCommand::Show { partner, json } => {

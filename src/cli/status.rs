@@ -52,6 +52,7 @@ pub async fn run(
                     "since_unix_ms": l.since_unix_ms, "last_message_unix_ms": l.last_message_unix_ms,
                     "cursor": l.cursor, "upstream_latest": l.upstream_latest, "lag": l.lag,
                     "last_error": l.last_error, "policy": l.policy,
+                    "quarantined": l.quarantined,
                 })
             })
             .collect();
@@ -59,17 +60,19 @@ pub async fn run(
             "{}",
             serde_json::json!({
                 "org": s.org, "indicators": s.indicators, "latest_seq": s.latest_seq,
-                "rejections": s.rejections, "audit_rows": s.audit_rows, "links": links,
+                "rejections": s.rejections, "audit_rows": s.audit_rows,
+                "quarantined": s.quarantined, "links": links,
             })
         );
         return Ok(());
     }
     out!(
-        "{}: {} indicator versions (latest seq {}), {} refused envelopes, {} audit rows",
+        "{}: {} indicator versions (latest seq {}), {} refused envelopes, {} in quarantine, {} audit rows",
         s.org,
         s.indicators,
         s.latest_seq,
         s.rejections,
+        s.quarantined,
         s.audit_rows
     );
     if s.links.is_empty() {
@@ -77,23 +80,25 @@ pub async fn run(
         return Ok(());
     }
     out!(
-        "{:<24} {:<12} {:<10} {:>8} {:>8} {:<12} {:<18} LAST ERROR",
+        "{:<24} {:<12} {:<10} {:>8} {:>8} {:>6} {:<12} {:<18} LAST ERROR",
         "PARTNER",
         "STATE",
         "SINCE",
         "CURSOR",
         "LAG",
+        "QUAR",
         "LAST MSG",
         "POLICY"
     );
     for l in &s.links {
         out!(
-            "{:<24} {:<12} {:<10} {:>8} {:>8} {:<12} {:<18} {}",
+            "{:<24} {:<12} {:<10} {:>8} {:>8} {:>6} {:<12} {:<18} {}",
             l.partner,
             l.state,
             ago(l.since_unix_ms),
             l.cursor,
             l.lag,
+            l.quarantined,
             ago(l.last_message_unix_ms),
             if l.policy.is_empty() {
                 "(none)"

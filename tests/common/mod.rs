@@ -539,20 +539,27 @@ pub struct Mesh {
     pub nodes: Vec<RunningNode>,
     /// (subscriber, upstream) for every link.
     pub links: Vec<(usize, usize)>,
+    /// Fault-injecting proxies, by (subscriber, upstream): the subscriber
+    /// dials the upstream through it.
+    pub proxies: Vec<((usize, usize), FaultProxy)>,
 }
 
 impl Mesh {
     /// Every partner is an introducer: cards of other orgs it relays are
     /// accepted.
     pub async fn start(names: &[&str], edges: &[(usize, usize)], policy: &str) -> Mesh {
-        Self::start_with(names, edges, policy, true).await
+        Self::start_with(names, edges, policy, true, &[]).await
     }
 
+    /// As [`Mesh::start`]; `introducers` says whether partners are
+    /// introducers, and the links of the `proxied` edges run (both ways)
+    /// through a [`FaultProxy`].
     pub async fn start_with(
         names: &[&str],
         edges: &[(usize, usize)],
         policy: &str,
         introducers: bool,
+        proxied: &[(usize, usize)],
     ) -> Mesh {
         let orgs: Vec<Org> = names.iter().map(|n| Org::new(n)).collect();
         let mut listeners = Vec::new();
@@ -561,11 +568,18 @@ impl Mesh {
         }
         let addrs: Vec<SocketAddr> = listeners.iter().map(|l| l.local_addr().unwrap()).collect();
         let mut links = Vec::new();
+        let mut proxies = Vec::new();
         for &(i, j) in edges {
             for (x, y) in [(i, j), (j, i)] {
                 let name = orgs[x].apply_policy(policy).await;
+                let mut dial = addrs[y];
+                if proxied.contains(&(i, j)) || proxied.contains(&(j, i)) {
+                    let p = FaultProxy::start(addrs[y]).await;
+                    dial = p.addr;
+                    proxies.push(((x, y), p));
+                }
                 orgs[x]
-                    .add_card_as(&orgs[y].card(), Some(addrs[y]), Some(&name), introducers)
+                    .add_card_as(&orgs[y].card(), Some(dial), Some(&name), introducers)
                     .await;
             }
             links.push((i, j));
@@ -575,7 +589,12 @@ impl Mesh {
         for (o, l) in orgs.iter().zip(listeners) {
             nodes.push(start_on(o, l).await);
         }
-        Mesh { orgs, nodes, links }
+        Mesh {
+            orgs,
+            nodes,
+            links,
+            proxies,
+        }
     }
 
     /// Waits until every link's cursor covers its upstream's log and no
@@ -623,9 +642,64 @@ impl Mesh {
         }
     }
 
+    /// Cuts (true) or heals (false) every proxied link.
+    pub fn partition(&self, cut: bool) {
+        for (_, p) in &self.proxies {
+            if cut { p.cut() } else { p.heal() }
+        }
+    }
+
     pub async fn stop(self) {
         for n in self.nodes {
             n.stop().await;
         }
+    }
+}
+
+/// A TCP proxy in front of `target` that a test can cut — open connections
+/// are dropped and new ones closed at once, as a network partition does —
+/// and heal.
+pub struct FaultProxy {
+    pub addr: SocketAddr,
+    cut: tokio::sync::watch::Sender<bool>,
+}
+
+impl FaultProxy {
+    pub async fn start(target: SocketAddr) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (cut, watch) = tokio::sync::watch::channel(false);
+        tokio::spawn(async move {
+            loop {
+                let Ok((mut inbound, _)) = listener.accept().await else {
+                    return;
+                };
+                if *watch.borrow() {
+                    drop(inbound);
+                    continue;
+                }
+                let mut watch = watch.clone();
+                tokio::spawn(async move {
+                    let Ok(mut outbound) = tokio::net::TcpStream::connect(target).await else {
+                        return;
+                    };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                        _ = watch.wait_for(|cut| *cut) => {}
+                    }
+                });
+            }
+        });
+        Self { addr, cut }
+    }
+
+    /// Drops every connection through the proxy and refuses new ones.
+    pub fn cut(&self) {
+        self.cut.send_replace(true);
+    }
+
+    /// Lets connections through again.
+    pub fn heal(&self) {
+        self.cut.send_replace(false);
     }
 }
