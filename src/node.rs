@@ -842,6 +842,28 @@ async fn load_current_signing_key(
     Ok(load_signing_key(settings)?)
 }
 
+/// Our org card publishing every key in `keys` (current and retired, as
+/// recorded in the store), signed by `signer`; with no recorded keys, just
+/// `signer`'s.
+pub fn own_card_with_keys(
+    settings: &Settings,
+    signer: &OrgSigningKey,
+    own_ca_pem: &str,
+    keys: &[OwnKeyRow],
+) -> Envelope {
+    if keys.is_empty() {
+        return own_card(settings, signer, own_ca_pem);
+    }
+    let now = now_unix_ms();
+    crate::identity::seal_card_with_keys(
+        &card_info(settings, own_ca_pem),
+        &published_keys(keys),
+        signer,
+        now as u64,
+        now,
+    )
+}
+
 /// Our org card, built from settings and self-signed with our signing key.
 pub fn own_card(settings: &Settings, signing: &OrgSigningKey, own_ca_pem: &str) -> Envelope {
     seal_card(&card_info(settings, own_ca_pem), signing, now_unix_ms())

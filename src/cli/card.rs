@@ -7,7 +7,7 @@ use clap::Subcommand;
 use super::{CliError, write_file};
 use crate::config::Settings;
 use crate::identity::{envelope_from_json, envelope_to_json, open_card};
-use crate::node::{load_signing_key, own_card};
+use crate::node::{load_signing_key, own_card_with_keys};
 
 /// `threatmesh card ...`
 #[derive(Debug, Subcommand)]
@@ -28,7 +28,7 @@ pub enum CardCommand {
 }
 
 /// Runs a card command.
-pub fn run(config: &Path, cmd: &CardCommand) -> Result<(), CliError> {
+pub async fn run(config: &Path, cmd: &CardCommand) -> Result<(), CliError> {
     match cmd {
         CardCommand::Export { out } => {
             let settings = Settings::load(config)?;
@@ -38,7 +38,17 @@ pub fn run(config: &Path, cmd: &CardCommand) -> Result<(), CliError> {
                 CliError::Failed(format!("{}: {e}", settings.tls.ca_cert.display()))
             })?;
             let key = load_signing_key(&settings)?;
-            let json = envelope_to_json(&own_card(&settings, &key, &ca_pem));
+            // After a key rotation the card must also carry the retired
+            // keys, which only the store records (read, not changed).
+            let keys = if settings.store.path.is_file() {
+                let store = crate::store::Store::open_sqlite(&settings.store.path).await?;
+                let keys = store.own_signing_keys().await;
+                store.close().await;
+                keys?
+            } else {
+                Vec::new()
+            };
+            let json = envelope_to_json(&own_card_with_keys(&settings, &key, &ca_pem, &keys));
             match out {
                 Some(p) => {
                     write_file(p, json.as_bytes(), false)?;

@@ -182,7 +182,7 @@ pub fn run(cli: Cli) -> ExitCode {
             Command::Init(args) => init::run(&args),
             Command::Serve => serve::run(&cli.config).await,
             Command::Demo(args) => demo::run(&args).await,
-            Command::Card(cmd) => card::run(&cli.config, &cmd),
+            Command::Card(cmd) => card::run(&cli.config, &cmd).await,
             Command::Peer(cmd) => peer::run(&cli.config, &cli.client, &cmd).await,
             Command::Policy(cmd) => policy::run(&cli.config, &cli.client, &cmd).await,
             Command::Audit(cmd) => audit::run(&cli.config, &cli.client, &cmd).await,

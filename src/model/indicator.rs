@@ -10,6 +10,10 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use super::OrgId;
 use crate::proto::v1::{Indicator, IndicatorDraft, IndicatorKind, Marking, Tlp};
 
+/// Highest indicator version accepted: a "far-future" version would block
+/// every later update by the origin.
+pub const MAX_VERSION: u64 = 1 << 32;
+
 /// How far in the future a timestamp may lie before it is refused (clock skew).
 pub const MAX_CLOCK_SKEW_MS: i64 = 5 * 60 * 1000;
 /// Longest accepted indicator value (long URLs exist; unbounded ones are abuse).
@@ -506,8 +510,11 @@ pub fn validate_indicator(ind: &Indicator, now_ms: i64) -> Result<(), Validation
             ));
         }
     }
-    if ind.version == 0 {
-        return Err(invalid("version", "must be 1 or more"));
+    if ind.version == 0 || ind.version > MAX_VERSION {
+        return Err(invalid(
+            "version",
+            format!("{} is outside 1-{MAX_VERSION}", ind.version),
+        ));
     }
     if ind.created_unix_ms <= 0 || ind.modified_unix_ms < ind.created_unix_ms {
         return Err(invalid(
@@ -734,6 +741,9 @@ mod tests {
             "modified_unix_ms"
         );
         ind.modified_unix_ms = now;
+        ind.version = MAX_VERSION + 1;
+        assert_eq!(validate_indicator(&ind, now).unwrap_err().field, "version");
+        ind.version = 1;
         ind.origin_org = "A".into();
         assert_eq!(
             validate_indicator(&ind, now).unwrap_err().field,
