@@ -18,11 +18,13 @@
 //! - [`admin`]: the Admin service (own-org admins).
 //! - [`federation`]: outbound partner links: verify, store, cursor.
 //! - [`node`]: assembles one node and runs it.
+//! - [`bench`]: the one-command benchmark (`threatmesh bench`).
 //! - [`cli`]: the `threatmesh` commands, including `demo`.
 #![forbid(unsafe_code)]
 
 pub mod admin;
 pub mod audit;
+pub mod bench;
 pub mod cli;
 pub mod config;
 pub mod exchange;

@@ -564,3 +564,47 @@ fn policy_files_are_checked_versioned_and_shown() {
     assert_eq!(events[1]["subject"], "isp@2");
     assert_eq!(events[1]["actor"], "spiffe://a.example/admin/admin");
 }
+
+/// `threatmesh bench` end to end at toy sizes: every figure is measured.
+#[test]
+fn bench_runs_every_measurement_and_prints_json() {
+    let o = run(&[
+        "bench",
+        "--publish",
+        "200",
+        "--backlog",
+        "500",
+        "--subscribers",
+        "5",
+        "--fanout-indicators",
+        "30",
+        "--latency-secs",
+        "1",
+        "--latency-rate",
+        "50",
+        "--primitive-secs",
+        "0.1",
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    let r: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    for f in [
+        "/primitives/sign_per_s_1core",
+        "/primitives/verify_per_s_all",
+        "/primitives/sqlite_insert_per_s",
+        "/publish_per_s",
+        "/publish_ratio",
+        "/ingest_per_s",
+        "/ingest_ratio",
+        "/latency/p99_ms",
+        "/fanout/deliveries_per_s",
+        "/fanout/peak_rss_mb",
+    ] {
+        assert!(
+            r.pointer(f).and_then(|v| v.as_f64()).unwrap() > 0.0,
+            "{f}: {r}"
+        );
+    }
+    assert_eq!(r["latency"]["samples"], 50);
+    assert_eq!(r["fanout"]["subscribers"], 5);
+}

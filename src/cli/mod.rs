@@ -14,6 +14,7 @@ macro_rules! out_raw {
 }
 
 pub mod audit;
+pub mod bench;
 pub mod card;
 pub mod certs;
 pub mod client;
@@ -162,6 +163,8 @@ pub enum Command {
     Tail(tail::TailArgs),
     /// The node at a glance: counts, and each partner link with state and lag.
     Status(status::StatusArgs),
+    /// Measure this machine's limits and the node over mTLS on loopback.
+    Bench(bench::BenchArgs),
 }
 
 /// Runs a parsed command line and returns the process exit status.
@@ -192,6 +195,7 @@ pub fn run(cli: Cli) -> ExitCode {
             Command::Publish(args) => publish::run(&cli.config, &cli.client, &args).await,
             Command::Tail(args) => tail::run(&cli.config, &cli.client, &args).await,
             Command::Status(args) => status::run(&cli.config, &cli.client, &args).await,
+            Command::Bench(args) => bench::run(&args).await,
         }
     });
     match result {

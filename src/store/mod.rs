@@ -484,6 +484,54 @@ pub struct DirectoryRow {
     pub updated_ms: i64,
 }
 
+/// The machine's SQLite write limit with the store's durability settings
+/// (WAL, `synchronous=FULL`): rows of `row_bytes` inserted `batch` per
+/// transaction into a scratch database at `path`, for about `secs`.
+/// Returns rows per second.
+pub async fn sqlite_insert_rate(
+    path: &Path,
+    batch: usize,
+    row_bytes: usize,
+    secs: f64,
+) -> Result<f64, StoreError> {
+    let open_err = |reason: String| StoreError::Open {
+        path: path.display().to_string(),
+        reason,
+    };
+    let opts = SqliteConnectOptions::from_str("sqlite://")
+        .map_err(|e| open_err(e.to_string()))?
+        .filename(path)
+        .create_if_missing(true)
+        .journal_mode(SqliteJournalMode::Wal)
+        .synchronous(SqliteSynchronous::Full);
+    let pool = SqlitePoolOptions::new()
+        .max_connections(1)
+        .connect_with(opts)
+        .await
+        .map_err(|e| open_err(e.to_string()))?;
+    sqlx::query("CREATE TABLE IF NOT EXISTS t (id INTEGER PRIMARY KEY, k TEXT UNIQUE, v BLOB)")
+        .execute(&pool)
+        .await?;
+    let blob = vec![0x5au8; row_bytes];
+    let start = std::time::Instant::now();
+    let mut n = 0u64;
+    while start.elapsed().as_secs_f64() < secs {
+        let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
+        for _ in 0..batch {
+            sqlx::query("INSERT INTO t (k, v) VALUES (?, ?)")
+                .bind(format!("{n:016x}"))
+                .bind(&blob)
+                .execute(&mut *tx)
+                .await?;
+            n += 1;
+        }
+        tx.commit().await?;
+    }
+    let rate = n as f64 / start.elapsed().as_secs_f64();
+    pool.close().await;
+    Ok(rate)
+}
+
 /// The node's store.
 #[derive(Debug, Clone)]
 pub struct Store {
@@ -719,6 +767,44 @@ impl Store {
         };
         self.bump(seq);
         Ok(seq)
+    }
+
+    /// Appends many versions published here in one transaction (each with
+    /// its ledger row); returns their sequence numbers. Used to load large
+    /// sets (bulk import, the benchmark's backlog).
+    pub async fn append_local_batch(
+        &self,
+        rows: &[NewIndicator],
+        actor: &str,
+    ) -> Result<Vec<u64>, StoreError> {
+        let mut tx = self.write_tx().await?;
+        let mut seqs = Vec::with_capacity(rows.len());
+        let mut audit = Vec::with_capacity(rows.len());
+        for row in rows {
+            let seq =
+                insert_indicator(&mut tx, row, "")
+                    .await?
+                    .ok_or_else(|| StoreError::Duplicate {
+                        origin: row.indicator.origin_org.clone(),
+                        id: row.indicator.id.clone(),
+                        version: row.indicator.version,
+                    })?;
+            seqs.push(seq);
+            audit.push(AuditEntry {
+                event: event::PUBLISHED,
+                actor: actor.to_string(),
+                partner: String::new(),
+                subject: subject_of(&row.indicator),
+                rule: String::new(),
+                detail: String::new(),
+            });
+        }
+        append_audit_tx(&mut tx, &audit).await?;
+        tx.commit().await?;
+        if let Some(last) = seqs.last() {
+            self.bump(*last);
+        }
+        Ok(seqs)
     }
 
     /// Highest stored version and creation time of an indicator.

@@ -1,0 +1,74 @@
+//! `threatmesh bench`: measures the machine's limits and the node over real
+//! mutual TLS on loopback in one run; see BENCHMARKS.md.
+
+use clap::Args;
+
+use super::CliError;
+use crate::bench::{BenchOptions, render, run as run_bench};
+
+/// Arguments of `threatmesh bench`.
+#[derive(Debug, Clone, Args)]
+#[command(after_help = "\
+Everything runs in this process on 127.0.0.1 with fresh organisations in a
+temporary directory. Quick check: threatmesh bench --backlog 20000 --subscribers 100
+--latency-secs 3. Results and method: BENCHMARKS.md.")]
+pub struct BenchArgs {
+    /// Indicators published through the Publish RPC.
+    #[arg(long, default_value_t = 20_000)]
+    pub publish: u64,
+    /// Publish requests in flight.
+    #[arg(long, default_value_t = 64)]
+    pub in_flight: usize,
+    /// Backlog a subscriber catches up on (verify + store + cursor).
+    #[arg(long, default_value_t = 200_000)]
+    pub backlog: u64,
+    /// Publish rate of the latency run, per second.
+    #[arg(long, default_value_t = 1_000)]
+    pub latency_rate: u64,
+    /// Length of the latency run, seconds.
+    #[arg(long, default_value_t = 10)]
+    pub latency_secs: u64,
+    /// Subscribers of the fan-out run (each its own org and connection).
+    #[arg(long, default_value_t = 1_000)]
+    pub subscribers: usize,
+    /// Indicators published during the fan-out run.
+    #[arg(long, default_value_t = 2_000)]
+    pub fanout_indicators: u64,
+    /// Seconds each primitive is measured for.
+    #[arg(long, default_value_t = 2.0)]
+    pub primitive_secs: f64,
+    /// Print one JSON object instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Runs `threatmesh bench`.
+pub async fn run(args: &BenchArgs) -> Result<(), CliError> {
+    if args.in_flight == 0 || args.latency_rate == 0 || args.subscribers == 0 {
+        return Err(CliError::Usage(
+            "--in-flight, --latency-rate and --subscribers must be at least 1".into(),
+        ));
+    }
+    let opts = BenchOptions {
+        publish: args.publish,
+        in_flight: args.in_flight,
+        backlog: args.backlog,
+        latency_rate: args.latency_rate,
+        latency_secs: args.latency_secs,
+        subscribers: args.subscribers,
+        fanout_indicators: args.fanout_indicators,
+        primitive_secs: args.primitive_secs,
+    };
+    let report = run_bench(&opts, |line| eprintln!("bench: {line}"))
+        .await
+        .map_err(|e| CliError::Failed(e.to_string()))?;
+    if args.json {
+        out!(
+            "{}",
+            serde_json::to_string(&report).map_err(|e| CliError::Failed(e.to_string()))?
+        );
+    } else {
+        out_raw!("{}", render(&report));
+    }
+    Ok(())
+}
