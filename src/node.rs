@@ -93,6 +93,9 @@ pub struct NodeContext {
     pub cards: ArcSwap<CardMap>,
     /// Serialises changes of our own signing keys.
     key_change: tokio::sync::Mutex<()>,
+    /// Serialises reloads, so a reload that read the store earlier cannot
+    /// swap in its older view after a newer one.
+    reload: tokio::sync::Mutex<()>,
     /// Turns true when the node shuts down; streams and links watch it.
     pub shutdown: watch::Receiver<bool>,
     /// Our CA bundle, kept to rebuild the trust store.
@@ -182,6 +185,7 @@ impl NodeContext {
     /// suspended, removed, stale CRL) are closed, also when nothing changed,
     /// since a CRL can turn stale with time alone.
     pub async fn reload_peers(&self) -> Result<Vec<PeerRecord>, NodeError> {
+        let _serial = self.reload.lock().await;
         let current = Loaded {
             peers: self.store.peers().await?,
             policies: self.store.policies().await?,
@@ -683,6 +687,7 @@ impl Node {
             card: ArcSwap::from_pointee(card),
             cards: ArcSwap::from_pointee(CardMap::new()),
             key_change: tokio::sync::Mutex::new(()),
+            reload: tokio::sync::Mutex::new(()),
             shutdown,
             own_ca_pem,
             policies: ArcSwap::from_pointee(PolicyMap::new()),

@@ -104,7 +104,11 @@ pub fn release(
     if row.origin_org == recipient.as_str() || row.path.iter().any(|o| o == recipient.as_str()) {
         return Release::Skip;
     }
-    let (decision, subject) = match decode_stored(&row.envelope) {
+    let decoded = match &row.decoded {
+        Some(ind) => Ok(ind.clone()),
+        None => decode_stored(&row.envelope).map(Arc::new),
+    };
+    let (decision, subject) = match decoded {
         Ok(ind) => {
             let hops = u32::try_from(row.path.len()).unwrap_or(u32::MAX);
             let subject = format!("{}/{}#{}", ind.origin_org, ind.id, ind.version);
@@ -328,7 +332,7 @@ impl ExchangeService {
         };
         let seq = ctx.store.append_local(&row, &caller.to_string()).await?;
         let i = &row.indicator;
-        tracing::info!(publisher = %caller, id = %i.id, version = i.version, seq, "published");
+        tracing::debug!(publisher = %caller, id = %i.id, version = i.version, seq, "published");
         Ok(PublishResponse {
             id: i.id.clone(),
             version: i.version,

@@ -367,7 +367,7 @@ async fn session(
     let tls = client_config(ctx.trust.clone(), SpiffeId::node(&peer.org), Some(&client))?;
     let channel = crate::net::mtls_channel(&peer.endpoint, peer.org.as_str(), tls)?;
     let mut exchange = ExchangeClient::new(channel).max_decoding_message_size(MAX_MESSAGE_BYTES);
-    let mut cursor = ctx.store.cursor(&peer.org).await?;
+    let cursor = ctx.store.cursor(&peer.org).await?;
     let mut stream = exchange
         .subscribe(SubscribeRequest {
             from_cursor: cursor,
@@ -376,6 +376,128 @@ async fn session(
         .into_inner();
     tracing::info!(partner = %peer.org, from = cursor, "subscribed");
     ctx.links.set_state(&peer.org, LinkState::Connected, None);
+    // Verified batches are committed by a writer task, several at a time
+    // when they queue up, while the next message is verified.
+    let (commits, pending) = tokio::sync::mpsc::channel::<Batch>(4);
+    let writer = tokio::spawn(commit_batches(ctx.store.clone(), peer.org.clone(), pending));
+    let ended = receive(ctx, peer, &mut stream, cursor, &commits, backoff).await;
+    drop(commits);
+    let committed = writer
+        .await
+        .map_err(|e| LinkError::Protocol(format!("commit task: {e}")))?;
+    ended.and(committed)
+}
+
+/// One verified Subscribe message, ready to commit.
+struct Batch {
+    rows: Vec<NewIndicator>,
+    refused: Vec<Rejection>,
+    quarantined: Vec<Quarantined>,
+    cursor: u64,
+}
+
+/// Commits batches in order, merging those that queued up into one
+/// transaction (one fsync).
+async fn commit_batches(
+    store: crate::store::Store,
+    upstream: OrgId,
+    mut pending: tokio::sync::mpsc::Receiver<Batch>,
+) -> Result<(), LinkError> {
+    let mut queued = Vec::new();
+    while pending.recv_many(&mut queued, 16).await > 0 {
+        let mut merged = Batch {
+            rows: Vec::new(),
+            refused: Vec::new(),
+            quarantined: Vec::new(),
+            cursor: 0,
+        };
+        for b in queued.drain(..) {
+            merged.rows.extend(b.rows);
+            merged.refused.extend(b.refused);
+            merged.quarantined.extend(b.quarantined);
+            merged.cursor = merged.cursor.max(b.cursor);
+        }
+        let out = store
+            .ingest_batch(
+                &upstream,
+                &merged.rows,
+                &merged.refused,
+                &merged.quarantined,
+                merged.cursor,
+            )
+            .await?;
+        if out.stored + out.rejected + out.quarantined > 0 {
+            tracing::debug!(
+                partner = %upstream, stored = out.stored, duplicates = out.duplicates,
+                rejected = out.rejected, quarantined = out.quarantined, cursor = merged.cursor,
+                "batch committed"
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Verifies deliveries on every core (signature checks dominate ingest).
+async fn verify_all(
+    own: &OrgId,
+    upstream: &OrgId,
+    deliveries: Vec<Delivery>,
+    keys: Arc<KeyDirectory>,
+    now: i64,
+) -> Result<Vec<(Delivery, Result<Option<Verified>, Refusal>)>, LinkError> {
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    if deliveries.len() < 64 || cores == 1 {
+        return Ok(deliveries
+            .into_iter()
+            .map(|d| {
+                let r = verify_delivery(own, upstream, &d, &keys, now);
+                (d, r)
+            })
+            .collect());
+    }
+    let per = deliveries.len().div_ceil(cores);
+    let mut chunks = Vec::new();
+    let mut rest = deliveries;
+    while !rest.is_empty() {
+        let tail = rest.split_off(per.min(rest.len()));
+        chunks.push(std::mem::replace(&mut rest, tail));
+    }
+    let tasks: Vec<_> = chunks
+        .into_iter()
+        .map(|chunk| {
+            let (own, upstream, keys) = (own.clone(), upstream.clone(), keys.clone());
+            tokio::task::spawn_blocking(move || {
+                chunk
+                    .into_iter()
+                    .map(|d| {
+                        let r = verify_delivery(&own, &upstream, &d, &keys, now);
+                        (d, r)
+                    })
+                    .collect::<Vec<_>>()
+            })
+        })
+        .collect();
+    let mut out = Vec::new();
+    for t in tasks {
+        out.extend(
+            t.await
+                .map_err(|e| LinkError::Protocol(format!("verify task: {e}")))?,
+        );
+    }
+    Ok(out)
+}
+
+/// Receives, checks and hands batches to the writer until the stream ends.
+async fn receive(
+    ctx: &NodeContext,
+    peer: &PeerRecord,
+    stream: &mut tonic::Streaming<crate::proto::v1::SubscribeResponse>,
+    mut cursor: u64,
+    commits: &tokio::sync::mpsc::Sender<Batch>,
+    backoff: &mut Backoff,
+) -> Result<(), LinkError> {
     while let Some(msg) = stream.message().await? {
         ctx.links.with(&peer.org, |h| {
             h.last_message_ms = now_unix_ms();
@@ -397,15 +519,8 @@ async fn session(
                 .await
                 .map_err(|e| LinkError::Protocol(format!("reloading keys: {e}")))?;
         }
-        let keys = ctx.keys.load();
-        let policies = ctx.policies.load();
-        let policy = policies.get(&peer.org).map(|p| p.as_ref());
-        let now = now_unix_ms();
-        let mut rows = Vec::with_capacity(msg.deliveries.len());
-        let mut refused = Vec::new();
-        let mut quarantined = Vec::new();
         let mut prev = cursor;
-        for d in msg.deliveries {
+        for d in &msg.deliveries {
             if d.seq <= prev || d.seq > msg.cursor {
                 return Err(LinkError::Protocol(format!(
                     "{} sent seq {} outside ({prev}, {}]",
@@ -413,7 +528,26 @@ async fn session(
                 )));
             }
             prev = d.seq;
-            let checked = match verify_delivery(&ctx.own, &peer.org, &d, &keys, now) {
+        }
+        let now = now_unix_ms();
+        let checked = verify_all(
+            &ctx.own,
+            &peer.org,
+            msg.deliveries,
+            ctx.keys.load_full(),
+            now,
+        )
+        .await?;
+        let policies = ctx.policies.load();
+        let policy = policies.get(&peer.org).map(|p| p.as_ref());
+        let mut batch = Batch {
+            rows: Vec::with_capacity(checked.len()),
+            refused: Vec::new(),
+            quarantined: Vec::new(),
+            cursor: msg.cursor,
+        };
+        for (d, verified) in checked {
+            let admitted = match verified {
                 Ok(None) => continue,
                 Ok(Some(v)) => {
                     let held = v.indicator.revoked
@@ -426,14 +560,14 @@ async fn session(
                 }
                 Err(r) => Err(r),
             };
-            match checked {
-                Ok(row) => rows.push(row),
+            match admitted {
+                Ok(row) => batch.rows.push(row),
                 Err(Refusal {
                     unknown_key: Some(key_id),
                     ..
                 }) => {
                     tracing::info!(partner = %peer.org, seq = d.seq, key = %key_id, "signing key unknown; envelope quarantined");
-                    quarantined.push(Quarantined {
+                    batch.quarantined.push(Quarantined {
                         upstream_seq: d.seq,
                         key_id,
                         envelope: d.envelope,
@@ -445,7 +579,7 @@ async fn session(
                         partner = %peer.org, seq = d.seq, code = ?r.code, reason = %r.reason,
                         "envelope refused"
                     );
-                    refused.push(Rejection {
+                    batch.refused.push(Rejection {
                         upstream_seq: d.seq,
                         code: format!("{:?}", r.code),
                         reason: r.reason,
@@ -454,15 +588,9 @@ async fn session(
                 }
             }
         }
-        let out = ctx
-            .store
-            .ingest_batch(&peer.org, &rows, &refused, &quarantined, msg.cursor)
-            .await?;
-        if out.stored + out.rejected > 0 {
-            tracing::debug!(
-                partner = %peer.org, stored = out.stored, duplicates = out.duplicates,
-                rejected = out.rejected, cursor = msg.cursor, "batch committed"
-            );
+        if commits.send(batch).await.is_err() {
+            // The writer stopped on an error; the session reports it.
+            return Ok(());
         }
         cursor = msg.cursor;
         backoff.reset();

@@ -7,13 +7,14 @@
 
 use std::path::Path;
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use sqlx::Row;
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 
 use crate::audit::{
     AuditEntry, AuditEntryOwned, AuditRow, ChainBreak, event, row_hash, verify_chain,
@@ -97,6 +98,9 @@ pub struct StoredIndicator {
     pub path: Vec<String>,
     /// Whether this version revokes the indicator.
     pub revoked: bool,
+    /// The indicator decoded from `envelope`, when a shared read already
+    /// did it (live streams); `None` means decode it yourself.
+    pub decoded: Option<Arc<Indicator>>,
 }
 
 /// A refused envelope to record.
@@ -532,11 +536,57 @@ pub async fn sqlite_insert_rate(
     Ok(rate)
 }
 
+/// A local publish waiting for the group commit.
+struct LocalWrite {
+    row: NewIndicator,
+    actor: String,
+    done: tokio::sync::oneshot::Sender<Result<u64, StoreError>>,
+}
+
+impl std::fmt::Debug for LocalWrite {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LocalWrite").finish_non_exhaustive()
+    }
+}
+
+/// The ledger rows and recipients of one batch released to a partner,
+/// waiting for the group commit.
+struct ReleaseWrite {
+    entries: Vec<AuditEntry>,
+    recipient: OrgId,
+    sent: Vec<(String, String)>,
+    done: tokio::sync::oneshot::Sender<Result<(), StoreError>>,
+}
+
+impl std::fmt::Debug for ReleaseWrite {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReleaseWrite").finish_non_exhaustive()
+    }
+}
+
+/// The newest stretch of the log, decoded once and shared by every live
+/// subscriber stream, so a new batch costs one store read, not one per
+/// subscriber.
+#[derive(Debug, Default)]
+struct Tail {
+    /// Consecutive rows, oldest first.
+    rows: std::collections::VecDeque<StoredIndicator>,
+}
+
+/// Most rows the tail keeps.
+const TAIL_ROWS: usize = 8192;
+
 /// The node's store.
 #[derive(Debug, Clone)]
 pub struct Store {
     /// Connection pool; writes serialise inside SQLite.
     pool: SqlitePool,
+    /// Local publishes, committed in groups by one writer task.
+    local: mpsc::Sender<LocalWrite>,
+    /// Release records of partner streams, committed in groups.
+    releases: mpsc::Sender<ReleaseWrite>,
+    /// The newest rows, shared by live streams.
+    tail: Arc<tokio::sync::Mutex<Tail>>,
     /// Highest local sequence number, so live subscribers wake without polling.
     latest: watch::Sender<u64>,
 }
@@ -587,12 +637,28 @@ impl Store {
             .run(&pool)
             .await
             .map_err(|e| open_err(format!("migration failed: {e}")))?;
+        let (local, queue) = mpsc::channel(4096);
+        let (releases, release_queue) = mpsc::channel(4096);
         let store = Self {
             pool,
+            local,
+            releases,
+            tail: Default::default(),
             latest: watch::channel(0).0,
         };
         let latest = store.latest_seq().await?;
         store.latest.send_replace(latest);
+        // The writers hold handles without the queues' senders, so they end
+        // when every other handle is dropped.
+        let writer = || Self {
+            pool: store.pool.clone(),
+            local: mpsc::channel(1).0,
+            releases: mpsc::channel(1).0,
+            tail: store.tail.clone(),
+            latest: store.latest.clone(),
+        };
+        tokio::spawn(writer().local_writer(queue));
+        tokio::spawn(writer().release_writer(release_queue));
         Ok(store)
     }
 
@@ -673,23 +739,61 @@ impl Store {
         recipient: &OrgId,
         sent: &[(String, String)],
     ) -> Result<(), StoreError> {
-        let mut tx = self.write_tx().await?;
-        append_audit_tx(&mut tx, entries).await?;
-        let now = now_unix_ms();
-        for (origin, id) in sent {
-            sqlx::query(
-                "INSERT INTO sent_to (origin_org, indicator_id, recipient, first_sent_ms) \
-                 VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING",
-            )
-            .bind(origin)
-            .bind(id)
-            .bind(recipient.as_str())
-            .bind(now)
-            .execute(&mut *tx)
-            .await?;
+        let (done, result) = tokio::sync::oneshot::channel();
+        let write = ReleaseWrite {
+            entries: entries.to_vec(),
+            recipient: recipient.clone(),
+            sent: sent.to_vec(),
+            done,
+        };
+        let stopped = || StoreError::Open {
+            path: "store".into(),
+            reason: "the store's writer has stopped".into(),
+        };
+        self.releases.send(write).await.map_err(|_| stopped())?;
+        result.await.unwrap_or_else(|_| Err(stopped()))
+    }
+
+    /// Commits queued release records of every partner stream in groups:
+    /// one transaction for all the streams waiting at that moment.
+    async fn release_writer(self, mut queue: mpsc::Receiver<ReleaseWrite>) {
+        const GROUP: usize = 1024;
+        let mut group = Vec::with_capacity(GROUP);
+        while queue.recv_many(&mut group, GROUP).await > 0 {
+            let attempt = async {
+                let mut tx = self.write_tx().await?;
+                let now = now_unix_ms();
+                for w in &group {
+                    append_audit_tx(&mut tx, &w.entries).await?;
+                    for (origin, id) in &w.sent {
+                        sqlx::query(
+                            "INSERT INTO sent_to (origin_org, indicator_id, recipient, first_sent_ms) \
+                             VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                        )
+                        .bind(origin)
+                        .bind(id)
+                        .bind(w.recipient.as_str())
+                        .bind(now)
+                        .execute(&mut *tx)
+                        .await?;
+                    }
+                }
+                tx.commit().await?;
+                Ok::<(), StoreError>(())
+            };
+            let result = attempt.await.map_err(|e| e.to_string());
+            if let Err(e) = &result {
+                tracing::error!(error = %e, "group commit of release records failed");
+            }
+            for w in group.drain(..) {
+                let _ = w
+                    .done
+                    .send(result.clone().map_err(|reason| StoreError::Open {
+                        path: "store".into(),
+                        reason,
+                    }));
+            }
         }
-        tx.commit().await?;
-        Ok(())
     }
 
     /// Which of `indicators` (origin, id) were ever sent to `recipient`.
@@ -740,33 +844,95 @@ impl Store {
     }
 
     /// Appends a version published here. Durable when this returns.
+    /// Concurrent calls are committed together (group commit): one
+    /// transaction, one fsync, for every publish waiting at that moment.
     pub async fn append_local(&self, row: &NewIndicator, actor: &str) -> Result<u64, StoreError> {
-        let mut tx = self.write_tx().await?;
-        let seq = insert_indicator(&mut tx, row, "").await?;
-        if seq.is_some() {
-            append_audit_tx(
-                &mut tx,
-                &[AuditEntry {
-                    event: event::PUBLISHED,
-                    actor: actor.to_string(),
-                    partner: String::new(),
-                    subject: subject_of(&row.indicator),
-                    rule: String::new(),
-                    detail: String::new(),
-                }],
-            )
-            .await?;
-        }
-        tx.commit().await?;
-        let Some(seq) = seq else {
-            return Err(StoreError::Duplicate {
-                origin: row.indicator.origin_org.clone(),
-                id: row.indicator.id.clone(),
-                version: row.indicator.version,
-            });
+        let (done, result) = tokio::sync::oneshot::channel();
+        let write = LocalWrite {
+            row: row.clone(),
+            actor: actor.to_string(),
+            done,
         };
-        self.bump(seq);
-        Ok(seq)
+        if self.local.send(write).await.is_err() {
+            return Err(StoreError::Open {
+                path: "store".into(),
+                reason: "the store's writer has stopped".into(),
+            });
+        }
+        result.await.unwrap_or_else(|_| {
+            Err(StoreError::Open {
+                path: "store".into(),
+                reason: "the store's writer has stopped".into(),
+            })
+        })
+    }
+
+    /// Writes queued local publishes in groups until every handle of the
+    /// store is gone.
+    async fn local_writer(self, mut queue: mpsc::Receiver<LocalWrite>) {
+        const GROUP: usize = 512;
+        let mut group = Vec::with_capacity(GROUP);
+        while queue.recv_many(&mut group, GROUP).await > 0 {
+            let results = self.write_local_group(&group).await;
+            for (w, r) in group.drain(..).zip(results) {
+                let _ = w.done.send(r);
+            }
+        }
+    }
+
+    async fn write_local_group(&self, group: &[LocalWrite]) -> Vec<Result<u64, StoreError>> {
+        let attempt = async {
+            let mut tx = self.write_tx().await?;
+            let mut seqs = Vec::with_capacity(group.len());
+            let mut audit = Vec::with_capacity(group.len());
+            for w in group {
+                let seq = insert_indicator(&mut tx, &w.row, "").await?;
+                if seq.is_some() {
+                    audit.push(AuditEntry {
+                        event: event::PUBLISHED,
+                        actor: w.actor.clone(),
+                        partner: String::new(),
+                        subject: subject_of(&w.row.indicator),
+                        rule: String::new(),
+                        detail: String::new(),
+                    });
+                }
+                seqs.push(seq);
+            }
+            append_audit_tx(&mut tx, &audit).await?;
+            tx.commit().await?;
+            Ok::<_, StoreError>(seqs)
+        };
+        match attempt.await {
+            Ok(seqs) => {
+                if let Some(max) = seqs.iter().flatten().max() {
+                    self.bump(*max);
+                }
+                seqs.into_iter()
+                    .zip(group)
+                    .map(|(seq, w)| {
+                        seq.ok_or_else(|| StoreError::Duplicate {
+                            origin: w.row.indicator.origin_org.clone(),
+                            id: w.row.indicator.id.clone(),
+                            version: w.row.indicator.version,
+                        })
+                    })
+                    .collect()
+            }
+            Err(e) => {
+                let msg = e.to_string();
+                tracing::error!(error = %msg, rows = group.len(), "group commit of local publishes failed");
+                group
+                    .iter()
+                    .map(|_| {
+                        Err(StoreError::Open {
+                            path: "store".into(),
+                            reason: msg.clone(),
+                        })
+                    })
+                    .collect()
+            }
+        }
     }
 
     /// Appends many versions published here in one transaction (each with
@@ -1250,15 +1416,48 @@ impl Store {
         after: u64,
         limit: u32,
     ) -> Result<Vec<StoredIndicator>, StoreError> {
+        let limit = limit as usize;
+        let tail = self.tail.lock().await;
+        let first = tail.rows.front().map(|r| r.seq);
+        let last = tail.rows.back().map(|r| r.seq);
+        // Served from the shared tail when it covers `after + 1` onwards...
+        if let (Some(first), Some(last)) = (first, last)
+            && first <= after.saturating_add(1)
+            && after < last
+        {
+            let skip = tail.rows.partition_point(|r| r.seq <= after);
+            return Ok(tail.rows.iter().skip(skip).take(limit).cloned().collect());
+        }
+        // ...else read from the store. Rows that directly follow the tail
+        // extend it (a reader beyond the tail starts it afresh), decoded once
+        // for every reader; the lock is held meanwhile so concurrent readers
+        // of the same new rows wait for this read instead of repeating it.
+        // Readers behind the tail (catching up) read without it.
+        let mut tail = last.is_none_or(|l| l <= after).then_some(tail);
         let rows = sqlx::query(
             "SELECT seq, origin_org, indicator_id, version, received_from, envelope, stored_ms, path, revoked \
              FROM indicators WHERE seq > ? ORDER BY seq LIMIT ?",
         )
         .bind(to_i64(after))
-        .bind(i64::from(limit))
+        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
         .fetch_all(&self.pool)
         .await?;
-        Ok(rows.iter().map(stored_from_row).collect())
+        let mut rows: Vec<StoredIndicator> = rows.iter().map(stored_from_row).collect();
+        if let Some(t) = tail.as_mut()
+            && !rows.is_empty()
+        {
+            if t.rows.back().is_some_and(|r| r.seq != after) {
+                t.rows.clear();
+            }
+            for r in &mut rows {
+                r.decoded = decode_indicator(&r.envelope).map(Arc::new);
+            }
+            t.rows.extend(rows.iter().cloned());
+            while t.rows.len() > TAIL_ROWS {
+                t.rows.pop_front();
+            }
+        }
+        Ok(rows)
     }
 
     /// Every stored version of `origin`'s indicators (or all, if `None`), in order.
@@ -1871,7 +2070,18 @@ fn stored_from_row(r: &sqlx::sqlite::SqliteRow) -> StoredIndicator {
         stored_ms: r.get(6),
         path: split_path(&r.get::<String, _>(7)),
         revoked: r.get::<bool, _>(8),
+        decoded: None,
     }
+}
+
+/// The indicator inside a stored envelope (stored bytes were verified or
+/// signed before they were written).
+fn decode_indicator(envelope: &[u8]) -> Option<Indicator> {
+    use prost::Message;
+    let env = crate::proto::v1::Envelope::decode(envelope).ok()?;
+    (env.payload_type == crate::signing::INDICATOR_PAYLOAD_TYPE)
+        .then(|| Indicator::decode(env.payload.as_slice()).ok())
+        .flatten()
 }
 
 /// A stored path ("a.example,b.example") as org ids.
