@@ -302,55 +302,89 @@ enum Admitted {
     Refused(Rejection),
 }
 
-/// Stores one verified, admitted row from `upstream` unless it is a
-/// duplicate, older than the version held (rollback) or too far ahead.
+/// [`admit_rows_tx`] for one row.
 async fn admit_row_tx(
     tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
     upstream: &OrgId,
     row: &NewIndicator,
     audit: &mut Vec<AuditEntry>,
 ) -> Result<Admitted, StoreError> {
-    let i = &row.indicator;
-    let held: Option<i64> = sqlx::query_scalar(
-        "SELECT MAX(version) FROM indicators WHERE origin_org = ? AND indicator_id = ?",
+    Ok(
+        admit_rows_tx(tx, upstream, std::slice::from_ref(row), audit)
+            .await?
+            .pop()
+            .unwrap_or(Admitted::Duplicate),
     )
-    .bind(&i.origin_org)
-    .bind(&i.id)
-    .fetch_one(&mut **tx)
-    .await?;
-    let refusal = match held.map(|v| v as u64) {
-        Some(h) if i.version < h => Some(format!(
-            "rollback: {}/{} version {} is older than version {h} held here",
-            i.origin_org, i.id, i.version
-        )),
-        Some(h) if i.version > h.saturating_add(MAX_VERSION_STEP) => Some(format!(
-            "{}/{} version {} jumps more than {MAX_VERSION_STEP} versions past version {h} held here",
-            i.origin_org, i.id, i.version
-        )),
-        _ => None,
-    };
-    if let Some(reason) = refusal {
-        return Ok(Admitted::Refused(Rejection {
-            upstream_seq: row.upstream_seq,
-            code: "FailedPrecondition".into(),
-            reason,
-            envelope: row.envelope.clone(),
-        }));
-    }
-    Ok(match insert_indicator(tx, row, upstream.as_str()).await? {
-        Some(seq) => {
-            audit.push(AuditEntry {
-                event: event::ACCEPTED,
-                actor: "node".into(),
-                partner: upstream.to_string(),
-                subject: subject_of(&row.indicator),
-                rule: row.rule.to_string(),
-                detail: format!("path {}", row.path.join(" > ")),
-            });
-            Admitted::Stored(seq)
+}
+
+/// Stores verified, admitted rows from `upstream`, in order, except
+/// duplicates, versions older than the one held (rollback) and versions too
+/// far ahead; multi-row statements throughout.
+async fn admit_rows_tx(
+    tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+    upstream: &OrgId,
+    rows: &[NewIndicator],
+    audit: &mut Vec<AuditEntry>,
+) -> Result<Vec<Admitted>, StoreError> {
+    let keys: Vec<(String, String)> = rows
+        .iter()
+        .map(|r| (r.indicator.origin_org.clone(), r.indicator.id.clone()))
+        .collect();
+    let mut held = held_versions(tx, &keys).await?;
+    let mut verdicts: Vec<Option<Admitted>> = Vec::with_capacity(rows.len());
+    let mut candidates = Vec::new();
+    for (row, key) in rows.iter().zip(keys) {
+        let i = &row.indicator;
+        let refusal = match held.get(&key).copied() {
+            Some(h) if i.version < h => Some(format!(
+                "rollback: {}/{} version {} is older than version {h} held here",
+                i.origin_org, i.id, i.version
+            )),
+            Some(h) if i.version > h.saturating_add(MAX_VERSION_STEP) => Some(format!(
+                "{}/{} version {} jumps more than {MAX_VERSION_STEP} versions past version {h} held here",
+                i.origin_org, i.id, i.version
+            )),
+            _ => None,
+        };
+        match refusal {
+            Some(reason) => verdicts.push(Some(Admitted::Refused(Rejection {
+                upstream_seq: row.upstream_seq,
+                code: "FailedPrecondition".into(),
+                reason,
+                envelope: row.envelope.clone(),
+            }))),
+            None => {
+                let h = held.entry(key).or_insert(0);
+                *h = (*h).max(i.version);
+                verdicts.push(None);
+                candidates.push(row);
+            }
         }
-        None => Admitted::Duplicate,
-    })
+    }
+    let mut seqs = insert_indicators(tx, &candidates, upstream.as_str())
+        .await?
+        .into_iter();
+    let mut out = Vec::with_capacity(rows.len());
+    for (row, verdict) in rows.iter().zip(verdicts) {
+        out.push(match verdict {
+            Some(v) => v,
+            None => match seqs.next().flatten() {
+                Some(seq) => {
+                    audit.push(AuditEntry {
+                        event: event::ACCEPTED,
+                        actor: "node".into(),
+                        partner: upstream.to_string(),
+                        subject: subject_of(&row.indicator),
+                        rule: row.rule.to_string(),
+                        detail: format!("path {}", row.path.join(" > ")),
+                    });
+                    Admitted::Stored(seq)
+                }
+                None => Admitted::Duplicate,
+            },
+        });
+    }
+    Ok(out)
 }
 
 /// Records a refused envelope from `upstream`.
@@ -763,20 +797,31 @@ impl Store {
             let attempt = async {
                 let mut tx = self.write_tx().await?;
                 let now = now_unix_ms();
-                for w in &group {
-                    append_audit_tx(&mut tx, &w.entries).await?;
-                    for (origin, id) in &w.sent {
-                        sqlx::query(
-                            "INSERT INTO sent_to (origin_org, indicator_id, recipient, first_sent_ms) \
-                             VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING",
-                        )
-                        .bind(origin)
-                        .bind(id)
-                        .bind(w.recipient.as_str())
-                        .bind(now)
-                        .execute(&mut *tx)
-                        .await?;
-                    }
+                let entries: Vec<AuditEntry> = group
+                    .iter()
+                    .flat_map(|w| w.entries.iter().cloned())
+                    .collect();
+                append_audit_tx(&mut tx, &entries).await?;
+                let sent: Vec<(&str, &str, &str)> = group
+                    .iter()
+                    .flat_map(|w| {
+                        w.sent
+                            .iter()
+                            .map(move |(o, i)| (o.as_str(), i.as_str(), w.recipient.as_str()))
+                    })
+                    .collect();
+                for chunk in sent.chunks(ROWS_PER_STATEMENT * 4) {
+                    let mut q = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
+                        "INSERT INTO sent_to (origin_org, indicator_id, recipient, first_sent_ms) ",
+                    );
+                    q.push_values(chunk, |mut b, (o, i, r)| {
+                        b.push_bind(o.to_string())
+                            .push_bind(i.to_string())
+                            .push_bind(r.to_string())
+                            .push_bind(now);
+                    });
+                    q.push(" ON CONFLICT DO NOTHING");
+                    q.build().execute(&mut *tx).await?;
                 }
                 tx.commit().await?;
                 Ok::<(), StoreError>(())
@@ -883,22 +928,21 @@ impl Store {
     async fn write_local_group(&self, group: &[LocalWrite]) -> Vec<Result<u64, StoreError>> {
         let attempt = async {
             let mut tx = self.write_tx().await?;
-            let mut seqs = Vec::with_capacity(group.len());
-            let mut audit = Vec::with_capacity(group.len());
-            for w in group {
-                let seq = insert_indicator(&mut tx, &w.row, "").await?;
-                if seq.is_some() {
-                    audit.push(AuditEntry {
-                        event: event::PUBLISHED,
-                        actor: w.actor.clone(),
-                        partner: String::new(),
-                        subject: subject_of(&w.row.indicator),
-                        rule: String::new(),
-                        detail: String::new(),
-                    });
-                }
-                seqs.push(seq);
-            }
+            let rows: Vec<&NewIndicator> = group.iter().map(|w| &w.row).collect();
+            let seqs = insert_indicators(&mut tx, &rows, "").await?;
+            let audit: Vec<AuditEntry> = group
+                .iter()
+                .zip(&seqs)
+                .filter(|(_, seq)| seq.is_some())
+                .map(|(w, _)| AuditEntry {
+                    event: event::PUBLISHED,
+                    actor: w.actor.clone(),
+                    partner: String::new(),
+                    subject: subject_of(&w.row.indicator),
+                    rule: String::new(),
+                    detail: String::new(),
+                })
+                .collect();
             append_audit_tx(&mut tx, &audit).await?;
             tx.commit().await?;
             Ok::<_, StoreError>(seqs)
@@ -944,17 +988,16 @@ impl Store {
         actor: &str,
     ) -> Result<Vec<u64>, StoreError> {
         let mut tx = self.write_tx().await?;
+        let refs: Vec<&NewIndicator> = rows.iter().collect();
+        let inserted = insert_indicators(&mut tx, &refs, "").await?;
         let mut seqs = Vec::with_capacity(rows.len());
         let mut audit = Vec::with_capacity(rows.len());
-        for row in rows {
-            let seq =
-                insert_indicator(&mut tx, row, "")
-                    .await?
-                    .ok_or_else(|| StoreError::Duplicate {
-                        origin: row.indicator.origin_org.clone(),
-                        id: row.indicator.id.clone(),
-                        version: row.indicator.version,
-                    })?;
+        for (row, seq) in rows.iter().zip(inserted) {
+            let seq = seq.ok_or_else(|| StoreError::Duplicate {
+                origin: row.indicator.origin_org.clone(),
+                id: row.indicator.id.clone(),
+                version: row.indicator.version,
+            })?;
             seqs.push(seq);
             audit.push(AuditEntry {
                 event: event::PUBLISHED,
@@ -1008,11 +1051,11 @@ impl Store {
         let mut max_seq = 0;
         let mut audit = Vec::new();
         let mut refused: Vec<Rejection> = Vec::new();
-        for row in rows {
-            match admit_row_tx(&mut tx, upstream, row, &mut audit).await? {
+        for verdict in admit_rows_tx(&mut tx, upstream, rows, &mut audit).await? {
+            match verdict {
                 Admitted::Stored(seq) => {
                     out.stored += 1;
-                    max_seq = seq;
+                    max_seq = max_seq.max(seq);
                 }
                 Admitted::Duplicate => out.duplicates += 1,
                 Admitted::Refused(r) => refused.push(r),
@@ -2097,36 +2140,91 @@ fn split_path(s: &str) -> Vec<String> {
 /// version would block every later update by the origin).
 pub const MAX_VERSION_STEP: u64 = 1_000_000;
 
-/// Inserts one version; `None` when (origin, id, version) is already stored.
-async fn insert_indicator(
+/// Rows per multi-row statement: each statement is one round trip to the
+/// database thread, which is what bounds write throughput, not SQLite.
+const ROWS_PER_STATEMENT: usize = 64;
+
+/// Inserts many versions with multi-row statements; per row, its sequence
+/// number, or `None` when (origin, id, version) was already stored.
+async fn insert_indicators(
     tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
-    row: &NewIndicator,
+    rows: &[&NewIndicator],
     received_from: &str,
-) -> Result<Option<u64>, StoreError> {
-    let i = &row.indicator;
-    let seq: Option<i64> = sqlx::query_scalar(
-        "INSERT INTO indicators (origin_org, indicator_id, version, received_from, envelope, kind, value, \
-         tlp, confidence, created_ms, modified_ms, revoked, stored_ms, path) \
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) \
-         ON CONFLICT (origin_org, indicator_id, version) DO NOTHING RETURNING seq",
-    )
-    .bind(&i.origin_org)
-    .bind(&i.id)
-    .bind(to_i64(i.version))
-    .bind(received_from)
-    .bind(&row.envelope)
-    .bind(i.kind)
-    .bind(&i.value)
-    .bind(i.marking.as_ref().map(|m| m.tlp).unwrap_or(0))
-    .bind(i64::from(i.confidence))
-    .bind(i.created_unix_ms)
-    .bind(i.modified_unix_ms)
-    .bind(i.revoked)
-    .bind(now_unix_ms())
-    .bind(row.path.join(","))
-    .fetch_optional(&mut **tx)
-    .await?;
-    Ok(seq.map(|s| s as u64))
+) -> Result<Vec<Option<u64>>, StoreError> {
+    let now = now_unix_ms();
+    let mut out = Vec::with_capacity(rows.len());
+    for chunk in rows.chunks(ROWS_PER_STATEMENT) {
+        let mut q = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
+            "INSERT INTO indicators (origin_org, indicator_id, version, received_from, envelope, kind, value, \
+             tlp, confidence, created_ms, modified_ms, revoked, stored_ms, path) ",
+        );
+        q.push_values(chunk, |mut b, row| {
+            let i = &row.indicator;
+            b.push_bind(i.origin_org.clone())
+                .push_bind(i.id.clone())
+                .push_bind(to_i64(i.version))
+                .push_bind(received_from.to_string())
+                .push_bind(row.envelope.clone())
+                .push_bind(i.kind)
+                .push_bind(i.value.clone())
+                .push_bind(i.marking.as_ref().map(|m| m.tlp).unwrap_or(0))
+                .push_bind(i64::from(i.confidence))
+                .push_bind(i.created_unix_ms)
+                .push_bind(i.modified_unix_ms)
+                .push_bind(i.revoked)
+                .push_bind(now)
+                .push_bind(row.path.join(","));
+        });
+        q.push(
+            " ON CONFLICT (origin_org, indicator_id, version) DO NOTHING \
+             RETURNING seq, origin_org, indicator_id, version",
+        );
+        let inserted: Vec<(i64, String, String, i64)> =
+            q.build_query_as().fetch_all(&mut **tx).await?;
+        let by_key: std::collections::HashMap<(&str, &str, i64), i64> = inserted
+            .iter()
+            .map(|(seq, o, i, v)| ((o.as_str(), i.as_str(), *v), *seq))
+            .collect();
+        let mut seen = std::collections::HashSet::new();
+        for row in chunk {
+            let i = &row.indicator;
+            let key = (i.origin_org.as_str(), i.id.as_str(), to_i64(i.version));
+            // The same version twice in one statement is stored once.
+            let seq = by_key
+                .get(&key)
+                .filter(|_| seen.insert(key))
+                .map(|s| *s as u64);
+            out.push(seq);
+        }
+    }
+    Ok(out)
+}
+
+/// The newest version held of each (origin, id), looked up in groups.
+async fn held_versions(
+    tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+    keys: &[(String, String)],
+) -> Result<std::collections::HashMap<(String, String), u64>, StoreError> {
+    let mut out = std::collections::HashMap::new();
+    for chunk in keys.chunks(ROWS_PER_STATEMENT * 4) {
+        let mut q = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
+            "SELECT origin_org, indicator_id, MAX(version) FROM indicators WHERE (origin_org, indicator_id) IN (VALUES ",
+        );
+        let mut sep = q.separated(", ");
+        for (o, i) in chunk {
+            sep.push("(")
+                .push_bind_unseparated(o.clone())
+                .push_unseparated(", ")
+                .push_bind_unseparated(i.clone())
+                .push_unseparated(")");
+        }
+        q.push(") GROUP BY origin_org, indicator_id");
+        let rows: Vec<(String, String, i64)> = q.build_query_as().fetch_all(&mut **tx).await?;
+        for (o, i, v) in rows {
+            out.insert((o, i), v as u64);
+        }
+    }
+    Ok(out)
 }
 
 fn subject_of(i: &Indicator) -> String {
@@ -2205,28 +2303,32 @@ async fn append_audit_tx(
         .map(|(s, h)| (s as u64, h))
         .unwrap_or((0, crate::audit::GENESIS.to_vec()));
     let now = now_unix_ms();
+    let mut rows = Vec::with_capacity(entries.len());
     for e in entries {
         seq += 1;
         let hash = row_hash(
             &prev, seq, now, e.event, &e.actor, &e.partner, &e.subject, &e.rule, &e.detail,
-        );
-        sqlx::query(
-            "INSERT INTO audit (seq, at_ms, event, actor, partner, subject, rule, detail, prev_hash, hash) \
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         )
-        .bind(to_i64(seq))
-        .bind(now)
-        .bind(e.event)
-        .bind(&e.actor)
-        .bind(&e.partner)
-        .bind(&e.subject)
-        .bind(&e.rule)
-        .bind(&e.detail)
-        .bind(prev.as_slice())
-        .bind(hash.as_slice())
-        .execute(&mut **tx)
-        .await?;
-        prev = hash.to_vec();
+        .to_vec();
+        rows.push((seq, e, std::mem::replace(&mut prev, hash.clone()), hash));
+    }
+    for chunk in rows.chunks(ROWS_PER_STATEMENT) {
+        let mut q = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
+            "INSERT INTO audit (seq, at_ms, event, actor, partner, subject, rule, detail, prev_hash, hash) ",
+        );
+        q.push_values(chunk, |mut b, (seq, e, prev, hash)| {
+            b.push_bind(to_i64(*seq))
+                .push_bind(now)
+                .push_bind(e.event)
+                .push_bind(e.actor.clone())
+                .push_bind(e.partner.clone())
+                .push_bind(e.subject.clone())
+                .push_bind(e.rule.clone())
+                .push_bind(e.detail.clone())
+                .push_bind(prev.clone())
+                .push_bind(hash.clone());
+        });
+        q.build().execute(&mut **tx).await?;
     }
     sqlx::query(
         "INSERT INTO audit_head (id, seq, hash) VALUES (1, ?1, ?2) \
