@@ -88,6 +88,9 @@ pub struct Primitives {
     pub verify_per_s_all: f64,
     /// Durable SQLite row inserts per second (batches of 256, WAL, FULL).
     pub sqlite_insert_per_s: f64,
+    /// Durable SQLite commits per second of one row each: the latency of
+    /// one durable step is its inverse.
+    pub sqlite_commit_per_s: f64,
 }
 
 /// End-to-end latency figures, in milliseconds.
@@ -160,6 +163,12 @@ pub async fn run(opts: &BenchOptions, progress: impl Fn(&str)) -> Result<Report,
     let primitives = primitives(dir.path(), opts.primitive_secs).await?;
 
     progress(&format!(
+        "fan-out: {} subscribers, {} indicators",
+        opts.subscribers, opts.fanout_indicators
+    ));
+    let fanout = bench_fanout(dir.path(), opts).await?;
+
+    progress(&format!(
         "publish: {} indicators, {} in flight",
         opts.publish, opts.in_flight
     ));
@@ -176,12 +185,6 @@ pub async fn run(opts: &BenchOptions, progress: impl Fn(&str)) -> Result<Report,
         opts.latency_rate, opts.latency_secs
     ));
     let latency = bench_latency(dir.path(), opts).await?;
-
-    progress(&format!(
-        "fan-out: {} subscribers, {} indicators",
-        opts.subscribers, opts.fanout_indicators
-    ));
-    let fanout = bench_fanout(dir.path(), opts).await?;
 
     Ok(Report {
         publish_ratio: publish_per_s / primitives.sign_per_s_1core,
@@ -248,6 +251,9 @@ async fn primitives(dir: &std::path::Path, secs: f64) -> Result<Primitives, Benc
     let sqlite = crate::store::sqlite_insert_rate(&dir.join("primitive.db"), 256, 400, secs)
         .await
         .map_err(err)?;
+    let commits = crate::store::sqlite_insert_rate(&dir.join("commit.db"), 1, 400, secs)
+        .await
+        .map_err(err)?;
     Ok(Primitives {
         cores,
         sign_per_s_1core: s1,
@@ -255,6 +261,7 @@ async fn primitives(dir: &std::path::Path, secs: f64) -> Result<Primitives, Benc
         verify_per_s_1core: v1,
         verify_per_s_all: va,
         sqlite_insert_per_s: sqlite,
+        sqlite_commit_per_s: commits,
     })
 }
 
@@ -734,7 +741,14 @@ fn subscriber_org(i: usize) -> Result<SubscriberOrg, BenchError> {
     Ok(SubscriberOrg { cert, card })
 }
 
+/// Resets the kernel's peak-RSS mark, so the fan-out peak is its own and
+/// not the earlier phases' (Linux; elsewhere a no-op).
+fn reset_peak_rss() {
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+}
+
 async fn bench_fanout(dir: &std::path::Path, opts: &BenchOptions) -> Result<Fanout, BenchError> {
+    reset_peak_rss();
     let base = dir.join("fanout");
     let a = make_org(&base, "a.bench")?;
     let subs: Vec<SubscriberOrg> = (0..opts.subscribers)
@@ -932,6 +946,12 @@ pub fn render(r: &Report) -> String {
         s,
         "  SQLite insert      {:>10.0}/s (WAL, synchronous=FULL, 256 per transaction)",
         p.sqlite_insert_per_s
+    );
+    let _ = writeln!(
+        s,
+        "  SQLite commit      {:>10.0}/s (one row each: {:.2} ms per durable step)",
+        p.sqlite_commit_per_s,
+        1e3 / p.sqlite_commit_per_s
     );
     let _ = writeln!(s, "node");
     let _ = writeln!(

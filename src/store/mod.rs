@@ -524,8 +524,9 @@ pub struct DirectoryRow {
 
 /// The machine's SQLite write limit with the store's durability settings
 /// (WAL, `synchronous=FULL`): rows of `row_bytes` inserted `batch` per
-/// transaction into a scratch database at `path`, for about `secs`.
-/// Returns rows per second.
+/// transaction (in multi-row statements, as the store writes) into a
+/// scratch database at `path`, for about `secs`. Returns rows per second;
+/// with `batch` 1 that is durable commits per second.
 pub async fn sqlite_insert_rate(
     path: &Path,
     batch: usize,
@@ -555,14 +556,15 @@ pub async fn sqlite_insert_rate(
     let mut n = 0u64;
     while start.elapsed().as_secs_f64() < secs {
         let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
-        for _ in 0..batch {
-            sqlx::query("INSERT INTO t (k, v) VALUES (?, ?)")
-                .bind(format!("{n:016x}"))
-                .bind(&blob)
-                .execute(&mut *tx)
-                .await?;
-            n += 1;
+        let keys: Vec<u64> = (n..n + batch as u64).collect();
+        for chunk in keys.chunks(ROWS_PER_STATEMENT) {
+            let mut q = sqlx::QueryBuilder::<sqlx::Sqlite>::new("INSERT INTO t (k, v) ");
+            q.push_values(chunk, |mut b, k| {
+                b.push_bind(format!("{k:016x}")).push_bind(blob.clone());
+            });
+            q.build().execute(&mut *tx).await?;
         }
+        n += batch as u64;
         tx.commit().await?;
     }
     let rate = n as f64 / start.elapsed().as_secs_f64();
@@ -621,6 +623,8 @@ pub struct Store {
     releases: mpsc::Sender<ReleaseWrite>,
     /// The newest rows, shared by live streams.
     tail: Arc<tokio::sync::Mutex<Tail>>,
+    /// Held for the length of every write transaction of this process.
+    writing: Arc<tokio::sync::Mutex<()>>,
     /// Highest local sequence number, so live subscribers wake without polling.
     latest: watch::Sender<u64>,
 }
@@ -678,6 +682,7 @@ impl Store {
             local,
             releases,
             tail: Default::default(),
+            writing: Default::default(),
             latest: watch::channel(0).0,
         };
         let latest = store.latest_seq().await?;
@@ -689,6 +694,7 @@ impl Store {
             local: mpsc::channel(1).0,
             releases: mpsc::channel(1).0,
             tail: store.tail.clone(),
+            writing: store.writing.clone(),
             latest: store.latest.clone(),
         };
         tokio::spawn(writer().local_writer(queue));
@@ -749,8 +755,19 @@ impl Store {
     /// A write transaction holding SQLite's write lock from its first
     /// statement, so read-then-write sequences (the audit chain head) cannot
     /// interleave with another writer, even in another process.
-    async fn write_tx(&self) -> Result<sqlx::Transaction<'static, sqlx::Sqlite>, StoreError> {
-        Ok(self.pool.begin_with("BEGIN IMMEDIATE").await?)
+    async fn write_tx(
+        &self,
+    ) -> Result<
+        (
+            tokio::sync::OwnedMutexGuard<()>,
+            sqlx::Transaction<'static, sqlx::Sqlite>,
+        ),
+        StoreError,
+    > {
+        // Writers queue here rather than in SQLite, whose busy handler
+        // sleeps (up to tens of milliseconds) when it finds the lock taken.
+        let guard = self.writing.clone().lock_owned().await;
+        Ok((guard, self.pool.begin_with("BEGIN IMMEDIATE").await?))
     }
 
     /// Appends entries to the audit ledger in their own transaction.
@@ -758,7 +775,7 @@ impl Store {
         if entries.is_empty() {
             return Ok(());
         }
-        let mut tx = self.write_tx().await?;
+        let (_writing, mut tx) = self.write_tx().await?;
         append_audit_tx(&mut tx, entries).await?;
         tx.commit().await?;
         Ok(())
@@ -795,7 +812,7 @@ impl Store {
         let mut group = Vec::with_capacity(GROUP);
         while queue.recv_many(&mut group, GROUP).await > 0 {
             let attempt = async {
-                let mut tx = self.write_tx().await?;
+                let (_writing, mut tx) = self.write_tx().await?;
                 let now = now_unix_ms();
                 let entries: Vec<AuditEntry> = group
                     .iter()
@@ -927,7 +944,7 @@ impl Store {
 
     async fn write_local_group(&self, group: &[LocalWrite]) -> Vec<Result<u64, StoreError>> {
         let attempt = async {
-            let mut tx = self.write_tx().await?;
+            let (_writing, mut tx) = self.write_tx().await?;
             let rows: Vec<&NewIndicator> = group.iter().map(|w| &w.row).collect();
             let seqs = insert_indicators(&mut tx, &rows, "").await?;
             let audit: Vec<AuditEntry> = group
@@ -987,7 +1004,7 @@ impl Store {
         rows: &[NewIndicator],
         actor: &str,
     ) -> Result<Vec<u64>, StoreError> {
-        let mut tx = self.write_tx().await?;
+        let (_writing, mut tx) = self.write_tx().await?;
         let refs: Vec<&NewIndicator> = rows.iter().collect();
         let inserted = insert_indicators(&mut tx, &refs, "").await?;
         let mut seqs = Vec::with_capacity(rows.len());
@@ -1047,7 +1064,7 @@ impl Store {
     ) -> Result<IngestOutcome, StoreError> {
         let now = now_unix_ms();
         let mut out = IngestOutcome::default();
-        let mut tx = self.write_tx().await?;
+        let (_writing, mut tx) = self.write_tx().await?;
         let mut max_seq = 0;
         let mut audit = Vec::new();
         let mut refused: Vec<Rejection> = Vec::new();
@@ -1121,7 +1138,7 @@ impl Store {
         card_bytes: &[u8],
         via: &OrgId,
     ) -> Result<(), StoreError> {
-        let mut tx = self.write_tx().await?;
+        let (_writing, mut tx) = self.write_tx().await?;
         replace_keys_tx(&mut tx, card).await?;
         sqlx::query(
             "UPDATE peers SET display_name = ?, card = ?, card_version = ?, ca_bundle_pem = ?, updated_ms = ? \
@@ -1193,7 +1210,7 @@ impl Store {
         event: &'static str,
         actor: &str,
     ) -> Result<(), StoreError> {
-        let mut tx = self.write_tx().await?;
+        let (_writing, mut tx) = self.write_tx().await?;
         if state == CardState::Accepted {
             replace_keys_tx(&mut tx, card).await?;
         }
@@ -1278,7 +1295,7 @@ impl Store {
         at_ms: i64,
         actor: &str,
     ) -> Result<(), StoreError> {
-        let mut tx = self.write_tx().await?;
+        let (_writing, mut tx) = self.write_tx().await?;
         sqlx::query("UPDATE own_signing_keys SET not_after_ms = ? WHERE key_id = ?")
             .bind(at_ms)
             .bind(old)
@@ -1310,7 +1327,7 @@ impl Store {
 
     /// Revokes one of our retired signing keys.
     pub async fn revoke_own_key(&self, key_id: &str, actor: &str) -> Result<(), StoreError> {
-        let mut tx = self.write_tx().await?;
+        let (_writing, mut tx) = self.write_tx().await?;
         let row: Option<(i64, i64)> = sqlx::query_as(
             "SELECT not_after_ms, revoked_ms FROM own_signing_keys WHERE key_id = ?",
         )
@@ -1388,7 +1405,7 @@ impl Store {
         q: &QuarantineRow,
         outcome: Result<NewIndicator, Rejection>,
     ) -> Result<bool, StoreError> {
-        let mut tx = self.write_tx().await?;
+        let (_writing, mut tx) = self.write_tx().await?;
         let mut audit = Vec::new();
         let mut stored = None;
         match outcome {
@@ -1416,7 +1433,7 @@ impl Store {
     /// Drops quarantined envelopes received before `before_ms` (their key
     /// never arrived), each with a ledger row. Returns how many.
     pub async fn expire_quarantine(&self, before_ms: i64) -> Result<u64, StoreError> {
-        let mut tx = self.write_tx().await?;
+        let (_writing, mut tx) = self.write_tx().await?;
         let rows: Vec<(i64, String, i64, String)> = sqlx::query_as(
             "SELECT id, upstream_org, upstream_seq, key_id FROM quarantine WHERE received_ms < ?",
         )
@@ -1558,7 +1575,7 @@ impl Store {
         actor: &str,
     ) -> Result<PeerChange, StoreError> {
         let now = now_unix_ms();
-        let mut tx = self.write_tx().await?;
+        let (_writing, mut tx) = self.write_tx().await?;
         if let Some(name) = policy {
             require_policy(&mut tx, name).await?;
         }
@@ -1658,7 +1675,7 @@ impl Store {
         document: &str,
         actor: &str,
     ) -> Result<(u64, bool), StoreError> {
-        let mut tx = self.write_tx().await?;
+        let (_writing, mut tx) = self.write_tx().await?;
         let latest: Option<(i64, String)> = sqlx::query_as(
             "SELECT version, document FROM policies WHERE name = ? ORDER BY version DESC LIMIT 1",
         )
@@ -1732,7 +1749,7 @@ impl Store {
         name: &str,
         actor: &str,
     ) -> Result<(), StoreError> {
-        let mut tx = self.write_tx().await?;
+        let (_writing, mut tx) = self.write_tx().await?;
         require_policy(&mut tx, name).await?;
         bind_policy(&mut tx, org, name).await?;
         append_audit_tx(&mut tx, &[policy_binding_entry(org, name, actor)]).await?;
@@ -1748,7 +1765,7 @@ impl Store {
         state: PeerState,
         actor: &str,
     ) -> Result<PeerState, StoreError> {
-        let mut tx = self.write_tx().await?;
+        let (_writing, mut tx) = self.write_tx().await?;
         let before: Option<String> = sqlx::query_scalar("SELECT state FROM peers WHERE org_id = ?")
             .bind(org.as_str())
             .fetch_optional(&mut *tx)
@@ -1794,7 +1811,7 @@ impl Store {
         reason: &str,
         actor: &str,
     ) -> Result<bool, StoreError> {
-        let mut tx = self.write_tx().await?;
+        let (_writing, mut tx) = self.write_tx().await?;
         let done = sqlx::query(
             "INSERT INTO revoked_certs (serial, spiffe_id, reason, revoked_ms, revoked_by) \
              VALUES (?, ?, ?, ?, ?) ON CONFLICT (serial) DO NOTHING",
@@ -1877,7 +1894,7 @@ impl Store {
         introducer: Option<bool>,
         actor: &str,
     ) -> Result<(), StoreError> {
-        let mut tx = self.write_tx().await?;
+        let (_writing, mut tx) = self.write_tx().await?;
         let row: Option<(String, i64)> =
             sqlx::query_as("SELECT endpoint, introducer FROM peers WHERE org_id = ?")
                 .bind(org.as_str())
@@ -1930,7 +1947,7 @@ impl Store {
     /// Records a certificate of our own org (issued now, or found in the
     /// configuration). Returns false if it was known already.
     pub async fn record_cert(&self, cert: &CertRow, actor: &str) -> Result<bool, StoreError> {
-        let mut tx = self.write_tx().await?;
+        let (_writing, mut tx) = self.write_tx().await?;
         let done = sqlx::query(
             "INSERT INTO certificates (serial, spiffe_id, not_before_ms, not_after_ms, issued_ms, issued_by, pem) \
              VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (serial) DO NOTHING",
@@ -2001,7 +2018,7 @@ impl Store {
     /// The next number for our own CRL (1, 2, ...), recorded on the ledger
     /// as signed by `actor` with `revoked` entries.
     pub async fn next_crl_number(&self, revoked: usize, actor: &str) -> Result<u64, StoreError> {
-        let mut tx = self.write_tx().await?;
+        let (_writing, mut tx) = self.write_tx().await?;
         let n: i64 = sqlx::query_scalar(
             "INSERT INTO crl_counter (id, number) VALUES (1, 1) \
              ON CONFLICT (id) DO UPDATE SET number = number + 1 RETURNING number",
@@ -2034,7 +2051,7 @@ impl Store {
         summary: &str,
         actor: &str,
     ) -> Result<(), StoreError> {
-        let mut tx = self.write_tx().await?;
+        let (_writing, mut tx) = self.write_tx().await?;
         let known: Option<i64> = sqlx::query_scalar("SELECT 1 FROM peers WHERE org_id = ?")
             .bind(org.as_str())
             .fetch_optional(&mut *tx)
