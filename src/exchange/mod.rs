@@ -191,7 +191,45 @@ where
     A: Fn() -> Option<Status> + Send + 'static,
 {
     let (tx, rx) = mpsc::channel(2);
+    // Batches go out through a forwarder that waits for each batch's ledger
+    // records to be durable before sending it, so the next batch is read and
+    // decided while the previous one commits.
+    let (forward, mut queue) = mpsc::channel::<Forward<T>>(2);
     tokio::spawn(async move {
+        while let Some(next) = queue.recv().await {
+            let item = match next {
+                Forward::Fail(status) => {
+                    let _ = tx.send(Err(status)).await;
+                    return;
+                }
+                Forward::Item(item, pending) => {
+                    if let Some(pending) = pending {
+                        match pending.await {
+                            Ok(Ok(())) => {}
+                            // Nothing leaves unless its decision is on record.
+                            Ok(Err(e)) => {
+                                let _ = tx.send(Err(RpcError::Store(e).into())).await;
+                                return;
+                            }
+                            Err(_) => {
+                                let _ = tx.send(Err(RpcError::ShuttingDown.into())).await;
+                                return;
+                            }
+                        }
+                    }
+                    item
+                }
+            };
+            if let Some(item) = item
+                && tx.send(Ok(item)).await.is_err()
+            {
+                return;
+            }
+        }
+    });
+    tokio::spawn(async move {
+        let tx = forward;
+        let fail = |status: Status| Forward::Fail(status);
         let mut cursor = after;
         let mut latest = ctx.store.watch_latest();
         let mut shutdown = ctx.shutdown.clone();
@@ -199,19 +237,19 @@ where
         let batch = ctx.settings.federation.batch_size;
         loop {
             if *shutdown.borrow() {
-                let _ = tx.send(Err(RpcError::ShuttingDown.into())).await;
+                let _ = tx.send(fail(RpcError::ShuttingDown.into())).await;
                 return;
             }
             peers.borrow_and_update();
             if let Some(status) = refused() {
-                let _ = tx.send(Err(status)).await;
+                let _ = tx.send(fail(status)).await;
                 return;
             }
             latest.borrow_and_update();
             let rows = match ctx.store.read_after(cursor, batch).await {
                 Ok(r) => r,
                 Err(e) => {
-                    let _ = tx.send(Err(RpcError::Store(e).into())).await;
+                    let _ = tx.send(fail(RpcError::Store(e).into())).await;
                     return;
                 }
             };
@@ -237,7 +275,7 @@ where
                     match ctx.store.sent_before(r, &revoked).await {
                         Ok(s) => s,
                         Err(e) => {
-                            let _ = tx.send(Err(RpcError::Store(e).into())).await;
+                            let _ = tx.send(fail(RpcError::Store(e).into())).await;
                             return;
                         }
                     }
@@ -245,25 +283,42 @@ where
                 None => SentBefore::new(),
             };
             let (item, audit, sent) = map(&rows, last, &sent_before);
-            let committed = match &recipient {
-                Some(r) => ctx.store.append_release(&audit, r, &sent).await,
-                None => ctx.store.append_audit(&audit).await,
-            };
-            if let Err(e) = committed {
-                // Nothing leaves unless its decision is on record.
-                let _ = tx.send(Err(RpcError::Store(e).into())).await;
-                return;
-            }
-            if let Some(item) = item {
-                tokio::select! {
-                    r = tx.send(Ok(item)) => if r.is_err() { return },
-                    _ = shutdown.changed() => {}
+            let pending = match &recipient {
+                Some(r) => match ctx.store.enqueue_release(audit, r, sent).await {
+                    Ok(p) => Some(p),
+                    Err(e) => {
+                        let _ = tx.send(fail(RpcError::Store(e).into())).await;
+                        return;
+                    }
+                },
+                None => {
+                    if let Err(e) = ctx.store.append_audit(&audit).await {
+                        let _ = tx.send(fail(RpcError::Store(e).into())).await;
+                        return;
+                    }
+                    None
                 }
+            };
+            tokio::select! {
+                r = tx.send(Forward::Item(item, pending)) => if r.is_err() { return },
+                _ = shutdown.changed() => {}
             }
             cursor = last;
         }
     });
     ReceiverStream::new(rx)
+}
+
+/// What a log stream hands its forwarder.
+enum Forward<T> {
+    /// A batch (or nothing to send) and, for partner streams, what resolves
+    /// when its ledger records are durable.
+    Item(
+        Option<T>,
+        Option<tokio::sync::oneshot::Receiver<Result<(), crate::store::StoreError>>>,
+    ),
+    /// End the stream with this status.
+    Fail(Status),
 }
 
 /// Indicators (origin, id) a partner was sent before.

@@ -600,6 +600,13 @@ impl std::fmt::Debug for ReleaseWrite {
     }
 }
 
+fn writer_stopped() -> StoreError {
+    StoreError::Open {
+        path: "store".into(),
+        reason: "the store's writer has stopped".into(),
+    }
+}
+
 /// The newest stretch of the log, decoded once and shared by every live
 /// subscriber stream, so a new batch costs one store read, not one per
 /// subscriber.
@@ -790,19 +797,34 @@ impl Store {
         recipient: &OrgId,
         sent: &[(String, String)],
     ) -> Result<(), StoreError> {
+        self.enqueue_release(entries.to_vec(), recipient, sent.to_vec())
+            .await?
+            .await
+            .unwrap_or_else(|_| Err(writer_stopped()))
+    }
+
+    /// Queues the release records of one batch for the next group commit
+    /// and returns at once with what resolves when they are durable, so a
+    /// stream can prepare its next batch meanwhile (the batch itself is sent
+    /// only after that resolves).
+    pub async fn enqueue_release(
+        &self,
+        entries: Vec<AuditEntry>,
+        recipient: &OrgId,
+        sent: Vec<(String, String)>,
+    ) -> Result<tokio::sync::oneshot::Receiver<Result<(), StoreError>>, StoreError> {
         let (done, result) = tokio::sync::oneshot::channel();
         let write = ReleaseWrite {
-            entries: entries.to_vec(),
+            entries,
             recipient: recipient.clone(),
-            sent: sent.to_vec(),
+            sent,
             done,
         };
-        let stopped = || StoreError::Open {
-            path: "store".into(),
-            reason: "the store's writer has stopped".into(),
-        };
-        self.releases.send(write).await.map_err(|_| stopped())?;
-        result.await.unwrap_or_else(|_| Err(stopped()))
+        self.releases
+            .send(write)
+            .await
+            .map_err(|_| writer_stopped())?;
+        Ok(result)
     }
 
     /// Commits queued release records of every partner stream in groups:
