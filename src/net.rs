@@ -362,6 +362,11 @@ pub fn mtls_channel(
         .unwrap_or_else(|_| ServerName::try_from("threatmesh.invalid").expect("valid name"));
     let ep = Endpoint::from_shared(format!("http://{endpoint}"))?
         .connect_timeout(Duration::from_secs(10))
+        // Bounded receive windows: what a server may push ahead of our
+        // reading is what we hold in memory per stream (hyper's defaults
+        // are 2 MB per stream and 5 MB per connection).
+        .initial_stream_window_size(256 * 1024)
+        .initial_connection_window_size(1024 * 1024)
         .tcp_nodelay(true)
         .http2_keep_alive_interval(Duration::from_secs(30))
         .keep_alive_timeout(Duration::from_secs(20));

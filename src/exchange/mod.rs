@@ -168,8 +168,10 @@ pub fn release(
 /// with `follow` — the live tail. For a partner stream (`recipient` set),
 /// `map` also gets the revoked rows' indicators that partner was sent
 /// before, so retractions reach past recipients. Reads come from the
-/// store, so a slow reader costs a cursor, not memory: at most two batches
-/// wait in the channel. Stops when the client goes away or the node shuts
+/// store, so a slow reader costs a cursor, not memory: at most three
+/// batches per stream are held (one waiting for its ledger commit, one
+/// queued for the connection, one being decided), plus what HTTP/2 flow
+/// control lets through. Stops when the client goes away or the node shuts
 /// down.
 pub fn stream_log<T, F, A>(
     ctx: Arc<NodeContext>,
@@ -190,11 +192,11 @@ where
         + 'static,
     A: Fn() -> Option<Status> + Send + 'static,
 {
-    let (tx, rx) = mpsc::channel(2);
+    let (tx, rx) = mpsc::channel(1);
     // Batches go out through a forwarder that waits for each batch's ledger
     // records to be durable before sending it, so the next batch is read and
     // decided while the previous one commits.
-    let (forward, mut queue) = mpsc::channel::<Forward<T>>(2);
+    let (forward, mut queue) = mpsc::channel::<Forward<T>>(1);
     tokio::spawn(async move {
         while let Some(next) = queue.recv().await {
             let item = match next {
