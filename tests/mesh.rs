@@ -360,7 +360,7 @@ async fn a_revocation_reaches_every_past_recipient_even_under_a_tightened_policy
         .unwrap();
     assert!(rows.iter().any(|r| r.entry.event == "sent"
         && r.entry.rule == "retraction-to-past-recipient"
-        && r.entry.subject.ends_with("#2")));
+        && r.entry.subject.contains("#2")));
     assert!(
         rows.iter()
             .any(|r| r.entry.event == "withheld" && r.entry.rule == "kind-not-allowed")

@@ -175,7 +175,13 @@ async fn partners_receive_exactly_what_their_policies_allow_backlog_and_live() {
     ] {
         assert!(withheld.contains(rule), "{rule} missing from {withheld:?}");
     }
-    assert_eq!(rows.iter().filter(|r| r.entry.event == "sent").count(), 4);
+    // One row per decision kind and batch, naming each indicator it covers.
+    let sent: usize = rows
+        .iter()
+        .filter(|r| r.entry.event == "sent")
+        .map(|r| r.entry.subject.split(' ').count())
+        .sum();
+    assert_eq!(sent, 4);
     assert_eq!(
         node_a.ctx.store.verify_audit().await.unwrap(),
         Ok(node_a.ctx.store.audit_rows(None, None).await.unwrap().len() as u64)

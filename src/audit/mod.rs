@@ -203,6 +203,31 @@ pub fn verify_chain(rows: &[AuditRow], head: Option<(u64, Vec<u8>)>) -> Result<u
     }
 }
 
+/// The ledger records of one batch (released to a partner, accepted from
+/// one, published together), one row per distinct decision (event, actor,
+/// partner, rule, detail) naming every indicator it covers, in the order
+/// first seen: every decision stays on record, at one hash-chained row per
+/// decision kind and batch instead of one per indicator.
+pub fn coalesce(entries: Vec<AuditEntry>) -> Vec<AuditEntry> {
+    let mut out: Vec<AuditEntry> = Vec::new();
+    for e in entries {
+        match out.iter_mut().find(|o| {
+            o.event == e.event
+                && o.actor == e.actor
+                && o.partner == e.partner
+                && o.rule == e.rule
+                && o.detail == e.detail
+        }) {
+            Some(o) => {
+                o.subject.push(' ');
+                o.subject.push_str(&e.subject);
+            }
+            None => out.push(e),
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -274,5 +299,38 @@ mod tests {
         let e = verify_chain(&truncated, h).unwrap_err();
         assert_eq!(e.seq, 4);
         assert!(e.reason.contains("removed from the end"));
+    }
+
+    fn entry(event: &'static str, rule: &str, subject: &str) -> AuditEntry {
+        AuditEntry {
+            event,
+            actor: "node".into(),
+            partner: "b.example".into(),
+            subject: subject.into(),
+            rule: rule.into(),
+            detail: "policy p@1".into(),
+        }
+    }
+
+    #[test]
+    fn a_batch_has_one_ledger_row_per_decision_naming_every_indicator() {
+        let rows = coalesce(vec![
+            entry(event::SENT, "tlp-clear", "a/1#1"),
+            entry(event::WITHHELD, "tlp-ceiling", "a/2#1"),
+            entry(event::SENT, "tlp-clear", "a/3#1"),
+            entry(event::SENT, "tlp-green-community", "a/4#1"),
+        ]);
+        let got: Vec<(&str, &str, &str)> = rows
+            .iter()
+            .map(|r| (r.event, r.rule.as_str(), r.subject.as_str()))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                (event::SENT, "tlp-clear", "a/1#1 a/3#1"),
+                (event::WITHHELD, "tlp-ceiling", "a/2#1"),
+                (event::SENT, "tlp-green-community", "a/4#1"),
+            ]
+        );
     }
 }

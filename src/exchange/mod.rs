@@ -483,7 +483,7 @@ impl Exchange for ExchangeService {
                     latest: gate.store.latest_known().max(last),
                     cards,
                 };
-                (Some(response), audit, sent)
+                (Some(response), crate::audit::coalesce(audit), sent)
             },
         );
         Ok(Response::new(stream))

@@ -982,7 +982,7 @@ impl Store {
                     detail: String::new(),
                 })
                 .collect();
-            append_audit_tx(&mut tx, &audit).await?;
+            append_audit_tx(&mut tx, &crate::audit::coalesce(audit)).await?;
             tx.commit().await?;
             Ok::<_, StoreError>(seqs)
         };
@@ -1047,7 +1047,7 @@ impl Store {
                 detail: String::new(),
             });
         }
-        append_audit_tx(&mut tx, &audit).await?;
+        append_audit_tx(&mut tx, &crate::audit::coalesce(audit)).await?;
         tx.commit().await?;
         if let Some(last) = seqs.last() {
             self.bump(*last);
@@ -1133,7 +1133,7 @@ impl Store {
                 });
             }
         }
-        append_audit_tx(&mut tx, &audit).await?;
+        append_audit_tx(&mut tx, &crate::audit::coalesce(audit)).await?;
         sqlx::query(
             "INSERT INTO cursors (upstream_org, cursor, updated_ms) VALUES (?, ?, ?) \
              ON CONFLICT (upstream_org) DO UPDATE SET cursor = excluded.cursor, updated_ms = excluded.updated_ms \
