@@ -56,6 +56,9 @@ pub struct BenchOptions {
     pub fanout_indicators: u64,
     /// Seconds each primitive is measured for.
     pub primitive_secs: f64,
+    /// `federation.batch_size` of the nodes: most envelopes per Subscribe
+    /// message.
+    pub batch_size: u32,
 }
 
 impl Default for BenchOptions {
@@ -69,6 +72,7 @@ impl Default for BenchOptions {
             subscribers: 1_000,
             fanout_indicators: 2_000,
             primitive_secs: 2.0,
+            batch_size: 256,
         }
     }
 }
@@ -119,8 +123,10 @@ pub struct Fanout {
     pub deliveries: u64,
     /// Deliveries per second.
     pub deliveries_per_s: f64,
-    /// Peak resident memory of the process so far (MB).
+    /// Peak resident memory of the process during the fan-out (MB).
     pub peak_rss_mb: f64,
+    /// Cores busy during the fan-out.
+    pub cpu: CpuUse,
     /// Resident memory before a subscriber that stops reading is fed (MB).
     pub stalled_rss_before_mb: f64,
     /// Resident memory after it was offered as much again (MB).
@@ -136,10 +142,14 @@ pub struct Report {
     pub publish_per_s: f64,
     /// Publish rate ÷ one-core sign rate.
     pub publish_ratio: f64,
+    /// Cores busy during the publish run.
+    pub publish_cpu: CpuUse,
     /// Backlog indicators a subscriber verified and stored per second.
     pub ingest_per_s: f64,
     /// Ingest rate ÷ all-core verify rate.
     pub ingest_ratio: f64,
+    /// Cores busy during the ingest run.
+    pub ingest_cpu: CpuUse,
     /// Publish at A → stored at C via B.
     pub latency: Latency,
     /// Many subscribers.
@@ -172,13 +182,13 @@ pub async fn run(opts: &BenchOptions, progress: impl Fn(&str)) -> Result<Report,
         "publish: {} indicators, {} in flight",
         opts.publish, opts.in_flight
     ));
-    let publish_per_s = bench_publish(dir.path(), opts).await?;
+    let (publish_per_s, publish_cpu) = bench_publish(dir.path(), opts).await?;
 
     progress(&format!(
         "ingest: a subscriber catches up on {} indicators",
         opts.backlog
     ));
-    let ingest_per_s = bench_ingest(dir.path(), opts).await?;
+    let (ingest_per_s, ingest_cpu) = bench_ingest(dir.path(), opts).await?;
 
     progress(&format!(
         "latency: A -> B -> C at {}/s for {} s",
@@ -191,7 +201,9 @@ pub async fn run(opts: &BenchOptions, progress: impl Fn(&str)) -> Result<Report,
         ingest_ratio: ingest_per_s / primitives.verify_per_s_all,
         primitives,
         publish_per_s,
+        publish_cpu,
         ingest_per_s,
+        ingest_cpu,
         latency,
         fanout,
     })
@@ -321,7 +333,7 @@ fn own_row(own: &OrgId, key: &OrgSigningKey, d: IndicatorDraft) -> NewIndicator 
 }
 
 /// An organisation made with `init` under `dir`, with fast link timings.
-fn make_org(dir: &std::path::Path, name: &str) -> Result<Settings, BenchError> {
+fn make_org(dir: &std::path::Path, name: &str, batch_size: u32) -> Result<Settings, BenchError> {
     let report = init_org(&InitArgs {
         org: name.into(),
         dir: dir.join(name),
@@ -339,6 +351,7 @@ fn make_org(dir: &std::path::Path, name: &str) -> Result<Settings, BenchError> {
     s.federation.peer_refresh_ms = 200;
     s.federation.reconnect_min_ms = 50;
     s.federation.reconnect_max_ms = 500;
+    s.federation.batch_size = batch_size;
     Ok(s)
 }
 
@@ -431,8 +444,11 @@ fn publisher(s: &Settings, addr: SocketAddr) -> Result<ExchangeClient<Channel>, 
     Ok(ExchangeClient::new(channel(&s.org_id(), &ca, addr, &cert)?))
 }
 
-async fn bench_publish(dir: &std::path::Path, opts: &BenchOptions) -> Result<f64, BenchError> {
-    let a = make_org(&dir.join("publish"), "a.bench")?;
+async fn bench_publish(
+    dir: &std::path::Path,
+    opts: &BenchOptions,
+) -> Result<(f64, CpuUse), BenchError> {
+    let a = make_org(&dir.join("publish"), "a.bench", opts.batch_size)?;
     let node = start(&a, listener().await?).await?;
     let client = publisher(&a, node.addr)?;
     // Warm the connection.
@@ -444,6 +460,7 @@ async fn bench_publish(dir: &std::path::Path, opts: &BenchOptions) -> Result<f64
         .await
         .map_err(err)?;
     let start_at = Instant::now();
+    let cpu0 = cpu_seconds();
     let results: Vec<Result<(), tonic::Status>> = futures_util::stream::iter(0..opts.publish)
         .map(|i| {
             let mut c = client.clone();
@@ -459,11 +476,18 @@ async fn bench_publish(dir: &std::path::Path, opts: &BenchOptions) -> Result<f64
         .collect()
         .await;
     let elapsed = start_at.elapsed().as_secs_f64();
+    let cpu = busy_since(cpu0, elapsed, cores());
     if let Some(Err(e)) = results.into_iter().find(Result::is_err) {
         return Err(err(format!("publish failed: {e}")));
     }
     node.stop().await;
-    Ok(opts.publish as f64 / elapsed)
+    Ok((opts.publish as f64 / elapsed, cpu))
+}
+
+fn cores() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
 }
 
 /// Fills `settings`' store with `n` indicators of its org, signed on all
@@ -519,10 +543,13 @@ async fn prefill(
     Ok(())
 }
 
-async fn bench_ingest(dir: &std::path::Path, opts: &BenchOptions) -> Result<f64, BenchError> {
+async fn bench_ingest(
+    dir: &std::path::Path,
+    opts: &BenchOptions,
+) -> Result<(f64, CpuUse), BenchError> {
     let base = dir.join("ingest");
-    let a = make_org(&base, "a.bench")?;
-    let b = make_org(&base, "b.bench")?;
+    let a = make_org(&base, "a.bench", opts.batch_size)?;
+    let b = make_org(&base, "b.bench", opts.batch_size)?;
     prefill(&a, opts.backlog, |_| (Tlp::Clear, 70)).await?;
     let la = listener().await?;
     let a_addr = la.local_addr().map_err(err)?;
@@ -531,6 +558,7 @@ async fn bench_ingest(dir: &std::path::Path, opts: &BenchOptions) -> Result<f64,
     let node_a = start(&a, la).await?;
     let latest = node_a.ctx.store.latest_seq().await.map_err(err)?;
     let start_at = Instant::now();
+    let cpu0 = cpu_seconds();
     let node_b = start(&b, listener().await?).await?;
     let a_id = a.org_id();
     loop {
@@ -543,6 +571,7 @@ async fn bench_ingest(dir: &std::path::Path, opts: &BenchOptions) -> Result<f64,
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let elapsed = start_at.elapsed().as_secs_f64();
+    let cpu = busy_since(cpu0, elapsed, cores());
     let stored = node_b.ctx.store.count_indicators().await.map_err(err)?;
     node_b.stop().await;
     node_a.stop().await;
@@ -552,7 +581,7 @@ async fn bench_ingest(dir: &std::path::Path, opts: &BenchOptions) -> Result<f64,
             opts.backlog
         )));
     }
-    Ok(opts.backlog as f64 / elapsed)
+    Ok((opts.backlog as f64 / elapsed, cpu))
 }
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
@@ -565,9 +594,9 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 
 async fn bench_latency(dir: &std::path::Path, opts: &BenchOptions) -> Result<Latency, BenchError> {
     let base = dir.join("latency");
-    let a = make_org(&base, "a.bench")?;
-    let b = make_org(&base, "b.bench")?;
-    let c = make_org(&base, "c.bench")?;
+    let a = make_org(&base, "a.bench", opts.batch_size)?;
+    let b = make_org(&base, "b.bench", opts.batch_size)?;
+    let c = make_org(&base, "c.bench", opts.batch_size)?;
     let (la, lb, lc) = (listener().await?, listener().await?, listener().await?);
     let (a_addr, b_addr) = (la.local_addr().map_err(err)?, lb.local_addr().map_err(err)?);
     link(&a, &b, None, OPEN).await?;
@@ -679,6 +708,40 @@ async fn bench_latency(dir: &std::path::Path, opts: &BenchOptions) -> Result<Lat
     })
 }
 
+/// CPU seconds this process has used so far, (user, system), from
+/// /proc/self/stat (Linux, 100 ticks a second; zeros elsewhere).
+fn cpu_seconds() -> (f64, f64) {
+    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
+        return (0.0, 0.0);
+    };
+    // Fields after the parenthesised command name; utime and stime are the
+    // 14th and 15th fields of the line.
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let tick = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0) / 100.0;
+    (tick(11), tick(12))
+}
+
+/// How busy the machine's cores were (user and system) between `before`
+/// and now over `wall` seconds, as fractions of all cores.
+fn busy_since(before: (f64, f64), wall: f64, cores: usize) -> CpuUse {
+    let now = cpu_seconds();
+    let denom = (wall * cores as f64).max(1e-9);
+    CpuUse {
+        user: (now.0 - before.0) / denom,
+        system: (now.1 - before.1) / denom,
+    }
+}
+
+/// Share of all cores used during a phase.
+#[derive(Debug, Clone, Copy, Serialize, Default)]
+pub struct CpuUse {
+    /// In user space.
+    pub user: f64,
+    /// In the kernel.
+    pub system: f64,
+}
+
 /// Resident memory now and at its peak, in MB (Linux; 0 elsewhere).
 fn rss_mb() -> (f64, f64) {
     let Ok(status) = std::fs::read_to_string("/proc/self/status") else {
@@ -750,7 +813,7 @@ fn reset_peak_rss() {
 async fn bench_fanout(dir: &std::path::Path, opts: &BenchOptions) -> Result<Fanout, BenchError> {
     reset_peak_rss();
     let base = dir.join("fanout");
-    let a = make_org(&base, "a.bench")?;
+    let a = make_org(&base, "a.bench", opts.batch_size)?;
     let subs: Vec<SubscriberOrg> = (0..opts.subscribers)
         .map(subscriber_org)
         .collect::<Result<_, _>>()?;
@@ -842,6 +905,7 @@ async fn bench_fanout(dir: &std::path::Path, opts: &BenchOptions) -> Result<Fano
     ready.wait().await;
 
     let start_at = Instant::now();
+    let cpu0 = cpu_seconds();
     {
         let key = Arc::new(key);
         let store = node.ctx.store.clone();
@@ -874,6 +938,7 @@ async fn bench_fanout(dir: &std::path::Path, opts: &BenchOptions) -> Result<Fano
         }
     }
     let elapsed = start_at.elapsed().as_secs_f64();
+    let cpu = busy_since(cpu0, elapsed, cores());
     if finished < opts.subscribers {
         return Err(err(format!(
             "only {finished} of {} subscribers received their share",
@@ -919,6 +984,7 @@ async fn bench_fanout(dir: &std::path::Path, opts: &BenchOptions) -> Result<Fano
         deliveries,
         deliveries_per_s: deliveries as f64 / elapsed,
         peak_rss_mb: peak,
+        cpu,
         stalled_rss_before_mb: before,
         stalled_rss_after_mb: after,
     })
@@ -953,18 +1019,22 @@ pub fn render(r: &Report) -> String {
         p.sqlite_commit_per_s,
         1e3 / p.sqlite_commit_per_s
     );
-    let _ = writeln!(s, "node");
+    let _ = writeln!(s, "node (cores busy: user + system)");
     let _ = writeln!(
         s,
-        "  publish            {:>10.0}/s   = {:>5.1} % of one-core sign   (target >= 60 %)",
+        "  publish            {:>10.0}/s   = {:>5.1} % of one-core sign   (target >= 60 %)  cores {:.0}% + {:.0}%",
         r.publish_per_s,
-        r.publish_ratio * 100.0
+        r.publish_ratio * 100.0,
+        r.publish_cpu.user * 100.0,
+        r.publish_cpu.system * 100.0
     );
     let _ = writeln!(
         s,
-        "  peer ingest        {:>10.0}/s   = {:>5.1} % of all-core verify (target >= 70 %)",
+        "  peer ingest        {:>10.0}/s   = {:>5.1} % of all-core verify (target >= 70 %)  cores {:.0}% + {:.0}%",
         r.ingest_per_s,
-        r.ingest_ratio * 100.0
+        r.ingest_ratio * 100.0,
+        r.ingest_cpu.user * 100.0,
+        r.ingest_cpu.system * 100.0
     );
     let _ = writeln!(
         s,
@@ -973,8 +1043,12 @@ pub fn render(r: &Report) -> String {
     );
     let _ = writeln!(
         s,
-        "  fan-out            {:>10.0} deliveries/s to {} subscribers ({} deliveries; target >= 200,000/s)",
-        f.deliveries_per_s, f.subscribers, f.deliveries
+        "  fan-out            {:>10.0} deliveries/s to {} subscribers ({} deliveries; target >= 200,000/s)  cores {:.0}% + {:.0}%",
+        f.deliveries_per_s,
+        f.subscribers,
+        f.deliveries,
+        f.cpu.user * 100.0,
+        f.cpu.system * 100.0
     );
     let _ = writeln!(
         s,

@@ -37,6 +37,9 @@ pub struct BenchArgs {
     /// Seconds each primitive is measured for.
     #[arg(long, default_value_t = 2.0)]
     pub primitive_secs: f64,
+    /// federation.batch_size of the benchmark's nodes (1-4096).
+    #[arg(long, default_value_t = 256)]
+    pub batch_size: u32,
     /// Print one JSON object instead of a table.
     #[arg(long)]
     pub json: bool,
@@ -44,6 +47,9 @@ pub struct BenchArgs {
 
 /// Runs `threatmesh bench`.
 pub async fn run(args: &BenchArgs) -> Result<(), CliError> {
+    if !(1..=4096).contains(&args.batch_size) {
+        return Err(CliError::Usage("--batch-size: must be 1-4096".into()));
+    }
     if args.in_flight == 0 || args.latency_rate == 0 || args.subscribers == 0 {
         return Err(CliError::Usage(
             "--in-flight, --latency-rate and --subscribers must be at least 1".into(),
@@ -58,6 +64,7 @@ pub async fn run(args: &BenchArgs) -> Result<(), CliError> {
         subscribers: args.subscribers,
         fanout_indicators: args.fanout_indicators,
         primitive_secs: args.primitive_secs,
+        batch_size: args.batch_size,
     };
     let report = run_bench(&opts, |line| eprintln!("bench: {line}"))
         .await
