@@ -356,23 +356,10 @@ impl NodeContext {
     /// unknown org is accepted if `via` is an introducer, else it waits for
     /// an admin's `peer approve-card`. Returns whether anything changed.
     pub async fn learn_card(&self, env: &Envelope, via: &OrgId) -> Result<bool, StoreError> {
-        let refuse = |org: &str, why: String| {
-            tracing::warn!(org, via = %via, reason = %why, "card refused");
-            crate::audit::AuditEntry {
-                event: crate::audit::event::CARD_REFUSED,
-                actor: "node".into(),
-                partner: org.to_string(),
-                subject: format!("card via {via}"),
-                rule: String::new(),
-                detail: why,
-            }
-        };
         let v = match crate::identity::open_card(env) {
             Ok(v) => v,
             Err(e) => {
-                self.store
-                    .append_audit(&[refuse("?", e.to_string())])
-                    .await?;
+                self.refuse_card("?", via, e.to_string()).await?;
                 return Ok(false);
             }
         };
@@ -385,16 +372,7 @@ impl NodeContext {
             if v.card.version <= p.card_version {
                 return Ok(false);
             }
-            let current = Envelope::decode(p.card.as_slice())
-                .ok()
-                .and_then(|e| crate::identity::open_card(&e).ok());
-            let Some(current) = current else {
-                return Ok(false);
-            };
-            if let Err(e) = crate::identity::check_card_succession(&current, &v, env) {
-                self.store
-                    .append_audit(&[refuse(v.org.as_str(), e.to_string())])
-                    .await?;
+            if !self.may_succeed(&p.card, &v, env, via).await? {
                 return Ok(false);
             }
             self.store.update_peer_card(&v, &bytes, via).await?;
@@ -412,16 +390,7 @@ impl NodeContext {
             .any(|p| &p.org == via && p.introducer && p.state == PeerState::Active);
         let (state, event) = match held {
             Some(d) if d.state == CardState::Accepted => {
-                let current = Envelope::decode(d.card.as_slice())
-                    .ok()
-                    .and_then(|e| crate::identity::open_card(&e).ok());
-                let Some(current) = current else {
-                    return Ok(false);
-                };
-                if let Err(e) = crate::identity::check_card_succession(&current, &v, env) {
-                    self.store
-                        .append_audit(&[refuse(v.org.as_str(), e.to_string())])
-                        .await?;
+                if !self.may_succeed(&d.card, &v, env, via).await? {
                     return Ok(false);
                 }
                 (CardState::Accepted, crate::audit::event::CARD_UPDATED)
@@ -441,15 +410,53 @@ impl NodeContext {
         {
             Ok(()) => {}
             Err(StoreError::Conflict(why)) => {
-                self.store
-                    .append_audit(&[refuse(v.org.as_str(), why)])
-                    .await?;
+                self.refuse_card(v.org.as_str(), via, why).await?;
                 return Ok(false);
             }
             Err(e) => return Err(e),
         }
         tracing::info!(org = %v.org, version = v.card.version, state = state.as_str(), via = %via, "card of another org received");
         Ok(true)
+    }
+
+    /// Whether card `v` (as `env`) may replace the trusted card stored as
+    /// `stored`: signed by a key of it ([`crate::identity::check_card_succession`]).
+    /// A refusal goes on the ledger.
+    async fn may_succeed(
+        &self,
+        stored: &[u8],
+        v: &crate::identity::VerifiedCard,
+        env: &Envelope,
+        via: &OrgId,
+    ) -> Result<bool, StoreError> {
+        let current = Envelope::decode(stored)
+            .ok()
+            .and_then(|e| crate::identity::open_card(&e).ok());
+        let Some(current) = current else {
+            return Ok(false);
+        };
+        match crate::identity::check_card_succession(&current, v, env) {
+            Ok(()) => Ok(true),
+            Err(e) => {
+                self.refuse_card(v.org.as_str(), via, e.to_string()).await?;
+                Ok(false)
+            }
+        }
+    }
+
+    /// Records a card of `org` that arrived via `via` and was refused.
+    async fn refuse_card(&self, org: &str, via: &OrgId, why: String) -> Result<(), StoreError> {
+        tracing::warn!(org, via = %via, reason = %why, "card refused");
+        self.store
+            .append_audit(&[crate::audit::AuditEntry {
+                event: crate::audit::event::CARD_REFUSED,
+                actor: "node".into(),
+                partner: org.to_string(),
+                subject: format!("card via {via}"),
+                rule: String::new(),
+                detail: why,
+            }])
+            .await
     }
 
     /// Our card from our current keys, signed by `signer`, at a version

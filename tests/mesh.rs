@@ -487,34 +487,10 @@ async fn a_relay_cannot_forge_an_origin_or_downgrade_a_marking() {
     let a_key = a.signing_key();
     let c_key = c.signing_key();
     let now = threatmesh::model::now_unix_ms();
-    let indicator =
-        |origin: &str, key: &threatmesh::signing::OrgSigningKey, value: &str, tlp: Tlp| {
-            threatmesh::proto::v1::Indicator {
-                origin_org: origin.into(),
-                key_id: key.key_id().into(),
-                id: uuid::Uuid::new_v4().to_string(),
-                version: 1,
-                created_unix_ms: now,
-                modified_unix_ms: now,
-                marking: Some(Marking {
-                    tlp: tlp as i32,
-                    may_forward: true,
-                    hop_limit: 8,
-                    ..Default::default()
-                }),
-                kind: threatmesh::proto::v1::IndicatorKind::Domain as i32,
-                value: value.into(),
-                valid_from_unix_ms: now,
-                ..Default::default()
-            }
-        };
-    let seal = |key: &threatmesh::signing::OrgSigningKey,
-                ind: &threatmesh::proto::v1::Indicator| {
-        key.seal(
-            threatmesh::signing::INDICATOR_PAYLOAD_TYPE,
-            prost::Message::encode_to_vec(ind),
-        )
+    let indicator = |origin: &str, key: &threatmesh::signing::OrgSigningKey, value: &str, tlp| {
+        hand_made(origin, key, value, tlp, now)
     };
+    let seal = seal_indicator;
     let path = |p: &[&str]| p.iter().map(|s| s.to_string()).collect::<Vec<_>>();
     // 1: claims origin A, signed by C.
     let forged = seal(
@@ -597,17 +573,6 @@ async fn a_relay_cannot_forge_an_origin_or_downgrade_a_marking() {
     node_d.stop().await;
 }
 
-/// CLI of `org` against its running node.
-fn tm(org: &Org, node: &RunningNode, args: &[&str]) -> std::process::Output {
-    std::process::Command::new(env!("CARGO_BIN_EXE_threatmesh"))
-        .arg("--config")
-        .arg(&org.config)
-        .args(["--server", &node.addr.to_string()])
-        .args(args)
-        .output()
-        .unwrap()
-}
-
 fn json_lines(o: &std::process::Output) -> Vec<serde_json::Value> {
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     String::from_utf8_lossy(&o.stdout)
@@ -630,7 +595,7 @@ async fn an_unknown_origin_waits_in_quarantine_until_its_card_is_approved() {
     );
 
     // Visible in the CLI: the quarantine, the pending card, the status.
-    let q = json_lines(&tm(c, node_c, &["quarantine", "--json"]));
+    let q = json_lines(&cli(c, node_c, &["quarantine", "--json"]));
     assert_eq!(q.len(), 3);
     let a_key = a.signing_key().key_id().to_string();
     for e in &q {
@@ -638,17 +603,17 @@ async fn an_unknown_origin_waits_in_quarantine_until_its_card_is_approved() {
         assert_eq!(e["key_id"], a_key.as_str());
         assert_eq!(e["path"], serde_json::json!(["a.example", "b.example"]));
     }
-    let cards = json_lines(&tm(c, node_c, &["peer", "cards", "--json"]));
+    let cards = json_lines(&cli(c, node_c, &["peer", "cards", "--json"]));
     assert_eq!(cards.len(), 1);
     assert_eq!(
         (cards[0]["org"].as_str(), cards[0]["state"].as_str()),
         (Some("a.example"), Some("pending"))
     );
-    let status = json_lines(&tm(c, node_c, &["status", "--json"]));
+    let status = json_lines(&cli(c, node_c, &["status", "--json"]));
     assert_eq!(status[0]["quarantined"], 3);
 
     // Approved: verified and released at once, then new ones flow.
-    let o = tm(c, node_c, &["peer", "approve-card", "a.example"]);
+    let o = cli(c, node_c, &["peer", "approve-card", "a.example"]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let want: std::collections::BTreeSet<String> = first.iter().cloned().collect();
     assert_eq!(ids_at(node_c).await, want);
@@ -706,7 +671,7 @@ async fn a_signing_key_rotation_mid_stream_and_the_old_keys_revocation() {
     let before = publish_many(a, node_a, 0, 2).await;
 
     // Rotate while indicators flow.
-    let o = tm(a, node_a, &["keys", "rotate"]);
+    let o = cli(a, node_a, &["keys", "rotate"]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let after = publish_many(a, node_a, 10, 2).await;
     assert_ne!(
@@ -740,7 +705,7 @@ async fn a_signing_key_rotation_mid_stream_and_the_old_keys_revocation() {
     );
 
     // Revoke the old key; the next card carries it to C.
-    let o = tm(a, node_a, &["keys", "revoke", old_key.key_id()]);
+    let o = cli(a, node_a, &["keys", "revoke", old_key.key_id()]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert!(String::from_utf8_lossy(&o.stdout).contains("revoked"));
     publish_many(a, node_a, 20, 1).await;
@@ -759,28 +724,14 @@ async fn a_signing_key_rotation_mid_stream_and_the_old_keys_revocation() {
     // C by a new partner R: refused.
     let r = Org::new("r.example");
     let now = threatmesh::model::now_unix_ms();
-    let stale = threatmesh::proto::v1::Indicator {
-        origin_org: "a.example".into(),
-        key_id: old_key.key_id().into(),
-        id: uuid::Uuid::new_v4().to_string(),
-        version: 1,
-        created_unix_ms: now - 3_600_000,
-        modified_unix_ms: now - 3_600_000,
-        marking: Some(Marking {
-            tlp: Tlp::Clear as i32,
-            may_forward: true,
-            hop_limit: 8,
-            ..Default::default()
-        }),
-        kind: threatmesh::proto::v1::IndicatorKind::Domain as i32,
-        value: "backdated.example".into(),
-        valid_from_unix_ms: now - 3_600_000,
-        ..Default::default()
-    };
-    let env = old_key.seal(
-        threatmesh::signing::INDICATOR_PAYLOAD_TYPE,
-        prost::Message::encode_to_vec(&stale),
+    let stale = hand_made(
+        "a.example",
+        &old_key,
+        "backdated.example",
+        Tlp::Clear,
+        now - 3_600_000,
     );
+    let env = seal_indicator(&old_key, &stale);
     let rogue = RogueUpstream::start_with_paths(
         &r,
         &[&mesh.orgs[C]],

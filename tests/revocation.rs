@@ -2,22 +2,9 @@
 
 mod common;
 
-use std::process::Command;
-
 use common::*;
 use threatmesh::identity::CertifiedKey;
 use threatmesh::proto::v1::{PublishRequest, Tlp};
-
-/// The CLI of `org`, talking to its running `node`.
-fn tm(org: &Org, node: &RunningNode, args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_threatmesh"))
-        .arg("--config")
-        .arg(&org.config)
-        .args(["--server", &node.addr.to_string()])
-        .args(args)
-        .output()
-        .unwrap()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_revoked_publisher_is_refused_on_its_next_rpc() {
@@ -27,7 +14,7 @@ async fn a_revoked_publisher_is_refused_on_its_next_rpc() {
 
     // A second publisher, issued with the CLI.
     let out = a.dir.path().join("feeds");
-    let o = tm(
+    let o = cli(
         &a,
         &node,
         &[
@@ -62,7 +49,7 @@ async fn a_revoked_publisher_is_refused_on_its_next_rpc() {
         .to_str()
         .unwrap()
         .to_string();
-    let o = tm(
+    let o = cli(
         &a,
         &node,
         &[
@@ -128,7 +115,7 @@ async fn a_revoked_publisher_is_refused_on_its_next_rpc() {
             && r.entry.detail == "laptop stolen"
     );
     assert_eq!(r.entry.actor, "spiffe://a.example/admin/admin");
-    let o = tm(&a, &node, &["certs", "revoke", "--cert", &cert]);
+    let o = cli(&a, &node, &["certs", "revoke", "--cert", &cert]);
     assert!(String::from_utf8_lossy(&o.stdout).contains("already revoked"));
     // A certificate from another org's CA cannot be revoked here.
     let foreign = other
@@ -138,7 +125,7 @@ async fn a_revoked_publisher_is_refused_on_its_next_rpc() {
         .to_str()
         .unwrap()
         .to_string();
-    let o = tm(&a, &node, &["certs", "revoke", "--cert", &foreign]);
+    let o = cli(&a, &node, &["certs", "revoke", "--cert", &foreign]);
     assert_eq!(
         o.status.code(),
         Some(64),
@@ -184,7 +171,7 @@ async fn a_rotated_node_certificate_is_served_without_restart_while_partners_str
     let old = served_serial(&a, &node_a).await;
     let links_before = node_b.ctx.links.snapshot()[&a.id].since_ms;
 
-    let o = tm(&a, &node_a, &["certs", "rotate"]);
+    let o = cli(&a, &node_a, &["certs", "rotate"]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let (org, node) = (&a, &node_a);
     let old2 = old.clone();

@@ -703,3 +703,51 @@ impl FaultProxy {
         self.cut.send_replace(false);
     }
 }
+
+/// A hand-made domain indicator claiming `origin`, naming `key`, dated
+/// `at_ms`, relayable up to 8 hops: for envelopes a rogue node serves.
+pub fn hand_made(
+    origin: &str,
+    key: &OrgSigningKey,
+    value: &str,
+    tlp: Tlp,
+    at_ms: i64,
+) -> threatmesh::proto::v1::Indicator {
+    threatmesh::proto::v1::Indicator {
+        origin_org: origin.into(),
+        key_id: key.key_id().into(),
+        id: uuid::Uuid::new_v4().to_string(),
+        version: 1,
+        created_unix_ms: at_ms,
+        modified_unix_ms: at_ms,
+        marking: Some(Marking {
+            tlp: tlp as i32,
+            may_forward: true,
+            hop_limit: 8,
+            ..Default::default()
+        }),
+        kind: IndicatorKind::Domain as i32,
+        value: value.into(),
+        valid_from_unix_ms: at_ms,
+        ..Default::default()
+    }
+}
+
+/// `ind` signed with `key`, as its origin would.
+pub fn seal_indicator(key: &OrgSigningKey, ind: &threatmesh::proto::v1::Indicator) -> Envelope {
+    key.seal(
+        threatmesh::signing::INDICATOR_PAYLOAD_TYPE,
+        ind.encode_to_vec(),
+    )
+}
+
+/// The `threatmesh` CLI of `org`, talking to its running `node`.
+pub fn cli(org: &Org, node: &RunningNode, args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_threatmesh"))
+        .arg("--config")
+        .arg(&org.config)
+        .args(["--server", &node.addr.to_string()])
+        .args(args)
+        .output()
+        .unwrap()
+}
