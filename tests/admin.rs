@@ -14,16 +14,6 @@ use threatmesh::proto::v1::*;
 
 const DAY_MS: i64 = 86_400_000;
 
-/// B subscribes to A; both bound to the open policy.
-async fn pair_with(a: Org) -> (Org, Org, RunningNode, RunningNode) {
-    let b = Org::new("b.example");
-    a.add_peer(&b, None).await;
-    let node_a = start(&a).await;
-    b.add_peer(&a, Some(node_a.addr)).await;
-    let node_b = start(&b).await;
-    (a, b, node_a, node_b)
-}
-
 /// A CRL of `org`'s CA revoking `serials`, valid from `this_update_ms` for
 /// `validity_ms`.
 fn crl_of(
@@ -67,20 +57,6 @@ async fn import_crl(
         .map(|r| r.into_inner())
 }
 
-/// Waits until B's link to A reports an error containing `why`.
-async fn b_link_error(node_b: &RunningNode, a: &Org, why: &str) {
-    let org = &a.id;
-    wait_until(5, why, || async move {
-        node_b
-            .ctx
-            .links
-            .snapshot()
-            .get(org)
-            .is_some_and(|h| h.last_error.contains(why))
-    })
-    .await;
-}
-
 /// Publishes one indicator at A and says whether B has it after A's other
 /// partner traffic settled.
 async fn reaches_b(a: &Org, node_a: &RunningNode, node_b: &RunningNode, i: u32) -> bool {
@@ -98,7 +74,7 @@ async fn reaches_b(a: &Org, node_a: &RunningNode, node_b: &RunningNode, i: u32) 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn admin_refuses_publishers_partner_nodes_and_partner_admins() {
-    let (a, b, node_a, node_b) = pair_with(Org::new("a.example")).await;
+    let (a, b, node_a, node_b) = linked_pair().await;
     let audit_before = node_a.ctx.store.count_audit().await.unwrap();
     let own_publisher = cert_serial(a.publisher_cert().chain[0].as_ref()).unwrap();
     let callers = [
@@ -176,7 +152,7 @@ async fn admin_refuses_publishers_partner_nodes_and_partner_admins() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_admin_change_is_on_the_ledger_with_the_admins_identity() {
-    let (a, b, node_a, node_b) = pair_with(Org::new("a.example")).await;
+    let (a, b, node_a, node_b) = linked_pair().await;
     let c = Org::new("c.example");
 
     // A second admin, issued through the API from a request made here.
@@ -357,7 +333,7 @@ async fn every_admin_change_is_on_the_ledger_with_the_admins_identity() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_partner_crl_closes_and_refuses_the_revoked_certificate() {
-    let (a, b, node_a, node_b) = pair_with(Org::new("a.example")).await;
+    let (a, b, node_a, node_b) = linked_pair().await;
     let y = Org::new("y.example");
     assert!(reaches_b(&a, &node_a, &node_b, 1).await);
     let b_node = cert_serial(b.node_cert().chain[0].as_ref()).unwrap();
@@ -386,7 +362,7 @@ async fn a_partner_crl_closes_and_refuses_the_revoked_certificate() {
     .await
     .unwrap();
     assert_eq!(r.revoked_serials, vec![b_node.clone()]);
-    b_link_error(&node_b, &a, "has been revoked by b.example").await;
+    link_error(&node_b, &a, "has been revoked by b.example", 5).await;
     assert!(!reaches_b(&a, &node_a, &node_b, 2).await);
 
     // An older CRL cannot roll the revocation back.
@@ -417,10 +393,10 @@ fn stale_crl(b: &Org) -> Vec<u8> {
 async fn a_stale_partner_crl_refuses_the_partner_by_default() {
     let a = Org::new("a.example");
     assert_eq!(a.settings.revocation.stale_crl, "refuse", "the default");
-    let (a, b, node_a, node_b) = pair_with(a).await;
+    let (a, b, node_a, node_b) = linked_pair_with(a).await;
     assert!(reaches_b(&a, &node_a, &node_b, 1).await);
     import_crl(&a, &node_a, &b, stale_crl(&b)).await.unwrap();
-    b_link_error(&node_b, &a, "CRL expired").await;
+    link_error(&node_b, &a, "CRL expired", 5).await;
     assert!(!reaches_b(&a, &node_a, &node_b, 2).await);
     // A fresh CRL lets B back in; it catches up from its cursor.
     import_crl(&a, &node_a, &b, crl_of(&b, &[], 2, now_unix_ms(), DAY_MS))
@@ -436,7 +412,7 @@ async fn a_stale_partner_crl_refuses_the_partner_by_default() {
 async fn a_stale_partner_crl_is_still_enforced_but_accepted_when_configured() {
     let mut a = Org::new("a.example");
     a.settings.revocation.stale_crl = "accept".into();
-    let (a, b, node_a, node_b) = pair_with(a).await;
+    let (a, b, node_a, node_b) = linked_pair_with(a).await;
     assert!(reaches_b(&a, &node_a, &node_b, 1).await);
     import_crl(&a, &node_a, &b, stale_crl(&b)).await.unwrap();
     assert!(reaches_b(&a, &node_a, &node_b, 2).await);
@@ -448,14 +424,14 @@ async fn a_stale_partner_crl_is_still_enforced_but_accepted_when_configured() {
     let b_node = cert_serial(b.node_cert().chain[0].as_ref()).unwrap();
     let old_revoking = crl_of(&b, &[b_node], 2, now_unix_ms() - DAY_MS, 1000);
     import_crl(&a, &node_a, &b, old_revoking).await.unwrap();
-    b_link_error(&node_b, &a, "has been revoked by b.example").await;
+    link_error(&node_b, &a, "has been revoked by b.example", 5).await;
     node_b.stop().await;
     node_a.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_partners_new_ca_is_taken_without_restart() {
-    let (a, b, node_a, node_b) = pair_with(Org::new("a.example")).await;
+    let (a, b, node_a, node_b) = linked_pair().await;
     assert!(reaches_b(&a, &node_a, &node_b, 1).await);
     let old_node_cert = b.node_cert();
     node_b.stop().await;
@@ -471,7 +447,7 @@ async fn a_partners_new_ca_is_taken_without_restart() {
 
     // Until A learns the new card, B's new certificate is refused.
     let node_b = start(&b).await;
-    b_link_error(&node_b, &a, "does not chain to b.example's CA bundle").await;
+    link_error(&node_b, &a, "does not chain to b.example's CA bundle", 5).await;
 
     let r = admin(&a, &node_a)
         .add_peer(AddPeerRequest {

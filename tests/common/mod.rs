@@ -330,7 +330,11 @@ pub async fn publish_all(
 /// A and B linked with the open policy: B subscribes to A; A trusts B's CA
 /// so B's node may connect.
 pub async fn linked_pair() -> (Org, Org, RunningNode, RunningNode) {
-    let a = Org::new("a.example");
+    linked_pair_with(Org::new("a.example")).await
+}
+
+/// As [`linked_pair`], with A already made (e.g. with changed settings).
+pub async fn linked_pair_with(a: Org) -> (Org, Org, RunningNode, RunningNode) {
     let b = Org::new("b.example");
     a.add_peer(&b, None).await;
     let node_a = start(&a).await;
@@ -364,6 +368,21 @@ pub async fn caught_up(subscriber: &RunningNode, upstream: &Org, upstream_node: 
             async move { s.cursor(&o).await.unwrap() >= latest }
         },
     )
+    .await;
+}
+
+/// Waits up to `secs` for `subscriber`'s link to `upstream` to report an
+/// error containing `why` (closed and refused, with the reason).
+pub async fn link_error(subscriber: &RunningNode, upstream: &Org, why: &str, secs: u64) {
+    let org = &upstream.id;
+    wait_until(secs, why, || async move {
+        subscriber
+            .ctx
+            .links
+            .snapshot()
+            .get(org)
+            .is_some_and(|h| h.last_error.contains(why))
+    })
     .await;
 }
 
