@@ -144,16 +144,6 @@ impl Connections {
             .filter(|c| !c.close.is_cancelled() && f(&c.id, &c.serial))
             .count()
     }
-
-    /// How many verified connections are open.
-    pub fn len(&self) -> usize {
-        self.open.lock().expect("not poisoned").len()
-    }
-
-    /// Whether no verified connection is open.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
 }
 
 /// Ties a connection to its entry in [`Connections`]: resolves when the

@@ -315,30 +315,19 @@ impl NodeContext {
             };
             let policies = self.policies.load();
             let policy = policies.get(&q.upstream).map(|p| p.as_ref());
-            let checked =
-                match crate::federation::verify_delivery(&self.own, &q.upstream, &d, &keys, now) {
-                    Ok(Some(v)) => {
-                        let held = v.indicator.revoked
-                            && self
-                                .store
-                                .latest_version(&v.indicator.origin_org, &v.indicator.id)
-                                .await?
-                                .is_some();
-                        crate::federation::admit(&self.own, &q.upstream, v, policy, held)
-                    }
-                    Ok(None) => Err(crate::federation::Refusal {
+            let verified =
+                crate::federation::verify_delivery(&self.own, &q.upstream, &d, &keys, now);
+            let admitted = crate::federation::admit_checked(self, &q.upstream, verified, policy)
+                .await?
+                .unwrap_or_else(|| {
+                    Err(crate::federation::Refusal {
                         code: tonic::Code::InvalidArgument,
                         reason: "path: passes through this node".into(),
                         unknown_key: None,
-                    }),
-                    Err(r) => Err(r),
-                };
-            let outcome = checked.map_err(|r| crate::store::Rejection {
-                upstream_seq: q.upstream_seq,
-                code: format!("{:?}", r.code),
-                reason: r.reason,
-                envelope: q.envelope.clone(),
-            });
+                    })
+                });
+            let outcome =
+                admitted.map_err(|r| r.into_rejection(q.upstream_seq, q.envelope.clone()));
             if self.store.resolve_quarantine(&q, outcome).await? {
                 stored += 1;
             }

@@ -338,10 +338,9 @@ impl AdminService {
     async fn status_now(&self) -> Result<StatusResponse, RpcError> {
         let store = &self.ctx.store;
         let board = self.ctx.links.snapshot();
-        let quarantine = store.quarantine().await?;
-        let waiting = |org: &crate::model::OrgId| {
-            quarantine.iter().filter(|q| &q.upstream == org).count() as u64
-        };
+        let quarantine = store.quarantine_counts().await?;
+        let waiting =
+            |org: &crate::model::OrgId| quarantine.get(org.as_str()).copied().unwrap_or(0);
         let mut links = Vec::new();
         for p in store.peers().await? {
             let cursor = store.cursor(&p.org).await?;
@@ -375,7 +374,7 @@ impl AdminService {
             rejections: store.count_rejections().await?,
             audit_rows: store.count_audit().await?,
             links,
-            quarantined: quarantine.len() as u64,
+            quarantined: quarantine.values().sum(),
         })
     }
 }

@@ -84,7 +84,7 @@ impl AdminService {
             .await
     }
 
-    async fn peer_record(&self, org: &OrgId) -> Result<PeerRecord, RpcError> {
+    pub(super) async fn peer_record(&self, org: &OrgId) -> Result<PeerRecord, RpcError> {
         self.ctx
             .store
             .peers()

@@ -230,14 +230,7 @@ impl AdminService {
         r: ImportCrlRequest,
     ) -> Result<CrlResponse, RpcError> {
         let org = super::peers::parse_org("partner", &r.partner)?;
-        let peer = self
-            .ctx
-            .store
-            .peers()
-            .await?
-            .into_iter()
-            .find(|p| p.org == org)
-            .ok_or_else(|| RpcError::NotFound(format!("{org} is not a registered partner")))?;
+        let peer = self.peer_record(&org).await?;
         let crl = open_crl(&org, &peer.ca_bundle_pem, &r.crl)
             .map_err(|e| RpcError::BadRequest(format!("crl: {e}")))?;
         let summary = format!(

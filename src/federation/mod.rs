@@ -252,19 +252,40 @@ pub fn admit(
     })
 }
 
-/// [`verify_delivery`] then [`admit`] (as for an indicator not held yet);
-/// `None` for an echo.
-pub fn check_delivery(
-    own: &OrgId,
+/// What [`verify_delivery`] found, through [`admit`]: for a revocation it
+/// first looks up whether we hold the indicator (a retraction of something
+/// held passes ingress filters). `None`: an echo, dropped. The one step from
+/// a verified envelope to a row, for live links and the quarantine alike.
+pub async fn admit_checked(
+    ctx: &NodeContext,
     upstream: &OrgId,
-    d: &Delivery,
-    keys: &KeyDirectory,
+    verified: Result<Option<Verified>, Refusal>,
     policy: Option<&PartnerPolicy>,
-    now_ms: i64,
-) -> Result<Option<NewIndicator>, Refusal> {
-    match verify_delivery(own, upstream, d, keys, now_ms)? {
-        None => Ok(None),
-        Some(v) => admit(own, upstream, v, policy, false).map(Some),
+) -> Result<Option<Result<NewIndicator, Refusal>>, crate::store::StoreError> {
+    let v = match verified {
+        Ok(Some(v)) => v,
+        Ok(None) => return Ok(None),
+        Err(r) => return Ok(Some(Err(r))),
+    };
+    let held = v.indicator.revoked
+        && ctx
+            .store
+            .latest_version(&v.indicator.origin_org, &v.indicator.id)
+            .await?
+            .is_some();
+    Ok(Some(admit(&ctx.own, upstream, v, policy, held)))
+}
+
+impl Refusal {
+    /// The rejection recorded for this refusal of `envelope` (`seq` at its
+    /// upstream).
+    pub fn into_rejection(self, seq: u64, envelope: Vec<u8>) -> Rejection {
+        Rejection {
+            upstream_seq: seq,
+            code: format!("{:?}", self.code),
+            reason: self.reason,
+            envelope,
+        }
     }
 }
 
@@ -547,18 +568,8 @@ async fn receive(
             cursor: msg.cursor,
         };
         for (d, verified) in checked {
-            let admitted = match verified {
-                Ok(None) => continue,
-                Ok(Some(v)) => {
-                    let held = v.indicator.revoked
-                        && ctx
-                            .store
-                            .latest_version(&v.indicator.origin_org, &v.indicator.id)
-                            .await?
-                            .is_some();
-                    admit(&ctx.own, &peer.org, v, policy, held)
-                }
-                Err(r) => Err(r),
+            let Some(admitted) = admit_checked(ctx, &peer.org, verified, policy).await? else {
+                continue;
             };
             match admitted {
                 Ok(row) => batch.rows.push(row),
@@ -579,12 +590,7 @@ async fn receive(
                         partner = %peer.org, seq = d.seq, code = ?r.code, reason = %r.reason,
                         "envelope refused"
                     );
-                    batch.refused.push(Rejection {
-                        upstream_seq: d.seq,
-                        code: format!("{:?}", r.code),
-                        reason: r.reason,
-                        envelope: d.envelope,
-                    });
+                    batch.refused.push(r.into_rejection(d.seq, d.envelope));
                 }
             }
         }
@@ -659,6 +665,22 @@ pub async fn supervise(ctx: Arc<NodeContext>, mut stop: watch::Receiver<bool>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// [`verify_delivery`] then [`admit`] (as for an indicator not held yet);
+    /// `None` for an echo.
+    fn check_delivery(
+        own: &OrgId,
+        upstream: &OrgId,
+        d: &Delivery,
+        keys: &KeyDirectory,
+        policy: Option<&PartnerPolicy>,
+        now_ms: i64,
+    ) -> Result<Option<NewIndicator>, Refusal> {
+        match verify_delivery(own, upstream, d, keys, now_ms)? {
+            None => Ok(None),
+            Some(v) => admit(own, upstream, v, policy, false).map(Some),
+        }
+    }
     use crate::proto::v1::{Indicator, IndicatorKind, Marking, Tlp};
     use crate::signing::{INDICATOR_PAYLOAD_TYPE, KnownKey, OrgSigningKey};
 

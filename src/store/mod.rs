@@ -387,6 +387,32 @@ async fn admit_rows_tx(
     Ok(out)
 }
 
+/// Stores versions published here (each with the publisher that made it)
+/// and their ledger rows; per row its sequence number, or `None` for a
+/// version already stored.
+async fn insert_local_tx(
+    tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+    rows: &[(&NewIndicator, &str)],
+) -> Result<Vec<Option<u64>>, StoreError> {
+    let indicators: Vec<&NewIndicator> = rows.iter().map(|(r, _)| *r).collect();
+    let seqs = insert_indicators(tx, &indicators, "").await?;
+    let audit: Vec<AuditEntry> = rows
+        .iter()
+        .zip(&seqs)
+        .filter(|(_, seq)| seq.is_some())
+        .map(|((row, actor), _)| AuditEntry {
+            event: event::PUBLISHED,
+            actor: actor.to_string(),
+            partner: String::new(),
+            subject: subject_of(&row.indicator),
+            rule: String::new(),
+            detail: String::new(),
+        })
+        .collect();
+    append_audit_tx(tx, &crate::audit::coalesce(audit)).await?;
+    Ok(seqs)
+}
+
 /// Records a refused envelope from `upstream`.
 async fn reject_tx(
     tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
@@ -522,6 +548,15 @@ pub struct DirectoryRow {
     pub updated_ms: i64,
 }
 
+/// The store's durability settings: WAL, `synchronous=FULL`.
+fn durable_options(path: &Path) -> Result<SqliteConnectOptions, sqlx::Error> {
+    Ok(SqliteConnectOptions::from_str("sqlite://")?
+        .filename(path)
+        .create_if_missing(true)
+        .journal_mode(SqliteJournalMode::Wal)
+        .synchronous(SqliteSynchronous::Full))
+}
+
 /// The machine's SQLite write limit with the store's durability settings
 /// (WAL, `synchronous=FULL`): rows of `row_bytes` inserted `batch` per
 /// transaction (in multi-row statements, as the store writes) into a
@@ -537,12 +572,7 @@ pub async fn sqlite_insert_rate(
         path: path.display().to_string(),
         reason,
     };
-    let opts = SqliteConnectOptions::from_str("sqlite://")
-        .map_err(|e| open_err(e.to_string()))?
-        .filename(path)
-        .create_if_missing(true)
-        .journal_mode(SqliteJournalMode::Wal)
-        .synchronous(SqliteSynchronous::Full);
+    let opts = durable_options(path).map_err(|e| open_err(e.to_string()))?;
     let pool = SqlitePoolOptions::new()
         .max_connections(1)
         .connect_with(opts)
@@ -665,12 +695,8 @@ impl Store {
                 .open(path)
                 .map_err(|e| open_err(e.to_string()))?;
         }
-        let opts = SqliteConnectOptions::from_str("sqlite://")
+        let opts = durable_options(path)
             .map_err(|e| open_err(e.to_string()))?
-            .filename(path)
-            .create_if_missing(true)
-            .journal_mode(SqliteJournalMode::Wal)
-            .synchronous(SqliteSynchronous::Full)
             .foreign_keys(true)
             .busy_timeout(Duration::from_secs(10));
         let pool = SqlitePoolOptions::new()
@@ -788,22 +814,8 @@ impl Store {
         Ok(())
     }
 
-    /// Commits the ledger entries of one batch released to `recipient`, and
-    /// records which indicators (origin, id) it was sent, in one
-    /// transaction: nothing leaves before this returns.
-    pub async fn append_release(
-        &self,
-        entries: &[AuditEntry],
-        recipient: &OrgId,
-        sent: &[(String, String)],
-    ) -> Result<(), StoreError> {
-        self.enqueue_release(entries.to_vec(), recipient, sent.to_vec())
-            .await?
-            .await
-            .unwrap_or_else(|_| Err(writer_stopped()))
-    }
-
-    /// Queues the release records of one batch for the next group commit
+    /// Queues the ledger entries of one batch released to `recipient`, and
+    /// which indicators (origin, id) it was sent, for the next group commit,
     /// and returns at once with what resolves when they are durable, so a
     /// stream can prepare its next batch meanwhile (the batch itself is sent
     /// only after that resolves).
@@ -967,22 +979,9 @@ impl Store {
     async fn write_local_group(&self, group: &[LocalWrite]) -> Vec<Result<u64, StoreError>> {
         let attempt = async {
             let (_writing, mut tx) = self.write_tx().await?;
-            let rows: Vec<&NewIndicator> = group.iter().map(|w| &w.row).collect();
-            let seqs = insert_indicators(&mut tx, &rows, "").await?;
-            let audit: Vec<AuditEntry> = group
-                .iter()
-                .zip(&seqs)
-                .filter(|(_, seq)| seq.is_some())
-                .map(|(w, _)| AuditEntry {
-                    event: event::PUBLISHED,
-                    actor: w.actor.clone(),
-                    partner: String::new(),
-                    subject: subject_of(&w.row.indicator),
-                    rule: String::new(),
-                    detail: String::new(),
-                })
-                .collect();
-            append_audit_tx(&mut tx, &crate::audit::coalesce(audit)).await?;
+            let rows: Vec<(&NewIndicator, &str)> =
+                group.iter().map(|w| (&w.row, w.actor.as_str())).collect();
+            let seqs = insert_local_tx(&mut tx, &rows).await?;
             tx.commit().await?;
             Ok::<_, StoreError>(seqs)
         };
@@ -1027,27 +1026,19 @@ impl Store {
         actor: &str,
     ) -> Result<Vec<u64>, StoreError> {
         let (_writing, mut tx) = self.write_tx().await?;
-        let refs: Vec<&NewIndicator> = rows.iter().collect();
-        let inserted = insert_indicators(&mut tx, &refs, "").await?;
-        let mut seqs = Vec::with_capacity(rows.len());
-        let mut audit = Vec::with_capacity(rows.len());
-        for (row, seq) in rows.iter().zip(inserted) {
-            let seq = seq.ok_or_else(|| StoreError::Duplicate {
-                origin: row.indicator.origin_org.clone(),
-                id: row.indicator.id.clone(),
-                version: row.indicator.version,
-            })?;
-            seqs.push(seq);
-            audit.push(AuditEntry {
-                event: event::PUBLISHED,
-                actor: actor.to_string(),
-                partner: String::new(),
-                subject: subject_of(&row.indicator),
-                rule: String::new(),
-                detail: String::new(),
-            });
-        }
-        append_audit_tx(&mut tx, &crate::audit::coalesce(audit)).await?;
+        let refs: Vec<(&NewIndicator, &str)> = rows.iter().map(|r| (r, actor)).collect();
+        let seqs = insert_local_tx(&mut tx, &refs)
+            .await?
+            .into_iter()
+            .zip(rows)
+            .map(|(seq, row)| {
+                seq.ok_or_else(|| StoreError::Duplicate {
+                    origin: row.indicator.origin_org.clone(),
+                    id: row.indicator.id.clone(),
+                    version: row.indicator.version,
+                })
+            })
+            .collect::<Result<Vec<u64>, _>>()?;
         tx.commit().await?;
         if let Some(last) = seqs.last() {
             self.bump(*last);
@@ -1393,6 +1384,17 @@ impl Store {
         Ok(())
     }
 
+    /// How many envelopes wait in quarantine, per partner they came from.
+    pub async fn quarantine_counts(
+        &self,
+    ) -> Result<std::collections::HashMap<String, u64>, StoreError> {
+        let rows: Vec<(String, i64)> =
+            sqlx::query_as("SELECT upstream_org, COUNT(*) FROM quarantine GROUP BY upstream_org")
+                .fetch_all(&self.pool)
+                .await?;
+        Ok(rows.into_iter().map(|(o, n)| (o, n as u64)).collect())
+    }
+
     /// Every envelope waiting in quarantine, oldest first.
     pub async fn quarantine(&self) -> Result<Vec<QuarantineRow>, StoreError> {
         let rows = sqlx::query(
@@ -1455,6 +1457,16 @@ impl Store {
     /// Drops quarantined envelopes received before `before_ms` (their key
     /// never arrived), each with a ledger row. Returns how many.
     pub async fn expire_quarantine(&self, before_ms: i64) -> Result<u64, StoreError> {
+        // Runs every refresh tick: only take the write lock when there is
+        // something to drop.
+        let due: Option<i64> =
+            sqlx::query_scalar("SELECT 1 FROM quarantine WHERE received_ms < ? LIMIT 1")
+                .bind(before_ms)
+                .fetch_optional(&self.pool)
+                .await?;
+        if due.is_none() {
+            return Ok(0);
+        }
         let (_writing, mut tx) = self.write_tx().await?;
         let rows: Vec<(i64, String, i64, String)> = sqlx::query_as(
             "SELECT id, upstream_org, upstream_seq, key_id FROM quarantine WHERE received_ms < ?",
