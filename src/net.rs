@@ -28,7 +28,9 @@ use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 use tonic::transport::server::Connected;
 use tonic::transport::{Channel, Endpoint, Uri};
 
+use crate::clock::Clock;
 use crate::identity::{IdentityError, SharedTrust, SpiffeId, Usage};
+use crate::rpc::RpcError;
 
 /// How long a client has to complete the TLS handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -52,6 +54,7 @@ pub struct PeerInfo {
 /// revoked while its connection is open is refused on its next RPC.
 pub fn request_gate(
     trust: SharedTrust,
+    clock: Clock,
 ) -> impl FnMut(tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status>
 + Clone
 + Send
@@ -59,19 +62,17 @@ pub fn request_gate(
 + 'static {
     move |req: tonic::Request<()>| {
         let Some(peer) = req.extensions().get::<PeerInfo>() else {
-            return Err(tonic::Status::unauthenticated(
-                "connection has no TLS identity",
-            ));
+            return Err(RpcError::Unauthenticated.into());
         };
         let verdict = match &peer.identity {
             Ok(id) => trust
-                .load()
-                .check_revocation(id, &peer.serial, crate::model::now_unix_ms()),
+                .current()
+                .check_revocation(id, &peer.serial, clock.now_ms()),
             Err(e) => Err(e.clone()),
         };
         verdict
             .map(|()| req)
-            .map_err(|e| tonic::Status::unauthenticated(format!("client certificate refused: {e}")))
+            .map_err(|e| RpcError::CertificateRefused(e).into())
     }
 }
 
@@ -252,6 +253,7 @@ pub fn accept_mtls(
     tls: Arc<ArcSwap<ServerConfig>>,
     trust: SharedTrust,
     conns: Connections,
+    clock: Clock,
 ) -> mpsc::Receiver<Result<PeerConn, io::Error>> {
     let (tx, rx) = mpsc::channel(64);
     tokio::spawn(async move {
@@ -284,7 +286,7 @@ pub fn accept_mtls(
                         return;
                     }
                 };
-                let identity = verify_client(&io, &trust);
+                let identity = verify_client(&io, &trust, clock);
                 let serial = io
                     .get_ref()
                     .1
@@ -322,6 +324,7 @@ pub fn accept_mtls(
 fn verify_client(
     io: &TlsStream<TcpStream>,
     trust: &SharedTrust,
+    clock: Clock,
 ) -> Result<SpiffeId, IdentityError> {
     let certs = io.get_ref().1.peer_certificates().unwrap_or_default();
     let Some((end_entity, intermediates)) = certs.split_first() else {
@@ -330,10 +333,10 @@ fn verify_client(
     let algs = crate::identity::provider()
         .signature_verification_algorithms
         .all;
-    trust.load().verify(
+    trust.current().verify(
         end_entity,
         intermediates,
-        rustls_pki_types::UnixTime::now(),
+        clock.unix_time(),
         Usage::Client,
         algs,
     )

@@ -3,10 +3,10 @@
 
 use tonic::{Code, Request, Status};
 
-use crate::identity::{Role, SpiffeId};
+use crate::identity::{IdentityError, Role, SpiffeId};
 use crate::model::{OrgId, ValidationError};
 use crate::net::PeerInfo;
-use crate::signing::VerifyError;
+use crate::refusal::RefusalKind;
 use crate::store::StoreError;
 
 /// Message of the `Unavailable` status a stream ends with when its node
@@ -19,6 +19,13 @@ pub enum RpcError {
     /// No verified identity on the connection.
     #[error("no verified client certificate on this connection")]
     Unauthenticated,
+    /// The connection's client certificate is refused (revoked, its
+    /// partner suspended, a stale CRL, ...); says why.
+    #[error("client certificate refused: {0}")]
+    CertificateRefused(IdentityError),
+    /// The calling partner may not receive anything now; says why.
+    #[error("{0}")]
+    PartnerRefused(String),
     /// The caller's role or org may not call this RPC.
     #[error("{caller} may not call {rpc}: {needed}")]
     Forbidden {
@@ -58,8 +65,12 @@ pub enum RpcError {
 impl From<RpcError> for Status {
     fn from(e: RpcError) -> Status {
         match &e {
-            RpcError::Unauthenticated => Status::unauthenticated(e.to_string()),
-            RpcError::Forbidden { .. } => Status::permission_denied(e.to_string()),
+            RpcError::Unauthenticated | RpcError::CertificateRefused(_) => {
+                Status::unauthenticated(e.to_string())
+            }
+            RpcError::Forbidden { .. } | RpcError::PartnerRefused(_) => {
+                Status::permission_denied(e.to_string())
+            }
             RpcError::Invalid(_) | RpcError::Missing(_) | RpcError::BadRequest(_) => {
                 Status::invalid_argument(e.to_string())
             }
@@ -76,6 +87,13 @@ impl From<RpcError> for Status {
             RpcError::Store(StoreError::Duplicate { .. }) => {
                 Status::aborted(format!("{e} (updated concurrently); retry"))
             }
+            RpcError::Store(StoreError::DiskFull(_)) => {
+                tracing::error!(error = %e, "the store's disk is full");
+                Status::resource_exhausted(
+                    "the serving node's disk is full; nothing was stored, retry later",
+                )
+            }
+            RpcError::Store(StoreError::WriterStopped) => Status::unavailable(SHUTTING_DOWN),
             RpcError::Store(inner) => {
                 tracing::error!(error = %inner, "storage failure while serving a request");
                 Status::internal("storage failure on the serving node; see its log")
@@ -84,22 +102,19 @@ impl From<RpcError> for Status {
     }
 }
 
-/// The gRPC code an envelope refusal maps to, recorded with the rejection:
-/// authenticity failures are `Unauthenticated`, a key we do not know yet is
-/// `FailedPrecondition` (fixable by registering the card), malformed content
-/// is `InvalidArgument`.
-pub fn verify_code(e: &VerifyError) -> Code {
-    match e {
-        VerifyError::BadSignature { .. }
-        | VerifyError::OriginMismatch { .. }
-        | VerifyError::KeyIdMismatch { .. }
-        | VerifyError::KeyNotValid { .. }
-        | VerifyError::KeyRevoked { .. }
-        | VerifyError::SignatureCount(_) => Code::Unauthenticated,
-        VerifyError::UnknownKey(_) => Code::FailedPrecondition,
-        VerifyError::WrongPayloadType { .. }
-        | VerifyError::TooLarge(_)
-        | VerifyError::Decode(_) => Code::InvalidArgument,
+/// The gRPC code a refusal of a partner's envelope maps to: authenticity
+/// failures are `Unauthenticated`, a key we do not know yet, a rollback or a
+/// version too far ahead are `FailedPrecondition` (fixable by the origin or
+/// by registering its card), malformed content is `InvalidArgument`, an
+/// ingress rule is `PermissionDenied`.
+pub fn refusal_code(kind: RefusalKind) -> Code {
+    match kind {
+        RefusalKind::Unauthentic => Code::Unauthenticated,
+        RefusalKind::UnknownKey | RefusalKind::Rollback | RefusalKind::TooFarAhead => {
+            Code::FailedPrecondition
+        }
+        RefusalKind::Malformed => Code::InvalidArgument,
+        RefusalKind::DeniedByRule => Code::PermissionDenied,
     }
 }
 

@@ -8,7 +8,6 @@ use common::*;
 use threatmesh::identity::{
     RevokedEntry, SpiffeId, cert_serial, certificate_request, generate_ca, issue, sign_crl,
 };
-use threatmesh::model::now_unix_ms;
 use threatmesh::proto::v1::revoke_cert_request::Which;
 use threatmesh::proto::v1::*;
 
@@ -131,7 +130,7 @@ async fn admin_refuses_publishers_partner_nodes_and_partner_admins() {
         denied(
             c.import_crl(ImportCrlRequest {
                 partner: "b.example".into(),
-                crl: crl_of(&b, &[], 1, now_unix_ms(), DAY_MS),
+                crl: crl_of(&b, &[], 1, now_ms(), DAY_MS),
             })
             .await
             .map(drop),
@@ -228,7 +227,7 @@ async fn every_admin_change_is_on_the_ledger_with_the_admins_identity() {
     .unwrap();
     al.import_crl(ImportCrlRequest {
         partner: "b.example".into(),
-        crl: crl_of(&b, &[], 1, now_unix_ms(), DAY_MS),
+        crl: crl_of(&b, &[], 1, now_ms(), DAY_MS),
     })
     .await
     .unwrap();
@@ -337,7 +336,7 @@ async fn a_partner_crl_closes_and_refuses_the_revoked_certificate() {
     let y = Org::new("y.example");
     assert!(reaches_b(&a, &node_a, &node_b, 1).await);
     let b_node = cert_serial(b.node_cert().chain[0].as_ref()).unwrap();
-    let now = now_unix_ms();
+    let now = now_ms();
 
     // Not B's CA: refused, nothing stored.
     let forged = crl_of(&y, std::slice::from_ref(&b_node), 1, now, DAY_MS);
@@ -386,7 +385,7 @@ async fn a_partner_crl_closes_and_refuses_the_revoked_certificate() {
 
 /// A CRL that was due for renewal a day ago, revoking nothing.
 fn stale_crl(b: &Org) -> Vec<u8> {
-    crl_of(b, &[], 1, now_unix_ms() - 2 * DAY_MS, DAY_MS)
+    crl_of(b, &[], 1, now_ms() - 2 * DAY_MS, DAY_MS)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -399,7 +398,7 @@ async fn a_stale_partner_crl_refuses_the_partner_by_default() {
     link_error(&node_b, &a, "CRL expired", 5).await;
     assert!(!reaches_b(&a, &node_a, &node_b, 2).await);
     // A fresh CRL lets B back in; it catches up from its cursor.
-    import_crl(&a, &node_a, &b, crl_of(&b, &[], 2, now_unix_ms(), DAY_MS))
+    import_crl(&a, &node_a, &b, crl_of(&b, &[], 2, now_ms(), DAY_MS))
         .await
         .unwrap();
     assert!(reaches_b(&a, &node_a, &node_b, 3).await);
@@ -422,7 +421,7 @@ async fn a_stale_partner_crl_is_still_enforced_but_accepted_when_configured() {
     );
     // The stale list itself still counts.
     let b_node = cert_serial(b.node_cert().chain[0].as_ref()).unwrap();
-    let old_revoking = crl_of(&b, &[b_node], 2, now_unix_ms() - DAY_MS, 1000);
+    let old_revoking = crl_of(&b, &[b_node], 2, now_ms() - DAY_MS, 1000);
     import_crl(&a, &node_a, &b, old_revoking).await.unwrap();
     link_error(&node_b, &a, "has been revoked by b.example", 5).await;
     node_b.stop().await;

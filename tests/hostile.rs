@@ -9,6 +9,7 @@ use threatmesh::identity::{CertifiedKey, SpiffeId};
 use threatmesh::proto::v1::{
     Envelope, Indicator, IndicatorKind, PublishRequest, SubscribeRequest, Tlp,
 };
+use threatmesh::refusal::RefusalKind;
 use threatmesh::signing::{INDICATOR_PAYLOAD_TYPE, OrgSigningKey};
 use tonic::Code;
 
@@ -207,7 +208,7 @@ async fn invalid_publishes_name_the_field_and_store_nothing() {
 }
 
 fn signed(origin: &str, key: &OrgSigningKey, value: &str) -> Envelope {
-    let now = threatmesh::model::now_unix_ms();
+    let now = common::now_ms();
     let ind = Indicator {
         origin_org: origin.into(),
         key_id: key.key_id().into(),
@@ -275,13 +276,13 @@ async fn tampered_and_forged_envelopes_are_refused_and_the_link_keeps_going() {
     assert_eq!(stored.len(), 1, "only the valid envelope is stored");
     assert_eq!(stored[0].envelope, bytes(&good));
     let rejections = store.rejections().await.unwrap();
-    let summary: Vec<(u64, &str)> = rejections
+    let summary: Vec<(u64, RefusalKind)> = rejections
         .iter()
-        .map(|r| (r.upstream_seq, r.code.as_str()))
+        .map(|r| (r.upstream_seq, r.kind))
         .collect();
     assert_eq!(
         summary,
-        vec![(1, "Unauthenticated"), (2, "Unauthenticated")],
+        vec![(1, RefusalKind::Unauthentic), (2, RefusalKind::Unauthentic)],
         "{rejections:#?}"
     );
     assert!(

@@ -9,6 +9,7 @@ use std::collections::BTreeMap;
 
 use common::*;
 use threatmesh::proto::v1::{IndicatorDraft, Marking, Tlp};
+use threatmesh::refusal::RefusalKind;
 
 const NAMES: [&str; 5] = [
     "a.example",
@@ -376,7 +377,7 @@ async fn rollback_to_an_older_version_is_refused() {
     let b = Org::new("b.example");
     let key = a.signing_key();
     let v = |version: u64| {
-        let now = threatmesh::model::now_unix_ms();
+        let now = common::now_ms();
         let ind = threatmesh::proto::v1::Indicator {
             origin_org: "a.example".into(),
             key_id: key.key_id().into(),
@@ -412,7 +413,7 @@ async fn rollback_to_an_older_version_is_refused() {
     assert_eq!(rows[0].version, 2);
     let rej = node_b.ctx.store.rejections().await.unwrap();
     assert_eq!(rej.len(), 1);
-    assert_eq!(rej[0].code, "FailedPrecondition");
+    assert_eq!(rej[0].kind, RefusalKind::Rollback);
     assert!(rej[0].reason.contains("rollback"), "{}", rej[0].reason);
     assert_eq!(rej[0].upstream_seq, 2);
     node_b.stop().await;
@@ -486,7 +487,7 @@ async fn a_relay_cannot_forge_an_origin_or_downgrade_a_marking() {
     let d = Org::new("d.example");
     let a_key = a.signing_key();
     let c_key = c.signing_key();
-    let now = threatmesh::model::now_unix_ms();
+    let now = common::now_ms();
     let indicator = |origin: &str, key: &threatmesh::signing::OrgSigningKey, value: &str, tlp| {
         hand_made(origin, key, value, tlp, now)
     };
@@ -532,13 +533,10 @@ async fn a_relay_cannot_forge_an_origin_or_downgrade_a_marking() {
     .await;
 
     let rej = store.rejections().await.unwrap();
-    let seen: Vec<(u64, &str)> = rej
-        .iter()
-        .map(|r| (r.upstream_seq, r.code.as_str()))
-        .collect();
+    let seen: Vec<(u64, RefusalKind)> = rej.iter().map(|r| (r.upstream_seq, r.kind)).collect();
     assert_eq!(
         seen,
-        [(1, "Unauthenticated"), (2, "Unauthenticated")],
+        [(1, RefusalKind::Unauthentic), (2, RefusalKind::Unauthentic)],
         "{rej:#?}"
     );
     assert!(
@@ -689,8 +687,9 @@ async fn a_signing_key_rotation_mid_stream_and_the_old_keys_revocation() {
     // C took A's new card through B: both keys, the old one retired.
     let old_at_c = node_c
         .ctx
-        .keys
+        .view
         .load()
+        .keys
         .get(old_key.key_id())
         .cloned()
         .unwrap();
@@ -698,8 +697,9 @@ async fn a_signing_key_rotation_mid_stream_and_the_old_keys_revocation() {
     assert!(
         node_c
             .ctx
-            .keys
+            .view
             .load()
+            .keys
             .get(a.signing_key().key_id())
             .is_some()
     );
@@ -713,8 +713,9 @@ async fn a_signing_key_rotation_mid_stream_and_the_old_keys_revocation() {
     assert!(
         node_c
             .ctx
-            .keys
+            .view
             .load()
+            .keys
             .get(old_key.key_id())
             .unwrap()
             .revoked
@@ -723,7 +724,7 @@ async fn a_signing_key_rotation_mid_stream_and_the_old_keys_revocation() {
     // An indicator under the old key, dated before the rotation, relayed to
     // C by a new partner R: refused.
     let r = Org::new("r.example");
-    let now = threatmesh::model::now_unix_ms();
+    let now = common::now_ms();
     let stale = hand_made(
         "a.example",
         &old_key,
@@ -749,7 +750,7 @@ async fn a_signing_key_rotation_mid_stream_and_the_old_keys_revocation() {
     .await;
     let rej = store.rejections().await.unwrap();
     assert_eq!(rej.len(), 1);
-    assert_eq!(rej[0].code, "Unauthenticated");
+    assert_eq!(rej[0].kind, RefusalKind::Unauthentic);
     assert!(
         rej[0].reason.contains("has been revoked"),
         "{}",

@@ -224,8 +224,9 @@ async fn a_tightened_policy_applies_to_the_live_stream_and_the_unsent_backlog() 
     wait_until(10, "A to load version 2 of B's policy", || {
         let (ctx, b_id) = (ctx.clone(), b_id.clone());
         async move {
-            ctx.policies
+            ctx.view
                 .load()
+                .policies
                 .get(&b_id)
                 .is_some_and(|p| p.version == 2)
         }

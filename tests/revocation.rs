@@ -69,7 +69,7 @@ async fn a_revoked_publisher_is_refused_on_its_next_rpc() {
         String::from_utf8_lossy(&o.stdout)
     );
     let serial = threatmesh::identity::cert_serial(a.publisher_cert().chain[0].as_ref()).unwrap();
-    assert!(node.ctx.trust.load().is_revoked(&serial));
+    assert!(node.ctx.view.load().trust.is_revoked(&serial));
 
     // The same client, next RPC (its connection was closed, so it dials
     // again): refused, with the reason.

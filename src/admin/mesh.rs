@@ -163,9 +163,9 @@ impl AdminService {
     }
 }
 
-fn node_error(e: crate::node::NodeError) -> RpcError {
+fn node_error(e: crate::context::NodeError) -> RpcError {
     match e {
-        crate::node::NodeError::Store(s) => RpcError::Store(s),
+        crate::context::NodeError::Store(s) => RpcError::Store(s),
         other => RpcError::Precondition(other.to_string()),
     }
 }

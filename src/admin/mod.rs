@@ -13,9 +13,9 @@ use std::sync::Arc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
+use crate::context::NodeContext;
 use crate::exchange::{decode_stored, stream_log};
 use crate::identity::SpiffeId;
-use crate::node::NodeContext;
 use crate::proto::v1::admin_server::Admin;
 use crate::proto::v1::*;
 use crate::rpc::{Allowed, RpcError, authorize};
@@ -42,10 +42,12 @@ impl AdminService {
     /// Applies a stored change to the running node now, rather than at the
     /// next refresh tick.
     async fn apply_now(&self) -> Result<(), RpcError> {
-        self.ctx.reload_peers().await.map_err(|e| match e {
-            crate::node::NodeError::Store(s) => RpcError::Store(s),
-            other => RpcError::Precondition(other.to_string()),
-        })?;
+        crate::federation::apply_trust_change(&self.ctx)
+            .await
+            .map_err(|e| match e {
+                crate::context::NodeError::Store(s) => RpcError::Store(s),
+                other => RpcError::Precondition(other.to_string()),
+            })?;
         Ok(())
     }
 }

@@ -5,7 +5,7 @@ use prost::Message;
 use super::AdminService;
 use crate::exchange::{Identity, assemble, decode_stored};
 use crate::identity::{SpiffeId, VerifiedCard, check_endpoint, open_card};
-use crate::model::{OrgId, now_unix_ms, prepare_draft};
+use crate::model::{OrgId, prepare_draft};
 use crate::policy::{Decision, egress, parse_policy};
 use crate::proto::v1::explain_policy_request::Subject;
 use crate::proto::v1::{
@@ -98,7 +98,7 @@ impl AdminService {
         let card = Envelope::decode(p.card.as_slice())
             .ok()
             .and_then(|e| open_card(&e).ok());
-        let trust = self.ctx.trust.load();
+        let trust = self.ctx.view.load().trust.clone();
         let crl = trust.crl(&p.org);
         Ok(Peer {
             org: p.org.to_string(),
@@ -315,7 +315,7 @@ impl AdminService {
                 )
             }
             Some(Subject::Draft(d)) => {
-                let now = now_unix_ms();
+                let now = self.ctx.clock.now_ms();
                 let d = prepare_draft(&d, now)?;
                 let at = Identity {
                     id: String::new(),
@@ -332,9 +332,16 @@ impl AdminService {
         // The policy as the send path would use it: bound, latest version,
         // and only while the partner is active.
         let policy = (peer.state == PeerState::Active)
-            .then(|| self.ctx.policies.load().get(&partner).cloned())
+            .then(|| self.ctx.view.load().policies.get(&partner).cloned())
             .flatten();
-        let d = egress(own, &ind, hops, &partner, policy.as_deref(), now_unix_ms());
+        let d = egress(
+            own,
+            &ind,
+            hops,
+            &partner,
+            policy.as_deref(),
+            self.ctx.clock.now_ms(),
+        );
         let (allow, reason) = match &d {
             Decision::Allow { .. } => (true, String::new()),
             Decision::Deny { reason, .. } => (false, reason.clone()),

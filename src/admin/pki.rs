@@ -4,7 +4,6 @@ use super::AdminService;
 use crate::identity::{
     RevokedEntry, SpiffeId, issue, issue_for_csr, open_crl, sign_crl, write_atomic,
 };
-use crate::model::now_unix_ms;
 use crate::proto::v1::revoke_cert_request::Which;
 use crate::proto::v1::{
     CertRecord, CertRole, CrlResponse, ImportCrlRequest, IssueCertRequest, ListCertsResponse,
@@ -208,7 +207,7 @@ impl AdminService {
             .store
             .next_crl_number(revoked.len(), &who.to_string())
             .await?;
-        let now = now_unix_ms();
+        let now = self.ctx.clock.now_ms();
         let validity = i64::from(self.ctx.settings.revocation.crl_validity_days) * 24 * 3_600_000;
         let pem = sign_crl(&ca_cert, &ca_key, &revoked, number, now, validity)
             .map_err(|e| RpcError::Precondition(e.to_string()))?;

@@ -6,6 +6,8 @@
 //! edited row breaks its own hash; a deleted or reordered row breaks the link
 //! of the row after it; a deleted tail no longer matches the recorded head.
 
+mod entries;
+
 use ring::digest::{Context, SHA256};
 
 /// Kinds of events the ledger records.

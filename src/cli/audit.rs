@@ -128,7 +128,8 @@ pub async fn run(config: &Path, conn: &ClientArgs, cmd: &AuditCommand) -> Result
                     settings.store.path.display()
                 )));
             }
-            let store = Store::open_sqlite(&settings.store.path).await?;
+            let store =
+                Store::open_sqlite(&settings.store.path, crate::clock::Clock::system()).await?;
             let result = store.verify_audit().await;
             store.close().await;
             match result? {

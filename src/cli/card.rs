@@ -41,14 +41,24 @@ pub async fn run(config: &Path, cmd: &CardCommand) -> Result<(), CliError> {
             // After a key rotation the card must also carry the retired
             // keys, which only the store records (read, not changed).
             let keys = if settings.store.path.is_file() {
-                let store = crate::store::Store::open_sqlite(&settings.store.path).await?;
+                let store = crate::store::Store::open_sqlite(
+                    &settings.store.path,
+                    crate::clock::Clock::system(),
+                )
+                .await?;
                 let keys = store.own_signing_keys().await;
                 store.close().await;
                 keys?
             } else {
                 Vec::new()
             };
-            let json = envelope_to_json(&own_card_with_keys(&settings, &key, &ca_pem, &keys));
+            let json = envelope_to_json(&own_card_with_keys(
+                &settings,
+                &key,
+                &ca_pem,
+                &keys,
+                super::now_ms(),
+            ));
             match out {
                 Some(p) => {
                     write_file(p, json.as_bytes(), false)?;

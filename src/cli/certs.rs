@@ -183,7 +183,7 @@ pub async fn run(config: &Path, conn: &ClientArgs, cmd: &CertsCommand) -> Result
                 for c in &certs {
                     let status = if c.revoked {
                         format!("revoked ({})", c.revocation_reason)
-                    } else if c.not_after_unix_ms < crate::model::now_unix_ms() {
+                    } else if c.not_after_unix_ms < super::now_ms() {
                         "expired".into()
                     } else {
                         "valid".into()

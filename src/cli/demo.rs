@@ -20,7 +20,7 @@ use super::publish::DraftInput;
 use super::{CliError, init_logging};
 use crate::config::Settings;
 use crate::exchange::decode_stored;
-use crate::model::{OrgId, kind_name, now_unix_ms, tlp_name};
+use crate::model::{OrgId, kind_name, tlp_name};
 use crate::node::{Node, NodeContext, load_signing_key, own_card};
 use crate::policy::{self, Decision};
 use crate::proto::v1::PublishRequest;
@@ -203,10 +203,16 @@ pub async fn run_demo(args: &DemoArgs) -> Result<DemoSummary, CliError> {
     for o in &orgs {
         let ca = std::fs::read_to_string(&o.settings.tls.ca_cert)
             .map_err(|e| CliError::Failed(e.to_string()))?;
-        cards.push(own_card(&o.settings, &load_signing_key(&o.settings)?, &ca));
+        cards.push(own_card(
+            &o.settings,
+            &load_signing_key(&o.settings)?,
+            &ca,
+            super::now_ms(),
+        ));
     }
     for (i, o) in orgs.iter().enumerate() {
-        let store = Store::open_sqlite(&o.settings.store.path).await?;
+        let store =
+            Store::open_sqlite(&o.settings.store.path, crate::clock::Clock::system()).await?;
         for doc in POLICIES {
             let name = crate::policy::parse_policy(doc)
                 .map_err(|e| CliError::Failed(e.to_string()))?
@@ -279,10 +285,10 @@ pub async fn run_demo(args: &DemoArgs) -> Result<DemoSummary, CliError> {
             .ok_or_else(|| CliError::Failed(format!("{id} missing at its origin")))?;
         let ind = decode_stored(&row.envelope).map_err(CliError::Failed)?;
         let mut per_partner = Vec::new();
-        let policies = contexts[*who].policies.load();
+        let view = contexts[*who].view.load();
         for (to, p) in orgs.iter().enumerate().filter(|(i, _)| i != who) {
-            let bound = policies.get(&p.id).map(|x| x.as_ref());
-            let d = policy::egress(&orgs[*who].id, &ind, 0, &p.id, bound, now_unix_ms());
+            let bound = view.policies.get(&p.id).map(|x| x.as_ref());
+            let d = policy::egress(&orgs[*who].id, &ind, 0, &p.id, bound, super::now_ms());
             if d.is_allow() {
                 expected.entry(to).or_default().insert(id.clone());
             }
@@ -382,7 +388,8 @@ pub async fn run_demo(args: &DemoArgs) -> Result<DemoSummary, CliError> {
     }
     // Every decision above is on each node's ledger; check the chains.
     for o in &orgs {
-        let store = Store::open_sqlite(&o.settings.store.path).await?;
+        let store =
+            Store::open_sqlite(&o.settings.store.path, crate::clock::Clock::system()).await?;
         let verdict = store.verify_audit().await?;
         store.close().await;
         match verdict {

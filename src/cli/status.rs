@@ -7,7 +7,6 @@ use clap::Args;
 
 use super::CliError;
 use super::client::rpc_error;
-use crate::model::now_unix_ms;
 use crate::proto::v1::StatusRequest;
 
 /// Arguments of `threatmesh status`.
@@ -22,7 +21,7 @@ fn ago(ms: i64) -> String {
     if ms == 0 {
         return "-".into();
     }
-    let s = (now_unix_ms() - ms).max(0) / 1000;
+    let s = (super::now_ms() - ms).max(0) / 1000;
     match s {
         0..=59 => format!("{s}s ago"),
         60..=3599 => format!("{}m ago", s / 60),

@@ -9,27 +9,28 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
-use crate::audit::{AuditEntry, event};
-use crate::model::{OrgId, now_unix_ms, prepare_draft, validate_indicator};
-use crate::node::NodeContext;
+use crate::audit::AuditEntry;
+use crate::context::NodeContext;
+use crate::model::{OrgId, prepare_draft, validate_indicator};
 use crate::policy::{self, Decision, PartnerPolicy};
 use crate::proto::v1::exchange_server::Exchange;
 use crate::proto::v1::{
-    Delivery, Envelope, GetCardRequest, GetCardResponse, Indicator, IndicatorDraft, PublishRequest,
+    Delivery, GetCardRequest, GetCardResponse, Indicator, IndicatorDraft, PublishRequest,
     PublishResponse, SubscribeRequest, SubscribeResponse,
 };
 use crate::rpc::{Allowed, RpcError, authorize};
 use crate::signing::INDICATOR_PAYLOAD_TYPE;
 use crate::store::{NewIndicator, StoredIndicator};
 
-/// Decodes the indicator inside a stored envelope. Stored bytes were
-/// verified (or signed) before they were written, so this only decodes.
-pub fn decode_stored(envelope: &[u8]) -> Result<Indicator, String> {
-    let env = Envelope::decode(envelope).map_err(|e| format!("envelope: {e}"))?;
-    if env.payload_type != INDICATOR_PAYLOAD_TYPE {
-        return Err(format!("unexpected payload type {}", env.payload_type));
-    }
-    Indicator::decode(env.payload.as_slice()).map_err(|e| format!("payload: {e}"))
+pub use crate::signing::decode_stored;
+
+/// The indicator of a stored row, decoded once per row however many
+/// streams release it (the store's shared tail hands every live stream the
+/// same cell).
+pub fn decoded(row: &StoredIndicator) -> Result<Arc<Indicator>, String> {
+    row.decoded
+        .get_or_init(|| decode_stored(&row.envelope).map(Arc::new))
+        .clone()
 }
 
 /// Which indicator and version a publish produces.
@@ -104,14 +105,10 @@ pub fn release(
     if row.origin_org == recipient.as_str() || row.path.iter().any(|o| o == recipient.as_str()) {
         return Release::Skip;
     }
-    let decoded = match &row.decoded {
-        Some(ind) => Ok(ind.clone()),
-        None => decode_stored(&row.envelope).map(Arc::new),
-    };
-    let (decision, subject) = match decoded {
+    let (decision, subject) = match decoded(row) {
         Ok(ind) => {
             let hops = u32::try_from(row.path.len()).unwrap_or(u32::MAX);
-            let subject = format!("{}/{}#{}", ind.origin_org, ind.id, ind.version);
+            let subject = AuditEntry::indicator_subject(&ind.origin_org, &ind.id, ind.version);
             let d = policy::retraction(&ind, previously_sent)
                 .unwrap_or_else(|| policy::egress(own, &ind, hops, recipient, policy, now_ms));
             (d, subject)
@@ -130,14 +127,7 @@ pub fn release(
     match decision {
         Decision::Allow { rule } => {
             tracing::trace!(seq = row.seq, partner = %recipient, rule, "released");
-            let entry = AuditEntry {
-                event: event::SENT,
-                actor: "node".into(),
-                partner: recipient.to_string(),
-                subject,
-                rule: rule.into(),
-                detail: policy_ref,
-            };
+            let entry = AuditEntry::sent(recipient.as_str(), subject, rule, policy_ref);
             let mut path = row.path.clone();
             path.push(own.to_string());
             let delivery = Delivery {
@@ -149,14 +139,8 @@ pub fn release(
         }
         Decision::Deny { rule, reason } => {
             tracing::debug!(seq = row.seq, partner = %recipient, rule, %reason, "withheld");
-            let entry = AuditEntry {
-                event: event::WITHHELD,
-                actor: "node".into(),
-                partner: recipient.to_string(),
-                subject,
-                rule: rule.into(),
-                detail: format!("{reason} ({policy_ref})"),
-            };
+            let why = format!("{reason} ({policy_ref})");
+            let entry = AuditEntry::withheld(recipient.as_str(), subject, rule, why);
             Release::Withhold(entry)
         }
     }
@@ -348,7 +332,7 @@ impl ExchangeService {
             .into_inner()
             .indicator
             .ok_or(RpcError::Missing("indicator"))?;
-        let now = now_unix_ms();
+        let now = ctx.clock.now_ms();
         let d = prepare_draft(&draft, now)?;
         let (id, version, created) = if d.id.is_empty() {
             (uuid::Uuid::new_v4().to_string(), 1, now)
@@ -427,7 +411,7 @@ impl Exchange for ExchangeService {
         tracing::info!(partner = %caller.org, from, "subscription opened");
         let partner = caller.org;
         if let Some(why) = ctx.partner_refused(&partner) {
-            return Err(Status::permission_denied(why));
+            return Err(RpcError::PartnerRefused(why).into());
         }
         let gate = ctx.clone();
         let check = (ctx.clone(), partner.clone());
@@ -435,7 +419,7 @@ impl Exchange for ExchangeService {
             check
                 .0
                 .partner_refused(&check.1)
-                .map(Status::permission_denied)
+                .map(|why| RpcError::PartnerRefused(why).into())
         };
         let recipient = Some(partner.clone());
         // Card versions this stream has carried, per org.
@@ -447,10 +431,10 @@ impl Exchange for ExchangeService {
             recipient,
             refused,
             move |rows, last, before| {
-                let policies = gate.policies.load();
-                let policy = policies.get(&partner).map(|p| p.as_ref());
-                let known_cards = gate.cards.load();
-                let now = now_unix_ms();
+                let view = gate.view.load();
+                let policy = view.policies.get(&partner).map(|p| p.as_ref());
+                let known_cards = &view.cards;
+                let now = gate.clock.now_ms();
                 let mut deliveries = Vec::new();
                 let mut cards = Vec::new();
                 let mut audit = Vec::with_capacity(rows.len());

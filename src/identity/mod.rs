@@ -23,7 +23,8 @@ pub use pki::{
 };
 pub use spiffe::{Role, SpiffeId};
 pub use tls::{
-    CertifiedKey, SharedTrust, client_config, install_default_provider, provider, server_config,
+    CertifiedKey, SharedTrust, TrustSource, client_config, install_default_provider, provider,
+    server_config,
 };
 pub use trust::{TrustStore, Usage, cert_serial, cert_validity_ms, fingerprint, parse_ca_bundle};
 

@@ -19,8 +19,22 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 
 use super::{IdentityError, Role, SpiffeId, TrustStore, Usage};
 
+/// Where verifiers read the trust store current at the moment of a
+/// handshake or request; the node swaps what it returns when partners,
+/// revocations or CRLs change.
+pub trait TrustSource: Send + Sync + std::fmt::Debug {
+    /// The trust store in force now.
+    fn current(&self) -> Arc<TrustStore>;
+}
+
+impl TrustSource for ArcSwap<TrustStore> {
+    fn current(&self) -> Arc<TrustStore> {
+        self.load_full()
+    }
+}
+
 /// The trust store, shared between verifiers and swapped on changes.
-pub type SharedTrust = Arc<ArcSwap<TrustStore>>;
+pub type SharedTrust = Arc<dyn TrustSource>;
 
 /// The ring crypto provider (the only one compiled in).
 pub fn provider() -> Arc<CryptoProvider> {
@@ -156,7 +170,7 @@ impl ServerCertVerifier for NodeCertVerifier {
         _ocsp_response: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        let trust = self.trust.load();
+        let trust = self.trust.current();
         let id = trust
             .verify(end_entity, intermediates, now, Usage::Server, self.algs.all)
             .map_err(refuse)?;

@@ -10,11 +10,3 @@ pub use indicator::{
     validate_marking,
 };
 pub use org::{OrgId, OrgIdError};
-
-/// Milliseconds since the Unix epoch, for callers at the I/O edge.
-pub fn now_unix_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}

@@ -292,6 +292,16 @@ pub fn verify<'e, 'k>(
     Ok((&env.payload, key))
 }
 
+/// Decodes the indicator inside a stored envelope. Stored bytes were
+/// verified (or signed) before they were written, so this only decodes.
+pub fn decode_stored(envelope: &[u8]) -> Result<Indicator, String> {
+    let env = Envelope::decode(envelope).map_err(|e| format!("envelope: {e}"))?;
+    if env.payload_type != INDICATOR_PAYLOAD_TYPE {
+        return Err(format!("unexpected payload type {}", env.payload_type));
+    }
+    Indicator::decode(env.payload.as_slice()).map_err(|e| format!("payload: {e}"))
+}
+
 /// Verifies, then decodes exactly the verified bytes as an [`Indicator`], and
 /// checks the payload agrees with the signature: origin = key owner, key id
 /// = signing key, timestamp inside the key's validity.

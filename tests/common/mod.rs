@@ -18,9 +18,11 @@ use tonic::transport::{Channel, Server};
 use tonic::{Request, Response, Status};
 
 use threatmesh::cli::init::{InitArgs, init_org};
+use threatmesh::clock::Clock;
 use threatmesh::config::Settings;
 use threatmesh::identity::{
-    CertifiedKey, IssuedCert, SpiffeId, TrustStore, client_config, issue, server_config,
+    CertifiedKey, IssuedCert, SharedTrust, SpiffeId, TrustStore, client_config, issue,
+    server_config,
 };
 use threatmesh::model::OrgId;
 use threatmesh::node::{Node, NodeContext, NodeError, load_signing_key, own_card};
@@ -99,7 +101,12 @@ impl Org {
 
     /// This org's signed card.
     pub fn card(&self) -> Envelope {
-        own_card(&self.settings, &self.signing_key(), &self.ca_pem())
+        own_card(
+            &self.settings,
+            &self.signing_key(),
+            &self.ca_pem(),
+            now_ms(),
+        )
     }
 
     pub fn publisher_cert(&self) -> CertifiedKey {
@@ -143,7 +150,9 @@ impl Org {
         policy: Option<&str>,
         introducer: bool,
     ) {
-        let store = Store::open_sqlite(&self.settings.store.path).await.unwrap();
+        let store = Store::open_sqlite(&self.settings.store.path, Clock::system())
+            .await
+            .unwrap();
         let ep = dial.map(|a| a.to_string()).unwrap_or_default();
         threatmesh::admin::register_peer(
             &self.id,
@@ -162,7 +171,9 @@ impl Org {
     /// Applies a policy document; returns its name.
     pub async fn apply_policy(&self, doc: &str) -> String {
         let name = threatmesh::policy::parse_policy(doc).unwrap().name;
-        let store = Store::open_sqlite(&self.settings.store.path).await.unwrap();
+        let store = Store::open_sqlite(&self.settings.store.path, Clock::system())
+            .await
+            .unwrap();
         store.apply_policy(&name, doc, "test").await.unwrap();
         store.close().await;
         name
@@ -170,7 +181,9 @@ impl Org {
 
     /// Opens this org's store directly (a second handle, as an operator would).
     pub async fn store(&self) -> Store {
-        Store::open_sqlite(&self.settings.store.path).await.unwrap()
+        Store::open_sqlite(&self.settings.store.path, Clock::system())
+            .await
+            .unwrap()
     }
 }
 
@@ -493,7 +506,7 @@ impl RogueUpstream {
         for t in trusts {
             trust.set_partner(t.id.clone(), &t.ca_pem()).unwrap();
         }
-        let trust = Arc::new(ArcSwap::from_pointee(trust));
+        let trust: SharedTrust = Arc::new(ArcSwap::from_pointee(trust));
         let gate_trust = trust.clone();
         let tls = Arc::new(ArcSwap::new(server_config(&org.node_cert()).unwrap()));
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -503,6 +516,7 @@ impl RogueUpstream {
             tls,
             trust,
             threatmesh::net::Connections::default(),
+            Clock::system(),
         ));
         let deliveries = envelopes
             .into_iter()
@@ -520,7 +534,7 @@ impl RogueUpstream {
         tokio::spawn(
             Server::builder()
                 .layer(tonic::service::InterceptorLayer::new(
-                    threatmesh::net::request_gate(gate_trust),
+                    threatmesh::net::request_gate(gate_trust, Clock::system()),
                 ))
                 .add_service(ExchangeServer::new(svc))
                 .serve_with_incoming_shutdown(incoming, async move {
@@ -769,4 +783,9 @@ pub fn cli(org: &Org, node: &RunningNode, args: &[&str]) -> std::process::Output
         .args(args)
         .output()
         .unwrap()
+}
+
+/// The wall clock now, in Unix ms.
+pub fn now_ms() -> i64 {
+    Clock::system().now_ms()
 }

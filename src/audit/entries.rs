@@ -1,0 +1,238 @@
+//! Named constructors for every kind of ledger row, so each row's fields
+//! are chosen in one place.
+
+use super::{AuditEntry, event};
+
+/// The actor of decisions the node takes by itself.
+const NODE: &str = "node";
+
+impl AuditEntry {
+    fn of(
+        event: &'static str,
+        actor: &str,
+        partner: &str,
+        subject: String,
+        rule: &str,
+        detail: String,
+    ) -> Self {
+        Self {
+            event,
+            actor: actor.to_string(),
+            partner: partner.to_string(),
+            subject,
+            rule: rule.to_string(),
+            detail,
+        }
+    }
+
+    /// `origin/id#version`, the subject of rows about one indicator version.
+    pub fn indicator_subject(origin: &str, id: &str, version: u64) -> String {
+        format!("{origin}/{id}#{version}")
+    }
+
+    /// An indicator version released to `partner` under `rule`.
+    pub fn sent(partner: &str, subject: String, rule: &str, policy_ref: String) -> Self {
+        Self::of(event::SENT, NODE, partner, subject, rule, policy_ref)
+    }
+
+    /// An indicator version withheld from `partner` by `rule`.
+    pub fn withheld(partner: &str, subject: String, rule: &str, why: String) -> Self {
+        Self::of(event::WITHHELD, NODE, partner, subject, rule, why)
+    }
+
+    /// A version published here by `actor`.
+    pub fn published(actor: &str, subject: String) -> Self {
+        Self::of(event::PUBLISHED, actor, "", subject, "", String::new())
+    }
+
+    /// A version from `partner` accepted under ingress `rule`.
+    pub fn accepted(partner: &str, subject: String, rule: &str, path: &[String]) -> Self {
+        let detail = format!("path {}", path.join(" > "));
+        Self::of(event::ACCEPTED, NODE, partner, subject, rule, detail)
+    }
+
+    /// An envelope from `partner` (its `seq` there) refused as `kind`.
+    pub fn rejected(partner: &str, seq: u64, kind: &str, reason: &str) -> Self {
+        let subject = format!("{partner} seq {seq}");
+        Self::of(event::REJECTED, NODE, partner, subject, kind, reason.into())
+    }
+
+    /// An envelope from `partner` put in quarantine until `key_id` is known.
+    pub fn quarantined(partner: &str, seq: u64, key_id: &str, path: &[String]) -> Self {
+        let subject = format!("{partner} seq {seq}");
+        let detail = format!("signed by unknown key {key_id} (path {})", path.join(" > "));
+        Self::of(
+            event::QUARANTINED,
+            NODE,
+            partner,
+            subject,
+            "unknown-signing-key",
+            detail,
+        )
+    }
+
+    /// A quarantined envelope dropped because its key never arrived.
+    pub fn quarantine_expired(partner: &str, seq: u64, key_id: &str) -> Self {
+        let subject = format!("{partner} seq {seq}");
+        let detail = format!("key {key_id} unknown until the quarantine time ran out; dropped");
+        Self::of(
+            event::QUARANTINE_EXPIRED,
+            NODE,
+            partner,
+            subject,
+            "signing-key-never-arrived",
+            detail,
+        )
+    }
+
+    /// A card of `org` (a directory org) stored as `event` by `actor`.
+    pub fn directory_card(
+        event: &'static str,
+        actor: &str,
+        org: &str,
+        version: u64,
+        via: &str,
+        key_ids: &[&str],
+    ) -> Self {
+        let detail = format!("via {via}; keys {}", key_ids.join(", "));
+        Self::of(event, actor, org, format!("card v{version}"), "", detail)
+    }
+
+    /// A partner's newer card, signed by its current key, taken via `via`.
+    pub fn card_updated(org: &str, version: u64, via: &str) -> Self {
+        Self::of(
+            event::CARD_UPDATED,
+            NODE,
+            org,
+            format!("card v{version}"),
+            "signed-by-current-key",
+            format!("via {via}"),
+        )
+    }
+
+    /// A card of `org` that arrived via `via` and was refused.
+    pub fn card_refused(org: &str, via: &str, why: String) -> Self {
+        Self::of(
+            event::CARD_REFUSED,
+            NODE,
+            org,
+            format!("card via {via}"),
+            "",
+            why,
+        )
+    }
+
+    /// Our signing key `old` replaced by `new` at `at_ms`.
+    pub fn signing_key_rotated(actor: &str, old: &str, new: &str, at_ms: i64) -> Self {
+        Self::of(
+            event::SIGNING_KEY,
+            actor,
+            "",
+            format!("rotated {old} -> {new}"),
+            "",
+            format!("{old} signs nothing dated from {at_ms} (Unix ms) on"),
+        )
+    }
+
+    /// Our retired signing key `key_id` revoked.
+    pub fn signing_key_revoked(actor: &str, key_id: &str) -> Self {
+        Self::of(
+            event::SIGNING_KEY,
+            actor,
+            "",
+            format!("revoked {key_id}"),
+            "",
+            "nothing newly received under it is accepted".into(),
+        )
+    }
+
+    /// Partner `org` registered (or its card replaced) by `actor`.
+    pub fn peer_registered(
+        actor: &str,
+        org: &str,
+        version: u64,
+        endpoint: &str,
+        introducer: bool,
+    ) -> Self {
+        Self::of(
+            event::PEER_REGISTERED,
+            actor,
+            org,
+            format!("card v{version}"),
+            "",
+            format!("endpoint '{endpoint}', introducer {introducer}"),
+        )
+    }
+
+    /// Partner `org` bound to policy `name`.
+    pub fn peer_policy(actor: &str, org: &str, name: &str) -> Self {
+        Self::of(
+            event::PEER_POLICY,
+            actor,
+            org,
+            name.into(),
+            "",
+            String::new(),
+        )
+    }
+
+    /// Partner `org` moved from state `before` to `after`.
+    pub fn peer_state(actor: &str, org: &str, after: &str, before: &str) -> Self {
+        let detail = format!("was {before}");
+        Self::of(event::PEER_STATE, actor, org, after.into(), "", detail)
+    }
+
+    /// Partner `org`'s endpoint or introducer flag changed.
+    pub fn peer_updated(actor: &str, org: &str, now: (&str, bool), was: (&str, bool)) -> Self {
+        Self::of(
+            event::PEER_UPDATED,
+            actor,
+            org,
+            format!("endpoint '{}', introducer {}", now.0, now.1),
+            "",
+            format!("was endpoint '{}', introducer {}", was.0, was.1),
+        )
+    }
+
+    /// Version `version` of policy `name` applied.
+    pub fn policy_applied(actor: &str, name: &str, version: u64) -> Self {
+        let subject = format!("{name}@{version}");
+        Self::of(event::POLICY_APPLIED, actor, "", subject, "", String::new())
+    }
+
+    /// One of our certificates issued (or first seen).
+    pub fn cert_issued(actor: &str, spiffe_id: &str, serial: &str, not_after_ms: i64) -> Self {
+        Self::of(
+            event::CERT_ISSUED,
+            actor,
+            "",
+            format!("{spiffe_id} serial {serial}"),
+            "",
+            format!("valid until {not_after_ms} (Unix ms)"),
+        )
+    }
+
+    /// One of our certificates revoked.
+    pub fn cert_revoked(actor: &str, spiffe_id: &str, serial: &str, reason: &str) -> Self {
+        let subject = format!("{spiffe_id} serial {serial}");
+        Self::of(event::CERT_REVOKED, actor, "", subject, "", reason.into())
+    }
+
+    /// Our CRL number `number` signed with `revoked` entries.
+    pub fn crl_signed(actor: &str, number: i64, revoked: usize) -> Self {
+        Self::of(
+            event::CRL_SIGNED,
+            actor,
+            "",
+            format!("CRL number {number}"),
+            "",
+            format!("{revoked} revoked"),
+        )
+    }
+
+    /// A partner's CRL imported.
+    pub fn crl_imported(actor: &str, org: &str, this_update_ms: i64, summary: &str) -> Self {
+        let subject = format!("thisUpdate {this_update_ms}");
+        Self::of(event::CRL_IMPORTED, actor, org, subject, "", summary.into())
+    }
+}

@@ -1,0 +1,497 @@
+//! `threatmesh bench`: one command that measures, in one run on this
+//! machine, the primitives that bound ThreatMesh (Ed25519 sign and verify
+//! on one core and all cores, durable SQLite inserts) and the node itself
+//! over real mutual TLS on loopback with `synchronous=FULL`: publish
+//! throughput, peer ingest of a backlog, end-to-end latency over two hops,
+//! and fan-out to many subscribers with differing policies (with peak RSS
+//! and the memory of a subscriber that stops reading). Every node figure is
+//! also given as a ratio to the primitive that bounds it, because the
+//! machines are shared and noisy.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use futures_util::StreamExt;
+use prost::Message;
+use serde::Serialize;
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tonic::transport::Channel;
+
+use crate::cli::init::{InitArgs, init_org};
+use crate::config::Settings;
+use crate::exchange::{Identity, assemble};
+use crate::identity::{
+    CertifiedKey, SpiffeId, TrustStore, client_config, generate_ca, issue, seal_card,
+};
+use crate::model::{OrgId, prepare_draft};
+use crate::node::{Node, NodeContext, load_signing_key};
+use crate::policy::{PartnerPolicy, parse_policy};
+use crate::proto::v1::exchange_client::ExchangeClient;
+use crate::proto::v1::{
+    Envelope, IndicatorDraft, IndicatorKind, Marking, PublishRequest, SubscribeRequest, Tlp,
+};
+use crate::signing::{INDICATOR_PAYLOAD_TYPE, OrgSigningKey};
+use crate::store::{NewIndicator, Store};
+
+mod phases;
+mod primitives;
+
+use phases::*;
+use primitives::*;
+
+/// Sizes of one run; the defaults finish in a few minutes on 2 cores.
+#[derive(Debug, Clone)]
+pub struct BenchOptions {
+    /// Indicators published through the Publish RPC.
+    pub publish: u64,
+    /// Publish requests in flight.
+    pub in_flight: usize,
+    /// Backlog the subscriber catches up on.
+    pub backlog: u64,
+    /// Publish rate of the latency run (indicators per second).
+    pub latency_rate: u64,
+    /// Duration of the latency run (seconds).
+    pub latency_secs: u64,
+    /// Subscribers of the fan-out run.
+    pub subscribers: usize,
+    /// Indicators published during the fan-out run.
+    pub fanout_indicators: u64,
+    /// Seconds each primitive is measured for.
+    pub primitive_secs: f64,
+    /// `federation.batch_size` of the nodes: most envelopes per Subscribe
+    /// message.
+    pub batch_size: u32,
+}
+
+impl Default for BenchOptions {
+    fn default() -> Self {
+        Self {
+            publish: 20_000,
+            in_flight: 64,
+            backlog: 200_000,
+            latency_rate: 1_000,
+            latency_secs: 10,
+            subscribers: 1_000,
+            fanout_indicators: 2_000,
+            primitive_secs: 2.0,
+            batch_size: 256,
+        }
+    }
+}
+
+/// The machine's limits, measured in the same run.
+#[derive(Debug, Clone, Serialize)]
+pub struct Primitives {
+    /// Cores used for the all-core figures.
+    pub cores: usize,
+    /// Ed25519 signatures per second, one core.
+    pub sign_per_s_1core: f64,
+    /// Ed25519 signatures per second, all cores.
+    pub sign_per_s_all: f64,
+    /// Ed25519 verifications per second, one core.
+    pub verify_per_s_1core: f64,
+    /// Ed25519 verifications per second, all cores.
+    pub verify_per_s_all: f64,
+    /// Durable SQLite row inserts per second (batches of 256, WAL, FULL).
+    pub sqlite_insert_per_s: f64,
+    /// Durable SQLite commits per second of one row each: the latency of
+    /// one durable step is its inverse.
+    pub sqlite_commit_per_s: f64,
+}
+
+/// End-to-end latency figures, in milliseconds.
+#[derive(Debug, Clone, Serialize)]
+pub struct Latency {
+    /// Indicators measured.
+    pub samples: usize,
+    /// Offered rate (per second).
+    pub rate: u64,
+    /// Median.
+    pub p50_ms: f64,
+    /// 99th percentile.
+    pub p99_ms: f64,
+    /// Worst.
+    pub max_ms: f64,
+}
+
+/// Fan-out figures.
+#[derive(Debug, Clone, Serialize)]
+pub struct Fanout {
+    /// Subscribers (each its own partner org and mTLS connection).
+    pub subscribers: usize,
+    /// Indicators published while all were subscribed.
+    pub indicators: u64,
+    /// Deliveries the policies allowed, all received.
+    pub deliveries: u64,
+    /// Deliveries per second.
+    pub deliveries_per_s: f64,
+    /// Peak resident memory of the process during the fan-out (MB).
+    pub peak_rss_mb: f64,
+    /// Cores busy during the fan-out.
+    pub cpu: CpuUse,
+    /// Resident memory before a subscriber that stops reading is fed (MB).
+    pub stalled_rss_before_mb: f64,
+    /// Resident memory after it was offered as much again (MB).
+    pub stalled_rss_after_mb: f64,
+}
+
+/// One run's results.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    /// The machine's limits.
+    pub primitives: Primitives,
+    /// Publishes per second (validated, signed, durable, acknowledged).
+    pub publish_per_s: f64,
+    /// Publish rate ÷ one-core sign rate.
+    pub publish_ratio: f64,
+    /// Cores busy during the publish run.
+    pub publish_cpu: CpuUse,
+    /// Backlog indicators a subscriber verified and stored per second.
+    pub ingest_per_s: f64,
+    /// Ingest rate ÷ all-core verify rate.
+    pub ingest_ratio: f64,
+    /// Cores busy during the ingest run.
+    pub ingest_cpu: CpuUse,
+    /// Publish at A → stored at C via B.
+    pub latency: Latency,
+    /// Many subscribers.
+    pub fanout: Fanout,
+}
+
+/// Errors of a benchmark run.
+#[derive(Debug, thiserror::Error)]
+#[error("bench: {0}")]
+pub struct BenchError(String);
+
+fn err(e: impl std::fmt::Display) -> BenchError {
+    BenchError(e.to_string())
+}
+
+/// Runs every measurement; `progress` gets a line per phase.
+pub async fn run(opts: &BenchOptions, progress: impl Fn(&str)) -> Result<Report, BenchError> {
+    crate::identity::install_default_provider();
+    let dir = tempfile::tempdir().map_err(err)?;
+    progress("primitives: Ed25519 sign/verify on one and all cores, SQLite inserts");
+    let primitives = primitives(dir.path(), opts.primitive_secs).await?;
+
+    progress(&format!(
+        "fan-out: {} subscribers, {} indicators",
+        opts.subscribers, opts.fanout_indicators
+    ));
+    let fanout = bench_fanout(dir.path(), opts).await?;
+
+    progress(&format!(
+        "publish: {} indicators, {} in flight",
+        opts.publish, opts.in_flight
+    ));
+    let (publish_per_s, publish_cpu) = bench_publish(dir.path(), opts).await?;
+
+    progress(&format!(
+        "ingest: a subscriber catches up on {} indicators",
+        opts.backlog
+    ));
+    let (ingest_per_s, ingest_cpu) = bench_ingest(dir.path(), opts).await?;
+
+    progress(&format!(
+        "latency: A -> B -> C at {}/s for {} s",
+        opts.latency_rate, opts.latency_secs
+    ));
+    let latency = bench_latency(dir.path(), opts).await?;
+
+    Ok(Report {
+        publish_ratio: publish_per_s / primitives.sign_per_s_1core,
+        ingest_ratio: ingest_per_s / primitives.verify_per_s_all,
+        primitives,
+        publish_per_s,
+        publish_cpu,
+        ingest_per_s,
+        ingest_cpu,
+        latency,
+        fanout,
+    })
+}
+
+/// A signed indicator of `key`'s org "a.bench", the i-th of its kind.
+fn sample_envelope(key: &OrgSigningKey, i: u64) -> Envelope {
+    let row = own_row(
+        &OrgId::parse("a.bench").expect("valid"),
+        key,
+        draft(i, Tlp::Clear, 70),
+    );
+    Envelope::decode(row.envelope.as_slice()).expect("just encoded")
+}
+
+/// The i-th distinct IPv4 draft with `tlp` and `confidence`.
+fn draft(i: u64, tlp: Tlp, confidence: u32) -> IndicatorDraft {
+    let ip = std::net::Ipv4Addr::from(0x0a00_0000u32.wrapping_add(i as u32));
+    IndicatorDraft {
+        kind: IndicatorKind::Ipv4 as i32,
+        value: ip.to_string(),
+        marking: Some(Marking {
+            tlp: tlp as i32,
+            may_forward: true,
+            hop_limit: 2,
+            ..Default::default()
+        }),
+        confidence,
+        tags: vec!["bench".into()],
+        ..Default::default()
+    }
+}
+
+/// A row as `own` publishes it: validated, signed, ready to store.
+fn own_row(own: &OrgId, key: &OrgSigningKey, d: IndicatorDraft) -> NewIndicator {
+    let now = now_unix_ms();
+    let d = prepare_draft(&d, now).expect("bench drafts are valid");
+    let ind = assemble(
+        own,
+        key.key_id(),
+        Identity {
+            id: uuid::Uuid::new_v4().to_string(),
+            version: 1,
+            created_unix_ms: now,
+        },
+        now,
+        d,
+    );
+    let envelope = key
+        .seal(INDICATOR_PAYLOAD_TYPE, ind.encode_to_vec())
+        .encode_to_vec();
+    NewIndicator {
+        indicator: ind,
+        envelope,
+        rule: "published-here",
+        path: Vec::new(),
+        upstream_seq: 0,
+    }
+}
+
+/// An organisation made with `init` under `dir`, with fast link timings.
+fn make_org(dir: &std::path::Path, name: &str, batch_size: u32) -> Result<Settings, BenchError> {
+    let report = init_org(&InitArgs {
+        org: name.into(),
+        dir: dir.join(name),
+        endpoint: None,
+        listen: "127.0.0.1:0".into(),
+        display_name: None,
+        country: String::new(),
+        sector: String::new(),
+        admin_name: "admin".into(),
+        publisher_name: "publisher".into(),
+        force: false,
+    })
+    .map_err(err)?;
+    let mut s = Settings::load(&report.config).map_err(err)?;
+    s.federation.peer_refresh_ms = 200;
+    s.federation.reconnect_min_ms = 50;
+    s.federation.reconnect_max_ms = 500;
+    s.federation.batch_size = batch_size;
+    Ok(s)
+}
+
+const OPEN: &str = "name = \"bench-open\"\n[egress]\ntlp_ceiling = \"AMBER\"\ncommunity = true\norigins = \"any\"\n[ingress]\naccept_relayed = true\n";
+
+/// Registers `partner`'s card at `org` (store not yet opened by a node).
+async fn link(
+    org: &Settings,
+    partner: &Settings,
+    dial: Option<SocketAddr>,
+    policy: &str,
+) -> Result<(), BenchError> {
+    let store = Store::open_sqlite(&org.store.path, crate::clock::Clock::system())
+        .await
+        .map_err(err)?;
+    let name = parse_policy(policy).map_err(err)?.name;
+    store
+        .apply_policy(&name, policy, "bench")
+        .await
+        .map_err(err)?;
+    let ca = std::fs::read_to_string(&partner.tls.ca_cert).map_err(err)?;
+    let card = crate::node::own_card(
+        partner,
+        &load_signing_key(partner).map_err(err)?,
+        &ca,
+        now_unix_ms(),
+    );
+    let ep = dial.map(|a| a.to_string()).unwrap_or_default();
+    crate::admin::register_peer(
+        &org.org_id(),
+        &store,
+        &card,
+        Some(&ep),
+        Some(&name),
+        true,
+        "bench",
+    )
+    .await
+    .map_err(err)?;
+    store.close().await;
+    Ok(())
+}
+
+/// A node running in this process.
+struct Running {
+    addr: SocketAddr,
+    ctx: Arc<NodeContext>,
+    stop: oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<Result<(), crate::node::NodeError>>,
+}
+
+impl Running {
+    async fn stop(self) {
+        let _ = self.stop.send(());
+        let _ = self.task.await;
+    }
+}
+
+async fn start(settings: &Settings, listener: TcpListener) -> Result<Running, BenchError> {
+    let addr = listener.local_addr().map_err(err)?;
+    let node = Node::open(settings.clone()).await.map_err(err)?;
+    let ctx = node.context();
+    let (stop, rx) = oneshot::channel();
+    let task = tokio::spawn(node.serve(listener, async move {
+        let _ = rx.await;
+    }));
+    Ok(Running {
+        addr,
+        ctx,
+        stop,
+        task,
+    })
+}
+
+async fn listener() -> Result<TcpListener, BenchError> {
+    TcpListener::bind("127.0.0.1:0").await.map_err(err)
+}
+
+/// A channel to `node` of `org` presenting `cert`.
+fn channel(
+    org: &OrgId,
+    ca_pem: &str,
+    addr: SocketAddr,
+    cert: &CertifiedKey,
+) -> Result<Channel, BenchError> {
+    let trust = Arc::new(ArcSwap::from_pointee(
+        TrustStore::new(org.clone(), ca_pem).map_err(err)?,
+    ));
+    let tls = client_config(trust, SpiffeId::node(org), Some(cert)).map_err(err)?;
+    crate::net::mtls_channel(&addr.to_string(), org.as_str(), tls).map_err(err)
+}
+
+fn publisher(s: &Settings, addr: SocketAddr) -> Result<ExchangeClient<Channel>, BenchError> {
+    let ca = std::fs::read_to_string(&s.tls.ca_cert).map_err(err)?;
+    let cert =
+        CertifiedKey::load(&s.client.publisher_cert, &s.client.publisher_key).map_err(err)?;
+    Ok(ExchangeClient::new(channel(&s.org_id(), &ca, addr, &cert)?))
+}
+
+/// Prints a report for people.
+pub fn render(r: &Report) -> String {
+    let p = &r.primitives;
+    let l = &r.latency;
+    let f = &r.fanout;
+    let mut s = String::new();
+    use std::fmt::Write;
+    let _ = writeln!(s, "machine ({} cores)", p.cores);
+    let _ = writeln!(
+        s,
+        "  Ed25519 sign       {:>10.0}/s one core   {:>10.0}/s all cores",
+        p.sign_per_s_1core, p.sign_per_s_all
+    );
+    let _ = writeln!(
+        s,
+        "  Ed25519 verify     {:>10.0}/s one core   {:>10.0}/s all cores",
+        p.verify_per_s_1core, p.verify_per_s_all
+    );
+    let _ = writeln!(
+        s,
+        "  SQLite insert      {:>10.0}/s (WAL, synchronous=FULL, 256 per transaction)",
+        p.sqlite_insert_per_s
+    );
+    let _ = writeln!(
+        s,
+        "  SQLite commit      {:>10.0}/s (one row each: {:.2} ms per durable step)",
+        p.sqlite_commit_per_s,
+        1e3 / p.sqlite_commit_per_s
+    );
+    let _ = writeln!(s, "node (cores busy: user + system)");
+    let _ = writeln!(
+        s,
+        "  publish            {:>10.0}/s   = {:>5.1} % of one-core sign   (target >= 60 %)  cores {:.0}% + {:.0}%",
+        r.publish_per_s,
+        r.publish_ratio * 100.0,
+        r.publish_cpu.user * 100.0,
+        r.publish_cpu.system * 100.0
+    );
+    let _ = writeln!(
+        s,
+        "  peer ingest        {:>10.0}/s   = {:>5.1} % of all-core verify (target >= 70 %)  cores {:.0}% + {:.0}%",
+        r.ingest_per_s,
+        r.ingest_ratio * 100.0,
+        r.ingest_cpu.user * 100.0,
+        r.ingest_cpu.system * 100.0
+    );
+    let _ = writeln!(
+        s,
+        "  latency A>B>C      p50 {:.2} ms  p99 {:.2} ms  max {:.2} ms at {}/s, {} samples (target p99 <= 5 ms)",
+        l.p50_ms, l.p99_ms, l.max_ms, l.rate, l.samples
+    );
+    let _ = writeln!(
+        s,
+        "  fan-out            {:>10.0} deliveries/s to {} subscribers ({} deliveries; target >= 200,000/s)  cores {:.0}% + {:.0}%",
+        f.deliveries_per_s,
+        f.subscribers,
+        f.deliveries,
+        f.cpu.user * 100.0,
+        f.cpu.system * 100.0
+    );
+    let _ = writeln!(
+        s,
+        "  peak RSS           {:>10.1} MB (target <= 256 MB)",
+        f.peak_rss_mb
+    );
+    let _ = writeln!(
+        s,
+        "  stalled subscriber RSS {:.1} MB before, {:.1} MB after {} more indicators",
+        f.stalled_rss_before_mb, f.stalled_rss_after_mb, f.indicators
+    );
+    s
+}
+
+/// The wall clock, in Unix ms: the benchmark runs nodes, it is not one.
+fn now_unix_ms() -> i64 {
+    crate::clock::Clock::system().now_ms()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::signing::{KeyDirectory, KnownKey};
+
+    #[test]
+    fn bench_indicators_are_valid_signed_indicators() {
+        let (key, _) = OrgSigningKey::generate().unwrap();
+        let org = OrgId::parse("a.bench").unwrap();
+        let mut keys = KeyDirectory::default();
+        keys.insert(KnownKey {
+            key_id: key.key_id().into(),
+            org: org.clone(),
+            public_key: key.public_key().to_vec(),
+            not_before_ms: 0,
+            not_after_ms: 0,
+            revoked: false,
+        })
+        .unwrap();
+        for i in [0, 1, 2, 99_999] {
+            let env = sample_envelope(&key, i);
+            let ind = crate::signing::open_indicator(&env, &keys).unwrap();
+            crate::model::validate_indicator(&ind, now_unix_ms()).unwrap();
+        }
+        assert_eq!(percentile(&[1.0, 2.0, 3.0, 4.0], 0.5), 3.0);
+        assert_eq!(percentile(&[], 0.99), 0.0);
+    }
+}

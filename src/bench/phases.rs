@@ -1,0 +1,489 @@
+//! The node phases: publish, ingest of a backlog, two-hop latency and
+//! fan-out, each over mutual TLS on loopback.
+
+use super::*;
+pub(super) async fn bench_publish(
+    dir: &std::path::Path,
+    opts: &BenchOptions,
+) -> Result<(f64, CpuUse), BenchError> {
+    let a = make_org(&dir.join("publish"), "a.bench", opts.batch_size)?;
+    let node = start(&a, listener().await?).await?;
+    let client = publisher(&a, node.addr)?;
+    // Warm the connection.
+    client
+        .clone()
+        .publish(PublishRequest {
+            indicator: Some(draft(u64::MAX >> 40, Tlp::Clear, 70)),
+        })
+        .await
+        .map_err(err)?;
+    let start_at = Instant::now();
+    let cpu0 = cpu_seconds();
+    let results: Vec<Result<(), tonic::Status>> = futures_util::stream::iter(0..opts.publish)
+        .map(|i| {
+            let mut c = client.clone();
+            async move {
+                c.publish(PublishRequest {
+                    indicator: Some(draft(i, Tlp::Clear, 70)),
+                })
+                .await
+                .map(drop)
+            }
+        })
+        .buffer_unordered(opts.in_flight)
+        .collect()
+        .await;
+    let elapsed = start_at.elapsed().as_secs_f64();
+    let cpu = busy_since(cpu0, elapsed, cores());
+    if let Some(Err(e)) = results.into_iter().find(Result::is_err) {
+        return Err(err(format!("publish failed: {e}")));
+    }
+    node.stop().await;
+    Ok((opts.publish as f64 / elapsed, cpu))
+}
+
+pub(super) fn cores() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+}
+
+/// Fills `settings`' store with `n` indicators of its org, signed on all
+/// cores, in transactions of 2,000.
+pub(super) async fn prefill(
+    settings: &Settings,
+    n: u64,
+    tlp_of: impl Fn(u64) -> (Tlp, u32) + Sync,
+) -> Result<(), BenchError> {
+    let store = Store::open_sqlite(&settings.store.path, crate::clock::Clock::system())
+        .await
+        .map_err(err)?;
+    let key = Arc::new(load_signing_key(settings).map_err(err)?);
+    let own = settings.org_id();
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1) as u64;
+    let chunk = 2_000u64;
+    let mut i = 0;
+    while i < n {
+        let end = (i + chunk).min(n);
+        let per = (end - i).div_ceil(cores);
+        let rows: Vec<NewIndicator> = tokio::task::block_in_place(|| {
+            std::thread::scope(|s| {
+                let handles: Vec<_> = (0..cores)
+                    .map(|t| {
+                        let (key, own, tlp_of) = (&key, &own, &tlp_of);
+                        s.spawn(move || {
+                            let lo = i + t * per;
+                            let hi = (lo + per).min(end);
+                            (lo..hi)
+                                .map(|j| {
+                                    let (tlp, conf) = tlp_of(j);
+                                    own_row(own, key, draft(j, tlp, conf))
+                                })
+                                .collect::<Vec<_>>()
+                        })
+                    })
+                    .collect();
+                handles
+                    .into_iter()
+                    .flat_map(|h| h.join().unwrap_or_default())
+                    .collect()
+            })
+        });
+        store
+            .append_local_batch(&rows, "bench")
+            .await
+            .map_err(err)?;
+        i = end;
+    }
+    store.close().await;
+    Ok(())
+}
+
+pub(super) async fn bench_ingest(
+    dir: &std::path::Path,
+    opts: &BenchOptions,
+) -> Result<(f64, CpuUse), BenchError> {
+    let base = dir.join("ingest");
+    let a = make_org(&base, "a.bench", opts.batch_size)?;
+    let b = make_org(&base, "b.bench", opts.batch_size)?;
+    prefill(&a, opts.backlog, |_| (Tlp::Clear, 70)).await?;
+    let la = listener().await?;
+    let a_addr = la.local_addr().map_err(err)?;
+    link(&a, &b, None, OPEN).await?;
+    link(&b, &a, Some(a_addr), OPEN).await?;
+    let node_a = start(&a, la).await?;
+    let latest = node_a.ctx.store.latest_seq().await.map_err(err)?;
+    let start_at = Instant::now();
+    let cpu0 = cpu_seconds();
+    let node_b = start(&b, listener().await?).await?;
+    let a_id = a.org_id();
+    loop {
+        if node_b.ctx.store.cursor(&a_id).await.map_err(err)? >= latest {
+            break;
+        }
+        if start_at.elapsed() > Duration::from_secs(1_800) {
+            return Err(err("ingest did not finish within 30 minutes"));
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let elapsed = start_at.elapsed().as_secs_f64();
+    let cpu = busy_since(cpu0, elapsed, cores());
+    let stored = node_b.ctx.store.count_indicators().await.map_err(err)?;
+    node_b.stop().await;
+    node_a.stop().await;
+    if stored != opts.backlog {
+        return Err(err(format!(
+            "ingest stored {stored} of {} indicators",
+            opts.backlog
+        )));
+    }
+    Ok((opts.backlog as f64 / elapsed, cpu))
+}
+
+pub(super) fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let idx = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[idx.min(sorted.len() - 1)]
+}
+
+pub(super) async fn bench_latency(
+    dir: &std::path::Path,
+    opts: &BenchOptions,
+) -> Result<Latency, BenchError> {
+    let base = dir.join("latency");
+    let a = make_org(&base, "a.bench", opts.batch_size)?;
+    let b = make_org(&base, "b.bench", opts.batch_size)?;
+    let c = make_org(&base, "c.bench", opts.batch_size)?;
+    let (la, lb, lc) = (listener().await?, listener().await?, listener().await?);
+    let (a_addr, b_addr) = (la.local_addr().map_err(err)?, lb.local_addr().map_err(err)?);
+    link(&a, &b, None, OPEN).await?;
+    link(&b, &a, Some(a_addr), OPEN).await?;
+    link(&b, &c, None, OPEN).await?;
+    link(&c, &b, Some(b_addr), OPEN).await?;
+    let node_a = start(&a, la).await?;
+    let node_b = start(&b, lb).await?;
+    let node_c = start(&c, lc).await?;
+
+    // Arrival times at C, by indicator value, recorded as rows land.
+    let arrivals: Arc<std::sync::Mutex<HashMap<String, Instant>>> = Default::default();
+    let watcher = {
+        let store = node_c.ctx.store.clone();
+        let arrivals = arrivals.clone();
+        tokio::spawn(async move {
+            let mut latest = store.watch_latest();
+            let mut cursor = 0;
+            loop {
+                if latest.changed().await.is_err() {
+                    return;
+                }
+                let Ok(rows) = store.read_after(cursor, 4096).await else {
+                    return;
+                };
+                let now = Instant::now();
+                let mut map = arrivals.lock().expect("not poisoned");
+                for r in rows {
+                    cursor = r.seq;
+                    if let Ok(ind) = crate::exchange::decode_stored(&r.envelope) {
+                        map.insert(ind.value, now);
+                    }
+                }
+            }
+        })
+    };
+    let client = publisher(&a, node_a.addr)?;
+    // Warm up the path end to end.
+    client
+        .clone()
+        .publish(PublishRequest {
+            indicator: Some(draft(u64::MAX >> 40, Tlp::Clear, 70)),
+        })
+        .await
+        .map_err(err)?;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    let total = opts.latency_rate * opts.latency_secs;
+    let interval = Duration::from_secs_f64(1.0 / opts.latency_rate as f64);
+    let sent: Arc<std::sync::Mutex<HashMap<String, Instant>>> = Default::default();
+    let mut ticker = tokio::time::interval(interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    let mut tasks = Vec::with_capacity(total as usize);
+    for i in 0..total {
+        ticker.tick().await;
+        let d = draft(i, Tlp::Clear, 70);
+        let value = prepare_draft(&d, now_unix_ms()).map_err(err)?.value;
+        sent.lock()
+            .expect("not poisoned")
+            .insert(value, Instant::now());
+        let mut c = client.clone();
+        tasks.push(tokio::spawn(async move {
+            c.publish(PublishRequest { indicator: Some(d) })
+                .await
+                .map(drop)
+        }));
+    }
+    for t in tasks {
+        t.await.map_err(err)?.map_err(err)?;
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let done = {
+            let got = arrivals.lock().expect("not poisoned");
+            sent.lock()
+                .expect("not poisoned")
+                .keys()
+                .all(|v| got.contains_key(v))
+        };
+        if done {
+            break;
+        }
+        if Instant::now() > deadline {
+            return Err(err("not every indicator reached C within 60 s"));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    watcher.abort();
+    let got = arrivals.lock().expect("not poisoned").clone();
+    let mut ms: Vec<f64> = sent
+        .lock()
+        .expect("not poisoned")
+        .iter()
+        .filter_map(|(v, t0)| {
+            got.get(v)
+                .map(|t1| t1.duration_since(*t0).as_secs_f64() * 1e3)
+        })
+        .collect();
+    ms.sort_by(|x, y| x.total_cmp(y));
+    node_c.stop().await;
+    node_b.stop().await;
+    node_a.stop().await;
+    Ok(Latency {
+        samples: ms.len(),
+        rate: opts.latency_rate,
+        p50_ms: percentile(&ms, 0.50),
+        p99_ms: percentile(&ms, 0.99),
+        max_ms: ms.last().copied().unwrap_or(0.0),
+    })
+}
+
+/// The policies subscribers are bound to, in rotation.
+pub(super) const FANOUT_POLICIES: [&str; 4] = [
+    "name = \"clear-only\"\n[egress]\ntlp_ceiling = \"CLEAR\"\n",
+    "name = \"green-community\"\n[egress]\ntlp_ceiling = \"GREEN\"\ncommunity = true\n",
+    "name = \"amber-ipv4\"\n[egress]\ntlp_ceiling = \"AMBER\"\ncommunity = true\nkinds = [\"ipv4\"]\n",
+    "name = \"confident\"\n[egress]\ntlp_ceiling = \"GREEN\"\ncommunity = true\nmin_confidence = 80\n",
+];
+
+/// The marking and confidence of the i-th fan-out indicator.
+pub(super) fn fanout_mix(i: u64) -> (Tlp, u32) {
+    let tlp = match i % 3 {
+        0 => Tlp::Clear,
+        1 => Tlp::Green,
+        _ => Tlp::Amber,
+    };
+    (tlp, if i.is_multiple_of(2) { 90 } else { 50 })
+}
+
+/// A subscriber org: CA, node certificate and card, made in memory.
+pub(super) struct SubscriberOrg {
+    cert: CertifiedKey,
+    card: Envelope,
+}
+
+pub(super) fn subscriber_org(i: usize) -> Result<SubscriberOrg, BenchError> {
+    let id = OrgId::parse(&format!("s{i}.bench")).map_err(err)?;
+    let ca = generate_ca(&id, 30).map_err(err)?;
+    let node = issue(&ca.cert_pem, &ca.key_pem, &SpiffeId::node(&id), 30).map_err(err)?;
+    let cert = CertifiedKey::from_pem(&node.cert_pem, &node.key_pem).map_err(err)?;
+    let (key, _) = OrgSigningKey::generate().map_err(err)?;
+    let card = seal_card(
+        &crate::identity::CardInfo {
+            org: id.clone(),
+            display_name: format!("subscriber {i}"),
+            country: String::new(),
+            sector: String::new(),
+            ca_bundle_pem: ca.cert_pem,
+            endpoints: Vec::new(),
+        },
+        &key,
+        now_unix_ms(),
+    );
+    Ok(SubscriberOrg { cert, card })
+}
+
+pub(super) async fn bench_fanout(
+    dir: &std::path::Path,
+    opts: &BenchOptions,
+) -> Result<Fanout, BenchError> {
+    reset_peak_rss();
+    let base = dir.join("fanout");
+    let a = make_org(&base, "a.bench", opts.batch_size)?;
+    let subs: Vec<SubscriberOrg> = (0..opts.subscribers)
+        .map(subscriber_org)
+        .collect::<Result<_, _>>()?;
+    let stalled = subscriber_org(opts.subscribers)?;
+    // Register every subscriber at A with its policy.
+    let policies: Vec<PartnerPolicy> = FANOUT_POLICIES
+        .iter()
+        .map(|p| parse_policy(p).map_err(err))
+        .collect::<Result<_, _>>()?;
+    {
+        let store = Store::open_sqlite(&a.store.path, crate::clock::Clock::system())
+            .await
+            .map_err(err)?;
+        for p in FANOUT_POLICIES {
+            let name = parse_policy(p).map_err(err)?.name;
+            store.apply_policy(&name, p, "bench").await.map_err(err)?;
+        }
+        for (i, s) in subs.iter().chain(std::iter::once(&stalled)).enumerate() {
+            let name = &policies[i % policies.len()].name;
+            crate::admin::register_peer(
+                &a.org_id(),
+                &store,
+                &s.card,
+                Some(""),
+                Some(name),
+                false,
+                "bench",
+            )
+            .await
+            .map_err(err)?;
+        }
+        store.close().await;
+    }
+    let node = start(&a, listener().await?).await?;
+    let ca = std::fs::read_to_string(&a.tls.ca_cert).map_err(err)?;
+    let own = a.org_id();
+
+    // The indicators to come, signed now (outside the timed part), and what
+    // each policy lets through of them.
+    let now = now_unix_ms();
+    let key = load_signing_key(&a).map_err(err)?;
+    let fan_rows: Vec<NewIndicator> = (0..opts.fanout_indicators)
+        .map(|i| {
+            let (tlp, conf) = fanout_mix(i);
+            own_row(&own, &key, draft(i, tlp, conf))
+        })
+        .collect();
+    let anyone = OrgId::parse("x.bench").map_err(err)?;
+    let expected_per_policy: Vec<u64> = policies
+        .iter()
+        .map(|p| {
+            fan_rows
+                .iter()
+                .filter(|row| {
+                    crate::policy::egress(&own, &row.indicator, 0, &anyone, Some(p), now).is_allow()
+                })
+                .count() as u64
+        })
+        .collect();
+
+    // Everyone subscribes from the current end of A's log.
+    let from = node.ctx.store.latest_seq().await.map_err(err)?;
+    let (done_tx, mut done_rx) = tokio::sync::mpsc::channel::<u64>(opts.subscribers);
+    let ready = Arc::new(tokio::sync::Barrier::new(opts.subscribers + 1));
+    for (i, s) in subs.iter().enumerate() {
+        let ch = channel(&own, &ca, node.addr, &s.cert)?;
+        let want = expected_per_policy[i % policies.len()];
+        let (done_tx, ready) = (done_tx.clone(), ready.clone());
+        tokio::spawn(async move {
+            let mut client = ExchangeClient::new(ch);
+            let stream = client
+                .subscribe(SubscribeRequest { from_cursor: from })
+                .await;
+            ready.wait().await;
+            let Ok(stream) = stream else {
+                return;
+            };
+            let mut stream = stream.into_inner();
+            let mut got = 0u64;
+            while got < want {
+                match stream.message().await {
+                    Ok(Some(m)) => got += m.deliveries.len() as u64,
+                    _ => return,
+                }
+            }
+            let _ = done_tx.send(got).await;
+        });
+    }
+    drop(done_tx);
+    ready.wait().await;
+
+    let start_at = Instant::now();
+    let cpu0 = cpu_seconds();
+    {
+        let store = node.ctx.store.clone();
+        for chunk in fan_rows.chunks(200) {
+            store
+                .append_local_batch(chunk, "bench")
+                .await
+                .map_err(err)?;
+        }
+    }
+    let mut deliveries = 0u64;
+    let mut finished = 0usize;
+    while finished < opts.subscribers {
+        match tokio::time::timeout(Duration::from_secs(300), done_rx.recv()).await {
+            Ok(Some(n)) => {
+                deliveries += n;
+                finished += 1;
+            }
+            Ok(None) => break,
+            Err(_) => return Err(err("fan-out did not finish within 5 minutes")),
+        }
+    }
+    let elapsed = start_at.elapsed().as_secs_f64();
+    let cpu = busy_since(cpu0, elapsed, cores());
+    if finished < opts.subscribers {
+        return Err(err(format!(
+            "only {finished} of {} subscribers received their share",
+            opts.subscribers
+        )));
+    }
+    let (_, peak) = rss_mb();
+
+    // A subscriber that stops reading: offered as much again, it must cost
+    // a cursor, not memory.
+    let ch = channel(&own, &ca, node.addr, &stalled.cert)?;
+    let mut client = ExchangeClient::new(ch);
+    let from = node.ctx.store.latest_seq().await.map_err(err)?;
+    let held = client
+        .subscribe(SubscribeRequest { from_cursor: from })
+        .await
+        .map_err(err)?;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (before, _) = rss_mb();
+    {
+        let store = node.ctx.store.clone();
+        let key = Arc::new(load_signing_key(&a).map_err(err)?);
+        let mut i = 0;
+        while i < opts.fanout_indicators {
+            let end = (i + 200).min(opts.fanout_indicators);
+            let rows: Vec<NewIndicator> = (i..end)
+                .map(|j| own_row(&own, &key, draft(1_000_000 + j, Tlp::Clear, 90)))
+                .collect();
+            store
+                .append_local_batch(&rows, "bench")
+                .await
+                .map_err(err)?;
+            i = end;
+        }
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (after, _) = rss_mb();
+    drop(held);
+    node.stop().await;
+    Ok(Fanout {
+        subscribers: opts.subscribers,
+        indicators: opts.fanout_indicators,
+        deliveries,
+        deliveries_per_s: deliveries as f64 / elapsed,
+        peak_rss_mb: peak,
+        cpu,
+        stalled_rss_before_mb: before,
+        stalled_rss_after_mb: after,
+    })
+}

@@ -1,0 +1,172 @@
+//! The machine's primitive limits, measured in the same run as the node
+//! figures they bound: Ed25519 on one and all cores, SQLite with the
+//! store's durability settings, CPU and memory use.
+
+use super::*;
+/// Operations per second of `op` on `threads` threads for about `secs`.
+pub(super) fn rate_on_threads(threads: usize, secs: f64, op: impl Fn() + Sync) -> f64 {
+    let start = Instant::now();
+    let total: u64 = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..threads)
+            .map(|_| {
+                s.spawn(|| {
+                    let mut n = 0u64;
+                    while start.elapsed().as_secs_f64() < secs {
+                        for _ in 0..64 {
+                            op();
+                        }
+                        n += 64;
+                    }
+                    n
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap_or(0)).sum()
+    });
+    total as f64 / start.elapsed().as_secs_f64()
+}
+
+pub(super) async fn primitives(dir: &std::path::Path, secs: f64) -> Result<Primitives, BenchError> {
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    let (key, _) = OrgSigningKey::generate().map_err(err)?;
+    // A realistic payload: one signed indicator envelope.
+    let env = sample_envelope(&key, 0);
+    let payload = env.payload.clone();
+    let sign = || {
+        std::hint::black_box(key.seal(INDICATOR_PAYLOAD_TYPE, payload.clone()));
+    };
+    let public = ring::signature::UnparsedPublicKey::new(
+        &ring::signature::ED25519,
+        key.public_key().to_vec(),
+    );
+    let pae = crate::signing::pae(INDICATOR_PAYLOAD_TYPE, &env.payload);
+    let sig = env.signatures[0].sig.clone();
+    let verify = || {
+        std::hint::black_box(public.verify(&pae, &sig).is_ok());
+    };
+    let (s1, sa, v1, va) = tokio::task::block_in_place(|| {
+        (
+            rate_on_threads(1, secs, sign),
+            rate_on_threads(cores, secs, sign),
+            rate_on_threads(1, secs, verify),
+            rate_on_threads(cores, secs, verify),
+        )
+    });
+    let sqlite = sqlite_insert_rate(&dir.join("primitive.db"), 256, 400, secs)
+        .await
+        .map_err(err)?;
+    let commits = sqlite_insert_rate(&dir.join("commit.db"), 1, 400, secs)
+        .await
+        .map_err(err)?;
+    Ok(Primitives {
+        cores,
+        sign_per_s_1core: s1,
+        sign_per_s_all: sa,
+        verify_per_s_1core: v1,
+        verify_per_s_all: va,
+        sqlite_insert_per_s: sqlite,
+        sqlite_commit_per_s: commits,
+    })
+}
+
+/// CPU seconds this process has used so far, (user, system), from
+/// /proc/self/stat (Linux, 100 ticks a second; zeros elsewhere).
+pub(super) fn cpu_seconds() -> (f64, f64) {
+    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
+        return (0.0, 0.0);
+    };
+    // Fields after the parenthesised command name; utime and stime are the
+    // 14th and 15th fields of the line.
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let tick = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0) / 100.0;
+    (tick(11), tick(12))
+}
+
+/// How busy the machine's cores were (user and system) between `before`
+/// and now over `wall` seconds, as fractions of all cores.
+pub(super) fn busy_since(before: (f64, f64), wall: f64, cores: usize) -> CpuUse {
+    let now = cpu_seconds();
+    let denom = (wall * cores as f64).max(1e-9);
+    CpuUse {
+        user: (now.0 - before.0) / denom,
+        system: (now.1 - before.1) / denom,
+    }
+}
+
+/// Share of all cores used during a phase.
+#[derive(Debug, Clone, Copy, Serialize, Default)]
+pub struct CpuUse {
+    /// In user space.
+    pub user: f64,
+    /// In the kernel.
+    pub system: f64,
+}
+
+/// Resident memory now and at its peak, in MB (Linux; 0 elsewhere).
+pub(super) fn rss_mb() -> (f64, f64) {
+    let Ok(status) = std::fs::read_to_string("/proc/self/status") else {
+        return (0.0, 0.0);
+    };
+    let field = |name: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse::<f64>().ok())
+            .map(|kb| kb / 1024.0)
+            .unwrap_or(0.0)
+    };
+    (field("VmRSS:"), field("VmHWM:"))
+}
+
+/// Resets the kernel's peak-RSS mark, so the fan-out peak is its own and
+/// not the earlier phases' (Linux; elsewhere a no-op).
+pub(super) fn reset_peak_rss() {
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+}
+
+/// The machine's SQLite write limit with the store's durability settings
+/// (WAL, `synchronous=FULL`): rows of `row_bytes` inserted `batch` per
+/// transaction (in multi-row statements, as the store writes) into a
+/// scratch database at `path`, for about `secs`. Returns rows per second;
+/// with `batch` 1 that is durable commits per second.
+pub(super) async fn sqlite_insert_rate(
+    path: &std::path::Path,
+    batch: usize,
+    row_bytes: usize,
+    secs: f64,
+) -> Result<f64, BenchError> {
+    use crate::store::ROWS_PER_STATEMENT;
+    let opts = crate::store::durable_options(path).map_err(err)?;
+    let pool = sqlx::sqlite::SqlitePoolOptions::new()
+        .max_connections(1)
+        .connect_with(opts)
+        .await
+        .map_err(err)?;
+    sqlx::query("CREATE TABLE IF NOT EXISTS t (id INTEGER PRIMARY KEY, k TEXT UNIQUE, v BLOB)")
+        .execute(&pool)
+        .await
+        .map_err(err)?;
+    let blob = vec![0x5au8; row_bytes];
+    let start = Instant::now();
+    let mut n = 0u64;
+    while start.elapsed().as_secs_f64() < secs {
+        let mut tx = pool.begin_with("BEGIN IMMEDIATE").await.map_err(err)?;
+        let keys: Vec<u64> = (n..n + batch as u64).collect();
+        for chunk in keys.chunks(ROWS_PER_STATEMENT) {
+            let mut q = sqlx::QueryBuilder::<sqlx::Sqlite>::new("INSERT INTO t (k, v) ");
+            q.push_values(chunk, |mut b, k| {
+                b.push_bind(format!("{k:016x}")).push_bind(blob.clone());
+            });
+            q.build().execute(&mut *tx).await.map_err(err)?;
+        }
+        n += batch as u64;
+        tx.commit().await.map_err(err)?;
+    }
+    let rate = n as f64 / start.elapsed().as_secs_f64();
+    pool.close().await;
+    Ok(rate)
+}

@@ -1,0 +1,106 @@
+//! Health of the outbound partner links: written by the links, read by
+//! `Status`.
+
+use std::collections::HashMap;
+
+use crate::clock::Clock;
+use crate::model::OrgId;
+
+/// The state of an outbound link.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LinkState {
+    /// Dialling and subscribing.
+    Connecting,
+    /// Subscribed and receiving.
+    Connected,
+    /// The last attempt failed; a retry is scheduled.
+    Down,
+}
+
+impl LinkState {
+    /// The name shown by `threatmesh status`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LinkState::Connecting => "connecting",
+            LinkState::Connected => "connected",
+            LinkState::Down => "down",
+        }
+    }
+}
+
+/// Health of one outbound link, as the node last saw it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LinkHealth {
+    /// Current state.
+    pub state: LinkState,
+    /// When it entered that state (Unix ms).
+    pub since_ms: i64,
+    /// When the last Subscribe message arrived (0 = none yet).
+    pub last_message_ms: i64,
+    /// The partner's latest sequence number, as last reported.
+    pub upstream_latest: u64,
+    /// Why the link last went down ("" if it has not).
+    pub last_error: String,
+}
+
+/// Outbound link health by partner.
+#[derive(Debug)]
+pub struct LinkBoard {
+    links: std::sync::Mutex<HashMap<OrgId, LinkHealth>>,
+    clock: Clock,
+}
+
+impl LinkBoard {
+    /// An empty board stamping times from `clock`.
+    pub fn new(clock: Clock) -> Self {
+        Self {
+            links: Default::default(),
+            clock,
+        }
+    }
+
+    fn with(&self, org: &OrgId, f: impl FnOnce(&mut LinkHealth)) {
+        let mut map = self.links.lock().expect("not poisoned");
+        let h = map.entry(org.clone()).or_insert(LinkHealth {
+            state: LinkState::Connecting,
+            since_ms: self.clock.now_ms(),
+            last_message_ms: 0,
+            upstream_latest: 0,
+            last_error: String::new(),
+        });
+        f(h);
+    }
+
+    /// Moves `org`'s link to `state`, recording `error` as its last error.
+    pub fn set_state(&self, org: &OrgId, state: LinkState, error: Option<String>) {
+        let now = self.clock.now_ms();
+        self.with(org, |h| {
+            if h.state != state {
+                h.state = state;
+                h.since_ms = now;
+            }
+            if let Some(e) = error {
+                h.last_error = e;
+            }
+        });
+    }
+
+    /// Records a message from `org` reporting its latest sequence number.
+    pub fn message(&self, org: &OrgId, upstream_latest: u64) {
+        let now = self.clock.now_ms();
+        self.with(org, |h| {
+            h.last_message_ms = now;
+            h.upstream_latest = upstream_latest;
+        });
+    }
+
+    /// Forgets `org`'s link (it was stopped).
+    pub fn remove(&self, org: &OrgId) {
+        self.links.lock().expect("not poisoned").remove(org);
+    }
+
+    /// A copy of every link's health.
+    pub fn snapshot(&self) -> HashMap<OrgId, LinkHealth> {
+        self.links.lock().expect("not poisoned").clone()
+    }
+}

@@ -1,0 +1,336 @@
+//! One outbound partner link: dial, subscribe from the committed cursor,
+//! verify each message, and hand batches to a writer that commits rows,
+//! refusals, quarantined envelopes and the cursor in one transaction.
+//! Reconnects with capped, jittered exponential backoff.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tonic::Code;
+
+use super::verify::{admit_checked, verify_all};
+use crate::context::{LinkState, NodeContext};
+use crate::identity::{SpiffeId, client_config};
+use crate::model::OrgId;
+use crate::proto::v1::SubscribeRequest;
+use crate::proto::v1::exchange_client::ExchangeClient;
+use crate::rpc::SHUTTING_DOWN;
+use crate::store::{NewIndicator, PeerRecord, Quarantined, Rejection};
+
+/// Largest Subscribe message accepted from a partner.
+const MAX_MESSAGE_BYTES: usize = 32 * 1024 * 1024;
+
+/// Why a link session ended.
+#[derive(Debug, thiserror::Error)]
+enum LinkError {
+    #[error("{0}")]
+    Transport(#[from] tonic::transport::Error),
+    #[error("{}: {}", .0.code(), .0.message())]
+    Status(#[from] tonic::Status),
+    #[error("{0}")]
+    Store(#[from] crate::store::StoreError),
+    #[error("{0}")]
+    Identity(#[from] crate::identity::IdentityError),
+    #[error("protocol: {0}")]
+    Protocol(String),
+}
+
+/// Capped exponential backoff with jitter, so links that failed together
+/// (a partner restarting) do not all retry in the same instant.
+#[derive(Debug)]
+pub struct Backoff {
+    min: Duration,
+    max: Duration,
+    next: Duration,
+}
+
+impl Backoff {
+    /// Starting at `min_ms`, doubling up to `max_ms`.
+    pub fn new(min_ms: u64, max_ms: u64) -> Self {
+        let min = Duration::from_millis(min_ms);
+        Self {
+            min,
+            max: Duration::from_millis(max_ms),
+            next: min,
+        }
+    }
+
+    /// Back to the shortest delay (after a success).
+    pub fn reset(&mut self) {
+        self.next = self.min;
+    }
+
+    /// The next delay's ceiling; each call doubles it up to the cap.
+    pub fn step(&mut self) -> Duration {
+        let d = self.next;
+        self.next = (self.next * 2).min(self.max);
+        d
+    }
+
+    /// The next delay with jitter: uniformly between half and all of
+    /// [`Backoff::step`].
+    pub fn next_delay(&mut self) -> Duration {
+        let ceiling = self.step();
+        let half = ceiling / 2;
+        let spread = u64::try_from((ceiling - half).as_millis()).unwrap_or(u64::MAX);
+        half + Duration::from_millis(fastrand::u64(0..=spread))
+    }
+}
+
+/// Runs one partner link until `stop` turns true.
+pub(super) async fn run_link(
+    ctx: Arc<NodeContext>,
+    peer: PeerRecord,
+    mut stop: watch::Receiver<bool>,
+) {
+    let f = &ctx.settings.federation;
+    let mut backoff = Backoff::new(f.reconnect_min_ms, f.reconnect_max_ms);
+    loop {
+        ctx.links.set_state(&peer.org, LinkState::Connecting, None);
+        let ended = tokio::select! {
+            r = session(&ctx, &peer, &mut backoff) => r,
+            _ = stop.changed() => {
+                ctx.links.remove(&peer.org);
+                return;
+            }
+        };
+        if *stop.borrow() {
+            ctx.links.remove(&peer.org);
+            return;
+        }
+        let reason = match &ended {
+            Ok(()) => "subscription ended by the partner".to_string(),
+            Err(e) => e.to_string(),
+        };
+        ctx.links
+            .set_state(&peer.org, LinkState::Down, Some(reason));
+        let delay = backoff.next_delay();
+        let retry_in_ms = delay.as_millis() as u64;
+        match ended {
+            Ok(()) => {
+                tracing::info!(partner = %peer.org, "subscription ended by partner; reconnecting")
+            }
+            Err(LinkError::Status(s))
+                if s.code() == Code::Unavailable && s.message() == SHUTTING_DOWN =>
+            {
+                tracing::info!(partner = %peer.org, retry_in_ms, "partner node is shutting down")
+            }
+            Err(e) => tracing::warn!(
+                partner = %peer.org, endpoint = %peer.endpoint, error = %e,
+                retry_in_ms, "partner link down"
+            ),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = stop.changed() => {
+                ctx.links.remove(&peer.org);
+                return;
+            }
+        }
+    }
+}
+
+async fn session(
+    ctx: &NodeContext,
+    peer: &PeerRecord,
+    backoff: &mut Backoff,
+) -> Result<(), LinkError> {
+    // The node certificate current now: a rotated one is used from the next connect.
+    let client = ctx.tls.cert.load_full();
+    let tls = client_config(ctx.trust(), SpiffeId::node(&peer.org), Some(&client))?;
+    let channel = crate::net::mtls_channel(&peer.endpoint, peer.org.as_str(), tls)?;
+    let mut exchange = ExchangeClient::new(channel).max_decoding_message_size(MAX_MESSAGE_BYTES);
+    let cursor = ctx.store.cursor(&peer.org).await?;
+    let mut stream = exchange
+        .subscribe(SubscribeRequest {
+            from_cursor: cursor,
+        })
+        .await?
+        .into_inner();
+    tracing::info!(partner = %peer.org, from = cursor, "subscribed");
+    ctx.links.set_state(&peer.org, LinkState::Connected, None);
+    // Verified batches are committed by a writer task, several at a time
+    // when they queue up, while the next message is verified.
+    let (commits, pending) = tokio::sync::mpsc::channel::<Batch>(4);
+    let writer = tokio::spawn(commit_batches(ctx.store.clone(), peer.org.clone(), pending));
+    let ended = receive(ctx, peer, &mut stream, cursor, &commits, backoff).await;
+    drop(commits);
+    let committed = writer
+        .await
+        .map_err(|e| LinkError::Protocol(format!("commit task: {e}")))?;
+    ended.and(committed)
+}
+
+/// One verified Subscribe message, ready to commit.
+#[derive(Default)]
+struct Batch {
+    rows: Vec<NewIndicator>,
+    refused: Vec<Rejection>,
+    quarantined: Vec<Quarantined>,
+    cursor: u64,
+}
+
+/// Commits batches in order, merging those that queued up into one
+/// transaction (one fsync).
+async fn commit_batches(
+    store: crate::store::Store,
+    upstream: OrgId,
+    mut pending: tokio::sync::mpsc::Receiver<Batch>,
+) -> Result<(), LinkError> {
+    let mut queued = Vec::new();
+    while pending.recv_many(&mut queued, 16).await > 0 {
+        let mut merged = Batch::default();
+        for b in queued.drain(..) {
+            merged.rows.extend(b.rows);
+            merged.refused.extend(b.refused);
+            merged.quarantined.extend(b.quarantined);
+            merged.cursor = merged.cursor.max(b.cursor);
+        }
+        let out = store
+            .ingest_batch(
+                &upstream,
+                &merged.rows,
+                &merged.refused,
+                &merged.quarantined,
+                merged.cursor,
+            )
+            .await?;
+        if out.stored + out.rejected + out.quarantined > 0 {
+            tracing::debug!(
+                partner = %upstream, stored = out.stored, duplicates = out.duplicates,
+                rejected = out.rejected, quarantined = out.quarantined, cursor = merged.cursor,
+                "batch committed"
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Receives, checks and hands batches to the writer until the stream ends.
+async fn receive(
+    ctx: &NodeContext,
+    peer: &PeerRecord,
+    stream: &mut tonic::Streaming<crate::proto::v1::SubscribeResponse>,
+    mut cursor: u64,
+    commits: &tokio::sync::mpsc::Sender<Batch>,
+    backoff: &mut Backoff,
+) -> Result<(), LinkError> {
+    while let Some(msg) = stream.message().await? {
+        ctx.links.message(&peer.org, msg.latest.max(msg.cursor));
+        if msg.cursor < cursor {
+            return Err(LinkError::Protocol(format!(
+                "{} moved the cursor back from {cursor} to {}",
+                peer.org, msg.cursor
+            )));
+        }
+        // Cards first: they may carry the keys the deliveries need.
+        let mut learned = false;
+        for card in &msg.cards {
+            learned |= super::cards::learn_card(ctx, card, &peer.org).await?;
+        }
+        if learned {
+            super::apply_trust_change(ctx)
+                .await
+                .map_err(|e| LinkError::Protocol(format!("reloading keys: {e}")))?;
+        }
+        let mut prev = cursor;
+        for d in &msg.deliveries {
+            if d.seq <= prev || d.seq > msg.cursor {
+                return Err(LinkError::Protocol(format!(
+                    "{} sent seq {} outside ({prev}, {}]",
+                    peer.org, d.seq, msg.cursor
+                )));
+            }
+            prev = d.seq;
+        }
+        let view = ctx.view.load_full();
+        let checked = verify_all(
+            &ctx.own,
+            &peer.org,
+            msg.deliveries,
+            view.keys.clone(),
+            ctx.clock.now_ms(),
+        )
+        .await
+        .map_err(|e| LinkError::Protocol(format!("verify task: {e}")))?;
+        let policy = view.policies.get(&peer.org).map(|p| p.as_ref());
+        let mut batch = Batch {
+            rows: Vec::with_capacity(checked.len()),
+            cursor: msg.cursor,
+            ..Batch::default()
+        };
+        for (d, verified) in checked {
+            let Some(admitted) = admit_checked(ctx, &peer.org, verified, policy).await? else {
+                continue;
+            };
+            match admitted {
+                Ok(row) => batch.rows.push(row),
+                Err(r) => match r.unknown_key() {
+                    Some(key_id) => {
+                        tracing::info!(partner = %peer.org, seq = d.seq, key = %key_id, "signing key unknown; envelope quarantined");
+                        batch.quarantined.push(Quarantined {
+                            upstream_seq: d.seq,
+                            key_id: key_id.to_string(),
+                            envelope: d.envelope,
+                            path: d.path,
+                        });
+                    }
+                    None => {
+                        tracing::warn!(
+                            partner = %peer.org, seq = d.seq, kind = %r.kind, reason = %r.reason,
+                            "envelope refused"
+                        );
+                        batch.refused.push(Rejection {
+                            upstream_seq: d.seq,
+                            refusal: r,
+                            envelope: d.envelope,
+                        });
+                    }
+                },
+            }
+        }
+        if commits.send(batch).await.is_err() {
+            // The writer stopped on an error; the session reports it.
+            return Ok(());
+        }
+        cursor = msg.cursor;
+        backoff.reset();
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_to_the_cap_and_resets() {
+        let mut b = Backoff::new(100, 700);
+        let steps: Vec<u128> = (0..5).map(|_| b.step().as_millis()).collect();
+        assert_eq!(steps, [100, 200, 400, 700, 700]);
+        b.reset();
+        assert_eq!(b.step().as_millis(), 100);
+    }
+
+    /// The jittered delays, slept on tokio's paused clock, stay between half
+    /// and all of each ceiling, and the whole sequence takes what they add
+    /// up to — no real time passes.
+    #[tokio::test(start_paused = true)]
+    async fn jittered_backoff_sleeps_between_half_and_the_full_ceiling() {
+        let mut b = Backoff::new(100, 700);
+        let ceilings = [100u64, 200, 400, 700, 700, 700];
+        let start = tokio::time::Instant::now();
+        let mut total = Duration::ZERO;
+        for c in ceilings {
+            let d = b.next_delay();
+            let c = Duration::from_millis(c);
+            assert!(d >= c / 2 && d <= c, "{d:?} outside [{:?}, {c:?}]", c / 2);
+            tokio::time::sleep(d).await;
+            total += d;
+        }
+        assert_eq!(start.elapsed(), total);
+        b.reset();
+        assert!(b.next_delay() <= Duration::from_millis(100));
+    }
+}

@@ -1,0 +1,65 @@
+//! Releasing quarantined envelopes once their signing key is known, and
+//! dropping those whose key never came.
+
+use super::verify::{admit_checked, verify_delivery};
+use crate::context::NodeContext;
+use crate::proto::v1::Delivery;
+use crate::refusal::{Refusal, RefusalKind};
+use crate::store::{Rejection, StoreError};
+
+/// Verifies and stores (or refuses) every quarantined envelope whose
+/// signing key is known now. Returns how many were stored.
+pub async fn release(ctx: &NodeContext) -> Result<u64, StoreError> {
+    let view = ctx.view.load_full();
+    let now = ctx.clock.now_ms();
+    let mut stored = 0;
+    for q in ctx.store.quarantine().await? {
+        if view.keys.get(&q.key_id).is_none() {
+            continue;
+        }
+        let d = Delivery {
+            seq: q.upstream_seq,
+            envelope: q.envelope.clone(),
+            path: q.path.clone(),
+        };
+        let policy = view.policies.get(&q.upstream).map(|p| p.as_ref());
+        let verified = verify_delivery(&ctx.own, &q.upstream, &d, &view.keys, now);
+        let admitted = admit_checked(ctx, &q.upstream, verified, policy)
+            .await?
+            .unwrap_or_else(|| {
+                Err(Refusal::new(
+                    RefusalKind::Malformed,
+                    "path: passes through this node",
+                ))
+            });
+        let outcome = admitted.map_err(|refusal| Rejection {
+            upstream_seq: q.upstream_seq,
+            refusal,
+            envelope: q.envelope.clone(),
+        });
+        if ctx.store.resolve_quarantine(&q, outcome).await? {
+            stored += 1;
+        }
+    }
+    if stored > 0 {
+        tracing::info!(stored, "quarantined envelopes verified and stored");
+    }
+    Ok(stored)
+}
+
+/// Drops quarantined envelopes older than `federation.quarantine_ttl_ms`
+/// (by the node's clock), each with a ledger row. Returns how many.
+pub async fn expire(ctx: &NodeContext) -> Result<u64, StoreError> {
+    let ttl = i64::try_from(ctx.settings.federation.quarantine_ttl_ms).unwrap_or(i64::MAX);
+    let dropped = ctx
+        .store
+        .expire_quarantine(ctx.clock.now_ms().saturating_sub(ttl))
+        .await?;
+    if dropped > 0 {
+        tracing::warn!(
+            dropped,
+            "quarantined envelopes dropped: their signing key never arrived"
+        );
+    }
+    Ok(dropped)
+}

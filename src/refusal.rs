@@ -1,0 +1,137 @@
+//! Why an envelope from a partner was not stored: one vocabulary for the
+//! federation (which decides), the store (which records it) and the gRPC
+//! edge (which maps it to a status in `rpc.rs`, and only there).
+
+use crate::signing::VerifyError;
+
+/// The kind of a refusal. Its [`RefusalKind::as_str`] is what the store
+/// keeps in the `rejections` table and the ledger: stable, never renamed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RefusalKind {
+    /// The frame, path or content does not parse or validate.
+    Malformed,
+    /// The signature, origin, key id or key validity does not check out.
+    Unauthentic,
+    /// Signed by a key we do not know yet: the envelope waits in quarantine.
+    UnknownKey,
+    /// Our ingress policy for the sending partner refuses it.
+    DeniedByRule,
+    /// An older version than the one held (a rollback).
+    Rollback,
+    /// A version too far ahead of the one held.
+    TooFarAhead,
+}
+
+impl RefusalKind {
+    /// The stored and displayed name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RefusalKind::Malformed => "malformed",
+            RefusalKind::Unauthentic => "unauthentic",
+            RefusalKind::UnknownKey => "unknown-key",
+            RefusalKind::DeniedByRule => "denied-by-rule",
+            RefusalKind::Rollback => "rollback",
+            RefusalKind::TooFarAhead => "too-far-ahead",
+        }
+    }
+
+    /// The kind named by [`RefusalKind::as_str`].
+    pub fn parse(s: &str) -> Option<Self> {
+        [
+            RefusalKind::Malformed,
+            RefusalKind::Unauthentic,
+            RefusalKind::UnknownKey,
+            RefusalKind::DeniedByRule,
+            RefusalKind::Rollback,
+            RefusalKind::TooFarAhead,
+        ]
+        .into_iter()
+        .find(|k| k.as_str() == s)
+    }
+}
+
+impl std::fmt::Display for RefusalKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl From<&VerifyError> for RefusalKind {
+    fn from(e: &VerifyError) -> Self {
+        match e {
+            VerifyError::BadSignature { .. }
+            | VerifyError::OriginMismatch { .. }
+            | VerifyError::KeyIdMismatch { .. }
+            | VerifyError::KeyNotValid { .. }
+            | VerifyError::KeyRevoked { .. }
+            | VerifyError::SignatureCount(_) => RefusalKind::Unauthentic,
+            VerifyError::UnknownKey(_) => RefusalKind::UnknownKey,
+            VerifyError::WrongPayloadType { .. }
+            | VerifyError::TooLarge(_)
+            | VerifyError::Decode(_) => RefusalKind::Malformed,
+        }
+    }
+}
+
+/// A refused envelope: what kind of refusal and why, naming the key, org or
+/// field at fault.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    /// The kind.
+    pub kind: RefusalKind,
+    /// Why, for the partner's and our operators.
+    pub reason: String,
+    /// The unknown signing key, for [`RefusalKind::UnknownKey`].
+    pub key_id: Option<String>,
+}
+
+impl Refusal {
+    /// A refusal of `kind` for `reason`.
+    pub fn new(kind: RefusalKind, reason: impl Into<String>) -> Self {
+        Self {
+            kind,
+            reason: reason.into(),
+            key_id: None,
+        }
+    }
+
+    /// The key to wait for, when the only problem is that it is unknown.
+    pub fn unknown_key(&self) -> Option<&str> {
+        (self.kind == RefusalKind::UnknownKey)
+            .then_some(self.key_id.as_deref())
+            .flatten()
+    }
+}
+
+impl From<VerifyError> for Refusal {
+    fn from(e: VerifyError) -> Self {
+        Self {
+            kind: RefusalKind::from(&e),
+            reason: e.to_string(),
+            key_id: match &e {
+                VerifyError::UnknownKey(k) => Some(k.clone()),
+                _ => None,
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_round_trip() {
+        for k in [
+            RefusalKind::Malformed,
+            RefusalKind::Unauthentic,
+            RefusalKind::UnknownKey,
+            RefusalKind::DeniedByRule,
+            RefusalKind::Rollback,
+            RefusalKind::TooFarAhead,
+        ] {
+            assert_eq!(RefusalKind::parse(k.as_str()), Some(k));
+        }
+        assert_eq!(RefusalKind::parse("Unauthenticated"), None);
+    }
+}

@@ -1,0 +1,129 @@
+//! The key directory's cards of non-partner orgs that travelled through the
+//! mesh: accepted (their keys verify indicators) or pending approval.
+
+use super::{Store, StoreError, to_i64};
+use crate::audit::AuditEntry;
+use crate::identity::VerifiedCard;
+use crate::model::OrgId;
+
+/// Whether a card of a non-partner org is trusted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CardState {
+    /// Its keys verify indicators (it came from an introducer, or an admin
+    /// approved it).
+    Accepted,
+    /// Waiting for `threatmesh peer approve-card`; its keys are not used.
+    Pending,
+}
+
+impl CardState {
+    /// Stored and displayed name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CardState::Accepted => "accepted",
+            CardState::Pending => "pending",
+        }
+    }
+}
+
+/// A card of a non-partner org received through the mesh.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DirectoryRow {
+    /// The org.
+    pub org: OrgId,
+    /// The card envelope (serialised).
+    pub card: Vec<u8>,
+    /// Its version.
+    pub version: u64,
+    /// Accepted or pending.
+    pub state: CardState,
+    /// The partner it came through, or the admin who approved it.
+    pub via: String,
+    /// When last changed.
+    pub updated_ms: i64,
+}
+
+/// An `org_cards` row as read.
+#[derive(sqlx::FromRow)]
+struct Row {
+    org_id: String,
+    card: Vec<u8>,
+    #[sqlx(try_from = "i64")]
+    card_version: u64,
+    state: String,
+    via: String,
+    updated_ms: i64,
+}
+
+impl TryFrom<Row> for DirectoryRow {
+    type Error = StoreError;
+    fn try_from(r: Row) -> Result<Self, StoreError> {
+        Ok(Self {
+            org: OrgId::parse(&r.org_id)
+                .map_err(|e| StoreError::Corrupt(format!("org_cards.org_id: {e}")))?,
+            card: r.card,
+            version: r.card_version,
+            state: match r.state.as_str() {
+                "accepted" => CardState::Accepted,
+                "pending" => CardState::Pending,
+                other => return Err(StoreError::Corrupt(format!("org_cards.state '{other}'"))),
+            },
+            via: r.via,
+            updated_ms: r.updated_ms,
+        })
+    }
+}
+
+impl Store {
+    /// Cards of non-partner orgs, by org id.
+    pub async fn directory(&self) -> Result<Vec<DirectoryRow>, StoreError> {
+        let rows: Vec<Row> = sqlx::query_as(
+            "SELECT org_id, card, card_version, state, via, updated_ms FROM org_cards ORDER BY org_id",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter().map(TryInto::try_into).collect()
+    }
+
+    /// Stores a card of a non-partner org in `state` (the caller checked its
+    /// signature, and its succession if one was trusted before); an accepted
+    /// card's keys become trusted. `event` and `actor` go to the ledger.
+    pub async fn put_directory_card(
+        &self,
+        card: &VerifiedCard,
+        card_bytes: &[u8],
+        state: CardState,
+        via: &str,
+        event: &'static str,
+        actor: &str,
+    ) -> Result<(), StoreError> {
+        let (_writing, mut tx) = self.write_tx().await?;
+        if state == CardState::Accepted {
+            self.replace_keys(&mut tx, card).await?;
+        }
+        sqlx::query(
+            "INSERT INTO org_cards (org_id, card, card_version, state, via, updated_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6) \
+             ON CONFLICT (org_id) DO UPDATE SET card = ?2, card_version = ?3, state = ?4, via = ?5, updated_ms = ?6",
+        )
+        .bind(card.org.as_str())
+        .bind(card_bytes)
+        .bind(to_i64(card.card.version))
+        .bind(state.as_str())
+        .bind(via)
+        .bind(self.now())
+        .execute(&mut *tx)
+        .await?;
+        let key_ids: Vec<&str> = card.keys.iter().map(|k| k.key_id.as_str()).collect();
+        let entry = AuditEntry::directory_card(
+            event,
+            actor,
+            card.org.as_str(),
+            card.card.version,
+            via,
+            &key_ids,
+        );
+        self.append_audit_tx(&mut tx, &[entry]).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+}

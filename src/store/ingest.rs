@@ -1,0 +1,308 @@
+//! Batches received from a partner: admitted rows (duplicates ignored,
+//! rollbacks and far-ahead versions refused), refusals, quarantined
+//! envelopes and the cursor, committed in one transaction.
+
+use std::collections::HashMap;
+
+use super::log::NewIndicator;
+use super::quarantine::Quarantined;
+use super::{ROWS_PER_STATEMENT, Store, StoreError, Tx, to_i64};
+use crate::audit::AuditEntry;
+use crate::model::OrgId;
+use crate::refusal::{Refusal, RefusalKind};
+
+/// Most a version may jump above the newest one held (a "far-future"
+/// version would block every later update by the origin).
+pub const MAX_VERSION_STEP: u64 = 1_000_000;
+
+/// A refused envelope to record.
+#[derive(Debug, Clone)]
+pub struct Rejection {
+    /// Upstream sequence number of the refused item.
+    pub upstream_seq: u64,
+    /// Why it was refused.
+    pub refusal: Refusal,
+    /// The refused bytes, for forensics.
+    pub envelope: Vec<u8>,
+}
+
+/// A recorded rejection.
+#[derive(Debug, Clone)]
+pub struct RejectionRecord {
+    /// Partner that sent it.
+    pub upstream_org: String,
+    /// Upstream sequence number.
+    pub upstream_seq: u64,
+    /// The kind of refusal.
+    pub kind: RefusalKind,
+    /// Why.
+    pub reason: String,
+    /// When.
+    pub rejected_ms: i64,
+}
+
+/// A `rejections` row as read.
+#[derive(sqlx::FromRow)]
+struct RejectionRow {
+    upstream_org: String,
+    #[sqlx(try_from = "i64")]
+    upstream_seq: u64,
+    code: String,
+    reason: String,
+    rejected_ms: i64,
+}
+
+impl TryFrom<RejectionRow> for RejectionRecord {
+    type Error = StoreError;
+    fn try_from(r: RejectionRow) -> Result<Self, StoreError> {
+        Ok(Self {
+            kind: RefusalKind::parse(&r.code)
+                .ok_or_else(|| StoreError::Corrupt(format!("rejections.code '{}'", r.code)))?,
+            upstream_org: r.upstream_org,
+            upstream_seq: r.upstream_seq,
+            reason: r.reason,
+            rejected_ms: r.rejected_ms,
+        })
+    }
+}
+
+/// Result of committing a batch received from a partner.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct IngestOutcome {
+    /// New versions stored.
+    pub stored: u64,
+    /// Versions already held (idempotent re-delivery).
+    pub duplicates: u64,
+    /// Envelopes refused and recorded.
+    pub rejected: u64,
+    /// Envelopes put in quarantine (unknown signing key).
+    pub quarantined: u64,
+}
+
+/// What became of one row offered for storage.
+pub(super) enum Admitted {
+    Stored(u64),
+    Duplicate,
+    Refused(Rejection),
+}
+
+/// Why `version` may not follow the newest version `held`, if it may not.
+fn version_refusal(i: &crate::proto::v1::Indicator, held: Option<u64>) -> Option<Refusal> {
+    let h = held?;
+    if i.version < h {
+        Some(Refusal::new(
+            RefusalKind::Rollback,
+            format!(
+                "rollback: {}/{} version {} is older than version {h} held here",
+                i.origin_org, i.id, i.version
+            ),
+        ))
+    } else if i.version > h.saturating_add(MAX_VERSION_STEP) {
+        Some(Refusal::new(
+            RefusalKind::TooFarAhead,
+            format!(
+                "{}/{} version {} jumps more than {MAX_VERSION_STEP} versions past version {h} held here",
+                i.origin_org, i.id, i.version
+            ),
+        ))
+    } else {
+        None
+    }
+}
+
+impl Store {
+    /// Stores verified, admitted rows from `upstream`, in order, except
+    /// duplicates, versions older than the one held (rollback) and versions
+    /// too far ahead; multi-row statements throughout.
+    pub(super) async fn admit_rows(
+        &self,
+        tx: &mut Tx,
+        upstream: &OrgId,
+        rows: &[NewIndicator],
+        audit: &mut Vec<AuditEntry>,
+    ) -> Result<Vec<Admitted>, StoreError> {
+        let keys: Vec<(String, String)> = rows
+            .iter()
+            .map(|r| (r.indicator.origin_org.clone(), r.indicator.id.clone()))
+            .collect();
+        let mut held = held_versions(tx, &keys).await?;
+        let mut verdicts: Vec<Option<Admitted>> = Vec::with_capacity(rows.len());
+        let mut candidates = Vec::new();
+        for (row, key) in rows.iter().zip(keys) {
+            match version_refusal(&row.indicator, held.get(&key).copied()) {
+                Some(refusal) => verdicts.push(Some(Admitted::Refused(Rejection {
+                    upstream_seq: row.upstream_seq,
+                    refusal,
+                    envelope: row.envelope.clone(),
+                }))),
+                None => {
+                    let h = held.entry(key).or_insert(0);
+                    *h = (*h).max(row.indicator.version);
+                    verdicts.push(None);
+                    candidates.push(row);
+                }
+            }
+        }
+        let mut seqs = self
+            .insert_indicators(tx, &candidates, upstream.as_str())
+            .await?
+            .into_iter();
+        let mut out = Vec::with_capacity(rows.len());
+        for (row, verdict) in rows.iter().zip(verdicts) {
+            out.push(match verdict {
+                Some(v) => v,
+                None => match seqs.next().flatten() {
+                    Some(seq) => {
+                        audit.push(AuditEntry::accepted(
+                            upstream.as_str(),
+                            row.subject(),
+                            row.rule,
+                            &row.path,
+                        ));
+                        Admitted::Stored(seq)
+                    }
+                    None => Admitted::Duplicate,
+                },
+            });
+        }
+        Ok(out)
+    }
+
+    /// Records a refused envelope from `upstream`.
+    pub(super) async fn reject(
+        &self,
+        tx: &mut Tx,
+        upstream: &OrgId,
+        r: &Rejection,
+        audit: &mut Vec<AuditEntry>,
+    ) -> Result<(), StoreError> {
+        let kind = r.refusal.kind.as_str();
+        audit.push(AuditEntry::rejected(
+            upstream.as_str(),
+            r.upstream_seq,
+            kind,
+            &r.refusal.reason,
+        ));
+        sqlx::query(
+            "INSERT INTO rejections (upstream_org, upstream_seq, code, reason, envelope, rejected_ms) \
+             VALUES (?, ?, ?, ?, ?, ?)",
+        )
+        .bind(upstream.as_str())
+        .bind(to_i64(r.upstream_seq))
+        .bind(kind)
+        .bind(&r.refusal.reason)
+        .bind(&r.envelope)
+        .bind(self.now())
+        .execute(&mut **tx)
+        .await?;
+        Ok(())
+    }
+
+    /// Commits a batch from `upstream`: new rows (duplicates ignored, older
+    /// or far-future versions refused), rejections, envelopes waiting for
+    /// their key, and the cursor, in **one** transaction. The cursor only
+    /// moves forward.
+    pub async fn ingest_batch(
+        &self,
+        upstream: &OrgId,
+        rows: &[NewIndicator],
+        rejections: &[Rejection],
+        quarantined: &[Quarantined],
+        cursor: u64,
+    ) -> Result<IngestOutcome, StoreError> {
+        let mut out = IngestOutcome::default();
+        let (_writing, mut tx) = self.write_tx().await?;
+        let mut max_seq = 0;
+        let mut audit = Vec::new();
+        let mut refused: Vec<Rejection> = Vec::new();
+        for verdict in self.admit_rows(&mut tx, upstream, rows, &mut audit).await? {
+            match verdict {
+                Admitted::Stored(seq) => {
+                    out.stored += 1;
+                    max_seq = max_seq.max(seq);
+                }
+                Admitted::Duplicate => out.duplicates += 1,
+                Admitted::Refused(r) => refused.push(r),
+            }
+        }
+        for r in rejections.iter().chain(refused.iter()) {
+            self.reject(&mut tx, upstream, r, &mut audit).await?;
+            out.rejected += 1;
+        }
+        out.quarantined = self
+            .hold(&mut tx, upstream, quarantined, &mut audit)
+            .await?;
+        self.append_audit_tx(&mut tx, &crate::audit::coalesce(audit))
+            .await?;
+        sqlx::query(
+            "INSERT INTO cursors (upstream_org, cursor, updated_ms) VALUES (?, ?, ?) \
+             ON CONFLICT (upstream_org) DO UPDATE SET cursor = excluded.cursor, updated_ms = excluded.updated_ms \
+             WHERE excluded.cursor > cursors.cursor",
+        )
+        .bind(upstream.as_str())
+        .bind(to_i64(cursor))
+        .bind(self.now())
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        if max_seq > 0 {
+            self.bump(max_seq);
+        }
+        Ok(out)
+    }
+
+    /// The committed cursor for `upstream` (0 if never subscribed).
+    pub async fn cursor(&self, upstream: &OrgId) -> Result<u64, StoreError> {
+        let v: Option<i64> =
+            sqlx::query_scalar("SELECT cursor FROM cursors WHERE upstream_org = ?")
+                .bind(upstream.as_str())
+                .fetch_optional(&self.pool)
+                .await?;
+        Ok(v.unwrap_or(0) as u64)
+    }
+
+    /// Rejected envelopes, oldest first.
+    pub async fn rejections(&self) -> Result<Vec<RejectionRecord>, StoreError> {
+        let rows: Vec<RejectionRow> = sqlx::query_as(
+            "SELECT upstream_org, upstream_seq, code, reason, rejected_ms FROM rejections ORDER BY id",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter().map(TryInto::try_into).collect()
+    }
+
+    /// Number of refused envelopes recorded.
+    pub async fn count_rejections(&self) -> Result<u64, StoreError> {
+        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM rejections")
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(n as u64)
+    }
+}
+
+/// The newest version held of each (origin, id), looked up in groups.
+async fn held_versions(
+    tx: &mut Tx,
+    keys: &[(String, String)],
+) -> Result<HashMap<(String, String), u64>, StoreError> {
+    let mut out = HashMap::new();
+    for chunk in keys.chunks(ROWS_PER_STATEMENT * 4) {
+        let mut q = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
+            "SELECT origin_org, indicator_id, MAX(version) FROM indicators WHERE (origin_org, indicator_id) IN (VALUES ",
+        );
+        let mut sep = q.separated(", ");
+        for (o, i) in chunk {
+            sep.push("(")
+                .push_bind_unseparated(o.clone())
+                .push_unseparated(", ")
+                .push_bind_unseparated(i.clone())
+                .push_unseparated(")");
+        }
+        q.push(") GROUP BY origin_org, indicator_id");
+        let rows: Vec<(String, String, i64)> = q.build_query_as().fetch_all(&mut **tx).await?;
+        for (o, i, v) in rows {
+            out.insert((o, i), v as u64);
+        }
+    }
+    Ok(out)
+}

@@ -1,0 +1,156 @@
+//! The audit ledger: appending chained rows (inside any write transaction)
+//! and reading them back for `audit log` and `audit verify`.
+
+use super::{ROWS_PER_STATEMENT, Store, StoreError, Tx, to_i64};
+use crate::audit::{AuditEntry, AuditEntryOwned, AuditRow, ChainBreak, row_hash, verify_chain};
+
+/// An `audit` row as read.
+#[derive(sqlx::FromRow)]
+struct Row {
+    #[sqlx(try_from = "i64")]
+    seq: u64,
+    at_ms: i64,
+    event: String,
+    actor: String,
+    partner: String,
+    subject: String,
+    rule: String,
+    detail: String,
+    prev_hash: Vec<u8>,
+    hash: Vec<u8>,
+}
+
+impl From<Row> for AuditRow {
+    fn from(r: Row) -> Self {
+        AuditRow {
+            seq: r.seq,
+            at_ms: r.at_ms,
+            entry: AuditEntryOwned {
+                event: r.event,
+                actor: r.actor,
+                partner: r.partner,
+                subject: r.subject,
+                rule: r.rule,
+                detail: r.detail,
+            },
+            prev_hash: r.prev_hash,
+            hash: r.hash,
+        }
+    }
+}
+
+impl Store {
+    /// Appends entries to the audit ledger in their own transaction.
+    pub async fn append_audit(&self, entries: &[AuditEntry]) -> Result<(), StoreError> {
+        if entries.is_empty() {
+            return Ok(());
+        }
+        let (_writing, mut tx) = self.write_tx().await?;
+        self.append_audit_tx(&mut tx, entries).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Appends entries to the chain inside `tx` (which holds the write lock).
+    pub(super) async fn append_audit_tx(
+        &self,
+        tx: &mut Tx,
+        entries: &[AuditEntry],
+    ) -> Result<(), StoreError> {
+        if entries.is_empty() {
+            return Ok(());
+        }
+        let head: Option<(i64, Vec<u8>)> =
+            sqlx::query_as("SELECT seq, hash FROM audit_head WHERE id = 1")
+                .fetch_optional(&mut **tx)
+                .await?;
+        let (mut seq, mut prev) = head
+            .map(|(s, h)| (s as u64, h))
+            .unwrap_or((0, crate::audit::GENESIS.to_vec()));
+        let now = self.now();
+        let mut rows = Vec::with_capacity(entries.len());
+        for e in entries {
+            seq += 1;
+            let hash = row_hash(
+                &prev, seq, now, e.event, &e.actor, &e.partner, &e.subject, &e.rule, &e.detail,
+            )
+            .to_vec();
+            rows.push((seq, e, std::mem::replace(&mut prev, hash.clone()), hash));
+        }
+        for chunk in rows.chunks(ROWS_PER_STATEMENT) {
+            let mut q = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
+                "INSERT INTO audit (seq, at_ms, event, actor, partner, subject, rule, detail, prev_hash, hash) ",
+            );
+            q.push_values(chunk, |mut b, (seq, e, prev, hash)| {
+                b.push_bind(to_i64(*seq))
+                    .push_bind(now)
+                    .push_bind(e.event)
+                    .push_bind(e.actor.clone())
+                    .push_bind(e.partner.clone())
+                    .push_bind(e.subject.clone())
+                    .push_bind(e.rule.clone())
+                    .push_bind(e.detail.clone())
+                    .push_bind(prev.clone())
+                    .push_bind(hash.clone());
+            });
+            q.build().execute(&mut **tx).await?;
+        }
+        sqlx::query(
+            "INSERT INTO audit_head (id, seq, hash) VALUES (1, ?1, ?2) \
+             ON CONFLICT (id) DO UPDATE SET seq = ?1, hash = ?2",
+        )
+        .bind(to_i64(seq))
+        .bind(prev.as_slice())
+        .execute(&mut **tx)
+        .await?;
+        Ok(())
+    }
+
+    /// Ledger rows, oldest first, optionally for one partner and from a time.
+    pub async fn audit_rows(
+        &self,
+        partner: Option<&str>,
+        since_ms: Option<i64>,
+    ) -> Result<Vec<AuditRow>, StoreError> {
+        let mut conn = self.pool.acquire().await?;
+        read_audit(&mut conn, partner, since_ms).await
+    }
+
+    /// Checks the whole ledger; `Ok(rows)` or the first bad row.
+    pub async fn verify_audit(&self) -> Result<Result<u64, ChainBreak>, StoreError> {
+        // Rows and head from one snapshot, so a concurrent append cannot
+        // look like a truncation.
+        let mut tx = self.pool.begin().await?;
+        let rows = read_audit(&mut tx, None, None).await?;
+        let head: Option<(i64, Vec<u8>)> =
+            sqlx::query_as("SELECT seq, hash FROM audit_head WHERE id = 1")
+                .fetch_optional(&mut *tx)
+                .await?;
+        tx.commit().await?;
+        Ok(verify_chain(&rows, head.map(|(s, h)| (s as u64, h))))
+    }
+
+    /// Number of rows in the audit ledger.
+    pub async fn count_audit(&self) -> Result<u64, StoreError> {
+        let n: Option<i64> = sqlx::query_scalar("SELECT seq FROM audit_head WHERE id = 1")
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(n.unwrap_or(0) as u64)
+    }
+}
+
+async fn read_audit(
+    conn: &mut sqlx::SqliteConnection,
+    partner: Option<&str>,
+    since_ms: Option<i64>,
+) -> Result<Vec<AuditRow>, StoreError> {
+    let rows: Vec<Row> = sqlx::query_as(
+        "SELECT seq, at_ms, event, actor, partner, subject, rule, detail, prev_hash, hash FROM audit \
+         WHERE (?1 IS NULL OR partner = ?1) AND (?2 IS NULL OR at_ms >= ?2) ORDER BY seq",
+    )
+    .bind(partner)
+    .bind(since_ms)
+    .fetch_all(&mut *conn)
+    .await?;
+    Ok(rows.into_iter().map(Into::into).collect())
+}

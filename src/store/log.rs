@@ -1,0 +1,419 @@
+//! The append-only indicator log: versions published here (group commit),
+//! reads by sequence number, and the shared tail of the newest rows.
+
+use std::sync::{Arc, OnceLock};
+
+use tokio::sync::{mpsc, oneshot, watch};
+
+use super::{ROWS_PER_STATEMENT, Store, StoreError, Tx, to_i64};
+use crate::audit::AuditEntry;
+use crate::proto::v1::Indicator;
+
+/// An indicator version to append.
+#[derive(Debug, Clone)]
+pub struct NewIndicator {
+    /// The decoded (verified) indicator, for the columns.
+    pub indicator: Indicator,
+    /// The serialised envelope, stored byte for byte.
+    pub envelope: Vec<u8>,
+    /// The ingress rule that accepted it (recorded in the audit ledger).
+    pub rule: &'static str,
+    /// Orgs it passed through before reaching us, origin first (empty when
+    /// published here).
+    pub path: Vec<String>,
+    /// Its sequence number at the partner it came from (0 if published here).
+    pub upstream_seq: u64,
+}
+
+impl NewIndicator {
+    /// The ledger subject of this version.
+    pub fn subject(&self) -> String {
+        let i = &self.indicator;
+        AuditEntry::indicator_subject(&i.origin_org, &i.id, i.version)
+    }
+
+    fn duplicate(&self) -> StoreError {
+        StoreError::Duplicate {
+            origin: self.indicator.origin_org.clone(),
+            id: self.indicator.id.clone(),
+            version: self.indicator.version,
+        }
+    }
+}
+
+/// The indicator decoded from a stored row's envelope, filled in once by
+/// the first reader that needs it and shared by every copy of the row (the
+/// tail hands the same cell to every live stream).
+pub type DecodedCell = Arc<OnceLock<Result<Arc<Indicator>, String>>>;
+
+/// A stored indicator version.
+#[derive(Debug, Clone)]
+pub struct StoredIndicator {
+    /// Local sequence number.
+    pub seq: u64,
+    /// Origin org.
+    pub origin_org: String,
+    /// Indicator id.
+    pub indicator_id: String,
+    /// Version.
+    pub version: u64,
+    /// Partner it came from; `None` if published here.
+    pub received_from: Option<String>,
+    /// Envelope bytes exactly as signed.
+    pub envelope: Vec<u8>,
+    /// When this node stored it.
+    pub stored_ms: i64,
+    /// Orgs it passed through before reaching us, origin first (empty when
+    /// published here).
+    pub path: Vec<String>,
+    /// Whether this version revokes the indicator.
+    pub revoked: bool,
+    /// The decoded indicator, once a reader decoded it.
+    pub decoded: DecodedCell,
+}
+
+/// An `indicators` row as read.
+#[derive(sqlx::FromRow)]
+struct IndicatorRow {
+    #[sqlx(try_from = "i64")]
+    seq: u64,
+    origin_org: String,
+    indicator_id: String,
+    #[sqlx(try_from = "i64")]
+    version: u64,
+    received_from: String,
+    envelope: Vec<u8>,
+    stored_ms: i64,
+    path: String,
+    revoked: bool,
+}
+
+impl From<IndicatorRow> for StoredIndicator {
+    fn from(r: IndicatorRow) -> Self {
+        Self {
+            seq: r.seq,
+            origin_org: r.origin_org,
+            indicator_id: r.indicator_id,
+            version: r.version,
+            received_from: (!r.received_from.is_empty()).then_some(r.received_from),
+            envelope: r.envelope,
+            stored_ms: r.stored_ms,
+            path: split_path(&r.path),
+            revoked: r.revoked,
+            decoded: Default::default(),
+        }
+    }
+}
+
+/// `SELECT` of the columns [`IndicatorRow`] reads, then `$rest`.
+macro_rules! select_indicators {
+    ($rest:literal) => {
+        concat!(
+            "SELECT seq, origin_org, indicator_id, version, received_from, envelope, stored_ms, path, revoked \
+             FROM indicators ",
+            $rest
+        )
+    };
+}
+
+/// A stored path ("a.example,b.example") as org ids.
+pub(super) fn split_path(s: &str) -> Vec<String> {
+    if s.is_empty() {
+        Vec::new()
+    } else {
+        s.split(',').map(str::to_string).collect()
+    }
+}
+
+/// A local publish waiting for the group commit.
+pub(super) struct LocalWrite {
+    row: NewIndicator,
+    actor: String,
+    done: oneshot::Sender<Result<u64, StoreError>>,
+}
+
+impl std::fmt::Debug for LocalWrite {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LocalWrite").finish_non_exhaustive()
+    }
+}
+
+/// The newest stretch of the log, read once and shared by every live
+/// subscriber stream, so a new batch costs one store read (and one decode
+/// per row), not one per subscriber.
+#[derive(Debug, Default)]
+pub(super) struct Tail {
+    /// Consecutive rows, oldest first.
+    rows: std::collections::VecDeque<StoredIndicator>,
+}
+
+/// Most rows the tail keeps.
+const TAIL_ROWS: usize = 8192;
+
+impl Store {
+    /// Highest local sequence number (0 if empty).
+    pub async fn latest_seq(&self) -> Result<u64, StoreError> {
+        let v: Option<i64> = sqlx::query_scalar("SELECT MAX(seq) FROM indicators")
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(v.unwrap_or(0) as u64)
+    }
+
+    /// The highest sequence number committed through this handle (no query).
+    pub fn latest_known(&self) -> u64 {
+        *self.latest.borrow()
+    }
+
+    /// A receiver that changes whenever new rows are committed.
+    pub fn watch_latest(&self) -> watch::Receiver<u64> {
+        self.latest.subscribe()
+    }
+
+    pub(super) fn bump(&self, seq: u64) {
+        self.latest.send_if_modified(|cur| {
+            if seq > *cur {
+                *cur = seq;
+                true
+            } else {
+                false
+            }
+        });
+    }
+
+    /// Appends a version published here. Durable when this returns.
+    /// Concurrent calls are committed together (group commit): one
+    /// transaction, one fsync, for every publish waiting at that moment.
+    pub async fn append_local(&self, row: &NewIndicator, actor: &str) -> Result<u64, StoreError> {
+        let (done, result) = oneshot::channel();
+        let write = LocalWrite {
+            row: row.clone(),
+            actor: actor.to_string(),
+            done,
+        };
+        self.local
+            .send(write)
+            .await
+            .map_err(|_| StoreError::WriterStopped)?;
+        result.await.unwrap_or(Err(StoreError::WriterStopped))
+    }
+
+    /// Writes queued local publishes in groups until every handle of the
+    /// store is gone.
+    pub(super) async fn local_writer(self, mut queue: mpsc::Receiver<LocalWrite>) {
+        const GROUP: usize = 512;
+        let mut group = Vec::with_capacity(GROUP);
+        while queue.recv_many(&mut group, GROUP).await > 0 {
+            let rows: Vec<(&NewIndicator, &str)> =
+                group.iter().map(|w| (&w.row, w.actor.as_str())).collect();
+            let results = match self.commit_local(&rows).await {
+                Ok(seqs) => seqs
+                    .into_iter()
+                    .zip(&group)
+                    .map(|(seq, w)| seq.ok_or_else(|| w.row.duplicate()))
+                    .collect(),
+                Err(e) => {
+                    tracing::error!(error = %e, rows = group.len(), "group commit of local publishes failed");
+                    vec![Err(e); group.len()]
+                }
+            };
+            for (w, r) in group.drain(..).zip(results) {
+                let _ = w.done.send(r);
+            }
+        }
+    }
+
+    /// Stores versions published here, each with the publisher that made
+    /// it, and their ledger rows, in one transaction; per row its sequence
+    /// number, or `None` for a version already stored.
+    async fn commit_local(
+        &self,
+        rows: &[(&NewIndicator, &str)],
+    ) -> Result<Vec<Option<u64>>, StoreError> {
+        let (_writing, mut tx) = self.write_tx().await?;
+        let indicators: Vec<&NewIndicator> = rows.iter().map(|(r, _)| *r).collect();
+        let seqs = self.insert_indicators(&mut tx, &indicators, "").await?;
+        let audit: Vec<AuditEntry> = rows
+            .iter()
+            .zip(&seqs)
+            .filter(|(_, seq)| seq.is_some())
+            .map(|((row, actor), _)| AuditEntry::published(actor, row.subject()))
+            .collect();
+        self.append_audit_tx(&mut tx, &crate::audit::coalesce(audit))
+            .await?;
+        tx.commit().await?;
+        if let Some(max) = seqs.iter().flatten().max() {
+            self.bump(*max);
+        }
+        Ok(seqs)
+    }
+
+    /// Appends many versions published here in one transaction (each with
+    /// its ledger row); returns their sequence numbers. Used to load large
+    /// sets (bulk import, the benchmark's backlog).
+    pub async fn append_local_batch(
+        &self,
+        rows: &[NewIndicator],
+        actor: &str,
+    ) -> Result<Vec<u64>, StoreError> {
+        let refs: Vec<(&NewIndicator, &str)> = rows.iter().map(|r| (r, actor)).collect();
+        self.commit_local(&refs)
+            .await?
+            .into_iter()
+            .zip(rows)
+            .map(|(seq, row)| seq.ok_or_else(|| row.duplicate()))
+            .collect()
+    }
+
+    /// Highest stored version and creation time of an indicator.
+    pub async fn latest_version(
+        &self,
+        origin: &str,
+        id: &str,
+    ) -> Result<Option<(u64, i64)>, StoreError> {
+        let row: Option<(i64, i64)> = sqlx::query_as(
+            "SELECT version, created_ms FROM indicators \
+             WHERE origin_org = ? AND indicator_id = ? ORDER BY version DESC LIMIT 1",
+        )
+        .bind(origin)
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.map(|(v, created)| (v as u64, created)))
+    }
+
+    /// Up to `limit` rows with `seq > after`, in order.
+    pub async fn read_after(
+        &self,
+        after: u64,
+        limit: u32,
+    ) -> Result<Vec<StoredIndicator>, StoreError> {
+        let limit = limit as usize;
+        let tail = self.tail.lock().await;
+        let first = tail.rows.front().map(|r| r.seq);
+        let last = tail.rows.back().map(|r| r.seq);
+        // Served from the shared tail when it covers `after + 1` onwards...
+        if let (Some(first), Some(last)) = (first, last)
+            && first <= after.saturating_add(1)
+            && after < last
+        {
+            let skip = tail.rows.partition_point(|r| r.seq <= after);
+            return Ok(tail.rows.iter().skip(skip).take(limit).cloned().collect());
+        }
+        // ...else read from the store. Rows that directly follow the tail
+        // extend it (a reader beyond the tail starts it afresh), shared by
+        // every reader; the lock is held meanwhile so concurrent readers of
+        // the same new rows wait for this read instead of repeating it.
+        // Readers behind the tail (catching up) read without it.
+        let mut tail = last.is_none_or(|l| l <= after).then_some(tail);
+        let rows: Vec<IndicatorRow> =
+            sqlx::query_as(select_indicators!("WHERE seq > ? ORDER BY seq LIMIT ?"))
+                .bind(to_i64(after))
+                .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+                .fetch_all(&self.pool)
+                .await?;
+        let rows: Vec<StoredIndicator> = rows.into_iter().map(Into::into).collect();
+        if let Some(t) = tail.as_mut()
+            && !rows.is_empty()
+        {
+            if t.rows.back().is_some_and(|r| r.seq != after) {
+                t.rows.clear();
+            }
+            t.rows.extend(rows.iter().cloned());
+            while t.rows.len() > TAIL_ROWS {
+                t.rows.pop_front();
+            }
+        }
+        Ok(rows)
+    }
+
+    /// Every stored version of `origin`'s indicators (or all, if `None`), in order.
+    pub async fn indicators(
+        &self,
+        origin: Option<&str>,
+    ) -> Result<Vec<StoredIndicator>, StoreError> {
+        let rows: Vec<IndicatorRow> = sqlx::query_as(select_indicators!(
+            "WHERE (?1 IS NULL OR origin_org = ?1) ORDER BY seq"
+        ))
+        .bind(origin)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.into_iter().map(Into::into).collect())
+    }
+
+    /// The latest stored version of indicator `id` (any origin).
+    pub async fn indicator_by_id(&self, id: &str) -> Result<Option<StoredIndicator>, StoreError> {
+        let row: Option<IndicatorRow> = sqlx::query_as(select_indicators!(
+            "WHERE indicator_id = ? ORDER BY version DESC, seq DESC LIMIT 1"
+        ))
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.map(Into::into))
+    }
+
+    /// Number of stored indicator versions.
+    pub async fn count_indicators(&self) -> Result<u64, StoreError> {
+        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM indicators")
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(n as u64)
+    }
+
+    /// Inserts many versions with multi-row statements; per row, its
+    /// sequence number, or `None` when (origin, id, version) was already
+    /// stored.
+    pub(super) async fn insert_indicators(
+        &self,
+        tx: &mut Tx,
+        rows: &[&NewIndicator],
+        received_from: &str,
+    ) -> Result<Vec<Option<u64>>, StoreError> {
+        let now = self.now();
+        let mut out = Vec::with_capacity(rows.len());
+        for chunk in rows.chunks(ROWS_PER_STATEMENT) {
+            let mut q = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
+                "INSERT INTO indicators (origin_org, indicator_id, version, received_from, envelope, kind, value, \
+                 tlp, confidence, created_ms, modified_ms, revoked, stored_ms, path) ",
+            );
+            q.push_values(chunk, |mut b, row| {
+                let i = &row.indicator;
+                b.push_bind(i.origin_org.clone())
+                    .push_bind(i.id.clone())
+                    .push_bind(to_i64(i.version))
+                    .push_bind(received_from.to_string())
+                    .push_bind(row.envelope.clone())
+                    .push_bind(i.kind)
+                    .push_bind(i.value.clone())
+                    .push_bind(i.marking.as_ref().map(|m| m.tlp).unwrap_or(0))
+                    .push_bind(i64::from(i.confidence))
+                    .push_bind(i.created_unix_ms)
+                    .push_bind(i.modified_unix_ms)
+                    .push_bind(i.revoked)
+                    .push_bind(now)
+                    .push_bind(row.path.join(","));
+            });
+            q.push(
+                " ON CONFLICT (origin_org, indicator_id, version) DO NOTHING \
+                 RETURNING seq, origin_org, indicator_id, version",
+            );
+            let inserted: Vec<(i64, String, String, i64)> =
+                q.build_query_as().fetch_all(&mut **tx).await?;
+            let by_key: std::collections::HashMap<(&str, &str, i64), i64> = inserted
+                .iter()
+                .map(|(seq, o, i, v)| ((o.as_str(), i.as_str(), *v), *seq))
+                .collect();
+            let mut seen = std::collections::HashSet::new();
+            for row in chunk {
+                let i = &row.indicator;
+                let key = (i.origin_org.as_str(), i.id.as_str(), to_i64(i.version));
+                // The same version twice in one statement is stored once.
+                let seq = by_key
+                    .get(&key)
+                    .filter(|_| seen.insert(key))
+                    .map(|s| *s as u64);
+                out.push(seq);
+            }
+        }
+        Ok(out)
+    }
+}

@@ -1,0 +1,205 @@
+//! Envelopes signed by a key we do not know yet: held until the key
+//! arrives (then stored or refused) or their time runs out.
+
+use std::collections::HashMap;
+
+use super::ingest::{Admitted, Rejection};
+use super::log::{NewIndicator, split_path};
+use super::{Store, StoreError, Tx, to_i64};
+use crate::audit::AuditEntry;
+use crate::model::OrgId;
+
+/// An envelope whose signing key is not known yet, to hold in quarantine.
+#[derive(Debug, Clone)]
+pub struct Quarantined {
+    /// Its sequence number at the partner that sent it.
+    pub upstream_seq: u64,
+    /// The unknown key.
+    pub key_id: String,
+    /// The envelope as received.
+    pub envelope: Vec<u8>,
+    /// Its path as received.
+    pub path: Vec<String>,
+}
+
+/// A quarantined envelope as stored.
+#[derive(Debug, Clone)]
+pub struct QuarantineRow {
+    /// Row id.
+    pub id: i64,
+    /// Partner it came from.
+    pub upstream: OrgId,
+    /// Its sequence number there.
+    pub upstream_seq: u64,
+    /// The unknown key.
+    pub key_id: String,
+    /// The envelope as received.
+    pub envelope: Vec<u8>,
+    /// Its path as received.
+    pub path: Vec<String>,
+    /// When it arrived.
+    pub received_ms: i64,
+}
+
+/// A `quarantine` row as read.
+#[derive(sqlx::FromRow)]
+struct Row {
+    id: i64,
+    upstream_org: String,
+    #[sqlx(try_from = "i64")]
+    upstream_seq: u64,
+    key_id: String,
+    envelope: Vec<u8>,
+    path: String,
+    received_ms: i64,
+}
+
+impl TryFrom<Row> for QuarantineRow {
+    type Error = StoreError;
+    fn try_from(r: Row) -> Result<Self, StoreError> {
+        Ok(Self {
+            id: r.id,
+            upstream: OrgId::parse(&r.upstream_org)
+                .map_err(|e| StoreError::Corrupt(format!("quarantine.upstream_org: {e}")))?,
+            upstream_seq: r.upstream_seq,
+            key_id: r.key_id,
+            envelope: r.envelope,
+            path: split_path(&r.path),
+            received_ms: r.received_ms,
+        })
+    }
+}
+
+impl Store {
+    /// Puts envelopes from `upstream` in quarantine inside `tx`; returns how
+    /// many were new.
+    pub(super) async fn hold(
+        &self,
+        tx: &mut Tx,
+        upstream: &OrgId,
+        envelopes: &[Quarantined],
+        audit: &mut Vec<AuditEntry>,
+    ) -> Result<u64, StoreError> {
+        let mut held = 0;
+        for q in envelopes {
+            let done = sqlx::query(
+                "INSERT INTO quarantine (upstream_org, upstream_seq, key_id, envelope, path, received_ms) \
+                 VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+            )
+            .bind(upstream.as_str())
+            .bind(to_i64(q.upstream_seq))
+            .bind(&q.key_id)
+            .bind(&q.envelope)
+            .bind(q.path.join(","))
+            .bind(self.now())
+            .execute(&mut **tx)
+            .await?;
+            if done.rows_affected() == 1 {
+                held += 1;
+                audit.push(AuditEntry::quarantined(
+                    upstream.as_str(),
+                    q.upstream_seq,
+                    &q.key_id,
+                    &q.path,
+                ));
+            }
+        }
+        Ok(held)
+    }
+
+    /// How many envelopes wait in quarantine, per partner they came from.
+    pub async fn quarantine_counts(&self) -> Result<HashMap<String, u64>, StoreError> {
+        let rows: Vec<(String, i64)> =
+            sqlx::query_as("SELECT upstream_org, COUNT(*) FROM quarantine GROUP BY upstream_org")
+                .fetch_all(&self.pool)
+                .await?;
+        Ok(rows.into_iter().map(|(o, n)| (o, n as u64)).collect())
+    }
+
+    /// Every envelope waiting in quarantine, oldest first.
+    pub async fn quarantine(&self) -> Result<Vec<QuarantineRow>, StoreError> {
+        let rows: Vec<Row> = sqlx::query_as(
+            "SELECT id, upstream_org, upstream_seq, key_id, envelope, path, received_ms \
+             FROM quarantine ORDER BY id",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter().map(TryInto::try_into).collect()
+    }
+
+    /// Settles one quarantined envelope whose key has arrived: stores it (as
+    /// received from its upstream) or records the refusal, and removes it
+    /// from quarantine, in one transaction. Returns whether it was stored.
+    pub async fn resolve_quarantine(
+        &self,
+        q: &QuarantineRow,
+        outcome: Result<NewIndicator, Rejection>,
+    ) -> Result<bool, StoreError> {
+        let (_writing, mut tx) = self.write_tx().await?;
+        let mut audit = Vec::new();
+        let mut stored = None;
+        let refused = match outcome {
+            Ok(row) => {
+                let admitted = self
+                    .admit_rows(&mut tx, &q.upstream, std::slice::from_ref(&row), &mut audit)
+                    .await?
+                    .pop();
+                match admitted {
+                    Some(Admitted::Stored(seq)) => {
+                        stored = Some(seq);
+                        None
+                    }
+                    Some(Admitted::Refused(r)) => Some(r),
+                    Some(Admitted::Duplicate) | None => None,
+                }
+            }
+            Err(r) => Some(r),
+        };
+        if let Some(r) = refused {
+            self.reject(&mut tx, &q.upstream, &r, &mut audit).await?;
+        }
+        sqlx::query("DELETE FROM quarantine WHERE id = ?")
+            .bind(q.id)
+            .execute(&mut *tx)
+            .await?;
+        self.append_audit_tx(&mut tx, &audit).await?;
+        tx.commit().await?;
+        if let Some(seq) = stored {
+            self.bump(seq);
+        }
+        Ok(stored.is_some())
+    }
+
+    /// Drops quarantined envelopes received before `before_ms` (their key
+    /// never arrived), each with a ledger row. Returns how many.
+    pub async fn expire_quarantine(&self, before_ms: i64) -> Result<u64, StoreError> {
+        // Runs every refresh tick: only take the write lock when there is
+        // something to drop.
+        let due: Option<i64> =
+            sqlx::query_scalar("SELECT 1 FROM quarantine WHERE received_ms < ? LIMIT 1")
+                .bind(before_ms)
+                .fetch_optional(&self.pool)
+                .await?;
+        if due.is_none() {
+            return Ok(0);
+        }
+        let (_writing, mut tx) = self.write_tx().await?;
+        let rows: Vec<(i64, String, i64, String)> = sqlx::query_as(
+            "SELECT id, upstream_org, upstream_seq, key_id FROM quarantine WHERE received_ms < ?",
+        )
+        .bind(before_ms)
+        .fetch_all(&mut *tx)
+        .await?;
+        let mut audit = Vec::new();
+        for (id, up, seq, key) in &rows {
+            sqlx::query("DELETE FROM quarantine WHERE id = ?")
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+            audit.push(AuditEntry::quarantine_expired(up, *seq as u64, key));
+        }
+        self.append_audit_tx(&mut tx, &audit).await?;
+        tx.commit().await?;
+        Ok(rows.len() as u64)
+    }
+}
