@@ -184,26 +184,9 @@ pub struct LogSettings {
     pub level: String,
 }
 
-const DEFAULTS: &[(&str, &str)] = &[
-    ("org.country", ""),
-    ("org.sector", ""),
-    ("node.listen", "127.0.0.1:7443"),
-    ("node.endpoint", ""),
-    ("tls.ca_cert", "certs/ca.pem"),
-    ("tls.ca_key", "certs/ca.key"),
-    ("tls.node_cert", "certs/node.pem"),
-    ("tls.node_key", "certs/node.key"),
-    ("signing.key", "keys/signing.key"),
-    ("store.path", "data/threatmesh.db"),
-    ("client.server", ""),
-    ("client.admin_cert", "certs/admin.pem"),
-    ("client.admin_key", "certs/admin.key"),
-    ("client.publisher_cert", "certs/publisher.pem"),
-    ("client.publisher_key", "certs/publisher.key"),
-    ("revocation.stale_crl", "refuse"),
-    ("log.format", "human"),
-    ("log.level", "info"),
-];
+/// The built-in defaults (`config/defaults.toml`): the one place each
+/// default is written. `threatmesh init` copies the same text.
+pub const DEFAULTS_TOML: &str = include_str!("../config/defaults.toml");
 
 impl Settings {
     /// Loads defaults, then `path`, then `THREATMESH__SECTION__KEY` variables,
@@ -220,24 +203,10 @@ impl Settings {
         if !path.is_file() {
             return Err(ConfigError::NotFound(path.to_path_buf()));
         }
-        let mut b = config::Config::builder();
-        for (k, v) in DEFAULTS {
-            b = b
-                .set_default(*k, *v)
-                .map_err(|e| ConfigError::Load(e.to_string()))?;
-        }
-        for (k, v) in [
-            ("federation.reconnect_min_ms", 250),
-            ("federation.reconnect_max_ms", 30_000),
-            ("federation.peer_refresh_ms", 500),
-            ("federation.batch_size", 256),
-            ("revocation.crl_validity_days", 7),
-            ("federation.quarantine_ttl_ms", 7 * 24 * 3_600_000),
-        ] {
-            b = b
-                .set_default(k, v)
-                .map_err(|e| ConfigError::Load(e.to_string()))?;
-        }
+        let b = config::Config::builder().add_source(config::File::from_str(
+            DEFAULTS_TOML,
+            config::FileFormat::Toml,
+        ));
         let env_source = config::Environment::with_prefix("THREATMESH")
             .prefix_separator("__")
             .separator("__")
@@ -438,11 +407,37 @@ mod tests {
     }
 
     #[test]
-    fn the_shipped_example_config_loads() {
-        let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/threatmesh.example.toml");
-        let s = Settings::load_with_env(&p, Some(HashMap::new())).unwrap();
-        assert_eq!(s.org.id, "cert.example");
+    fn a_minimal_file_gets_every_default_from_the_defaults_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Settings::load_with_env(&write(dir.path(), MINIMAL), Some(HashMap::new())).unwrap();
+        let defaults: toml::Table = toml::from_str(DEFAULTS_TOML).unwrap();
+        let num = |section: &str, key: &str| defaults[section][key].as_integer().unwrap() as u64;
+        let text = |section: &str, key: &str| defaults[section][key].as_str().unwrap().to_string();
+        assert_eq!(s.node.listen, text("node", "listen"));
         assert_eq!(s.client_server().unwrap(), "127.0.0.1:7443");
+        assert_eq!(
+            s.federation.reconnect_min_ms,
+            num("federation", "reconnect_min_ms")
+        );
+        assert_eq!(
+            s.federation.reconnect_max_ms,
+            num("federation", "reconnect_max_ms")
+        );
+        assert_eq!(
+            s.federation.peer_refresh_ms,
+            num("federation", "peer_refresh_ms")
+        );
+        assert_eq!(
+            u64::from(s.federation.batch_size),
+            num("federation", "batch_size")
+        );
+        assert_eq!(
+            s.federation.quarantine_ttl_ms,
+            num("federation", "quarantine_ttl_ms")
+        );
+        assert_eq!(s.revocation.stale_crl, text("revocation", "stale_crl"));
+        assert_eq!(s.log.format, text("log", "format"));
+        assert!(s.store.path.ends_with(text("store", "path")));
     }
 
     #[test]

@@ -37,6 +37,7 @@ pub mod net;
 pub mod node;
 pub mod policy;
 pub mod proto;
+pub mod provision;
 pub mod refusal;
 pub mod rpc;
 pub mod signing;

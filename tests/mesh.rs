@@ -234,19 +234,42 @@ async fn ring_converges_with_no_duplicates_and_no_endless_traffic() {
         ],
     )
     .await;
-    // Settled means every link caught up and no log grew: the loop is closed.
-    let mut latest = Vec::new();
+    // Quiet, proven by the ledger rather than by waiting: a marker published
+    // after settling goes all the way round; while it does, every node's
+    // `sent` rows (each release is recorded before it is sent) name only the
+    // marker — nothing older is still circulating.
+    let mut ledger_len = Vec::new();
     for n in &mesh.nodes {
-        latest.push(n.ctx.store.latest_seq().await.unwrap());
+        ledger_len.push(n.ctx.store.count_audit().await.unwrap());
     }
-    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let marker = publish_all(
+        &publisher(&mesh.orgs[A], &mesh.nodes[A]),
+        vec![marked(99, Tlp::Clear, &[], true, 8)],
+        1,
+    )
+    .await;
+    let marker = &marker[0].id;
+    mesh.settle().await;
     for (i, n) in mesh.nodes.iter().enumerate() {
-        assert_eq!(
-            n.ctx.store.latest_seq().await.unwrap(),
-            latest[i],
-            "traffic went on at {}",
+        assert!(
+            n.ctx.store.indicator_by_id(marker).await.unwrap().is_some(),
+            "the marker did not reach {}",
             NAMES[i]
         );
+        let rows = n.ctx.store.audit_rows(None, None).await.unwrap();
+        for r in rows.iter().filter(|r| r.seq > ledger_len[i]) {
+            if r.entry.event == "sent" {
+                assert!(
+                    r.entry
+                        .subject
+                        .split(' ')
+                        .all(|s| s.contains(marker.as_str())),
+                    "{} still sending older indicators: {:?}",
+                    NAMES[i],
+                    r.entry
+                );
+            }
+        }
         assert_eq!(
             n.ctx.store.count_rejections().await.unwrap(),
             0,
@@ -632,19 +655,43 @@ async fn an_unknown_origin_waits_in_quarantine_until_its_card_is_approved() {
     mesh.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+/// C's node runs on an anchored clock with the default quarantine time (7
+/// days); the test moves it past that on tokio's paused clock, and C's own
+/// refresh tick drops what waited. (Current-thread runtime: time can only be
+/// paused there.)
+#[tokio::test]
 async fn quarantined_indicators_are_dropped_with_a_ledger_row_when_no_card_comes() {
     let mut orgs_ttl =
         Mesh::start_with(&NAMES[..3], &[(A, B), (B, C)], RELAY_POLICY, false, &[]).await;
-    // Restart C with a short quarantine time.
+    // Restart C on a clock the test can move.
     let node_c = orgs_ttl.nodes.pop().unwrap();
     node_c.stop().await;
-    orgs_ttl.orgs[C].settings.federation.quarantine_ttl_ms = 300;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let node_c = start_on(&orgs_ttl.orgs[C], listener).await;
+    let clock = threatmesh::clock::Clock::anchored(now_ms());
+    let node_c = start_with_clock(&orgs_ttl.orgs[C], listener, clock).await;
     publish_many(&orgs_ttl.orgs[A], &orgs_ttl.nodes[A], 0, 2).await;
     let store = node_c.ctx.store.clone();
-    wait_until(30, "two quarantined, then dropped", || {
+    wait_until(30, "two quarantined", || {
+        let s = store.clone();
+        async move { s.quarantine().await.unwrap().len() == 2 }
+    })
+    .await;
+    let ttl = orgs_ttl.orgs[C].settings.federation.quarantine_ttl_ms;
+    assert_eq!(ttl, 7 * 24 * 3_600_000, "the default");
+    // Just short of the quarantine time: nothing is dropped by C's ticks.
+    let advance = |ms: u64| async move {
+        tokio::time::pause();
+        tokio::time::advance(std::time::Duration::from_millis(ms)).await;
+        tokio::time::resume();
+    };
+    advance(ttl - 60_000).await;
+    threatmesh::federation::quarantine::expire(&node_c.ctx)
+        .await
+        .unwrap();
+    assert_eq!(store.quarantine().await.unwrap().len(), 2);
+    // Past it: C's next refresh tick drops both, each with a ledger row.
+    advance(120_000).await;
+    wait_until(30, "both dropped", || {
         let s = store.clone();
         async move {
             let rows = s.audit_rows(Some("b.example"), None).await.unwrap();

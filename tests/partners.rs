@@ -66,9 +66,10 @@ async fn suspended_partner_gets_nothing_is_refused_and_resumes_from_its_cursor()
         })
         .await;
     }
-    // C has them; give B the same chance, then check it has none.
-    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    // C has them. Nothing leaves A without a `sent` row on A's ledger
+    // first, and B's streams are closed: no such row means nothing went.
     for p in &during {
+        assert_never_sent(&node_a, "b.example", &p.id).await;
         assert!(!has(&node_b, &p.id).await, "suspended B received {}", p.id);
     }
     let rows = node_a
@@ -133,7 +134,7 @@ async fn removal_is_a_hard_stop_that_keeps_cursor_and_history() {
         async move { has(n, &id).await }
     })
     .await;
-    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    assert_never_sent(&node_a, "b.example", &after[0].id).await;
     assert!(!has(&node_b, &after[0].id).await, "removed B received data");
 
     // Kept for the audit: the partner row, B's own cursor, A's ledger rows.

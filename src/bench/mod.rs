@@ -21,7 +21,6 @@ use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tonic::transport::Channel;
 
-use crate::cli::init::{InitArgs, init_org};
 use crate::config::Settings;
 use crate::exchange::{Identity, assemble};
 use crate::identity::{
@@ -272,17 +271,9 @@ fn own_row(own: &OrgId, key: &OrgSigningKey, d: IndicatorDraft) -> NewIndicator 
 
 /// An organisation made with `init` under `dir`, with fast link timings.
 fn make_org(dir: &std::path::Path, name: &str, batch_size: u32) -> Result<Settings, BenchError> {
-    let report = init_org(&InitArgs {
-        org: name.into(),
-        dir: dir.join(name),
-        endpoint: None,
-        listen: "127.0.0.1:0".into(),
-        display_name: None,
-        country: String::new(),
-        sector: String::new(),
-        admin_name: "admin".into(),
-        publisher_name: "publisher".into(),
-        force: false,
+    let report = crate::provision::provision_org(&crate::provision::OrgOptions {
+        listen: Some("127.0.0.1:0".into()),
+        ..crate::provision::OrgOptions::new(name, dir.join(name))
     })
     .map_err(err)?;
     let mut s = Settings::load(&report.config).map_err(err)?;

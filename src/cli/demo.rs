@@ -15,7 +15,6 @@ use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 
 use super::client::{As, channel};
-use super::init::{InitArgs, init_org};
 use super::publish::DraftInput;
 use super::{CliError, init_logging};
 use crate::config::Settings;
@@ -25,6 +24,7 @@ use crate::node::{Node, NodeContext, load_signing_key, own_card};
 use crate::policy::{self, Decision};
 use crate::proto::v1::PublishRequest;
 use crate::proto::v1::exchange_client::ExchangeClient;
+use crate::provision::{OrgOptions, provision_org};
 use crate::store::Store;
 
 /// Arguments of `threatmesh demo`.
@@ -163,17 +163,14 @@ pub async fn run_demo(args: &DemoArgs) -> Result<DemoSummary, CliError> {
         let addr = l
             .local_addr()
             .map_err(|e| CliError::Failed(e.to_string()))?;
-        let report = init_org(&InitArgs {
-            org: id.into(),
-            dir: base.join(id),
+        let report = provision_org(&OrgOptions {
             endpoint: Some(addr.to_string()),
-            listen: addr.to_string(),
+            listen: Some(addr.to_string()),
             display_name: Some(label.into()),
             country: country.into(),
             sector: sector.into(),
-            admin_name: "admin".into(),
-            publisher_name: "publisher".into(),
             force: args.dir.is_some(),
+            ..OrgOptions::new(id, base.join(id))
         })?;
         let settings = Settings::load(&report.config)?;
         listeners.push(l);

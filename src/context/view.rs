@@ -180,3 +180,77 @@ pub fn build_view(
     };
     Ok((view, warnings))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::Clock;
+    use crate::identity::{SpiffeId, generate_ca, sign_crl};
+    use std::time::Duration;
+
+    fn org(s: &str) -> OrgId {
+        OrgId::parse(s).unwrap()
+    }
+
+    /// A partner's CRL turns stale with time alone: on tokio's paused
+    /// clock, the view built while it is fresh accepts the partner's node,
+    /// and refuses it once the clock passes the CRL's next update (the
+    /// default `refuse` policy) — no sleeping, no rebuild.
+    #[tokio::test(start_paused = true)]
+    async fn a_partner_crl_turns_stale_on_the_clock_and_refuses_the_partner() {
+        let (a, b) = (org("a.example"), org("b.example"));
+        let a_ca = generate_ca(&a, 30).unwrap();
+        let b_ca = generate_ca(&b, 30).unwrap();
+        let t0 = 1_800_000_000_000;
+        let clock = Clock::anchored(t0);
+        let crl = sign_crl(&b_ca.cert_pem, &b_ca.key_pem, &[], 1, t0, 60_000).unwrap();
+        let peer = PeerRecord {
+            org: b.clone(),
+            display_name: "B".into(),
+            endpoint: String::new(),
+            card_version: 1,
+            ca_bundle_pem: b_ca.cert_pem.clone(),
+            added_ms: t0,
+            policy: String::new(),
+            state: PeerState::Active,
+            introducer: false,
+            card: Vec::new(),
+        };
+        let input = ViewInput {
+            peers: vec![peer],
+            policies: Vec::new(),
+            revoked: Vec::new(),
+            crls: vec![CrlRow {
+                org: b.clone(),
+                der: crl.into_bytes(),
+            }],
+            directory: Vec::new(),
+            own_keys: Vec::new(),
+            keys: Vec::new(),
+            own_card: Envelope::default(),
+        };
+        let settings = ViewSettings {
+            own: &a,
+            own_ca_pem: &a_ca.cert_pem,
+            stale_crl: StaleCrl::Refuse,
+        };
+        let (view, warnings) = build_view(settings, &input).unwrap();
+        assert!(warnings.is_empty(), "{warnings:?}");
+        let node_b = SpiffeId::node(&b);
+        view.trust
+            .check_connection(&node_b, "01", clock.now_ms())
+            .expect("fresh CRL: B's node is accepted");
+        tokio::time::advance(Duration::from_secs(59)).await;
+        assert!(
+            view.trust
+                .check_connection(&node_b, "01", clock.now_ms())
+                .is_ok()
+        );
+        tokio::time::advance(Duration::from_secs(2)).await;
+        let e = view
+            .trust
+            .check_connection(&node_b, "01", clock.now_ms())
+            .unwrap_err();
+        assert!(e.to_string().contains("CRL"), "{e}");
+    }
+}

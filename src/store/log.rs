@@ -74,7 +74,7 @@ pub struct StoredIndicator {
 
 /// An `indicators` row as read.
 #[derive(sqlx::FromRow)]
-struct IndicatorRow {
+pub(super) struct IndicatorRow {
     #[sqlx(try_from = "i64")]
     seq: u64,
     origin_org: String,
@@ -115,6 +115,7 @@ macro_rules! select_indicators {
         )
     };
 }
+pub(super) use select_indicators;
 
 /// A stored path ("a.example,b.example") as org ids.
 pub(super) fn split_path(s: &str) -> Vec<String> {
@@ -137,18 +138,6 @@ impl std::fmt::Debug for LocalWrite {
         f.debug_struct("LocalWrite").finish_non_exhaustive()
     }
 }
-
-/// The newest stretch of the log, read once and shared by every live
-/// subscriber stream, so a new batch costs one store read (and one decode
-/// per row), not one per subscriber.
-#[derive(Debug, Default)]
-pub(super) struct Tail {
-    /// Consecutive rows, oldest first.
-    rows: std::collections::VecDeque<StoredIndicator>,
-}
-
-/// Most rows the tail keeps.
-const TAIL_ROWS: usize = 8192;
 
 impl Store {
     /// Highest local sequence number (0 if empty).
@@ -279,51 +268,6 @@ impl Store {
         .fetch_optional(&self.pool)
         .await?;
         Ok(row.map(|(v, created)| (v as u64, created)))
-    }
-
-    /// Up to `limit` rows with `seq > after`, in order.
-    pub async fn read_after(
-        &self,
-        after: u64,
-        limit: u32,
-    ) -> Result<Vec<StoredIndicator>, StoreError> {
-        let limit = limit as usize;
-        let tail = self.tail.lock().await;
-        let first = tail.rows.front().map(|r| r.seq);
-        let last = tail.rows.back().map(|r| r.seq);
-        // Served from the shared tail when it covers `after + 1` onwards...
-        if let (Some(first), Some(last)) = (first, last)
-            && first <= after.saturating_add(1)
-            && after < last
-        {
-            let skip = tail.rows.partition_point(|r| r.seq <= after);
-            return Ok(tail.rows.iter().skip(skip).take(limit).cloned().collect());
-        }
-        // ...else read from the store. Rows that directly follow the tail
-        // extend it (a reader beyond the tail starts it afresh), shared by
-        // every reader; the lock is held meanwhile so concurrent readers of
-        // the same new rows wait for this read instead of repeating it.
-        // Readers behind the tail (catching up) read without it.
-        let mut tail = last.is_none_or(|l| l <= after).then_some(tail);
-        let rows: Vec<IndicatorRow> =
-            sqlx::query_as(select_indicators!("WHERE seq > ? ORDER BY seq LIMIT ?"))
-                .bind(to_i64(after))
-                .bind(i64::try_from(limit).unwrap_or(i64::MAX))
-                .fetch_all(&self.pool)
-                .await?;
-        let rows: Vec<StoredIndicator> = rows.into_iter().map(Into::into).collect();
-        if let Some(t) = tail.as_mut()
-            && !rows.is_empty()
-        {
-            if t.rows.back().is_some_and(|r| r.seq != after) {
-                t.rows.clear();
-            }
-            t.rows.extend(rows.iter().cloned());
-            while t.rows.len() > TAIL_ROWS {
-                t.rows.pop_front();
-            }
-        }
-        Ok(rows)
     }
 
     /// Every stored version of `origin`'s indicators (or all, if `None`), in order.

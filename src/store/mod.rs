@@ -1,7 +1,7 @@
 //! Durable storage, one file per concern behind one `Store` handle:
 //!
-//! - `log`: the append-only indicator log (local publishes, reads, the
-//!   shared tail of newest rows).
+//! - `log`: the append-only indicator log (local publishes, reads);
+//!   `tail`: its newest rows, shared by live streams.
 //! - `ingest`: batches from partners with their refusals and the cursor.
 //! - `ledger`: the hash-chained audit ledger.
 //! - `peers`, `policies`, `pki` (our certificates, CRLs), `keys` (ours and
@@ -27,6 +27,7 @@ mod pki;
 mod policies;
 mod quarantine;
 mod release;
+mod tail;
 
 use std::path::Path;
 use std::str::FromStr;
@@ -133,7 +134,7 @@ pub struct Store {
     /// Release records of partner streams, committed in groups.
     releases: mpsc::Sender<release::ReleaseWrite>,
     /// The newest rows, shared by live streams.
-    tail: Arc<tokio::sync::Mutex<log::Tail>>,
+    tail: Arc<tokio::sync::Mutex<tail::Tail>>,
     /// Held for the length of every write transaction of this process.
     writing: Arc<tokio::sync::Mutex<()>>,
     /// Highest local sequence number, so live subscribers wake without polling.

@@ -17,7 +17,6 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::{Channel, Server};
 use tonic::{Request, Response, Status};
 
-use threatmesh::cli::init::{InitArgs, init_org};
 use threatmesh::clock::Clock;
 use threatmesh::config::Settings;
 use threatmesh::identity::{
@@ -32,6 +31,7 @@ use threatmesh::proto::v1::{
     Delivery, Envelope, GetCardRequest, GetCardResponse, IndicatorDraft, IndicatorKind, Marking,
     PublishRequest, PublishResponse, SubscribeRequest, SubscribeResponse, Tlp,
 };
+use threatmesh::provision::{OrgOptions, provision_org};
 use threatmesh::signing::OrgSigningKey;
 use threatmesh::store::Store;
 
@@ -53,17 +53,10 @@ impl Org {
     pub fn new(name: &str) -> Self {
         threatmesh::identity::install_default_provider();
         let dir = tempfile::tempdir().unwrap();
-        let report = init_org(&InitArgs {
-            org: name.into(),
-            dir: dir.path().to_path_buf(),
-            endpoint: None,
-            listen: "127.0.0.1:0".into(),
+        let report = provision_org(&OrgOptions {
+            listen: Some("127.0.0.1:0".into()),
             display_name: Some(format!("Test org {name}")),
-            country: String::new(),
-            sector: String::new(),
-            admin_name: "admin".into(),
-            publisher_name: "publisher".into(),
-            force: false,
+            ..OrgOptions::new(name, dir.path())
         })
         .unwrap();
         let mut settings = Settings::load(&report.config).unwrap();
@@ -214,8 +207,16 @@ pub async fn start(org: &Org) -> RunningNode {
 }
 
 pub async fn start_on(org: &Org, listener: TcpListener) -> RunningNode {
+    start_with_clock(org, listener, Clock::system()).await
+}
+
+/// [`start_on`] with the clock the node reads (e.g. [`Clock::anchored`], so
+/// a test moves the node's time with `tokio::time::advance`).
+pub async fn start_with_clock(org: &Org, listener: TcpListener, clock: Clock) -> RunningNode {
     let addr = listener.local_addr().unwrap();
-    let node = Node::open(org.settings.clone()).await.unwrap();
+    let node = Node::open_with_clock(org.settings.clone(), clock)
+        .await
+        .unwrap();
     let ctx = node.context();
     let (tx, rx) = oneshot::channel();
     let task = tokio::spawn(node.serve(listener, async move {
@@ -788,4 +789,21 @@ pub fn cli(org: &Org, node: &RunningNode, args: &[&str]) -> std::process::Output
 /// The wall clock now, in Unix ms.
 pub fn now_ms() -> i64 {
     Clock::system().now_ms()
+}
+
+/// Asserts `node`'s ledger has no `sent` row to `partner` naming indicator
+/// `id`: the egress gate records every release before it is sent, so this
+/// proves nothing of it left for that partner — no waiting needed.
+pub async fn assert_never_sent(node: &RunningNode, partner: &str, id: &str) {
+    let rows = node
+        .ctx
+        .store
+        .audit_rows(Some(partner), None)
+        .await
+        .unwrap();
+    let sent: Vec<_> = rows
+        .iter()
+        .filter(|r| r.entry.event == "sent" && r.entry.subject.contains(id))
+        .collect();
+    assert!(sent.is_empty(), "{id} was sent to {partner}: {sent:#?}");
 }
