@@ -7,17 +7,24 @@
 //! - [`model`]: org ids, indicator validation and normalisation, TLP labels (pure).
 //! - [`signing`]: DSSE envelopes, Ed25519 keys, verify-before-decode (pure).
 //! - [`policy`]: the egress and ingress decisions and policy documents (pure).
-//! - [`audit`]: the audit ledger's hash chain (pure).
+//! - [`audit`]: the audit ledger's hash chain and its row constructors (pure).
+//! - [`refusal`]: why a partner's envelope was refused, one vocabulary.
+//! - [`clock`]: the one place the wall clock is read.
 //! - [`identity`]: each org's CA, SPIFFE ids, the per-org trust store, TLS
 //!   configs and verifiers, org cards.
-//! - [`config`]: settings, defaults < file < environment.
-//! - [`store`]: the durable log, partners, keys, cursors, rejections (SQLite).
+//! - [`config`]: settings, `config/defaults.toml` < file < environment.
+//! - [`provision`]: a new organisation's keys, certificates and config.
+//! - [`store`]: the durable log and everything else the node keeps, one
+//!   file per concern (SQLite).
+//! - [`context`]: one node's shared state and the partner view; imports no
+//!   service.
 //! - [`net`]: mutual-TLS accept loop and client channels for tonic.
 //! - [`rpc`]: caller authorisation and the one error-to-status mapping.
 //! - [`exchange`]: Publish / Subscribe / GetCard and the egress gate.
 //! - [`admin`]: the Admin service (own-org admins).
-//! - [`federation`]: outbound partner links: verify, store, cursor.
-//! - [`node`]: assembles one node and runs it.
+//! - [`federation`]: outbound partner links: verify, store, cursor; cards
+//!   and quarantine.
+//! - [`node`]: opens a context and serves it.
 //! - [`bench`]: the one-command benchmark (`threatmesh bench`).
 //! - [`cli`]: the `threatmesh` commands, including `demo`.
 #![forbid(unsafe_code)]

@@ -35,18 +35,31 @@ impl RefusalKind {
         }
     }
 
+    /// Every kind.
+    pub const ALL: [RefusalKind; 6] = [
+        RefusalKind::Malformed,
+        RefusalKind::Unauthentic,
+        RefusalKind::UnknownKey,
+        RefusalKind::DeniedByRule,
+        RefusalKind::Rollback,
+        RefusalKind::TooFarAhead,
+    ];
+
     /// The kind named by [`RefusalKind::as_str`].
     pub fn parse(s: &str) -> Option<Self> {
-        [
-            RefusalKind::Malformed,
-            RefusalKind::Unauthentic,
-            RefusalKind::UnknownKey,
-            RefusalKind::DeniedByRule,
-            RefusalKind::Rollback,
-            RefusalKind::TooFarAhead,
-        ]
-        .into_iter()
-        .find(|k| k.as_str() == s)
+        Self::ALL.into_iter().find(|k| k.as_str() == s)
+    }
+}
+
+/// A stored name that is not a [`RefusalKind`].
+#[derive(Debug, thiserror::Error)]
+#[error("'{0}' is not a refusal kind")]
+pub struct UnknownRefusalKind(String);
+
+impl TryFrom<String> for RefusalKind {
+    type Error = UnknownRefusalKind;
+    fn try_from(s: String) -> Result<Self, UnknownRefusalKind> {
+        Self::parse(&s).ok_or(UnknownRefusalKind(s))
     }
 }
 
@@ -122,14 +135,7 @@ mod tests {
 
     #[test]
     fn names_round_trip() {
-        for k in [
-            RefusalKind::Malformed,
-            RefusalKind::Unauthentic,
-            RefusalKind::UnknownKey,
-            RefusalKind::DeniedByRule,
-            RefusalKind::Rollback,
-            RefusalKind::TooFarAhead,
-        ] {
+        for k in RefusalKind::ALL {
             assert_eq!(RefusalKind::parse(k.as_str()), Some(k));
         }
         assert_eq!(RefusalKind::parse("Unauthenticated"), None);

@@ -66,6 +66,28 @@ pub fn admin(
     ))
 }
 
+/// A session with our node's Admin service: the settings it was opened
+/// with (for error messages naming the server) and the client.
+pub struct AdminSession {
+    /// Loaded settings.
+    pub settings: Settings,
+    /// The Admin client.
+    pub client: crate::proto::v1::admin_client::AdminClient<Channel>,
+}
+
+impl AdminSession {
+    /// Opens a session as [`admin`] does.
+    pub fn open(config: &Path, conn: &ClientArgs) -> Result<Self, CliError> {
+        let (settings, client) = admin(config, conn)?;
+        Ok(Self { settings, client })
+    }
+
+    /// A refused or failed call, as the CLI reports it.
+    pub fn fail(&self, s: tonic::Status) -> CliError {
+        rpc_error(&self.settings, s)
+    }
+}
+
 /// Which of our certificates the CLI presents.
 #[derive(Debug, Clone, Copy)]
 pub enum As {

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use clap::Subcommand;
 
 use super::CliError;
-use super::client::{ClientArgs, admin, rpc_error};
+use super::client::{AdminSession, ClientArgs};
 use crate::proto::v1::{
     AddPeerRequest, ApproveCardRequest, DirectoryCard, ListCardsRequest, ListPeersRequest, Peer,
     PeerAction, PeerRequest, SetPeerStateRequest, UpdatePeerRequest,
@@ -188,12 +188,7 @@ fn print_peer(p: &Peer) {
 
 /// Runs a peer command.
 pub async fn run(config: &Path, conn: &ClientArgs, cmd: &PeerCommand) -> Result<(), CliError> {
-    let (settings, mut client) = admin(config, conn)?;
-    let fail = |e| rpc_error(&settings, e);
-    let state_change = |org: &str, action: PeerAction| SetPeerStateRequest {
-        org: org.to_string(),
-        action: action as i32,
-    };
+    let mut a = AdminSession::open(config, conn)?;
     match cmd {
         PeerCommand::Add {
             card,
@@ -201,38 +196,14 @@ pub async fn run(config: &Path, conn: &ClientArgs, cmd: &PeerCommand) -> Result<
             policy,
             introducer,
         } => {
-            let text = std::fs::read_to_string(card)
-                .map_err(|e| CliError::Usage(format!("--card {}: {e}", card.display())))?;
-            let env = crate::identity::envelope_from_json(&text)
-                .map_err(|e| CliError::Usage(format!("--card {}: {e}", card.display())))?;
-            let r = client
-                .add_peer(AddPeerRequest {
-                    card: Some(env),
-                    endpoint: endpoint.clone(),
-                    policy: policy.clone().unwrap_or_default(),
-                    introducer: *introducer,
-                })
-                .await
-                .map_err(fail)?
-                .into_inner();
-            let p = r.peer.unwrap_or_default();
-            out!(
-                "{} partner {}",
-                if r.added { "registered" } else { "updated" },
-                p.org
-            );
-            print_peer(&p);
-            if p.policy.is_empty() {
-                out!(
-                    "no sharing policy bound: {} receives nothing until `threatmesh peer set-policy --partner {} --policy NAME`",
-                    p.org,
-                    p.org
-                );
-            }
-            out!(
-                "Compare the CA fingerprint and signing key with {} out of band.",
-                p.org
-            );
+            add(
+                &mut a,
+                card,
+                endpoint.as_deref(),
+                policy.as_deref(),
+                *introducer,
+            )
+            .await
         }
         PeerCommand::Update {
             partner,
@@ -240,162 +211,249 @@ pub async fn run(config: &Path, conn: &ClientArgs, cmd: &PeerCommand) -> Result<
             policy,
             introducer,
         } => {
-            let r = client
-                .update_peer(UpdatePeerRequest {
-                    org: partner.clone(),
-                    endpoint: endpoint.clone(),
-                    policy: policy.clone(),
-                    introducer: *introducer,
-                })
-                .await
-                .map_err(fail)?
-                .into_inner();
-            out!("updated {partner}");
-            print_peer(&r.peer.unwrap_or_default());
-        }
-        PeerCommand::SetPolicy { partner, policy } => {
-            client
-                .update_peer(UpdatePeerRequest {
-                    org: partner.clone(),
-                    policy: Some(policy.clone()),
-                    ..Default::default()
-                })
-                .await
-                .map_err(fail)?;
-            out!("{partner} is now bound to policy {policy}");
-        }
-        PeerCommand::Suspend { partner }
-        | PeerCommand::Resume { partner }
-        | PeerCommand::Remove { partner } => {
-            let action = match cmd {
-                PeerCommand::Suspend { .. } => PeerAction::Suspend,
-                PeerCommand::Resume { .. } => PeerAction::Resume,
-                _ => PeerAction::Remove,
+            let req = UpdatePeerRequest {
+                org: partner.clone(),
+                endpoint: endpoint.clone(),
+                policy: policy.clone(),
+                introducer: *introducer,
             };
-            let r = client
-                .set_peer_state(state_change(partner, action))
-                .await
-                .map_err(fail)?
-                .into_inner();
-            let now = r.peer.map(|p| p.state).unwrap_or_default();
-            out!(
-                "{partner}: {} -> {now} (applied on the node now)",
-                r.previous_state
-            );
+            update(&mut a, req).await
         }
-        PeerCommand::List { json } => {
-            let peers = client
-                .list_peers(ListPeersRequest {})
-                .await
-                .map_err(fail)?
-                .into_inner()
-                .peers;
-            if *json {
-                for p in &peers {
-                    out!("{}", peer_json(p));
-                }
-            } else if peers.is_empty() {
-                out!("no partners registered (add one with `threatmesh peer add --card FILE`)");
-            } else {
-                out!(
-                    "{:<24} {:<22} {:<10} {:<18} {:<22} {:>8}",
-                    "ORG",
-                    "NAME",
-                    "STATE",
-                    "POLICY",
-                    "ENDPOINT",
-                    "CURSOR"
-                );
-                for p in &peers {
-                    let dash = |s: &str| {
-                        if s.is_empty() {
-                            "-".to_string()
-                        } else {
-                            s.to_string()
-                        }
-                    };
-                    out!(
-                        "{:<24} {:<22} {:<10} {:<18} {:<22} {:>8}",
-                        p.org,
-                        p.display_name,
-                        p.state,
-                        dash(&p.policy),
-                        dash(&p.endpoint),
-                        p.cursor
-                    );
-                }
-            }
+        PeerCommand::SetPolicy { partner, policy } => set_policy(&mut a, partner, policy).await,
+        PeerCommand::Suspend { partner } => set_state(&mut a, partner, PeerAction::Suspend).await,
+        PeerCommand::Resume { partner } => set_state(&mut a, partner, PeerAction::Resume).await,
+        PeerCommand::Remove { partner } => set_state(&mut a, partner, PeerAction::Remove).await,
+        PeerCommand::List { json } => list(&mut a, *json).await,
+        PeerCommand::Cards { json } => cards(&mut a, *json).await,
+        PeerCommand::ApproveCard { org } => approve_card(&mut a, org).await,
+        PeerCommand::Show { partner, json } => show(&mut a, partner, *json).await,
+    }
+}
+
+/// `peer add`.
+async fn add(
+    a: &mut AdminSession,
+    card: &Path,
+    endpoint: Option<&str>,
+    policy: Option<&str>,
+    introducer: bool,
+) -> Result<(), CliError> {
+    let text = std::fs::read_to_string(card)
+        .map_err(|e| CliError::Usage(format!("--card {}: {e}", card.display())))?;
+    let env = crate::identity::envelope_from_json(&text)
+        .map_err(|e| CliError::Usage(format!("--card {}: {e}", card.display())))?;
+    let r = a
+        .client
+        .add_peer(AddPeerRequest {
+            card: Some(env),
+            endpoint: endpoint.map(str::to_string),
+            policy: policy.unwrap_or_default().to_string(),
+            introducer,
+        })
+        .await
+        .map_err(|e| a.fail(e))?
+        .into_inner();
+    let p = r.peer.unwrap_or_default();
+    out!(
+        "{} partner {}",
+        if r.added { "registered" } else { "updated" },
+        p.org
+    );
+    print_peer(&p);
+    if p.policy.is_empty() {
+        out!(
+            "no sharing policy bound: {} receives nothing until `threatmesh peer set-policy --partner {} --policy NAME`",
+            p.org,
+            p.org
+        );
+    }
+    out!(
+        "Compare the CA fingerprint and signing key with {} out of band.",
+        p.org
+    );
+    Ok(())
+}
+
+/// `peer update`.
+async fn update(a: &mut AdminSession, req: UpdatePeerRequest) -> Result<(), CliError> {
+    let partner = req.org.clone();
+    let r = a
+        .client
+        .update_peer(req)
+        .await
+        .map_err(|e| a.fail(e))?
+        .into_inner();
+    out!("updated {partner}");
+    print_peer(&r.peer.unwrap_or_default());
+    Ok(())
+}
+
+/// `peer set-policy`.
+async fn set_policy(a: &mut AdminSession, partner: &str, policy: &str) -> Result<(), CliError> {
+    a.client
+        .update_peer(UpdatePeerRequest {
+            org: partner.to_string(),
+            policy: Some(policy.to_string()),
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| a.fail(e))?;
+    out!("{partner} is now bound to policy {policy}");
+    Ok(())
+}
+
+/// `peer suspend|resume|remove`.
+async fn set_state(
+    a: &mut AdminSession,
+    partner: &str,
+    action: PeerAction,
+) -> Result<(), CliError> {
+    let r = a
+        .client
+        .set_peer_state(SetPeerStateRequest {
+            org: partner.to_string(),
+            action: action as i32,
+        })
+        .await
+        .map_err(|e| a.fail(e))?
+        .into_inner();
+    let now = r.peer.map(|p| p.state).unwrap_or_default();
+    out!(
+        "{partner}: {} -> {now} (applied on the node now)",
+        r.previous_state
+    );
+    Ok(())
+}
+
+/// "-" for an empty table cell.
+fn dash(s: &str) -> &str {
+    if s.is_empty() { "-" } else { s }
+}
+
+/// `peer list`.
+async fn list(a: &mut AdminSession, json: bool) -> Result<(), CliError> {
+    let peers = a
+        .client
+        .list_peers(ListPeersRequest {})
+        .await
+        .map_err(|e| a.fail(e))?
+        .into_inner()
+        .peers;
+    if json {
+        for p in &peers {
+            out!("{}", peer_json(p));
         }
-        PeerCommand::Cards { json } => {
-            let cards = client
-                .list_cards(ListCardsRequest {})
-                .await
-                .map_err(fail)?
-                .into_inner()
-                .cards;
-            if *json {
-                for c in &cards {
-                    out!("{}", card_json(c));
-                }
-            } else if cards.is_empty() {
-                out!("no cards of other orgs have arrived through the mesh");
-            } else {
-                out!(
-                    "{:<24} {:<22} {:<9} {:>14}  {:<34} VIA",
-                    "ORG",
-                    "NAME",
-                    "STATE",
-                    "VERSION",
-                    "SIGNING KEYS"
-                );
-                for c in &cards {
-                    out!(
-                        "{:<24} {:<22} {:<9} {:>14}  {:<34} {}",
-                        c.org,
-                        c.display_name,
-                        c.state,
-                        c.card_version,
-                        c.signing_key_ids.join(","),
-                        c.via
-                    );
-                }
-            }
+        return Ok(());
+    }
+    if peers.is_empty() {
+        out!("no partners registered (add one with `threatmesh peer add --card FILE`)");
+        return Ok(());
+    }
+    out!(
+        "{:<24} {:<22} {:<10} {:<18} {:<22} {:>8}",
+        "ORG",
+        "NAME",
+        "STATE",
+        "POLICY",
+        "ENDPOINT",
+        "CURSOR"
+    );
+    for p in &peers {
+        out!(
+            "{:<24} {:<22} {:<10} {:<18} {:<22} {:>8}",
+            p.org,
+            p.display_name,
+            p.state,
+            dash(&p.policy),
+            dash(&p.endpoint),
+            p.cursor
+        );
+    }
+    Ok(())
+}
+
+/// `peer cards`.
+async fn cards(a: &mut AdminSession, json: bool) -> Result<(), CliError> {
+    let cards = a
+        .client
+        .list_cards(ListCardsRequest {})
+        .await
+        .map_err(|e| a.fail(e))?
+        .into_inner()
+        .cards;
+    if json {
+        for c in &cards {
+            out!("{}", card_json(c));
         }
-        PeerCommand::ApproveCard { org } => {
-            let c = client
-                .approve_card(ApproveCardRequest { org: org.clone() })
-                .await
-                .map_err(fail)?
-                .into_inner();
-            out!(
-                "{} card v{} is {}; its quarantined indicators are verified and released",
-                c.org,
-                c.card_version,
-                c.state
-            );
-            for f in &c.ca_fingerprints {
-                out!("  CA SHA-256:   {f}");
-            }
-            for k in &c.signing_key_ids {
-                out!("  signing key:  {k}");
-            }
-        }
-        PeerCommand::Show { partner, json } => {
-            let p = client
-                .show_peer(PeerRequest {
-                    org: partner.clone(),
-                })
-                .await
-                .map_err(fail)?
-                .into_inner()
-                .peer
-                .unwrap_or_default();
-            if *json {
-                out!("{}", peer_json(&p));
-            } else {
-                print_peer(&p);
-            }
-        }
+        return Ok(());
+    }
+    if cards.is_empty() {
+        out!("no cards of other orgs have arrived through the mesh");
+        return Ok(());
+    }
+    out!(
+        "{:<24} {:<22} {:<9} {:>14}  {:<34} VIA",
+        "ORG",
+        "NAME",
+        "STATE",
+        "VERSION",
+        "SIGNING KEYS"
+    );
+    for c in &cards {
+        out!(
+            "{:<24} {:<22} {:<9} {:>14}  {:<34} {}",
+            c.org,
+            c.display_name,
+            c.state,
+            c.card_version,
+            c.signing_key_ids.join(","),
+            c.via
+        );
+    }
+    Ok(())
+}
+
+/// `peer approve-card`.
+async fn approve_card(a: &mut AdminSession, org: &str) -> Result<(), CliError> {
+    let c = a
+        .client
+        .approve_card(ApproveCardRequest {
+            org: org.to_string(),
+        })
+        .await
+        .map_err(|e| a.fail(e))?
+        .into_inner();
+    out!(
+        "{} card v{} is {}; its quarantined indicators are verified and released",
+        c.org,
+        c.card_version,
+        c.state
+    );
+    for f in &c.ca_fingerprints {
+        out!("  CA SHA-256:   {f}");
+    }
+    for k in &c.signing_key_ids {
+        out!("  signing key:  {k}");
+    }
+    Ok(())
+}
+
+/// `peer show`.
+async fn show(a: &mut AdminSession, partner: &str, json: bool) -> Result<(), CliError> {
+    let p = a
+        .client
+        .show_peer(PeerRequest {
+            org: partner.to_string(),
+        })
+        .await
+        .map_err(|e| a.fail(e))?
+        .into_inner()
+        .peer
+        .unwrap_or_default();
+    if json {
+        out!("{}", peer_json(&p));
+    } else {
+        print_peer(&p);
     }
     Ok(())
 }

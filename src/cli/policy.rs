@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use clap::Subcommand;
 
 use super::CliError;
-use super::client::{ClientArgs, admin, rpc_error};
+use super::client::{AdminSession, ClientArgs};
 use super::publish::DraftInput;
 use crate::model::tlp_name;
 use crate::proto::v1::explain_policy_request::Subject;
@@ -70,120 +70,18 @@ A --file holds one indicator as a JSON object, as in `publish --file`.")]
 
 /// Runs a policy command.
 pub async fn run(config: &Path, conn: &ClientArgs, cmd: &PolicyCommand) -> Result<(), CliError> {
-    let (settings, mut client) = admin(config, conn)?;
-    let fail = |e| rpc_error(&settings, e);
+    let mut a = AdminSession::open(config, conn)?;
     match cmd {
-        PolicyCommand::Apply { file } => {
-            let document = std::fs::read_to_string(file)
-                .map_err(|e| CliError::Usage(format!("{}: {e}", file.display())))?;
-            // Checked here first so the error names the file.
-            crate::policy::parse_policy(&document)
-                .map_err(|e| CliError::Usage(format!("{}: {e}", file.display())))?;
-            let r = client
-                .apply_policy(ApplyPolicyRequest { document })
-                .await
-                .map_err(fail)?
-                .into_inner();
-            if r.changed {
-                out!("applied policy {} version {}", r.name, r.version);
-            } else {
-                out!("policy {} unchanged (version {})", r.name, r.version);
-            }
-            if r.bound_partners.is_empty() {
-                out!(
-                    "no partner is bound to it yet (threatmesh peer set-policy --partner ORG --policy {})",
-                    r.name
-                );
-            } else {
-                out!("bound partners: {}", r.bound_partners.join(", "));
-            }
-        }
+        PolicyCommand::Apply { file } => apply(&mut a, file).await,
         PolicyCommand::Show {
             name: None, json, ..
-        } => {
-            let policies = client
-                .list_policies(ListPoliciesRequest {})
-                .await
-                .map_err(fail)?
-                .into_inner()
-                .policies;
-            if *json {
-                for p in &policies {
-                    out!("{}", policy_json(p));
-                }
-                return Ok(());
-            }
-            if policies.is_empty() {
-                out!(
-                    "no policies applied (threatmesh policy apply FILE; examples in config/policies/)"
-                );
-                return Ok(());
-            }
-            out!(
-                "{:<24} {:>7}  {:<36} PARTNERS",
-                "NAME",
-                "VERSION",
-                "APPLIED BY"
-            );
-            for p in policies {
-                out!(
-                    "{:<24} {:>7}  {:<36} {}",
-                    p.name,
-                    p.version,
-                    p.applied_by,
-                    p.bound_partners.join(", ")
-                );
-            }
-        }
+        } => list(&mut a, *json).await,
         PolicyCommand::Show {
             name: Some(name),
             version,
             json,
-        } => {
-            let p = client
-                .show_policy(ShowPolicyRequest {
-                    name: name.clone(),
-                    version: version.unwrap_or(0),
-                })
-                .await
-                .map_err(fail)?
-                .into_inner();
-            if *json {
-                out!("{}", policy_json(&p));
-                return Ok(());
-            }
-            out!(
-                "# policy {} version {}, applied by {} at {}",
-                p.name,
-                p.version,
-                p.applied_by,
-                super::audit::rfc3339(p.applied_unix_ms)
-            );
-            out_raw!("{}", p.document);
-        }
-        PolicyCommand::History { name, json } => {
-            let versions = client
-                .policy_history(PolicyHistoryRequest { name: name.clone() })
-                .await
-                .map_err(fail)?
-                .into_inner()
-                .policies;
-            if *json {
-                for p in &versions {
-                    out!("{}", policy_json(p));
-                }
-                return Ok(());
-            }
-            out!("{:>7}  {:<26} APPLIED BY", "VERSION", "APPLIED");
-            for p in versions {
-                out!(
-                    "{:>7}  {:<26} {}",
-                    p.version,
-                    super::audit::rfc3339(p.applied_unix_ms),
-                    p.applied_by
-                );
-            }
-        }
+        } => show(&mut a, name, *version, *json).await,
+        PolicyCommand::History { name, json } => history(&mut a, name, *json).await,
         PolicyCommand::Explain {
             partner,
             indicator,
@@ -195,48 +93,185 @@ pub async fn run(config: &Path, conn: &ClientArgs, cmd: &PolicyCommand) -> Resul
                 (None, Some(f)) => Subject::Draft(read_draft(f)?),
                 (None, None) => return Err(CliError::Usage("give --indicator or --file".into())),
             };
-            let r = client
-                .explain_policy(ExplainPolicyRequest {
-                    partner: partner.clone(),
-                    subject: Some(subject),
-                })
-                .await
-                .map_err(fail)?
-                .into_inner();
-            let ind = r.indicator.unwrap_or_default();
-            let tlp = tlp_name(ind.marking.as_ref().map(|m| m.tlp).unwrap_or(0));
-            if *json {
-                out!(
-                    "{}",
-                    serde_json::json!({
-                        "decision": if r.allow { "allow" } else { "deny" }, "rule": r.rule,
-                        "reason": r.reason, "partner": partner, "policy": r.policy,
-                        "indicator": ind.id, "origin": ind.origin_org, "tlp": tlp,
-                    })
-                );
-            } else {
-                if r.allow {
-                    out!("ALLOW  rule {}", r.rule);
-                } else {
-                    out!("DENY   rule {}: {}", r.rule, r.reason);
-                }
-                out!("  partner   {partner} (policy {})", r.policy);
-                out!(
-                    "  indicator {} {} {} from {} (TLP:{}, confidence {})",
-                    if ind.id.is_empty() {
-                        "(draft)"
-                    } else {
-                        &ind.id
-                    },
-                    crate::model::kind_name(ind.kind).unwrap_or("?"),
-                    ind.value,
-                    ind.origin_org,
-                    tlp.unwrap_or("?"),
-                    ind.confidence
-                );
-            }
+            explain(&mut a, partner, subject, *json).await
         }
     }
+}
+
+/// `policy apply`.
+async fn apply(a: &mut AdminSession, file: &Path) -> Result<(), CliError> {
+    let document = std::fs::read_to_string(file)
+        .map_err(|e| CliError::Usage(format!("{}: {e}", file.display())))?;
+    // Checked here first so the error names the file.
+    crate::policy::parse_policy(&document)
+        .map_err(|e| CliError::Usage(format!("{}: {e}", file.display())))?;
+    let r = a
+        .client
+        .apply_policy(ApplyPolicyRequest { document })
+        .await
+        .map_err(|e| a.fail(e))?
+        .into_inner();
+    if r.changed {
+        out!("applied policy {} version {}", r.name, r.version);
+    } else {
+        out!("policy {} unchanged (version {})", r.name, r.version);
+    }
+    if r.bound_partners.is_empty() {
+        out!(
+            "no partner is bound to it yet (threatmesh peer set-policy --partner ORG --policy {})",
+            r.name
+        );
+    } else {
+        out!("bound partners: {}", r.bound_partners.join(", "));
+    }
+    Ok(())
+}
+
+/// `policy show` without a name: every policy's latest version.
+async fn list(a: &mut AdminSession, json: bool) -> Result<(), CliError> {
+    let policies = a
+        .client
+        .list_policies(ListPoliciesRequest {})
+        .await
+        .map_err(|e| a.fail(e))?
+        .into_inner()
+        .policies;
+    if json {
+        for p in &policies {
+            out!("{}", policy_json(p));
+        }
+        return Ok(());
+    }
+    if policies.is_empty() {
+        out!("no policies applied (threatmesh policy apply FILE; examples in config/policies/)");
+        return Ok(());
+    }
+    out!(
+        "{:<24} {:>7}  {:<36} PARTNERS",
+        "NAME",
+        "VERSION",
+        "APPLIED BY"
+    );
+    for p in policies {
+        out!(
+            "{:<24} {:>7}  {:<36} {}",
+            p.name,
+            p.version,
+            p.applied_by,
+            p.bound_partners.join(", ")
+        );
+    }
+    Ok(())
+}
+
+/// `policy show NAME`.
+async fn show(
+    a: &mut AdminSession,
+    name: &str,
+    version: Option<u64>,
+    json: bool,
+) -> Result<(), CliError> {
+    let p = a
+        .client
+        .show_policy(ShowPolicyRequest {
+            name: name.to_string(),
+            version: version.unwrap_or(0),
+        })
+        .await
+        .map_err(|e| a.fail(e))?
+        .into_inner();
+    if json {
+        out!("{}", policy_json(&p));
+        return Ok(());
+    }
+    out!(
+        "# policy {} version {}, applied by {} at {}",
+        p.name,
+        p.version,
+        p.applied_by,
+        super::audit::rfc3339(p.applied_unix_ms)
+    );
+    out_raw!("{}", p.document);
+    Ok(())
+}
+
+/// `policy history NAME`.
+async fn history(a: &mut AdminSession, name: &str, json: bool) -> Result<(), CliError> {
+    let versions = a
+        .client
+        .policy_history(PolicyHistoryRequest {
+            name: name.to_string(),
+        })
+        .await
+        .map_err(|e| a.fail(e))?
+        .into_inner()
+        .policies;
+    if json {
+        for p in &versions {
+            out!("{}", policy_json(p));
+        }
+        return Ok(());
+    }
+    out!("{:>7}  {:<26} APPLIED BY", "VERSION", "APPLIED");
+    for p in versions {
+        out!(
+            "{:>7}  {:<26} {}",
+            p.version,
+            super::audit::rfc3339(p.applied_unix_ms),
+            p.applied_by
+        );
+    }
+    Ok(())
+}
+
+/// `policy explain`.
+async fn explain(
+    a: &mut AdminSession,
+    partner: &str,
+    subject: Subject,
+    json: bool,
+) -> Result<(), CliError> {
+    let r = a
+        .client
+        .explain_policy(ExplainPolicyRequest {
+            partner: partner.to_string(),
+            subject: Some(subject),
+        })
+        .await
+        .map_err(|e| a.fail(e))?
+        .into_inner();
+    let ind = r.indicator.unwrap_or_default();
+    let tlp = tlp_name(ind.marking.as_ref().map(|m| m.tlp).unwrap_or(0));
+    if json {
+        out!(
+            "{}",
+            serde_json::json!({
+                "decision": if r.allow { "allow" } else { "deny" }, "rule": r.rule,
+                "reason": r.reason, "partner": partner, "policy": r.policy,
+                "indicator": ind.id, "origin": ind.origin_org, "tlp": tlp,
+            })
+        );
+        return Ok(());
+    }
+    if r.allow {
+        out!("ALLOW  rule {}", r.rule);
+    } else {
+        out!("DENY   rule {}: {}", r.rule, r.reason);
+    }
+    out!("  partner   {partner} (policy {})", r.policy);
+    out!(
+        "  indicator {} {} {} from {} (TLP:{}, confidence {})",
+        if ind.id.is_empty() {
+            "(draft)"
+        } else {
+            &ind.id
+        },
+        crate::model::kind_name(ind.kind).unwrap_or("?"),
+        ind.value,
+        ind.origin_org,
+        tlp.unwrap_or("?"),
+        ind.confidence
+    );
     Ok(())
 }
 

@@ -61,7 +61,7 @@ pub fn serial_hex(raw: &[u8]) -> String {
     if trimmed.is_empty() {
         "00".into()
     } else {
-        crate::signing::hex(trimmed)
+        hex::encode(trimmed)
     }
 }
 
@@ -111,9 +111,7 @@ pub fn open_crl(org: &OrgId, ca_pem: &str, bytes: &[u8]) -> Result<PartnerCrl, I
         next_update_ms: crl
             .next_update()
             .map(|t| t.timestamp().saturating_mul(1000)),
-        number: crl
-            .crl_number()
-            .map(|n| crate::signing::hex(&n.to_bytes_be())),
+        number: crl.crl_number().map(|n| hex::encode(n.to_bytes_be())),
         revoked,
         der,
     })

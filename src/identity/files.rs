@@ -31,15 +31,9 @@ pub fn write_atomic(path: &Path, contents: &[u8], private: bool) -> std::io::Res
     Ok(())
 }
 
-/// PEM text of one DER object under `label` (e.g. `PRIVATE KEY`).
+/// PEM text of one DER object under `label` (e.g. `PRIVATE KEY`): 64
+/// characters a line, `\n` line ends.
 pub fn pem_encode(label: &str, der: &[u8]) -> String {
-    use base64::Engine;
-    let b64 = base64::engine::general_purpose::STANDARD.encode(der);
-    let mut out = format!("-----BEGIN {label}-----\n");
-    for chunk in b64.as_bytes().chunks(64) {
-        out.push_str(std::str::from_utf8(chunk).unwrap_or_default());
-        out.push('\n');
-    }
-    out.push_str(&format!("-----END {label}-----\n"));
-    out
+    let config = pem::EncodeConfig::new().set_line_ending(pem::LineEnding::LF);
+    pem::encode_config(&pem::Pem::new(label, der), config)
 }

@@ -178,8 +178,8 @@ pub fn sign_crl(
     };
     let mut entries = Vec::new();
     for r in revoked {
-        let bytes = crate::signing::unhex(&r.serial)
-            .ok_or_else(|| IdentityError::Pki(format!("serial '{}' is not hex", r.serial)))?;
+        let bytes = hex::decode(&r.serial)
+            .map_err(|_| IdentityError::Pki(format!("serial '{}' is not hex", r.serial)))?;
         entries.push(rcgen::RevokedCertParams {
             serial_number: SerialNumber::from_slice(&bytes),
             revocation_time: at(r.revoked_ms)?,

@@ -40,6 +40,13 @@ pub enum OrgIdError {
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct OrgId(String);
 
+impl TryFrom<String> for OrgId {
+    type Error = OrgIdError;
+    fn try_from(s: String) -> Result<Self, OrgIdError> {
+        OrgId::parse(&s)
+    }
+}
+
 impl OrgId {
     /// Parses and validates an org id.
     ///

@@ -119,24 +119,7 @@ pub fn pae(payload_type: &str, payload: &[u8]) -> Vec<u8> {
 /// another org's key without also holding that key.
 pub fn key_id(public_key: &[u8]) -> String {
     let digest = ring::digest::digest(&ring::digest::SHA256, public_key);
-    hex(&digest.as_ref()[..16])
-}
-
-/// Lower-case hex encoding.
-pub fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-/// Decodes lower- or upper-case hex; `None` if it is not an even number of
-/// hex digits.
-pub fn unhex(s: &str) -> Option<Vec<u8>> {
-    if !s.len().is_multiple_of(2) {
-        return None;
-    }
-    (0..s.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
-        .collect()
+    hex::encode(&digest.as_ref()[..16])
 }
 
 /// An organisation's Ed25519 signing key (separate from its TLS keys).

@@ -26,16 +26,30 @@ impl CardState {
     }
 }
 
+impl TryFrom<String> for CardState {
+    type Error = StoreError;
+    fn try_from(s: String) -> Result<Self, StoreError> {
+        match s.as_str() {
+            "accepted" => Ok(CardState::Accepted),
+            "pending" => Ok(CardState::Pending),
+            other => Err(StoreError::Corrupt(format!("org_cards.state '{other}'"))),
+        }
+    }
+}
+
 /// A card of a non-partner org received through the mesh.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct DirectoryRow {
     /// The org.
+    #[sqlx(rename = "org_id", try_from = "String")]
     pub org: OrgId,
     /// The card envelope (serialised).
     pub card: Vec<u8>,
     /// Its version.
+    #[sqlx(rename = "card_version", try_from = "i64")]
     pub version: u64,
     /// Accepted or pending.
+    #[sqlx(try_from = "String")]
     pub state: CardState,
     /// The partner it came through, or the admin who approved it.
     pub via: String,
@@ -43,46 +57,14 @@ pub struct DirectoryRow {
     pub updated_ms: i64,
 }
 
-/// An `org_cards` row as read.
-#[derive(sqlx::FromRow)]
-struct Row {
-    org_id: String,
-    card: Vec<u8>,
-    #[sqlx(try_from = "i64")]
-    card_version: u64,
-    state: String,
-    via: String,
-    updated_ms: i64,
-}
-
-impl TryFrom<Row> for DirectoryRow {
-    type Error = StoreError;
-    fn try_from(r: Row) -> Result<Self, StoreError> {
-        Ok(Self {
-            org: OrgId::parse(&r.org_id)
-                .map_err(|e| StoreError::Corrupt(format!("org_cards.org_id: {e}")))?,
-            card: r.card,
-            version: r.card_version,
-            state: match r.state.as_str() {
-                "accepted" => CardState::Accepted,
-                "pending" => CardState::Pending,
-                other => return Err(StoreError::Corrupt(format!("org_cards.state '{other}'"))),
-            },
-            via: r.via,
-            updated_ms: r.updated_ms,
-        })
-    }
-}
-
 impl Store {
     /// Cards of non-partner orgs, by org id.
     pub async fn directory(&self) -> Result<Vec<DirectoryRow>, StoreError> {
-        let rows: Vec<Row> = sqlx::query_as(
+        Ok(sqlx::query_as(
             "SELECT org_id, card, card_version, state, via, updated_ms FROM org_cards ORDER BY org_id",
         )
         .fetch_all(&self.pool)
-        .await?;
-        rows.into_iter().map(TryInto::try_into).collect()
+        .await?)
     }
 
     /// Stores a card of a non-partner org in `state` (the caller checked its

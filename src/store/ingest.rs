@@ -27,43 +27,20 @@ pub struct Rejection {
 }
 
 /// A recorded rejection.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, sqlx::FromRow)]
 pub struct RejectionRecord {
     /// Partner that sent it.
     pub upstream_org: String,
     /// Upstream sequence number.
+    #[sqlx(try_from = "i64")]
     pub upstream_seq: u64,
     /// The kind of refusal.
+    #[sqlx(rename = "code", try_from = "String")]
     pub kind: RefusalKind,
     /// Why.
     pub reason: String,
     /// When.
     pub rejected_ms: i64,
-}
-
-/// A `rejections` row as read.
-#[derive(sqlx::FromRow)]
-struct RejectionRow {
-    upstream_org: String,
-    #[sqlx(try_from = "i64")]
-    upstream_seq: u64,
-    code: String,
-    reason: String,
-    rejected_ms: i64,
-}
-
-impl TryFrom<RejectionRow> for RejectionRecord {
-    type Error = StoreError;
-    fn try_from(r: RejectionRow) -> Result<Self, StoreError> {
-        Ok(Self {
-            kind: RefusalKind::parse(&r.code)
-                .ok_or_else(|| StoreError::Corrupt(format!("rejections.code '{}'", r.code)))?,
-            upstream_org: r.upstream_org,
-            upstream_seq: r.upstream_seq,
-            reason: r.reason,
-            rejected_ms: r.rejected_ms,
-        })
-    }
 }
 
 /// Result of committing a batch received from a partner.
@@ -263,12 +240,11 @@ impl Store {
 
     /// Rejected envelopes, oldest first.
     pub async fn rejections(&self) -> Result<Vec<RejectionRecord>, StoreError> {
-        let rows: Vec<RejectionRow> = sqlx::query_as(
+        Ok(sqlx::query_as(
             "SELECT upstream_org, upstream_seq, code, reason, rejected_ms FROM rejections ORDER BY id",
         )
         .fetch_all(&self.pool)
-        .await?;
-        rows.into_iter().map(TryInto::try_into).collect()
+        .await?)
     }
 
     /// Number of refused envelopes recorded.

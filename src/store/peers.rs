@@ -7,15 +7,17 @@ use crate::identity::VerifiedCard;
 use crate::model::OrgId;
 
 /// A registered partner.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct PeerRecord {
     /// Partner org.
+    #[sqlx(rename = "org_id", try_from = "String")]
     pub org: OrgId,
     /// Its display name.
     pub display_name: String,
     /// Where we dial it; empty = we do not subscribe to it.
     pub endpoint: String,
     /// Version of the stored card.
+    #[sqlx(try_from = "i64")]
     pub card_version: u64,
     /// Its CA bundle.
     pub ca_bundle_pem: String,
@@ -24,46 +26,12 @@ pub struct PeerRecord {
     /// Name of the bound sharing policy; empty = none (receives nothing).
     pub policy: String,
     /// Lifecycle state.
+    #[sqlx(try_from = "String")]
     pub state: PeerState,
     /// Whether cards of other orgs relayed by this partner are accepted.
     pub introducer: bool,
     /// Its signed card as registered (serialised envelope).
     pub card: Vec<u8>,
-}
-
-/// A `peers` row as read.
-#[derive(sqlx::FromRow)]
-struct Row {
-    org_id: String,
-    display_name: String,
-    endpoint: String,
-    #[sqlx(try_from = "i64")]
-    card_version: u64,
-    ca_bundle_pem: String,
-    added_ms: i64,
-    policy: String,
-    state: String,
-    introducer: bool,
-    card: Vec<u8>,
-}
-
-impl TryFrom<Row> for PeerRecord {
-    type Error = StoreError;
-    fn try_from(r: Row) -> Result<Self, StoreError> {
-        Ok(Self {
-            org: OrgId::parse(&r.org_id)
-                .map_err(|e| StoreError::Corrupt(format!("peers.org_id: {e}")))?,
-            display_name: r.display_name,
-            endpoint: r.endpoint,
-            card_version: r.card_version,
-            ca_bundle_pem: r.ca_bundle_pem,
-            added_ms: r.added_ms,
-            policy: r.policy,
-            state: PeerState::parse(&r.state)?,
-            introducer: r.introducer,
-            card: r.card,
-        })
-    }
 }
 
 /// A partner's lifecycle state.
@@ -94,6 +62,13 @@ impl PeerState {
             "removed" => Ok(PeerState::Removed),
             other => Err(StoreError::Corrupt(format!("peers.state '{other}'"))),
         }
+    }
+}
+
+impl TryFrom<String> for PeerState {
+    type Error = StoreError;
+    fn try_from(s: String) -> Result<Self, StoreError> {
+        Self::parse(&s)
     }
 }
 
@@ -189,13 +164,12 @@ impl Store {
 
     /// All registered partners, by org id.
     pub async fn peers(&self) -> Result<Vec<PeerRecord>, StoreError> {
-        let rows: Vec<Row> = sqlx::query_as(
+        Ok(sqlx::query_as(
             "SELECT org_id, display_name, endpoint, card_version, ca_bundle_pem, added_ms, policy, state, \
              introducer, card FROM peers ORDER BY org_id",
         )
         .fetch_all(&self.pool)
-        .await?;
-        rows.into_iter().map(TryInto::try_into).collect()
+        .await?)
     }
 
     /// Replaces a partner's card with a newer one that arrived through the
