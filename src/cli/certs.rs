@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use clap::{Subcommand, ValueEnum};
 
-use super::client::{ClientArgs, admin, rpc_error};
+use super::client::{AdminSession, ClientArgs};
 use super::{CliError, write_file};
 use crate::identity::{SpiffeId, certificate_request};
 use crate::proto::v1::revoke_cert_request::Which;
@@ -120,99 +120,16 @@ fn cert_json(c: &CertRecord) -> serde_json::Value {
 
 /// Runs a certs command.
 pub async fn run(config: &Path, conn: &ClientArgs, cmd: &CertsCommand) -> Result<(), CliError> {
-    let (settings, mut client) = admin(config, conn)?;
-    let fail = |e| rpc_error(&settings, e);
-    let own = settings.org_id();
+    let mut a = AdminSession::open(config, conn)?;
     match cmd {
         CertsCommand::Issue {
             role,
             name,
             out,
             days,
-        } => {
-            let (id, proto_role) = match role {
-                CertRole::Admin => (SpiffeId::admin(&own, name), ProtoRole::Admin),
-                CertRole::Publisher => (SpiffeId::publisher(&own, name), ProtoRole::Publisher),
-            };
-            let id = id.map_err(|e| CliError::Usage(format!("--name: {e}")))?;
-            let (csr_pem, key_pem) = certificate_request(&id)?;
-            let c = client
-                .issue_cert(IssueCertRequest {
-                    role: proto_role as i32,
-                    name: name.clone(),
-                    days: *days,
-                    csr_pem,
-                })
-                .await
-                .map_err(fail)?
-                .into_inner();
-            let (cert_path, key_path) = (
-                out.join(format!("{name}.pem")),
-                out.join(format!("{name}.key")),
-            );
-            write_file(&key_path, key_pem.as_bytes(), true)?;
-            write_file(&cert_path, c.cert_pem.as_bytes(), false)?;
-            out!(
-                "issued {} (serial {}), valid until {}",
-                c.spiffe_id,
-                c.serial,
-                ms_date(c.not_after_unix_ms)
-            );
-            out!("  certificate {}", cert_path.display());
-            out!("  key         {} (mode 0600)", key_path.display());
-        }
-        CertsCommand::List { json } => {
-            let certs = client
-                .list_certs(ListCertsRequest {})
-                .await
-                .map_err(fail)?
-                .into_inner()
-                .certs;
-            if *json {
-                for c in &certs {
-                    out!("{}", cert_json(c));
-                }
-            } else {
-                out!(
-                    "{:<34} {:<40} {:<21} {:<36} STATUS",
-                    "SERIAL",
-                    "IDENTITY",
-                    "NOT AFTER",
-                    "ISSUED BY"
-                );
-                for c in &certs {
-                    let status = if c.revoked {
-                        format!("revoked ({})", c.revocation_reason)
-                    } else if c.not_after_unix_ms < super::now_ms() {
-                        "expired".into()
-                    } else {
-                        "valid".into()
-                    };
-                    out!(
-                        "{:<34} {:<40} {:<21} {:<36} {}",
-                        c.serial,
-                        c.spiffe_id,
-                        ms_date(c.not_after_unix_ms),
-                        c.issued_by,
-                        status
-                    );
-                }
-            }
-        }
-        CertsCommand::Rotate { days } => {
-            let c = client
-                .rotate_node_cert(RotateNodeCertRequest { days: *days })
-                .await
-                .map_err(fail)?
-                .into_inner();
-            out!(
-                "rotated {}: new serial {}, valid until {}",
-                c.spiffe_id,
-                c.serial,
-                ms_date(c.not_after_unix_ms)
-            );
-            out!("new connections get it now; open connections and partner streams continue");
-        }
+        } => issue(&mut a, *role, name, out, *days).await,
+        CertsCommand::List { json } => list(&mut a, *json).await,
+        CertsCommand::Rotate { days } => rotate(&mut a, *days).await,
         CertsCommand::Revoke {
             cert,
             serial,
@@ -226,63 +143,183 @@ pub async fn run(config: &Path, conn: &ClientArgs, cmd: &CertsCommand) -> Result
                 (None, Some(s)) => Which::Serial(s.clone()),
                 (None, None) => return Err(CliError::Usage("give --cert or --serial".into())),
             };
-            let r = client
-                .revoke_cert(RevokeCertRequest {
-                    which: Some(which),
-                    reason: reason.clone(),
-                })
-                .await
-                .map_err(fail)?
-                .into_inner();
-            if r.newly_revoked {
-                out!(
-                    "revoked {} (serial {}); refused from now on, {} open connection(s) closed",
-                    r.spiffe_id,
-                    r.serial,
-                    r.connections_closed
-                );
-                out!("give partners the new CRL: threatmesh certs crl --out FILE");
-            } else {
-                out!("{} (serial {}) was already revoked", r.spiffe_id, r.serial);
-            }
+            revoke(&mut a, which, reason).await
         }
-        CertsCommand::Crl { out } => {
-            let r = client
-                .export_crl(ExportCrlRequest {})
-                .await
-                .map_err(fail)?
-                .into_inner();
-            write_file(out, r.crl_pem.as_bytes(), false)?;
-            out!(
-                "wrote the CRL of {} to {}: {} revoked, next update {}",
-                r.issuer_org,
-                out.display(),
-                r.revoked_serials.len(),
-                ms_date(r.next_update_unix_ms)
-            );
-        }
-        CertsCommand::ImportCrl { partner, file } => {
-            let crl = std::fs::read(file)
-                .map_err(|e| CliError::Usage(format!("{}: {e}", file.display())))?;
-            let r = client
-                .import_crl(ImportCrlRequest {
-                    partner: partner.clone(),
-                    crl,
-                })
-                .await
-                .map_err(fail)?
-                .into_inner();
-            out!(
-                "imported the CRL of {}: {} revoked, next update {}",
-                r.issuer_org,
-                r.revoked_serials.len(),
-                if r.next_update_unix_ms == 0 {
-                    "none".to_string()
-                } else {
-                    ms_date(r.next_update_unix_ms)
-                }
-            );
-        }
+        CertsCommand::Crl { out } => crl(&mut a, out).await,
+        CertsCommand::ImportCrl { partner, file } => import_crl(&mut a, partner, file).await,
     }
+}
+
+/// `certs issue`: the key is made here and never leaves this machine; the
+/// node signs the request.
+async fn issue(
+    a: &mut AdminSession,
+    role: CertRole,
+    name: &str,
+    out: &Path,
+    days: u32,
+) -> Result<(), CliError> {
+    let own = a.settings.org_id();
+    let (id, proto_role) = match role {
+        CertRole::Admin => (SpiffeId::admin(&own, name), ProtoRole::Admin),
+        CertRole::Publisher => (SpiffeId::publisher(&own, name), ProtoRole::Publisher),
+    };
+    let id = id.map_err(|e| CliError::Usage(format!("--name: {e}")))?;
+    let (csr_pem, key_pem) = certificate_request(&id)?;
+    let c = a
+        .client
+        .issue_cert(IssueCertRequest {
+            role: proto_role as i32,
+            name: name.to_string(),
+            days,
+            csr_pem,
+        })
+        .await
+        .map_err(|e| a.fail(e))?
+        .into_inner();
+    let (cert_path, key_path) = (
+        out.join(format!("{name}.pem")),
+        out.join(format!("{name}.key")),
+    );
+    write_file(&key_path, key_pem.as_bytes(), true)?;
+    write_file(&cert_path, c.cert_pem.as_bytes(), false)?;
+    out!(
+        "issued {} (serial {}), valid until {}",
+        c.spiffe_id,
+        c.serial,
+        ms_date(c.not_after_unix_ms)
+    );
+    out!("  certificate {}", cert_path.display());
+    out!("  key         {} (mode 0600)", key_path.display());
+    Ok(())
+}
+
+/// `certs list`.
+async fn list(a: &mut AdminSession, json: bool) -> Result<(), CliError> {
+    let certs = a
+        .client
+        .list_certs(ListCertsRequest {})
+        .await
+        .map_err(|e| a.fail(e))?
+        .into_inner()
+        .certs;
+    if json {
+        for c in &certs {
+            out!("{}", cert_json(c));
+        }
+        return Ok(());
+    }
+    out!(
+        "{:<34} {:<40} {:<21} {:<36} STATUS",
+        "SERIAL",
+        "IDENTITY",
+        "NOT AFTER",
+        "ISSUED BY"
+    );
+    for c in &certs {
+        let status = if c.revoked {
+            format!("revoked ({})", c.revocation_reason)
+        } else if c.not_after_unix_ms < super::now_ms() {
+            "expired".into()
+        } else {
+            "valid".into()
+        };
+        out!(
+            "{:<34} {:<40} {:<21} {:<36} {}",
+            c.serial,
+            c.spiffe_id,
+            ms_date(c.not_after_unix_ms),
+            c.issued_by,
+            status
+        );
+    }
+    Ok(())
+}
+
+/// `certs rotate`.
+async fn rotate(a: &mut AdminSession, days: u32) -> Result<(), CliError> {
+    let c = a
+        .client
+        .rotate_node_cert(RotateNodeCertRequest { days })
+        .await
+        .map_err(|e| a.fail(e))?
+        .into_inner();
+    out!(
+        "rotated {}: new serial {}, valid until {}",
+        c.spiffe_id,
+        c.serial,
+        ms_date(c.not_after_unix_ms)
+    );
+    out!("new connections get it now; open connections and partner streams continue");
+    Ok(())
+}
+
+/// `certs revoke`.
+async fn revoke(a: &mut AdminSession, which: Which, reason: &str) -> Result<(), CliError> {
+    let r = a
+        .client
+        .revoke_cert(RevokeCertRequest {
+            which: Some(which),
+            reason: reason.to_string(),
+        })
+        .await
+        .map_err(|e| a.fail(e))?
+        .into_inner();
+    if r.newly_revoked {
+        out!(
+            "revoked {} (serial {}); refused from now on, {} open connection(s) closed",
+            r.spiffe_id,
+            r.serial,
+            r.connections_closed
+        );
+        out!("give partners the new CRL: threatmesh certs crl --out FILE");
+    } else {
+        out!("{} (serial {}) was already revoked", r.spiffe_id, r.serial);
+    }
+    Ok(())
+}
+
+/// `certs crl`.
+async fn crl(a: &mut AdminSession, out: &Path) -> Result<(), CliError> {
+    let r = a
+        .client
+        .export_crl(ExportCrlRequest {})
+        .await
+        .map_err(|e| a.fail(e))?
+        .into_inner();
+    write_file(out, r.crl_pem.as_bytes(), false)?;
+    out!(
+        "wrote the CRL of {} to {}: {} revoked, next update {}",
+        r.issuer_org,
+        out.display(),
+        r.revoked_serials.len(),
+        ms_date(r.next_update_unix_ms)
+    );
+    Ok(())
+}
+
+/// `certs import-crl`.
+async fn import_crl(a: &mut AdminSession, partner: &str, file: &Path) -> Result<(), CliError> {
+    let crl =
+        std::fs::read(file).map_err(|e| CliError::Usage(format!("{}: {e}", file.display())))?;
+    let r = a
+        .client
+        .import_crl(ImportCrlRequest {
+            partner: partner.to_string(),
+            crl,
+        })
+        .await
+        .map_err(|e| a.fail(e))?
+        .into_inner();
+    let next = if r.next_update_unix_ms == 0 {
+        "none".to_string()
+    } else {
+        ms_date(r.next_update_unix_ms)
+    };
+    out!(
+        "imported the CRL of {}: {} revoked, next update {next}",
+        r.issuer_org,
+        r.revoked_serials.len()
+    );
     Ok(())
 }
