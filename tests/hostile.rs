@@ -302,7 +302,7 @@ async fn tampered_and_forged_envelopes_are_refused_and_the_link_keeps_going() {
     let q = store.quarantine().await.unwrap();
     assert_eq!(q.len(), 1);
     assert_eq!(
-        (q[0].upstream_seq, q[0].key_id.as_str()),
+        (q[0].held.upstream_seq, q[0].held.key_id.as_str()),
         (3, stray.key_id())
     );
     let ledger = store.audit_rows(Some("r.example"), None).await.unwrap();

@@ -118,9 +118,9 @@ impl AdminService {
                 .into_iter()
                 .map(|q| QuarantinedEnvelope {
                     upstream: q.upstream.to_string(),
-                    upstream_seq: q.upstream_seq,
-                    key_id: q.key_id,
-                    path: q.path,
+                    upstream_seq: q.held.upstream_seq,
+                    key_id: q.held.key_id,
+                    path: q.held.path.0,
                     received_unix_ms: q.received_ms,
                     expires_unix_ms: q.received_ms.saturating_add(ttl),
                 })

@@ -410,22 +410,30 @@ pub fn render(r: &Report) -> String {
         1e3 / p.sqlite_commit_per_s
     );
     let _ = writeln!(s, "node (cores busy: user + system)");
-    let _ = writeln!(
-        s,
-        "  publish            {:>10.0}/s   = {:>5.1} % of one-core sign   (target >= 60 %)  cores {:.0}% + {:.0}%",
-        r.publish_per_s,
-        r.publish_ratio * 100.0,
-        r.publish_cpu.user * 100.0,
-        r.publish_cpu.system * 100.0
-    );
-    let _ = writeln!(
-        s,
-        "  peer ingest        {:>10.0}/s   = {:>5.1} % of all-core verify (target >= 70 %)  cores {:.0}% + {:.0}%",
-        r.ingest_per_s,
-        r.ingest_ratio * 100.0,
-        r.ingest_cpu.user * 100.0,
-        r.ingest_cpu.system * 100.0
-    );
+    for (label, rate, ratio, of, cpu) in [
+        (
+            "publish    ",
+            r.publish_per_s,
+            r.publish_ratio,
+            "one-core sign   (target >= 60 %)",
+            &r.publish_cpu,
+        ),
+        (
+            "peer ingest",
+            r.ingest_per_s,
+            r.ingest_ratio,
+            "all-core verify (target >= 70 %)",
+            &r.ingest_cpu,
+        ),
+    ] {
+        let _ = writeln!(
+            s,
+            "  {label}        {rate:>10.0}/s   = {:>5.1} % of {of}  cores {:.0}% + {:.0}%",
+            ratio * 100.0,
+            cpu.user * 100.0,
+            cpu.system * 100.0
+        );
+    }
     let _ = writeln!(
         s,
         "  latency A>B>C      p50 {:.2} ms  p99 {:.2} ms  max {:.2} ms at {}/s, {} samples (target p99 <= 5 ms)",

@@ -2,14 +2,14 @@
 //! fan-out, each over mutual TLS on loopback.
 
 use super::*;
-pub(super) async fn bench_publish(
-    dir: &std::path::Path,
-    opts: &BenchOptions,
-) -> Result<(f64, CpuUse), BenchError> {
-    let a = make_org(&dir.join("publish"), "a.bench", opts.batch_size)?;
-    let node = start(&a, listener().await?).await?;
-    let client = publisher(&a, node.addr)?;
-    // Warm the connection.
+
+/// A publisher client of `s`'s node at `addr`, after one publish has
+/// warmed the connection (and whatever path follows it).
+async fn warm_publisher(
+    s: &Settings,
+    addr: SocketAddr,
+) -> Result<ExchangeClient<Channel>, BenchError> {
+    let client = publisher(s, addr)?;
     client
         .clone()
         .publish(PublishRequest {
@@ -17,6 +17,17 @@ pub(super) async fn bench_publish(
         })
         .await
         .map_err(err)?;
+    Ok(client)
+}
+
+pub(super) async fn bench_publish(
+    dir: &std::path::Path,
+    opts: &BenchOptions,
+) -> Result<(f64, CpuUse), BenchError> {
+    let a = make_org(&dir.join("publish"), "a.bench", opts.batch_size)?;
+    let node = start(&a, listener().await?).await?;
+    // Warm the connection.
+    let client = warm_publisher(&a, node.addr).await?;
     let start_at = Instant::now();
     let cpu0 = cpu_seconds();
     let results: Vec<Result<(), tonic::Status>> = futures_util::stream::iter(0..opts.publish)
@@ -194,15 +205,8 @@ pub(super) async fn bench_latency(
             }
         })
     };
-    let client = publisher(&a, node_a.addr)?;
     // Warm up the path end to end.
-    client
-        .clone()
-        .publish(PublishRequest {
-            indicator: Some(draft(u64::MAX >> 40, Tlp::Clear, 70)),
-        })
-        .await
-        .map_err(err)?;
+    let client = warm_publisher(&a, node_a.addr).await?;
     tokio::time::sleep(Duration::from_millis(500)).await;
 
     let total = opts.latency_rate * opts.latency_secs;

@@ -11,7 +11,7 @@ use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
 use super::CliError;
-use super::client::{ClientArgs, admin, load, rpc_error};
+use super::client::{AdminSession, ClientArgs, load};
 use super::publish::parse_rfc3339_ms;
 use crate::proto::v1::{AuditLogRequest, AuditVerifyRequest};
 use crate::store::Store;
@@ -61,17 +61,15 @@ pub async fn run(config: &Path, conn: &ClientArgs, cmd: &AuditCommand) -> Result
                 .map(|s| parse_rfc3339_ms("--since", s))
                 .transpose()
                 .map_err(CliError::Usage)?;
-            let (settings, mut client) = admin(config, conn)?;
-            let fail = |e| rpc_error(&settings, e);
-            let mut stream = client
-                .audit_log(AuditLogRequest {
+            let mut a = AdminSession::open(config, conn)?;
+            let mut stream = rpc!(
+                a,
+                audit_log(AuditLogRequest {
                     partner: partner.clone().unwrap_or_default(),
                     since_unix_ms: since_ms.unwrap_or(0),
                 })
-                .await
-                .map_err(fail)?
-                .into_inner();
-            while let Some(chunk) = stream.message().await.map_err(fail)? {
+            );
+            while let Some(chunk) = stream.message().await.map_err(|e| a.fail(e))? {
                 for r in chunk.rows {
                     if *json {
                         out!(
@@ -104,12 +102,8 @@ pub async fn run(config: &Path, conn: &ClientArgs, cmd: &AuditCommand) -> Result
             Ok(())
         }
         AuditCommand::Verify { offline: false } => {
-            let (settings, mut client) = admin(config, conn)?;
-            let r = client
-                .audit_verify(AuditVerifyRequest {})
-                .await
-                .map_err(|e| rpc_error(&settings, e))?
-                .into_inner();
+            let mut a = AdminSession::open(config, conn)?;
+            let r = rpc!(a, audit_verify(AuditVerifyRequest {}));
             if r.intact {
                 out!(
                     "audit ledger intact: {} rows, every row linked to the one before",

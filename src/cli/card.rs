@@ -85,17 +85,21 @@ pub fn read_card(file: &Path) -> Result<crate::identity::VerifiedCard, CliError>
     open_card(&env).map_err(|e| CliError::Usage(format!("{}: {e}", file.display())))
 }
 
+/// Prints who an org is: id, name, and country and sector when given.
+pub fn print_org(org: &str, display_name: &str, country: &str, sector: &str) {
+    out!("org:          {org}");
+    out!("display name: {display_name}");
+    for (label, value) in [("country:     ", country), ("sector:      ", sector)] {
+        if !value.is_empty() {
+            out!("{label} {value}");
+        }
+    }
+}
+
 /// Prints a verified card for a person.
 pub fn print_card(v: &crate::identity::VerifiedCard) {
     let c = &v.card;
-    out!("org:          {}", v.org);
-    out!("display name: {}", c.display_name);
-    if !c.country.is_empty() {
-        out!("country:      {}", c.country);
-    }
-    if !c.sector.is_empty() {
-        out!("sector:       {}", c.sector);
-    }
+    print_org(v.org.as_str(), &c.display_name, &c.country, &c.sector);
     out!("endpoints:    {}", c.endpoints.join(", "));
     out!("card version: {}", c.version);
     for f in &v.ca_fingerprints {

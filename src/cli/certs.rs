@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use clap::{Subcommand, ValueEnum};
 
 use super::client::{AdminSession, ClientArgs};
+use super::table::{col, listing};
 use super::{CliError, write_file};
 use crate::identity::{SpiffeId, certificate_request};
 use crate::proto::v1::revoke_cert_request::Which;
@@ -166,17 +167,15 @@ async fn issue(
     };
     let id = id.map_err(|e| CliError::Usage(format!("--name: {e}")))?;
     let (csr_pem, key_pem) = certificate_request(&id)?;
-    let c = a
-        .client
-        .issue_cert(IssueCertRequest {
+    let c = rpc!(
+        a,
+        issue_cert(IssueCertRequest {
             role: proto_role as i32,
             name: name.to_string(),
             days,
             csr_pem,
         })
-        .await
-        .map_err(|e| a.fail(e))?
-        .into_inner();
+    );
     let (cert_path, key_path) = (
         out.join(format!("{name}.pem")),
         out.join(format!("{name}.key")),
@@ -196,54 +195,43 @@ async fn issue(
 
 /// `certs list`.
 async fn list(a: &mut AdminSession, json: bool) -> Result<(), CliError> {
-    let certs = a
-        .client
-        .list_certs(ListCertsRequest {})
-        .await
-        .map_err(|e| a.fail(e))?
-        .into_inner()
-        .certs;
-    if json {
-        for c in &certs {
-            out!("{}", cert_json(c));
-        }
-        return Ok(());
-    }
-    out!(
-        "{:<34} {:<40} {:<21} {:<36} STATUS",
-        "SERIAL",
-        "IDENTITY",
-        "NOT AFTER",
-        "ISSUED BY"
+    let certs = rpc!(a, list_certs(ListCertsRequest {})).certs;
+    let now = super::now_ms();
+    listing(
+        &certs,
+        json,
+        cert_json,
+        "no certificates recorded",
+        &[
+            col("SERIAL"),
+            col("IDENTITY"),
+            col("NOT AFTER"),
+            col("ISSUED BY"),
+            col("STATUS"),
+        ],
+        |c| {
+            let status = if c.revoked {
+                format!("revoked ({})", c.revocation_reason)
+            } else if c.not_after_unix_ms < now {
+                "expired".into()
+            } else {
+                "valid".into()
+            };
+            vec![
+                c.serial.clone(),
+                c.spiffe_id.clone(),
+                ms_date(c.not_after_unix_ms),
+                c.issued_by.clone(),
+                status,
+            ]
+        },
     );
-    for c in &certs {
-        let status = if c.revoked {
-            format!("revoked ({})", c.revocation_reason)
-        } else if c.not_after_unix_ms < super::now_ms() {
-            "expired".into()
-        } else {
-            "valid".into()
-        };
-        out!(
-            "{:<34} {:<40} {:<21} {:<36} {}",
-            c.serial,
-            c.spiffe_id,
-            ms_date(c.not_after_unix_ms),
-            c.issued_by,
-            status
-        );
-    }
     Ok(())
 }
 
 /// `certs rotate`.
 async fn rotate(a: &mut AdminSession, days: u32) -> Result<(), CliError> {
-    let c = a
-        .client
-        .rotate_node_cert(RotateNodeCertRequest { days })
-        .await
-        .map_err(|e| a.fail(e))?
-        .into_inner();
+    let c = rpc!(a, rotate_node_cert(RotateNodeCertRequest { days }));
     out!(
         "rotated {}: new serial {}, valid until {}",
         c.spiffe_id,
@@ -256,15 +244,13 @@ async fn rotate(a: &mut AdminSession, days: u32) -> Result<(), CliError> {
 
 /// `certs revoke`.
 async fn revoke(a: &mut AdminSession, which: Which, reason: &str) -> Result<(), CliError> {
-    let r = a
-        .client
-        .revoke_cert(RevokeCertRequest {
+    let r = rpc!(
+        a,
+        revoke_cert(RevokeCertRequest {
             which: Some(which),
             reason: reason.to_string(),
         })
-        .await
-        .map_err(|e| a.fail(e))?
-        .into_inner();
+    );
     if r.newly_revoked {
         out!(
             "revoked {} (serial {}); refused from now on, {} open connection(s) closed",
@@ -281,12 +267,7 @@ async fn revoke(a: &mut AdminSession, which: Which, reason: &str) -> Result<(), 
 
 /// `certs crl`.
 async fn crl(a: &mut AdminSession, out: &Path) -> Result<(), CliError> {
-    let r = a
-        .client
-        .export_crl(ExportCrlRequest {})
-        .await
-        .map_err(|e| a.fail(e))?
-        .into_inner();
+    let r = rpc!(a, export_crl(ExportCrlRequest {}));
     write_file(out, r.crl_pem.as_bytes(), false)?;
     out!(
         "wrote the CRL of {} to {}: {} revoked, next update {}",
@@ -302,15 +283,13 @@ async fn crl(a: &mut AdminSession, out: &Path) -> Result<(), CliError> {
 async fn import_crl(a: &mut AdminSession, partner: &str, file: &Path) -> Result<(), CliError> {
     let crl =
         std::fs::read(file).map_err(|e| CliError::Usage(format!("{}: {e}", file.display())))?;
-    let r = a
-        .client
-        .import_crl(ImportCrlRequest {
+    let r = rpc!(
+        a,
+        import_crl(ImportCrlRequest {
             partner: partner.to_string(),
             crl,
         })
-        .await
-        .map_err(|e| a.fail(e))?
-        .into_inner();
+    );
     let next = if r.next_update_unix_ms == 0 {
         "none".to_string()
     } else {

@@ -16,6 +16,7 @@ use tokio::sync::oneshot;
 
 use super::client::{As, channel};
 use super::publish::DraftInput;
+use super::table::{col, render};
 use super::{CliError, init_logging};
 use crate::config::Settings;
 use crate::exchange::decode_stored;
@@ -152,8 +153,72 @@ pub async fn run_demo(args: &DemoArgs) -> Result<DemoSummary, CliError> {
             (Some(t), p)
         }
     };
+    let (orgs, listeners) = provision_orgs(&base, args.dir.is_some()).await?;
+    register_each_other(&orgs).await?;
+    let nodes = start_nodes(&orgs, listeners).await?;
+    let published = publish_examples(&orgs).await?;
+    let (expected, decisions) = expected_deliveries(&orgs, &nodes.contexts, &published).await?;
+    let received = await_deliveries(&nodes.contexts, &expected, args.timeout).await?;
+    let mut failures = 0;
+    for c in &nodes.contexts {
+        failures += c.store.rejections().await?.len();
+    }
+    print_outcome(&orgs, &decisions, &received);
+    let summary = DemoSummary {
+        published: published.len(),
+        delivered: received.values().map(BTreeSet::len).sum(),
+        withheld: decisions
+            .iter()
+            .flat_map(|(_, d)| d)
+            .filter(|(_, d)| !d.is_allow())
+            .count(),
+        verification_failures: failures,
+    };
+    if args.keep {
+        out!("Nodes keep running; in another shell, for example:");
+        for o in &orgs {
+            out!("  threatmesh -c {} tail", o.config.display());
+        }
+        out!(
+            "  threatmesh -c {} publish --kind domain --value another-phish.example --tlp GREEN",
+            orgs[0].config.display()
+        );
+        out!("Press Ctrl-C to stop.");
+        let _ = tokio::signal::ctrl_c().await;
+    }
+    nodes.stop().await?;
+    verify_ledgers(&orgs).await?;
+    if args.keep
+        && let Some(t) = tmp
+    {
+        // The user was told these paths; leave them.
+        let _ = t.keep();
+    }
+    if received != expected {
+        return Err(CliError::Failed(format!(
+            "deliveries differ from what the sharing policy allows (see MISSING/LEAKED above)\n{summary}"
+        )));
+    }
+    if failures > 0 {
+        return Err(CliError::Failed(format!(
+            "{failures} envelope(s) failed verification\n{summary}"
+        )));
+    }
+    Ok(summary)
+}
 
-    // Bind first, so the endpoints in the cards are the real ports.
+/// Indicator ids per org index.
+type Deliveries = BTreeMap<usize, BTreeSet<String>>;
+
+/// Each published indicator with the decision for every other org.
+type Decisions = Vec<(crate::proto::v1::Indicator, Vec<(usize, Decision)>)>;
+
+/// Makes the three orgs under `base`, each on a loopback port bound first,
+/// so the endpoints in their cards are the real ports.
+async fn provision_orgs(
+    base: &std::path::Path,
+    force: bool,
+) -> Result<(Vec<DemoOrg>, Vec<TcpListener>), CliError> {
     let mut listeners = Vec::new();
     let mut orgs = Vec::new();
     for (id, label, country, sector) in ORGS {
@@ -169,7 +234,7 @@ pub async fn run_demo(args: &DemoArgs) -> Result<DemoSummary, CliError> {
             display_name: Some(label.into()),
             country: country.into(),
             sector: sector.into(),
-            force: args.dir.is_some(),
+            force,
             ..OrgOptions::new(id, base.join(id))
         })?;
         let settings = Settings::load(&report.config)?;
@@ -190,14 +255,17 @@ pub async fn run_demo(args: &DemoArgs) -> Result<DemoSummary, CliError> {
             o.settings.node.endpoint
         );
     }
+    Ok((orgs, listeners))
+}
 
-    // Each org applies the example policies, then registers the others'
-    // cards (exchanged out of band) bound to a policy: the agencies trust
-    // each other fully, the ISP gets blockable network indicators only, and
-    // the ISP shares up to AMBER back.
+/// Each org applies the example policies, then registers the others' cards
+/// (exchanged out of band) bound to a policy: the agencies trust each other
+/// fully, the ISP gets blockable network indicators only, and the ISP
+/// shares up to AMBER back.
+async fn register_each_other(orgs: &[DemoOrg]) -> Result<(), CliError> {
     // Each org's card, as it would hand it over.
     let mut cards = Vec::new();
-    for o in &orgs {
+    for o in orgs {
         let ca = std::fs::read_to_string(&o.settings.tls.ca_cert)
             .map_err(|e| CliError::Failed(e.to_string()))?;
         cards.push(own_card(
@@ -236,23 +304,56 @@ pub async fn run_demo(args: &DemoArgs) -> Result<DemoSummary, CliError> {
         }
         store.close().await;
     }
+    Ok(())
+}
 
-    // Start the nodes.
-    let mut contexts: Vec<Arc<NodeContext>> = Vec::new();
-    let mut stops = Vec::new();
-    let mut tasks = Vec::new();
+/// The running demo nodes.
+struct Nodes {
+    contexts: Vec<Arc<NodeContext>>,
+    stops: Vec<oneshot::Sender<()>>,
+    tasks: Vec<tokio::task::JoinHandle<Result<(), crate::node::NodeError>>>,
+}
+
+impl Nodes {
+    /// Stops every node and waits for it.
+    async fn stop(self) -> Result<(), CliError> {
+        for s in self.stops {
+            let _ = s.send(());
+        }
+        for t in self.tasks {
+            match t.await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => return Err(CliError::Failed(format!("node failed: {e}"))),
+                Err(e) => return Err(CliError::Failed(format!("node task failed: {e}"))),
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Starts one node per org on its listener.
+async fn start_nodes(orgs: &[DemoOrg], listeners: Vec<TcpListener>) -> Result<Nodes, CliError> {
+    let mut nodes = Nodes {
+        contexts: Vec::new(),
+        stops: Vec::new(),
+        tasks: Vec::new(),
+    };
     for (o, l) in orgs.iter().zip(listeners) {
         let node = Node::open(o.settings.clone()).await?;
-        contexts.push(node.context());
+        nodes.contexts.push(node.context());
         let (tx, rx) = oneshot::channel::<()>();
-        stops.push(tx);
-        tasks.push(tokio::spawn(node.serve(l, async move {
+        nodes.stops.push(tx);
+        nodes.tasks.push(tokio::spawn(node.serve(l, async move {
             let _ = rx.await;
         })));
     }
+    Ok(nodes)
+}
 
-    // Publish through each org's node with its publisher certificate.
-    let mut published: Vec<(usize, String)> = Vec::new();
+/// Publishes the example indicators through each org's node with its
+/// publisher certificate; returns (org index, indicator id).
+async fn publish_examples(orgs: &[DemoOrg]) -> Result<Vec<(usize, String)>, CliError> {
+    let mut published = Vec::new();
     for (who, line) in indicators() {
         let input: DraftInput =
             serde_json::from_str(line).map_err(|e| CliError::Failed(e.to_string()))?;
@@ -267,11 +368,18 @@ pub async fn run_demo(args: &DemoArgs) -> Result<DemoSummary, CliError> {
             .into_inner();
         published.push((who, resp.id));
     }
+    Ok(published)
+}
 
-    // What the policy says should happen, pair by pair.
-    let mut expected: BTreeMap<usize, BTreeSet<String>> = BTreeMap::new();
+/// What the policy says should happen, pair by pair.
+async fn expected_deliveries(
+    orgs: &[DemoOrg],
+    contexts: &[Arc<NodeContext>],
+    published: &[(usize, String)],
+) -> Result<(Deliveries, Decisions), CliError> {
+    let mut expected = Deliveries::new();
     let mut decisions = Vec::new();
-    for (who, id) in &published {
+    for (who, id) in published {
         let stored = contexts[*who]
             .store
             .indicators(Some(orgs[*who].id.as_str()))
@@ -293,11 +401,19 @@ pub async fn run_demo(args: &DemoArgs) -> Result<DemoSummary, CliError> {
         }
         decisions.push((ind, per_partner));
     }
+    Ok((expected, decisions))
+}
 
-    // Wait until every node holds what it should.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(args.timeout);
-    let received = loop {
-        let mut got: BTreeMap<usize, BTreeSet<String>> = BTreeMap::new();
+/// Waits until every node holds what it should, or `timeout_secs` pass;
+/// returns what each received.
+async fn await_deliveries(
+    contexts: &[Arc<NodeContext>],
+    expected: &Deliveries,
+    timeout_secs: u64,
+) -> Result<Deliveries, CliError> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(timeout_secs);
+    loop {
+        let mut got = Deliveries::new();
         for (i, c) in contexts.iter().enumerate() {
             for r in c.store.indicators(None).await? {
                 if r.received_from.is_some() {
@@ -305,86 +421,58 @@ pub async fn run_demo(args: &DemoArgs) -> Result<DemoSummary, CliError> {
                 }
             }
         }
-        if got == expected || tokio::time::Instant::now() > deadline {
-            break got;
+        if &got == expected || tokio::time::Instant::now() > deadline {
+            return Ok(got);
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
-    };
-    let mut failures = 0;
-    for c in &contexts {
-        failures += c.store.rejections().await?.len();
     }
+}
 
-    out!();
-    out!(
-        "{:<20} {:<13} {:<7} {:<44} delivery",
-        "origin",
-        "TLP",
-        "kind",
-        "value"
-    );
-    for (ind, per_partner) in &decisions {
-        let tlp = tlp_name(ind.marking.as_ref().map(|m| m.tlp).unwrap_or(0)).unwrap_or("?");
-        let fate: Vec<String> = per_partner
-            .iter()
-            .map(|(to, d)| {
-                let got = received.get(to).is_some_and(|s| s.contains(&ind.id));
-                match d {
-                    Decision::Allow { .. } if got => format!("{}: received", orgs[*to].id),
-                    Decision::Allow { .. } => format!("{}: MISSING", orgs[*to].id),
-                    Decision::Deny { rule, .. } if got => {
-                        format!("{}: LEAKED ({rule})", orgs[*to].id)
+/// Who received what under which rule, one indicator a row.
+fn print_outcome(orgs: &[DemoOrg], decisions: &Decisions, received: &Deliveries) {
+    let rows: Vec<Vec<String>> = decisions
+        .iter()
+        .map(|(ind, per_partner)| {
+            let tlp = tlp_name(ind.marking.as_ref().map(|m| m.tlp).unwrap_or(0)).unwrap_or("?");
+            let fate: Vec<String> = per_partner
+                .iter()
+                .map(|(to, d)| {
+                    let to_id = &orgs[*to].id;
+                    let got = received.get(to).is_some_and(|s| s.contains(&ind.id));
+                    match d {
+                        Decision::Allow { .. } if got => format!("{to_id}: received"),
+                        Decision::Allow { .. } => format!("{to_id}: MISSING"),
+                        Decision::Deny { rule, .. } if got => format!("{to_id}: LEAKED ({rule})"),
+                        Decision::Deny { rule, .. } => format!("{to_id}: withheld ({rule})"),
                     }
-                    Decision::Deny { rule, .. } => format!("{}: withheld ({rule})", orgs[*to].id),
-                }
-            })
-            .collect();
-        out!(
-            "{:<20} {:<13} {:<7} {:<44} {}",
-            ind.origin_org,
-            tlp,
-            kind_name(ind.kind).unwrap_or("?"),
-            ind.value,
-            fate.join(", ")
-        );
+                })
+                .collect();
+            vec![
+                ind.origin_org.clone(),
+                tlp.to_string(),
+                kind_name(ind.kind).unwrap_or("?").to_string(),
+                ind.value.clone(),
+                fate.join(", "),
+            ]
+        })
+        .collect();
+    out!();
+    let cols = [
+        col("origin"),
+        col("TLP"),
+        col("kind"),
+        col("value"),
+        col("delivery"),
+    ];
+    for line in render(&cols, &rows) {
+        out!("{line}");
     }
     out!();
+}
 
-    let summary = DemoSummary {
-        published: published.len(),
-        delivered: received.values().map(BTreeSet::len).sum(),
-        withheld: decisions
-            .iter()
-            .flat_map(|(_, d)| d)
-            .filter(|(_, d)| !d.is_allow())
-            .count(),
-        verification_failures: failures,
-    };
-
-    if args.keep {
-        out!("Nodes keep running; in another shell, for example:");
-        for o in &orgs {
-            out!("  threatmesh -c {} tail", o.config.display());
-        }
-        out!(
-            "  threatmesh -c {} publish --kind domain --value another-phish.example --tlp GREEN",
-            orgs[0].config.display()
-        );
-        out!("Press Ctrl-C to stop.");
-        let _ = tokio::signal::ctrl_c().await;
-    }
-    for s in stops {
-        let _ = s.send(());
-    }
-    for t in tasks {
-        match t.await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => return Err(CliError::Failed(format!("node failed: {e}"))),
-            Err(e) => return Err(CliError::Failed(format!("node task failed: {e}"))),
-        }
-    }
-    // Every decision above is on each node's ledger; check the chains.
-    for o in &orgs {
+/// Every decision is on each node's ledger; checks the chains.
+async fn verify_ledgers(orgs: &[DemoOrg]) -> Result<(), CliError> {
+    for o in orgs {
         let store =
             Store::open_sqlite(&o.settings.store.path, crate::clock::Clock::system()).await?;
         let verdict = store.verify_audit().await?;
@@ -394,22 +482,5 @@ pub async fn run_demo(args: &DemoArgs) -> Result<DemoSummary, CliError> {
             Err(b) => return Err(CliError::Failed(format!("{}: {b}", o.id))),
         }
     }
-    if args.keep
-        && let Some(t) = tmp
-    {
-        // The user was told these paths; leave them.
-        let _ = t.keep();
-    }
-
-    if received != expected {
-        return Err(CliError::Failed(format!(
-            "deliveries differ from what the sharing policy allows (see MISSING/LEAKED above)\n{summary}"
-        )));
-    }
-    if failures > 0 {
-        return Err(CliError::Failed(format!(
-            "{failures} envelope(s) failed verification\n{summary}"
-        )));
-    }
-    Ok(summary)
+    Ok(())
 }

@@ -9,7 +9,7 @@ use std::path::Path;
 use clap::Subcommand;
 
 use super::CliError;
-use super::client::{ClientArgs, admin, rpc_error};
+use super::client::{AdminSession, ClientArgs};
 use crate::proto::v1::{RevokeSigningKeyRequest, RotateSigningKeyRequest, SigningKeysResponse};
 
 /// `threatmesh keys ...`
@@ -41,21 +41,15 @@ fn print_keys(r: &SigningKeysResponse) {
 
 /// Runs a keys command.
 pub async fn run(config: &Path, conn: &ClientArgs, cmd: &KeysCommand) -> Result<(), CliError> {
-    let (settings, mut client) = admin(config, conn)?;
-    let fail = |e| rpc_error(&settings, e);
+    let mut a = AdminSession::open(config, conn)?;
     let r = match cmd {
-        KeysCommand::Rotate => client
-            .rotate_signing_key(RotateSigningKeyRequest {})
-            .await
-            .map_err(fail)?
-            .into_inner(),
-        KeysCommand::Revoke { key_id } => client
-            .revoke_signing_key(RevokeSigningKeyRequest {
+        KeysCommand::Rotate => rpc!(a, rotate_signing_key(RotateSigningKeyRequest {})),
+        KeysCommand::Revoke { key_id } => rpc!(
+            a,
+            revoke_signing_key(RevokeSigningKeyRequest {
                 key_id: key_id.clone(),
             })
-            .await
-            .map_err(fail)?
-            .into_inner(),
+        ),
     };
     print_keys(&r);
     Ok(())

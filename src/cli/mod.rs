@@ -8,6 +8,19 @@ macro_rules! out {
     ($($arg:tt)*) => { $crate::cli::emit(format_args!($($arg)*), true) };
 }
 
+/// Calls an Admin RPC on an [`client::AdminSession`] and returns the reply,
+/// or returns the refusal as the CLI reports it:
+/// `rpc!(a, list_peers(ListPeersRequest {}))`.
+macro_rules! rpc {
+    ($a:ident, $method:ident($req:expr)) => {
+        $a.client
+            .$method($req)
+            .await
+            .map_err(|e| $a.fail(e))?
+            .into_inner()
+    };
+}
+
 /// `print!` counterpart of `out!`.
 macro_rules! out_raw {
     ($($arg:tt)*) => { $crate::cli::emit(format_args!($($arg)*), false) };
@@ -27,6 +40,7 @@ pub mod publish;
 pub mod quarantine;
 pub mod serve;
 pub mod status;
+pub mod table;
 pub mod tail;
 
 use std::path::PathBuf;

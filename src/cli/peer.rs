@@ -8,6 +8,7 @@ use clap::Subcommand;
 
 use super::CliError;
 use super::client::{AdminSession, ClientArgs};
+use super::table::{col, dash, listing, num};
 use crate::proto::v1::{
     AddPeerRequest, ApproveCardRequest, DirectoryCard, ListCardsRequest, ListPeersRequest, Peer,
     PeerAction, PeerRequest, SetPeerStateRequest, UpdatePeerRequest,
@@ -143,21 +144,7 @@ fn card_json(c: &DirectoryCard) -> serde_json::Value {
 }
 
 fn print_peer(p: &Peer) {
-    let dash = |s: &str| {
-        if s.is_empty() {
-            "-".to_string()
-        } else {
-            s.to_string()
-        }
-    };
-    out!("org:          {}", p.org);
-    out!("display name: {}", p.display_name);
-    if !p.country.is_empty() {
-        out!("country:      {}", p.country);
-    }
-    if !p.sector.is_empty() {
-        out!("sector:       {}", p.sector);
-    }
+    super::card::print_org(&p.org, &p.display_name, &p.country, &p.sector);
     out!("state:        {}", p.state);
     out!("dial:         {}", dash(&p.endpoint));
     out!(
@@ -242,17 +229,15 @@ async fn add(
         .map_err(|e| CliError::Usage(format!("--card {}: {e}", card.display())))?;
     let env = crate::identity::envelope_from_json(&text)
         .map_err(|e| CliError::Usage(format!("--card {}: {e}", card.display())))?;
-    let r = a
-        .client
-        .add_peer(AddPeerRequest {
+    let r = rpc!(
+        a,
+        add_peer(AddPeerRequest {
             card: Some(env),
             endpoint: endpoint.map(str::to_string),
             policy: policy.unwrap_or_default().to_string(),
             introducer,
         })
-        .await
-        .map_err(|e| a.fail(e))?
-        .into_inner();
+    );
     let p = r.peer.unwrap_or_default();
     out!(
         "{} partner {}",
@@ -277,12 +262,7 @@ async fn add(
 /// `peer update`.
 async fn update(a: &mut AdminSession, req: UpdatePeerRequest) -> Result<(), CliError> {
     let partner = req.org.clone();
-    let r = a
-        .client
-        .update_peer(req)
-        .await
-        .map_err(|e| a.fail(e))?
-        .into_inner();
+    let r = rpc!(a, update_peer(req));
     out!("updated {partner}");
     print_peer(&r.peer.unwrap_or_default());
     Ok(())
@@ -290,14 +270,14 @@ async fn update(a: &mut AdminSession, req: UpdatePeerRequest) -> Result<(), CliE
 
 /// `peer set-policy`.
 async fn set_policy(a: &mut AdminSession, partner: &str, policy: &str) -> Result<(), CliError> {
-    a.client
-        .update_peer(UpdatePeerRequest {
+    rpc!(
+        a,
+        update_peer(UpdatePeerRequest {
             org: partner.to_string(),
             policy: Some(policy.to_string()),
             ..Default::default()
         })
-        .await
-        .map_err(|e| a.fail(e))?;
+    );
     out!("{partner} is now bound to policy {policy}");
     Ok(())
 }
@@ -308,15 +288,13 @@ async fn set_state(
     partner: &str,
     action: PeerAction,
 ) -> Result<(), CliError> {
-    let r = a
-        .client
-        .set_peer_state(SetPeerStateRequest {
+    let r = rpc!(
+        a,
+        set_peer_state(SetPeerStateRequest {
             org: partner.to_string(),
             action: action as i32,
         })
-        .await
-        .map_err(|e| a.fail(e))?
-        .into_inner();
+    );
     let now = r.peer.map(|p| p.state).unwrap_or_default();
     out!(
         "{partner}: {} -> {now} (applied on the node now)",
@@ -325,104 +303,74 @@ async fn set_state(
     Ok(())
 }
 
-/// "-" for an empty table cell.
-fn dash(s: &str) -> &str {
-    if s.is_empty() { "-" } else { s }
-}
-
 /// `peer list`.
 async fn list(a: &mut AdminSession, json: bool) -> Result<(), CliError> {
-    let peers = a
-        .client
-        .list_peers(ListPeersRequest {})
-        .await
-        .map_err(|e| a.fail(e))?
-        .into_inner()
-        .peers;
-    if json {
-        for p in &peers {
-            out!("{}", peer_json(p));
-        }
-        return Ok(());
-    }
-    if peers.is_empty() {
-        out!("no partners registered (add one with `threatmesh peer add --card FILE`)");
-        return Ok(());
-    }
-    out!(
-        "{:<24} {:<22} {:<10} {:<18} {:<22} {:>8}",
-        "ORG",
-        "NAME",
-        "STATE",
-        "POLICY",
-        "ENDPOINT",
-        "CURSOR"
+    let peers = rpc!(a, list_peers(ListPeersRequest {})).peers;
+    listing(
+        &peers,
+        json,
+        peer_json,
+        "no partners registered (add one with `threatmesh peer add --card FILE`)",
+        &[
+            col("ORG"),
+            col("NAME"),
+            col("STATE"),
+            col("POLICY"),
+            col("ENDPOINT"),
+            num("CURSOR"),
+        ],
+        |p| {
+            vec![
+                p.org.clone(),
+                p.display_name.clone(),
+                p.state.clone(),
+                dash(&p.policy),
+                dash(&p.endpoint),
+                p.cursor.to_string(),
+            ]
+        },
     );
-    for p in &peers {
-        out!(
-            "{:<24} {:<22} {:<10} {:<18} {:<22} {:>8}",
-            p.org,
-            p.display_name,
-            p.state,
-            dash(&p.policy),
-            dash(&p.endpoint),
-            p.cursor
-        );
-    }
     Ok(())
 }
 
 /// `peer cards`.
 async fn cards(a: &mut AdminSession, json: bool) -> Result<(), CliError> {
-    let cards = a
-        .client
-        .list_cards(ListCardsRequest {})
-        .await
-        .map_err(|e| a.fail(e))?
-        .into_inner()
-        .cards;
-    if json {
-        for c in &cards {
-            out!("{}", card_json(c));
-        }
-        return Ok(());
-    }
-    if cards.is_empty() {
-        out!("no cards of other orgs have arrived through the mesh");
-        return Ok(());
-    }
-    out!(
-        "{:<24} {:<22} {:<9} {:>14}  {:<34} VIA",
-        "ORG",
-        "NAME",
-        "STATE",
-        "VERSION",
-        "SIGNING KEYS"
+    let cards = rpc!(a, list_cards(ListCardsRequest {})).cards;
+    listing(
+        &cards,
+        json,
+        card_json,
+        "no cards of other orgs have arrived through the mesh",
+        &[
+            col("ORG"),
+            col("NAME"),
+            col("STATE"),
+            num("VERSION"),
+            col("SIGNING KEYS"),
+            col("VIA"),
+        ],
+        |c| {
+            vec![
+                c.org.clone(),
+                c.display_name.clone(),
+                c.state.clone(),
+                c.card_version.to_string(),
+                c.signing_key_ids.join(","),
+                c.via.clone(),
+            ]
+        },
     );
-    for c in &cards {
-        out!(
-            "{:<24} {:<22} {:<9} {:>14}  {:<34} {}",
-            c.org,
-            c.display_name,
-            c.state,
-            c.card_version,
-            c.signing_key_ids.join(","),
-            c.via
-        );
-    }
     Ok(())
 }
 
 /// `peer approve-card`.
 async fn approve_card(a: &mut AdminSession, org: &str) -> Result<(), CliError> {
-    let c = a
-        .client
-        .approve_card(ApproveCardRequest {
+    let c = rpc!(
+        a,
+        approve_card(ApproveCardRequest {
             org: org.to_string(),
         })
-        .await
-        .map_err(|e| a.fail(e))?
-        .into_inner();
+    );
     out!(
         "{} card v{} is {}; its quarantined indicators are verified and released",
         c.org,
@@ -440,16 +388,14 @@ async fn approve_card(a: &mut AdminSession, org: &str) -> Result<(), CliError> {
 
 /// `peer show`.
 async fn show(a: &mut AdminSession, partner: &str, json: bool) -> Result<(), CliError> {
-    let p = a
-        .client
-        .show_peer(PeerRequest {
+    let p = rpc!(
+        a,
+        show_peer(PeerRequest {
             org: partner.to_string(),
         })
-        .await
-        .map_err(|e| a.fail(e))?
-        .into_inner()
-        .peer
-        .unwrap_or_default();
+    )
+    .peer
+    .unwrap_or_default();
     if json {
         out!("{}", peer_json(&p));
     } else {

@@ -9,6 +9,7 @@ use clap::Subcommand;
 use super::CliError;
 use super::client::{AdminSession, ClientArgs};
 use super::publish::DraftInput;
+use super::table::{col, listing, num};
 use crate::model::tlp_name;
 use crate::proto::v1::explain_policy_request::Subject;
 use crate::proto::v1::{
@@ -105,12 +106,7 @@ async fn apply(a: &mut AdminSession, file: &Path) -> Result<(), CliError> {
     // Checked here first so the error names the file.
     crate::policy::parse_policy(&document)
         .map_err(|e| CliError::Usage(format!("{}: {e}", file.display())))?;
-    let r = a
-        .client
-        .apply_policy(ApplyPolicyRequest { document })
-        .await
-        .map_err(|e| a.fail(e))?
-        .into_inner();
+    let r = rpc!(a, apply_policy(ApplyPolicyRequest { document }));
     if r.changed {
         out!("applied policy {} version {}", r.name, r.version);
     } else {
@@ -129,38 +125,27 @@ async fn apply(a: &mut AdminSession, file: &Path) -> Result<(), CliError> {
 
 /// `policy show` without a name: every policy's latest version.
 async fn list(a: &mut AdminSession, json: bool) -> Result<(), CliError> {
-    let policies = a
-        .client
-        .list_policies(ListPoliciesRequest {})
-        .await
-        .map_err(|e| a.fail(e))?
-        .into_inner()
-        .policies;
-    if json {
-        for p in &policies {
-            out!("{}", policy_json(p));
-        }
-        return Ok(());
-    }
-    if policies.is_empty() {
-        out!("no policies applied (threatmesh policy apply FILE; examples in config/policies/)");
-        return Ok(());
-    }
-    out!(
-        "{:<24} {:>7}  {:<36} PARTNERS",
-        "NAME",
-        "VERSION",
-        "APPLIED BY"
+    let policies = rpc!(a, list_policies(ListPoliciesRequest {})).policies;
+    listing(
+        &policies,
+        json,
+        policy_json,
+        "no policies applied (threatmesh policy apply FILE; examples in config/policies/)",
+        &[
+            col("NAME"),
+            num("VERSION"),
+            col("APPLIED BY"),
+            col("PARTNERS"),
+        ],
+        |p| {
+            vec![
+                p.name.clone(),
+                p.version.to_string(),
+                p.applied_by.clone(),
+                p.bound_partners.join(", "),
+            ]
+        },
     );
-    for p in policies {
-        out!(
-            "{:<24} {:>7}  {:<36} {}",
-            p.name,
-            p.version,
-            p.applied_by,
-            p.bound_partners.join(", ")
-        );
-    }
     Ok(())
 }
 
@@ -171,15 +156,13 @@ async fn show(
     version: Option<u64>,
     json: bool,
 ) -> Result<(), CliError> {
-    let p = a
-        .client
-        .show_policy(ShowPolicyRequest {
+    let p = rpc!(
+        a,
+        show_policy(ShowPolicyRequest {
             name: name.to_string(),
             version: version.unwrap_or(0),
         })
-        .await
-        .map_err(|e| a.fail(e))?
-        .into_inner();
+    );
     if json {
         out!("{}", policy_json(&p));
         return Ok(());
@@ -197,30 +180,27 @@ async fn show(
 
 /// `policy history NAME`.
 async fn history(a: &mut AdminSession, name: &str, json: bool) -> Result<(), CliError> {
-    let versions = a
-        .client
-        .policy_history(PolicyHistoryRequest {
+    let versions = rpc!(
+        a,
+        policy_history(PolicyHistoryRequest {
             name: name.to_string(),
         })
-        .await
-        .map_err(|e| a.fail(e))?
-        .into_inner()
-        .policies;
-    if json {
-        for p in &versions {
-            out!("{}", policy_json(p));
-        }
-        return Ok(());
-    }
-    out!("{:>7}  {:<26} APPLIED BY", "VERSION", "APPLIED");
-    for p in versions {
-        out!(
-            "{:>7}  {:<26} {}",
-            p.version,
-            super::audit::rfc3339(p.applied_unix_ms),
-            p.applied_by
-        );
-    }
+    )
+    .policies;
+    listing(
+        &versions,
+        json,
+        policy_json,
+        "no versions",
+        &[num("VERSION"), col("APPLIED"), col("APPLIED BY")],
+        |p| {
+            vec![
+                p.version.to_string(),
+                super::audit::rfc3339(p.applied_unix_ms),
+                p.applied_by.clone(),
+            ]
+        },
+    );
     Ok(())
 }
 
@@ -231,15 +211,13 @@ async fn explain(
     subject: Subject,
     json: bool,
 ) -> Result<(), CliError> {
-    let r = a
-        .client
-        .explain_policy(ExplainPolicyRequest {
+    let r = rpc!(
+        a,
+        explain_policy(ExplainPolicyRequest {
             partner: partner.to_string(),
             subject: Some(subject),
         })
-        .await
-        .map_err(|e| a.fail(e))?
-        .into_inner();
+    );
     let ind = r.indicator.unwrap_or_default();
     let tlp = tlp_name(ind.marking.as_ref().map(|m| m.tlp).unwrap_or(0));
     if json {

@@ -7,7 +7,8 @@ use std::path::Path;
 use clap::Args;
 
 use super::CliError;
-use super::client::{ClientArgs, admin, rpc_error};
+use super::client::{AdminSession, ClientArgs};
+use super::table::{col, listing, num};
 use crate::proto::v1::ListQuarantineRequest;
 
 /// Arguments of `threatmesh quarantine`.
@@ -20,50 +21,41 @@ pub struct QuarantineArgs {
 
 /// Runs `threatmesh quarantine`.
 pub async fn run(config: &Path, conn: &ClientArgs, args: &QuarantineArgs) -> Result<(), CliError> {
-    let (settings, mut client) = admin(config, conn)?;
-    let list = client
-        .list_quarantine(ListQuarantineRequest {})
-        .await
-        .map_err(|e| rpc_error(&settings, e))?
-        .into_inner()
-        .envelopes;
-    if args.json {
-        for q in &list {
-            out!(
-                "{}",
-                serde_json::json!({
-                    "upstream": q.upstream, "upstream_seq": q.upstream_seq, "key_id": q.key_id,
-                    "path": q.path, "received_unix_ms": q.received_unix_ms,
-                    "expires_unix_ms": q.expires_unix_ms,
-                })
-            );
-        }
-        return Ok(());
-    }
-    if list.is_empty() {
-        out!("quarantine is empty");
-        return Ok(());
-    }
-    out!(
-        "{:<22} {:>8} {:<34} {:<21} PATH",
-        "FROM",
-        "SEQ",
-        "UNKNOWN KEY",
-        "DROPPED AT"
+    let mut a = AdminSession::open(config, conn)?;
+    let list = rpc!(a, list_quarantine(ListQuarantineRequest {})).envelopes;
+    listing(
+        &list,
+        args.json,
+        |q| {
+            serde_json::json!({
+                "upstream": q.upstream, "upstream_seq": q.upstream_seq, "key_id": q.key_id,
+                "path": q.path, "received_unix_ms": q.received_unix_ms,
+                "expires_unix_ms": q.expires_unix_ms,
+            })
+        },
+        "quarantine is empty",
+        &[
+            col("FROM"),
+            num("SEQ"),
+            col("UNKNOWN KEY"),
+            col("DROPPED AT"),
+            col("PATH"),
+        ],
+        |q| {
+            vec![
+                q.upstream.clone(),
+                q.upstream_seq.to_string(),
+                q.key_id.clone(),
+                super::audit::rfc3339(q.expires_unix_ms),
+                q.path.join(" > "),
+            ]
+        },
     );
-    for q in &list {
+    if !args.json && !list.is_empty() {
         out!(
-            "{:<22} {:>8} {:<34} {:<21} {}",
-            q.upstream,
-            q.upstream_seq,
-            q.key_id,
-            super::audit::rfc3339(q.expires_unix_ms),
-            q.path.join(" > ")
+            "{} waiting; `threatmesh peer cards` shows pending cards, `threatmesh peer approve-card ORG` trusts one",
+            list.len()
         );
     }
-    out!(
-        "{} waiting; `threatmesh peer cards` shows pending cards, `threatmesh peer approve-card ORG` trusts one",
-        list.len()
-    );
     Ok(())
 }

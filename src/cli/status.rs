@@ -6,7 +6,7 @@ use std::path::Path;
 use clap::Args;
 
 use super::CliError;
-use super::client::rpc_error;
+use super::client::{AdminSession, ClientArgs};
 use crate::proto::v1::StatusRequest;
 
 /// Arguments of `threatmesh status`.
@@ -30,17 +30,9 @@ fn ago(ms: i64) -> String {
 }
 
 /// Runs `threatmesh status`.
-pub async fn run(
-    config: &Path,
-    conn: &super::client::ClientArgs,
-    args: &StatusArgs,
-) -> Result<(), CliError> {
-    let (settings, mut client) = super::client::admin(config, conn)?;
-    let s = client
-        .status(StatusRequest {})
-        .await
-        .map_err(|e| rpc_error(&settings, e))?
-        .into_inner();
+pub async fn run(config: &Path, conn: &ClientArgs, args: &StatusArgs) -> Result<(), CliError> {
+    let mut a = AdminSession::open(config, conn)?;
+    let s = rpc!(a, status(StatusRequest {}));
     if args.json {
         let links: Vec<serde_json::Value> = s
             .links

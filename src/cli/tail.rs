@@ -6,7 +6,7 @@ use std::path::Path;
 use clap::Args;
 
 use super::CliError;
-use super::client::rpc_error;
+use super::client::{AdminSession, ClientArgs};
 use crate::model::{kind_name, tlp_name};
 use crate::proto::v1::{Indicator, StoredIndicator, TailRequest};
 
@@ -70,20 +70,15 @@ fn print_row(s: &StoredIndicator, json: bool) {
 }
 
 /// Runs `threatmesh tail`.
-pub async fn run(
-    config: &Path,
-    conn: &super::client::ClientArgs,
-    args: &TailArgs,
-) -> Result<(), CliError> {
-    let (settings, mut client) = super::client::admin(config, conn)?;
-    let mut stream = client
-        .tail(TailRequest {
+pub async fn run(config: &Path, conn: &ClientArgs, args: &TailArgs) -> Result<(), CliError> {
+    let mut a = AdminSession::open(config, conn)?;
+    let mut stream = rpc!(
+        a,
+        tail(TailRequest {
             after_seq: args.after,
             follow: !args.no_follow,
         })
-        .await
-        .map_err(|s| rpc_error(&settings, s))?
-        .into_inner();
+    );
     if !args.json {
         out!(
             "{:>6}  {:<20} {:<20} {:<12} {:<6} {:<40} {:>3}  ID",
@@ -98,7 +93,7 @@ pub async fn run(
     }
     loop {
         tokio::select! {
-            m = stream.message() => match m.map_err(|s| rpc_error(&settings, s))? {
+            m = stream.message() => match m.map_err(|s| a.fail(s))? {
                 Some(batch) => for s in &batch.indicators { print_row(s, args.json) },
                 None => return Ok(()),
             },

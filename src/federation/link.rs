@@ -16,7 +16,7 @@ use crate::model::OrgId;
 use crate::proto::v1::SubscribeRequest;
 use crate::proto::v1::exchange_client::ExchangeClient;
 use crate::rpc::SHUTTING_DOWN;
-use crate::store::{NewIndicator, PeerRecord, Quarantined, Rejection};
+use crate::store::{NewIndicator, OrgPath, PeerRecord, Quarantined, Rejection};
 
 /// Largest Subscribe message accepted from a partner.
 const MAX_MESSAGE_BYTES: usize = 32 * 1024 * 1024;
@@ -273,7 +273,7 @@ async fn receive(
                             upstream_seq: d.seq,
                             key_id: key_id.to_string(),
                             envelope: d.envelope,
-                            path: d.path,
+                            path: OrgPath(d.path),
                         });
                     }
                     None => {

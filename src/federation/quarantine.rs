@@ -14,13 +14,13 @@ pub async fn release(ctx: &NodeContext) -> Result<u64, StoreError> {
     let now = ctx.clock.now_ms();
     let mut stored = 0;
     for q in ctx.store.quarantine().await? {
-        if view.keys.get(&q.key_id).is_none() {
+        if view.keys.get(&q.held.key_id).is_none() {
             continue;
         }
         let d = Delivery {
-            seq: q.upstream_seq,
-            envelope: q.envelope.clone(),
-            path: q.path.clone(),
+            seq: q.held.upstream_seq,
+            envelope: q.held.envelope.clone(),
+            path: q.held.path.0.clone(),
         };
         let policy = view.policies.get(&q.upstream).map(|p| p.as_ref());
         let verified = verify_delivery(&ctx.own, &q.upstream, &d, &view.keys, now);
@@ -33,9 +33,9 @@ pub async fn release(ctx: &NodeContext) -> Result<u64, StoreError> {
                 ))
             });
         let outcome = admitted.map_err(|refusal| Rejection {
-            upstream_seq: q.upstream_seq,
+            upstream_seq: q.held.upstream_seq,
             refusal,
-            envelope: q.envelope.clone(),
+            envelope: q.held.envelope.clone(),
         });
         if ctx.store.resolve_quarantine(&q, outcome).await? {
             stored += 1;

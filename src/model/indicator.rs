@@ -197,15 +197,8 @@ fn normalise_domain(v: &str) -> Result<String, String> {
         ));
     }
     for label in &labels {
-        let ok = !label.is_empty()
-            && label.len() <= 63
-            && !label.starts_with('-')
-            && !label.ends_with('-')
-            // Underscores appear in real malicious host names (_dmarc, srv records).
-            && label
-                .bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_');
-        if !ok {
+        // Underscores appear in real malicious host names (_dmarc, srv records).
+        if !super::org::is_dns_label(label, true) {
             return Err(format!("'{v}': label '{label}' is not a valid DNS label"));
         }
     }

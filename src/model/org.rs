@@ -40,6 +40,18 @@ pub enum OrgIdError {
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct OrgId(String);
 
+/// Whether `label` is a lower-case DNS label: 1-63 of a-z, 0-9 and `-`
+/// (and `_` when `underscore`), not starting or ending with `-`.
+pub(crate) fn is_dns_label(label: &str, underscore: bool) -> bool {
+    !label.is_empty()
+        && label.len() <= 63
+        && !label.starts_with('-')
+        && !label.ends_with('-')
+        && label.bytes().all(|b| {
+            b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || (underscore && b == b'_')
+        })
+}
+
 impl TryFrom<String> for OrgId {
     type Error = OrgIdError;
     fn try_from(s: String) -> Result<Self, OrgIdError> {
@@ -71,14 +83,7 @@ impl OrgId {
         }
         let labels: Vec<&str> = s.split('.').collect();
         for label in &labels {
-            let ok = !label.is_empty()
-                && label.len() <= 63
-                && !label.starts_with('-')
-                && !label.ends_with('-')
-                && label
-                    .bytes()
-                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
-            if !ok {
+            if !is_dns_label(label, false) {
                 return Err(OrgIdError::BadLabel {
                     id: s.to_string(),
                     label: label.to_string(),

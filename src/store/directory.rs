@@ -60,11 +60,10 @@ pub struct DirectoryRow {
 impl Store {
     /// Cards of non-partner orgs, by org id.
     pub async fn directory(&self) -> Result<Vec<DirectoryRow>, StoreError> {
-        Ok(sqlx::query_as(
-            "SELECT org_id, card, card_version, state, via, updated_ms FROM org_cards ORDER BY org_id",
+        self.all(
+            "SELECT org_id, card, card_version, state, via, updated_ms FROM org_cards ORDER BY org_id"
         )
-        .fetch_all(&self.pool)
-        .await?)
+        .await
     }
 
     /// Stores a card of a non-partner org in `state` (the caller checked its
@@ -96,16 +95,17 @@ impl Store {
         .execute(&mut *tx)
         .await?;
         let key_ids: Vec<&str> = card.keys.iter().map(|k| k.key_id.as_str()).collect();
-        let entry = AuditEntry::directory_card(
-            event,
-            actor,
-            card.org.as_str(),
-            card.card.version,
-            via,
-            &key_ids,
-        );
-        self.append_audit_tx(&mut tx, &[entry]).await?;
-        tx.commit().await?;
-        Ok(())
+        self.commit_with(
+            tx,
+            &[AuditEntry::directory_card(
+                event,
+                actor,
+                card.org.as_str(),
+                card.card.version,
+                via,
+                &key_ids,
+            )],
+        )
+        .await
     }
 }

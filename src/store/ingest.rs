@@ -240,11 +240,10 @@ impl Store {
 
     /// Rejected envelopes, oldest first.
     pub async fn rejections(&self) -> Result<Vec<RejectionRecord>, StoreError> {
-        Ok(sqlx::query_as(
-            "SELECT upstream_org, upstream_seq, code, reason, rejected_ms FROM rejections ORDER BY id",
+        self.all(
+            "SELECT upstream_org, upstream_seq, code, reason, rejected_ms FROM rejections ORDER BY id"
         )
-        .fetch_all(&self.pool)
-        .await?)
+        .await
     }
 
     /// Number of refused envelopes recorded.

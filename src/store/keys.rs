@@ -52,12 +52,11 @@ impl TryFrom<KeyRow> for KnownKey {
 impl Store {
     /// Our own signing keys (current and retired), oldest first.
     pub async fn own_signing_keys(&self) -> Result<Vec<OwnKeyRow>, StoreError> {
-        Ok(sqlx::query_as(
+        self.all(
             "SELECT key_id, public_key, not_before_ms, not_after_ms, revoked_ms FROM own_signing_keys \
-             ORDER BY not_before_ms, key_id",
+             ORDER BY not_before_ms, key_id"
         )
-        .fetch_all(&self.pool)
-        .await?)
+        .await
     }
 
     /// Records `key` as one of our signing keys if it is not yet (the key
@@ -98,10 +97,11 @@ impl Store {
         .bind(at_ms)
         .execute(&mut *tx)
         .await?;
-        let entry = AuditEntry::signing_key_rotated(actor, old, new, at_ms);
-        self.append_audit_tx(&mut tx, &[entry]).await?;
-        tx.commit().await?;
-        Ok(())
+        self.commit_with(
+            tx,
+            &[AuditEntry::signing_key_rotated(actor, old, new, at_ms)],
+        )
+        .await
     }
 
     /// Revokes one of our retired signing keys.
@@ -134,10 +134,8 @@ impl Store {
             .bind(key_id)
             .execute(&mut *tx)
             .await?;
-        let entry = AuditEntry::signing_key_revoked(actor, key_id);
-        self.append_audit_tx(&mut tx, &[entry]).await?;
-        tx.commit().await?;
-        Ok(())
+        self.commit_with(tx, &[AuditEntry::signing_key_revoked(actor, key_id)])
+            .await
     }
 
     /// Every trusted org's signing keys (partners' and accepted directory

@@ -39,6 +39,7 @@ use sqlx::sqlite::{
 };
 use tokio::sync::{mpsc, watch};
 
+use crate::audit::AuditEntry;
 use crate::clock::Clock;
 
 pub use directory::{CardState, DirectoryRow};
@@ -48,7 +49,7 @@ pub use log::{DecodedCell, NewIndicator, StoredIndicator};
 pub use peers::{PeerChange, PeerRecord, PeerState};
 pub use pki::{CertRow, CrlRow};
 pub use policies::PolicyRecord;
-pub use quarantine::{QuarantineRow, Quarantined};
+pub use quarantine::{OrgPath, QuarantineRow, Quarantined};
 
 /// Storage errors, each saying what happened.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -226,6 +227,22 @@ impl Store {
 
     fn now(&self) -> i64 {
         self.clock.now_ms()
+    }
+
+    /// Appends `entries` to the ledger inside `tx` and commits: the end of
+    /// every change that is recorded on the ledger.
+    async fn commit_with(&self, mut tx: Tx, entries: &[AuditEntry]) -> Result<(), StoreError> {
+        self.append_audit_tx(&mut tx, entries).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Every row `sql` (no parameters) selects.
+    async fn all<T>(&self, sql: &'static str) -> Result<Vec<T>, StoreError>
+    where
+        T: for<'r> sqlx::FromRow<'r, sqlx::sqlite::SqliteRow> + Send + Unpin,
+    {
+        Ok(sqlx::query_as(sql).fetch_all(&self.pool).await?)
     }
 
     /// A write transaction holding SQLite's write lock from its first

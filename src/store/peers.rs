@@ -164,12 +164,11 @@ impl Store {
 
     /// All registered partners, by org id.
     pub async fn peers(&self) -> Result<Vec<PeerRecord>, StoreError> {
-        Ok(sqlx::query_as(
+        self.all(
             "SELECT org_id, display_name, endpoint, card_version, ca_bundle_pem, added_ms, policy, state, \
-             introducer, card FROM peers ORDER BY org_id",
+             introducer, card FROM peers ORDER BY org_id"
         )
-        .fetch_all(&self.pool)
-        .await?)
+        .await
     }
 
     /// Replaces a partner's card with a newer one that arrived through the
@@ -195,10 +194,15 @@ impl Store {
         .bind(card.org.as_str())
         .execute(&mut *tx)
         .await?;
-        let entry = AuditEntry::card_updated(card.org.as_str(), card.card.version, via.as_str());
-        self.append_audit_tx(&mut tx, &[entry]).await?;
-        tx.commit().await?;
-        Ok(())
+        self.commit_with(
+            tx,
+            &[AuditEntry::card_updated(
+                card.org.as_str(),
+                card.card.version,
+                via.as_str(),
+            )],
+        )
+        .await
     }
 
     /// Binds partner `org` to policy `name` (which must exist).
@@ -211,10 +215,8 @@ impl Store {
         let (_writing, mut tx) = self.write_tx().await?;
         self.require_policy(&mut tx, name).await?;
         self.bind_policy(&mut tx, org, name).await?;
-        let entry = AuditEntry::peer_policy(actor, org.as_str(), name);
-        self.append_audit_tx(&mut tx, &[entry]).await?;
-        tx.commit().await?;
-        Ok(())
+        self.commit_with(tx, &[AuditEntry::peer_policy(actor, org.as_str(), name)])
+            .await
     }
 
     /// Suspends, resumes or removes a partner. Cursor, history and card are
@@ -274,11 +276,16 @@ impl Store {
         .bind(org.as_str())
         .execute(&mut *tx)
         .await?;
-        let entry =
-            AuditEntry::peer_updated(actor, org.as_str(), (ep, intro), (&old_ep, old_intro));
-        self.append_audit_tx(&mut tx, &[entry]).await?;
-        tx.commit().await?;
-        Ok(())
+        self.commit_with(
+            tx,
+            &[AuditEntry::peer_updated(
+                actor,
+                org.as_str(),
+                (ep, intro),
+                (&old_ep, old_intro),
+            )],
+        )
+        .await
     }
 
     /// Whether `org` is a registered partner (in any state), inside `tx`.

@@ -202,10 +202,16 @@ impl Store {
         .bind(actor)
         .execute(&mut *tx)
         .await?;
-        let entry = AuditEntry::crl_imported(actor, org.as_str(), this_update_ms, summary);
-        self.append_audit_tx(&mut tx, &[entry]).await?;
-        tx.commit().await?;
-        Ok(())
+        self.commit_with(
+            tx,
+            &[AuditEntry::crl_imported(
+                actor,
+                org.as_str(),
+                this_update_ms,
+                summary,
+            )],
+        )
+        .await
     }
 
     /// Every partner's imported CRL.

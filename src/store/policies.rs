@@ -77,12 +77,11 @@ impl Store {
 
     /// The latest version of every policy, by name.
     pub async fn policies(&self) -> Result<Vec<PolicyRecord>, StoreError> {
-        Ok(sqlx::query_as(
+        self.all(
             "SELECT p.name, p.version, p.document, p.applied_ms, p.applied_by FROM policies p \
-             WHERE p.version = (SELECT MAX(version) FROM policies q WHERE q.name = p.name) ORDER BY p.name",
+             WHERE p.version = (SELECT MAX(version) FROM policies q WHERE q.name = p.name) ORDER BY p.name"
         )
-        .fetch_all(&self.pool)
-        .await?)
+        .await
     }
 
     /// Every version of policy `name`, oldest first.

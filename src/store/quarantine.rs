@@ -10,64 +10,50 @@ use crate::audit::AuditEntry;
 use crate::model::OrgId;
 
 /// An envelope whose signing key is not known yet, to hold in quarantine.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, sqlx::FromRow)]
 pub struct Quarantined {
     /// Its sequence number at the partner that sent it.
+    #[sqlx(try_from = "i64")]
     pub upstream_seq: u64,
     /// The unknown key.
     pub key_id: String,
     /// The envelope as received.
     pub envelope: Vec<u8>,
-    /// Its path as received.
-    pub path: Vec<String>,
+    /// Its path as received, origin first.
+    #[sqlx(try_from = "String")]
+    pub path: OrgPath,
+}
+
+/// A path of org ids as stored ("a.example,b.example"), origin first.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct OrgPath(pub Vec<String>);
+
+impl From<String> for OrgPath {
+    fn from(s: String) -> Self {
+        OrgPath(split_path(&s))
+    }
+}
+
+impl std::ops::Deref for OrgPath {
+    type Target = Vec<String>;
+    fn deref(&self) -> &Vec<String> {
+        &self.0
+    }
 }
 
 /// A quarantined envelope as stored.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, sqlx::FromRow)]
 pub struct QuarantineRow {
     /// Row id.
     pub id: i64,
     /// Partner it came from.
+    #[sqlx(rename = "upstream_org", try_from = "String")]
     pub upstream: OrgId,
-    /// Its sequence number there.
-    pub upstream_seq: u64,
-    /// The unknown key.
-    pub key_id: String,
-    /// The envelope as received.
-    pub envelope: Vec<u8>,
-    /// Its path as received.
-    pub path: Vec<String>,
+    /// The envelope, its key and path.
+    #[sqlx(flatten)]
+    pub held: Quarantined,
     /// When it arrived.
     pub received_ms: i64,
-}
-
-/// A `quarantine` row as read.
-#[derive(sqlx::FromRow)]
-struct Row {
-    id: i64,
-    upstream_org: String,
-    #[sqlx(try_from = "i64")]
-    upstream_seq: u64,
-    key_id: String,
-    envelope: Vec<u8>,
-    path: String,
-    received_ms: i64,
-}
-
-impl TryFrom<Row> for QuarantineRow {
-    type Error = StoreError;
-    fn try_from(r: Row) -> Result<Self, StoreError> {
-        Ok(Self {
-            id: r.id,
-            upstream: OrgId::parse(&r.upstream_org)
-                .map_err(|e| StoreError::Corrupt(format!("quarantine.upstream_org: {e}")))?,
-            upstream_seq: r.upstream_seq,
-            key_id: r.key_id,
-            envelope: r.envelope,
-            path: split_path(&r.path),
-            received_ms: r.received_ms,
-        })
-    }
 }
 
 impl Store {
@@ -118,13 +104,11 @@ impl Store {
 
     /// Every envelope waiting in quarantine, oldest first.
     pub async fn quarantine(&self) -> Result<Vec<QuarantineRow>, StoreError> {
-        let rows: Vec<Row> = sqlx::query_as(
+        self.all(
             "SELECT id, upstream_org, upstream_seq, key_id, envelope, path, received_ms \
              FROM quarantine ORDER BY id",
         )
-        .fetch_all(&self.pool)
-        .await?;
-        rows.into_iter().map(TryInto::try_into).collect()
+        .await
     }
 
     /// Settles one quarantined envelope whose key has arrived: stores it (as
