@@ -10,6 +10,8 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::clock::Clock;
 use crate::config::{ConfigError, Settings};
@@ -71,8 +73,16 @@ pub struct NodeContext {
     /// Serialises reloads, so a reload that read the store earlier cannot
     /// swap in its older view after a newer one.
     reload: tokio::sync::Mutex<()>,
-    /// Turns true when the node shuts down; streams and links watch it.
-    pub shutdown: watch::Receiver<bool>,
+    /// Held across a reload and the quarantine release that follows it
+    /// (`federation::apply_trust_change`), so whoever applies a change of
+    /// keys returns only once what the new keys verify is settled, even when
+    /// another task's reload noticed the change first.
+    pub trust_change: tokio::sync::Mutex<()>,
+    /// Cancelled when the node shuts down; streams and links end on it.
+    pub shutdown: CancellationToken,
+    /// Every task the node spawns (streams, links, their writers), so
+    /// shutdown waits for them before the store closes.
+    pub tasks: TaskTracker,
     /// Our CA bundle, kept to rebuild the trust store.
     own_ca_pem: String,
     /// Our node certificate, swappable for rotation without restart.
@@ -116,7 +126,7 @@ impl NodeContext {
     pub async fn open(
         settings: Settings,
         clock: Clock,
-        shutdown: watch::Receiver<bool>,
+        shutdown: CancellationToken,
     ) -> Result<Arc<Self>, NodeError> {
         crate::identity::install_default_provider();
         settings.check_node_files()?;
@@ -177,7 +187,9 @@ impl NodeContext {
             card: ArcSwap::from_pointee(card),
             key_change: tokio::sync::Mutex::new(()),
             reload: tokio::sync::Mutex::new(()),
+            trust_change: tokio::sync::Mutex::new(()),
             shutdown,
+            tasks: TaskTracker::new(),
             own_ca_pem,
             links: LinkBoard::new(clock),
             peer_changes: watch::channel(0).0,
@@ -367,8 +379,11 @@ impl NodeContext {
         let keys = self.store.own_signing_keys().await?;
         let card = self.seal_own_card(&keys, &old);
         self.card.store(Arc::new(card));
-        self.signing.store(Arc::new(new));
+        // The view (the cards streams pass on) carries the new card before
+        // anything is signed with the new key, so no partner receives an
+        // indicator under a key its card has not announced.
         self.reload().await?;
+        self.signing.store(Arc::new(new));
         tracing::info!(old = %old.key_id(), new = %self.signing.load().key_id(), "signing key rotated");
         Ok(keys)
     }

@@ -7,8 +7,8 @@ use std::future::Future;
 use std::sync::Arc;
 
 use tokio::net::TcpListener;
-use tokio::sync::watch;
 use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
 use tonic::transport::Server;
 
 use crate::admin::AdminService;
@@ -23,7 +23,6 @@ pub use crate::context::{NodeContext, NodeError, load_signing_key, own_card, own
 /// A node that has loaded its configuration, keys, certificates and store.
 pub struct Node {
     ctx: Arc<NodeContext>,
-    shutdown_tx: watch::Sender<bool>,
 }
 
 impl Node {
@@ -36,9 +35,8 @@ impl Node {
     /// [`Node::open`] with the clock everything in the node reads (tests run
     /// time-driven behaviour on tokio's paused clock through it).
     pub async fn open_with_clock(settings: Settings, clock: Clock) -> Result<Self, NodeError> {
-        let (shutdown_tx, shutdown) = watch::channel(false);
-        let ctx = NodeContext::open(settings, clock, shutdown).await?;
-        Ok(Self { ctx, shutdown_tx })
+        let ctx = NodeContext::open(settings, clock, CancellationToken::new()).await?;
+        Ok(Self { ctx })
     }
 
     /// The node's shared state (store, org, keys), e.g. for tests and the demo.
@@ -69,16 +67,13 @@ impl Node {
         health
             .set_serving::<ExchangeServer<ExchangeService>>()
             .await;
-        let links = tokio::spawn(crate::federation::supervise(
-            ctx.clone(),
-            ctx.shutdown.clone(),
-        ));
+        ctx.tasks.spawn(crate::federation::supervise(ctx.clone()));
         tracing::info!(org = %ctx.own, %addr, "node serving");
-        let shutdown_tx = self.shutdown_tx;
+        let stop = ctx.shutdown.clone();
         let signal = async move {
             shutdown.await;
             tracing::info!("shutting down");
-            shutdown_tx.send_replace(true);
+            stop.cancel();
         };
         let served = Server::builder()
             // Deny by default: no request reaches any service, health
@@ -91,7 +86,11 @@ impl Node {
             .add_service(AdminServer::new(AdminService::new(ctx.clone())))
             .serve_with_incoming_shutdown(incoming, signal)
             .await;
-        let _ = links.await;
+        // Links, streams and their writers end on the cancelled token; the
+        // store closes only after every one of them has finished.
+        ctx.shutdown.cancel();
+        ctx.tasks.close();
+        ctx.tasks.wait().await;
         ctx.store.close().await;
         tracing::info!(org = %ctx.own, "node stopped");
         Ok(served?)

@@ -728,7 +728,20 @@ async fn a_signing_key_rotation_mid_stream_and_the_old_keys_revocation() {
     for n in &mesh.nodes[B..] {
         let ids = ids_at(n).await;
         for id in before.iter().chain(&after) {
-            assert!(ids.contains(id), "old and new indicators verify downstream");
+            assert!(
+                ids.contains(id),
+                "old and new indicators verify downstream: {id} missing at {}; quarantine {:?}; rejections {:?}",
+                n.ctx.own,
+                n.ctx
+                    .store
+                    .quarantine()
+                    .await
+                    .unwrap()
+                    .iter()
+                    .map(|q| (q.upstream.to_string(), q.held.key_id.clone()))
+                    .collect::<Vec<_>>(),
+                n.ctx.store.rejections().await.unwrap(),
+            );
         }
     }
     // C took A's new card through B: both keys, the old one retired.

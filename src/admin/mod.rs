@@ -287,7 +287,7 @@ impl Admin for AdminService {
             .await
             .map_err(RpcError::from)?;
         let (tx, rx) = tokio::sync::mpsc::channel(4);
-        tokio::spawn(async move {
+        self.ctx.tasks.spawn(async move {
             for chunk in rows.chunks(500) {
                 let rows = chunk
                     .iter()

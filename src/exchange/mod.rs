@@ -181,7 +181,8 @@ where
     // records to be durable before sending it, so the next batch is read and
     // decided while the previous one commits.
     let (forward, mut queue) = mpsc::channel::<Forward<T>>(1);
-    tokio::spawn(async move {
+    let tasks = ctx.tasks.clone();
+    tasks.spawn(async move {
         while let Some(next) = queue.recv().await {
             let item = match next {
                 Forward::Fail(status) => {
@@ -213,16 +214,16 @@ where
             }
         }
     });
-    tokio::spawn(async move {
+    tasks.spawn(async move {
         let tx = forward;
         let fail = |status: Status| Forward::Fail(status);
         let mut cursor = after;
         let mut latest = ctx.store.watch_latest();
-        let mut shutdown = ctx.shutdown.clone();
+        let shutdown = ctx.shutdown.clone();
         let mut peers = ctx.peer_changes.subscribe();
         let batch = ctx.settings.federation.batch_size;
         loop {
-            if *shutdown.borrow() {
+            if shutdown.is_cancelled() {
                 let _ = tx.send(fail(RpcError::ShuttingDown.into())).await;
                 return;
             }
@@ -247,7 +248,7 @@ where
                     r = latest.changed() => if r.is_err() { return },
                     _ = peers.changed() => {}
                     _ = tx.closed() => return,
-                    _ = shutdown.changed() => {}
+                    _ = shutdown.cancelled() => {}
                 }
                 continue;
             };
@@ -287,7 +288,7 @@ where
             };
             tokio::select! {
                 r = tx.send(Forward::Item(item, pending)) => if r.is_err() { return },
-                _ = shutdown.changed() => {}
+                _ = shutdown.cancelled() => {}
             }
             cursor = last;
         }

@@ -16,7 +16,10 @@ use crate::store::{CardState, PeerState, StoreError};
 /// replaces it only if signed by a key of the card we trust
 /// ([`check_card_succession`]); the first card of an unknown org is
 /// accepted if `via` is an introducer, else it waits for an admin's
-/// `peer approve-card`. Returns whether anything changed.
+/// `peer approve-card`. Returns whether the node's view must be rebuilt:
+/// the card changed what is stored, or the store already held it (another
+/// link, or an earlier session of this one, took it) but the view does not
+/// carry it yet.
 pub async fn learn_card(
     ctx: &NodeContext,
     env: &Envelope,
@@ -36,7 +39,7 @@ pub async fn learn_card(
     let peers = ctx.store.peers().await?;
     if let Some(p) = peers.iter().find(|p| p.org == v.org) {
         if v.card.version <= p.card_version {
-            return Ok(false);
+            return Ok(view_behind(ctx, &v.org, p.card_version));
         }
         if !may_succeed(ctx, &p.card, &v, env, via).await? {
             return Ok(false);
@@ -49,7 +52,8 @@ pub async fn learn_card(
     if let Some(d) = held
         && v.card.version <= d.version
     {
-        return Ok(false);
+        let trusted = d.state == CardState::Accepted;
+        return Ok(trusted && view_behind(ctx, &v.org, d.version));
     }
     let introducer = peers
         .iter()
@@ -83,6 +87,16 @@ pub async fn learn_card(
     }
     tracing::info!(org = %v.org, version = v.card.version, state = state.as_str(), via = %via, "card of another org received");
     Ok(true)
+}
+
+/// Whether the view carries an older card of `org` than the `stored`
+/// version (its reload has not run yet).
+fn view_behind(ctx: &NodeContext, org: &OrgId, stored: u64) -> bool {
+    ctx.view
+        .load()
+        .cards
+        .get(org)
+        .is_none_or(|(version, _)| *version < stored)
 }
 
 /// Whether card `v` (as `env`) may replace the trusted card stored as

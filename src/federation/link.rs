@@ -6,7 +6,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
 use tonic::Code;
 
 use super::verify::{admit_checked, verify_all};
@@ -79,23 +79,19 @@ impl Backoff {
 }
 
 /// Runs one partner link until `stop` turns true.
-pub(super) async fn run_link(
-    ctx: Arc<NodeContext>,
-    peer: PeerRecord,
-    mut stop: watch::Receiver<bool>,
-) {
+pub(super) async fn run_link(ctx: Arc<NodeContext>, peer: PeerRecord, stop: CancellationToken) {
     let f = &ctx.settings.federation;
     let mut backoff = Backoff::new(f.reconnect_min_ms, f.reconnect_max_ms);
     loop {
         ctx.links.set_state(&peer.org, LinkState::Connecting, None);
         let ended = tokio::select! {
             r = session(&ctx, &peer, &mut backoff) => r,
-            _ = stop.changed() => {
+            _ = stop.cancelled() => {
                 ctx.links.remove(&peer.org);
                 return;
             }
         };
-        if *stop.borrow() {
+        if stop.is_cancelled() {
             ctx.links.remove(&peer.org);
             return;
         }
@@ -123,7 +119,7 @@ pub(super) async fn run_link(
         }
         tokio::select! {
             _ = tokio::time::sleep(delay) => {}
-            _ = stop.changed() => {
+            _ = stop.cancelled() => {
                 ctx.links.remove(&peer.org);
                 return;
             }
@@ -132,7 +128,7 @@ pub(super) async fn run_link(
 }
 
 async fn session(
-    ctx: &NodeContext,
+    ctx: &Arc<NodeContext>,
     peer: &PeerRecord,
     backoff: &mut Backoff,
 ) -> Result<(), LinkError> {
@@ -153,7 +149,9 @@ async fn session(
     // Verified batches are committed by a writer task, several at a time
     // when they queue up, while the next message is verified.
     let (commits, pending) = tokio::sync::mpsc::channel::<Batch>(4);
-    let writer = tokio::spawn(commit_batches(ctx.store.clone(), peer.org.clone(), pending));
+    let writer = ctx
+        .tasks
+        .spawn(commit_batches(ctx.clone(), peer.org.clone(), pending));
     let ended = receive(ctx, peer, &mut stream, cursor, &commits, backoff).await;
     drop(commits);
     let committed = writer
@@ -172,9 +170,11 @@ struct Batch {
 }
 
 /// Commits batches in order, merging those that queued up into one
-/// transaction (one fsync).
+/// transaction (one fsync). Envelopes just put in quarantine whose key has
+/// arrived meanwhile (a card on a later message, learnt while this batch
+/// waited to commit) are released at once.
 async fn commit_batches(
-    store: crate::store::Store,
+    ctx: Arc<NodeContext>,
     upstream: OrgId,
     mut pending: tokio::sync::mpsc::Receiver<Batch>,
 ) -> Result<(), LinkError> {
@@ -187,7 +187,8 @@ async fn commit_batches(
             merged.quarantined.extend(b.quarantined);
             merged.cursor = merged.cursor.max(b.cursor);
         }
-        let out = store
+        let out = ctx
+            .store
             .ingest_batch(
                 &upstream,
                 &merged.rows,
@@ -202,6 +203,9 @@ async fn commit_batches(
                 rejected = out.rejected, quarantined = out.quarantined, cursor = merged.cursor,
                 "batch committed"
             );
+        }
+        if out.quarantined > 0 {
+            super::quarantine::release_if_keys_known(&ctx).await?;
         }
     }
     Ok(())

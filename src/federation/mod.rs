@@ -17,8 +17,8 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::watch;
 use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
 
 use crate::context::{NodeContext, NodeError, Reloaded};
 use crate::model::OrgId;
@@ -32,6 +32,7 @@ pub use verify::{MAX_PATH_LEN, Verified, admit, admit_checked, verify_delivery};
 /// node: rebuilds the view ([`NodeContext::reload`]) and, when it changed,
 /// settles the quarantined envelopes new keys may verify.
 pub async fn apply_trust_change(ctx: &NodeContext) -> Result<Reloaded, NodeError> {
+    let _settling = ctx.trust_change.lock().await;
     let reloaded = ctx.reload().await?;
     if reloaded.changed
         && let Err(e) = quarantine::release(ctx).await
@@ -44,32 +45,27 @@ pub async fn apply_trust_change(ctx: &NodeContext) -> Result<Reloaded, NodeError
 /// Keeps one link per partner with an endpoint in step with the store: new
 /// partners get a link, changed ones a fresh link, removed ones none. Also
 /// refreshes the partner view, expires quarantine, and picks up a rotated
-/// node certificate. Returns when `stop` is set.
-pub async fn supervise(ctx: Arc<NodeContext>, mut stop: watch::Receiver<bool>) {
-    let mut links: HashMap<OrgId, (PeerRecord, watch::Sender<bool>, JoinHandle<()>)> =
-        HashMap::new();
+/// node certificate. Returns when the node shuts down, after its links.
+pub async fn supervise(ctx: Arc<NodeContext>) {
+    let mut links: HashMap<OrgId, (PeerRecord, CancellationToken, JoinHandle<()>)> = HashMap::new();
     let period = Duration::from_millis(ctx.settings.federation.peer_refresh_ms);
-    // The first pass settles what waited in quarantine across a restart.
-    let mut first = true;
     loop {
         ctx.reload_node_cert();
         if let Err(e) = quarantine::expire(&ctx).await {
             tracing::error!(error = %e, "cannot expire quarantined envelopes");
         }
         match apply_trust_change(&ctx).await {
-            Ok(Reloaded { peers, changed }) => {
-                if first
-                    && !changed
-                    && let Err(e) = quarantine::release(&ctx).await
-                {
+            Ok(Reloaded { peers, .. }) => {
+                // Also what waited across a restart, or was committed to
+                // quarantine just after its key arrived.
+                if let Err(e) = quarantine::release_if_keys_known(&ctx).await {
                     tracing::error!(error = %e, "cannot release quarantined envelopes");
                 }
-                first = false;
                 links.retain(|org, (rec, stop_link, _)| {
                     let keep = peers.iter().any(|p| p == rec);
                     if !keep {
                         tracing::info!(partner = %org, "partner changed or removed; closing link");
-                        stop_link.send_replace(true);
+                        stop_link.cancel();
                     }
                     keep
                 });
@@ -80,20 +76,22 @@ pub async fn supervise(ctx: Arc<NodeContext>, mut stop: watch::Receiver<bool>) {
                     if links.contains_key(&p.org) {
                         continue;
                     }
-                    let (tx, rx) = watch::channel(false);
-                    let h = tokio::spawn(link::run_link(ctx.clone(), p.clone(), rx));
-                    links.insert(p.org.clone(), (p, tx, h));
+                    let stop_link = ctx.shutdown.child_token();
+                    let h =
+                        ctx.tasks
+                            .spawn(link::run_link(ctx.clone(), p.clone(), stop_link.clone()));
+                    links.insert(p.org.clone(), (p, stop_link, h));
                 }
             }
             Err(e) => tracing::error!(error = %e, "cannot read partners from the store"),
         }
         tokio::select! {
             _ = tokio::time::sleep(period) => {}
-            _ = stop.changed() => break,
+            _ = ctx.shutdown.cancelled() => break,
         }
     }
-    for (_, (_, tx, h)) in links {
-        tx.send_replace(true);
+    for (_, (_, stop_link, h)) in links {
+        stop_link.cancel();
         let _ = h.await;
     }
 }

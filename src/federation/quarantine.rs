@@ -47,6 +47,21 @@ pub async fn release(ctx: &NodeContext) -> Result<u64, StoreError> {
     Ok(stored)
 }
 
+/// [`release`], if any envelope in quarantine waits for a key that is known
+/// now. Run on every refresh tick, so an envelope committed to quarantine
+/// just after its key arrived (the batch and the card crossed in the
+/// pipeline) does not wait for the next change of keys.
+pub async fn release_if_keys_known(ctx: &NodeContext) -> Result<u64, StoreError> {
+    let _settling = ctx.trust_change.lock().await;
+    let waiting = ctx.store.quarantined_key_ids().await?;
+    let view = ctx.view.load();
+    if waiting.iter().any(|k| view.keys.get(k).is_some()) {
+        release(ctx).await
+    } else {
+        Ok(0)
+    }
+}
+
 /// Drops quarantined envelopes older than `federation.quarantine_ttl_ms`
 /// (by the node's clock), each with a ledger row. Returns how many.
 pub async fn expire(ctx: &NodeContext) -> Result<u64, StoreError> {

@@ -191,7 +191,7 @@ impl Store {
     pub(super) async fn local_writer(self, mut queue: mpsc::Receiver<LocalWrite>) {
         const GROUP: usize = 512;
         let mut group = Vec::with_capacity(GROUP);
-        while queue.recv_many(&mut group, GROUP).await > 0 {
+        while self.next_group(&mut queue, &mut group, GROUP).await > 0 {
             let rows: Vec<(&NewIndicator, &str)> =
                 group.iter().map(|w| (&w.row, w.actor.as_str())).collect();
             let results = match self.commit_local(&rows).await {

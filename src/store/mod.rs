@@ -38,6 +38,8 @@ use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
 use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::audit::AuditEntry;
 use crate::clock::Clock;
@@ -142,6 +144,11 @@ pub struct Store {
     latest: watch::Sender<u64>,
     /// What "now" is for every timestamp the store writes.
     clock: Clock,
+    /// Cancelled by [`Store::close`]: the writers commit what is queued,
+    /// then stop.
+    stop: CancellationToken,
+    /// The group-commit writers, waited for before the pool closes.
+    writers: TaskTracker,
 }
 
 /// A transaction of the store's backend.
@@ -200,6 +207,8 @@ impl Store {
             writing: Default::default(),
             latest: watch::channel(0).0,
             clock,
+            stop: CancellationToken::new(),
+            writers: TaskTracker::new(),
         };
         let latest = store.latest_seq().await?;
         store.latest.send_replace(latest);
@@ -210,14 +219,37 @@ impl Store {
             releases: mpsc::channel(1).0,
             ..store.clone()
         };
-        tokio::spawn(writer().local_writer(queue));
-        tokio::spawn(writer().release_writer(release_queue));
+        store.writers.spawn(writer().local_writer(queue));
+        store.writers.spawn(writer().release_writer(release_queue));
+        store.writers.close();
         Ok(store)
     }
 
-    /// Closes the pool, flushing WAL state.
+    /// Stops taking writes, lets the writers commit everything already
+    /// queued, then closes the pool (flushing WAL state). Writes after this
+    /// fail with [`StoreError::WriterStopped`].
     pub async fn close(&self) {
+        self.stop.cancel();
+        self.writers.wait().await;
         self.pool.close().await;
+    }
+
+    /// The next group for a writer: up to `max` queued writes, waiting for
+    /// at least one; after [`Store::close`], only what was queued before,
+    /// then an empty group (the writer's cue to stop).
+    async fn next_group<T>(
+        &self,
+        queue: &mut mpsc::Receiver<T>,
+        group: &mut Vec<T>,
+        max: usize,
+    ) -> usize {
+        tokio::select! {
+            n = queue.recv_many(group, max) => n,
+            _ = self.stop.cancelled() => {
+                queue.close();
+                queue.recv_many(group, max).await
+            }
+        }
     }
 
     /// The clock the store stamps rows with.

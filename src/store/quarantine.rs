@@ -102,6 +102,13 @@ impl Store {
         Ok(rows.into_iter().map(|(o, n)| (o, n as u64)).collect())
     }
 
+    /// The distinct signing keys quarantined envelopes wait for.
+    pub async fn quarantined_key_ids(&self) -> Result<Vec<String>, StoreError> {
+        Ok(sqlx::query_scalar("SELECT DISTINCT key_id FROM quarantine")
+            .fetch_all(&self.pool)
+            .await?)
+    }
+
     /// Every envelope waiting in quarantine, oldest first.
     pub async fn quarantine(&self) -> Result<Vec<QuarantineRow>, StoreError> {
         self.all(
