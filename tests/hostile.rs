@@ -309,3 +309,141 @@ async fn tampered_and_forged_envelopes_are_refused_and_the_link_keeps_going() {
     assert!(ledger.iter().any(|r| r.entry.event == "quarantined"));
     node_b.stop().await;
 }
+
+/// Publishes `d` and returns the refusal.
+async fn refused(client: &mut Client, d: threatmesh::proto::v1::IndicatorDraft) -> tonic::Status {
+    client
+        .publish(PublishRequest { indicator: Some(d) })
+        .await
+        .unwrap_err()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_control_character_in_a_value_is_refused_not_dropped() {
+    let a = Org::new("a.example");
+    let node = start(&a).await;
+    let mut client = publisher(&a, &node);
+    for (kind, value) in [
+        (IndicatorKind::Url, "http://evil.example/payload\0.exe"),
+        (IndicatorKind::Url, "http://evil.example/\0"),
+        (IndicatorKind::Url, "\0http://evil.example/x"),
+        (IndicatorKind::Domain, "evil\0.example"),
+        (IndicatorKind::Email, "boss\u{7}@evil.example"),
+    ] {
+        let err = refused(&mut client, draft(kind, value, Tlp::Green, &[])).await;
+        assert_eq!(
+            err.code(),
+            Code::InvalidArgument,
+            "{value:?}: {}",
+            err.message()
+        );
+        assert!(
+            err.message().starts_with("value") && err.message().contains("control character"),
+            "{value:?}: {}",
+            err.message()
+        );
+    }
+    assert_eq!(node.ctx.store.count_indicators().await.unwrap(), 0);
+    node.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revocation_without_an_id_is_refused() {
+    let a = Org::new("a.example");
+    let node = start(&a).await;
+    let mut client = publisher(&a, &node);
+    let mut d = ipv4_draft(7, Tlp::Green);
+    d.revoked = true;
+    let err = refused(&mut client, d).await;
+    assert_eq!(err.code(), Code::InvalidArgument, "{}", err.message());
+    assert!(err.message().starts_with("id"), "{}", err.message());
+    assert_eq!(node.ctx.store.count_indicators().await.unwrap(), 0);
+    node.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn certificates_are_not_issued_for_dot_segment_names() {
+    let a = Org::new("a.example");
+    let node = start(&a).await;
+    let before = node.ctx.store.certs().await.unwrap().len();
+    let out = tempfile::tempdir().unwrap();
+    for name in ["..", "."] {
+        let o = cli(
+            &a,
+            &node,
+            &[
+                "certs",
+                "issue",
+                "--role",
+                "admin",
+                "--name",
+                name,
+                "--out",
+                out.path().to_str().unwrap(),
+            ],
+        );
+        let text = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(64), "{name}: {text}");
+        assert!(text.contains("--name"), "{name}: {text}");
+    }
+    assert_eq!(node.ctx.store.certs().await.unwrap().len(), before);
+    assert_eq!(std::fs::read_dir(out.path()).unwrap().count(), 0);
+    node.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_version_far_ahead_of_the_one_held_is_refused() {
+    // B subscribes to A, whose (genuinely signed) stream jumps one
+    // indicator from version 1 to 1,000,000: that would block every honest
+    // update by the origin, so it is refused.
+    let a = Org::new("a.example");
+    let b = Org::new("b.example");
+    let key = a.signing_key();
+    let v1 = hand_made(
+        "a.example",
+        &key,
+        "jump.example",
+        Tlp::Clear,
+        common::now_ms(),
+    );
+    let mut far = v1.clone();
+    far.version = 1_000_000;
+    let mut next = v1.clone();
+    next.version = 2;
+    let rogue = RogueUpstream::start(
+        &a,
+        &[&b],
+        vec![
+            bytes(&seal_indicator(&key, &v1)),
+            bytes(&seal_indicator(&key, &far)),
+            bytes(&seal_indicator(&key, &next)),
+        ],
+    )
+    .await;
+    b.add_card(&a.card(), Some(rogue.addr), None).await;
+    let node_b = start(&b).await;
+    let (store, a_id) = (node_b.ctx.store.clone(), a.id.clone());
+    wait_until(30, "B to consider A's three envelopes", || {
+        let (s, a_id) = (store.clone(), a_id.clone());
+        async move { s.cursor(&a_id).await.unwrap() == 3 }
+    })
+    .await;
+    let rej = store.rejections().await.unwrap();
+    let seen: Vec<(u64, RefusalKind)> = rej.iter().map(|r| (r.upstream_seq, r.kind)).collect();
+    assert_eq!(seen, [(2, RefusalKind::TooFarAhead)], "{rej:#?}");
+    assert!(
+        rej[0].reason.contains("jumps more than"),
+        "{}",
+        rej[0].reason
+    );
+    let versions: Vec<u64> = store
+        .indicators(None)
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.version)
+        .collect();
+    assert_eq!(versions, [1, 2], "the honest next version still applies");
+    node_b.stop().await;
+    drop(rogue);
+}

@@ -111,8 +111,11 @@ pub fn admit(
     policy: Option<&PartnerPolicy>,
     held_earlier: bool,
 ) -> Result<NewIndicator, Refusal> {
+    // The path is origin first, sender last: the orgs after the origin are
+    // the relay hops it took to reach us.
+    let relay_hops = u32::try_from(v.path.len().saturating_sub(1)).unwrap_or(u32::MAX);
     let decision = policy::accept_retraction(&v.indicator, held_earlier)
-        .unwrap_or_else(|| policy::ingress(own, &v.indicator, upstream, policy));
+        .unwrap_or_else(|| policy::ingress(own, &v.indicator, upstream, relay_hops, policy));
     let rule = match decision {
         Decision::Allow { rule } => rule,
         Decision::Deny { rule, reason } => {

@@ -31,7 +31,10 @@ pub struct SpiffeId {
 }
 
 fn valid_name(name: &str) -> bool {
+    // "." and ".." are path segments with a meaning of their own (SPIFFE
+    // forbids them); a name made only of dots would read as one.
     !name.is_empty()
+        && !name.bytes().all(|b| b == b'.')
         && name.len() <= 64
         && name
             .bytes()
@@ -159,6 +162,16 @@ mod tests {
         ] {
             assert!(SpiffeId::parse(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn names_that_are_dot_segments_are_refused() {
+        let org = OrgId::parse("a.example").unwrap();
+        for bad in [".", "..", "..."] {
+            assert!(SpiffeId::admin(&org, bad).is_err(), "admin {bad}");
+            assert!(SpiffeId::publisher(&org, bad).is_err(), "publisher {bad}");
+        }
+        assert!(SpiffeId::publisher(&org, "feed.v2").is_ok());
     }
 
     #[test]

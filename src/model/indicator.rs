@@ -113,6 +113,15 @@ pub fn parse_tlp(s: &str) -> Option<Tlp> {
 /// assert!(normalise_value(IndicatorKind::Cidr, "10.0.0.5/24").is_err());
 /// ```
 pub fn normalise_value(kind: IndicatorKind, raw: &str) -> Result<String, String> {
+    // Values are taken as given, never cleaned: a parser that drops a NUL
+    // or another control character would store a different (often
+    // broader) indicator than the one the publisher meant.
+    if let Some((at, c)) = raw.char_indices().find(|(_, c)| c.is_control()) {
+        return Err(format!(
+            "contains the control character U+{:04X} at byte {at}; values are not cleaned, remove it",
+            u32::from(c)
+        ));
+    }
     let v = raw.trim();
     if v.is_empty() {
         return Err("is empty".into());
@@ -469,6 +478,12 @@ pub fn prepare_draft(d: &IndicatorDraft, now_ms: i64) -> Result<IndicatorDraft, 
     }
     if !d.id.is_empty() && uuid::Uuid::parse_str(&d.id).is_err() {
         return Err(invalid("id", format!("'{}' is not a UUID", d.id)));
+    }
+    if d.revoked && d.id.is_empty() {
+        return Err(invalid(
+            "id",
+            "a revocation must name the indicator it revokes (its id)",
+        ));
     }
     Ok(IndicatorDraft {
         kind: content.kind,

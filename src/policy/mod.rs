@@ -23,7 +23,7 @@ pub use rules::{EgressRules, IngressRules, Origins, PartnerPolicy};
 use std::fmt;
 
 use crate::model::{OrgId, tlp_name, validate_marking};
-use crate::proto::v1::{Indicator, IndicatorKind, Tlp};
+use crate::proto::v1::{Indicator, IndicatorKind, Marking, Tlp};
 
 /// The outcome of a sharing decision.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -76,6 +76,35 @@ fn label(tlp: i32) -> &'static str {
     tlp_name(tlp).unwrap_or("?")
 }
 
+/// What the origin's marking says of `ind` having passed `hops` relays:
+/// `None` if allowed (no relay at all, or within what the origin allowed),
+/// else the refusal. RED and AMBER+STRICT are never relayed; otherwise the
+/// origin must allow forwarding and at least `hops` relay hops. Applied by
+/// the sender ([`egress`]) and again by every receiver ([`ingress`]), which
+/// never relies on the sender's honesty.
+fn relay_refusal(ind: &Indicator, m: &Marking, tlp: Tlp, hops: u32) -> Option<Decision> {
+    if hops == 0 {
+        return None;
+    }
+    if matches!(tlp, Tlp::Red | Tlp::AmberStrict) {
+        return Some(deny(
+            "tlp-never-relayed",
+            format!("TLP:{} is never relayed", label(m.tlp)),
+        ));
+    }
+    if !m.may_forward || hops > m.hop_limit {
+        return Some(deny(
+            "hop-limit",
+            format!(
+                "origin {} allows {} relay hop(s); this would be hop {hops}",
+                ind.origin_org,
+                if m.may_forward { m.hop_limit } else { 0 }
+            ),
+        ));
+    }
+    None
+}
+
 /// Would this node send `ind` to partner `recipient`, governed by `policy`?
 ///
 /// `hops` is how many relays the indicator has passed before reaching this
@@ -116,23 +145,8 @@ pub fn egress(
             ),
         );
     }
-    if hops > 0 {
-        if matches!(tlp, Tlp::Red | Tlp::AmberStrict) {
-            return deny(
-                "tlp-never-relayed",
-                format!("TLP:{} is never relayed", label(m.tlp)),
-            );
-        }
-        if !m.may_forward || hops > m.hop_limit {
-            return deny(
-                "hop-limit",
-                format!(
-                    "origin {} allows {} relay hop(s); this would be hop {hops}",
-                    ind.origin_org,
-                    if m.may_forward { m.hop_limit } else { 0 }
-                ),
-            );
-        }
+    if let Some(refused) = relay_refusal(ind, m, tlp, hops) {
+        return refused;
     }
     if m.tlp > rules.tlp_ceiling as i32 {
         return deny(
@@ -270,13 +284,17 @@ pub fn accept_retraction(ind: &Indicator, held_earlier: bool) -> Option<Decision
     })
 }
 
-/// Do we accept `ind`, received from partner `upstream`? Without a bound
-/// policy the default ingress rules apply (all kinds, any confidence, no
-/// relayed indicators).
+/// Do we accept `ind`, received from partner `upstream` after `relay_hops`
+/// relays (the orgs between its origin and us: 0 when `upstream` is the
+/// origin, and at least 1 otherwise, whatever path the sender claims)?
+/// The origin's marking is enforced here too, whatever the sender did.
+/// Without a bound policy the default ingress rules apply (all kinds, any
+/// confidence, no relayed indicators).
 pub fn ingress(
     own: &OrgId,
     ind: &Indicator,
     upstream: &OrgId,
+    relay_hops: u32,
     policy: Option<&PartnerPolicy>,
 ) -> Decision {
     let default = IngressRules::default();
@@ -302,8 +320,20 @@ pub fn ingress(
     if let Err(e) = validate_marking(Some(m)) {
         return deny("marking-invalid", e.to_string());
     }
-    if matches!(Tlp::try_from(m.tlp), Ok(Tlp::Red | Tlp::AmberStrict))
-        && !m.recipients.iter().any(|r| r == own.as_str())
+    let Ok(tlp) = Tlp::try_from(m.tlp) else {
+        return deny("marking-invalid", format!("unknown TLP value {}", m.tlp));
+    };
+    // A sender that is not the origin is a relay hop however short a path
+    // it claims.
+    let relay_hops = if ind.origin_org == upstream.as_str() {
+        relay_hops
+    } else {
+        relay_hops.max(1)
+    };
+    if let Some(refused) = relay_refusal(ind, m, tlp, relay_hops) {
+        return refused;
+    }
+    if matches!(tlp, Tlp::Red | Tlp::AmberStrict) && !m.recipients.iter().any(|r| r == own.as_str())
     {
         return deny(
             "not-a-named-recipient",
@@ -457,25 +487,58 @@ mod tests {
     #[test]
     fn ingress_requires_origin_upstream_and_named_recipient() {
         let (a, b) = (org("a.example"), org("b.example"));
-        assert!(ingress(&b, &ind("a.example", Tlp::Green, &[]), &a, None).is_allow());
-        assert!(ingress(&b, &ind("a.example", Tlp::Red, &["b.example"]), &a, None).is_allow());
+        assert!(ingress(&b, &ind("a.example", Tlp::Green, &[]), &a, 0, None).is_allow());
+        assert!(ingress(&b, &ind("a.example", Tlp::Red, &["b.example"]), &a, 0, None).is_allow());
         assert_eq!(
-            ingress(&b, &ind("a.example", Tlp::Red, &["c.example"]), &a, None).rule(),
+            ingress(&b, &ind("a.example", Tlp::Red, &["c.example"]), &a, 0, None).rule(),
             "not-a-named-recipient"
         );
         assert_eq!(
-            ingress(&b, &ind("c.example", Tlp::Green, &[]), &a, None).rule(),
+            ingress(&b, &ind("c.example", Tlp::Green, &[]), &a, 0, None).rule(),
             "relayed-not-accepted"
         );
         assert_eq!(
-            ingress(&b, &ind("b.example", Tlp::Green, &[]), &a, None).rule(),
+            ingress(&b, &ind("b.example", Tlp::Green, &[]), &a, 0, None).rule(),
             "own-origin"
         );
         let mut p = open(Tlp::Red, true);
         p.ingress.kinds = vec![IndicatorKind::Ipv4];
         assert_eq!(
-            ingress(&b, &ind("a.example", Tlp::Green, &[]), &a, Some(&p)).rule(),
+            ingress(&b, &ind("a.example", Tlp::Green, &[]), &a, 0, Some(&p)).rule(),
             "kind-not-accepted"
+        );
+    }
+
+    #[test]
+    fn ingress_enforces_the_origins_marking_whatever_path_the_sender_claims() {
+        let (a, b, c) = (org("a.example"), org("b.example"), org("c.example"));
+        let mut p = open(Tlp::Red, true);
+        p.ingress.accept_relayed = true;
+        let with = |tlp, may_forward, hop_limit| {
+            let named: &[&str] = if tlp == Tlp::Red { &["b.example"] } else { &[] };
+            let mut i = ind("a.example", tlp, named);
+            let m = i.marking.as_mut().unwrap();
+            m.may_forward = may_forward;
+            m.hop_limit = hop_limit;
+            i
+        };
+        // From the origin itself: no relay, the marking's relay rules do not apply.
+        assert!(ingress(&b, &with(Tlp::Clear, false, 0), &a, 0, Some(&p)).is_allow());
+        // Through C: at least one hop, even if the claimed path says none.
+        for claimed in [0, 1] {
+            assert_eq!(
+                ingress(&b, &with(Tlp::Clear, false, 0), &c, claimed, Some(&p)).rule(),
+                "hop-limit"
+            );
+            assert_eq!(
+                ingress(&b, &with(Tlp::Red, false, 0), &c, claimed, Some(&p)).rule(),
+                "tlp-never-relayed"
+            );
+            assert!(ingress(&b, &with(Tlp::Clear, true, 1), &c, claimed, Some(&p)).is_allow());
+        }
+        assert_eq!(
+            ingress(&b, &with(Tlp::Clear, true, 1), &c, 2, Some(&p)).rule(),
+            "hop-limit"
         );
     }
 }

@@ -11,9 +11,11 @@ use crate::audit::AuditEntry;
 use crate::model::OrgId;
 use crate::refusal::{Refusal, RefusalKind};
 
-/// Most a version may jump above the newest one held (a "far-future"
-/// version would block every later update by the origin).
-pub const MAX_VERSION_STEP: u64 = 1_000_000;
+/// Most a version may jump above the newest one held. The origin numbers
+/// versions one by one, so a receiver that was withheld some sees small
+/// gaps; a "far-future" version (a bug, or a stolen key) would block every
+/// later update by the origin.
+pub const MAX_VERSION_STEP: u64 = 1_000;
 
 /// A refused envelope to record.
 #[derive(Debug, Clone)]
