@@ -63,6 +63,10 @@ pub struct Settings {
     pub revocation: RevocationSettings,
     /// Logging.
     pub log: LogSettings,
+    /// The file these settings were loaded from (`serve` checks that only
+    /// its owner can change it).
+    #[serde(skip)]
+    pub source: PathBuf,
 }
 
 /// `[org]`
@@ -237,6 +241,7 @@ impl Settings {
                 *p = base.join(&*p);
             }
         }
+        s.source = path.to_path_buf();
         s.validate()?;
         Ok(s)
     }
@@ -343,7 +348,7 @@ impl Settings {
                 return Err(invalid(
                     key,
                     format!(
-                        "private key {} is accessible by group or others (mode {mode:o}); run chmod 600",
+                        "{} holds secrets but is accessible by group or others (mode {mode:o}); run chmod 600",
                         path.display()
                     ),
                 ));
@@ -354,14 +359,60 @@ impl Settings {
         Ok(())
     }
 
-    /// Checks every file `serve` needs.
+    /// Checks every file `serve` needs, and that nobody but their owner
+    /// can read the secrets or change what the node trusts: private keys
+    /// (the CA key too, when present) and the store (it holds partners'
+    /// TLP:RED data and the ledger) readable by the owner only; the config
+    /// file and the directories holding keys not writable by group or
+    /// others (whoever can write them can swap a key or a path).
     pub fn check_node_files(&self) -> Result<(), ConfigError> {
+        if !self.source.as_os_str().is_empty() {
+            check_not_writable("config file", &self.source)?;
+        }
         Self::check_file("tls.ca_cert", &self.tls.ca_cert, false)?;
         Self::check_file("tls.node_cert", &self.tls.node_cert, false)?;
         Self::check_file("tls.node_key", &self.tls.node_key, true)?;
         Self::check_file("signing.key", &self.signing.key, true)?;
+        if self.tls.ca_key.exists() {
+            Self::check_file("tls.ca_key", &self.tls.ca_key, true)?;
+        }
+        if self.store.path.exists() {
+            Self::check_file("store.path", &self.store.path, true)?;
+        }
+        for (key, file) in [
+            ("tls.node_key", &self.tls.node_key),
+            ("signing.key", &self.signing.key),
+            ("store.path", &self.store.path),
+        ] {
+            if let Some(dir) = file.parent().filter(|d| !d.as_os_str().is_empty()) {
+                check_not_writable(key, dir)?;
+            }
+        }
         Ok(())
     }
+}
+
+/// Fails if `path` (a file or directory) can be written by group or others.
+fn check_not_writable(key: &'static str, path: &Path) -> Result<(), ConfigError> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let meta = std::fs::metadata(path)
+            .map_err(|e| invalid(key, format!("{}: {e}", path.display())))?;
+        let mode = meta.permissions().mode() & 0o777;
+        if mode & 0o022 != 0 {
+            return Err(invalid(
+                key,
+                format!(
+                    "{} can be changed by group or others (mode {mode:o}); run chmod go-w",
+                    path.display()
+                ),
+            ));
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = (key, path);
+    Ok(())
 }
 
 #[cfg(test)]

@@ -155,6 +155,25 @@ pub fn provision_org(o: &OrgOptions) -> Result<Provisioned, ProvisionError> {
         });
     }
     let file = |p: &str| -> PathBuf { o.dir.join(p) };
+    for dir in ["keys", "data", "certs"] {
+        std::fs::create_dir_all(file(dir)).map_err(|e| ProvisionError::Write {
+            path: file(dir).display().to_string(),
+            reason: e.to_string(),
+        })?;
+    }
+    // Modes set explicitly, whatever the umask: keys and data for the owner
+    // only, certificates readable, nothing writable by group or others.
+    for (dir, mode) in [("keys", 0o700), ("data", 0o700), ("certs", 0o755)] {
+        restrict(&file(dir), mode)?;
+    }
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&o.dir)
+            .map(|m| m.permissions().mode() & 0o777)
+            .unwrap_or(0o755);
+        restrict(&o.dir, mode & !0o022)?;
+    }
     let ca = generate_ca(&org, CA_DAYS)?;
     write(&file("certs/ca.pem"), ca.cert_pem.as_bytes(), false)?;
     write(&file("certs/ca.key"), ca.key_pem.as_bytes(), true)?;
@@ -178,24 +197,29 @@ pub fn provision_org(o: &OrgOptions) -> Result<Provisioned, ProvisionError> {
     let (key, pkcs8) = OrgSigningKey::generate().map_err(|e| IdentityError::Pki(e.to_string()))?;
     let key_pem = pem_encode("PRIVATE KEY", &pkcs8);
     write(&file("keys/signing.key"), key_pem.as_bytes(), true)?;
-    let data = file("data");
-    let data_err = |e: std::io::Error| ProvisionError::Write {
-        path: data.display().to_string(),
-        reason: e.to_string(),
-    };
-    std::fs::create_dir_all(&data).map_err(data_err)?;
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o700))
-            .map_err(data_err)?;
-    }
     write(&config, config_text(&org, o).as_bytes(), false)?;
     Ok(Provisioned {
         org,
         config,
         key_id: key.key_id().to_string(),
     })
+}
+
+/// Sets `dir`'s permission bits to `mode` (Unix).
+fn restrict(dir: &Path, mode: u32) -> Result<(), ProvisionError> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode)).map_err(|e| {
+            ProvisionError::Write {
+                path: dir.display().to_string(),
+                reason: e.to_string(),
+            }
+        })?;
+    }
+    #[cfg(not(unix))]
+    let _ = (dir, mode);
+    Ok(())
 }
 
 fn toml_str(s: &str) -> String {
