@@ -9,6 +9,7 @@ mod view;
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
+use prost::Message;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -165,7 +166,7 @@ impl NodeContext {
         let own_keys = store.own_signing_keys().await?;
         let now = clock.now_ms();
         let card = crate::identity::seal_card_with_keys(
-            &card_info(&settings, &own_ca_pem),
+            &card_info(&settings, &own_ca_pem, &own_keys),
             &published_keys(&own_keys),
             &signing,
             now as u64,
@@ -343,7 +344,7 @@ impl NodeContext {
         let now = self.clock.now_ms();
         let version = (now as u64).max(card_version(&self.card.load()) + 1);
         crate::identity::seal_card_with_keys(
-            &card_info(&self.settings, &self.own_ca_pem),
+            &card_info(&self.settings, &self.own_ca_pem, keys),
             &published_keys(keys),
             signer,
             version,
@@ -372,8 +373,16 @@ impl NodeContext {
         // after: a crash in between is completed or undone at the next start.
         crate::identity::write_atomic(&next, pem.as_bytes(), true).map_err(|e| io(e, &next))?;
         let at = self.clock.now_ms();
+        let rotation = crate::identity::seal_rotation(&self.own, &old, &new, at).encode_to_vec();
         self.store
-            .rotate_own_key(old.key_id(), new.key_id(), new.public_key(), at, actor)
+            .rotate_own_key(
+                old.key_id(),
+                new.key_id(),
+                new.public_key(),
+                &rotation,
+                at,
+                actor,
+            )
             .await?;
         std::fs::rename(&next, path).map_err(|e| io(e, path))?;
         let keys = self.store.own_signing_keys().await?;
@@ -499,8 +508,9 @@ pub fn load_signing_key(settings: &Settings) -> Result<OrgSigningKey, ConfigErro
     OrgSigningKey::from_pkcs8(der.secret_pkcs8_der()).map_err(|e| bad(e.to_string()))
 }
 
-/// What our card says about us besides keys.
-fn card_info(settings: &Settings, own_ca_pem: &str) -> CardInfo {
+/// What our card says about us besides keys: who we are, where we serve,
+/// and the rotation statements that link our current key to earlier ones.
+fn card_info(settings: &Settings, own_ca_pem: &str, keys: &[OwnKeyRow]) -> CardInfo {
     CardInfo {
         org: settings.org_id(),
         display_name: settings.org.display_name.clone(),
@@ -510,6 +520,11 @@ fn card_info(settings: &Settings, own_ca_pem: &str) -> CardInfo {
         endpoints: (!settings.node.endpoint.is_empty())
             .then(|| settings.node.endpoint.clone())
             .into_iter()
+            .collect(),
+        rotations: keys
+            .iter()
+            .filter(|k| !k.rotation.is_empty())
+            .filter_map(|k| Envelope::decode(k.rotation.as_slice()).ok())
             .collect(),
     }
 }
@@ -577,7 +592,7 @@ pub fn own_card_with_keys(
     keys: &[OwnKeyRow],
     now_ms: i64,
 ) -> Envelope {
-    let info = card_info(settings, own_ca_pem);
+    let info = card_info(settings, own_ca_pem, keys);
     if keys.is_empty() {
         return crate::identity::seal_card(&info, signer, now_ms);
     }

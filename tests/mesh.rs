@@ -819,3 +819,93 @@ async fn a_signing_key_rotation_mid_stream_and_the_old_keys_revocation() {
     assert!(!ids_at(node_c).await.contains(&stale.id));
     mesh.stop().await;
 }
+
+/// The compromise case: A rotates and at once revokes its old key, with
+/// nothing published in between, so B never sees the rotation card. A's
+/// next card (signed by the new key) must still be taken, the stolen key
+/// must be refused whatever its timestamp and whoever relays it, and A's new
+/// indicators must flow; replaying the intermediate card changes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_revoked_right_after_its_rotation_is_refused_by_partners_that_missed_the_rotation() {
+    let mesh = Mesh::start(&NAMES[..2], &[(A, B)], RELAY_POLICY).await;
+    let (a, b) = (&mesh.orgs[A], &mesh.orgs[B]);
+    let (node_a, node_b) = (&mesh.nodes[A], &mesh.nodes[B]);
+    let stolen = a.signing_key();
+    publish_many(a, node_a, 0, 1).await;
+    mesh.settle().await;
+
+    let o = cli(a, node_a, &["keys", "rotate"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let rotation_card = node_a.ctx.card.load().as_ref().clone();
+    let o = cli(a, node_a, &["keys", "revoke", stolen.key_id()]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let after = publish_many(a, node_a, 10, 2).await;
+    mesh.settle().await;
+
+    // B took the newest card and stored the new indicators.
+    let view = node_b.ctx.view.load();
+    let old = view.keys.get(stolen.key_id()).expect("old key known");
+    assert!(old.revoked, "the stolen key is revoked at B");
+    assert!(view.keys.get(a.signing_key().key_id()).is_some());
+    let ids = ids_at(node_b).await;
+    for id in &after {
+        assert!(ids.contains(id), "{id} not stored at B");
+    }
+    assert!(node_b.ctx.store.quarantine().await.unwrap().is_empty());
+
+    // The intermediate card, replayed, does not bring the stolen key back.
+    threatmesh::federation::cards::learn_card(&node_b.ctx, &rotation_card, &a.id)
+        .await
+        .unwrap();
+    threatmesh::federation::apply_trust_change(&node_b.ctx)
+        .await
+        .unwrap();
+    assert!(
+        node_b
+            .ctx
+            .view
+            .load()
+            .keys
+            .get(stolen.key_id())
+            .unwrap()
+            .revoked
+    );
+
+    // A back-dated forgery under the stolen key, relayed by R: refused.
+    let r = Org::new("r.example");
+    let forged = hand_made(
+        "a.example",
+        &stolen,
+        "forged-by-thief.example",
+        Tlp::Clear,
+        common::now_ms() - 3_600_000,
+    );
+    let rogue = RogueUpstream::start_with_paths(
+        &r,
+        &[b],
+        vec![(
+            bytes(&seal_indicator(&stolen, &forged)),
+            vec!["a.example".into(), "r.example".into()],
+        )],
+    )
+    .await;
+    let name = b.apply_policy(RELAY_POLICY).await;
+    b.add_card(&r.card(), Some(rogue.addr), Some(&name)).await;
+    let (store, r_id) = (node_b.ctx.store.clone(), r.id.clone());
+    wait_until(30, "B to consider R's envelope", || {
+        let (s, r_id) = (store.clone(), r_id.clone());
+        async move { s.cursor(&r_id).await.unwrap() == 1 }
+    })
+    .await;
+    let rej = store.rejections().await.unwrap();
+    assert_eq!(rej.len(), 1, "{rej:#?}");
+    assert_eq!(rej[0].kind, RefusalKind::Unauthentic);
+    assert!(
+        rej[0].reason.contains("has been revoked"),
+        "{}",
+        rej[0].reason
+    );
+    assert!(!ids_at(node_b).await.contains(&forged.id));
+    drop(rogue);
+    mesh.stop().await;
+}

@@ -311,6 +311,7 @@ pub(super) fn subscriber_org(i: usize) -> Result<SubscriberOrg, BenchError> {
             sector: String::new(),
             ca_bundle_pem: ca.cert_pem,
             endpoints: Vec::new(),
+            rotations: Vec::new(),
         },
         &key,
         now_unix_ms(),

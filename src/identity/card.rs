@@ -10,8 +10,10 @@ use serde::{Deserialize, Serialize};
 
 use super::{IdentityError, fingerprint, parse_ca_bundle};
 use crate::model::OrgId;
-use crate::proto::v1::{Envelope, OrgCard, Signature, SigningKey};
-use crate::signing::{CARD_PAYLOAD_TYPE, KnownKey, MAX_PAYLOAD_LEN, OrgSigningKey, key_id, pae};
+use crate::proto::v1::{Envelope, KeyRotation, OrgCard, Signature, SigningKey};
+use crate::signing::{
+    CARD_PAYLOAD_TYPE, KnownKey, MAX_PAYLOAD_LEN, OrgSigningKey, ROTATION_PAYLOAD_TYPE, key_id, pae,
+};
 
 /// The DSSE JSON envelope format of a card file.
 #[derive(Debug, Serialize, Deserialize)]
@@ -43,6 +45,56 @@ pub struct CardInfo {
     pub ca_bundle_pem: String,
     /// `host:port` endpoints of the org's node(s).
     pub endpoints: Vec<String>,
+    /// Every rotation of the org's signing key so far (signed
+    /// [`KeyRotation`] envelopes, oldest first).
+    pub rotations: Vec<Envelope>,
+}
+
+/// The statement that `old` hands over to `new` at `at_ms`, signed by `old`:
+/// what lets a partner that missed the card of a rotation link a later
+/// card (signed by `new`) to the key it trusts.
+pub fn seal_rotation(
+    org: &OrgId,
+    old: &OrgSigningKey,
+    new: &OrgSigningKey,
+    at_ms: i64,
+) -> Envelope {
+    let r = KeyRotation {
+        org_id: org.to_string(),
+        old_key_id: old.key_id().to_string(),
+        new_key_id: new.key_id().to_string(),
+        new_public_key: new.public_key().to_vec(),
+        at_unix_ms: at_ms,
+    };
+    old.seal(ROTATION_PAYLOAD_TYPE, r.encode_to_vec())
+}
+
+/// The key a rotation statement of `org` introduces, if it is signed by
+/// one of `trusted` and well formed.
+fn open_rotation(env: &Envelope, org: &OrgId, trusted: &[KnownKey]) -> Option<KnownKey> {
+    if env.payload_type != ROTATION_PAYLOAD_TYPE || env.payload.len() > MAX_PAYLOAD_LEN {
+        return None;
+    }
+    let [sig] = env.signatures.as_slice() else {
+        return None;
+    };
+    let signer = trusted.iter().find(|k| k.key_id == sig.key_id)?;
+    signature::UnparsedPublicKey::new(&signature::ED25519, &signer.public_key)
+        .verify(&pae(&env.payload_type, &env.payload), &sig.sig)
+        .ok()?;
+    let r = KeyRotation::decode(env.payload.as_slice()).ok()?;
+    let well_formed = r.org_id == org.as_str()
+        && r.old_key_id == signer.key_id
+        && r.new_public_key.len() == 32
+        && key_id(&r.new_public_key) == r.new_key_id;
+    well_formed.then(|| KnownKey {
+        key_id: r.new_key_id,
+        org: org.clone(),
+        public_key: r.new_public_key,
+        not_before_ms: r.at_unix_ms,
+        not_after_ms: 0,
+        revoked: false,
+    })
 }
 
 /// Builds and self-signs a card carrying only `key`. The version is the
@@ -79,14 +131,18 @@ pub fn seal_card_with_keys(
         endpoints: info.endpoints.clone(),
         version,
         issued_unix_ms: now_ms,
+        rotations: info.rotations.clone(),
     };
     signer.seal(CARD_PAYLOAD_TYPE, card.encode_to_vec())
 }
 
 /// Whether `next` may replace `current` as the trusted card of an org:
 /// same org, a higher version, and signed by a key that `current` carries
-/// and has not revoked. This is what lets a card travel through untrusted
-/// relays: only the holder of the org's trusted key can make its successor.
+/// and has not revoked — or by a key reached from one through the key
+/// rotations `next` carries, each signed by the key it retires (so a card
+/// after a rotation whose own card was missed still links up). This is
+/// what lets a card travel through untrusted relays: only the holder of
+/// the org's trusted key can make its successor.
 pub fn check_card_succession(
     current: &VerifiedCard,
     next: &VerifiedCard,
@@ -111,16 +167,42 @@ pub fn check_card_succession(
         .map(|s| s.key_id.as_str())
         .unwrap_or("");
     match current.keys.iter().find(|k| k.key_id == signer) {
-        Some(k) if !k.revoked => Ok(()),
-        Some(_) => Err(bad(format!(
-            "card version {} of {} is signed by key {signer}, which {} revoked",
-            next.card.version, next.org, next.org
-        ))),
-        None => Err(bad(format!(
-            "card version {} of {} is signed by key {signer}, which its current card (version {}) does not carry",
-            next.card.version, next.org, current.card.version
-        ))),
+        Some(k) if !k.revoked => return Ok(()),
+        Some(_) => {
+            return Err(bad(format!(
+                "card version {} of {} is signed by key {signer}, which {} revoked",
+                next.card.version, next.org, next.org
+            )));
+        }
+        None => {}
     }
+    // Follow the rotations from the keys the current card trusts.
+    let mut trusted: Vec<KnownKey> = current
+        .keys
+        .iter()
+        .filter(|k| !k.revoked)
+        .cloned()
+        .collect();
+    loop {
+        let learnt: Vec<KnownKey> = next
+            .card
+            .rotations
+            .iter()
+            .filter_map(|r| open_rotation(r, &next.org, &trusted))
+            .filter(|k| !trusted.iter().any(|t| t.key_id == k.key_id))
+            .collect();
+        if learnt.is_empty() {
+            break;
+        }
+        trusted.extend(learnt);
+    }
+    if trusted.iter().any(|k| k.key_id == signer) {
+        return Ok(());
+    }
+    Err(bad(format!(
+        "card version {} of {} is signed by key {signer}, which its current card (version {}) does not carry and no rotation it carries leads to",
+        next.card.version, next.org, current.card.version
+    )))
 }
 
 /// A card whose self-signature and fields have been checked.

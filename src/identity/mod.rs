@@ -14,7 +14,7 @@ use crate::model::OrgId;
 
 pub use card::{
     CardInfo, VerifiedCard, check_card_succession, check_endpoint, envelope_from_json,
-    envelope_to_json, open_card, seal_card, seal_card_with_keys,
+    envelope_to_json, open_card, seal_card, seal_card_with_keys, seal_rotation,
 };
 pub use crl::{PartnerCrl, StaleCrl, open_crl, serial_hex};
 pub use files::{pem_encode, write_atomic};
@@ -221,6 +221,7 @@ mod tests {
             sector: "law-enforcement".into(),
             ca_bundle_pem: ca.cert_pem.clone(),
             endpoints: vec!["node.a.example:7443".into()],
+            rotations: Vec::new(),
         };
         let env = seal_card(&info, &key, 1_000);
         let json = envelope_to_json(&env);
@@ -241,5 +242,55 @@ mod tests {
         let mut mixed = env.clone();
         mixed.signatures = resigned.signatures.clone();
         assert!(open_card(&mixed).is_err());
+    }
+
+    #[test]
+    fn a_card_after_missed_rotations_links_up_through_the_rotations_it_carries() {
+        use crate::proto::v1::SigningKey;
+        use crate::signing::OrgSigningKey;
+        let a = org("a.example");
+        let ca = generate_ca(&a, 30).unwrap();
+        let new_key = || OrgSigningKey::generate().unwrap().0;
+        let (k1, k2, k3, thief) = (new_key(), new_key(), new_key(), new_key());
+        let info = |rotations| CardInfo {
+            org: a.clone(),
+            display_name: "Agency A".into(),
+            country: String::new(),
+            sector: String::new(),
+            ca_bundle_pem: ca.cert_pem.clone(),
+            endpoints: Vec::new(),
+            rotations,
+        };
+        let pub_key = |k: &OrgSigningKey, revoked| SigningKey {
+            key_id: k.key_id().into(),
+            public_key: k.public_key().to_vec(),
+            revoked,
+            ..Default::default()
+        };
+        let held = open_card(&seal_card(&info(Vec::new()), &k1, 1)).unwrap();
+        // Two rotations, k1 -> k2 -> k3; the newest card, signed by k3,
+        // revokes k1.
+        let r12 = seal_rotation(&a, &k1, &k2, 10);
+        let r23 = seal_rotation(&a, &k2, &k3, 20);
+        let keys = [pub_key(&k1, true), pub_key(&k2, false), pub_key(&k3, false)];
+        let next = |rotations: Vec<_>, signer: &OrgSigningKey| {
+            let env = seal_card_with_keys(&info(rotations), &keys, signer, 30, 30);
+            (open_card(&env).unwrap(), env)
+        };
+        let (v, env) = next(vec![r12.clone(), r23.clone()], &k3);
+        check_card_succession(&held, &v, &env).unwrap();
+        // Without the rotations, or with only part of the chain: refused.
+        let (v, env) = next(Vec::new(), &k3);
+        assert!(check_card_succession(&held, &v, &env).is_err());
+        let (v, env) = next(vec![r23.clone()], &k3);
+        assert!(check_card_succession(&held, &v, &env).is_err());
+        // A rotation signed by a key the holder never trusted leads nowhere.
+        let forged = seal_rotation(&a, &thief, &k3, 20);
+        let (v, env) = next(vec![r12.clone(), forged], &k3);
+        assert!(check_card_succession(&held, &v, &env).is_err());
+        // Another org's rotation does not count for this one.
+        let other = seal_rotation(&org("b.example"), &k1, &k2, 10);
+        let (v, env) = next(vec![other, r23], &k3);
+        assert!(check_card_succession(&held, &v, &env).is_err());
     }
 }

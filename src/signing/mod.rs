@@ -14,6 +14,8 @@ use crate::proto::v1::{Envelope, Indicator, Signature};
 pub const INDICATOR_PAYLOAD_TYPE: &str = "application/vnd.threatmesh.indicator.v1+protobuf";
 /// `payload_type` of a signed [`crate::proto::v1::OrgCard`].
 pub const CARD_PAYLOAD_TYPE: &str = "application/vnd.threatmesh.org-card.v1+protobuf";
+/// `payload_type` of a signed [`crate::proto::v1::KeyRotation`].
+pub const ROTATION_PAYLOAD_TYPE: &str = "application/vnd.threatmesh.key-rotation.v1+protobuf";
 /// Largest payload a receiver will even verify; bigger envelopes are refused
 /// unread so a hostile peer cannot make us hash megabytes.
 pub const MAX_PAYLOAD_LEN: usize = 64 * 1024;

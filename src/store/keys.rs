@@ -21,6 +21,9 @@ pub struct OwnKeyRow {
     pub not_after_ms: i64,
     /// When revoked (0 = not revoked).
     pub revoked_ms: i64,
+    /// The signed rotation statement by which this key took over from the
+    /// one before (a serialised envelope; empty for the first key).
+    pub rotation: Vec<u8>,
 }
 
 /// A `signing_keys` row as read.
@@ -53,7 +56,7 @@ impl Store {
     /// Our own signing keys (current and retired), oldest first.
     pub async fn own_signing_keys(&self) -> Result<Vec<OwnKeyRow>, StoreError> {
         self.all(
-            "SELECT key_id, public_key, not_before_ms, not_after_ms, revoked_ms FROM own_signing_keys \
+            "SELECT key_id, public_key, not_before_ms, not_after_ms, revoked_ms, rotation FROM own_signing_keys \
              ORDER BY not_before_ms, key_id"
         )
         .await
@@ -74,12 +77,14 @@ impl Store {
     }
 
     /// Retires `old` at `at_ms` and records `new` as our current key from
-    /// then on.
+    /// then on, with `rotation`, the statement (signed by `old`) that hands
+    /// over to it.
     pub async fn rotate_own_key(
         &self,
         old: &str,
         new: &str,
         new_public: &[u8],
+        rotation: &[u8],
         at_ms: i64,
         actor: &str,
     ) -> Result<(), StoreError> {
@@ -90,11 +95,13 @@ impl Store {
             .execute(&mut *tx)
             .await?;
         sqlx::query(
-            "INSERT INTO own_signing_keys (key_id, public_key, not_before_ms, not_after_ms) VALUES (?, ?, ?, 0)",
+            "INSERT INTO own_signing_keys (key_id, public_key, not_before_ms, not_after_ms, rotation) \
+             VALUES (?, ?, ?, 0, ?)",
         )
         .bind(new)
         .bind(new_public)
         .bind(at_ms)
+        .bind(rotation)
         .execute(&mut *tx)
         .await?;
         self.commit_with(
