@@ -155,6 +155,11 @@ pub struct FederationSettings {
     /// How long an envelope signed by an unknown key waits in quarantine
     /// for its org's card before it is dropped (with a ledger row), in ms.
     pub quarantine_ttl_ms: u64,
+    /// Most envelopes one partner can have waiting in our quarantine; more
+    /// are refused (`limit-reached`, one ledger row per batch).
+    pub quarantine_max_per_partner: u64,
+    /// Most bytes of envelopes one partner can have waiting in quarantine.
+    pub quarantine_max_bytes_per_partner: u64,
 }
 
 /// `[revocation]`
@@ -279,6 +284,12 @@ impl Settings {
         }
         if f.peer_refresh_ms == 0 {
             return Err(invalid("federation.peer_refresh_ms", "must be positive"));
+        }
+        if f.quarantine_max_per_partner == 0 || f.quarantine_max_bytes_per_partner == 0 {
+            return Err(invalid(
+                "federation.quarantine_max_per_partner",
+                "quarantine limits must be positive",
+            ));
         }
         if f.quarantine_ttl_ms == 0 {
             return Err(invalid("federation.quarantine_ttl_ms", "must be positive"));

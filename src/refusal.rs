@@ -20,6 +20,9 @@ pub enum RefusalKind {
     Rollback,
     /// A version too far ahead of the one held.
     TooFarAhead,
+    /// What the sending partner may make us keep is used up (its
+    /// quarantine share).
+    LimitReached,
 }
 
 impl RefusalKind {
@@ -32,17 +35,19 @@ impl RefusalKind {
             RefusalKind::DeniedByRule => "denied-by-rule",
             RefusalKind::Rollback => "rollback",
             RefusalKind::TooFarAhead => "too-far-ahead",
+            RefusalKind::LimitReached => "limit-reached",
         }
     }
 
     /// Every kind.
-    pub const ALL: [RefusalKind; 6] = [
+    pub const ALL: [RefusalKind; 7] = [
         RefusalKind::Malformed,
         RefusalKind::Unauthentic,
         RefusalKind::UnknownKey,
         RefusalKind::DeniedByRule,
         RefusalKind::Rollback,
         RefusalKind::TooFarAhead,
+        RefusalKind::LimitReached,
     ];
 
     /// The kind named by [`RefusalKind::as_str`].

@@ -115,6 +115,7 @@ pub fn refusal_code(kind: RefusalKind) -> Code {
         }
         RefusalKind::Malformed => Code::InvalidArgument,
         RefusalKind::DeniedByRule => Code::PermissionDenied,
+        RefusalKind::LimitReached => Code::ResourceExhausted,
     }
 }
 

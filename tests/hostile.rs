@@ -447,3 +447,80 @@ async fn a_version_far_ahead_of_the_one_held_is_refused() {
     node_b.stop().await;
     drop(rogue);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partner_cannot_grow_our_quarantine_beyond_its_share() {
+    // R, a registered partner, sends 50 envelopes under a key nobody knows;
+    // B keeps 10 (its configured share), refuses the rest in one row, and
+    // still serves its other partner A.
+    let a = Org::new("a.example");
+    let r = Org::new("r.example");
+    let mut b = Org::new("b.example");
+    b.settings.federation.quarantine_max_per_partner = 10;
+    let (stranger, _) = OrgSigningKey::generate().unwrap();
+    let now = common::now_ms();
+    let flood: Vec<(Vec<u8>, Vec<String>)> = (0..50)
+        .map(|i| {
+            let ind = hand_made(
+                "x.example",
+                &stranger,
+                &format!("h{i}.flood.example"),
+                Tlp::Clear,
+                now,
+            );
+            (
+                bytes(&seal_indicator(&stranger, &ind)),
+                vec!["x.example".into(), "r.example".into()],
+            )
+        })
+        .collect();
+    let rogue = RogueUpstream::start_with_paths(&r, &[&b], flood).await;
+    let node_a = start(&a).await;
+    let name = b.apply_policy(RELAY_POLICY).await;
+    b.add_card(&r.card(), Some(rogue.addr), Some(&name)).await;
+    b.add_card(&a.card(), Some(node_a.addr), None).await;
+    a.add_card(&b.card(), None, Some(&a.apply_policy(OPEN_POLICY).await))
+        .await;
+    let node_b = start(&b).await;
+    let (store, r_id) = (node_b.ctx.store.clone(), r.id.clone());
+    wait_until(30, "B to consider R's fifty envelopes", || {
+        let (s, r_id) = (store.clone(), r_id.clone());
+        async move { s.cursor(&r_id).await.unwrap() == 50 }
+    })
+    .await;
+    assert_eq!(store.quarantine_usage(&r.id).await.unwrap().0, 10);
+    let rej = store.rejections().await.unwrap();
+    assert!(
+        !rej.is_empty() && rej.len() <= 5,
+        "one row per batch: {rej:#?}"
+    );
+    for x in &rej {
+        assert_eq!(x.kind, RefusalKind::LimitReached);
+        assert_eq!(
+            threatmesh::rpc::refusal_code(x.kind),
+            Code::ResourceExhausted
+        );
+        assert!(
+            x.reason.contains("quarantine share is used up"),
+            "{}",
+            x.reason
+        );
+    }
+    let ledger = store.audit_rows(Some("r.example"), None).await.unwrap();
+    assert!(
+        ledger
+            .iter()
+            .any(|l| l.entry.event == "rejected" && l.entry.rule == "limit-reached")
+    );
+    // A legitimate partner is still served.
+    let published = publish_all(&publisher(&a, &node_a), vec![ipv4_draft(1, Tlp::Clear)], 1).await;
+    let id = published[0].id.clone();
+    wait_until(30, "B to receive A's indicator", || {
+        let (s, id) = (store.clone(), id.clone());
+        async move { s.indicator_by_id(&id).await.unwrap().is_some() }
+    })
+    .await;
+    node_b.stop().await;
+    node_a.stop().await;
+    drop(rogue);
+}

@@ -187,6 +187,25 @@ async fn commit_batches(
             merged.quarantined.extend(b.quarantined);
             merged.cursor = merged.cursor.max(b.cursor);
         }
+        if !merged.quarantined.is_empty() {
+            let used = ctx.store.quarantine_usage(&upstream).await?;
+            let f = &ctx.settings.federation;
+            let share = super::quarantine::Share {
+                used,
+                max_rows: f.quarantine_max_per_partner,
+                max_bytes: f.quarantine_max_bytes_per_partner,
+            };
+            let (kept, over) = super::quarantine::within_share(
+                &upstream,
+                std::mem::take(&mut merged.quarantined),
+                share,
+            );
+            merged.quarantined = kept;
+            if let Some(r) = over {
+                tracing::warn!(partner = %upstream, reason = %r.refusal.reason, "quarantine share used up");
+                merged.refused.push(r);
+            }
+        }
         let out = ctx
             .store
             .ingest_batch(

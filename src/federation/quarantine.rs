@@ -3,9 +3,63 @@
 
 use super::verify::{admit_checked, verify_delivery};
 use crate::context::NodeContext;
+use crate::model::OrgId;
 use crate::proto::v1::Delivery;
 use crate::refusal::{Refusal, RefusalKind};
-use crate::store::{Rejection, StoreError};
+use crate::store::{Quarantined, Rejection, StoreError};
+
+/// What one partner may still put in quarantine.
+#[derive(Debug, Clone, Copy)]
+pub struct Share {
+    /// (envelopes, bytes) it has waiting now.
+    pub used: (u64, u64),
+    /// Most envelopes it may have waiting.
+    pub max_rows: u64,
+    /// Most bytes it may have waiting.
+    pub max_bytes: u64,
+}
+
+/// Splits envelopes `upstream` sent under unknown keys into those its
+/// quarantine share still holds, in order, and one refusal for the rest
+/// (what a partner can make us keep is bounded; recorded once per batch,
+/// not once per envelope, and without their bytes). Pure.
+pub fn within_share(
+    upstream: &OrgId,
+    envelopes: Vec<Quarantined>,
+    share: Share,
+) -> (Vec<Quarantined>, Option<Rejection>) {
+    let (mut rows, mut bytes) = share.used;
+    let mut kept = Vec::new();
+    let mut over: Vec<u64> = Vec::new();
+    for q in envelopes {
+        let size = q.envelope.len() as u64;
+        if over.is_empty() && rows < share.max_rows && bytes + size <= share.max_bytes {
+            rows += 1;
+            bytes += size;
+            kept.push(q);
+        } else {
+            over.push(q.upstream_seq);
+        }
+    }
+    let refusal = (!over.is_empty()).then(|| Rejection {
+        upstream_seq: over[0],
+        refusal: Refusal::new(
+            RefusalKind::LimitReached,
+            format!(
+                "{upstream}'s quarantine share is used up ({} envelopes, {} bytes; limits {} and {}): {} envelope(s) under unknown keys refused, seq {} to {}",
+                share.used.0,
+                share.used.1,
+                share.max_rows,
+                share.max_bytes,
+                over.len(),
+                over[0],
+                over[over.len() - 1]
+            ),
+        ),
+        envelope: Vec::new(),
+    });
+    (kept, refusal)
+}
 
 /// Verifies and stores (or refuses) every quarantined envelope whose
 /// signing key is known now. Returns how many were stored.

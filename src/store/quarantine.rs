@@ -102,6 +102,18 @@ impl Store {
         Ok(rows.into_iter().map(|(o, n)| (o, n as u64)).collect())
     }
 
+    /// How many envelopes, and how many bytes of them, `upstream` has
+    /// waiting in quarantine.
+    pub async fn quarantine_usage(&self, upstream: &OrgId) -> Result<(u64, u64), StoreError> {
+        let (rows, bytes): (i64, Option<i64>) = sqlx::query_as(
+            "SELECT COUNT(*), SUM(LENGTH(envelope)) FROM quarantine WHERE upstream_org = ?",
+        )
+        .bind(upstream.as_str())
+        .fetch_one(&self.pool)
+        .await?;
+        Ok((rows as u64, bytes.unwrap_or(0) as u64))
+    }
+
     /// The distinct signing keys quarantined envelopes wait for.
     pub async fn quarantined_key_ids(&self) -> Result<Vec<String>, StoreError> {
         Ok(sqlx::query_scalar("SELECT DISTINCT key_id FROM quarantine")
