@@ -23,6 +23,8 @@ pub enum RefusalKind {
     /// What the sending partner may make us keep is used up (its
     /// quarantine share).
     LimitReached,
+    /// The origin signed different content under a version already held.
+    ConflictingVersion,
 }
 
 impl RefusalKind {
@@ -36,11 +38,12 @@ impl RefusalKind {
             RefusalKind::Rollback => "rollback",
             RefusalKind::TooFarAhead => "too-far-ahead",
             RefusalKind::LimitReached => "limit-reached",
+            RefusalKind::ConflictingVersion => "conflicting-version",
         }
     }
 
     /// Every kind.
-    pub const ALL: [RefusalKind; 7] = [
+    pub const ALL: [RefusalKind; 8] = [
         RefusalKind::Malformed,
         RefusalKind::Unauthentic,
         RefusalKind::UnknownKey,
@@ -48,6 +51,7 @@ impl RefusalKind {
         RefusalKind::Rollback,
         RefusalKind::TooFarAhead,
         RefusalKind::LimitReached,
+        RefusalKind::ConflictingVersion,
     ];
 
     /// The kind named by [`RefusalKind::as_str`].

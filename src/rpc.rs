@@ -110,9 +110,10 @@ impl From<RpcError> for Status {
 pub fn refusal_code(kind: RefusalKind) -> Code {
     match kind {
         RefusalKind::Unauthentic => Code::Unauthenticated,
-        RefusalKind::UnknownKey | RefusalKind::Rollback | RefusalKind::TooFarAhead => {
-            Code::FailedPrecondition
-        }
+        RefusalKind::UnknownKey
+        | RefusalKind::Rollback
+        | RefusalKind::TooFarAhead
+        | RefusalKind::ConflictingVersion => Code::FailedPrecondition,
         RefusalKind::Malformed => Code::InvalidArgument,
         RefusalKind::DeniedByRule => Code::PermissionDenied,
         RefusalKind::LimitReached => Code::ResourceExhausted,

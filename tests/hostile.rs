@@ -524,3 +524,109 @@ async fn a_partner_cannot_grow_our_quarantine_beyond_its_share() {
     node_a.stop().await;
     drop(rogue);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_conflicting_duplicate_is_refused_with_a_ledger_row() {
+    // A's stream carries two different contents signed for one (origin,
+    // id, version): the first stays, the second is refused on the record.
+    let a = Org::new("a.example");
+    let b = Org::new("b.example");
+    let key = a.signing_key();
+    let first = hand_made(
+        "a.example",
+        &key,
+        "one.example",
+        Tlp::Clear,
+        common::now_ms(),
+    );
+    let mut second = first.clone();
+    second.value = "two.example".into();
+    let rogue = RogueUpstream::start(
+        &a,
+        &[&b],
+        vec![
+            bytes(&seal_indicator(&key, &first)),
+            bytes(&seal_indicator(&key, &second)),
+        ],
+    )
+    .await;
+    b.add_card(&a.card(), Some(rogue.addr), None).await;
+    let node_b = start(&b).await;
+    let (store, a_id) = (node_b.ctx.store.clone(), a.id.clone());
+    wait_until(30, "B to consider both envelopes", || {
+        let (s, a_id) = (store.clone(), a_id.clone());
+        async move { s.cursor(&a_id).await.unwrap() == 2 }
+    })
+    .await;
+    let rej = store.rejections().await.unwrap();
+    let seen: Vec<(u64, RefusalKind)> = rej.iter().map(|r| (r.upstream_seq, r.kind)).collect();
+    assert_eq!(seen, [(2, RefusalKind::ConflictingVersion)], "{rej:#?}");
+    assert_eq!(
+        threatmesh::rpc::refusal_code(rej[0].kind),
+        Code::FailedPrecondition
+    );
+    let held = store.indicators(None).await.unwrap();
+    assert_eq!(held.len(), 1);
+    assert_eq!(held[0].envelope, bytes(&seal_indicator(&key, &first)));
+    let ledger = store.audit_rows(Some("a.example"), None).await.unwrap();
+    assert!(ledger.iter().any(|l| l.entry.event == "rejected"
+        && l.entry.rule == "conflicting-version"
+        && l.entry.subject.contains("seq 2")));
+    node_b.stop().await;
+    drop(rogue);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_card_claiming_another_orgs_key_is_refused_on_the_ledger_not_by_the_link() {
+    // A (a registered partner) sends a newer card of its own, properly
+    // signed, that claims C's signing key too.
+    let a = Org::new("a.example");
+    let b = Org::new("b.example");
+    let c = Org::new("c.example");
+    b.add_card(&a.card(), None, None).await;
+    b.add_card(&c.card(), None, None).await;
+    let node_b = start(&b).await;
+    let (a_key, c_key) = (a.signing_key(), c.signing_key());
+    let entry = |k: &OrgSigningKey| threatmesh::proto::v1::SigningKey {
+        key_id: k.key_id().into(),
+        public_key: k.public_key().to_vec(),
+        ..Default::default()
+    };
+    let info = threatmesh::identity::CardInfo {
+        org: a.id.clone(),
+        display_name: "A".into(),
+        country: String::new(),
+        sector: String::new(),
+        ca_bundle_pem: a.ca_pem(),
+        endpoints: Vec::new(),
+        rotations: Vec::new(),
+    };
+    let now = common::now_ms();
+    let theft = threatmesh::identity::seal_card_with_keys(
+        &info,
+        &[entry(&a_key), entry(&c_key)],
+        &a_key,
+        now as u64 + 1_000,
+        now,
+    );
+    let learnt = threatmesh::federation::cards::learn_card(&node_b.ctx, &theft, &a.id)
+        .await
+        .expect("a refused card is not a link error");
+    assert!(!learnt);
+    let ledger = node_b
+        .ctx
+        .store
+        .audit_rows(Some("a.example"), None)
+        .await
+        .unwrap();
+    assert!(
+        ledger.iter().any(|l| l.entry.event == "card-refused"
+            && l.entry.detail.contains("already registered for c.example")),
+        "{ledger:#?}"
+    );
+    // C's key still belongs to C only.
+    let keys = node_b.ctx.store.signing_keys().await.unwrap();
+    let owner = keys.iter().find(|k| k.key_id == c_key.key_id()).unwrap();
+    assert_eq!(owner.org, c.id);
+    node_b.stop().await;
+}

@@ -44,8 +44,16 @@ pub async fn learn_card(
         if !may_succeed(ctx, &p.card, &v, env, via).await? {
             return Ok(false);
         }
-        ctx.store.update_peer_card(&v, &bytes, via).await?;
-        return Ok(true);
+        return match ctx.store.update_peer_card(&v, &bytes, via).await {
+            Ok(()) => Ok(true),
+            // E.g. a key another org owns: refused on the ledger, and the
+            // link goes on with the card already trusted.
+            Err(StoreError::Conflict(why)) => {
+                refuse_card(ctx, v.org.as_str(), via, why).await?;
+                Ok(false)
+            }
+            Err(e) => Err(e),
+        };
     }
     let directory = ctx.store.directory().await?;
     let held = directory.iter().find(|d| d.org == v.org);

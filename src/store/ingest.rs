@@ -144,7 +144,67 @@ impl Store {
                 },
             });
         }
+        self.refuse_conflicting(tx, rows, &mut out).await?;
         Ok(out)
+    }
+
+    /// Turns each duplicate whose envelope differs from the one stored
+    /// under the same (origin, id, version) into a refusal: the origin (or
+    /// whoever holds its key) signed two contents for one version, and the
+    /// first one stays.
+    async fn refuse_conflicting(
+        &self,
+        tx: &mut Tx,
+        rows: &[NewIndicator],
+        out: &mut [Admitted],
+    ) -> Result<(), StoreError> {
+        let dups: Vec<usize> = (0..rows.len())
+            .filter(|i| matches!(out[*i], Admitted::Duplicate))
+            .collect();
+        for chunk in dups.chunks(ROWS_PER_STATEMENT) {
+            let mut q = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
+                "SELECT origin_org, indicator_id, version, envelope FROM indicators \
+                 WHERE (origin_org, indicator_id, version) IN (VALUES ",
+            );
+            let mut sep = q.separated(", ");
+            for i in chunk {
+                let ind = &rows[*i].indicator;
+                sep.push("(")
+                    .push_bind_unseparated(ind.origin_org.clone())
+                    .push_unseparated(", ")
+                    .push_bind_unseparated(ind.id.clone())
+                    .push_unseparated(", ")
+                    .push_bind_unseparated(to_i64(ind.version))
+                    .push_unseparated(")");
+            }
+            q.push(")");
+            let stored: Vec<(String, String, i64, Vec<u8>)> =
+                q.build_query_as().fetch_all(&mut **tx).await?;
+            for i in chunk {
+                let row = &rows[*i];
+                let ind = &row.indicator;
+                let differs = stored.iter().any(|(o, id, v, env)| {
+                    o == &ind.origin_org
+                        && id == &ind.id
+                        && *v == to_i64(ind.version)
+                        && env != &row.envelope
+                });
+                if differs {
+                    out[*i] = Admitted::Refused(Rejection {
+                        upstream_seq: row.upstream_seq,
+                        refusal: Refusal::new(
+                            RefusalKind::ConflictingVersion,
+                            format!(
+                                "{}/{} version {} is already held with other content; the first stays",
+                                ind.origin_org, ind.id, ind.version
+                            ),
+                        ),
+                        envelope: row.envelope.clone(),
+                    });
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Records a refused envelope from `upstream`.
