@@ -351,22 +351,15 @@ impl Settings {
         if !meta.is_file() {
             return Err(invalid(key, format!("{} is not a file", path.display())));
         }
-        #[cfg(unix)]
         if secret {
-            use std::os::unix::fs::PermissionsExt;
-            let mode = meta.permissions().mode() & 0o777;
-            if mode & 0o077 != 0 {
-                return Err(invalid(
-                    key,
-                    format!(
-                        "{} holds secrets but is accessible by group or others (mode {mode:o}); run chmod 600",
-                        path.display()
-                    ),
-                ));
-            }
+            check_mode(
+                key,
+                path,
+                0o077,
+                "holds secrets but is accessible",
+                "chmod 600",
+            )?;
         }
-        #[cfg(not(unix))]
-        let _ = secret;
         Ok(())
     }
 
@@ -405,24 +398,34 @@ impl Settings {
 
 /// Fails if `path` (a file or directory) can be written by group or others.
 fn check_not_writable(key: &'static str, path: &Path) -> Result<(), ConfigError> {
+    check_mode(key, path, 0o022, "can be changed", "chmod go-w")
+}
+
+/// Fails, saying `what` and the `fix`, if `path`'s mode has any of the
+/// `forbidden` group/other bits (Unix; elsewhere nothing is checked).
+fn check_mode(
+    key: &'static str,
+    path: &Path,
+    forbidden: u32,
+    what: &str,
+    fix: &str,
+) -> Result<(), ConfigError> {
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
         let meta = std::fs::metadata(path)
             .map_err(|e| invalid(key, format!("{}: {e}", path.display())))?;
         let mode = meta.permissions().mode() & 0o777;
-        if mode & 0o022 != 0 {
+        if mode & forbidden != 0 {
+            let who = "by group or others";
             return Err(invalid(
                 key,
-                format!(
-                    "{} can be changed by group or others (mode {mode:o}); run chmod go-w",
-                    path.display()
-                ),
+                format!("{} {what} {who} (mode {mode:o}); run {fix}", path.display()),
             ));
         }
     }
     #[cfg(not(unix))]
-    let _ = (key, path);
+    let _ = (key, path, forbidden, what, fix);
     Ok(())
 }
 

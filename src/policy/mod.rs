@@ -445,43 +445,13 @@ mod tests {
             e(&ind("a.example", Tlp::Amber, &["c.example"]), 0).rule(),
             "amber-not-named"
         );
+        let with =
+            |p: &PartnerPolicy, tlp| egress(&a, &ind("a.example", tlp, &[]), 0, &b, Some(p), 0);
         let closed = open(Tlp::Red, false);
-        assert_eq!(
-            egress(
-                &a,
-                &ind("a.example", Tlp::Green, &[]),
-                0,
-                &b,
-                Some(&closed),
-                0
-            )
-            .rule(),
-            "green-not-community"
-        );
-        assert!(
-            egress(
-                &a,
-                &ind("a.example", Tlp::Clear, &[]),
-                0,
-                &b,
-                Some(&closed),
-                0
-            )
-            .is_allow()
-        );
+        assert_eq!(with(&closed, Tlp::Green).rule(), "green-not-community");
+        assert!(with(&closed, Tlp::Clear).is_allow());
         let green = open(Tlp::Green, true);
-        assert_eq!(
-            egress(
-                &a,
-                &ind("a.example", Tlp::Amber, &[]),
-                0,
-                &b,
-                Some(&green),
-                0
-            )
-            .rule(),
-            "tlp-ceiling"
-        );
+        assert_eq!(with(&green, Tlp::Amber).rule(), "tlp-ceiling");
     }
 
     #[test]
