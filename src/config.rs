@@ -92,6 +92,16 @@ pub struct NodeSettings {
     /// `host:port` partners dial, published in our card (may be empty for a
     /// node that only subscribes).
     pub endpoint: String,
+    /// How long a client has to complete the TLS handshake, in ms.
+    pub handshake_timeout_ms: u64,
+    /// How long a connection without a verified client certificate is kept
+    /// (enough to tell it why it is refused), in ms.
+    pub unverified_grace_ms: u64,
+    /// Most connections from one address that are not (yet) verified.
+    pub max_unverified_per_address: usize,
+    /// Most connections in all that are not (yet) verified; verified
+    /// partners and admins are not counted, so they always get in.
+    pub max_unverified: usize,
 }
 
 /// `[tls]`
@@ -284,6 +294,17 @@ impl Settings {
         }
         if f.peer_refresh_ms == 0 {
             return Err(invalid("federation.peer_refresh_ms", "must be positive"));
+        }
+        let n = &self.node;
+        if n.handshake_timeout_ms == 0
+            || n.unverified_grace_ms == 0
+            || n.max_unverified == 0
+            || n.max_unverified_per_address == 0
+        {
+            return Err(invalid(
+                "node.max_unverified",
+                "connection limits and timeouts must be positive",
+            ));
         }
         if f.quarantine_max_per_partner == 0 || f.quarantine_max_bytes_per_partner == 0 {
             return Err(invalid(

@@ -32,8 +32,59 @@ use crate::clock::Clock;
 use crate::identity::{IdentityError, SharedTrust, SpiffeId, Usage};
 use crate::rpc::RpcError;
 
-/// How long a client has to complete the TLS handshake.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Bounds on connections that have not (yet) shown a verified client
+/// certificate, so idle or half-open connections cannot use up the node's
+/// file descriptors. Verified connections are not counted.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnLimits {
+    /// Time to complete the TLS handshake.
+    pub handshake_timeout: Duration,
+    /// How long a connection without a verified identity is kept (its
+    /// requests are answered `Unauthenticated` meanwhile).
+    pub unverified_grace: Duration,
+    /// Most unverified connections from one IP address.
+    pub max_per_address: usize,
+    /// Most unverified connections in all.
+    pub max_total: usize,
+}
+
+impl ConnLimits {
+    /// The limits `[node]` sets.
+    pub fn from_settings(n: &crate::config::NodeSettings) -> Self {
+        Self {
+            handshake_timeout: Duration::from_millis(n.handshake_timeout_ms),
+            unverified_grace: Duration::from_millis(n.unverified_grace_ms),
+            max_per_address: n.max_unverified_per_address,
+            max_total: n.max_unverified,
+        }
+    }
+}
+
+/// Unverified connections open now, in all and per address.
+#[derive(Debug, Default)]
+struct Unverified {
+    total: usize,
+    by_address: HashMap<std::net::IpAddr, usize>,
+}
+
+/// A counted unverified connection; uncounted when dropped.
+struct Slot {
+    ip: std::net::IpAddr,
+    counts: Arc<Mutex<Unverified>>,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut u = self.counts.lock().expect("not poisoned");
+        u.total = u.total.saturating_sub(1);
+        if let Some(n) = u.by_address.get_mut(&self.ip) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                u.by_address.remove(&self.ip);
+            }
+        }
+    }
+}
 
 /// The caller of a connection, attached to every request on it.
 #[derive(Debug, Clone)]
@@ -86,6 +137,8 @@ pub struct Connections {
     open: Arc<Mutex<HashMap<u64, LiveConn>>>,
     /// Next connection number.
     next: Arc<AtomicU64>,
+    /// Connections without a verified identity (handshaking or refused).
+    unverified: Arc<Mutex<Unverified>>,
 }
 
 struct LiveConn {
@@ -109,9 +162,11 @@ impl Connections {
             },
         );
         ConnGuard {
-            key,
+            key: Some(key),
             conns: self.clone(),
             closed: Box::pin(close.cancelled_owned()),
+            reason: "connection closed: its certificate is no longer trusted",
+            _slot: None,
         }
     }
 
@@ -136,6 +191,28 @@ impl Connections {
         closed
     }
 
+    /// How many connections without a verified identity are open (in the
+    /// handshake, or refused and about to be closed).
+    pub fn unverified(&self) -> usize {
+        self.unverified.lock().expect("not poisoned").total
+    }
+
+    /// Counts a new unverified connection from `ip`, unless a limit is
+    /// reached.
+    fn admit(&self, ip: std::net::IpAddr, limits: &ConnLimits) -> Option<Slot> {
+        let mut u = self.unverified.lock().expect("not poisoned");
+        let from_ip = u.by_address.get(&ip).copied().unwrap_or(0);
+        if u.total >= limits.max_total || from_ip >= limits.max_per_address {
+            return None;
+        }
+        u.total += 1;
+        *u.by_address.entry(ip).or_insert(0) += 1;
+        Some(Slot {
+            ip,
+            counts: self.unverified.clone(),
+        })
+    }
+
     /// How many open connections match `f` (identity, serial).
     pub fn count_where(&self, mut f: impl FnMut(&SpiffeId, &str) -> bool) -> usize {
         self.open
@@ -147,21 +224,23 @@ impl Connections {
     }
 }
 
-/// Ties a connection to its entry in [`Connections`]: resolves when the
-/// connection must close, and removes the entry when dropped.
+/// Ties a connection to its entry in [`Connections`] (verified) or its
+/// unverified slot: resolves when the connection must close, and removes
+/// the entry or frees the slot when dropped.
 struct ConnGuard {
-    key: u64,
+    key: Option<u64>,
     conns: Connections,
     closed: Pin<Box<WaitForCancellationFutureOwned>>,
+    /// Why it is closed when `closed` resolves.
+    reason: &'static str,
+    _slot: Option<Slot>,
 }
 
 impl Drop for ConnGuard {
     fn drop(&mut self) {
-        self.conns
-            .open
-            .lock()
-            .expect("not poisoned")
-            .remove(&self.key);
+        if let Some(key) = self.key {
+            self.conns.open.lock().expect("not poisoned").remove(&key);
+        }
     }
 }
 
@@ -169,21 +248,21 @@ impl Drop for ConnGuard {
 pub struct PeerConn {
     io: TlsStream<TcpStream>,
     info: PeerInfo,
-    /// Present for connections with a verified identity.
-    guard: Option<ConnGuard>,
+    /// Closes it: when trust in a verified identity ends, or after the
+    /// grace period for one without.
+    guard: ConnGuard,
 }
 
 impl PeerConn {
     /// An error once the connection has been ordered closed, so the HTTP/2
     /// server drops it and every stream on it ends.
     fn check_open(&mut self, cx: &mut Context<'_>) -> Option<io::Error> {
-        let g = self.guard.as_mut()?;
-        g.closed.as_mut().poll(cx).is_ready().then(|| {
-            io::Error::new(
-                io::ErrorKind::ConnectionAborted,
-                "connection closed: its certificate is no longer trusted",
-            )
-        })
+        let g = &mut self.guard;
+        g.closed
+            .as_mut()
+            .poll(cx)
+            .is_ready()
+            .then(|| io::Error::new(io::ErrorKind::ConnectionAborted, g.reason))
     }
 }
 
@@ -254,6 +333,7 @@ pub fn accept_mtls(
     trust: SharedTrust,
     conns: Connections,
     clock: Clock,
+    limits: ConnLimits,
 ) -> mpsc::Receiver<Result<PeerConn, io::Error>> {
     let (tx, rx) = mpsc::channel(64);
     tokio::spawn(async move {
@@ -269,13 +349,23 @@ pub fn accept_mtls(
                 },
                 _ = tx.closed() => return,
             };
+            // Bounded before anything is read: a flood of idle or
+            // half-open connections from one address (or many) is refused
+            // here and cannot lock partners and admins out.
+            let Some(slot) = conns.admit(remote.ip(), &limits) else {
+                tracing::debug!(%remote, "connection refused: too many unverified connections");
+                drop(tcp);
+                continue;
+            };
             let _ = tcp.set_nodelay(true);
             let acceptor = TlsAcceptor::from(tls.load_full());
             let tx = tx.clone();
             let trust = trust.clone();
             let conns = conns.clone();
             tokio::spawn(async move {
-                let io = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                let handshake =
+                    tokio::time::timeout(limits.handshake_timeout, acceptor.accept(tcp));
+                let io = match handshake.await {
                     Ok(Ok(io)) => io,
                     Ok(Err(e)) => {
                         tracing::info!(%remote, error = %e, "TLS handshake refused");
@@ -297,11 +387,26 @@ pub fn accept_mtls(
                 let guard = match &identity {
                     Ok(id) => {
                         tracing::debug!(%remote, peer = %id, "mTLS connection");
-                        Some(conns.register(id, &serial, remote))
+                        drop(slot);
+                        conns.register(id, &serial, remote)
                     }
                     Err(e) => {
                         tracing::warn!(%remote, reason = %e, "client certificate refused");
-                        None
+                        // Kept (and counted) just long enough to answer its
+                        // requests with the reason, then closed.
+                        let close = CancellationToken::new();
+                        let timer = close.clone();
+                        tokio::spawn(async move {
+                            tokio::time::sleep(limits.unverified_grace).await;
+                            timer.cancel();
+                        });
+                        ConnGuard {
+                            key: None,
+                            conns: conns.clone(),
+                            closed: Box::pin(close.cancelled_owned()),
+                            reason: "connection closed: no verified client certificate",
+                            _slot: Some(slot),
+                        }
                     }
                 };
                 let _ = tx

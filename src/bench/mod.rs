@@ -281,6 +281,9 @@ fn make_org(dir: &std::path::Path, name: &str, batch_size: u32) -> Result<Settin
     s.federation.reconnect_min_ms = 50;
     s.federation.reconnect_max_ms = 500;
     s.federation.batch_size = batch_size;
+    // Every bench client dials from 127.0.0.1, up to 1,000 at once.
+    s.node.max_unverified_per_address = 8192;
+    s.node.max_unverified = 8192;
     Ok(s)
 }
 

@@ -518,6 +518,7 @@ impl RogueUpstream {
             trust,
             threatmesh::net::Connections::default(),
             Clock::system(),
+            threatmesh::net::ConnLimits::from_settings(&org.settings.node),
         ));
         let deliveries = envelopes
             .into_iter()
