@@ -5,6 +5,12 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+/// The system's wall clock now, in Unix ms: for what commands display and
+/// tools outside the node (CLI, benchmark, tests).
+pub fn wall_ms() -> i64 {
+    Clock::system().now_ms()
+}
+
 /// Where "now" comes from.
 #[derive(Debug, Clone, Copy)]
 pub struct Clock(Source);

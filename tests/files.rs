@@ -91,4 +91,6 @@ fn init_under_umask_000_keeps_keys_and_data_private() {
     // And serve's checks pass on what init made.
     let s = Settings::load(&dir.join("threatmesh.toml")).unwrap();
     s.check_node_files().unwrap();
+    // Without --listen, init leaves the default its --help names.
+    assert_eq!(s.node.listen, "127.0.0.1:7443");
 }

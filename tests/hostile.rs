@@ -422,14 +422,10 @@ async fn a_version_far_ahead_of_the_one_held_is_refused() {
     .await;
     b.add_card(&a.card(), Some(rogue.addr), None).await;
     let node_b = start(&b).await;
-    let (store, a_id) = (node_b.ctx.store.clone(), a.id.clone());
-    wait_until(30, "B to consider A's three envelopes", || {
-        let (s, a_id) = (store.clone(), a_id.clone());
-        async move { s.cursor(&a_id).await.unwrap() == 3 }
-    })
-    .await;
+    let store = node_b.ctx.store.clone();
+    considered(&node_b, &a.id, 3).await;
     let rej = store.rejections().await.unwrap();
-    let seen: Vec<(u64, RefusalKind)> = rej.iter().map(|r| (r.upstream_seq, r.kind)).collect();
+    let seen = refusals(&node_b).await;
     assert_eq!(seen, [(2, RefusalKind::TooFarAhead)], "{rej:#?}");
     assert!(
         rej[0].reason.contains("jumps more than"),
@@ -482,12 +478,8 @@ async fn a_partner_cannot_grow_our_quarantine_beyond_its_share() {
     a.add_card(&b.card(), None, Some(&a.apply_policy(OPEN_POLICY).await))
         .await;
     let node_b = start(&b).await;
-    let (store, r_id) = (node_b.ctx.store.clone(), r.id.clone());
-    wait_until(30, "B to consider R's fifty envelopes", || {
-        let (s, r_id) = (store.clone(), r_id.clone());
-        async move { s.cursor(&r_id).await.unwrap() == 50 }
-    })
-    .await;
+    let store = node_b.ctx.store.clone();
+    considered(&node_b, &r.id, 50).await;
     assert_eq!(store.quarantine_usage(&r.id).await.unwrap().0, 10);
     let rej = store.rejections().await.unwrap();
     assert!(
@@ -552,14 +544,10 @@ async fn a_conflicting_duplicate_is_refused_with_a_ledger_row() {
     .await;
     b.add_card(&a.card(), Some(rogue.addr), None).await;
     let node_b = start(&b).await;
-    let (store, a_id) = (node_b.ctx.store.clone(), a.id.clone());
-    wait_until(30, "B to consider both envelopes", || {
-        let (s, a_id) = (store.clone(), a_id.clone());
-        async move { s.cursor(&a_id).await.unwrap() == 2 }
-    })
-    .await;
+    let store = node_b.ctx.store.clone();
+    considered(&node_b, &a.id, 2).await;
     let rej = store.rejections().await.unwrap();
-    let seen: Vec<(u64, RefusalKind)> = rej.iter().map(|r| (r.upstream_seq, r.kind)).collect();
+    let seen = refusals(&node_b).await;
     assert_eq!(seen, [(2, RefusalKind::ConflictingVersion)], "{rej:#?}");
     assert_eq!(
         threatmesh::rpc::refusal_code(rej[0].kind),

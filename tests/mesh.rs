@@ -425,12 +425,7 @@ async fn rollback_to_an_older_version_is_refused() {
     let rogue = RogueUpstream::start(&a, &[&b], vec![v(2), v(1)]).await;
     b.add_peer(&a, Some(rogue.addr)).await;
     let node_b = start(&b).await;
-    let (store, a_id) = (node_b.ctx.store.clone(), a.id.clone());
-    wait_until(30, "B to consider both", || {
-        let (s, a_id) = (store.clone(), a_id.clone());
-        async move { s.cursor(&a_id).await.unwrap() == 2 }
-    })
-    .await;
+    considered(&node_b, &a.id, 2).await;
     let rows = node_b.ctx.store.indicators(None).await.unwrap();
     assert_eq!(rows.len(), 1);
     assert_eq!(rows[0].version, 2);
@@ -548,15 +543,11 @@ async fn a_relay_cannot_forge_an_origin_or_downgrade_a_marking() {
     let name = d.apply_policy(RELAY_POLICY).await;
     d.add_card(&c.card(), Some(rogue.addr), Some(&name)).await;
     let node_d = start(&d).await;
-    let (store, c_id) = (node_d.ctx.store.clone(), c.id.clone());
-    wait_until(30, "D to consider C's four envelopes", || {
-        let (s, c_id) = (store.clone(), c_id.clone());
-        async move { s.cursor(&c_id).await.unwrap() == 4 }
-    })
-    .await;
+    let store = node_d.ctx.store.clone();
+    considered(&node_d, &c.id, 4).await;
 
     let rej = store.rejections().await.unwrap();
-    let seen: Vec<(u64, RefusalKind)> = rej.iter().map(|r| (r.upstream_seq, r.kind)).collect();
+    let seen = refusals(&node_d).await;
     assert_eq!(
         seen,
         [(1, RefusalKind::Unauthentic), (2, RefusalKind::Unauthentic)],
@@ -802,12 +793,8 @@ async fn a_signing_key_rotation_mid_stream_and_the_old_keys_revocation() {
     let c = &mesh.orgs[C];
     let name = c.apply_policy(RELAY_POLICY).await;
     c.add_card(&r.card(), Some(rogue.addr), Some(&name)).await;
-    let (store, r_id) = (node_c.ctx.store.clone(), r.id.clone());
-    wait_until(30, "C to consider R's envelope", || {
-        let (s, r_id) = (store.clone(), r_id.clone());
-        async move { s.cursor(&r_id).await.unwrap() == 1 }
-    })
-    .await;
+    let store = node_c.ctx.store.clone();
+    considered(node_c, &r.id, 1).await;
     let rej = store.rejections().await.unwrap();
     assert_eq!(rej.len(), 1);
     assert_eq!(rej[0].kind, RefusalKind::Unauthentic);
@@ -891,12 +878,8 @@ async fn a_key_revoked_right_after_its_rotation_is_refused_by_partners_that_miss
     .await;
     let name = b.apply_policy(RELAY_POLICY).await;
     b.add_card(&r.card(), Some(rogue.addr), Some(&name)).await;
-    let (store, r_id) = (node_b.ctx.store.clone(), r.id.clone());
-    wait_until(30, "B to consider R's envelope", || {
-        let (s, r_id) = (store.clone(), r_id.clone());
-        async move { s.cursor(&r_id).await.unwrap() == 1 }
-    })
-    .await;
+    let store = node_b.ctx.store.clone();
+    considered(node_b, &r.id, 1).await;
     let rej = store.rejections().await.unwrap();
     assert_eq!(rej.len(), 1, "{rej:#?}");
     assert_eq!(rej[0].kind, RefusalKind::Unauthentic);

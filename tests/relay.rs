@@ -76,17 +76,13 @@ async fn a_relay_cannot_launder_what_the_origin_marked_not_forwardable() {
     let name = d.apply_policy(RELAY_POLICY).await;
     d.add_card(&c.card(), Some(rogue.addr), Some(&name)).await;
     let node_d = start(&d).await;
-    let (store, c_id) = (node_d.ctx.store.clone(), c.id.clone());
-    wait_until(30, "D to consider C's six envelopes", || {
-        let (s, c_id) = (store.clone(), c_id.clone());
-        async move { s.cursor(&c_id).await.unwrap() == 6 }
-    })
-    .await;
+    let store = node_d.ctx.store.clone();
+    considered(&node_d, &c.id, 6).await;
 
     // Refused, each as denied by the origin's marking (PERMISSION_DENIED
     // to the sending partner), naming the rule; only #6 stored.
     let rej = store.rejections().await.unwrap();
-    let seen: Vec<(u64, RefusalKind)> = rej.iter().map(|r| (r.upstream_seq, r.kind)).collect();
+    let seen = refusals(&node_d).await;
     assert_eq!(
         seen,
         (1..=5)

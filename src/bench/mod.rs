@@ -244,7 +244,7 @@ fn draft(i: u64, tlp: Tlp, confidence: u32) -> IndicatorDraft {
 
 /// A row as `own` publishes it: validated, signed, ready to store.
 fn own_row(own: &OrgId, key: &OrgSigningKey, d: IndicatorDraft) -> NewIndicator {
-    let now = now_unix_ms();
+    let now = crate::clock::wall_ms();
     let d = prepare_draft(&d, now).expect("bench drafts are valid");
     let ind = assemble(
         own,
@@ -309,7 +309,7 @@ async fn link(
         partner,
         &load_signing_key(partner).map_err(err)?,
         &ca,
-        now_unix_ms(),
+        crate::clock::wall_ms(),
     );
     let ep = dial.map(|a| a.to_string()).unwrap_or_default();
     crate::admin::register_peer(
@@ -464,11 +464,6 @@ pub fn render(r: &Report) -> String {
     s
 }
 
-/// The wall clock, in Unix ms: the benchmark runs nodes, it is not one.
-fn now_unix_ms() -> i64 {
-    crate::clock::Clock::system().now_ms()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -491,7 +486,7 @@ mod tests {
         for i in [0, 1, 2, 99_999] {
             let env = sample_envelope(&key, i);
             let ind = crate::signing::open_indicator(&env, &keys).unwrap();
-            crate::model::validate_indicator(&ind, now_unix_ms()).unwrap();
+            crate::model::validate_indicator(&ind, crate::clock::wall_ms()).unwrap();
         }
         assert_eq!(percentile(&[1.0, 2.0, 3.0, 4.0], 0.5), 3.0);
         assert_eq!(percentile(&[], 0.99), 0.0);

@@ -218,7 +218,9 @@ pub(super) async fn bench_latency(
     for i in 0..total {
         ticker.tick().await;
         let d = draft(i, Tlp::Clear, 70);
-        let value = prepare_draft(&d, now_unix_ms()).map_err(err)?.value;
+        let value = prepare_draft(&d, crate::clock::wall_ms())
+            .map_err(err)?
+            .value;
         sent.lock()
             .expect("not poisoned")
             .insert(value, Instant::now());
@@ -314,7 +316,7 @@ pub(super) fn subscriber_org(i: usize) -> Result<SubscriberOrg, BenchError> {
             rotations: Vec::new(),
         },
         &key,
-        now_unix_ms(),
+        crate::clock::wall_ms(),
     );
     Ok(SubscriberOrg { cert, card })
 }
@@ -365,7 +367,7 @@ pub(super) async fn bench_fanout(
 
     // The indicators to come, signed now (outside the timed part), and what
     // each policy lets through of them.
-    let now = now_unix_ms();
+    let now = crate::clock::wall_ms();
     let key = load_signing_key(&a).map_err(err)?;
     let fan_rows: Vec<NewIndicator> = (0..opts.fanout_indicators)
         .map(|i| {

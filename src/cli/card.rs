@@ -57,7 +57,7 @@ pub async fn run(config: &Path, cmd: &CardCommand) -> Result<(), CliError> {
                 &key,
                 &ca_pem,
                 &keys,
-                super::now_ms(),
+                crate::clock::wall_ms(),
             ));
             match out {
                 Some(p) => {

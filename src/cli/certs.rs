@@ -196,7 +196,7 @@ async fn issue(
 /// `certs list`.
 async fn list(a: &mut AdminSession, json: bool) -> Result<(), CliError> {
     let certs = rpc!(a, list_certs(ListCertsRequest {})).certs;
-    let now = super::now_ms();
+    let now = crate::clock::wall_ms();
     listing(
         &certs,
         json,

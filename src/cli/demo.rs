@@ -272,7 +272,7 @@ async fn register_each_other(orgs: &[DemoOrg]) -> Result<(), CliError> {
             &o.settings,
             &load_signing_key(&o.settings)?,
             &ca,
-            super::now_ms(),
+            crate::clock::wall_ms(),
         ));
     }
     for (i, o) in orgs.iter().enumerate() {
@@ -393,7 +393,14 @@ async fn expected_deliveries(
         let view = contexts[*who].view.load();
         for (to, p) in orgs.iter().enumerate().filter(|(i, _)| i != who) {
             let bound = view.policies.get(&p.id).map(|x| x.as_ref());
-            let d = policy::egress(&orgs[*who].id, &ind, 0, &p.id, bound, super::now_ms());
+            let d = policy::egress(
+                &orgs[*who].id,
+                &ind,
+                0,
+                &p.id,
+                bound,
+                crate::clock::wall_ms(),
+            );
             if d.is_allow() {
                 expected.entry(to).or_default().insert(id.clone());
             }

@@ -260,8 +260,3 @@ pub fn write_file(path: &std::path::Path, contents: &[u8], private: bool) -> Res
     crate::identity::write_atomic(path, contents, private)
         .map_err(|e| CliError::Failed(format!("cannot write {}: {e}", path.display())))
 }
-
-/// The wall clock, in Unix ms, for what commands display.
-pub fn now_ms() -> i64 {
-    crate::clock::Clock::system().now_ms()
-}

@@ -21,7 +21,7 @@ fn ago(ms: i64) -> String {
     if ms == 0 {
         return "-".into();
     }
-    let s = (super::now_ms() - ms).max(0) / 1000;
+    let s = (crate::clock::wall_ms() - ms).max(0) / 1000;
     match s {
         0..=59 => format!("{s}s ago"),
         60..=3599 => format!("{}m ago", s / 60),

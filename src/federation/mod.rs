@@ -25,7 +25,6 @@ use crate::model::OrgId;
 use crate::store::{PeerRecord, PeerState};
 
 pub use crate::context::{LinkHealth, LinkState};
-pub use link::Backoff;
 pub use verify::{MAX_PATH_LEN, Verified, admit, admit_checked, verify_delivery};
 
 /// Applies a change of partners, cards, keys or policies to the running
@@ -49,6 +48,7 @@ pub async fn apply_trust_change(ctx: &NodeContext) -> Result<Reloaded, NodeError
 pub async fn supervise(ctx: Arc<NodeContext>) {
     let mut links: HashMap<OrgId, (PeerRecord, CancellationToken, JoinHandle<()>)> = HashMap::new();
     let period = Duration::from_millis(ctx.settings.federation.peer_refresh_ms);
+    let mut first = true;
     loop {
         ctx.reload_node_cert();
         if let Err(e) = quarantine::expire(&ctx).await {
@@ -56,11 +56,13 @@ pub async fn supervise(ctx: Arc<NodeContext>) {
         }
         match apply_trust_change(&ctx).await {
             Ok(Reloaded { peers, .. }) => {
-                // Also what waited across a restart, or was committed to
-                // quarantine just after its key arrived.
-                if let Err(e) = quarantine::release_if_keys_known(&ctx).await {
+                // Once, for what waited in quarantine across a restart;
+                // afterwards a change of keys (apply_trust_change) and each
+                // commit to quarantine (the links) release what they allow.
+                if first && let Err(e) = quarantine::release_if_keys_known(&ctx).await {
                     tracing::error!(error = %e, "cannot release quarantined envelopes");
                 }
+                first = false;
                 links.retain(|org, (rec, stop_link, _)| {
                     let keep = peers.iter().any(|p| p == rec);
                     if !keep {

@@ -102,9 +102,9 @@ pub async fn release(ctx: &NodeContext) -> Result<u64, StoreError> {
 }
 
 /// [`release`], if any envelope in quarantine waits for a key that is known
-/// now. Run on every refresh tick, so an envelope committed to quarantine
-/// just after its key arrived (the batch and the card crossed in the
-/// pipeline) does not wait for the next change of keys.
+/// now: after a link commits envelopes to quarantine (their key may have
+/// arrived while the batch waited to commit — the batch and the card
+/// crossed in the pipeline), and once at start.
 pub async fn release_if_keys_known(ctx: &NodeContext) -> Result<u64, StoreError> {
     let _settling = ctx.trust_change.lock().await;
     let waiting = ctx.store.quarantined_key_ids().await?;

@@ -252,11 +252,6 @@ impl Store {
         }
     }
 
-    /// The clock the store stamps rows with.
-    pub fn clock(&self) -> Clock {
-        self.clock
-    }
-
     fn now(&self) -> i64 {
         self.clock.now_ms()
     }

@@ -787,10 +787,7 @@ pub fn cli(org: &Org, node: &RunningNode, args: &[&str]) -> std::process::Output
         .unwrap()
 }
 
-/// The wall clock now, in Unix ms.
-pub fn now_ms() -> i64 {
-    Clock::system().now_ms()
-}
+pub use threatmesh::clock::wall_ms as now_ms;
 
 /// Asserts `node`'s ledger has no `sent` row to `partner` naming indicator
 /// `id`: the egress gate records every release before it is sent, so this
@@ -807,4 +804,22 @@ pub async fn assert_never_sent(node: &RunningNode, partner: &str, id: &str) {
         .filter(|r| r.entry.event == "sent" && r.entry.subject.contains(id))
         .collect();
     assert!(sent.is_empty(), "{id} was sent to {partner}: {sent:#?}");
+}
+
+/// Waits until `node` has committed its cursor for `upstream` up to `seq`:
+/// it has stored, refused or quarantined every envelope up to there.
+pub async fn considered(node: &RunningNode, upstream: &OrgId, seq: u64) {
+    let (store, up) = (node.ctx.store.clone(), upstream.clone());
+    let what = format!("{} to consider {up}'s envelopes up to {seq}", node.ctx.own);
+    wait_until(30, &what, || {
+        let (s, up) = (store.clone(), up.clone());
+        async move { s.cursor(&up).await.unwrap() >= seq }
+    })
+    .await;
+}
+
+/// (upstream seq, kind) of every refusal `node` recorded, oldest first.
+pub async fn refusals(node: &RunningNode) -> Vec<(u64, threatmesh::refusal::RefusalKind)> {
+    let rej = node.ctx.store.rejections().await.unwrap();
+    rej.iter().map(|r| (r.upstream_seq, r.kind)).collect()
 }
