@@ -99,8 +99,9 @@ pub struct NodeSettings {
     pub unverified_grace_ms: u64,
     /// Most connections from one address that are not (yet) verified.
     pub max_unverified_per_address: usize,
-    /// Most connections in all that are not (yet) verified; verified
-    /// partners and admins are not counted, so they always get in.
+    /// Most connections in all that are not (yet) verified; beyond it the
+    /// oldest is closed to make room. Verified partners and admins are not
+    /// counted.
     pub max_unverified: usize,
 }
 

@@ -24,7 +24,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio_rustls::{TlsAcceptor, TlsConnector, server::TlsStream};
-use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
+use tokio_util::sync::CancellationToken;
 use tonic::transport::server::Connected;
 use tonic::transport::{Channel, Endpoint, Uri};
 
@@ -44,7 +44,7 @@ pub struct ConnLimits {
     pub unverified_grace: Duration,
     /// Most unverified connections from one IP address.
     pub max_per_address: usize,
-    /// Most unverified connections in all.
+    /// Most unverified connections in all; the oldest makes room beyond it.
     pub max_total: usize,
 }
 
@@ -63,20 +63,25 @@ impl ConnLimits {
 /// Unverified connections open now, in all and per address.
 #[derive(Debug, Default)]
 struct Unverified {
-    total: usize,
+    /// Open unverified connections, oldest first, each with what closes it.
+    open: std::collections::BTreeMap<u64, CancellationToken>,
     by_address: HashMap<std::net::IpAddr, usize>,
+    next: u64,
 }
 
-/// A counted unverified connection; uncounted when dropped.
+/// A counted unverified connection; uncounted when dropped. `evicted` is
+/// cancelled when a newer connection takes its place.
 struct Slot {
+    id: u64,
     ip: std::net::IpAddr,
+    evicted: CancellationToken,
     counts: Arc<Mutex<Unverified>>,
 }
 
 impl Drop for Slot {
     fn drop(&mut self) {
         let mut u = self.counts.lock().expect("not poisoned");
-        u.total = u.total.saturating_sub(1);
+        u.open.remove(&self.id);
         if let Some(n) = u.by_address.get_mut(&self.ip) {
             *n = n.saturating_sub(1);
             if *n == 0 {
@@ -194,21 +199,34 @@ impl Connections {
     /// How many connections without a verified identity are open (in the
     /// handshake, or refused and about to be closed).
     pub fn unverified(&self) -> usize {
-        self.unverified.lock().expect("not poisoned").total
+        self.unverified.lock().expect("not poisoned").open.len()
     }
 
-    /// Counts a new unverified connection from `ip`, unless a limit is
-    /// reached.
+    /// Counts a new unverified connection from `ip`, unless its address is
+    /// at its limit. When the total is, the oldest unverified connection is
+    /// closed to make room: a client that completes its handshake at once
+    /// (a partner, an admin) always gets in, however many idle connections
+    /// others hold.
     fn admit(&self, ip: std::net::IpAddr, limits: &ConnLimits) -> Option<Slot> {
         let mut u = self.unverified.lock().expect("not poisoned");
-        let from_ip = u.by_address.get(&ip).copied().unwrap_or(0);
-        if u.total >= limits.max_total || from_ip >= limits.max_per_address {
+        if u.by_address.get(&ip).copied().unwrap_or(0) >= limits.max_per_address {
             return None;
         }
-        u.total += 1;
+        while u.open.len() >= limits.max_total {
+            let Some((_, oldest)) = u.open.pop_first() else {
+                break;
+            };
+            oldest.cancel();
+        }
+        let id = u.next;
+        u.next += 1;
+        let evicted = CancellationToken::new();
+        u.open.insert(id, evicted.clone());
         *u.by_address.entry(ip).or_insert(0) += 1;
         Some(Slot {
+            id,
             ip,
+            evicted,
             counts: self.unverified.clone(),
         })
     }
@@ -230,7 +248,7 @@ impl Connections {
 struct ConnGuard {
     key: Option<u64>,
     conns: Connections,
-    closed: Pin<Box<WaitForCancellationFutureOwned>>,
+    closed: Pin<Box<dyn Future<Output = ()> + Send>>,
     /// Why it is closed when `closed` resolves.
     reason: &'static str,
     _slot: Option<Slot>,
@@ -365,7 +383,14 @@ pub fn accept_mtls(
             tokio::spawn(async move {
                 let handshake =
                     tokio::time::timeout(limits.handshake_timeout, acceptor.accept(tcp));
-                let io = match handshake.await {
+                let handshake = tokio::select! {
+                    r = handshake => r,
+                    _ = slot.evicted.cancelled() => {
+                        tracing::debug!(%remote, "unverified connection closed to make room");
+                        return;
+                    }
+                };
+                let io = match handshake {
                     Ok(Ok(io)) => io,
                     Ok(Err(e)) => {
                         tracing::info!(%remote, error = %e, "TLS handshake refused");
@@ -394,16 +419,19 @@ pub fn accept_mtls(
                         tracing::warn!(%remote, reason = %e, "client certificate refused");
                         // Kept (and counted) just long enough to answer its
                         // requests with the reason, then closed.
-                        let close = CancellationToken::new();
-                        let timer = close.clone();
-                        tokio::spawn(async move {
-                            tokio::time::sleep(limits.unverified_grace).await;
-                            timer.cancel();
-                        });
                         ConnGuard {
                             key: None,
                             conns: conns.clone(),
-                            closed: Box::pin(close.cancelled_owned()),
+                            closed: {
+                                let evicted = slot.evicted.clone();
+                                let grace = tokio::time::sleep(limits.unverified_grace);
+                                Box::pin(async move {
+                                    tokio::select! {
+                                        _ = grace => {}
+                                        _ = evicted.cancelled() => {}
+                                    }
+                                })
+                            },
                             reason: "connection closed: no verified client certificate",
                             _slot: Some(slot),
                         }

@@ -22,6 +22,7 @@ fn closed(s: &TcpStream) -> bool {
 async fn idle_and_certificate_less_connections_cannot_lock_partners_and_admins_out() {
     let mut a = Org::new("a.example");
     a.settings.node.max_unverified_per_address = 8;
+    a.settings.node.max_unverified = 12;
     a.settings.node.unverified_grace_ms = 200;
     let node = start(&a).await;
 
@@ -47,7 +48,29 @@ async fn idle_and_certificate_less_connections_cannot_lock_partners_and_admins_o
     })
     .await;
 
-    // Meanwhile the admin (from 127.0.0.1) gets in.
+    // Ten more from 127.0.0.3: 8 (its address limit) are taken, 2 refused,
+    // and to stay within the total of 12 the 4 oldest from 127.0.0.2 make
+    // room.
+    let mut second = Vec::new();
+    for _ in 0..10 {
+        let s = TcpSocket::new_v4().unwrap();
+        s.bind("127.0.0.3:0".parse().unwrap()).unwrap();
+        second.push(s.connect(node.addr).await.unwrap());
+    }
+    let second = Arc::new(second);
+    let (f, s2) = (flood.clone(), second.clone());
+    wait_until(30, "36 + 2 flood connections closed", || {
+        let (f, s2) = (f.clone(), s2.clone());
+        async move {
+            f.iter().filter(|s| closed(s)).count() >= 36
+                && s2.iter().filter(|s| closed(s)).count() >= 2
+        }
+    })
+    .await;
+    assert!(node.ctx.conns.unverified() <= 12);
+
+    // With the total full of idle connections, the admin (from 127.0.0.1)
+    // still gets in: the oldest idle one makes room for it.
     let o = cli(&a, &node, &["status", "--json"]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
 
