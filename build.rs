@@ -13,6 +13,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let fds = protox::compile(protos, ["proto"])?;
     tonic_prost_build::configure()
         .type_attribute(".", "#[allow(clippy::all)]")
+        // Undecodable requests are INVALID_ARGUMENT (see src/proto.rs).
+        .codec_path("crate::proto::ProtoCodec")
         .compile_fds(fds)?;
     Ok(())
 }

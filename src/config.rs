@@ -61,6 +61,8 @@ pub struct Settings {
     pub federation: FederationSettings,
     /// Certificate revocation lists.
     pub revocation: RevocationSettings,
+    /// What one partner or connection may use of the node.
+    pub limits: LimitsSettings,
     /// Logging.
     pub log: LogSettings,
     /// The file these settings were loaded from (`serve` checks that only
@@ -194,6 +196,27 @@ impl RevocationSettings {
     }
 }
 
+/// `[limits]`: bounds on what one connection or partner may use of the
+/// node, so one cannot starve the others.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsSettings {
+    /// Largest gRPC message accepted (requests, and partners' Subscribe
+    /// replies) and sent (Subscribe replies are cut below it), in bytes.
+    pub max_message_bytes: usize,
+    /// HTTP/2 streams one connection may have open at once.
+    pub max_concurrent_streams: u32,
+    /// Largest HTTP/2 header block (all headers of one request), in bytes.
+    pub max_header_list_bytes: u32,
+    /// Streams a client may open and reset before they are served before its
+    /// connection is closed (HTTP/2 rapid reset).
+    pub max_pending_reset_streams: usize,
+    /// Subscribe streams one partner may hold open.
+    pub max_streams_per_partner: usize,
+    /// Requests per second one partner may make (bursts of twice that).
+    pub partner_requests_per_second: u32,
+}
+
 /// `[log]`
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -203,6 +226,12 @@ pub struct LogSettings {
     /// A tracing filter such as `info` or `threatmesh=debug`.
     pub level: String,
 }
+
+/// Smallest `limits.max_message_bytes`: a reply must hold one envelope of
+/// the largest payload with room to spare.
+pub const MIN_MESSAGE_BYTES: usize = 256 * 1024;
+/// Largest `limits.max_message_bytes`.
+pub const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
 
 /// The built-in defaults (`config/defaults.toml`): the one place each
 /// default is written. `threatmesh init` copies the same text.
@@ -312,6 +341,36 @@ impl Settings {
                 "federation.quarantine_max_per_partner",
                 "quarantine limits must be positive",
             ));
+        }
+        let l = &self.limits;
+        if !(MIN_MESSAGE_BYTES..=MAX_MESSAGE_BYTES).contains(&l.max_message_bytes) {
+            return Err(invalid(
+                "limits.max_message_bytes",
+                format!("must be {MIN_MESSAGE_BYTES}-{MAX_MESSAGE_BYTES} (one envelope must fit)"),
+            ));
+        }
+        for (key, value) in [
+            (
+                "limits.max_concurrent_streams",
+                l.max_concurrent_streams as usize,
+            ),
+            (
+                "limits.max_header_list_bytes",
+                l.max_header_list_bytes as usize,
+            ),
+            (
+                "limits.max_pending_reset_streams",
+                l.max_pending_reset_streams,
+            ),
+            ("limits.max_streams_per_partner", l.max_streams_per_partner),
+            (
+                "limits.partner_requests_per_second",
+                l.partner_requests_per_second as usize,
+            ),
+        ] {
+            if value == 0 {
+                return Err(invalid(key, "must be positive"));
+            }
         }
         if f.quarantine_ttl_ms == 0 {
             return Err(invalid("federation.quarantine_ttl_ms", "must be positive"));

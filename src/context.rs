@@ -4,6 +4,7 @@
 //! `Arc<NodeContext>`; this module imports none of them.
 
 mod links;
+mod quota;
 mod view;
 
 use std::sync::Arc;
@@ -26,6 +27,7 @@ use crate::signing::{KeyDirectory, OrgSigningKey};
 use crate::store::{CertRow, OwnKeyRow, PeerRecord, Store, StoreError};
 
 pub use links::{LinkBoard, LinkHealth, LinkState};
+pub use quota::{OverLimit, PartnerQuota, StreamSlot};
 pub use view::{
     CardMap, PartnerView, PolicyMap, ViewInput, ViewSettings, build_view, card_version,
 };
@@ -90,6 +92,8 @@ pub struct NodeContext {
     pub tls: NodeTls,
     /// Open verified connections, closed when trust in them ends.
     pub conns: crate::net::Connections,
+    /// Streams and request rate per partner (`[limits]`).
+    pub quota: PartnerQuota,
     /// What the view was last built from (`None` before the first load).
     loaded: std::sync::Mutex<Option<ViewInput>>,
 }
@@ -178,6 +182,10 @@ impl NodeContext {
             policies: PolicyMap::new(),
             cards: CardMap::new(),
         };
+        let quota = PartnerQuota::new(
+            settings.limits.max_streams_per_partner,
+            settings.limits.partner_requests_per_second,
+        );
         let ctx = Arc::new(NodeContext {
             own,
             settings,
@@ -196,6 +204,7 @@ impl NodeContext {
             peer_changes: watch::channel(0).0,
             loaded: std::sync::Mutex::new(None),
             conns: crate::net::Connections::default(),
+            quota,
             tls: NodeTls {
                 cert: ArcSwap::from_pointee(node_cert),
                 server: server_tls,

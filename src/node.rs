@@ -76,15 +76,29 @@ impl Node {
             tracing::info!("shutting down");
             stop.cancel();
         };
+        let limits = &ctx.settings.limits;
+        let max_message = limits.max_message_bytes;
         let served = Server::builder()
+            .max_concurrent_streams(limits.max_concurrent_streams)
+            .http2_max_header_list_size(limits.max_header_list_bytes)
+            .http2_max_pending_accept_reset_streams(Some(limits.max_pending_reset_streams))
             // Deny by default: no request reaches any service, health
             // included, without a verified identity.
+            .layer(crate::rpc::OversizeLayer { limit: max_message })
             .layer(tonic::service::InterceptorLayer::new(
                 crate::net::request_gate(ctx.trust(), ctx.clock),
             ))
             .add_service(health_service)
-            .add_service(ExchangeServer::new(ExchangeService::new(ctx.clone())))
-            .add_service(AdminServer::new(AdminService::new(ctx.clone())))
+            .add_service(
+                ExchangeServer::new(ExchangeService::new(ctx.clone()))
+                    .max_decoding_message_size(max_message)
+                    .max_encoding_message_size(max_message),
+            )
+            .add_service(
+                AdminServer::new(AdminService::new(ctx.clone()))
+                    .max_decoding_message_size(max_message)
+                    .max_encoding_message_size(max_message),
+            )
             .serve_with_incoming_shutdown(incoming, signal)
             .await;
         // Links, streams and their writers end on the cancelled token; the

@@ -1,6 +1,7 @@
 //! Where domain errors become gRPC statuses — the one mapping — and where a
 //! request's caller is established from its verified certificate.
 
+use tonic::codegen::http;
 use tonic::{Code, Request, Status};
 
 use crate::identity::{IdentityError, Role, SpiffeId};
@@ -54,6 +55,14 @@ pub enum RpcError {
     /// A cursor or position outside what this node holds.
     #[error("{0}")]
     OutOfRange(String),
+    /// The caller is over one of its limits (the setting is named).
+    #[error("{detail} ({setting}); retry later")]
+    OverLimit {
+        /// The setting that bounds it.
+        setting: &'static str,
+        /// What was exceeded.
+        detail: String,
+    },
     /// The node is shutting down.
     #[error("{SHUTTING_DOWN}")]
     ShuttingDown,
@@ -81,6 +90,7 @@ impl From<RpcError> for Status {
                 Status::failed_precondition(e.to_string())
             }
             RpcError::OutOfRange(_) => Status::out_of_range(e.to_string()),
+            RpcError::OverLimit { .. } => Status::resource_exhausted(e.to_string()),
             RpcError::ShuttingDown => Status::unavailable(e.to_string()),
             // A version number taken between reading the latest version and
             // writing the next: another update won the race.
@@ -168,4 +178,75 @@ pub fn authorize<T>(
         });
     }
     Ok(id)
+}
+
+/// Answers a request larger than `limits.max_message_bytes` with
+/// `RESOURCE_EXHAUSTED`, the code gRPC gives a message over the receiver's
+/// limit (tonic's decoder answers `OUT_OF_RANGE`), naming the setting.
+#[derive(Debug, Clone, Copy)]
+pub struct OversizeLayer {
+    /// The node's `limits.max_message_bytes`.
+    pub limit: usize,
+}
+
+impl<S> tower::Layer<S> for OversizeLayer {
+    type Service = Oversize<S>;
+
+    fn layer(&self, inner: S) -> Oversize<S> {
+        Oversize {
+            inner,
+            limit: self.limit,
+        }
+    }
+}
+
+/// See [`OversizeLayer`].
+#[derive(Debug, Clone)]
+pub struct Oversize<S> {
+    inner: S,
+    limit: usize,
+}
+
+type BoxFuture<T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send>>;
+
+impl<S, B, R> tower::Service<http::Request<B>> for Oversize<S>
+where
+    S: tower::Service<http::Request<B>, Response = http::Response<R>>,
+    S::Future: Send + 'static,
+{
+    type Response = http::Response<R>;
+    type Error = S::Error;
+    type Future = BoxFuture<Result<Self::Response, Self::Error>>;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: http::Request<B>) -> Self::Future {
+        let limit = self.limit;
+        let answer = self.inner.call(req);
+        Box::pin(async move {
+            let mut resp = answer.await?;
+            let headers = resp.headers_mut();
+            let too_large = headers.get("grpc-status").map(|v| v.as_bytes()) == Some(b"11")
+                && headers.get("grpc-message").is_some_and(|m| {
+                    String::from_utf8_lossy(m.as_bytes())
+                        .replace("%20", " ")
+                        .contains("message length too large")
+                });
+            if too_large {
+                let message = format!(
+                    "the request is larger than this node accepts (limits.max_message_bytes = {limit} bytes)"
+                );
+                if let Ok(value) = http::HeaderValue::from_str(&message) {
+                    headers.insert("grpc-status", http::HeaderValue::from_static("8"));
+                    headers.insert("grpc-message", value);
+                }
+            }
+            Ok(resp)
+        })
+    }
 }

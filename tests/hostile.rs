@@ -618,3 +618,125 @@ async fn a_card_claiming_another_orgs_key_is_refused_on_the_ledger_not_by_the_li
     assert_eq!(owner.org, c.id);
     node_b.stop().await;
 }
+
+/// Raw request bytes out, raw reply bytes in: for messages no honest client
+/// would build.
+#[derive(Default)]
+struct RawCodec;
+
+struct RawCoder;
+
+impl tonic::codec::Codec for RawCodec {
+    type Encode = Vec<u8>;
+    type Decode = Vec<u8>;
+    type Encoder = RawCoder;
+    type Decoder = RawCoder;
+    fn encoder(&mut self) -> RawCoder {
+        RawCoder
+    }
+    fn decoder(&mut self) -> RawCoder {
+        RawCoder
+    }
+}
+
+impl tonic::codec::Encoder for RawCoder {
+    type Item = Vec<u8>;
+    type Error = tonic::Status;
+    fn encode(
+        &mut self,
+        item: Vec<u8>,
+        buf: &mut tonic::codec::EncodeBuf<'_>,
+    ) -> Result<(), tonic::Status> {
+        use prost::bytes::BufMut;
+        buf.put_slice(&item);
+        Ok(())
+    }
+}
+
+impl tonic::codec::Decoder for RawCoder {
+    type Item = Vec<u8>;
+    type Error = tonic::Status;
+    fn decode(
+        &mut self,
+        buf: &mut tonic::codec::DecodeBuf<'_>,
+    ) -> Result<Option<Vec<u8>>, tonic::Status> {
+        use prost::bytes::Buf;
+        Ok(Some(buf.copy_to_bytes(buf.remaining()).to_vec()))
+    }
+}
+
+/// The status `node` answers a unary call to `path` whose body is `body`.
+async fn raw_call(
+    org: &Org,
+    node: &RunningNode,
+    cert: &CertifiedKey,
+    path: &'static str,
+    body: Vec<u8>,
+) -> tonic::Status {
+    let channel = channel_with(node.addr, &org.id, &org.ca_pem(), Some(cert));
+    let mut grpc = tonic::client::Grpc::new(channel)
+        .max_encoding_message_size(usize::MAX)
+        .max_decoding_message_size(usize::MAX);
+    grpc.ready().await.unwrap();
+    let path = tonic::codegen::http::uri::PathAndQuery::from_static(path);
+    match grpc
+        .server_streaming(tonic::Request::new(body), path, RawCodec)
+        .await
+    {
+        Ok(mut s) => match s.get_mut().message().await {
+            Err(e) => e,
+            Ok(m) => panic!("accepted: {m:?}"),
+        },
+        Err(e) => e,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn undecodable_nested_and_oversized_requests_are_refused_with_the_right_status() {
+    let a = Org::new("a.example");
+    let b = Org::new("b.example");
+    a.add_peer(&b, None).await;
+    let node = start(&a).await;
+    let publish = "/threatmesh.v1.Exchange/Publish";
+    let as_publisher = a.publisher_cert();
+
+    // Bytes that are not protobuf at all.
+    let s = raw_call(&a, &node, &as_publisher, publish, vec![0xff; 16]).await;
+    assert_eq!(s.code(), Code::InvalidArgument, "{s:?}");
+    assert!(s.message().contains("undecodable protobuf"), "{s:?}");
+    // 200 nested groups of an unknown field: deeper than prost's recursion
+    // limit.
+    let mut nested = vec![(99 << 3) | 3; 200];
+    nested.extend(vec![(99 << 3) | 4; 200]);
+    let nested: Vec<u8> = nested
+        .into_iter()
+        .flat_map(|tag: u32| {
+            let mut v = Vec::new();
+            prost::encoding::encode_varint(u64::from(tag), &mut v);
+            v
+        })
+        .collect();
+    let s = raw_call(&a, &node, &as_publisher, publish, nested).await;
+    assert_eq!(s.code(), Code::InvalidArgument, "{s:?}");
+    // A partner's Subscribe that does not decode.
+    let s = raw_call(
+        &a,
+        &node,
+        &b.node_cert(),
+        "/threatmesh.v1.Exchange/Subscribe",
+        vec![0x0a, 0xff, 0xff],
+    )
+    .await;
+    assert_eq!(s.code(), Code::InvalidArgument, "{s:?}");
+    // 5 MiB in an unknown field: over limits.max_message_bytes (4 MiB).
+    let mut big = Vec::new();
+    prost::encoding::bytes::encode(99, &vec![7u8; 5 << 20], &mut big);
+    let s = raw_call(&a, &node, &as_publisher, publish, big).await;
+    assert_eq!(s.code(), Code::ResourceExhausted, "{s:?}");
+    assert!(s.message().contains("limits.max_message_bytes"), "{s:?}");
+
+    assert_eq!(node.ctx.store.latest_seq().await.unwrap(), 0, "stored");
+    // The node still serves an honest publish.
+    publish_all(&publisher(&a, &node), vec![ipv4_draft(1, Tlp::Clear)], 1).await;
+    node.stop().await;
+}

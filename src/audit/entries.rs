@@ -57,6 +57,21 @@ impl AuditEntry {
         Self::of(event::REJECTED, NODE, partner, subject, kind, reason.into())
     }
 
+    /// A request of `partner` refused because it is over a limit
+    /// (`setting`); put on record once a minute per partner and limit.
+    pub fn over_limit(partner: &str, rpc: &str, setting: &str, detail: &str) -> Self {
+        let subject = format!("{partner} {rpc}");
+        let detail = format!("{setting}: {detail}");
+        Self::of(
+            event::REJECTED,
+            NODE,
+            partner,
+            subject,
+            "limit-reached",
+            detail,
+        )
+    }
+
     /// An envelope from `partner` put in quarantine until `key_id` is known.
     pub fn quarantined(partner: &str, seq: u64, key_id: &str, path: &[String]) -> Self {
         let subject = format!("{partner} seq {seq}");

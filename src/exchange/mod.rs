@@ -10,7 +10,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 use crate::audit::AuditEntry;
-use crate::context::NodeContext;
+use crate::context::{NodeContext, OverLimit};
 use crate::model::{OrgId, prepare_draft, validate_indicator};
 use crate::policy::{self, Decision, PartnerPolicy};
 use crate::proto::v1::exchange_server::Exchange;
@@ -183,7 +183,14 @@ where
     let (forward, mut queue) = mpsc::channel::<Forward<T>>(1);
     let tasks = ctx.tasks.clone();
     tasks.spawn(async move {
-        while let Some(next) = queue.recv().await {
+        loop {
+            // A client that went away ends the stream now, not at the next
+            // batch, so its slot and tasks are freed while the log is idle.
+            let next = tokio::select! {
+                next = queue.recv() => next,
+                _ = tx.closed() => return,
+            };
+            let Some(next) = next else { return };
             let item = match next {
                 Forward::Fail(status) => {
                     let _ = tx.send(Err(status)).await;
@@ -222,6 +229,7 @@ where
         let shutdown = ctx.shutdown.clone();
         let mut peers = ctx.peer_changes.subscribe();
         let batch = ctx.settings.federation.batch_size;
+        let budget = reply_budget(ctx.settings.limits.max_message_bytes);
         loop {
             if shutdown.is_cancelled() {
                 let _ = tx.send(fail(RpcError::ShuttingDown.into())).await;
@@ -234,7 +242,7 @@ where
             }
             latest.borrow_and_update();
             let rows = match ctx.store.read_after(cursor, batch).await {
-                Ok(r) => r,
+                Ok(r) => within_budget(r, budget),
                 Err(e) => {
                     let _ = tx.send(fail(RpcError::Store(e).into())).await;
                     return;
@@ -294,6 +302,52 @@ where
         }
     });
     ReceiverStream::new(rx)
+}
+
+/// Bytes of envelopes one reply may carry: what is left of the message
+/// limit after room for the cards, paths and framing that go with them.
+fn reply_budget(max_message_bytes: usize) -> usize {
+    max_message_bytes / 2
+}
+
+/// The leading rows whose envelopes fit in `budget` bytes (at least one:
+/// the smallest message limit holds the largest envelope).
+fn within_budget(mut rows: Vec<StoredIndicator>, budget: usize) -> Vec<StoredIndicator> {
+    let mut used = 0usize;
+    let keep = rows
+        .iter()
+        .position(|r| {
+            used += r.envelope.len() + r.path.iter().map(|p| p.len() + 4).sum::<usize>();
+            used > budget
+        })
+        .unwrap_or(rows.len())
+        .max(1);
+    rows.truncate(keep);
+    rows
+}
+
+/// Counts one request of partner `org`; over its rate, refuses it.
+async fn charge(ctx: &NodeContext, org: &OrgId, rpc: &str) -> Result<(), RpcError> {
+    match ctx.quota.request(org, ctx.clock.now_ms()) {
+        Ok(()) => Ok(()),
+        Err(hit) => Err(over_limit(ctx, org, rpc, hit).await),
+    }
+}
+
+/// The refusal of a request over one of `org`'s limits, put on the ledger
+/// the first time in a minute.
+async fn over_limit(ctx: &NodeContext, org: &OrgId, rpc: &str, hit: OverLimit) -> RpcError {
+    if hit.record {
+        tracing::warn!(partner = %org, setting = hit.setting, "{}", hit.detail);
+        let row = AuditEntry::over_limit(org.as_str(), rpc, hit.setting, &hit.detail);
+        if let Err(e) = ctx.store.append_audit(&[row]).await {
+            tracing::warn!(error = %e, "could not record a limit hit");
+        }
+    }
+    RpcError::OverLimit {
+        setting: hit.setting,
+        detail: hit.detail,
+    }
 }
 
 /// What a log stream hands its forwarder.
@@ -400,6 +454,15 @@ impl Exchange for ExchangeService {
     ) -> Result<Response<Self::SubscribeStream>, Status> {
         let ctx = self.ctx.clone();
         let caller = authorize(&req, &ctx.own, Allowed::PartnerNode, "Exchange/Subscribe")?;
+        charge(&ctx, &caller.org, "Exchange/Subscribe").await?;
+        let slot = match ctx.quota.open_stream(&caller.org, ctx.clock.now_ms()) {
+            Ok(slot) => slot,
+            Err(hit) => {
+                return Err(over_limit(&ctx, &caller.org, "Exchange/Subscribe", hit)
+                    .await
+                    .into());
+            }
+        };
         let from = req.into_inner().from_cursor;
         let latest = ctx.store.latest_seq().await.map_err(RpcError::from)?;
         if from > latest {
@@ -416,7 +479,9 @@ impl Exchange for ExchangeService {
         }
         let gate = ctx.clone();
         let check = (ctx.clone(), partner.clone());
+        // The stream's slot is held by its reader and freed when it ends.
         let refused = move || {
+            let _held = &slot;
             check
                 .0
                 .partner_refused(&check.1)
@@ -478,7 +543,10 @@ impl Exchange for ExchangeService {
         &self,
         req: Request<GetCardRequest>,
     ) -> Result<Response<GetCardResponse>, Status> {
-        authorize(&req, &self.ctx.own, Allowed::Anyone, "Exchange/GetCard")?;
+        let caller = authorize(&req, &self.ctx.own, Allowed::Anyone, "Exchange/GetCard")?;
+        if caller.org != self.ctx.own {
+            charge(&self.ctx, &caller.org, "Exchange/GetCard").await?;
+        }
         Ok(Response::new(GetCardResponse {
             card: Some(self.ctx.card.load().as_ref().clone()),
         }))

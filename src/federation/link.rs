@@ -18,9 +18,6 @@ use crate::proto::v1::exchange_client::ExchangeClient;
 use crate::rpc::SHUTTING_DOWN;
 use crate::store::{NewIndicator, OrgPath, PeerRecord, Quarantined, Rejection};
 
-/// Largest Subscribe message accepted from a partner.
-const MAX_MESSAGE_BYTES: usize = 32 * 1024 * 1024;
-
 /// Why a link session ended.
 #[derive(Debug, thiserror::Error)]
 enum LinkError {
@@ -136,7 +133,8 @@ async fn session(
     let client = ctx.tls.cert.load_full();
     let tls = client_config(ctx.trust(), SpiffeId::node(&peer.org), Some(&client))?;
     let channel = crate::net::mtls_channel(&peer.endpoint, peer.org.as_str(), tls)?;
-    let mut exchange = ExchangeClient::new(channel).max_decoding_message_size(MAX_MESSAGE_BYTES);
+    let mut exchange = ExchangeClient::new(channel)
+        .max_decoding_message_size(ctx.settings.limits.max_message_bytes);
     let cursor = ctx.store.cursor(&peer.org).await?;
     let mut stream = exchange
         .subscribe(SubscribeRequest {
