@@ -740,3 +740,51 @@ async fn undecodable_nested_and_oversized_requests_are_refused_with_the_right_st
     publish_all(&publisher(&a, &node), vec![ipv4_draft(1, Tlp::Clear)], 1).await;
     node.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_certificate_under_a_sub_ca_of_a_path_length_zero_partner_ca_is_refused() {
+    let a = Org::new("a.example");
+    let b = Org::new("b.example");
+    a.add_peer(&b, None).await;
+    let node = start(&a).await;
+    // B's CA is path length 0: it may sign leaves only. A sub-CA under it,
+    // and a node certificate for B under that sub-CA.
+    let sub_key = rcgen::KeyPair::generate().unwrap();
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "b.example rogue sub-CA");
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    params.key_usages = vec![
+        rcgen::KeyUsagePurpose::KeyCertSign,
+        rcgen::KeyUsagePurpose::DigitalSignature,
+    ];
+    let issuer = rcgen::Issuer::from_ca_cert_pem(
+        &b.ca_pem(),
+        rcgen::KeyPair::from_pem(&b.ca_key_pem()).unwrap(),
+    )
+    .unwrap();
+    let sub_pem = params.signed_by(&sub_key, &issuer).unwrap().pem();
+    let leaf = threatmesh::identity::issue(
+        &sub_pem,
+        &sub_key.serialize_pem(),
+        &SpiffeId::node(&b.id),
+        30,
+    )
+    .unwrap();
+    let chain = format!("{}{}", leaf.cert_pem, sub_pem);
+    let cert = CertifiedKey::from_pem(&chain, &leaf.key_pem).unwrap();
+    let mut as_rogue = exchange_as(&a, &node, &cert);
+    let refused = as_rogue
+        .get_card(threatmesh::proto::v1::GetCardRequest {})
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::Unauthenticated, "{refused:?}");
+    assert!(refused.message().contains("path length"), "{refused:?}");
+    // B's own node certificate is still accepted.
+    let mut as_b = exchange_as(&a, &node, &b.node_cert());
+    as_b.get_card(threatmesh::proto::v1::GetCardRequest {})
+        .await
+        .unwrap();
+    node.stop().await;
+}

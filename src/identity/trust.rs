@@ -257,15 +257,61 @@ impl TrustStore {
             Usage::Client => KeyUsage::client_auth(),
             Usage::Server => KeyUsage::server_auth(),
         };
-        cert.verify_for_usage(algs, &anchors, intermediates, now, usage, None, None)
-            .map_err(|e| IdentityError::Chain {
-                id: id.clone(),
-                reason: e.to_string(),
-            })?;
+        // webpki keeps only the name and key of a trust anchor, so the
+        // partner CA's own path length limit is checked here: a CA of path
+        // length 0 may sign leaves only, not sub-CAs.
+        let path_lens = cas
+            .iter()
+            .map(|c| ca_path_len(c.as_ref()))
+            .collect::<Vec<_>>();
+        let within_path_len = |path: &webpki::VerifiedPath<'_>| {
+            let anchor = path.anchor();
+            let limit = anchors
+                .iter()
+                .position(|a| {
+                    a.subject == anchor.subject
+                        && a.subject_public_key_info == anchor.subject_public_key_info
+                })
+                .and_then(|i| path_lens[i]);
+            match limit {
+                Some(max) if path.intermediate_certificates().count() > max as usize => {
+                    Err(webpki::Error::PathLenConstraintViolated)
+                }
+                _ => Ok(()),
+            }
+        };
+        cert.verify_for_usage(
+            algs,
+            &anchors,
+            intermediates,
+            now,
+            usage,
+            None,
+            Some(&within_path_len),
+        )
+        .map_err(|e| IdentityError::Chain {
+            id: id.clone(),
+            reason: match e {
+                webpki::Error::PathLenConstraintViolated => {
+                    "the chain has more CAs than a CA's path length limit allows".into()
+                }
+                e => e.to_string(),
+            },
+        })?;
         let now_ms = i64::try_from(now.as_secs())
             .unwrap_or(i64::MAX)
             .saturating_mul(1000);
         self.check_revocation(&id, &cert_serial(end_entity.as_ref())?, now_ms)?;
         Ok(id)
     }
+}
+
+/// The path length limit of a CA certificate (`None`: no limit or not
+/// readable, which webpki refused already when it mattered).
+fn ca_path_len(der: &[u8]) -> Option<u32> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
+    cert.basic_constraints()
+        .ok()
+        .flatten()
+        .and_then(|bc| bc.value.path_len_constraint)
 }
