@@ -173,6 +173,14 @@ pub struct FederationSettings {
     pub quarantine_max_per_partner: u64,
     /// Most bytes of envelopes one partner can have waiting in quarantine.
     pub quarantine_max_bytes_per_partner: u64,
+    /// Bytes of refused envelopes kept per partner for the operator to
+    /// inspect; beyond it, refusals are recorded without the envelope.
+    pub rejected_bytes_kept_per_partner: u64,
+    /// Most cards of not-yet-approved orgs one partner can make us hold
+    /// pending.
+    pub pending_cards_max_per_partner: u64,
+    /// Most bytes of such pending cards per partner.
+    pub pending_cards_max_bytes_per_partner: u64,
 }
 
 /// `[revocation]`
@@ -334,6 +342,12 @@ impl Settings {
             return Err(invalid(
                 "node.max_unverified",
                 "connection limits and timeouts must be positive",
+            ));
+        }
+        if f.pending_cards_max_per_partner == 0 || f.pending_cards_max_bytes_per_partner == 0 {
+            return Err(invalid(
+                "federation.pending_cards_max_per_partner",
+                "pending card limits must be positive",
             ));
         }
         if f.quarantine_max_per_partner == 0 || f.quarantine_max_bytes_per_partner == 0 {

@@ -597,10 +597,10 @@ async fn a_card_claiming_another_orgs_key_is_refused_on_the_ledger_not_by_the_li
         now as u64 + 1_000,
         now,
     );
-    let learnt = threatmesh::federation::cards::learn_card(&node_b.ctx, &theft, &a.id)
+    let learnt = threatmesh::federation::cards::learn_cards(&node_b.ctx, &[theft], &a.id)
         .await
         .expect("a refused card is not a link error");
-    assert!(!learnt);
+    assert!(!learnt, "nothing the view carries changed");
     let ledger = node_b
         .ctx
         .store
@@ -787,4 +787,95 @@ async fn a_certificate_under_a_sub_ca_of_a_path_length_zero_partner_ca_is_refuse
         .await
         .unwrap();
     node.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partner_cannot_make_us_hold_more_pending_cards_than_its_share() {
+    // R, a registered partner but no introducer, sends the cards of 50
+    // orgs B does not know with one indicator of its own. B holds 20 of
+    // them pending (its configured share), refuses the rest with one ledger
+    // row, still stores R's indicator and still serves A.
+    let a = Org::new("a.example");
+    let r = Org::new("r.example");
+    let mut b = Org::new("b.example");
+    b.settings.federation.pending_cards_max_per_partner = 20;
+    let cards: Vec<Envelope> = (0..50)
+        .map(|i| Org::new(&format!("o{i}.example")).card())
+        .collect();
+    let own = hand_made(
+        "r.example",
+        &r.signing_key(),
+        "h.r.example",
+        Tlp::Clear,
+        common::now_ms(),
+    );
+    let delivery = (
+        bytes(&seal_indicator(&r.signing_key(), &own)),
+        vec!["r.example".to_string()],
+    );
+    let rogue = RogueUpstream::start_with_cards(&r, &[&b], vec![delivery], cards).await;
+    let name = b.apply_policy(RELAY_POLICY).await;
+    b.add_card(&r.card(), Some(rogue.addr), Some(&name)).await;
+    b.add_peer(&a, None).await;
+    let node_b = start(&b).await;
+    considered(&node_b, &r.id, 1).await;
+    let store = node_b.ctx.store.clone();
+    let directory = store.directory().await.unwrap();
+    assert_eq!(directory.len(), 20, "pending cards held");
+    assert_eq!(store.pending_cards_via(&r.id).await.unwrap().0, 20);
+    let ledger = store.audit_rows(Some("r.example"), None).await.unwrap();
+    let over: Vec<_> = ledger
+        .iter()
+        .filter(|row| row.entry.rule == "limit-reached")
+        .collect();
+    assert_eq!(over.len(), 1, "{over:#?}");
+    assert!(over[0].entry.detail.contains("30 card(s)"), "{over:#?}");
+    assert_eq!(
+        ids_at(&node_b).await.len(),
+        1,
+        "R's own indicator is stored"
+    );
+    // A, another partner, is still served.
+    let mut as_a = exchange_as(&b, &node_b, &a.node_cert());
+    as_a.get_card(threatmesh::proto::v1::GetCardRequest {})
+        .await
+        .unwrap();
+    drop(rogue);
+    node_b.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partner_cannot_fill_our_disk_with_envelopes_we_refuse() {
+    // R sends 40 envelopes with a flipped payload byte. B records all 40
+    // refusals but keeps the bytes of refused envelopes only up to its
+    // configured share (here about 10 envelopes' worth).
+    let r = Org::new("r.example");
+    let mut b = Org::new("b.example");
+    let r_key = r.signing_key();
+    let flood: Vec<Vec<u8>> = (0..40)
+        .map(|i| {
+            let mut e = signed("r.example", &r_key, &format!("h{i}.altered.example"));
+            let n = e.payload.len() / 2;
+            e.payload[n] ^= 0x01;
+            bytes(&e)
+        })
+        .collect();
+    let one = flood[0].len() as u64;
+    b.settings.federation.rejected_bytes_kept_per_partner = one * 10 + one / 2;
+    let rogue = RogueUpstream::start(&r, &[&b], flood).await;
+    b.add_peer(&r, Some(rogue.addr)).await;
+    let node_b = start(&b).await;
+    considered(&node_b, &r.id, 40).await;
+    let rej = node_b.ctx.store.rejections().await.unwrap();
+    assert_eq!(rej.len(), 40, "every refusal is recorded");
+    assert!(rej.iter().all(|x| x.kind == RefusalKind::Unauthentic));
+    let kept: u64 = rej.iter().map(|x| x.envelope_bytes).sum();
+    assert!(
+        kept <= one * 11 && kept >= one * 9,
+        "kept {kept} bytes of refused envelopes, share {}",
+        one * 10
+    );
+    assert_eq!(node_b.ctx.store.latest_seq().await.unwrap(), 0);
+    drop(rogue);
+    node_b.stop().await;
 }

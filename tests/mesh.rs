@@ -841,7 +841,7 @@ async fn a_key_revoked_right_after_its_rotation_is_refused_by_partners_that_miss
     assert!(node_b.ctx.store.quarantine().await.unwrap().is_empty());
 
     // The intermediate card, replayed, does not bring the stolen key back.
-    threatmesh::federation::cards::learn_card(&node_b.ctx, &rotation_card, &a.id)
+    threatmesh::federation::cards::learn_cards(&node_b.ctx, &[rotation_card], &a.id)
         .await
         .unwrap();
     threatmesh::federation::apply_trust_change(&node_b.ctx)

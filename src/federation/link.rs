@@ -212,6 +212,7 @@ async fn commit_batches(
                 &merged.refused,
                 &merged.quarantined,
                 merged.cursor,
+                ctx.settings.federation.rejected_bytes_kept_per_partner,
             )
             .await?;
         if out.stored + out.rejected + out.quarantined > 0 {
@@ -246,10 +247,7 @@ async fn receive(
             )));
         }
         // Cards first: they may carry the keys the deliveries need.
-        let mut learned = false;
-        for card in &msg.cards {
-            learned |= super::cards::learn_card(ctx, card, &peer.org).await?;
-        }
+        let learned = super::cards::learn_cards(ctx, &msg.cards, &peer.org).await?;
         if learned {
             super::apply_trust_change(ctx)
                 .await

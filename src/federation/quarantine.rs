@@ -91,7 +91,15 @@ pub async fn release(ctx: &NodeContext) -> Result<u64, StoreError> {
             refusal,
             envelope: q.held.envelope.clone(),
         });
-        if ctx.store.resolve_quarantine(&q, outcome).await? {
+        if ctx
+            .store
+            .resolve_quarantine(
+                &q,
+                outcome,
+                ctx.settings.federation.rejected_bytes_kept_per_partner,
+            )
+            .await?
+        {
             stored += 1;
         }
     }

@@ -66,6 +66,27 @@ impl Store {
         .await
     }
 
+    /// The card held for `org`, if any.
+    pub async fn directory_card(&self, org: &OrgId) -> Result<Option<DirectoryRow>, StoreError> {
+        Ok(sqlx::query_as(
+            "SELECT org_id, card, card_version, state, via, updated_ms FROM org_cards WHERE org_id = ?1",
+        )
+        .bind(org.as_str())
+        .fetch_optional(&self.pool)
+        .await?)
+    }
+
+    /// Pending cards that came through partner `via`: (count, bytes).
+    pub async fn pending_cards_via(&self, via: &OrgId) -> Result<(u64, u64), StoreError> {
+        let (n, bytes): (i64, i64) = sqlx::query_as(
+            "SELECT COUNT(*), COALESCE(SUM(LENGTH(card)), 0) FROM org_cards WHERE state = 'pending' AND via = ?1",
+        )
+        .bind(via.as_str())
+        .fetch_one(&self.pool)
+        .await?;
+        Ok((n.max(0) as u64, bytes.max(0) as u64))
+    }
+
     /// Stores a card of a non-partner org in `state` (the caller checked its
     /// signature, and its succession if one was trusted before); an accepted
     /// card's keys become trusted. `event` and `actor` go to the ledger.

@@ -43,6 +43,10 @@ pub struct RejectionRecord {
     pub reason: String,
     /// When.
     pub rejected_ms: i64,
+    /// Bytes of the refused envelope kept (0 once the partner's share of
+    /// kept bytes is used up).
+    #[sqlx(try_from = "i64")]
+    pub envelope_bytes: u64,
 }
 
 /// Result of committing a batch received from a partner.
@@ -207,14 +211,60 @@ impl Store {
         Ok(())
     }
 
-    /// Records a refused envelope from `upstream`.
-    pub(super) async fn reject(
+    /// Records envelopes refused from `upstream`, keeping their bytes while
+    /// the partner's refused bytes stay within `keep_bytes`. Returns how many.
+    pub(super) async fn record_refusals(
+        &self,
+        tx: &mut Tx,
+        upstream: &OrgId,
+        refusals: &[&[Rejection]],
+        keep_bytes: u64,
+        audit: &mut Vec<AuditEntry>,
+    ) -> Result<u64, StoreError> {
+        if refusals.iter().all(|r| r.is_empty()) {
+            return Ok(0);
+        }
+        let kept: i64 = sqlx::query_scalar(
+            "SELECT COALESCE((SELECT kept_bytes FROM rejected_bytes WHERE upstream_org = ?), 0)",
+        )
+        .bind(upstream.as_str())
+        .fetch_one(&mut **tx)
+        .await?;
+        let mut left = keep_bytes.saturating_sub(kept.max(0) as u64);
+        let before = left;
+        let mut n = 0;
+        for r in refusals.iter().flat_map(|r| r.iter()) {
+            self.reject(tx, upstream, r, &mut left, audit).await?;
+            n += 1;
+        }
+        sqlx::query(
+            "INSERT INTO rejected_bytes (upstream_org, kept_bytes) VALUES (?1, ?2) \
+             ON CONFLICT (upstream_org) DO UPDATE SET kept_bytes = kept_bytes + ?2",
+        )
+        .bind(upstream.as_str())
+        .bind(to_i64(before - left))
+        .execute(&mut **tx)
+        .await?;
+        Ok(n)
+    }
+
+    /// Records a refused envelope from `upstream`, keeping its bytes if
+    /// they fit in what is `left` of the partner's share.
+    async fn reject(
         &self,
         tx: &mut Tx,
         upstream: &OrgId,
         r: &Rejection,
+        left: &mut u64,
         audit: &mut Vec<AuditEntry>,
     ) -> Result<(), StoreError> {
+        let len = r.envelope.len() as u64;
+        let kept: &[u8] = if len <= *left {
+            *left -= len;
+            &r.envelope
+        } else {
+            &[]
+        };
         let kind = r.refusal.kind.as_str();
         audit.push(AuditEntry::rejected(
             upstream.as_str(),
@@ -230,7 +280,7 @@ impl Store {
         .bind(to_i64(r.upstream_seq))
         .bind(kind)
         .bind(&r.refusal.reason)
-        .bind(&r.envelope)
+        .bind(kept)
         .bind(self.now())
         .execute(&mut **tx)
         .await?;
@@ -240,7 +290,8 @@ impl Store {
     /// Commits a batch from `upstream`: new rows (duplicates ignored, older
     /// or far-future versions refused), rejections, envelopes waiting for
     /// their key, and the cursor, in **one** transaction. The cursor only
-    /// moves forward.
+    /// moves forward. Refused envelopes' bytes are kept up to
+    /// `keep_rejected` bytes per partner in all; beyond, only the refusal.
     pub async fn ingest_batch(
         &self,
         upstream: &OrgId,
@@ -248,6 +299,7 @@ impl Store {
         rejections: &[Rejection],
         quarantined: &[Quarantined],
         cursor: u64,
+        keep_rejected: u64,
     ) -> Result<IngestOutcome, StoreError> {
         let mut out = IngestOutcome::default();
         let (_writing, mut tx) = self.write_tx().await?;
@@ -264,10 +316,15 @@ impl Store {
                 Admitted::Refused(r) => refused.push(r),
             }
         }
-        for r in rejections.iter().chain(refused.iter()) {
-            self.reject(&mut tx, upstream, r, &mut audit).await?;
-            out.rejected += 1;
-        }
+        out.rejected = self
+            .record_refusals(
+                &mut tx,
+                upstream,
+                &[rejections, &refused],
+                keep_rejected,
+                &mut audit,
+            )
+            .await?;
         out.quarantined = self
             .hold(&mut tx, upstream, quarantined, &mut audit)
             .await?;
@@ -303,7 +360,8 @@ impl Store {
     /// Rejected envelopes, oldest first.
     pub async fn rejections(&self) -> Result<Vec<RejectionRecord>, StoreError> {
         self.all(
-            "SELECT upstream_org, upstream_seq, code, reason, rejected_ms FROM rejections ORDER BY id"
+            "SELECT upstream_org, upstream_seq, code, reason, rejected_ms, LENGTH(envelope) AS envelope_bytes \
+             FROM rejections ORDER BY id"
         )
         .await
     }

@@ -137,6 +137,7 @@ impl Store {
         &self,
         q: &QuarantineRow,
         outcome: Result<NewIndicator, Rejection>,
+        keep_rejected: u64,
     ) -> Result<bool, StoreError> {
         let (_writing, mut tx) = self.write_tx().await?;
         let mut audit = Vec::new();
@@ -158,9 +159,14 @@ impl Store {
             }
             Err(r) => Some(r),
         };
-        if let Some(r) = refused {
-            self.reject(&mut tx, &q.upstream, &r, &mut audit).await?;
-        }
+        self.record_refusals(
+            &mut tx,
+            &q.upstream,
+            &[refused.as_slice()],
+            keep_rejected,
+            &mut audit,
+        )
+        .await?;
         sqlx::query("DELETE FROM quarantine WHERE id = ?")
             .bind(q.id)
             .execute(&mut *tx)

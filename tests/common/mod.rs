@@ -427,6 +427,7 @@ pub struct RogueUpstream {
 #[derive(Clone)]
 struct RogueExchange {
     deliveries: Arc<Vec<Delivery>>,
+    cards: Arc<Vec<Envelope>>,
 }
 
 #[tonic::async_trait]
@@ -459,6 +460,7 @@ impl Exchange for RogueExchange {
             .unwrap_or(0)
             .max(from);
         let (tx, rx) = tokio::sync::mpsc::channel(1);
+        let cards = self.cards.as_ref().clone();
         tokio::spawn(async move {
             let latest = cursor;
             let _ = tx
@@ -466,7 +468,7 @@ impl Exchange for RogueExchange {
                     deliveries,
                     cursor,
                     latest,
-                    cards: Vec::new(),
+                    cards,
                 }))
                 .await;
             // Keep the stream open, like a live tail.
@@ -503,6 +505,17 @@ impl RogueUpstream {
         trusts: &[&Org],
         envelopes: Vec<(Vec<u8>, Vec<String>)>,
     ) -> Self {
+        Self::start_with_cards(org, trusts, envelopes, Vec::new()).await
+    }
+
+    /// As [`RogueUpstream::start_with_paths`], sending `cards` with the
+    /// deliveries.
+    pub async fn start_with_cards(
+        org: &Org,
+        trusts: &[&Org],
+        envelopes: Vec<(Vec<u8>, Vec<String>)>,
+        cards: Vec<Envelope>,
+    ) -> Self {
         let mut trust = TrustStore::new(org.id.clone(), &org.ca_pem()).unwrap();
         for t in trusts {
             trust.set_partner(t.id.clone(), &t.ca_pem()).unwrap();
@@ -531,6 +544,7 @@ impl RogueUpstream {
             .collect();
         let svc = RogueExchange {
             deliveries: Arc::new(deliveries),
+            cards: Arc::new(cards),
         };
         let (tx, rx) = oneshot::channel::<()>();
         tokio::spawn(
