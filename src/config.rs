@@ -173,6 +173,8 @@ pub struct FederationSettings {
     pub quarantine_max_per_partner: u64,
     /// Most bytes of envelopes one partner can have waiting in quarantine.
     pub quarantine_max_bytes_per_partner: u64,
+    /// How often each link asks its partner for its signed ledger head.
+    pub witness_interval_ms: u64,
     /// Bytes of refused envelopes kept per partner for the operator to
     /// inspect; beyond it, refusals are recorded without the envelope.
     pub rejected_bytes_kept_per_partner: u64,
@@ -328,6 +330,12 @@ impl Settings {
             return Err(invalid(
                 "federation.reconnect_max_ms",
                 "need 0 < reconnect_min_ms <= reconnect_max_ms",
+            ));
+        }
+        if f.witness_interval_ms == 0 {
+            return Err(invalid(
+                "federation.witness_interval_ms",
+                "must be positive",
             ));
         }
         if f.peer_refresh_ms == 0 {

@@ -135,7 +135,11 @@ async fn admin_refuses_publishers_partner_nodes_and_partner_admins() {
             .await
             .map(drop),
         );
-        denied(c.audit_verify(AuditVerifyRequest {}).await.map(drop));
+        denied(
+            c.audit_verify(AuditVerifyRequest::default())
+                .await
+                .map(drop),
+        );
     }
     // Nothing changed.
     let store = &node_a.ctx.store;

@@ -315,10 +315,11 @@ impl Admin for AdminService {
         req: Request<AuditVerifyRequest>,
     ) -> Result<Response<AuditVerifyResponse>, Status> {
         self.admin(&req, "Admin/AuditVerify")?;
+        let against = req.into_inner().against;
         let r = self
             .ctx
             .store
-            .verify_audit()
+            .verify_audit_against(&self.ctx.own, &against)
             .await
             .map_err(RpcError::from)?;
         Ok(Response::new(match r {
@@ -326,13 +327,48 @@ impl Admin for AdminService {
                 intact: true,
                 rows,
                 problem: String::new(),
+                heads_checked: against.len() as u64,
             },
-            Err(b) => AuditVerifyResponse {
+            Err(problem) => AuditVerifyResponse {
                 intact: false,
                 rows: 0,
-                problem: b.to_string(),
+                problem,
+                heads_checked: 0,
             },
         }))
+    }
+
+    async fn list_witnessed_heads(
+        &self,
+        req: Request<ListWitnessedHeadsRequest>,
+    ) -> Result<Response<ListWitnessedHeadsResponse>, Status> {
+        self.admin(&req, "Admin/ListWitnessedHeads")?;
+        let org = req.into_inner().org;
+        let org = if org.is_empty() {
+            None
+        } else {
+            Some(
+                crate::model::OrgId::parse(&org)
+                    .map_err(|e| RpcError::BadRequest(format!("org: {e}")))?,
+            )
+        };
+        let heads = self
+            .ctx
+            .store
+            .witnessed_heads(org.as_ref())
+            .await
+            .map_err(RpcError::from)?
+            .into_iter()
+            .map(|h| WitnessedHead {
+                org: h.org.to_string(),
+                rows: h.rows,
+                head_hash: h.head_hash,
+                signed_unix_ms: h.signed_ms,
+                received_unix_ms: h.received_ms,
+                envelope: h.envelope,
+            })
+            .collect();
+        Ok(Response::new(ListWitnessedHeadsResponse { heads }))
     }
 }
 

@@ -57,6 +57,18 @@ impl AuditEntry {
         Self::of(event::REJECTED, NODE, partner, subject, kind, reason.into())
     }
 
+    /// A signed ledger head of `partner` disagreed with the one we hold.
+    pub fn ledger_inconsistent(partner: &str, why: &str) -> Self {
+        Self::of(
+            event::LEDGER_WITNESS,
+            NODE,
+            partner,
+            format!("{partner} ledger"),
+            "ledger-inconsistent",
+            why.into(),
+        )
+    }
+
     /// A request of `partner` refused because it is over a limit
     /// (`setting`); put on record once a minute per partner and limit.
     pub fn over_limit(partner: &str, rpc: &str, setting: &str, detail: &str) -> Self {

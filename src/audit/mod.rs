@@ -7,6 +7,7 @@
 //! of the row after it; a deleted tail no longer matches the recorded head.
 
 mod entries;
+pub mod witness;
 
 use ring::digest::{Context, SHA256};
 
@@ -54,6 +55,8 @@ pub mod event {
     pub const CRL_IMPORTED: &str = "crl-imported";
     /// A partner's endpoint or introducer flag was changed.
     pub const PEER_UPDATED: &str = "peer-updated";
+    /// A partner's signed ledger head disagreed with one we hold.
+    pub const LEDGER_WITNESS: &str = "ledger-witness";
 }
 
 /// One ledger entry before it is chained.

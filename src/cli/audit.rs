@@ -13,7 +13,7 @@ use time::format_description::well_known::Rfc3339;
 use super::CliError;
 use super::client::{AdminSession, ClientArgs, load};
 use super::publish::parse_rfc3339_ms;
-use crate::proto::v1::{AuditLogRequest, AuditVerifyRequest};
+use crate::proto::v1::{AuditLogRequest, AuditVerifyRequest, ListWitnessedHeadsRequest};
 use crate::store::Store;
 
 /// `threatmesh audit ...`
@@ -31,13 +31,86 @@ pub enum AuditCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Check the whole chain; names the first edited, deleted or reordered row.
+    /// Check the whole chain; names the first edited, deleted or reordered
+    /// row. With --against, also check it against heads of this ledger that
+    /// partners signed copies of: a ledger cut or rewritten and re-chained
+    /// passes the chain check but not this one.
     Verify {
         /// Read the store file (`store.path`) directly instead of asking the
         /// node: for auditors with a copy of the database, or a stopped node.
         #[arg(long)]
         offline: bool,
+        /// A file of our ledger heads a partner kept: the output of
+        /// `threatmesh audit heads --org <us> --json` on the partner's node.
+        #[arg(long, value_name = "PARTNER-HEADS")]
+        against: Option<std::path::PathBuf>,
     },
+    /// Ledger heads partners signed and gave this node (we witness their
+    /// ledgers). Give `--json` output to that partner for its
+    /// `audit verify --against`.
+    Heads {
+        /// Only heads of this partner.
+        #[arg(long)]
+        org: Option<String>,
+        /// One JSON object per line (what `audit verify --against` reads).
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// Reads a heads file (`audit heads --json` output): the signed envelopes.
+fn read_heads(path: &Path) -> Result<Vec<Vec<u8>>, CliError> {
+    use base64::Engine;
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| CliError::Usage(format!("--against {}: {e}", path.display())))?;
+    let mut heads = Vec::new();
+    for (i, line) in text
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+    {
+        let bad = |why: String| {
+            CliError::Usage(format!(
+                "--against {} line {}: {why}",
+                path.display(),
+                i + 1
+            ))
+        };
+        let v: serde_json::Value =
+            serde_json::from_str(line).map_err(|e| bad(format!("not JSON: {e}")))?;
+        let env = v.get("envelope").and_then(|e| e.as_str()).ok_or_else(|| {
+            bad("no \"envelope\" field (expected `audit heads --json` output)".into())
+        })?;
+        heads.push(
+            base64::engine::general_purpose::STANDARD
+                .decode(env)
+                .map_err(|e| bad(format!("envelope: {e}")))?,
+        );
+    }
+    if heads.is_empty() {
+        return Err(CliError::Usage(format!(
+            "--against {}: no heads in the file",
+            path.display()
+        )));
+    }
+    Ok(heads)
+}
+
+/// Prints the outcome of a verification.
+fn verified(r: Result<u64, String>, heads: usize) -> Result<(), CliError> {
+    match r {
+        Ok(rows) if heads > 0 => {
+            out!(
+                "audit ledger intact: {rows} rows, every row linked to the one before, consistent with {heads} head(s) a partner witnessed"
+            );
+            Ok(())
+        }
+        Ok(rows) => {
+            out!("audit ledger intact: {rows} rows, every row linked to the one before");
+            Ok(())
+        }
+        Err(problem) => Err(CliError::Failed(problem)),
+    }
 }
 
 /// A Unix ms time as RFC 3339.
@@ -101,20 +174,22 @@ pub async fn run(config: &Path, conn: &ClientArgs, cmd: &AuditCommand) -> Result
             }
             Ok(())
         }
-        AuditCommand::Verify { offline: false } => {
-            let mut a = AdminSession::open(config, conn)?;
-            let r = rpc!(a, audit_verify(AuditVerifyRequest {}));
-            if r.intact {
-                out!(
-                    "audit ledger intact: {} rows, every row linked to the one before",
-                    r.rows
+        AuditCommand::Verify { offline, against } => {
+            let heads = match against {
+                Some(p) => read_heads(p)?,
+                None => Vec::new(),
+            };
+            if !offline {
+                let mut a = AdminSession::open(config, conn)?;
+                let r = rpc!(
+                    a,
+                    audit_verify(AuditVerifyRequest {
+                        against: heads.clone(),
+                    })
                 );
-                Ok(())
-            } else {
-                Err(CliError::Failed(r.problem))
+                let r = if r.intact { Ok(r.rows) } else { Err(r.problem) };
+                return verified(r, heads.len());
             }
-        }
-        AuditCommand::Verify { offline: true } => {
             let settings = load(config, conn)?;
             if !settings.store.path.is_file() {
                 return Err(CliError::Usage(format!(
@@ -124,15 +199,54 @@ pub async fn run(config: &Path, conn: &ClientArgs, cmd: &AuditCommand) -> Result
             }
             let store =
                 Store::open_sqlite(&settings.store.path, crate::clock::Clock::system()).await?;
-            let result = store.verify_audit().await;
+            let result = store.verify_audit_against(&settings.org_id(), &heads).await;
             store.close().await;
-            match result? {
-                Ok(n) => {
-                    out!("audit ledger intact: {n} rows, every row linked to the one before");
-                    Ok(())
+            verified(result?, heads.len())
+        }
+        AuditCommand::Heads { org, json } => {
+            use base64::Engine;
+            let mut a = AdminSession::open(config, conn)?;
+            let r = rpc!(
+                a,
+                list_witnessed_heads(ListWitnessedHeadsRequest {
+                    org: org.clone().unwrap_or_default(),
+                })
+            );
+            if *json {
+                for h in r.heads {
+                    out!(
+                        "{}",
+                        serde_json::json!({
+                            "org": h.org, "rows": h.rows, "head_hash": hex::encode(&h.head_hash),
+                            "signed_at": rfc3339(h.signed_unix_ms), "received_at": rfc3339(h.received_unix_ms),
+                            "envelope": base64::engine::general_purpose::STANDARD.encode(&h.envelope),
+                        })
+                    );
                 }
-                Err(b) => Err(CliError::Failed(b.to_string())),
+                return Ok(());
             }
+            if r.heads.is_empty() {
+                out!("no ledger heads witnessed yet");
+                return Ok(());
+            }
+            out!(
+                "{:<30} {:>8}  {:<20}  {:<20}  HEAD HASH",
+                "ORG",
+                "ROWS",
+                "SIGNED",
+                "RECEIVED"
+            );
+            for h in r.heads {
+                out!(
+                    "{:<30} {:>8}  {:<20}  {:<20}  {}",
+                    h.org,
+                    h.rows,
+                    rfc3339(h.signed_unix_ms),
+                    rfc3339(h.received_unix_ms),
+                    hex::encode(&h.head_hash)
+                );
+            }
+            Ok(())
         }
     }
 }

@@ -15,8 +15,9 @@ use crate::model::{OrgId, prepare_draft, validate_indicator};
 use crate::policy::{self, Decision, PartnerPolicy};
 use crate::proto::v1::exchange_server::Exchange;
 use crate::proto::v1::{
-    Delivery, GetCardRequest, GetCardResponse, Indicator, IndicatorDraft, PublishRequest,
-    PublishResponse, SubscribeRequest, SubscribeResponse,
+    Delivery, GetCardRequest, GetCardResponse, GetLedgerHeadRequest, GetLedgerHeadResponse,
+    Indicator, IndicatorDraft, PublishRequest, PublishResponse, SubscribeRequest,
+    SubscribeResponse,
 };
 use crate::rpc::{Allowed, RpcError, authorize};
 use crate::signing::INDICATOR_PAYLOAD_TYPE;
@@ -550,5 +551,40 @@ impl Exchange for ExchangeService {
         Ok(Response::new(GetCardResponse {
             card: Some(self.ctx.card.load().as_ref().clone()),
         }))
+    }
+
+    async fn get_ledger_head(
+        &self,
+        req: Request<GetLedgerHeadRequest>,
+    ) -> Result<Response<GetLedgerHeadResponse>, Status> {
+        let ctx = &self.ctx;
+        let caller = authorize(
+            &req,
+            &ctx.own,
+            Allowed::PartnerNode,
+            "Exchange/GetLedgerHead",
+        )?;
+        charge(ctx, &caller.org, "Exchange/GetLedgerHead").await?;
+        let asked = req.into_inner().witnessed_rows;
+        let head = ctx.store.ledger_head().await.map_err(RpcError::from)?;
+        // A row we no longer have answers with an empty hash: the caller
+        // sees the ledger lost it.
+        let at = if asked <= head.rows {
+            ctx.store
+                .ledger_hash_at(asked)
+                .await
+                .map_err(RpcError::from)?
+                .unwrap_or_default()
+        } else {
+            Vec::new()
+        };
+        let env = crate::audit::witness::seal_head(
+            &ctx.signing.load(),
+            &ctx.own,
+            head,
+            (asked, at),
+            ctx.clock.now_ms(),
+        );
+        Ok(Response::new(GetLedgerHeadResponse { head: Some(env) }))
     }
 }

@@ -150,7 +150,15 @@ async fn session(
     let writer = ctx
         .tasks
         .spawn(commit_batches(ctx.clone(), peer.org.clone(), pending));
-    let ended = receive(ctx, peer, &mut stream, cursor, &commits, backoff).await;
+    let ended = receive(
+        ctx,
+        peer,
+        (&mut stream, exchange),
+        cursor,
+        &commits,
+        backoff,
+    )
+    .await;
     drop(commits);
     let committed = writer
         .await
@@ -233,12 +241,31 @@ async fn commit_batches(
 async fn receive(
     ctx: &NodeContext,
     peer: &PeerRecord,
-    stream: &mut tonic::Streaming<crate::proto::v1::SubscribeResponse>,
+    (stream, mut client): (
+        &mut tonic::Streaming<crate::proto::v1::SubscribeResponse>,
+        ExchangeClient<tonic::transport::Channel>,
+    ),
     mut cursor: u64,
     commits: &tokio::sync::mpsc::Sender<Batch>,
     backoff: &mut Backoff,
 ) -> Result<(), LinkError> {
-    while let Some(msg) = stream.message().await? {
+    // The partner's ledger head is asked for at once, then at intervals.
+    let mut witness = tokio::time::interval(std::time::Duration::from_millis(
+        ctx.settings.federation.witness_interval_ms,
+    ));
+    witness.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut reported = false;
+    loop {
+        let msg = tokio::select! {
+            msg = stream.message() => match msg? {
+                Some(msg) => msg,
+                None => break,
+            },
+            _ = witness.tick() => {
+                super::witness::witness(ctx, &peer.org, &mut client, &mut reported).await?;
+                continue;
+            }
+        };
         ctx.links.message(&peer.org, msg.latest.max(msg.cursor));
         if msg.cursor < cursor {
             return Err(LinkError::Protocol(format!(

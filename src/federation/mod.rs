@@ -12,6 +12,7 @@ pub mod cards;
 mod link;
 pub mod quarantine;
 mod verify;
+pub mod witness;
 
 use std::collections::HashMap;
 use std::sync::Arc;

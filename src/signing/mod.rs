@@ -16,6 +16,8 @@ pub const INDICATOR_PAYLOAD_TYPE: &str = "application/vnd.threatmesh.indicator.v
 pub const CARD_PAYLOAD_TYPE: &str = "application/vnd.threatmesh.org-card.v1+protobuf";
 /// `payload_type` of a signed [`crate::proto::v1::KeyRotation`].
 pub const ROTATION_PAYLOAD_TYPE: &str = "application/vnd.threatmesh.key-rotation.v1+protobuf";
+/// `payload_type` of a signed [`crate::proto::v1::LedgerHead`].
+pub const LEDGER_HEAD_PAYLOAD_TYPE: &str = "application/vnd.threatmesh.ledger-head.v1+protobuf";
 /// Largest payload a receiver will even verify; bigger envelopes are refused
 /// unread so a hostile peer cannot make us hash megabytes.
 pub const MAX_PAYLOAD_LEN: usize = 64 * 1024;

@@ -126,7 +126,26 @@ impl Store {
             sqlx::query_as("SELECT seq, hash FROM audit_head WHERE id = 1")
                 .fetch_optional(&mut *tx)
                 .await?;
+        // Every indicator and partner was put on the ledger when it came:
+        // an empty ledger beside them was removed, not never written.
+        let held: i64 = if rows.is_empty() {
+            sqlx::query_scalar(
+                "SELECT (SELECT COUNT(*) FROM indicators) + (SELECT COUNT(*) FROM peers)",
+            )
+            .fetch_one(&mut *tx)
+            .await?
+        } else {
+            0
+        };
         tx.commit().await?;
+        if held > 0 {
+            return Ok(Err(ChainBreak {
+                seq: 1,
+                reason: format!(
+                    "the ledger is empty but the store holds {held} indicators and partners (the ledger was removed)"
+                ),
+            }));
+        }
         Ok(verify_chain(&rows, head.map(|(s, h)| (s as u64, h))))
     }
 

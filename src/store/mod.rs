@@ -28,6 +28,7 @@ mod policies;
 mod quarantine;
 mod release;
 mod tail;
+mod witness;
 
 use std::path::Path;
 use std::str::FromStr;
@@ -52,6 +53,7 @@ pub use peers::{PeerChange, PeerRecord, PeerState};
 pub use pki::{CertRow, CrlRow};
 pub use policies::PolicyRecord;
 pub use quarantine::{OrgPath, QuarantineRow, Quarantined};
+pub use witness::WitnessedHead;
 
 /// Storage errors, each saying what happened.
 #[derive(Debug, Clone, thiserror::Error)]

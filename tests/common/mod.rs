@@ -483,6 +483,13 @@ impl Exchange for RogueExchange {
     ) -> Result<Response<GetCardResponse>, Status> {
         Err(Status::unimplemented("rogue"))
     }
+
+    async fn get_ledger_head(
+        &self,
+        _: Request<threatmesh::proto::v1::GetLedgerHeadRequest>,
+    ) -> Result<Response<threatmesh::proto::v1::GetLedgerHeadResponse>, Status> {
+        Err(Status::unimplemented("rogue"))
+    }
 }
 
 impl RogueUpstream {
