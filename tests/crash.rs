@@ -114,3 +114,108 @@ async fn subscriber_killed_mid_stream_resumes_with_nothing_lost_or_duplicated() 
     store_b.close().await;
     node_a.stop().await;
 }
+
+/// A number from the environment (for the long run of the harness), or
+/// `default`.
+fn env_or(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// The crash harness: B, a real `serve` process, is SIGKILLed again and
+/// again while it receives A's log, each time a little further in; then it
+/// must hold every indicator exactly once, with an intact database and
+/// ledger. The suite runs 10 kills over 2,000 indicators;
+/// `THREATMESH_CRASH_KILLS=50 THREATMESH_CRASH_INDICATORS=20000` runs the
+/// long form.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscriber_killed_again_and_again_during_a_transfer_loses_and_duplicates_nothing() {
+    let kills = env_or("THREATMESH_CRASH_KILLS", 10);
+    let total = env_or("THREATMESH_CRASH_INDICATORS", 2000);
+    let mut a = Org::new("a.example");
+    // Small batches: many commits at B, so kills land between and inside them.
+    a.settings.federation.batch_size = 25;
+    let b = Org::new("b.example");
+    a.add_peer(&b, None).await;
+    let node_a = start(&a).await;
+    b.add_peer(&a, Some(node_a.addr)).await;
+    // A publishes while B is being killed, in paced chunks, so the
+    // transfer spans the kills.
+    let client = publisher(&a, &node_a);
+    let chunk = (total / (kills * 4)).max(1);
+    let pacer = tokio::spawn(async move {
+        let mut ids = HashSet::new();
+        let mut next = 0u64;
+        while next < total {
+            let n = chunk.min(total - next);
+            let drafts = (next..next + n)
+                .map(|i| ipv4_draft(i as u32, Tlp::Green))
+                .collect();
+            ids.extend(
+                publish_all(&client, drafts, 32)
+                    .await
+                    .into_iter()
+                    .map(|p| p.id),
+            );
+            next += n;
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        ids
+    });
+
+    let store_b = b.store().await;
+    let mut killed_at: Vec<u64> = Vec::new();
+    for _ in 0..kills {
+        let mut child = spawn_serve(&b);
+        // Kill once B has made progress since the last kill.
+        let before = killed_at.last().copied().unwrap_or(0);
+        let s = store_b.clone();
+        wait_until(120, "B to store more since the last kill", || {
+            let s = s.clone();
+            async move { s.count_indicators().await.unwrap() > before }
+        })
+        .await;
+        child.kill().await.unwrap(); // SIGKILL: no clean shutdown, no flush
+        killed_at.push(store_b.count_indicators().await.unwrap());
+    }
+    eprintln!("B SIGKILLed {kills} times, holding {killed_at:?} of {total}");
+    let mid = killed_at.iter().filter(|n| **n < total).count() as u64;
+    assert!(
+        mid * 10 >= kills * 8,
+        "most kills landed mid-transfer: {killed_at:?}"
+    );
+    let ids = pacer.await.unwrap();
+    assert_eq!(ids.len() as u64, total);
+
+    let mut child = spawn_serve(&b);
+    let s = store_b.clone();
+    wait_until(300, "B to hold everything after the last restart", || {
+        let s = s.clone();
+        async move { s.count_indicators().await.unwrap() >= total }
+    })
+    .await;
+    child.kill().await.unwrap();
+    let rows = store_b.indicators(None).await.unwrap();
+    assert_eq!(rows.len() as u64, total, "0 lost, 0 duplicated");
+    let got: HashSet<String> = rows.iter().map(|r| r.indicator_id.clone()).collect();
+    assert_eq!(got, ids, "B holds exactly A's indicators, each once");
+    assert!(store_b.rejections().await.unwrap().is_empty());
+    assert_eq!(
+        store_b.verify_audit().await.unwrap(),
+        Ok(store_b.count_audit().await.unwrap())
+    );
+    store_b.close().await;
+
+    let url = format!("sqlite://{}", b.settings.store.path.display());
+    let mut db = <sqlx::SqliteConnection as sqlx::Connection>::connect(&url)
+        .await
+        .unwrap();
+    let check: String = sqlx::query_scalar("PRAGMA integrity_check")
+        .fetch_one(&mut db)
+        .await
+        .unwrap();
+    assert_eq!(check, "ok");
+    node_a.stop().await;
+}
