@@ -879,3 +879,169 @@ async fn a_partner_cannot_fill_our_disk_with_envelopes_we_refuse() {
     drop(rogue);
     node_b.stop().await;
 }
+
+/// One row of the hostile stream: what R sends, and what B must make of it
+/// (`None` = stored, exactly once).
+struct Case {
+    name: &'static str,
+    envelope: Vec<u8>,
+    refused_as: Option<RefusalKind>,
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_envelopes_inside_a_stream_of_good_ones_are_each_refused_on_record() {
+    let r = Org::new("r.example");
+    let a = Org::new("a.example");
+    let mut b = Org::new("b.example");
+    b.settings.federation.batch_size = 64;
+    let key = r.signing_key();
+    let good = signed("r.example", &key, "good.example");
+    let indicator = |edit: &dyn Fn(&mut Indicator)| {
+        let mut ind = Indicator::decode(good.payload.as_slice()).unwrap();
+        ind.id = uuid::Uuid::new_v4().to_string();
+        edit(&mut ind);
+        ind
+    };
+    let sealed = |ind: Indicator| bytes(&key.seal(INDICATOR_PAYLOAD_TYPE, ind.encode_to_vec()));
+    let card_typed = key.seal(
+        threatmesh::signing::CARD_PAYLOAD_TYPE,
+        indicator(&|_| {}).encode_to_vec(),
+    );
+    let mut relabelled = card_typed.clone();
+    relabelled.payload_type = INDICATOR_PAYLOAD_TYPE.into();
+    let mut two_signatures = key.seal(INDICATOR_PAYLOAD_TYPE, indicator(&|_| {}).encode_to_vec());
+    two_signatures
+        .signatures
+        .push(two_signatures.signatures[0].clone());
+    let mut cases = vec![
+        Case {
+            name: "a good envelope",
+            envelope: bytes(&good),
+            refused_as: None,
+        },
+        Case {
+            name: "signed as another payload type",
+            envelope: bytes(&card_typed),
+            refused_as: Some(RefusalKind::Malformed),
+        },
+        Case {
+            name: "a signature made for another payload type, relabelled",
+            envelope: bytes(&relabelled),
+            refused_as: Some(RefusalKind::Unauthentic),
+        },
+        Case {
+            name: "an unknown TLP value",
+            envelope: sealed(indicator(&|i| {
+                i.marking.as_mut().unwrap().tlp = 99;
+            })),
+            refused_as: Some(RefusalKind::Malformed),
+        },
+        Case {
+            name: "10,000 tags",
+            envelope: sealed(indicator(&|i| {
+                i.tags = (0..10_000).map(|n| format!("t{n}")).collect();
+            })),
+            refused_as: Some(RefusalKind::Malformed),
+        },
+        Case {
+            name: "a payload over 64 KiB",
+            envelope: sealed(indicator(&|i| i.description = "x".repeat(70_000))),
+            refused_as: Some(RefusalKind::Malformed),
+        },
+        Case {
+            name: "two signatures",
+            envelope: bytes(&two_signatures),
+            refused_as: Some(RefusalKind::Unauthentic),
+        },
+        Case {
+            name: "a signed payload that is not an indicator",
+            envelope: bytes(&key.seal(INDICATOR_PAYLOAD_TYPE, vec![0xff; 40])),
+            refused_as: Some(RefusalKind::Malformed),
+        },
+        Case {
+            name: "bytes that are not an envelope",
+            envelope: vec![0x0a, 0xff, 0xff, 0xff],
+            refused_as: Some(RefusalKind::Malformed),
+        },
+    ];
+    // Replays: the good envelope again, 200 times (stored once), then
+    // another good one after all the poison.
+    for _ in 0..200 {
+        cases.push(Case {
+            name: "a replay of the good envelope",
+            envelope: bytes(&good),
+            refused_as: None,
+        });
+    }
+    let last = signed("r.example", &key, "last.example");
+    cases.push(Case {
+        name: "a good envelope after the poison",
+        envelope: bytes(&last),
+        refused_as: None,
+    });
+
+    let rogue = RogueUpstream::start(
+        &r,
+        &[&b],
+        cases.iter().map(|c| c.envelope.clone()).collect(),
+    )
+    .await;
+    b.add_peer(&r, Some(rogue.addr)).await;
+    b.add_peer(&a, None).await;
+    let node_b = start(&b).await;
+    considered(&node_b, &r.id, cases.len() as u64).await;
+
+    let store = node_b.ctx.store.clone();
+    let refused: std::collections::HashMap<u64, RefusalKind> =
+        refusals(&node_b).await.into_iter().collect();
+    let ledger = store.audit_rows(Some("r.example"), None).await.unwrap();
+    for (i, case) in cases.iter().enumerate() {
+        let seq = i as u64 + 1;
+        assert_eq!(
+            refused.get(&seq).copied(),
+            case.refused_as,
+            "seq {seq}, {}",
+            case.name
+        );
+        if case.refused_as.is_some() {
+            let subject = format!("r.example seq {seq}");
+            assert!(
+                ledger
+                    .iter()
+                    .any(|l| l.entry.event == "rejected" && l.entry.subject == subject),
+                "no ledger row for seq {seq}, {}",
+                case.name
+            );
+        }
+    }
+    let stored = store.indicators(None).await.unwrap();
+    assert_eq!(stored.len(), 2, "the good envelope once, and the last one");
+    assert!(store.quarantine().await.unwrap().is_empty());
+    // A, a legitimate partner, is still served.
+    let mut as_a = exchange_as(&b, &node_b, &a.node_cert());
+    as_a.get_card(threatmesh::proto::v1::GetCardRequest {})
+        .await
+        .unwrap();
+    drop(rogue);
+    node_b.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partner_serving_where_another_org_should_be_is_refused_when_we_dial() {
+    // B dials A's endpoint, but C (another registered partner, with a
+    // valid certificate from its own CA) answers there.
+    let a = Org::new("a.example");
+    let c = Org::new("c.example");
+    let b = Org::new("b.example");
+    let c_key = c.signing_key();
+    let offered = signed("c.example", &c_key, "offered.example");
+    let impostor = RogueUpstream::start(&c, &[&b], vec![bytes(&offered)]).await;
+    b.add_peer(&a, Some(impostor.addr)).await;
+    b.add_peer(&c, None).await;
+    let node_b = start(&b).await;
+    link_error(&node_b, &a, "c.example", 30).await;
+    assert_eq!(node_b.ctx.store.count_indicators().await.unwrap(), 0);
+    assert_eq!(node_b.ctx.store.cursor(&a.id).await.unwrap(), 0);
+    drop(impostor);
+    node_b.stop().await;
+}
