@@ -16,14 +16,14 @@ use tokio::net::{TcpSocket, TcpStream};
 /// nothing sent yet.
 async fn tls_to(
     a: &Org,
-    node: &RunningNode,
+    addr: std::net::SocketAddr,
     cert: Option<&threatmesh::identity::CertifiedKey>,
 ) -> tokio_rustls::client::TlsStream<TcpStream> {
     let trust: SharedTrust = Arc::new(ArcSwap::from_pointee(
         TrustStore::new(a.id.clone(), &a.ca_pem()).unwrap(),
     ));
     let tls = client_config(trust, SpiffeId::node(&a.id), cert).unwrap();
-    let tcp = TcpStream::connect(node.addr).await.unwrap();
+    let tcp = TcpStream::connect(addr).await.unwrap();
     let name = rustls_pki_types::ServerName::try_from(a.id.as_str().to_string()).unwrap();
     tokio_rustls::TlsConnector::from(tls)
         .connect(name, tcp)
@@ -95,7 +95,7 @@ async fn idle_and_certificate_less_connections_cannot_lock_partners_and_admins_o
 
     // A TLS connection without a client certificate that sends nothing is
     // closed after the grace period instead of being kept forever.
-    let mut conn = tls_to(&a, &node, None).await;
+    let mut conn = tls_to(&a, node.addr, None).await;
     let mut buf = [0u8; 64];
     let ended = tokio::time::timeout(std::time::Duration::from_secs(30), async {
         loop {
@@ -225,11 +225,14 @@ fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
     f
 }
 
+const DATA: u8 = 0;
 const HEADERS: u8 = 1;
 const RST_STREAM: u8 = 3;
 const SETTINGS: u8 = 4;
 const GOAWAY: u8 = 7;
+const WINDOW_UPDATE: u8 = 8;
 const CONTINUATION: u8 = 9;
+const END_STREAM: u8 = 1;
 const END_HEADERS: u8 = 4;
 
 /// The HPACK block of a GetCard request (literals, no Huffman, no table).
@@ -260,7 +263,7 @@ async fn flood_h2(
     flood: impl Iterator<Item = Vec<u8>> + Send + 'static,
 ) -> (Option<u32>, usize) {
     use tokio::io::AsyncWriteExt;
-    let conn = tls_to(a, node, Some(cert)).await;
+    let conn = tls_to(a, node.addr, Some(cert)).await;
     let (mut rd, mut wr) = tokio::io::split(conn);
     let writer = tokio::spawn(async move {
         let mut written = 0;
@@ -392,4 +395,191 @@ async fn replies_are_cut_below_the_message_limit_so_large_indicators_flow() {
     assert_eq!(ids_at(&node_b).await.len(), 120);
     node_b.stop().await;
     node_a.stop().await;
+}
+
+/// Resident memory of process `pid` now, in bytes (Linux).
+fn rss_of(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("RssAnon:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap();
+    kb * 1024
+}
+
+/// `org`'s node as a real `threatmesh serve` process (so its memory is its
+/// own), listening on a free port; returns once it answers.
+async fn serve_process(org: &Org) -> (tokio::process::Child, std::net::SocketAddr) {
+    let addr = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_threatmesh"))
+        .args(["serve", "--config"])
+        .arg(&org.config)
+        .env("THREATMESH__NODE__LISTEN", addr.to_string())
+        .env("THREATMESH__LOG__LEVEL", "warn")
+        .stdout(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let org_ref = &org;
+    wait_until(60, "the node process to answer", || async move {
+        {
+            let cert = org_ref.admin_cert();
+            let mut c = threatmesh::proto::v1::exchange_client::ExchangeClient::new(channel_with(
+                addr,
+                &org_ref.id,
+                &org_ref.ca_pem(),
+                Some(&cert),
+            ));
+            c.get_card(threatmesh::proto::v1::GetCardRequest {})
+                .await
+                .is_ok()
+        }
+    })
+    .await;
+    (child, addr)
+}
+
+/// Subscribes to the node at `addr` as `partner` and reads its whole log
+/// (`n` rows), sampling the node's memory as it goes; returns the peak.
+async fn catch_up(a: &Org, addr: std::net::SocketAddr, partner: &Org, n: u64, pid: u32) -> u64 {
+    let mut client = threatmesh::proto::v1::exchange_client::ExchangeClient::new(channel_with(
+        addr,
+        &a.id,
+        &a.ca_pem(),
+        Some(&partner.node_cert()),
+    ))
+    .max_decoding_message_size(8 << 20);
+    let mut stream = client
+        .subscribe(subscribe_from(0))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut peak = rss_of(pid);
+    let (mut received, mut cursor) = (0u64, 0);
+    while cursor < n {
+        let m = stream.message().await.unwrap().unwrap();
+        received += m.deliveries.len() as u64;
+        cursor = m.cursor;
+        peak = peak.max(rss_of(pid));
+    }
+    assert_eq!(received, n, "{} was served the whole log", partner.id);
+    peak
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscriber_that_never_reads_costs_bounded_memory_and_others_are_served() {
+    use tokio::io::AsyncWriteExt;
+    let a = Org::new("a.example");
+    let (s, c1, c2) = (
+        Org::new("s.example"),
+        Org::new("c1.example"),
+        Org::new("c2.example"),
+    );
+    for p in [&s, &c1, &c2] {
+        a.add_peer(p, None).await;
+    }
+    let (mut node, addr) = serve_process(&a).await;
+    let pid = node.id().unwrap();
+    // About 40 MB of envelopes in A's log.
+    const N: u32 = 10_000;
+    let drafts = (0..N)
+        .map(|i| {
+            let mut d = ipv4_draft(i, threatmesh::proto::v1::Tlp::Clear);
+            d.description = format!("{i:08}").repeat(500);
+            d
+        })
+        .collect();
+    let client = threatmesh::proto::v1::exchange_client::ExchangeClient::new(channel_with(
+        addr,
+        &a.id,
+        &a.ca_pem(),
+        Some(&a.publisher_cert()),
+    ));
+    publish_all(&client, drafts, 32).await;
+    let store = a.store().await;
+    let log_bytes: u64 = store
+        .read_after(0, N)
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.envelope.len() as u64)
+        .sum();
+    let before = rss_of(pid);
+    // C1 alone: what serving one partner the whole log costs.
+    let alone = catch_up(&a, addr, &c1, u64::from(N), pid).await;
+
+    // S subscribes from the start over a raw HTTP/2 connection that grants
+    // the node an unlimited window, then never reads a byte.
+    let conn = tls_to(&a, addr, Some(&s.node_cert())).await;
+    let (_rd, mut wr) = tokio::io::split(conn);
+    let mut start = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    let mut settings = 4u16.to_be_bytes().to_vec(); // INITIAL_WINDOW_SIZE
+    settings.extend(0x7fff_ffffu32.to_be_bytes());
+    start.extend(frame(SETTINGS, 0, 0, &settings));
+    start.extend(frame(
+        WINDOW_UPDATE,
+        0,
+        0,
+        &(0x7fff_ffffu32 - 65_535).to_be_bytes(),
+    ));
+    let mut headers = get_card_headers();
+    let path = b"/threatmesh.v1.Exchange/GetCard";
+    let at = headers.windows(path.len()).position(|w| w == path).unwrap();
+    let subscribe = b"/threatmesh.v1.Exchange/Subscribe";
+    headers.splice(at - 1..at + path.len(), {
+        let mut v = vec![subscribe.len() as u8];
+        v.extend(subscribe);
+        v
+    });
+    start.extend(frame(HEADERS, END_HEADERS, 1, &headers));
+    start.extend(frame(DATA, END_STREAM, 1, &[0, 0, 0, 0, 0]));
+    wr.write_all(&start).await.unwrap();
+    wr.flush().await.unwrap();
+
+    // The node records each release before sending it: the ledger shows it
+    // started sending to S.
+    let sent_to_s = |store: threatmesh::store::Store| async move {
+        store
+            .audit_rows(Some("s.example"), None)
+            .await
+            .unwrap()
+            .iter()
+            .filter(|r| r.entry.event == "sent")
+            .map(|r| r.entry.subject.split(' ').count())
+            .sum::<usize>()
+    };
+    let st = store.clone();
+    wait_until(60, "the node to start sending to S", || {
+        let st = st.clone();
+        async move { sent_to_s(st).await > 0 }
+    })
+    .await;
+    // With S stalled, C2 is served the whole log just the same.
+    let with_s = catch_up(&a, addr, &c2, u64::from(N), pid).await;
+    let sent = sent_to_s(store.clone()).await;
+    let cost = with_s.saturating_sub(alone);
+    eprintln!(
+        "log {log_bytes} bytes; S stalled after {sent} of {N}; node memory {before}, \
+         peak serving C1 alone {alone}, with S stalled {with_s} (+{cost})"
+    );
+    assert!(
+        (sent as u64) < u64::from(N),
+        "S was sent everything without reading"
+    );
+    // Bounded: a few replies in flight (each under the message limit), not
+    // the log it was offered.
+    assert!(
+        cost < log_bytes * 3 / 5,
+        "a subscriber that does not read cost {cost} bytes of a {log_bytes}-byte log"
+    );
+    assert!(
+        alone.saturating_sub(before) < log_bytes,
+        "serving the log cost more memory than the log itself"
+    );
+    store.close().await;
+    node.kill().await.unwrap();
 }

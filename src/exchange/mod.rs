@@ -279,6 +279,9 @@ where
                 None => SentBefore::new(),
             };
             let (item, audit, sent) = map(&rows, last, &sent_before);
+            // The reply holds what it needs; a stream waiting on a slow
+            // client holds no rows besides it.
+            drop(rows);
             let pending = match &recipient {
                 Some(r) => match ctx.store.enqueue_release(audit, r, sent).await {
                     Ok(p) => Some(p),

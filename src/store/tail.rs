@@ -12,10 +12,21 @@ use super::{Store, StoreError, StoredIndicator, to_i64};
 pub(super) struct Tail {
     /// Consecutive rows, oldest first.
     rows: std::collections::VecDeque<StoredIndicator>,
+    /// Their [`weight`] in all.
+    bytes: usize,
 }
 
 /// Most rows the tail keeps.
 const TAIL_ROWS: usize = 8192;
+/// Most memory the tail keeps, by [`weight`]: large envelopes mean fewer
+/// rows, so the tail never holds more than this whatever their size.
+const TAIL_BYTES: usize = 8 << 20;
+
+/// What a row held in the tail costs: its envelope, and about as much
+/// again for the indicator decoded from it once a stream has decided on it.
+fn weight(r: &StoredIndicator) -> usize {
+    2 * r.envelope.len() + r.path.iter().map(|p| p.len() + 24).sum::<usize>() + 128
+}
 
 impl Store {
     /// Up to `limit` rows with `seq > after`, in order.
@@ -55,10 +66,16 @@ impl Store {
         {
             if t.rows.back().is_some_and(|r| r.seq != after) {
                 t.rows.clear();
+                t.bytes = 0;
             }
-            t.rows.extend(rows.iter().cloned());
-            while t.rows.len() > TAIL_ROWS {
-                t.rows.pop_front();
+            for r in &rows {
+                t.bytes += weight(r);
+                t.rows.push_back(r.clone());
+            }
+            while t.rows.len() > TAIL_ROWS || (t.bytes > TAIL_BYTES && t.rows.len() > 1) {
+                if let Some(r) = t.rows.pop_front() {
+                    t.bytes -= weight(&r);
+                }
             }
         }
         Ok(rows)
