@@ -258,12 +258,12 @@ fn get_card_headers() -> Vec<u8> {
 /// node sent, if any, and how many bytes of the flood were written.
 async fn flood_h2(
     a: &Org,
-    node: &RunningNode,
+    addr: std::net::SocketAddr,
     cert: &threatmesh::identity::CertifiedKey,
     flood: impl Iterator<Item = Vec<u8>> + Send + 'static,
 ) -> (Option<u32>, usize) {
     use tokio::io::AsyncWriteExt;
-    let conn = tls_to(a, node.addr, Some(cert)).await;
+    let conn = tls_to(a, addr, Some(cert)).await;
     let (mut rd, mut wr) = tokio::io::split(conn);
     let writer = tokio::spawn(async move {
         let mut written = 0;
@@ -304,6 +304,33 @@ async fn flood_h2(
     (goaway, writer.await.unwrap())
 }
 
+const STREAMS: u32 = 100_000;
+
+/// HEADERS then RST_STREAM, for 100,000 streams: HTTP/2 rapid reset.
+fn rapid_resets() -> impl Iterator<Item = Vec<u8>> + Send + 'static {
+    let headers = get_card_headers();
+    (0..STREAMS).map(move |i| {
+        let id = 2 * i + 1;
+        let mut f = frame(HEADERS, END_HEADERS, id, &headers);
+        f.extend(frame(RST_STREAM, 0, id, &8u32.to_be_bytes())); // CANCEL
+        f
+    })
+}
+
+const FRAMES: usize = 4096;
+
+/// One header block that never ends: literal "x-pad" headers of 1,000 bytes
+/// each, 16 KiB per CONTINUATION frame, 64 MiB offered.
+fn endless_headers() -> impl Iterator<Item = Vec<u8>> + Send + 'static {
+    let mut pad = vec![0x00, 0x05];
+    pad.extend(b"x-pad");
+    pad.extend([0x7f, 0xe9, 0x06]); // length 1000 (127 + 873)
+    pad.extend([b'a'; 1000]);
+    let chunk: Vec<u8> = pad.iter().copied().cycle().take(16 * 1024).collect();
+    let first = frame(HEADERS, 0, 1, &get_card_headers());
+    std::iter::once(first).chain((0..FRAMES).map(move |_| frame(CONTINUATION, 0, 1, &chunk)))
+}
+
 /// ENHANCE_YOUR_CALM, the HTTP/2 error for a peer that is flooding.
 const ENHANCE_YOUR_CALM: u32 = 0xb;
 
@@ -314,15 +341,8 @@ async fn an_http2_rapid_reset_flood_closes_the_connection_and_partners_are_serve
     a.add_peer(&b, None).await;
     a.add_peer(&c, None).await;
     let node = start(&a).await;
-    const STREAMS: u32 = 100_000;
-    let headers = get_card_headers();
-    let flood = (0..STREAMS).map(move |i| {
-        let id = 2 * i + 1;
-        let mut f = frame(HEADERS, END_HEADERS, id, &headers);
-        f.extend(frame(RST_STREAM, 0, id, &8u32.to_be_bytes())); // CANCEL
-        f
-    });
-    let (goaway, written) = flood_h2(&a, &node, &b.node_cert(), flood).await;
+    let flood = rapid_resets();
+    let (goaway, written) = flood_h2(&a, node.addr, &b.node_cert(), flood).await;
     assert_eq!(goaway, Some(ENHANCE_YOUR_CALM), "written {written} bytes");
     let one = frame(HEADERS, END_HEADERS, 1, &get_card_headers()).len() * 2;
     assert!(
@@ -354,7 +374,7 @@ async fn an_http2_continuation_flood_closes_the_connection_and_partners_are_serv
     let first = frame(HEADERS, 0, 1, &get_card_headers());
     let flood =
         std::iter::once(first).chain((0..FRAMES).map(move |_| frame(CONTINUATION, 0, 1, &chunk)));
-    let (goaway, written) = flood_h2(&a, &node, &b.node_cert(), flood).await;
+    let (goaway, written) = flood_h2(&a, node.addr, &b.node_cert(), flood).await;
     assert!(
         goaway.is_some(),
         "closed without GOAWAY after {written} bytes"
@@ -581,5 +601,55 @@ async fn a_subscriber_that_never_reads_costs_bounded_memory_and_others_are_serve
         "serving the log cost more memory than the log itself"
     );
     store.close().await;
+    node.kill().await.unwrap();
+}
+
+/// Peak resident memory of process `pid` so far, in bytes (Linux).
+fn peak_rss_of(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap();
+    kb * 1024
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn floods_cost_the_node_process_bounded_memory() {
+    let a = Org::new("a.example");
+    let b = Org::new("b.example");
+    a.add_peer(&b, None).await;
+    let (mut node, addr) = serve_process(&a).await;
+    let pid = node.id().unwrap();
+    let before = peak_rss_of(pid);
+    // 64 MiB of header block, 100,000 reset streams, 40 idle connections.
+    let (goaway, _) = flood_h2(&a, addr, &b.node_cert(), endless_headers()).await;
+    assert!(goaway.is_some());
+    let (goaway, _) = flood_h2(&a, addr, &b.node_cert(), rapid_resets()).await;
+    assert_eq!(goaway, Some(ENHANCE_YOUR_CALM));
+    let mut idle = Vec::new();
+    for _ in 0..40 {
+        let s = TcpSocket::new_v4().unwrap();
+        s.bind("127.0.0.2:0".parse().unwrap()).unwrap();
+        idle.push(s.connect(addr).await.unwrap());
+    }
+    // The node still answers.
+    let mut as_b = threatmesh::proto::v1::exchange_client::ExchangeClient::new(channel_with(
+        addr,
+        &a.id,
+        &a.ca_pem(),
+        Some(&b.node_cert()),
+    ));
+    as_b.get_card(threatmesh::proto::v1::GetCardRequest {})
+        .await
+        .unwrap();
+    let grew = peak_rss_of(pid).saturating_sub(before);
+    eprintln!("node peak memory {before} -> +{grew} under the floods");
+    assert!(
+        grew < 32 << 20,
+        "floods of 64 MiB and 100,000 streams grew the node's peak memory by {grew} bytes"
+    );
+    drop(idle);
     node.kill().await.unwrap();
 }

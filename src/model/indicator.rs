@@ -764,6 +764,22 @@ mod tests {
         assert_eq!(parse_tlp("tlp:amber+strict"), Some(Tlp::AmberStrict));
         assert_eq!(parse_tlp("AMBER-STRICT"), Some(Tlp::AmberStrict));
         assert_eq!(parse_tlp("white"), None);
+        // Case and padding variants mean the label they spell, never a
+        // weaker one; anything else is refused, not guessed.
+        assert_eq!(parse_tlp("  Tlp:Amber "), Some(Tlp::Amber));
+        assert_eq!(parse_tlp("amber_strict"), Some(Tlp::AmberStrict));
+        for odd in [
+            "AMBER STRICT",
+            "AMBER+ STRICT",
+            "AMBERSTRICT",
+            "AMBER+",
+            "RED\0",
+            "TLP: RED",
+            "TLP:TLP:RED",
+            "",
+        ] {
+            assert_eq!(parse_tlp(odd), None, "{odd:?}");
+        }
         assert_eq!(tlp_name(Tlp::Red as i32), Some("RED"));
         assert_eq!(tlp_name(77), None);
         assert_eq!(parse_kind("SHA256"), Some(IndicatorKind::Sha256));
