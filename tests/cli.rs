@@ -234,14 +234,21 @@ fn a_bad_publish_file_names_line_and_field_and_publishes_nothing() {
          # comment\n\
          {\"kind\":\"domian\",\"value\":\"x.example\",\"tlp\":\"GREEN\"}\n\
          {\"kind\":\"domain\",\"value\":\"x.example\",\"tlp\":\"WHITE\"}\n\
-         {\"kind\":\"domain\",\"value\":\"x.example\",\"tlp\":\"GREEN\",\"colour\":1}\n",
+         {\"kind\":\"domain\",\"value\":\"x.example\",\"tlp\":\"GREEN\",\"colour\":1}\n\
+         {\"kind\":\"ipv4\",\"value\":\"999.1.1.1\",\"tlp\":\"GREEN\"}\n\
+         {\"kind\":\"domain\",\"value\":\"red.example\",\"tlp\":\"RED\"}\n\
+         {\"kind\":\"url\",\"value\":\"http://a.example/x\\u0000y\",\"tlp\":\"GREEN\"}\n",
     )
     .unwrap();
-    // No node is running: the file is rejected before anything is sent.
+    // No node is running: the file is rejected before anything is sent,
+    // value errors (which the node would find) included.
     let o = run(&["-c", &a, "publish", "--file", file.to_str().unwrap()]);
     assert_eq!(o.status.code(), Some(64), "{}", text(&o));
     let t = text(&o);
-    assert!(t.contains("3 bad line(s); nothing was published"), "{t}");
+    assert!(t.contains("6 bad line(s); nothing was published"), "{t}");
+    assert!(t.contains("line 6: value"), "{t}");
+    assert!(t.contains("line 7: marking.recipients"), "{t}");
+    assert!(t.contains("line 8: value"), "{t}");
     assert!(t.contains("line 3: kind: 'domian'"), "{t}");
     assert!(t.contains("line 4: tlp: 'WHITE'"), "{t}");
     assert!(t.contains("line 5:") && t.contains("colour"), "{t}");

@@ -29,8 +29,10 @@ Examples:
 A --file holds one JSON object per line, with the same fields as the flags:
   {\"kind\":\"url\",\"value\":\"http://evil.example/x\",\"tlp\":\"AMBER\",\"recipients\":[\"b.example\"],
    \"confidence\":70,\"tags\":[\"c2\"],\"jurisdictions\":[\"DE\"],\"valid_until\":\"2027-01-01T00:00:00Z\"}
-Every line is checked before anything is sent; a bad line is reported with its
-number and field, and nothing is published.
+Every line is checked before anything is sent, exactly as the node checks it
+(kind, value, marking, limits); a bad line is reported with its number and
+field, and nothing is published. What only the node can know (an --id it does
+not hold) is reported per line after the rest are published.
 
 Kinds: ipv4, ipv6, cidr, domain, url, email, sha256, sha1, md5.
 TLP: CLEAR, GREEN, AMBER, AMBER+STRICT, RED (RED and AMBER+STRICT need --recipient).")]
@@ -196,9 +198,14 @@ impl PublishArgs {
     }
 }
 
-/// Parses a JSON-lines document into drafts; all errors are collected with
-/// their line numbers. Blank lines and lines starting with `#` are skipped.
-pub fn parse_lines(text: &str) -> Result<Vec<(usize, IndicatorDraft)>, Vec<String>> {
+/// Parses a JSON-lines document into drafts and checks each as the node
+/// will (values, markings, limits; at `now_ms`), so that a file with any
+/// bad line publishes nothing; all errors are collected with their line
+/// numbers. Blank lines and lines starting with `#` are skipped.
+pub fn parse_lines(
+    text: &str,
+    now_ms: i64,
+) -> Result<Vec<(usize, IndicatorDraft)>, Vec<String>> {
     let mut ok = Vec::new();
     let mut errors = Vec::new();
     for (i, line) in text.lines().enumerate() {
@@ -209,7 +216,10 @@ pub fn parse_lines(text: &str) -> Result<Vec<(usize, IndicatorDraft)>, Vec<Strin
         }
         match serde_json::from_str::<DraftInput>(line) {
             Ok(input) => match input.to_draft() {
-                Ok(d) => ok.push((n, d)),
+                Ok(d) => match crate::model::prepare_draft(&d, now_ms) {
+                    Ok(_) => ok.push((n, d)),
+                    Err(e) => errors.push(format!("line {n}: {e}")),
+                },
                 Err(e) => errors.push(format!("line {n}: {e}")),
             },
             Err(e) => errors.push(format!("line {n}: {e}")),
@@ -238,7 +248,7 @@ pub async fn run(
                 std::fs::read_to_string(path)
                     .map_err(|e| CliError::Usage(format!("--file {}: {e}", path.display())))?
             };
-            parse_lines(&text).map_err(|errs| {
+            parse_lines(&text, crate::clock::wall_ms()).map_err(|errs| {
                 CliError::Usage(format!(
                     "{} has {} bad line(s); nothing was published:\n  {}",
                     path.display(),
