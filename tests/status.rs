@@ -118,3 +118,35 @@ async fn status_shows_each_link_with_state_and_lag() {
     assert_eq!(err.code(), tonic::Code::PermissionDenied);
     node_b.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_error_from_before_the_link_came_up_is_shown_as_past_with_its_time() {
+    let a = Org::new("a.example");
+    let b = Org::new("b.example");
+    let node_a = start(&a).await;
+    // B dials A before A has registered B: refused.
+    b.add_peer(&a, Some(node_a.addr)).await;
+    let node_b = start(&b).await;
+    link_error(&node_b, &a, "registered", 30).await;
+    let l = link_at(&node_b, &b, "a.example").await;
+    assert!(!l.last_error_past && l.last_error_unix_ms > 0, "{l:?}");
+    // A registers B; the link comes up. The refusal is history now.
+    a.add_peer(&b, None).await;
+    let (node, org) = (&node_b, &b);
+    wait_until(30, "B's link to come up", || async move {
+        link_at(node, org, "a.example").await.state == "connected"
+    })
+    .await;
+    let l = link_at(&node_b, &b, "a.example").await;
+    assert!(l.last_error_past, "{l:?}");
+    assert!(l.last_error.contains("registered"), "{l:?}");
+    let o = cli(&b, &node_b, &["status"]);
+    let table = String::from_utf8_lossy(&o.stdout);
+    let row = table.lines().find(|l| l.starts_with("a.example")).unwrap();
+    assert!(
+        row.contains("connected") && row.contains("(past, "),
+        "{row}"
+    );
+    node_b.stop().await;
+    node_a.stop().await;
+}

@@ -400,6 +400,8 @@ impl AdminService {
                 link.upstream_latest = h.upstream_latest;
                 link.lag = h.upstream_latest.saturating_sub(cursor);
                 link.last_error = h.last_error.clone();
+                link.last_error_unix_ms = h.last_error_ms;
+                link.last_error_past = !h.last_error.is_empty() && h.error_is_past();
             } else if !p.endpoint.is_empty() {
                 link.state = "connecting".into();
             }

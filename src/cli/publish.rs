@@ -202,10 +202,7 @@ impl PublishArgs {
 /// will (values, markings, limits; at `now_ms`), so that a file with any
 /// bad line publishes nothing; all errors are collected with their line
 /// numbers. Blank lines and lines starting with `#` are skipped.
-pub fn parse_lines(
-    text: &str,
-    now_ms: i64,
-) -> Result<Vec<(usize, IndicatorDraft)>, Vec<String>> {
+pub fn parse_lines(text: &str, now_ms: i64) -> Result<Vec<(usize, IndicatorDraft)>, Vec<String>> {
     let mut ok = Vec::new();
     let mut errors = Vec::new();
     for (i, line) in text.lines().enumerate() {

@@ -29,6 +29,19 @@ fn ago(ms: i64) -> String {
     }
 }
 
+/// The LAST ERROR column: when it happened, and marked as past once the
+/// link has been connected since.
+fn last_error(l: &crate::proto::v1::LinkStatus) -> String {
+    if l.last_error.is_empty() {
+        return String::new();
+    }
+    if l.last_error_past {
+        format!("(past, {}) {}", ago(l.last_error_unix_ms), l.last_error)
+    } else {
+        format!("({}) {}", ago(l.last_error_unix_ms), l.last_error)
+    }
+}
+
 /// Runs `threatmesh status`.
 pub async fn run(config: &Path, conn: &ClientArgs, args: &StatusArgs) -> Result<(), CliError> {
     let mut a = AdminSession::open(config, conn)?;
@@ -42,7 +55,8 @@ pub async fn run(config: &Path, conn: &ClientArgs, args: &StatusArgs) -> Result<
                     "partner": l.partner, "endpoint": l.endpoint, "state": l.state,
                     "since_unix_ms": l.since_unix_ms, "last_message_unix_ms": l.last_message_unix_ms,
                     "cursor": l.cursor, "upstream_latest": l.upstream_latest, "lag": l.lag,
-                    "last_error": l.last_error, "policy": l.policy,
+                    "last_error": l.last_error, "last_error_unix_ms": l.last_error_unix_ms,
+                    "last_error_past": l.last_error_past, "policy": l.policy,
                     "quarantined": l.quarantined,
                 })
             })
@@ -96,7 +110,7 @@ pub async fn run(config: &Path, conn: &ClientArgs, args: &StatusArgs) -> Result<
             } else {
                 &l.policy
             },
-            l.last_error
+            last_error(l)
         );
     }
     Ok(())

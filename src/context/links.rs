@@ -41,6 +41,15 @@ pub struct LinkHealth {
     pub upstream_latest: u64,
     /// Why the link last went down ("" if it has not).
     pub last_error: String,
+    /// When that was (Unix ms; 0 = never).
+    pub last_error_ms: i64,
+}
+
+impl LinkHealth {
+    /// Whether the last error is history: the link has been connected since.
+    pub fn error_is_past(&self) -> bool {
+        self.state == LinkState::Connected && self.last_error_ms <= self.since_ms
+    }
 }
 
 /// Outbound link health by partner.
@@ -67,6 +76,7 @@ impl LinkBoard {
             last_message_ms: 0,
             upstream_latest: 0,
             last_error: String::new(),
+            last_error_ms: 0,
         });
         f(h);
     }
@@ -81,6 +91,7 @@ impl LinkBoard {
             }
             if let Some(e) = error {
                 h.last_error = e;
+                h.last_error_ms = now;
             }
         });
     }
