@@ -78,12 +78,7 @@ async fn inconsistency(node: &RunningNode, partner: &str) -> String {
         }
     })
     .await;
-    let rows = node
-        .ctx
-        .store
-        .audit_rows(Some(partner), None)
-        .await
-        .unwrap();
+    let rows = ledger(node, partner).await;
     let row = rows
         .iter()
         .find(|r| r.entry.rule == "ledger-inconsistent")

@@ -810,16 +810,30 @@ pub fn cli(org: &Org, node: &RunningNode, args: &[&str]) -> std::process::Output
 
 pub use threatmesh::clock::wall_ms as now_ms;
 
+/// `node`'s ledger rows about `partner`, oldest first.
+pub async fn ledger(node: &RunningNode, partner: &str) -> Vec<threatmesh::audit::AuditRow> {
+    node.ctx
+        .store
+        .audit_rows(Some(partner), None)
+        .await
+        .unwrap()
+}
+
+/// Asserts that `node` (run by `org`) still answers `partner`'s node: what
+/// one partner did has not cost the others their service.
+pub async fn still_serves(org: &Org, node: &RunningNode, partner: &Org) {
+    let mut client = exchange_as(org, node, &partner.node_cert());
+    client
+        .get_card(GetCardRequest {})
+        .await
+        .unwrap_or_else(|e| panic!("{} no longer serves {}: {e:?}", org.id, partner.id));
+}
+
 /// Asserts `node`'s ledger has no `sent` row to `partner` naming indicator
 /// `id`: the egress gate records every release before it is sent, so this
 /// proves nothing of it left for that partner — no waiting needed.
 pub async fn assert_never_sent(node: &RunningNode, partner: &str, id: &str) {
-    let rows = node
-        .ctx
-        .store
-        .audit_rows(Some(partner), None)
-        .await
-        .unwrap();
+    let rows = ledger(node, partner).await;
     let sent: Vec<_> = rows
         .iter()
         .filter(|r| r.entry.event == "sent" && r.entry.subject.contains(id))
