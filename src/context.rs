@@ -92,6 +92,9 @@ pub struct NodeContext {
     pub tls: NodeTls,
     /// Open verified connections, closed when trust in them ends.
     pub conns: crate::net::Connections,
+    /// The identity of our log (see `store::identity`), sent with every
+    /// Subscribe reply.
+    pub log_id: String,
     /// Streams and request rate per partner (`[limits]`).
     pub quota: PartnerQuota,
     /// What the view was last built from (`None` before the first load).
@@ -158,6 +161,7 @@ impl NodeContext {
             .into());
         }
         let store = Store::open_sqlite(&settings.store.path, clock).await?;
+        let log_id = store.log_id().await?;
         let signing = load_current_signing_key(&settings, &store).await?;
         let server_tls = Arc::new(ArcSwap::new(server_config(&node_cert)?));
         let seen = (
@@ -205,6 +209,7 @@ impl NodeContext {
             loaded: std::sync::Mutex::new(None),
             conns: crate::net::Connections::default(),
             quota,
+            log_id,
             tls: NodeTls {
                 cert: ArcSwap::from_pointee(node_cert),
                 server: server_tls,

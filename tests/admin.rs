@@ -467,7 +467,7 @@ async fn a_partners_new_ca_is_taken_without_restart() {
 
     // The certificate from B's old CA is refused now.
     let err = exchange_as(&a, &node_a, &old_node_cert)
-        .subscribe(SubscribeRequest { from_cursor: 0 })
+        .subscribe(SubscribeRequest::default())
         .await
         .unwrap_err();
     assert_eq!(err.code(), tonic::Code::Unauthenticated);

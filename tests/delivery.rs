@@ -201,7 +201,7 @@ async fn partners_registered_while_running_are_picked_up_without_restart() {
     // Before A knows B's CA, B's node certificate is refused by A.
     let mut early = exchange_as(&a, &node_a, &b.node_cert());
     let err = early
-        .subscribe(threatmesh::proto::v1::SubscribeRequest { from_cursor: 0 })
+        .subscribe(threatmesh::proto::v1::SubscribeRequest::default())
         .await
         .unwrap_err();
     assert_eq!(err.code(), tonic::Code::Unauthenticated);

@@ -34,7 +34,7 @@ async fn publish_code(client: &mut Client) -> Code {
 }
 
 async fn subscribe_status(client: &mut Client) -> (Code, String) {
-    let e = match client.subscribe(SubscribeRequest { from_cursor: 0 }).await {
+    let e = match client.subscribe(SubscribeRequest::default()).await {
         Ok(mut s) => s.get_mut().message().await.unwrap_err(),
         Err(e) => e,
     };

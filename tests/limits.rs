@@ -121,6 +121,7 @@ async fn limit_rows(node: &RunningNode, partner: &str, setting: &str) -> usize {
 fn subscribe_from(cursor: u64) -> threatmesh::proto::v1::SubscribeRequest {
     threatmesh::proto::v1::SubscribeRequest {
         from_cursor: cursor,
+        ..Default::default()
     }
 }
 

@@ -57,6 +57,19 @@ impl AuditEntry {
         Self::of(event::REJECTED, NODE, partner, subject, kind, reason.into())
     }
 
+    /// `partner`'s log is another one than our cursor counted in (its store
+    /// was restored or re-created): we read it again from the start.
+    pub fn log_changed(partner: &str, was: &str, now: &str, why: &str) -> Self {
+        Self::of(
+            event::LOG_CHANGED,
+            NODE,
+            partner,
+            format!("{partner} log {was} -> {now}"),
+            "re-read-from-start",
+            why.into(),
+        )
+    }
+
     /// A signed ledger head of `partner` disagreed with the one we hold.
     pub fn ledger_inconsistent(partner: &str, why: &str) -> Self {
         Self::of(

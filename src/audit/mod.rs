@@ -55,6 +55,8 @@ pub mod event {
     pub const CRL_IMPORTED: &str = "crl-imported";
     /// A partner's endpoint or introducer flag was changed.
     pub const PEER_UPDATED: &str = "peer-updated";
+    /// A partner's log changed identity; our cursor in it starts again.
+    pub const LOG_CHANGED: &str = "log-changed";
     /// A partner's signed ledger head disagreed with one we hold.
     pub const LEDGER_WITNESS: &str = "ledger-witness";
 }

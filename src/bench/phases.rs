@@ -399,7 +399,10 @@ pub(super) async fn bench_fanout(
         tokio::spawn(async move {
             let mut client = ExchangeClient::new(ch);
             let stream = client
-                .subscribe(SubscribeRequest { from_cursor: from })
+                .subscribe(SubscribeRequest {
+                    from_cursor: from,
+                    log_id: String::new(),
+                })
                 .await;
             ready.wait().await;
             let Ok(stream) = stream else {
@@ -458,7 +461,10 @@ pub(super) async fn bench_fanout(
     let mut client = ExchangeClient::new(ch);
     let from = node.ctx.store.latest_seq().await.map_err(err)?;
     let held = client
-        .subscribe(SubscribeRequest { from_cursor: from })
+        .subscribe(SubscribeRequest {
+            from_cursor: from,
+            log_id: String::new(),
+        })
         .await
         .map_err(err)?;
     tokio::time::sleep(Duration::from_millis(500)).await;

@@ -467,11 +467,21 @@ impl Exchange for ExchangeService {
                     .into());
             }
         };
-        let from = req.into_inner().from_cursor;
+        let req = req.into_inner();
         let latest = ctx.store.latest_seq().await.map_err(RpcError::from)?;
+        // A cursor in another log (our store was restored or re-created
+        // since) means nothing here: that subscriber reads from the start.
+        let from = if !req.log_id.is_empty() && req.log_id != ctx.log_id {
+            tracing::info!(partner = %caller.org, their = %req.log_id, ours = %ctx.log_id, "subscriber's cursor counts in another log; streaming from the start");
+            0
+        } else {
+            req.from_cursor
+        };
         if from > latest {
             return Err(RpcError::OutOfRange(format!(
-                "from_cursor {from} is beyond this node's log (latest {latest}); was {}'s store reset?",
+                "from_cursor {from} is beyond this node's log (latest {latest}), in the same log: \
+                 {}'s store was replaced without `threatmesh store restore` (which gives it a new log identity); \
+                 its operator should run that, or ours `threatmesh peer reset-cursor`",
                 ctx.own
             ))
             .into());
@@ -536,6 +546,7 @@ impl Exchange for ExchangeService {
                     cursor: last,
                     latest: gate.store.latest_known().max(last),
                     cards,
+                    log_id: gate.log_id.clone(),
                 };
                 (Some(response), crate::audit::coalesce(audit), sent)
             },

@@ -135,10 +135,11 @@ async fn session(
     let channel = crate::net::mtls_channel(&peer.endpoint, peer.org.as_str(), tls)?;
     let mut exchange = ExchangeClient::new(channel)
         .max_decoding_message_size(ctx.settings.limits.max_message_bytes);
-    let cursor = ctx.store.cursor(&peer.org).await?;
+    let (log_id, cursor) = ctx.store.cursor_in(&peer.org).await?;
     let mut stream = exchange
         .subscribe(SubscribeRequest {
             from_cursor: cursor,
+            log_id: log_id.clone(),
         })
         .await?
         .into_inner();
@@ -154,7 +155,7 @@ async fn session(
         ctx,
         peer,
         (&mut stream, exchange),
-        cursor,
+        (log_id, cursor),
         &commits,
         backoff,
     )
@@ -245,7 +246,7 @@ async fn receive(
         &mut tonic::Streaming<crate::proto::v1::SubscribeResponse>,
         ExchangeClient<tonic::transport::Channel>,
     ),
-    mut cursor: u64,
+    (mut log_id, mut cursor): (String, u64),
     commits: &tokio::sync::mpsc::Sender<Batch>,
     backoff: &mut Backoff,
 ) -> Result<(), LinkError> {
@@ -267,6 +268,23 @@ async fn receive(
             }
         };
         ctx.links.message(&peer.org, msg.latest.max(msg.cursor));
+        // The partner's log is another than our cursor counted in (its
+        // store was restored or re-created): it streams from the start, and
+        // our cursor starts again. Only the first message can say so: a
+        // node's log does not change while it serves.
+        if !msg.log_id.is_empty() && msg.log_id != log_id {
+            let why = "its store was restored or re-created; reading its log again from the start";
+            let was = std::mem::replace(&mut log_id, msg.log_id.clone());
+            cursor = ctx.store.adopt_log(&peer.org, &msg.log_id, why).await?;
+            if !was.is_empty() {
+                tracing::warn!(partner = %peer.org, was = %was, now = %log_id, "partner's log changed; {why}");
+                ctx.links.set_state(
+                    &peer.org,
+                    LinkState::Connected,
+                    Some(format!("partner's log changed ({was} -> {log_id}): {why}")),
+                );
+            }
+        }
         if msg.cursor < cursor {
             return Err(LinkError::Protocol(format!(
                 "{} moved the cursor back from {cursor} to {}",

@@ -18,6 +18,7 @@
 //! second backend implements the same methods behind the same handle.
 
 mod directory;
+mod identity;
 mod ingest;
 mod keys;
 mod ledger;

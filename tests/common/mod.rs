@@ -469,6 +469,7 @@ impl Exchange for RogueExchange {
                     cursor,
                     latest,
                     cards,
+                    log_id: String::new(),
                 }))
                 .await;
             // Keep the stream open, like a live tail.

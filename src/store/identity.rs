@@ -1,0 +1,74 @@
+//! Log identities: ours (made when the store was created, changed by a
+//! restore), and the upstream log each of our cursors counts in.
+
+use super::{Store, StoreError, to_i64};
+use crate::audit::AuditEntry;
+use crate::model::OrgId;
+
+impl Store {
+    /// The identity of our log.
+    pub async fn log_id(&self) -> Result<String, StoreError> {
+        Ok(
+            sqlx::query_scalar("SELECT log_id FROM log_identity WHERE id = 1")
+                .fetch_one(&self.pool)
+                .await?,
+        )
+    }
+
+    /// Our cursor in `upstream`'s log: (log identity, seq); ("", 0) if never
+    /// subscribed.
+    pub async fn cursor_in(&self, upstream: &OrgId) -> Result<(String, u64), StoreError> {
+        let row: Option<(String, i64)> =
+            sqlx::query_as("SELECT log_id, cursor FROM cursors WHERE upstream_org = ?")
+                .bind(upstream.as_str())
+                .fetch_optional(&self.pool)
+                .await?;
+        Ok(row.map_or((String::new(), 0), |(id, c)| (id, c.max(0) as u64)))
+    }
+
+    /// Makes `log_id` the log our cursor in `upstream` counts in. A cursor
+    /// that counted in another log starts again from 0 (re-reading is safe:
+    /// storage is idempotent), with a ledger row saying why; one that did
+    /// not know its log yet adopts it. Returns the cursor to read from.
+    pub async fn adopt_log(
+        &self,
+        upstream: &OrgId,
+        log_id: &str,
+        why: &str,
+    ) -> Result<u64, StoreError> {
+        let (_writing, mut tx) = self.write_tx().await?;
+        let row: Option<(String, i64)> =
+            sqlx::query_as("SELECT log_id, cursor FROM cursors WHERE upstream_org = ?")
+                .bind(upstream.as_str())
+                .fetch_optional(&mut *tx)
+                .await?;
+        let (held, cursor) = row.map_or((String::new(), 0), |(id, c)| (id, c.max(0) as u64));
+        let cursor = if held.is_empty() || held == log_id {
+            cursor
+        } else {
+            0
+        };
+        sqlx::query(
+            "INSERT INTO cursors (upstream_org, cursor, updated_ms, log_id) VALUES (?1, ?2, ?3, ?4) \
+             ON CONFLICT (upstream_org) DO UPDATE SET cursor = ?2, updated_ms = ?3, log_id = ?4",
+        )
+        .bind(upstream.as_str())
+        .bind(to_i64(cursor))
+        .bind(self.now())
+        .bind(log_id)
+        .execute(&mut *tx)
+        .await?;
+        let entries = if !held.is_empty() && held != log_id {
+            vec![AuditEntry::log_changed(
+                upstream.as_str(),
+                &held,
+                log_id,
+                why,
+            )]
+        } else {
+            Vec::new()
+        };
+        self.commit_with(tx, &entries).await?;
+        Ok(cursor)
+    }
+}

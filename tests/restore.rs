@@ -1,0 +1,56 @@
+//! A partner's log that is replaced — its store re-created, or restored
+//! from a backup — reuses sequence numbers. Every log has an identity and a
+//! cursor counts in one log, so subscribers notice the change and read the
+//! new log from the start: nothing is skipped.
+
+mod common;
+
+use common::*;
+use threatmesh::proto::v1::Tlp;
+use tokio::net::TcpListener;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partner_whose_store_was_recreated_is_read_again_from_the_start() {
+    let (a, b, node_a, node_b) = linked_pair().await;
+    let addr = node_a.addr;
+    let first = (0..100).map(|i| ipv4_draft(i, Tlp::Green)).collect();
+    publish_all(&publisher(&a, &node_a), first, 16).await;
+    caught_up(&node_b, &a, &node_a).await;
+    let old_log = node_a.ctx.log_id.clone();
+    node_a.stop().await;
+
+    // A's store is lost and A starts afresh on the same address: its log
+    // begins again at seq 1, under a new identity.
+    for suffix in ["", "-wal", "-shm"] {
+        let mut p = a.settings.store.path.clone().into_os_string();
+        p.push(suffix);
+        let _ = std::fs::remove_file(p);
+    }
+    a.add_peer(&b, None).await;
+    let node_a = start_on(&a, TcpListener::bind(addr).await.unwrap()).await;
+    assert_ne!(node_a.ctx.log_id, old_log);
+    let second = (1000..1600).map(|i| ipv4_draft(i, Tlp::Green)).collect();
+    publish_all(&publisher(&a, &node_a), second, 16).await;
+
+    // B reads the new log from its start: all 600 new indicators arrive,
+    // not just those beyond its old cursor of 100.
+    let store = node_b.ctx.store.clone();
+    wait_until(60, "B to hold the 100 old and 600 new indicators", || {
+        let s = store.clone();
+        async move { s.count_indicators().await.unwrap() >= 700 }
+    })
+    .await;
+    caught_up(&node_b, &a, &node_a).await;
+    assert_eq!(node_b.ctx.store.count_indicators().await.unwrap(), 700);
+    let (log, cursor) = node_b.ctx.store.cursor_in(&a.id).await.unwrap();
+    assert_eq!((log.as_str(), cursor), (node_a.ctx.log_id.as_str(), 600));
+    let changed: Vec<_> = ledger(&node_b, "a.example")
+        .await
+        .into_iter()
+        .filter(|r| r.entry.event == "log-changed")
+        .collect();
+    assert_eq!(changed.len(), 1, "{changed:#?}");
+    assert!(changed[0].entry.subject.contains(&old_log));
+    node_b.stop().await;
+    node_a.stop().await;
+}
