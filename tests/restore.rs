@@ -54,3 +54,112 @@ async fn a_partner_whose_store_was_recreated_is_read_again_from_the_start() {
     node_b.stop().await;
     node_a.stop().await;
 }
+
+/// Runs the CLI as `org`'s operator against the node address `addr`.
+fn operator(org: &Org, addr: std::net::SocketAddr, args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_threatmesh"))
+        .arg("--config")
+        .arg(&org.config)
+        .args(["--server", &addr.to_string()])
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn says(o: &std::process::Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_restored_from_a_backup_loses_nothing_at_its_partners() {
+    let (a, b, node_a, node_b) = linked_pair().await;
+    let addr = node_a.addr;
+    let client = publisher(&a, &node_a);
+    publish_all(
+        &client,
+        (0..50).map(|i| ipv4_draft(i, Tlp::Green)).collect(),
+        16,
+    )
+    .await;
+    // An online backup, then 50 more published after it.
+    let backup = a.dir.path().join("backup.db");
+    let o = operator(
+        &a,
+        addr,
+        &["store", "backup", "--to", backup.to_str().unwrap()],
+    );
+    assert!(o.status.success(), "{}", says(&o));
+    assert!(says(&o).contains("integrity ok"), "{}", says(&o));
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&backup).unwrap().permissions().mode();
+        assert_eq!(mode & 0o077, 0, "the backup is readable by the owner only");
+    }
+    publish_all(
+        &client,
+        (50..100).map(|i| ipv4_draft(i, Tlp::Green)).collect(),
+        16,
+    )
+    .await;
+    caught_up(&node_b, &a, &node_a).await;
+    assert_eq!(node_b.ctx.store.count_indicators().await.unwrap(), 100);
+
+    // Restoring while the node runs is refused.
+    let o = operator(
+        &a,
+        addr,
+        &["store", "restore", "--from", backup.to_str().unwrap()],
+    );
+    assert_eq!(o.status.code(), Some(1), "{}", says(&o));
+    assert!(says(&o).contains("stop it"), "{}", says(&o));
+
+    let old_log = node_a.ctx.log_id.clone();
+    node_a.stop().await;
+    let o = operator(
+        &a,
+        addr,
+        &["store", "restore", "--from", backup.to_str().unwrap()],
+    );
+    assert!(o.status.success(), "{}", says(&o));
+    assert!(says(&o).contains("log up to seq 50"), "{}", says(&o));
+
+    // A serves again from the backup and publishes 600 more, reusing
+    // sequence numbers 51-100 for other indicators.
+    let node_a = start_on(&a, TcpListener::bind(addr).await.unwrap()).await;
+    assert_ne!(node_a.ctx.log_id, old_log);
+    let second = (1000..1600).map(|i| ipv4_draft(i, Tlp::Green)).collect();
+    publish_all(&publisher(&a, &node_a), second, 16).await;
+    let store = node_b.ctx.store.clone();
+    wait_until(60, "B to hold the 100 from before and the 600 new", || {
+        let s = store.clone();
+        async move { s.count_indicators().await.unwrap() >= 700 }
+    })
+    .await;
+    caught_up(&node_b, &a, &node_a).await;
+    assert_eq!(node_b.ctx.store.count_indicators().await.unwrap(), 700);
+    // Both ledgers say what happened, and A's still verifies.
+    let restored = node_a.ctx.store.audit_rows(None, None).await.unwrap();
+    assert!(
+        restored
+            .iter()
+            .any(|r| r.entry.event == "store-restored" && r.entry.subject.contains(&old_log)),
+        "no store-restored row"
+    );
+    assert_eq!(
+        node_a.ctx.store.verify_audit().await.unwrap(),
+        Ok(node_a.ctx.store.count_audit().await.unwrap())
+    );
+    assert!(
+        ledger(&node_b, "a.example")
+            .await
+            .iter()
+            .any(|r| r.entry.event == "log-changed")
+    );
+    node_b.stop().await;
+    node_a.stop().await;
+}

@@ -70,6 +70,19 @@ impl AuditEntry {
         )
     }
 
+    /// Our store was restored from the backup `from`: our log has a new
+    /// identity, so partners read it again from the start.
+    pub fn store_restored(actor: &str, from: &str, old: &str, new: &str) -> Self {
+        Self::of(
+            event::STORE_RESTORED,
+            actor,
+            "",
+            format!("log {old} -> {new}"),
+            "",
+            format!("restored from {from}"),
+        )
+    }
+
     /// A signed ledger head of `partner` disagreed with the one we hold.
     pub fn ledger_inconsistent(partner: &str, why: &str) -> Self {
         Self::of(

@@ -55,6 +55,8 @@ pub mod event {
     pub const CRL_IMPORTED: &str = "crl-imported";
     /// A partner's endpoint or introducer flag was changed.
     pub const PEER_UPDATED: &str = "peer-updated";
+    /// Our store was restored from a backup; our log has a new identity.
+    pub const STORE_RESTORED: &str = "store-restored";
     /// A partner's log changed identity; our cursor in it starts again.
     pub const LOG_CHANGED: &str = "log-changed";
     /// A partner's signed ledger head disagreed with one we hold.

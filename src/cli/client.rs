@@ -127,6 +127,22 @@ pub fn channel(settings: &Settings, who: As) -> Result<Channel, CliError> {
         .map_err(|e| CliError::Failed(format!("client.server {server}: {e}")))
 }
 
+/// Whether something accepts connections at the node's address: taken as
+/// the node running (commands that replace its files refuse then).
+pub async fn node_answers(settings: &Settings) -> bool {
+    let Ok(server) = settings.client_server() else {
+        return false;
+    };
+    matches!(
+        tokio::time::timeout(
+            std::time::Duration::from_secs(2),
+            tokio::net::TcpStream::connect(server.as_str())
+        )
+        .await,
+        Ok(Ok(_))
+    )
+}
+
 /// Turns an RPC error into a message naming the node and what to check.
 /// A refusal of the request itself (invalid argument, not found, not
 /// possible in the node's state) is a usage error (exit 64); anything else

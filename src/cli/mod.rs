@@ -40,6 +40,7 @@ pub mod publish;
 pub mod quarantine;
 pub mod serve;
 pub mod status;
+pub mod store;
 pub mod table;
 pub mod tail;
 
@@ -168,9 +169,13 @@ pub enum Command {
     Keys(keys::KeysCommand),
     /// Indicators waiting for their signing key (Admin API).
     Quarantine(quarantine::QuarantineArgs),
-    /// The hash-chained audit ledger: log, verify (Admin API).
+    /// The hash-chained audit ledger: log, verify, heads (Admin API).
     #[command(subcommand)]
     Audit(audit::AuditCommand),
+    /// The store file: backup while the node runs, restore while it is
+    /// stopped (reads store.path directly).
+    #[command(subcommand)]
+    Store(store::StoreCommand),
     /// Publish indicators through the running node (publisher certificate).
     Publish(publish::PublishArgs),
     /// Show what the node holds, then what arrives (admin certificate).
@@ -203,6 +208,7 @@ pub fn run(cli: Cli) -> ExitCode {
             Command::Peer(cmd) => peer::run(&cli.config, &cli.client, &cmd).await,
             Command::Policy(cmd) => policy::run(&cli.config, &cli.client, &cmd).await,
             Command::Audit(cmd) => audit::run(&cli.config, &cli.client, &cmd).await,
+            Command::Store(cmd) => store::run(&cli.config, &cli.client, &cmd).await,
             Command::Keys(cmd) => keys::run(&cli.config, &cli.client, &cmd).await,
             Command::Quarantine(args) => quarantine::run(&cli.config, &cli.client, &args).await,
             Command::Certs(cmd) => certs::run(&cli.config, &cli.client, &cmd).await,

@@ -1,11 +1,73 @@
 //! Log identities: ours (made when the store was created, changed by a
 //! restore), and the upstream log each of our cursors counts in.
 
+use std::path::Path;
+
 use super::{Store, StoreError, to_i64};
 use crate::audit::AuditEntry;
 use crate::model::OrgId;
 
 impl Store {
+    /// Writes a consistent copy of the whole store to `to` (which must not
+    /// exist), while the node keeps running: one read snapshot, no writer
+    /// blocked. The copy is readable by the owner only.
+    pub async fn backup_to(&self, to: &Path) -> Result<(), StoreError> {
+        let open_err = |reason: String| StoreError::Open {
+            path: to.display().to_string(),
+            reason,
+        };
+        // Created empty with mode 0600 first: it holds partners' RED data.
+        let mut file = std::fs::OpenOptions::new();
+        file.write(true).create_new(true);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            file.mode(0o600);
+        }
+        file.open(to).map_err(|e| open_err(e.to_string()))?;
+        let target = to
+            .to_str()
+            .ok_or_else(|| open_err("the path is not UTF-8".into()))?;
+        let done = sqlx::query("VACUUM INTO ?")
+            .bind(target)
+            .execute(&self.pool)
+            .await;
+        if let Err(e) = done {
+            let _ = std::fs::remove_file(to);
+            return Err(e.into());
+        }
+        Ok(())
+    }
+
+    /// Gives our log a new identity after a restore (the old log's sequence
+    /// numbers will be reused), on the ledger with `actor` and `from`.
+    /// Returns (old, new) identity.
+    pub async fn renew_log_id(
+        &self,
+        actor: &str,
+        from: &str,
+    ) -> Result<(String, String), StoreError> {
+        let (_writing, mut tx) = self.write_tx().await?;
+        let old: String = sqlx::query_scalar("SELECT log_id FROM log_identity WHERE id = 1")
+            .fetch_one(&mut *tx)
+            .await?;
+        let new: String = sqlx::query_scalar(
+            "UPDATE log_identity SET log_id = lower(hex(randomblob(16))) WHERE id = 1 RETURNING log_id",
+        )
+        .fetch_one(&mut *tx)
+        .await?;
+        let row = AuditEntry::store_restored(actor, from, &old, &new);
+        self.commit_with(tx, &[row]).await?;
+        Ok((old, new))
+    }
+
+    /// `PRAGMA integrity_check`: "ok", or what SQLite found wrong.
+    pub async fn integrity_check(&self) -> Result<String, StoreError> {
+        Ok(sqlx::query_scalar("PRAGMA integrity_check")
+            .fetch_one(&self.pool)
+            .await?)
+    }
+
     /// The identity of our log.
     pub async fn log_id(&self) -> Result<String, StoreError> {
         Ok(
