@@ -76,7 +76,7 @@ fn says(o: &std::process::Output) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_store_restored_from_a_backup_loses_nothing_at_its_partners() {
-    let (a, b, node_a, node_b) = linked_pair().await;
+    let (a, _b, node_a, node_b) = linked_pair().await;
     let addr = node_a.addr;
     let client = publisher(&a, &node_a);
     publish_all(
