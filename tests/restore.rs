@@ -163,3 +163,60 @@ async fn a_store_restored_from_a_backup_loses_nothing_at_its_partners() {
     node_b.stop().await;
     node_a.stop().await;
 }
+
+/// How many indicator releases to `partner` `node` has on its ledger.
+async fn releases_to(node: &RunningNode, partner: &str) -> usize {
+    ledger(node, partner)
+        .await
+        .iter()
+        .filter(|r| r.entry.event == "sent")
+        .map(|r| r.entry.subject.split(' ').count())
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operator_can_make_us_read_a_partners_log_again() {
+    let (a, b, node_a, node_b) = linked_pair().await;
+    let drafts = (0..100).map(|i| ipv4_draft(i, Tlp::Green)).collect();
+    publish_all(&publisher(&a, &node_a), drafts, 16).await;
+    caught_up(&node_b, &a, &node_a).await;
+    assert_eq!(releases_to(&node_a, "b.example").await, 100);
+
+    let o = cli(
+        &b,
+        &node_b,
+        &["peer", "reset-cursor", "--partner", "a.example"],
+    );
+    assert!(o.status.success(), "{}", says(&o));
+    assert!(says(&o).contains("cursor 100 -> 0"), "{}", says(&o));
+    // B subscribes again from the start: A releases everything again, B
+    // stores nothing twice and its cursor comes back to A's end.
+    let node = &node_a;
+    wait_until(30, "A to release its log to B again", || async move {
+        releases_to(node, "b.example").await >= 200
+    })
+    .await;
+    caught_up(&node_b, &a, &node_a).await;
+    assert_eq!(node_b.ctx.store.count_indicators().await.unwrap(), 100);
+    let reset: Vec<_> = ledger(&node_b, "a.example")
+        .await
+        .into_iter()
+        .filter(|r| r.entry.event == "cursor-reset")
+        .collect();
+    assert_eq!(reset.len(), 1);
+    assert!(reset[0].entry.actor.contains("/admin/"), "{:?}", reset[0]);
+
+    let o = cli(
+        &b,
+        &node_b,
+        &["peer", "reset-cursor", "--partner", "nobody.example"],
+    );
+    assert_eq!(o.status.code(), Some(64), "{}", says(&o));
+    assert!(
+        says(&o).contains("not a registered partner"),
+        "{}",
+        says(&o)
+    );
+    node_b.stop().await;
+    node_a.stop().await;
+}

@@ -138,6 +138,14 @@ impl Admin for AdminService {
         reply(self.set_peer_state_as(&who, req.into_inner()).await)
     }
 
+    async fn reset_cursor(
+        &self,
+        req: Request<PeerRequest>,
+    ) -> Result<Response<ResetCursorResponse>, Status> {
+        let who = self.admin(&req, "Admin/ResetCursor")?;
+        reply(self.reset_cursor_as(&who, req.into_inner()).await)
+    }
+
     async fn apply_policy(
         &self,
         req: Request<ApplyPolicyRequest>,

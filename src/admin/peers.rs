@@ -10,8 +10,8 @@ use crate::policy::{Decision, egress, parse_policy};
 use crate::proto::v1::explain_policy_request::Subject;
 use crate::proto::v1::{
     AddPeerRequest, ApplyPolicyResponse, Envelope, ExplainPolicyRequest, ExplainPolicyResponse,
-    ListPeersResponse, ListPoliciesResponse, Peer, PeerAction, PeerResponse, PolicyVersion,
-    SetPeerStateRequest, UpdatePeerRequest,
+    ListPeersResponse, ListPoliciesResponse, Peer, PeerAction, PeerRequest, PeerResponse,
+    PolicyVersion, ResetCursorResponse, SetPeerStateRequest, UpdatePeerRequest,
 };
 use crate::rpc::RpcError;
 use crate::store::{PeerChange, PeerRecord, PeerState, PolicyRecord, Store};
@@ -205,6 +205,24 @@ impl AdminService {
             .await?;
         self.apply_now().await?;
         self.peer_response(&org, false, before.as_str()).await
+    }
+
+    pub(super) async fn reset_cursor_as(
+        &self,
+        who: &SpiffeId,
+        r: PeerRequest,
+    ) -> Result<ResetCursorResponse, RpcError> {
+        let org = parse_org("org", &r.org)?;
+        let peers = self.ctx.store.peers().await?;
+        if !peers.iter().any(|p| p.org == org) {
+            return Err(RpcError::NotFound(format!(
+                "{org} is not a registered partner"
+            )));
+        }
+        let was = self.ctx.store.reset_cursor(&org, &who.to_string()).await?;
+        self.ctx.links.restart(&org);
+        tracing::info!(partner = %org, was, by = %who, "cursor reset");
+        Ok(ResetCursorResponse { was })
     }
 
     async fn bound_to(&self, name: &str) -> Result<Vec<String>, RpcError> {

@@ -70,6 +70,19 @@ impl AuditEntry {
         )
     }
 
+    /// An operator reset our cursor in `partner`'s log (it was at `was`).
+    pub fn cursor_reset(actor: &str, partner: &str, was: u64) -> Self {
+        Self::of(
+            event::CURSOR_RESET,
+            actor,
+            partner,
+            format!("{partner} cursor {was} -> 0"),
+            "",
+            "reset by an operator: the next subscription reads the partner's log from the start"
+                .into(),
+        )
+    }
+
     /// Our store was restored from the backup `from`: our log has a new
     /// identity, so partners read it again from the start.
     pub fn store_restored(actor: &str, from: &str, old: &str, new: &str) -> Self {

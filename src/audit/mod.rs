@@ -55,6 +55,8 @@ pub mod event {
     pub const CRL_IMPORTED: &str = "crl-imported";
     /// A partner's endpoint or introducer flag was changed.
     pub const PEER_UPDATED: &str = "peer-updated";
+    /// An operator reset our cursor in a partner's log.
+    pub const CURSOR_RESET: &str = "cursor-reset";
     /// Our store was restored from a backup; our log has a new identity.
     pub const STORE_RESTORED: &str = "store-restored";
     /// A partner's log changed identity; our cursor in it starts again.

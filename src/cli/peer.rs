@@ -90,6 +90,16 @@ Examples:
         #[arg(long)]
         partner: String,
     },
+    /// Read a partner's log again from the start: our cursor in it goes
+    /// back to 0 and the link subscribes again. For a partner whose store
+    /// was replaced by hand (without `threatmesh store restore`), which
+    /// reuses sequence numbers we would otherwise skip. Safe: what we hold
+    /// already is not stored twice.
+    ResetCursor {
+        /// Partner org id.
+        #[arg(long)]
+        partner: String,
+    },
     /// List registered partners.
     List {
         /// One JSON object per line.
@@ -214,6 +224,19 @@ pub async fn run(config: &Path, conn: &ClientArgs, cmd: &PeerCommand) -> Result<
         PeerCommand::Cards { json } => cards(&mut a, *json).await,
         PeerCommand::ApproveCard { org } => approve_card(&mut a, org).await,
         PeerCommand::Show { partner, json } => show(&mut a, partner, *json).await,
+        PeerCommand::ResetCursor { partner } => {
+            let r = rpc!(
+                a,
+                reset_cursor(PeerRequest {
+                    org: partner.to_string(),
+                })
+            );
+            out!(
+                "{partner}: cursor {} -> 0; its log is read again from the start",
+                r.was
+            );
+            Ok(())
+        }
     }
 }
 

@@ -56,6 +56,9 @@ impl LinkHealth {
 #[derive(Debug)]
 pub struct LinkBoard {
     links: std::sync::Mutex<HashMap<OrgId, LinkHealth>>,
+    /// Per partner: tells its link to end its session and subscribe again
+    /// (after an operator reset its cursor).
+    restarts: std::sync::Mutex<HashMap<OrgId, std::sync::Arc<tokio::sync::Notify>>>,
     clock: Clock,
 }
 
@@ -64,6 +67,7 @@ impl LinkBoard {
     pub fn new(clock: Clock) -> Self {
         Self {
             links: Default::default(),
+            restarts: Default::default(),
             clock,
         }
     }
@@ -103,6 +107,22 @@ impl LinkBoard {
             h.last_message_ms = now;
             h.upstream_latest = upstream_latest;
         });
+    }
+
+    /// What `org`'s link waits on to subscribe again.
+    pub fn restart_signal(&self, org: &OrgId) -> std::sync::Arc<tokio::sync::Notify> {
+        self.restarts
+            .lock()
+            .expect("not poisoned")
+            .entry(org.clone())
+            .or_default()
+            .clone()
+    }
+
+    /// Asks `org`'s link to end its session and subscribe again (at once if
+    /// it is receiving, else at its next session).
+    pub fn restart(&self, org: &OrgId) {
+        self.restart_signal(org).notify_one();
     }
 
     /// Forgets `org`'s link (it was stopped).

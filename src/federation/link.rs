@@ -173,6 +173,8 @@ struct Batch {
     rows: Vec<NewIndicator>,
     refused: Vec<Rejection>,
     quarantined: Vec<Quarantined>,
+    /// The log the cursor counts in (one per session).
+    log_id: String,
     cursor: u64,
 }
 
@@ -193,6 +195,7 @@ async fn commit_batches(
             merged.refused.extend(b.refused);
             merged.quarantined.extend(b.quarantined);
             merged.cursor = merged.cursor.max(b.cursor);
+            merged.log_id = b.log_id;
         }
         if !merged.quarantined.is_empty() {
             let used = ctx.store.quarantine_usage(&upstream).await?;
@@ -220,7 +223,7 @@ async fn commit_batches(
                 &merged.rows,
                 &merged.refused,
                 &merged.quarantined,
-                merged.cursor,
+                (&merged.log_id, merged.cursor),
                 ctx.settings.federation.rejected_bytes_kept_per_partner,
             )
             .await?;
@@ -256,8 +259,14 @@ async fn receive(
     ));
     witness.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut reported = false;
+    let restart = ctx.links.restart_signal(&peer.org);
     loop {
         let msg = tokio::select! {
+            _ = restart.notified() => {
+                return Err(LinkError::Protocol(
+                    "our cursor was reset by an operator; subscribing again".into(),
+                ));
+            }
             msg = stream.message() => match msg? {
                 Some(msg) => msg,
                 None => break,
@@ -321,6 +330,7 @@ async fn receive(
         let policy = view.policies.get(&peer.org).map(|p| p.as_ref());
         let mut batch = Batch {
             rows: Vec::with_capacity(checked.len()),
+            log_id: log_id.clone(),
             cursor: msg.cursor,
             ..Batch::default()
         };

@@ -88,6 +88,30 @@ impl Store {
         Ok(row.map_or((String::new(), 0), |(id, c)| (id, c.max(0) as u64)))
     }
 
+    /// An operator's reset of our cursor in `upstream`'s log: the next
+    /// subscription reads it from the start (storage is idempotent), on the
+    /// ledger with `actor`. Returns the cursor it had.
+    pub async fn reset_cursor(&self, upstream: &OrgId, actor: &str) -> Result<u64, StoreError> {
+        let (_writing, mut tx) = self.write_tx().await?;
+        let held: Option<i64> =
+            sqlx::query_scalar("SELECT cursor FROM cursors WHERE upstream_org = ?")
+                .bind(upstream.as_str())
+                .fetch_optional(&mut *tx)
+                .await?;
+        let held = held.unwrap_or(0).max(0) as u64;
+        sqlx::query(
+            "INSERT INTO cursors (upstream_org, cursor, updated_ms, log_id) VALUES (?1, 0, ?2, '') \
+             ON CONFLICT (upstream_org) DO UPDATE SET cursor = 0, updated_ms = ?2, log_id = ''",
+        )
+        .bind(upstream.as_str())
+        .bind(self.now())
+        .execute(&mut *tx)
+        .await?;
+        let row = AuditEntry::cursor_reset(actor, upstream.as_str(), held);
+        self.commit_with(tx, &[row]).await?;
+        Ok(held)
+    }
+
     /// Makes `log_id` the log our cursor in `upstream` counts in. A cursor
     /// that counted in another log starts again from 0 (re-reading is safe:
     /// storage is idempotent), with a ledger row saying why; one that did

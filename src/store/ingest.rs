@@ -290,17 +290,21 @@ impl Store {
     /// Commits a batch from `upstream`: new rows (duplicates ignored, older
     /// or far-future versions refused), rejections, envelopes waiting for
     /// their key, and the cursor, in **one** transaction. The cursor only
-    /// moves forward. Refused envelopes' bytes are kept up to
-    /// `keep_rejected` bytes per partner in all; beyond, only the refusal.
+    /// moves forward, and only within the log it counts in (`cursor` =
+    /// (log identity, seq)): after an operator's reset, what a session of
+    /// the old cursor still commits no longer moves it. Refused envelopes'
+    /// bytes are kept up to `keep_rejected` bytes per partner in all;
+    /// beyond, only the refusal.
     pub async fn ingest_batch(
         &self,
         upstream: &OrgId,
         rows: &[NewIndicator],
         rejections: &[Rejection],
         quarantined: &[Quarantined],
-        cursor: u64,
+        cursor: (&str, u64),
         keep_rejected: u64,
     ) -> Result<IngestOutcome, StoreError> {
+        let (log_id, cursor) = cursor;
         let mut out = IngestOutcome::default();
         let (_writing, mut tx) = self.write_tx().await?;
         let mut max_seq = 0;
@@ -331,13 +335,14 @@ impl Store {
         self.append_audit_tx(&mut tx, &crate::audit::coalesce(audit))
             .await?;
         sqlx::query(
-            "INSERT INTO cursors (upstream_org, cursor, updated_ms) VALUES (?, ?, ?) \
+            "INSERT INTO cursors (upstream_org, cursor, updated_ms, log_id) VALUES (?, ?, ?, ?) \
              ON CONFLICT (upstream_org) DO UPDATE SET cursor = excluded.cursor, updated_ms = excluded.updated_ms \
-             WHERE excluded.cursor > cursors.cursor",
+             WHERE excluded.cursor > cursors.cursor AND excluded.log_id = cursors.log_id",
         )
         .bind(upstream.as_str())
         .bind(to_i64(cursor))
         .bind(self.now())
+        .bind(log_id)
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
