@@ -223,6 +223,8 @@ pub struct LimitsSettings {
     pub max_pending_reset_streams: usize,
     /// Subscribe streams one partner may hold open.
     pub max_streams_per_partner: usize,
+    /// Verified connections one partner org may hold open.
+    pub max_connections_per_partner: usize,
     /// Requests per second one partner may make (bursts of twice that).
     pub partner_requests_per_second: u32,
 }
@@ -385,6 +387,10 @@ impl Settings {
                 l.max_pending_reset_streams,
             ),
             ("limits.max_streams_per_partner", l.max_streams_per_partner),
+            (
+                "limits.max_connections_per_partner",
+                l.max_connections_per_partner,
+            ),
             (
                 "limits.partner_requests_per_second",
                 l.partner_requests_per_second as usize,

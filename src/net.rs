@@ -46,16 +46,21 @@ pub struct ConnLimits {
     pub max_per_address: usize,
     /// Most unverified connections in all; the oldest makes room beyond it.
     pub max_total: usize,
+    /// Most verified connections one partner org may hold open (our own
+    /// admins and publishers are not counted).
+    pub max_per_partner: usize,
 }
 
 impl ConnLimits {
     /// The limits `[node]` sets.
-    pub fn from_settings(n: &crate::config::NodeSettings) -> Self {
+    pub fn from_settings(s: &crate::config::Settings) -> Self {
+        let n = &s.node;
         Self {
             handshake_timeout: Duration::from_millis(n.handshake_timeout_ms),
             unverified_grace: Duration::from_millis(n.unverified_grace_ms),
             max_per_address: n.max_unverified_per_address,
             max_total: n.max_unverified,
+            max_per_partner: s.limits.max_connections_per_partner,
         }
     }
 }
@@ -101,6 +106,9 @@ pub struct PeerInfo {
     pub remote: SocketAddr,
     /// Serial number (hex) of the client certificate; empty without one.
     pub serial: String,
+    /// Set when the connection is over its org's connection limit: every
+    /// request is refused with this, and the connection closed soon after.
+    pub over_limit: Option<String>,
 }
 
 /// The request gate, installed in front of every service of a node: a
@@ -120,6 +128,9 @@ pub fn request_gate(
         let Some(peer) = req.extensions().get::<PeerInfo>() else {
             return Err(RpcError::Unauthenticated.into());
         };
+        if let Some(why) = &peer.over_limit {
+            return Err(tonic::Status::resource_exhausted(why.clone()));
+        }
         let verdict = match &peer.identity {
             Ok(id) => trust
                 .current()
@@ -144,6 +155,9 @@ pub struct Connections {
     next: Arc<AtomicU64>,
     /// Connections without a verified identity (handshaking or refused).
     unverified: Arc<Mutex<Unverified>>,
+    /// Connections refused per partner org since last taken (for the
+    /// ledger: see [`Connections::take_refused`]).
+    refused: Arc<Mutex<HashMap<crate::model::OrgId, u64>>>,
 }
 
 struct LiveConn {
@@ -194,6 +208,12 @@ impl Connections {
             }
         }
         closed
+    }
+
+    /// Partner orgs refused a connection (over their limit) since the last
+    /// call, with how many: the node puts them on its ledger.
+    pub fn take_refused(&self) -> Vec<(crate::model::OrgId, u64)> {
+        self.refused.lock().expect("not poisoned").drain().collect()
     }
 
     /// How many connections without a verified identity are open (in the
@@ -252,6 +272,33 @@ struct ConnGuard {
     /// Why it is closed when `closed` resolves.
     reason: &'static str,
     _slot: Option<Slot>,
+}
+
+impl ConnGuard {
+    /// A connection kept, still counted as unverified in `slot`, only until
+    /// `grace` passes (or a newer connection evicts it), then closed with
+    /// `reason`: long enough to answer its requests with why.
+    fn closing_after(
+        conns: &Connections,
+        slot: Slot,
+        grace: Duration,
+        reason: &'static str,
+    ) -> Self {
+        let evicted = slot.evicted.clone();
+        let grace = tokio::time::sleep(grace);
+        ConnGuard {
+            key: None,
+            conns: conns.clone(),
+            closed: Box::pin(async move {
+                tokio::select! {
+                    _ = grace => {}
+                    _ = evicted.cancelled() => {}
+                }
+            }),
+            reason,
+            _slot: Some(slot),
+        }
+    }
 }
 
 impl Drop for ConnGuard {
@@ -409,32 +456,49 @@ pub fn accept_mtls(
                     .and_then(|c| c.first())
                     .and_then(|c| crate::identity::cert_serial(c.as_ref()).ok())
                     .unwrap_or_default();
+                let mut over_limit = None;
                 let guard = match &identity {
                     Ok(id) => {
-                        tracing::debug!(%remote, peer = %id, "mTLS connection");
-                        drop(slot);
-                        conns.register(id, &serial, remote)
+                        let own = id.org == *trust.current().own_org();
+                        if !own
+                            && conns.count_where(|open, _| open.org == id.org)
+                                >= limits.max_per_partner
+                        {
+                            tracing::warn!(%remote, peer = %id, limit = limits.max_per_partner, "partner at its connection limit (limits.max_connections_per_partner)");
+                            *conns
+                                .refused
+                                .lock()
+                                .expect("not poisoned")
+                                .entry(id.org.clone())
+                                .or_default() += 1;
+                            over_limit = Some(format!(
+                                "{} already holds {} connections, the most one partner may (limits.max_connections_per_partner); close one or retry later",
+                                id.org, limits.max_per_partner
+                            ));
+                            // Kept just long enough to say so, like a
+                            // connection without a certificate.
+                            ConnGuard::closing_after(
+                                &conns,
+                                slot,
+                                limits.unverified_grace,
+                                "connection closed: over its org's connection limit",
+                            )
+                        } else {
+                            drop(slot);
+                            tracing::debug!(%remote, peer = %id, "mTLS connection");
+                            conns.register(id, &serial, remote)
+                        }
                     }
                     Err(e) => {
                         tracing::warn!(%remote, reason = %e, "client certificate refused");
                         // Kept (and counted) just long enough to answer its
                         // requests with the reason, then closed.
-                        ConnGuard {
-                            key: None,
-                            conns: conns.clone(),
-                            closed: {
-                                let evicted = slot.evicted.clone();
-                                let grace = tokio::time::sleep(limits.unverified_grace);
-                                Box::pin(async move {
-                                    tokio::select! {
-                                        _ = grace => {}
-                                        _ = evicted.cancelled() => {}
-                                    }
-                                })
-                            },
-                            reason: "connection closed: no verified client certificate",
-                            _slot: Some(slot),
-                        }
+                        ConnGuard::closing_after(
+                            &conns,
+                            slot,
+                            limits.unverified_grace,
+                            "connection closed: no verified client certificate",
+                        )
                     }
                 };
                 let _ = tx
@@ -445,6 +509,7 @@ pub fn accept_mtls(
                             identity,
                             remote,
                             serial,
+                            over_limit,
                         },
                     }))
                     .await;

@@ -62,7 +62,7 @@ impl Node {
             ctx.trust(),
             ctx.conns.clone(),
             ctx.clock,
-            crate::net::ConnLimits::from_settings(&ctx.settings.node),
+            crate::net::ConnLimits::from_settings(&ctx.settings),
         ));
         let (health, health_service) = tonic_health::server::health_reporter();
         health

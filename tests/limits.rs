@@ -640,3 +640,62 @@ async fn floods_cost_the_node_process_bounded_memory() {
     drop(idle);
     node.kill().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partner_cannot_hold_more_connections_than_its_share() {
+    let mut a = Org::new("a.example");
+    a.settings.limits.max_connections_per_partner = 2;
+    let (b, c) = (Org::new("b.example"), Org::new("c.example"));
+    a.add_peer(&b, None).await;
+    a.add_peer(&c, None).await;
+    let node = start(&a).await;
+    // Each client is its own connection; two are held open.
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        let mut client = exchange_as(&a, &node, &b.node_cert());
+        client
+            .get_card(threatmesh::proto::v1::GetCardRequest {})
+            .await
+            .unwrap();
+        held.push(client);
+    }
+    let mut third = exchange_as(&a, &node, &b.node_cert());
+    let refused = third
+        .get_card(threatmesh::proto::v1::GetCardRequest {})
+        .await
+        .unwrap_err();
+    assert_eq!(
+        refused.code(),
+        tonic::Code::ResourceExhausted,
+        "{refused:?}"
+    );
+    assert!(
+        refused
+            .message()
+            .contains("limits.max_connections_per_partner"),
+        "{refused:?}"
+    );
+    // Another partner, and our own admin, still get in.
+    still_serves(&a, &node, &c).await;
+    let o = cli(&a, &node, &["status"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    wait_until(30, "the refusal to be on the ledger", || async {
+        limit_rows(&node, "b.example", "limits.max_connections_per_partner").await == 1
+    })
+    .await;
+    // A connection that closes frees its place.
+    drop(held.pop());
+    let n = &node;
+    wait_until(30, "b's closed connection to be forgotten", || async move {
+        n.ctx
+            .conns
+            .count_where(|id, _| id.org.as_str() == "b.example")
+            < 2
+    })
+    .await;
+    exchange_as(&a, &node, &b.node_cert())
+        .get_card(threatmesh::proto::v1::GetCardRequest {})
+        .await
+        .unwrap();
+    node.stop().await;
+}

@@ -52,6 +52,21 @@ pub async fn supervise(ctx: Arc<NodeContext>) {
     let mut first = true;
     loop {
         ctx.reload_node_cert();
+        for (org, n) in ctx.conns.take_refused() {
+            let detail = format!(
+                "{n} connection(s) refused: {org} already held the most one partner may ({})",
+                ctx.settings.limits.max_connections_per_partner
+            );
+            let row = crate::audit::AuditEntry::over_limit(
+                org.as_str(),
+                "connections",
+                "limits.max_connections_per_partner",
+                &detail,
+            );
+            if let Err(e) = ctx.store.append_audit(&[row]).await {
+                tracing::error!(error = %e, "cannot record refused connections");
+            }
+        }
         if let Err(e) = quarantine::expire(&ctx).await {
             tracing::error!(error = %e, "cannot expire quarantined envelopes");
         }

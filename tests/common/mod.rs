@@ -539,7 +539,7 @@ impl RogueUpstream {
             trust,
             threatmesh::net::Connections::default(),
             Clock::system(),
-            threatmesh::net::ConnLimits::from_settings(&org.settings.node),
+            threatmesh::net::ConnLimits::from_settings(&org.settings),
         ));
         let deliveries = envelopes
             .into_iter()
