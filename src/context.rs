@@ -161,6 +161,16 @@ impl NodeContext {
             .into());
         }
         let store = Store::open_sqlite(&settings.store.path, clock).await?;
+        // A store damaged in the middle is refused before it serves (it
+        // would acknowledge publishes it may not keep).
+        let check = store.quick_check().await?;
+        if check != "ok" {
+            store.close().await;
+            return Err(NodeError::Store(StoreError::Damaged(format!(
+                "store.path {} is damaged ({check}); restore a backup with `threatmesh store restore --from FILE`",
+                settings.store.path.display()
+            ))));
+        }
         let log_id = store.log_id().await?;
         let signing = load_current_signing_key(&settings, &store).await?;
         let server_tls = Arc::new(ArcSwap::new(server_config(&node_cert)?));

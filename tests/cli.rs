@@ -615,3 +615,99 @@ fn bench_runs_every_measurement_and_prints_json() {
     assert_eq!(r["latency"]["samples"], 50);
     assert_eq!(r["fanout"]["subscribers"], 5);
 }
+
+#[test]
+fn serve_refuses_a_lost_empty_or_damaged_store_unless_told_to_start_afresh() {
+    let tmp = tempfile::tempdir().unwrap();
+    let a = init(&tmp.path().join("a"), "a.example", free_port());
+    let db = tmp.path().join("a/data/threatmesh.db");
+    assert!(db.is_file(), "init creates the store");
+    // Served once, with something in its log, and stopped cleanly.
+    let mut node = serve_ready(&a);
+    let o = run(&[
+        "-c",
+        &a,
+        "publish",
+        "--kind",
+        "domain",
+        "--value",
+        "evil.example",
+        "--tlp",
+        "GREEN",
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    let pid = node.0.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    assert!(node.0.wait().unwrap().success());
+    // Runs `serve` expecting it to refuse; one that starts is killed and
+    // fails the test.
+    let serve_once = || {
+        let mut child = tm(&["-c", &a, "serve"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while child.try_wait().unwrap().is_none() {
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("serve started instead of refusing the store");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        child.wait_with_output().unwrap()
+    };
+
+    // A damaged page in the middle of the store: refused at start.
+    let healthy = std::fs::read(&db).unwrap();
+    let mut damaged = healthy.clone();
+    let page = 4096;
+    assert!(damaged.len() > 3 * page, "store of {} bytes", damaged.len());
+    for b in &mut damaged[2 * page..2 * page + 900] {
+        *b = 0xa5;
+    }
+    std::fs::write(&db, &damaged).unwrap();
+    let o = serve_once();
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(text(&o).contains("damaged"), "{}", text(&o));
+    std::fs::write(&db, &healthy).unwrap();
+
+    // Empty, then missing: refused, naming what to do.
+    std::fs::write(&db, b"").unwrap();
+    let o = serve_once();
+    assert_eq!(o.status.code(), Some(64), "{}", text(&o));
+    assert!(
+        text(&o).contains("is empty") && text(&o).contains("--new-store"),
+        "{}",
+        text(&o)
+    );
+    std::fs::remove_file(&db).unwrap();
+    let o = serve_once();
+    assert_eq!(o.status.code(), Some(64), "{}", text(&o));
+    assert!(
+        text(&o).contains("store restore") && text(&o).contains("--new-store"),
+        "{}",
+        text(&o)
+    );
+
+    // Told to start afresh, it does.
+    let node = Serve(
+        tm(&["-c", &a, "serve", "--new-store"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !run(&["-c", &a, "status"]).status.success() {
+        assert!(Instant::now() < deadline, "the fresh node never answered");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    drop(node);
+}

@@ -85,8 +85,15 @@ impl From<ProvisionError> for CliError {
 }
 
 /// Runs `threatmesh init`.
-pub fn run(args: &InitArgs) -> Result<(), CliError> {
+pub async fn run(args: &InitArgs) -> Result<(), CliError> {
     let r = provision_org(&args.into())?;
+    // The store is created here, not by the first `serve`: a node that later
+    // finds its store missing knows it was lost, not never made.
+    let settings = crate::config::Settings::load(&r.config)?;
+    let store =
+        crate::store::Store::open_sqlite(&settings.store.path, crate::clock::Clock::system())
+            .await?;
+    store.close().await;
     out!("initialised {} in {}", r.org, args.dir.display());
     out!("  config:      {}", r.config.display());
     out!("  signing key: {}", r.key_id);

@@ -148,7 +148,7 @@ pub enum Command {
     /// Ed25519 signing key and a config file.
     Init(init::InitArgs),
     /// Run the node: serve Exchange over mutual TLS and subscribe to partners.
-    Serve,
+    Serve(serve::ServeArgs),
     /// Three organisations on loopback, end to end, in one process.
     Demo(demo::DemoArgs),
     /// Org cards: the signed unit of trust exchanged with partners.
@@ -201,8 +201,8 @@ pub fn run(cli: Cli) -> ExitCode {
     };
     let result = rt.block_on(async move {
         match cli.command {
-            Command::Init(args) => init::run(&args),
-            Command::Serve => serve::run(&cli.config).await,
+            Command::Init(args) => init::run(&args).await,
+            Command::Serve(args) => serve::run(&cli.config, &args).await,
             Command::Demo(args) => demo::run(&args).await,
             Command::Card(cmd) => card::run(&cli.config, &cmd).await,
             Command::Peer(cmd) => peer::run(&cli.config, &cli.client, &cmd).await,

@@ -68,6 +68,13 @@ impl Store {
             .await?)
     }
 
+    /// `PRAGMA quick_check`: the faster check run at every start.
+    pub async fn quick_check(&self) -> Result<String, StoreError> {
+        Ok(sqlx::query_scalar("PRAGMA quick_check")
+            .fetch_one(&self.pool)
+            .await?)
+    }
+
     /// The identity of our log.
     pub async fn log_id(&self) -> Result<String, StoreError> {
         Ok(

@@ -98,6 +98,9 @@ pub enum StoreError {
     /// A stored row is unreadable (manual edits, corruption).
     #[error("corrupt stored row: {0}")]
     Corrupt(String),
+    /// The database failed its integrity check.
+    #[error("{0}")]
+    Damaged(String),
 }
 
 impl From<sqlx::Error> for StoreError {
@@ -165,9 +168,19 @@ impl Store {
     /// Opens (creating if needed) the SQLite database at `path` and migrates
     /// it; timestamps it writes come from `clock`.
     pub async fn open_sqlite(path: &Path, clock: Clock) -> Result<Self, StoreError> {
-        let open_err = |reason: String| StoreError::Open {
-            path: path.display().to_string(),
-            reason,
+        let open_err = |reason: String| {
+            // SQLite's own words for a damaged file (SQLITE_CORRUPT,
+            // SQLITE_NOTADB): say so, and what to do.
+            if reason.contains("malformed") || reason.contains("not a database") {
+                return StoreError::Damaged(format!(
+                    "store {} is damaged ({reason}); restore a backup with `threatmesh store restore --from FILE`",
+                    path.display()
+                ));
+            }
+            StoreError::Open {
+                path: path.display().to_string(),
+                reason,
+            }
         };
         if let Some(dir) = path.parent()
             && !dir.as_os_str().is_empty()
