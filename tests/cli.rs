@@ -484,6 +484,13 @@ fn demo_exits_zero_with_the_summary_line() {
         stdout.lines().filter(|l| l.starts_with("demo: ")).count(),
         1
     );
+    // A clean run logs no error, at shutdown included (the writers drain
+    // before the store closes).
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !stderr.contains("ERROR") && !stdout.contains("ERROR"),
+        "{stderr}"
+    );
 }
 
 #[test]
