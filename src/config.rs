@@ -105,6 +105,11 @@ pub struct NodeSettings {
     /// oldest is closed to make room. Verified partners and admins are not
     /// counted.
     pub max_unverified: usize,
+    /// HTTP/2 PING interval on links and served connections, in ms.
+    pub keepalive_interval_ms: u64,
+    /// How long a PING may go unanswered before the connection is taken as
+    /// dead, in ms.
+    pub keepalive_timeout_ms: u64,
 }
 
 /// `[tls]`
@@ -344,6 +349,12 @@ impl Settings {
             return Err(invalid("federation.peer_refresh_ms", "must be positive"));
         }
         let n = &self.node;
+        if n.keepalive_interval_ms == 0 || n.keepalive_timeout_ms == 0 {
+            return Err(invalid(
+                "node.keepalive_interval_ms",
+                "keepalive interval and timeout must be positive",
+            ));
+        }
         if n.handshake_timeout_ms == 0
             || n.unverified_grace_ms == 0
             || n.max_unverified == 0

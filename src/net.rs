@@ -540,13 +540,54 @@ fn verify_client(
     )
 }
 
-/// A lazily connecting gRPC channel to `endpoint` (`host:port`) over mutual
-/// TLS with `tls`, whose verifier pins the expected node identity.
-/// `sni` is sent as the TLS server name (the partner's org id).
+/// HTTP/2 keepalive on a connection: a PING every `interval`; a peer that
+/// does not answer within `timeout` is taken as gone and the connection
+/// closed, so a frozen link is noticed in `interval + timeout`.
+#[derive(Debug, Clone, Copy)]
+pub struct Keepalive {
+    /// How often to PING.
+    pub interval: Duration,
+    /// How long to wait for the answer.
+    pub timeout: Duration,
+}
+
+impl Keepalive {
+    /// The keepalive `[node]` sets (links and the server).
+    pub fn from_settings(n: &crate::config::NodeSettings) -> Self {
+        Self {
+            interval: Duration::from_millis(n.keepalive_interval_ms),
+            timeout: Duration::from_millis(n.keepalive_timeout_ms),
+        }
+    }
+}
+
+impl Default for Keepalive {
+    /// For short-lived clients (the CLI, tests): 30 s, 20 s.
+    fn default() -> Self {
+        Self {
+            interval: Duration::from_secs(30),
+            timeout: Duration::from_secs(20),
+        }
+    }
+}
+
+/// [`mtls_channel_with`] the default [`Keepalive`].
 pub fn mtls_channel(
     endpoint: &str,
     sni: &str,
     tls: Arc<ClientConfig>,
+) -> Result<Channel, tonic::transport::Error> {
+    mtls_channel_with(endpoint, sni, tls, Keepalive::default())
+}
+
+/// A lazily connecting gRPC channel to `endpoint` (`host:port`) over mutual
+/// TLS with `tls`, whose verifier pins the expected node identity.
+/// `sni` is sent as the TLS server name (the partner's org id).
+pub fn mtls_channel_with(
+    endpoint: &str,
+    sni: &str,
+    tls: Arc<ClientConfig>,
+    keepalive: Keepalive,
 ) -> Result<Channel, tonic::transport::Error> {
     let connector = TlsConnector::from(tls);
     let sni = ServerName::try_from(sni.to_string())
@@ -559,8 +600,8 @@ pub fn mtls_channel(
         .initial_stream_window_size(256 * 1024)
         .initial_connection_window_size(1024 * 1024)
         .tcp_nodelay(true)
-        .http2_keep_alive_interval(Duration::from_secs(30))
-        .keep_alive_timeout(Duration::from_secs(20));
+        .http2_keep_alive_interval(keepalive.interval)
+        .keep_alive_timeout(keepalive.timeout);
     let svc = tower::service_fn(move |uri: Uri| {
         let connector = connector.clone();
         let sni = sni.clone();

@@ -78,7 +78,12 @@ impl Node {
         };
         let limits = &ctx.settings.limits;
         let max_message = limits.max_message_bytes;
+        let keepalive = crate::net::Keepalive::from_settings(&ctx.settings.node);
         let served = Server::builder()
+            // A partner or client that stops answering PINGs is dropped,
+            // and its streams and slots with it.
+            .http2_keepalive_interval(Some(keepalive.interval))
+            .http2_keepalive_timeout(Some(keepalive.timeout))
             .max_concurrent_streams(limits.max_concurrent_streams)
             .http2_max_header_list_size(limits.max_header_list_bytes)
             .http2_max_pending_accept_reset_streams(Some(limits.max_pending_reset_streams))

@@ -150,3 +150,38 @@ async fn an_error_from_before_the_link_came_up_is_shown_as_past_with_its_time() 
     node_b.stop().await;
     node_a.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_link_is_noticed_by_keepalive_and_recovers() {
+    let a = Org::new("a.example");
+    let mut b = Org::new("b.example");
+    b.settings.node.keepalive_interval_ms = 300;
+    b.settings.node.keepalive_timeout_ms = 300;
+    a.add_peer(&b, None).await;
+    let node_a = start(&a).await;
+    let proxy = FaultProxy::start(node_a.addr).await;
+    b.add_peer(&a, Some(proxy.addr)).await;
+    let node_b = start(&b).await;
+    publish_all(&publisher(&a, &node_a), vec![ipv4_draft(1, Tlp::Green)], 1).await;
+    caught_up(&node_b, &a, &node_a).await;
+
+    // The route dies without closing anything: B notices by keepalive, not
+    // by waiting for data that never comes, and stops reporting "connected".
+    proxy.freeze();
+    let (node, org) = (&node_b, &b);
+    wait_until(30, "B to notice the frozen link", || async move {
+        link_at(node, org, "a.example").await.state != "connected"
+    })
+    .await;
+    let l = link_at(&node_b, &b, "a.example").await;
+    assert!(!l.last_error.is_empty() && !l.last_error_past, "{l:?}");
+
+    // The route comes back: B reconnects and what was published meanwhile
+    // arrives.
+    publish_all(&publisher(&a, &node_a), vec![ipv4_draft(2, Tlp::Green)], 1).await;
+    proxy.heal();
+    caught_up(&node_b, &a, &node_a).await;
+    assert_eq!(node_b.ctx.store.count_indicators().await.unwrap(), 2);
+    node_b.stop().await;
+    node_a.stop().await;
+}

@@ -132,7 +132,12 @@ async fn session(
     // The node certificate current now: a rotated one is used from the next connect.
     let client = ctx.tls.cert.load_full();
     let tls = client_config(ctx.trust(), SpiffeId::node(&peer.org), Some(&client))?;
-    let channel = crate::net::mtls_channel(&peer.endpoint, peer.org.as_str(), tls)?;
+    let channel = crate::net::mtls_channel_with(
+        &peer.endpoint,
+        peer.org.as_str(),
+        tls,
+        crate::net::Keepalive::from_settings(&ctx.settings.node),
+    )?;
     let mut exchange = ExchangeClient::new(channel)
         .max_decoding_message_size(ctx.settings.limits.max_message_bytes);
     let (log_id, cursor) = ctx.store.cursor_in(&peer.org).await?;

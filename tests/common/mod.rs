@@ -715,10 +715,12 @@ impl Mesh {
 
 /// A TCP proxy in front of `target` that a test can cut — open connections
 /// are dropped and new ones closed at once, as a network partition does —
-/// and heal.
+/// freeze — connections stay open but nothing passes, as a dead route or a
+/// hung peer looks — and heal.
 pub struct FaultProxy {
     pub addr: SocketAddr,
     cut: tokio::sync::watch::Sender<bool>,
+    frozen: tokio::sync::watch::Sender<bool>,
 }
 
 impl FaultProxy {
@@ -726,6 +728,7 @@ impl FaultProxy {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (cut, watch) = tokio::sync::watch::channel(false);
+        let (frozen, freeze) = tokio::sync::watch::channel(false);
         tokio::spawn(async move {
             loop {
                 let Ok((mut inbound, _)) = listener.accept().await else {
@@ -736,18 +739,36 @@ impl FaultProxy {
                     continue;
                 }
                 let mut watch = watch.clone();
+                let mut freeze = freeze.clone();
                 tokio::spawn(async move {
+                    let frozen_now = *freeze.borrow();
+                    if frozen_now {
+                        // Held open, never answered, until cut or healed.
+                        tokio::select! {
+                            _ = watch.wait_for(|cut| *cut) => {}
+                            _ = freeze.wait_for(|f| !*f) => {}
+                        }
+                        return;
+                    }
                     let Ok(mut outbound) = tokio::net::TcpStream::connect(target).await else {
                         return;
                     };
-                    tokio::select! {
-                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
-                        _ = watch.wait_for(|cut| *cut) => {}
+                    let froze = tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => false,
+                        _ = watch.wait_for(|cut| *cut) => false,
+                        r = freeze.wait_for(|f| *f) => r.is_ok(),
+                    };
+                    if froze {
+                        // Both sockets stay open; nothing passes.
+                        tokio::select! {
+                            _ = watch.wait_for(|cut| *cut) => {}
+                            _ = freeze.wait_for(|f| !*f) => {}
+                        }
                     }
                 });
             }
         });
-        Self { addr, cut }
+        Self { addr, cut, frozen }
     }
 
     /// Drops every connection through the proxy and refuses new ones.
@@ -755,8 +776,16 @@ impl FaultProxy {
         self.cut.send_replace(true);
     }
 
-    /// Lets connections through again.
+    /// Stops passing bytes on every connection, open or new, without
+    /// closing any.
+    pub fn freeze(&self) {
+        self.frozen.send_replace(true);
+    }
+
+    /// Lets connections through again (frozen ones are dropped: what was
+    /// in flight is lost).
     pub fn heal(&self) {
+        self.frozen.send_replace(false);
         self.cut.send_replace(false);
     }
 }
