@@ -178,6 +178,9 @@ pub struct FederationSettings {
     pub quarantine_max_per_partner: u64,
     /// Most bytes of envelopes one partner can have waiting in quarantine.
     pub quarantine_max_bytes_per_partner: u64,
+    /// How often an idle Subscribe stream sends a heartbeat (no deliveries;
+    /// the sender's cursor and latest sequence number), in ms.
+    pub heartbeat_ms: u64,
     /// How often each link asks its partner for its signed ledger head.
     pub witness_interval_ms: u64,
     /// Bytes of refused envelopes kept per partner for the operator to
@@ -338,6 +341,9 @@ impl Settings {
                 "federation.reconnect_max_ms",
                 "need 0 < reconnect_min_ms <= reconnect_max_ms",
             ));
+        }
+        if f.heartbeat_ms == 0 {
+            return Err(invalid("federation.heartbeat_ms", "must be positive"));
         }
         if f.witness_interval_ms == 0 {
             return Err(invalid(

@@ -185,3 +185,30 @@ async fn a_frozen_link_is_noticed_by_keepalive_and_recovers() {
     node_b.stop().await;
     node_a.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_link_hears_heartbeats_so_its_last_message_stays_true() {
+    let mut a = Org::new("a.example");
+    a.settings.federation.heartbeat_ms = 100;
+    let (a, b, node_a, node_b) = linked_pair_with(a).await;
+    publish_all(&publisher(&a, &node_a), vec![ipv4_draft(1, Tlp::Green)], 1).await;
+    caught_up(&node_b, &a, &node_a).await;
+    let first = link_at(&node_b, &b, "a.example").await;
+    let ledger_rows = node_b.ctx.store.count_audit().await.unwrap();
+    // Nothing is published; the link still hears from A.
+    let (node, org) = (&node_b, &b);
+    let seen = first.last_message_unix_ms;
+    wait_until(30, "a heartbeat from A", || async move {
+        link_at(node, org, "a.example").await.last_message_unix_ms > seen
+    })
+    .await;
+    let l = link_at(&node_b, &b, "a.example").await;
+    assert_eq!(
+        (l.state.as_str(), l.lag, l.upstream_latest),
+        ("connected", 0, 1)
+    );
+    // Heartbeats store nothing.
+    assert_eq!(node_b.ctx.store.count_audit().await.unwrap(), ledger_rows);
+    node_b.stop().await;
+    node_a.stop().await;
+}

@@ -88,6 +88,7 @@ impl Admin for AdminService {
                 .collect();
                 (Some(TailResponse { indicators }), Vec::new(), Vec::new())
             },
+            None,
         );
         Ok(Response::new(stream))
     }

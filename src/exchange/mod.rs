@@ -165,6 +165,7 @@ pub fn stream_log<T, F, A>(
     recipient: Option<OrgId>,
     refused: A,
     mut map: F,
+    heartbeat: Option<Heartbeat<T>>,
 ) -> ReceiverStream<Result<T, Status>>
 where
     T: Send + 'static,
@@ -253,11 +254,27 @@ where
                 if !follow {
                     return;
                 }
+                let beat = async {
+                    match &heartbeat {
+                        Some((every, _)) => tokio::time::sleep(*every).await,
+                        None => std::future::pending().await,
+                    }
+                };
                 tokio::select! {
                     r = latest.changed() => if r.is_err() { return },
                     _ = peers.changed() => {}
                     _ = tx.closed() => return,
                     _ = shutdown.cancelled() => {}
+                    _ = beat => {
+                        // Idle: say so, with where this stream and the log
+                        // stand, so the subscriber's lag and last-message
+                        // time are true.
+                        if let Some((_, make)) = &heartbeat
+                            && tx.send(Forward::Item(Some(make(cursor)), None)).await.is_err()
+                        {
+                            return;
+                        }
+                    }
                 }
                 continue;
             };
@@ -353,6 +370,10 @@ async fn over_limit(ctx: &NodeContext, org: &OrgId, rpc: &str, hit: OverLimit) -
         detail: hit.detail,
     }
 }
+
+/// How often an idle stream sends a heartbeat, and the heartbeat for a
+/// stream at a cursor.
+pub type Heartbeat<T> = (std::time::Duration, Box<dyn Fn(u64) -> T + Send + Sync>);
 
 /// What a log stream hands its forwarder.
 enum Forward<T> {
@@ -492,6 +513,7 @@ impl Exchange for ExchangeService {
             return Err(RpcError::PartnerRefused(why).into());
         }
         let gate = ctx.clone();
+        let heartbeat_ctx = ctx.clone();
         let check = (ctx.clone(), partner.clone());
         // The stream's slot is held by its reader and freed when it ends.
         let refused = move || {
@@ -550,6 +572,16 @@ impl Exchange for ExchangeService {
                 };
                 (Some(response), crate::audit::coalesce(audit), sent)
             },
+            Some((
+                std::time::Duration::from_millis(heartbeat_ctx.settings.federation.heartbeat_ms),
+                Box::new(move |cursor| SubscribeResponse {
+                    deliveries: Vec::new(),
+                    cursor,
+                    latest: heartbeat_ctx.store.latest_known().max(cursor),
+                    cards: Vec::new(),
+                    log_id: heartbeat_ctx.log_id.clone(),
+                }),
+            )),
         );
         Ok(Response::new(stream))
     }

@@ -305,6 +305,10 @@ async fn receive(
                 peer.org, msg.cursor
             )));
         }
+        // A heartbeat: nothing to store, the cursor unchanged.
+        if msg.deliveries.is_empty() && msg.cards.is_empty() && msg.cursor == cursor {
+            continue;
+        }
         // Cards first: they may carry the keys the deliveries need.
         let learned = super::cards::learn_cards(ctx, &msg.cards, &peer.org).await?;
         if learned {
