@@ -140,6 +140,9 @@ pub struct SigningSettings {
 pub struct StoreSettings {
     /// SQLite database file (created if missing).
     pub path: PathBuf,
+    /// Most the database may grow to, in MiB (0 = as far as the disk
+    /// allows); past it writes fail as on a full disk.
+    pub max_size_mb: u64,
 }
 
 /// `[client]`: used by `publish`, `tail` and other CLI clients.

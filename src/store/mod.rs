@@ -112,11 +112,51 @@ impl From<sqlx::Error> for StoreError {
             .is_some_and(|c| c == "13")
             || e.to_string().contains("database or disk is full");
         if full {
+            // A write refused by a full disk can leave a pooled connection
+            // believing it is still inside a transaction (SQLite rolled it
+            // back itself); the next connections handed out are checked.
+            SUSPECT_ACQUIRES.store(SUSPECT_WINDOW, std::sync::atomic::Ordering::Relaxed);
             StoreError::DiskFull(e.to_string())
         } else {
             StoreError::Database(e.to_string())
         }
     }
+}
+
+/// How many connection acquisitions are checked after a full-disk error
+/// (several rounds of the pool, so every connection is seen).
+const SUSPECT_WINDOW: usize = 64;
+
+/// Acquisitions still to check (see [`check_after_failure`]); 0 = none.
+static SUSPECT_ACQUIRES: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// After a full disk, a connection that can no longer begin a transaction
+/// ("non-zero transaction depth": its failed COMMIT was rolled back by
+/// SQLite, not by the driver) is closed instead of handed out again, so the
+/// next write after space returns succeeds without a restart.
+fn check_after_failure(
+    conn: &mut sqlx::SqliteConnection,
+    _: sqlx::pool::PoolConnectionMetadata,
+) -> futures_util::future::BoxFuture<'_, Result<bool, sqlx::Error>> {
+    Box::pin(async move {
+        let left = SUSPECT_ACQUIRES.load(std::sync::atomic::Ordering::Relaxed);
+        if left == 0 {
+            return Ok(true);
+        }
+        SUSPECT_ACQUIRES.store(left - 1, std::sync::atomic::Ordering::Relaxed);
+        // A custom BEGIN is refused at a non-zero depth (a plain begin
+        // would open a savepoint instead); a deferred one takes no lock.
+        match sqlx::Connection::begin_with(&mut *conn, "BEGIN DEFERRED").await {
+            Ok(tx) => {
+                tx.rollback().await?;
+                Ok(true)
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "closing a store connection left unusable by a failed write");
+                Ok(false)
+            }
+        }
+    })
 }
 
 /// The store's durability settings: WAL, `synchronous=FULL`. Public so the
@@ -168,6 +208,16 @@ impl Store {
     /// Opens (creating if needed) the SQLite database at `path` and migrates
     /// it; timestamps it writes come from `clock`.
     pub async fn open_sqlite(path: &Path, clock: Clock) -> Result<Self, StoreError> {
+        Self::open_sqlite_capped(path, clock, 0).await
+    }
+
+    /// [`Store::open_sqlite`], the database bounded at `max_bytes` (0 = only
+    /// by the disk): past it, writes fail as on a full disk.
+    pub async fn open_sqlite_capped(
+        path: &Path,
+        clock: Clock,
+        max_bytes: u64,
+    ) -> Result<Self, StoreError> {
         let open_err = |reason: String| {
             // SQLite's own words for a damaged file (SQLITE_CORRUPT,
             // SQLITE_NOTADB): say so, and what to do.
@@ -200,12 +250,17 @@ impl Store {
                 .open(path)
                 .map_err(|e| open_err(e.to_string()))?;
         }
-        let opts = durable_options(path)
+        let mut opts = durable_options(path)
             .map_err(|e| open_err(e.to_string()))?
             .foreign_keys(true)
             .busy_timeout(Duration::from_secs(10));
+        if max_bytes > 0 {
+            // SQLite's default page size; the cap is in pages.
+            opts = opts.pragma("max_page_count", (max_bytes / 4096).max(1).to_string());
+        }
         let pool = SqlitePoolOptions::new()
             .max_connections(4)
+            .before_acquire(check_after_failure)
             .connect_with(opts)
             .await
             .map_err(|e| open_err(e.to_string()))?;
