@@ -181,14 +181,11 @@ mod tests {
             5,
         );
         let mut keys = KeyDirectory::default();
-        keys.insert(crate::signing::KnownKey {
-            key_id: key.key_id().into(),
-            org: org.clone(),
-            public_key: key.public_key().to_vec(),
-            not_before_ms: 0,
-            not_after_ms: 0,
-            revoked: false,
-        })
+        keys.insert(crate::signing::KnownKey::unbounded(
+            org.clone(),
+            key.key_id().into(),
+            key.public_key().to_vec(),
+        ))
         .unwrap();
         let h = open_head(&env, &keys, &org).unwrap();
         assert_eq!((h.rows, h.checkpoint_rows), (2, 1));

@@ -474,14 +474,11 @@ mod tests {
         let (key, _) = OrgSigningKey::generate().unwrap();
         let org = OrgId::parse("a.bench").unwrap();
         let mut keys = KeyDirectory::default();
-        keys.insert(KnownKey {
-            key_id: key.key_id().into(),
-            org: org.clone(),
-            public_key: key.public_key().to_vec(),
-            not_before_ms: 0,
-            not_after_ms: 0,
-            revoked: false,
-        })
+        keys.insert(KnownKey::unbounded(
+            org.clone(),
+            key.key_id().into(),
+            key.public_key().to_vec(),
+        ))
         .unwrap();
         for i in [0, 1, 2, 99_999] {
             let env = sample_envelope(&key, i);

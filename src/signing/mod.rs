@@ -202,6 +202,22 @@ pub struct KnownKey {
     pub revoked: bool,
 }
 
+impl KnownKey {
+    /// `org`'s key, valid at any time and not revoked: for checking what
+    /// that key signed whenever it signed it (our own past statements,
+    /// benchmarks, tests).
+    pub fn unbounded(org: OrgId, key_id: String, public_key: Vec<u8>) -> Self {
+        Self {
+            key_id,
+            org,
+            public_key,
+            not_before_ms: 0,
+            not_after_ms: 0,
+            revoked: false,
+        }
+    }
+}
+
 /// The keys this node trusts, by key id. Built from stored org cards.
 #[derive(Debug, Clone, Default)]
 pub struct KeyDirectory {

@@ -68,6 +68,28 @@ impl Store {
             .await?)
     }
 
+    /// Sets our cursor in `upstream`'s log to (`log_id`, `cursor`), whatever
+    /// it was (inside `tx`).
+    async fn set_cursor(
+        &self,
+        tx: &mut super::Tx,
+        upstream: &OrgId,
+        log_id: &str,
+        cursor: u64,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO cursors (upstream_org, cursor, updated_ms, log_id) VALUES (?1, ?2, ?3, ?4) \
+             ON CONFLICT (upstream_org) DO UPDATE SET cursor = ?2, updated_ms = ?3, log_id = ?4",
+        )
+        .bind(upstream.as_str())
+        .bind(to_i64(cursor))
+        .bind(self.now())
+        .bind(log_id)
+        .execute(&mut **tx)
+        .await?;
+        Ok(())
+    }
+
     /// `PRAGMA quick_check`: the faster check run at every start.
     pub async fn quick_check(&self) -> Result<String, StoreError> {
         Ok(sqlx::query_scalar("PRAGMA quick_check")
@@ -106,14 +128,7 @@ impl Store {
                 .fetch_optional(&mut *tx)
                 .await?;
         let held = held.unwrap_or(0).max(0) as u64;
-        sqlx::query(
-            "INSERT INTO cursors (upstream_org, cursor, updated_ms, log_id) VALUES (?1, 0, ?2, '') \
-             ON CONFLICT (upstream_org) DO UPDATE SET cursor = 0, updated_ms = ?2, log_id = ''",
-        )
-        .bind(upstream.as_str())
-        .bind(self.now())
-        .execute(&mut *tx)
-        .await?;
+        self.set_cursor(&mut tx, upstream, "", 0).await?;
         let row = AuditEntry::cursor_reset(actor, upstream.as_str(), held);
         self.commit_with(tx, &[row]).await?;
         Ok(held)
@@ -141,16 +156,7 @@ impl Store {
         } else {
             0
         };
-        sqlx::query(
-            "INSERT INTO cursors (upstream_org, cursor, updated_ms, log_id) VALUES (?1, ?2, ?3, ?4) \
-             ON CONFLICT (upstream_org) DO UPDATE SET cursor = ?2, updated_ms = ?3, log_id = ?4",
-        )
-        .bind(upstream.as_str())
-        .bind(to_i64(cursor))
-        .bind(self.now())
-        .bind(log_id)
-        .execute(&mut *tx)
-        .await?;
+        self.set_cursor(&mut tx, upstream, log_id, cursor).await?;
         let entries = if !held.is_empty() && held != log_id {
             vec![AuditEntry::log_changed(
                 upstream.as_str(),

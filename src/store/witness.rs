@@ -142,14 +142,7 @@ impl Store {
         let mut keys = KeyDirectory::default();
         for k in self.own_signing_keys().await? {
             // Our own past statements: a key revoked since still made them.
-            let _ = keys.insert(KnownKey {
-                key_id: k.key_id,
-                org: own.clone(),
-                public_key: k.public_key,
-                not_before_ms: 0,
-                not_after_ms: 0,
-                revoked: false,
-            });
+            let _ = keys.insert(KnownKey::unbounded(own.clone(), k.key_id, k.public_key));
         }
         for (i, bytes) in heads.iter().enumerate() {
             let head = Envelope::decode(bytes.as_slice())
