@@ -202,3 +202,71 @@ async fn a_full_disk_is_resource_exhausted_and_the_next_write_after_space_return
     );
     node.stop().await;
 }
+
+impl SmallDisk {
+    /// Fills the disk, leaving `free` bytes; the filler is `path`.
+    fn fill_leaving(&self, free: usize) -> std::path::PathBuf {
+        use std::io::Write;
+        let reserve = self.0.join("reserve");
+        std::fs::write(&reserve, vec![0u8; free]).unwrap();
+        let filler = self.0.join("filler");
+        let mut f = std::fs::File::create(&filler).unwrap();
+        let chunk = vec![0u8; 64 * 1024];
+        while f.write_all(&chunk).is_ok() {}
+        drop(f);
+        std::fs::remove_file(reserve).unwrap();
+        filler
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscriber_whose_disk_is_full_backs_off_and_catches_up_once_space_returns() {
+    let Some(disk) = SmallDisk::mount() else {
+        eprintln!("not root: cannot mount a small tmpfs here; the test machines run this as root");
+        return;
+    };
+    let a = Org::new("a.example");
+    let mut b = Org::new("b.example");
+    b.settings.store.path = disk.0.join("b.db");
+    b.settings.federation.reconnect_min_ms = 50;
+    b.settings.federation.reconnect_max_ms = 3200;
+    a.add_peer(&b, None).await;
+    let node_a = start(&a).await;
+    let mut client = publisher(&a, &node_a);
+    for i in 0..600 {
+        publish_big(&mut client, i).await.unwrap();
+    }
+    b.add_peer(&a, Some(node_a.addr)).await;
+    // Another program fills B's disk, leaving too little for A's log.
+    let filler = disk.fill_leaving(512 * 1024);
+    let node_b = start(&b).await;
+
+    // B's link fails on its own store, again and again: it backs off
+    // (the delay grows) instead of retrying at the shortest delay, and
+    // says why.
+    let (ctx, a_id) = (node_b.ctx.clone(), a.id.clone());
+    wait_until(60, "B's link to back off", || {
+        let (ctx, a_id) = (ctx.clone(), a_id.clone());
+        async move {
+            ctx.links
+                .snapshot()
+                .get(&a_id)
+                .is_some_and(|h| h.retry_in_ms >= 800)
+        }
+    })
+    .await;
+    let health = node_b.ctx.links.snapshot().get(&a.id).cloned().unwrap();
+    assert!(health.last_error.contains("disk is full"), "{health:?}");
+
+    // Space returns: B catches up, nothing lost.
+    std::fs::remove_file(filler).unwrap();
+    wait_until(60, "B to hold A's 600 indicators", || {
+        let s = node_b.ctx.store.clone();
+        async move { s.count_indicators().await.unwrap() >= 600 }
+    })
+    .await;
+    caught_up(&node_b, &a, &node_a).await;
+    assert_eq!(node_b.ctx.store.count_indicators().await.unwrap(), 600);
+    node_b.stop().await;
+    node_a.stop().await;
+}

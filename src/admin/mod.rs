@@ -410,6 +410,7 @@ impl AdminService {
                 link.lag = h.upstream_latest.saturating_sub(cursor);
                 link.last_error = h.last_error.clone();
                 link.last_error_unix_ms = h.last_error_ms;
+                link.retry_in_ms = h.retry_in_ms;
                 link.last_error_past = !h.last_error.is_empty() && h.error_is_past();
             } else if !p.endpoint.is_empty() {
                 link.state = "connecting".into();

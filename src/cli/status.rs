@@ -56,7 +56,8 @@ pub async fn run(config: &Path, conn: &ClientArgs, args: &StatusArgs) -> Result<
                     "since_unix_ms": l.since_unix_ms, "last_message_unix_ms": l.last_message_unix_ms,
                     "cursor": l.cursor, "upstream_latest": l.upstream_latest, "lag": l.lag,
                     "last_error": l.last_error, "last_error_unix_ms": l.last_error_unix_ms,
-                    "last_error_past": l.last_error_past, "policy": l.policy,
+                    "last_error_past": l.last_error_past, "retry_in_ms": l.retry_in_ms,
+                    "policy": l.policy,
                     "quarantined": l.quarantined,
                 })
             })

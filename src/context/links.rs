@@ -43,6 +43,9 @@ pub struct LinkHealth {
     pub last_error: String,
     /// When that was (Unix ms; 0 = never).
     pub last_error_ms: i64,
+    /// The delay before the last retry (ms; 0 = none yet): it grows while
+    /// the link keeps failing, and starts over once it works.
+    pub retry_in_ms: u64,
 }
 
 impl LinkHealth {
@@ -81,6 +84,7 @@ impl LinkBoard {
             upstream_latest: 0,
             last_error: String::new(),
             last_error_ms: 0,
+            retry_in_ms: 0,
         });
         f(h);
     }
@@ -98,6 +102,11 @@ impl LinkBoard {
                 h.last_error_ms = now;
             }
         });
+    }
+
+    /// Records the delay before `org`'s link tries again.
+    pub fn set_retry(&self, org: &OrgId, retry_in_ms: u64) {
+        self.with(org, |h| h.retry_in_ms = retry_in_ms);
     }
 
     /// Records a message from `org` reporting its latest sequence number.

@@ -100,6 +100,7 @@ pub(super) async fn run_link(ctx: Arc<NodeContext>, peer: PeerRecord, stop: Canc
             .set_state(&peer.org, LinkState::Down, Some(reason));
         let delay = backoff.next_delay();
         let retry_in_ms = delay.as_millis() as u64;
+        ctx.links.set_retry(&peer.org, retry_in_ms);
         match ended {
             Ok(()) => {
                 tracing::info!(partner = %peer.org, "subscription ended by partner; reconnecting")
@@ -153,22 +154,32 @@ async fn session(
     // Verified batches are committed by a writer task, several at a time
     // when they queue up, while the next message is verified.
     let (commits, pending) = tokio::sync::mpsc::channel::<Batch>(4);
-    let writer = ctx
-        .tasks
-        .spawn(commit_batches(ctx.clone(), peer.org.clone(), pending));
+    // Set by the writer after each commit: the backoff starts over only once
+    // the link has really worked (received *and* stored), so a link whose
+    // own store fails backs off instead of retrying at the shortest delay.
+    let progress = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = ctx.tasks.spawn(commit_batches(
+        ctx.clone(),
+        peer.org.clone(),
+        pending,
+        progress.clone(),
+    ));
     let ended = receive(
         ctx,
         peer,
         (&mut stream, exchange),
         (log_id, cursor),
         &commits,
-        backoff,
+        (backoff, &progress),
     )
     .await;
     drop(commits);
     let committed = writer
         .await
         .map_err(|e| LinkError::Protocol(format!("commit task: {e}")))?;
+    if progress.load(std::sync::atomic::Ordering::Relaxed) {
+        backoff.reset();
+    }
     ended.and(committed)
 }
 
@@ -191,6 +202,7 @@ async fn commit_batches(
     ctx: Arc<NodeContext>,
     upstream: OrgId,
     mut pending: tokio::sync::mpsc::Receiver<Batch>,
+    progress: Arc<std::sync::atomic::AtomicBool>,
 ) -> Result<(), LinkError> {
     let mut queued = Vec::new();
     while pending.recv_many(&mut queued, 16).await > 0 {
@@ -232,6 +244,7 @@ async fn commit_batches(
                 ctx.settings.federation.rejected_bytes_kept_per_partner,
             )
             .await?;
+        progress.store(true, std::sync::atomic::Ordering::Relaxed);
         if out.stored + out.rejected + out.quarantined > 0 {
             tracing::debug!(
                 partner = %upstream, stored = out.stored, duplicates = out.duplicates,
@@ -256,7 +269,7 @@ async fn receive(
     ),
     (mut log_id, mut cursor): (String, u64),
     commits: &tokio::sync::mpsc::Sender<Batch>,
-    backoff: &mut Backoff,
+    (backoff, progress): (&mut Backoff, &std::sync::atomic::AtomicBool),
 ) -> Result<(), LinkError> {
     // The partner's ledger head is asked for at once, then at intervals.
     let mut witness = tokio::time::interval(std::time::Duration::from_millis(
@@ -305,8 +318,10 @@ async fn receive(
                 peer.org, msg.cursor
             )));
         }
-        // A heartbeat: nothing to store, the cursor unchanged.
+        // A heartbeat: nothing to store, the cursor unchanged; the link
+        // works.
         if msg.deliveries.is_empty() && msg.cards.is_empty() && msg.cursor == cursor {
+            backoff.reset();
             continue;
         }
         // Cards first: they may carry the keys the deliveries need.
@@ -378,7 +393,9 @@ async fn receive(
             return Ok(());
         }
         cursor = msg.cursor;
-        backoff.reset();
+        if progress.swap(false, std::sync::atomic::Ordering::Relaxed) {
+            backoff.reset();
+        }
     }
     Ok(())
 }
