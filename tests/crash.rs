@@ -219,3 +219,117 @@ async fn subscriber_killed_again_and_again_during_a_transfer_loses_and_duplicate
     assert_eq!(check, "ok");
     node_a.stop().await;
 }
+
+/// `serve` for `org` on `addr` (a relay partners dial).
+fn spawn_serve_on(org: &Org, addr: std::net::SocketAddr) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_threatmesh"))
+        .args(["serve", "--config"])
+        .arg(&org.config)
+        .env("THREATMESH__NODE__LISTEN", addr.to_string())
+        .env("THREATMESH__FEDERATION__PEER_REFRESH_MS", "100")
+        .env("THREATMESH__FEDERATION__RECONNECT_MIN_MS", "50")
+        .env("THREATMESH__FEDERATION__RECONNECT_MAX_MS", "500")
+        .env("THREATMESH__LOG__LEVEL", "warn")
+        .stdout(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start threatmesh serve")
+}
+
+/// A -> B -> C, with B (the relay) a real process SIGKILLed again and again
+/// while A publishes: every node ends with exactly A's set, each once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_killed_again_and_again_leaves_every_node_with_exactly_the_origins_set() {
+    let kills = 5;
+    let total = 1000u32;
+    let (a, b, c) = (
+        Org::new("a.example"),
+        Org::new("b.example"),
+        Org::new("c.example"),
+    );
+    let relay_at = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    a.add_peer_with(&b, None, RELAY_POLICY).await;
+    let node_a = start(&a).await;
+    b.add_peer_with(&a, Some(node_a.addr), RELAY_POLICY).await;
+    b.add_peer_with(&c, None, RELAY_POLICY).await;
+    c.add_peer_with(&b, Some(relay_at), RELAY_POLICY).await;
+    // C verifies A's signatures: it holds A's card (trusted, not dialled).
+    c.add_card(&a.card(), None, None).await;
+    let node_c = start(&c).await;
+
+    let client = publisher(&a, &node_a);
+    let pacer = tokio::spawn(async move {
+        let mut ids = HashSet::new();
+        for chunk in 0..(total / 50) {
+            let drafts = (chunk * 50..chunk * 50 + 50)
+                .map(|i| {
+                    // Relayable: one hop (B) allowed.
+                    let mut d = ipv4_draft(i, Tlp::Green);
+                    let m = d.marking.as_mut().unwrap();
+                    m.may_forward = true;
+                    m.hop_limit = 1;
+                    d
+                })
+                .collect();
+            ids.extend(
+                publish_all(&client, drafts, 16)
+                    .await
+                    .into_iter()
+                    .map(|p| p.id),
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        ids
+    });
+
+    let store_b = b.store().await;
+    let mut at_kill = Vec::new();
+    for _ in 0..kills {
+        let mut relay = spawn_serve_on(&b, relay_at);
+        let before = at_kill.last().copied().unwrap_or(0);
+        let s = node_c.ctx.store.clone();
+        wait_until(
+            120,
+            "C to receive more through B since the last kill",
+            || {
+                let s = s.clone();
+                async move { s.count_indicators().await.unwrap() > before }
+            },
+        )
+        .await;
+        relay.kill().await.unwrap(); // SIGKILL
+        at_kill.push(node_c.ctx.store.count_indicators().await.unwrap());
+    }
+    eprintln!("relay SIGKILLed {kills} times with C holding {at_kill:?} of {total}");
+    let ids = pacer.await.unwrap();
+    assert_eq!(ids.len() as u32, total);
+
+    let mut relay = spawn_serve_on(&b, relay_at);
+    let s = node_c.ctx.store.clone();
+    wait_until(120, "C to hold all of A's indicators", || {
+        let s = s.clone();
+        async move { s.count_indicators().await.unwrap() >= u64::from(total) }
+    })
+    .await;
+    relay.kill().await.unwrap();
+    let held = |rows: Vec<threatmesh::store::StoredIndicator>| {
+        let n = rows.len();
+        let set: HashSet<String> = rows.into_iter().map(|r| r.indicator_id).collect();
+        (n, set)
+    };
+    for (name, rows) in [
+        ("A", node_a.ctx.store.indicators(None).await.unwrap()),
+        ("B", store_b.indicators(None).await.unwrap()),
+        ("C", node_c.ctx.store.indicators(None).await.unwrap()),
+    ] {
+        let (n, set) = held(rows);
+        assert_eq!(n as u32, total, "{name} holds each indicator once");
+        assert_eq!(set, ids, "{name} holds exactly A's set");
+    }
+    store_b.close().await;
+    node_c.stop().await;
+    node_a.stop().await;
+}
