@@ -12,10 +12,18 @@ use threatmesh::proto::v1::Tlp;
 use tokio::process::{Child, Command};
 
 fn spawn_serve(org: &Org) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_threatmesh"))
-        .args(["serve", "--config"])
-        .arg(&org.config)
-        // Settings through the environment, as an operator would override them.
+    spawn_serve_at(org, None)
+}
+
+/// `serve` for `org`, on `listen` if given (a relay partners dial), with
+/// settings through the environment, as an operator would override them.
+fn spawn_serve_at(org: &Org, listen: Option<std::net::SocketAddr>) -> Child {
+    let mut serve = Command::new(env!("CARGO_BIN_EXE_threatmesh"));
+    serve.args(["serve", "--config"]).arg(&org.config);
+    if let Some(addr) = listen {
+        serve.env("THREATMESH__NODE__LISTEN", addr.to_string());
+    }
+    serve
         .env("THREATMESH__FEDERATION__PEER_REFRESH_MS", "100")
         .env("THREATMESH__FEDERATION__RECONNECT_MIN_MS", "50")
         .env("THREATMESH__FEDERATION__RECONNECT_MAX_MS", "500")
@@ -220,22 +228,6 @@ async fn subscriber_killed_again_and_again_during_a_transfer_loses_and_duplicate
     node_a.stop().await;
 }
 
-/// `serve` for `org` on `addr` (a relay partners dial).
-fn spawn_serve_on(org: &Org, addr: std::net::SocketAddr) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_threatmesh"))
-        .args(["serve", "--config"])
-        .arg(&org.config)
-        .env("THREATMESH__NODE__LISTEN", addr.to_string())
-        .env("THREATMESH__FEDERATION__PEER_REFRESH_MS", "100")
-        .env("THREATMESH__FEDERATION__RECONNECT_MIN_MS", "50")
-        .env("THREATMESH__FEDERATION__RECONNECT_MAX_MS", "500")
-        .env("THREATMESH__LOG__LEVEL", "warn")
-        .stdout(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("start threatmesh serve")
-}
-
 /// A -> B -> C, with B (the relay) a real process SIGKILLed again and again
 /// while A publishes: every node ends with exactly A's set, each once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -288,7 +280,7 @@ async fn a_relay_killed_again_and_again_leaves_every_node_with_exactly_the_origi
     let store_b = b.store().await;
     let mut at_kill = Vec::new();
     for _ in 0..kills {
-        let mut relay = spawn_serve_on(&b, relay_at);
+        let mut relay = spawn_serve_at(&b, Some(relay_at));
         let before = at_kill.last().copied().unwrap_or(0);
         let s = node_c.ctx.store.clone();
         wait_until(
@@ -307,7 +299,7 @@ async fn a_relay_killed_again_and_again_leaves_every_node_with_exactly_the_origi
     let ids = pacer.await.unwrap();
     assert_eq!(ids.len() as u32, total);
 
-    let mut relay = spawn_serve_on(&b, relay_at);
+    let mut relay = spawn_serve_at(&b, Some(relay_at));
     let s = node_c.ctx.store.clone();
     wait_until(120, "C to hold all of A's indicators", || {
         let s = s.clone();

@@ -124,6 +124,14 @@ async fn a_cut_ledger_passes_its_own_check_but_not_its_witnesses() {
     let o = cli(&a, &node_a, &["audit", "verify", "--against", against]);
     assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
     assert!(stderr(&o).contains("were removed"), "{}", stderr(&o));
+    // An auditor with the database file finds the same.
+    let o = cli(
+        &a,
+        &node_a,
+        &["audit", "verify", "--offline", "--against", against],
+    );
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(stderr(&o).contains("were removed"), "{}", stderr(&o));
     // and B notices by itself at its next request for A's head.
     let why = inconsistency(&node_b, "a.example").await;
     assert!(why.contains("rows were removed"), "{why}");
