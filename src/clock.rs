@@ -11,6 +11,18 @@ pub fn wall_ms() -> i64 {
     Clock::system().now_ms()
 }
 
+/// A Unix ms time as RFC 3339 (`2026-12-06T03:01:25.5Z`), or the number
+/// itself when it is out of range.
+pub fn rfc3339(ms: i64) -> String {
+    time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
+        .ok()
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_else(|| ms.to_string())
+}
+
 /// Where "now" comes from.
 #[derive(Debug, Clone, Copy)]
 pub struct Clock(Source);

@@ -184,6 +184,10 @@ pub struct FederationSettings {
     /// How often an idle Subscribe stream sends a heartbeat (no deliveries;
     /// the sender's cursor and latest sequence number), in ms.
     pub heartbeat_ms: u64,
+    /// A partner whose clock is off ours by more than this (ms) is flagged
+    /// in `status` and the log: indicators dated more than 5 minutes ahead
+    /// of our clock wait until it reaches them.
+    pub clock_offset_warn_ms: u64,
     /// How often each link asks its partner for its signed ledger head.
     pub witness_interval_ms: u64,
     /// Bytes of refused envelopes kept per partner for the operator to
@@ -347,6 +351,12 @@ impl Settings {
         }
         if f.heartbeat_ms == 0 {
             return Err(invalid("federation.heartbeat_ms", "must be positive"));
+        }
+        if f.clock_offset_warn_ms == 0 {
+            return Err(invalid(
+                "federation.clock_offset_warn_ms",
+                "must be positive",
+            ));
         }
         if f.witness_interval_ms == 0 {
             return Err(invalid(

@@ -26,7 +26,7 @@ use crate::proto::v1::Envelope;
 use crate::signing::{KeyDirectory, OrgSigningKey};
 use crate::store::{CertRow, OwnKeyRow, PeerRecord, Store, StoreError};
 
-pub use links::{LinkBoard, LinkHealth, LinkState};
+pub use links::{LinkBoard, LinkHealth, LinkState, clock_warning};
 pub use quota::{OverLimit, PartnerQuota, StreamSlot};
 pub use view::{
     CardMap, PartnerView, PolicyMap, ViewInput, ViewSettings, build_view, card_version,

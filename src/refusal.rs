@@ -25,6 +25,10 @@ pub enum RefusalKind {
     LimitReached,
     /// The origin signed different content under a version already held.
     ConflictingVersion,
+    /// Dated more than the allowed skew ahead of our clock: only the time
+    /// is wrong, so the envelope waits (in quarantine) until our clock
+    /// reaches it. Recorded as a refusal only if it is never due.
+    AheadOfClock,
 }
 
 impl RefusalKind {
@@ -39,11 +43,12 @@ impl RefusalKind {
             RefusalKind::TooFarAhead => "too-far-ahead",
             RefusalKind::LimitReached => "limit-reached",
             RefusalKind::ConflictingVersion => "conflicting-version",
+            RefusalKind::AheadOfClock => "ahead-of-clock",
         }
     }
 
     /// Every kind.
-    pub const ALL: [RefusalKind; 8] = [
+    pub const ALL: [RefusalKind; 9] = [
         RefusalKind::Malformed,
         RefusalKind::Unauthentic,
         RefusalKind::UnknownKey,
@@ -52,6 +57,7 @@ impl RefusalKind {
         RefusalKind::TooFarAhead,
         RefusalKind::LimitReached,
         RefusalKind::ConflictingVersion,
+        RefusalKind::AheadOfClock,
     ];
 
     /// The kind named by [`RefusalKind::as_str`].
@@ -103,8 +109,27 @@ pub struct Refusal {
     pub kind: RefusalKind,
     /// Why, for the partner's and our operators.
     pub reason: String,
-    /// The unknown signing key, for [`RefusalKind::UnknownKey`].
+    /// The signing key to wait for ([`RefusalKind::UnknownKey`]), or that
+    /// signed an envelope dated ahead of our clock
+    /// ([`RefusalKind::AheadOfClock`]).
     pub key_id: Option<String>,
+    /// For [`RefusalKind::AheadOfClock`]: when our clock accepts it.
+    pub due_ms: Option<i64>,
+}
+
+/// What a refused envelope waits for, when waiting can cure it: it is held
+/// in quarantine instead of being refused for good.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Wait<'a> {
+    /// Its signing key, unknown yet.
+    Key(&'a str),
+    /// Our clock to reach `due_ms`; signed by `key_id` (known).
+    Clock {
+        /// The signing key.
+        key_id: &'a str,
+        /// When it becomes acceptable.
+        due_ms: i64,
+    },
 }
 
 impl Refusal {
@@ -114,14 +139,29 @@ impl Refusal {
             kind,
             reason: reason.into(),
             key_id: None,
+            due_ms: None,
         }
     }
 
-    /// The key to wait for, when the only problem is that it is unknown.
-    pub fn unknown_key(&self) -> Option<&str> {
-        (self.kind == RefusalKind::UnknownKey)
-            .then_some(self.key_id.as_deref())
-            .flatten()
+    /// An envelope signed by `key_id`, dated ahead of our clock, which
+    /// accepts it at `due_ms`.
+    pub fn ahead_of_clock(key_id: &str, due_ms: i64, reason: impl Into<String>) -> Self {
+        Self {
+            key_id: Some(key_id.to_string()),
+            due_ms: Some(due_ms),
+            ..Self::new(RefusalKind::AheadOfClock, reason)
+        }
+    }
+
+    /// What the envelope waits for, when its only problem is one time
+    /// cures: its key is unknown, or it is dated ahead of our clock.
+    pub fn waits(&self) -> Option<Wait<'_>> {
+        let key_id = self.key_id.as_deref()?;
+        match (self.kind, self.due_ms) {
+            (RefusalKind::UnknownKey, _) => Some(Wait::Key(key_id)),
+            (RefusalKind::AheadOfClock, Some(due_ms)) => Some(Wait::Clock { key_id, due_ms }),
+            _ => None,
+        }
     }
 }
 
@@ -134,6 +174,7 @@ impl From<VerifyError> for Refusal {
                 VerifyError::UnknownKey(k) => Some(k.clone()),
                 _ => None,
             },
+            due_ms: None,
         }
     }
 }

@@ -123,7 +123,8 @@ pub fn refusal_code(kind: RefusalKind) -> Code {
         RefusalKind::UnknownKey
         | RefusalKind::Rollback
         | RefusalKind::TooFarAhead
-        | RefusalKind::ConflictingVersion => Code::FailedPrecondition,
+        | RefusalKind::ConflictingVersion
+        | RefusalKind::AheadOfClock => Code::FailedPrecondition,
         RefusalKind::Malformed => Code::InvalidArgument,
         RefusalKind::DeniedByRule => Code::PermissionDenied,
         RefusalKind::LimitReached => Code::ResourceExhausted,

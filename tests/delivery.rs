@@ -220,3 +220,142 @@ async fn partners_registered_while_running_are_picked_up_without_restart() {
     node_b.stop().await;
     node_a.stop().await;
 }
+
+/// Waits until `node` holds `n` envelopes from `upstream` in quarantine,
+/// each dated ahead of its clock (not waiting for a key); returns them.
+async fn held_for_clock(
+    node: &RunningNode,
+    upstream: &threatmesh::model::OrgId,
+    n: usize,
+) -> Vec<threatmesh::store::QuarantineRow> {
+    let store = node.ctx.store.clone();
+    wait_until(30, "envelopes held for the clock", || {
+        let s = store.clone();
+        async move { s.quarantine().await.unwrap().len() >= n }
+    })
+    .await;
+    let held = store.quarantine().await.unwrap();
+    assert_eq!(held.len(), n, "{held:#?}");
+    assert!(
+        held.iter()
+            .all(|q| &q.upstream == upstream && q.held.due_ms > 0)
+    );
+    held
+}
+
+/// The publisher's clock runs 5 min 12 s ahead of the subscriber's: its
+/// indicators are dated 12 s past what B accepts. They are not refused (on
+/// the old main they were refused as malformed and the cursor moved past
+/// them for good): B holds them, shows A's clock offset with a warning,
+/// and stores every one once its own clock reaches their date.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn indicators_dated_ahead_of_our_clock_wait_and_arrive_when_it_reaches_them() {
+    let (a, b) = (Org::new("a.example"), Org::new("b.example"));
+    a.add_peer(&b, None).await;
+    let ahead_ms = 5 * 60_000 + 12_000;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let node_a = start_with_clock(
+        &a,
+        listener,
+        threatmesh::clock::Clock::anchored(now_ms() + ahead_ms),
+    )
+    .await;
+    b.add_peer(&a, Some(node_a.addr)).await;
+    let node_b = start(&b).await;
+    let published = publish_all(
+        &publisher(&a, &node_a),
+        (0..3).map(|i| ipv4_draft(i, Tlp::Green)).collect(),
+        1,
+    )
+    .await;
+
+    considered(&node_b, &a.id, 3).await;
+    held_for_clock(&node_b, &a.id, 3).await;
+    assert!(ids_at(&node_b).await.is_empty());
+    assert!(refusals(&node_b).await.is_empty(), "nothing is refused");
+    let rows = ledger(&node_b, "a.example").await;
+    assert_eq!(
+        rows.iter()
+            .filter(|r| r.entry.event == "quarantined" && r.entry.rule == "dated-ahead-of-clock")
+            .count(),
+        3,
+        "{rows:#?}"
+    );
+
+    // Status shows A's clock offset and warns.
+    let out = cli(&b, &node_b, &["status", "--json"]);
+    assert!(out.status.success(), "{out:?}");
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let link = &status["links"][0];
+    let offset = link["clock_offset_ms"].as_i64().unwrap();
+    assert!(
+        (ahead_ms - 10_000..=ahead_ms + 10_000).contains(&offset),
+        "A's clock offset {offset} ms, expected about {ahead_ms}"
+    );
+    let warning = link["clock_warning"].as_str().unwrap();
+    assert!(
+        warning.contains("a.example's clock is 5m1") && warning.contains("ahead of ours"),
+        "{warning}"
+    );
+    let table = cli(&b, &node_b, &["status"]);
+    let text = String::from_utf8_lossy(&table.stdout);
+    assert!(
+        text.contains("+5m1") && text.contains("warning: a.example's clock"),
+        "{text}"
+    );
+    let listing = String::from_utf8_lossy(&cli(&b, &node_b, &["quarantine"]).stdout).to_string();
+    assert!(listing.contains("our clock to reach"), "{listing}");
+
+    // About 12 s later B's clock reaches their date: every one is stored.
+    let want: std::collections::BTreeSet<String> = published.iter().map(|p| p.id.clone()).collect();
+    wait_until(90, "the held indicators at B", || async {
+        ids_at(&node_b).await == want
+    })
+    .await;
+    assert!(node_b.ctx.store.quarantine().await.unwrap().is_empty());
+    assert!(refusals(&node_b).await.is_empty());
+    assert!(node_b.ctx.store.verify_audit().await.unwrap().is_ok());
+    node_b.stop().await;
+    node_a.stop().await;
+}
+
+/// The subscriber's clock runs 10 minutes behind: what A publishes now is
+/// dated ahead of B's clock and waits at B, across a restart; once B's
+/// clock is fixed (it restarts on the right time) everything arrives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscriber_whose_clock_was_behind_gets_everything_once_it_is_fixed() {
+    let (a, b) = (Org::new("a.example"), Org::new("b.example"));
+    a.add_peer(&b, None).await;
+    let node_a = start(&a).await;
+    b.add_peer(&a, Some(node_a.addr)).await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let behind = threatmesh::clock::Clock::anchored(now_ms() - 10 * 60_000);
+    let node_b = start_with_clock(&b, listener, behind).await;
+    let published = publish_all(
+        &publisher(&a, &node_a),
+        (0..2).map(|i| ipv4_draft(i, Tlp::Green)).collect(),
+        1,
+    )
+    .await;
+    considered(&node_b, &a.id, 2).await;
+    held_for_clock(&node_b, &a.id, 2).await;
+    assert!(ids_at(&node_b).await.is_empty());
+    let offset = node_b.ctx.links.snapshot()[&a.id].clock_offset_ms.unwrap();
+    assert!(
+        offset > 9 * 60_000,
+        "A is about 10 min ahead of B: {offset}"
+    );
+    node_b.stop().await;
+
+    // The clock is fixed: B starts again on the system clock.
+    let node_b = start(&b).await;
+    let want: std::collections::BTreeSet<String> = published.iter().map(|p| p.id.clone()).collect();
+    wait_until(30, "the held indicators at B", || async {
+        ids_at(&node_b).await == want
+    })
+    .await;
+    assert!(node_b.ctx.store.quarantine().await.unwrap().is_empty());
+    assert!(refusals(&node_b).await.is_empty());
+    node_b.stop().await;
+    node_a.stop().await;
+}

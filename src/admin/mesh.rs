@@ -120,6 +120,7 @@ impl AdminService {
                     upstream: q.upstream.to_string(),
                     upstream_seq: q.held.upstream_seq,
                     key_id: q.held.key_id,
+                    due_unix_ms: q.held.due_ms,
                     path: q.held.path.0,
                     received_unix_ms: q.received_ms,
                     expires_unix_ms: q.received_ms.saturating_add(ttl),

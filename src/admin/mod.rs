@@ -412,6 +412,16 @@ impl AdminService {
                 link.last_error_unix_ms = h.last_error_ms;
                 link.retry_in_ms = h.retry_in_ms;
                 link.last_error_past = !h.last_error.is_empty() && h.error_is_past();
+                if let Some(offset) = h.clock_offset_ms {
+                    link.clock_offset_ms = offset;
+                    link.clock_offset_known = true;
+                    link.clock_warning = crate::context::clock_warning(
+                        &p.org,
+                        offset,
+                        self.ctx.settings.federation.clock_offset_warn_ms,
+                    )
+                    .unwrap_or_default();
+                }
             } else if !p.endpoint.is_empty() {
                 link.state = "connecting".into();
             }

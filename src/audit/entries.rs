@@ -124,29 +124,50 @@ impl AuditEntry {
     }
 
     /// An envelope from `partner` put in quarantine until `key_id` is known.
-    pub fn quarantined(partner: &str, seq: u64, key_id: &str, path: &[String]) -> Self {
-        let subject = format!("{partner} seq {seq}");
-        let detail = format!("signed by unknown key {key_id} (path {})", path.join(" > "));
-        Self::of(
-            event::QUARANTINED,
-            NODE,
-            partner,
-            subject,
-            "unknown-signing-key",
-            detail,
-        )
+    pub fn quarantined(partner: &str, q: &crate::store::Quarantined) -> Self {
+        let subject = format!("{partner} seq {}", q.upstream_seq);
+        let path = q.path.join(" > ");
+        let (reason, detail) = if q.due_ms == 0 {
+            (
+                "unknown-signing-key",
+                format!("signed by unknown key {} (path {path})", q.key_id),
+            )
+        } else {
+            (
+                "dated-ahead-of-clock",
+                format!(
+                    "dated ahead of our clock; waits until {} (path {path})",
+                    crate::clock::rfc3339(q.due_ms)
+                ),
+            )
+        };
+        Self::of(event::QUARANTINED, NODE, partner, subject, reason, detail)
     }
 
-    /// A quarantined envelope dropped because its key never arrived.
-    pub fn quarantine_expired(partner: &str, seq: u64, key_id: &str) -> Self {
+    /// A quarantined envelope dropped because its key never arrived (or,
+    /// with `due_ms`, our clock never reached its date).
+    pub fn quarantine_expired(partner: &str, seq: u64, key_id: &str, due_ms: i64) -> Self {
         let subject = format!("{partner} seq {seq}");
-        let detail = format!("key {key_id} unknown until the quarantine time ran out; dropped");
+        let (reason, detail) = if due_ms == 0 {
+            (
+                "signing-key-never-arrived",
+                format!("key {key_id} unknown until the quarantine time ran out; dropped"),
+            )
+        } else {
+            (
+                "clock-never-reached-its-date",
+                format!(
+                    "dated ahead of our clock until {} (past the quarantine time); dropped",
+                    crate::clock::rfc3339(due_ms)
+                ),
+            )
+        };
         Self::of(
             event::QUARANTINE_EXPIRED,
             NODE,
             partner,
             subject,
-            "signing-key-never-arrived",
+            reason,
             detail,
         )
     }

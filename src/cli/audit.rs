@@ -7,8 +7,6 @@
 use std::path::Path;
 
 use clap::Subcommand;
-use time::OffsetDateTime;
-use time::format_description::well_known::Rfc3339;
 
 use super::CliError;
 use super::client::{AdminSession, ClientArgs, load};
@@ -113,13 +111,7 @@ fn verified(r: Result<u64, String>, heads: usize) -> Result<(), CliError> {
     }
 }
 
-/// A Unix ms time as RFC 3339.
-pub fn rfc3339(ms: i64) -> String {
-    OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
-        .ok()
-        .and_then(|t| t.format(&Rfc3339).ok())
-        .unwrap_or_else(|| ms.to_string())
-}
+pub use crate::clock::rfc3339;
 
 /// Runs an audit command.
 pub async fn run(config: &Path, conn: &ClientArgs, cmd: &AuditCommand) -> Result<(), CliError> {

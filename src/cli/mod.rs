@@ -167,7 +167,8 @@ pub enum Command {
     /// Our org's signing key: rotate, revoke a retired key (Admin API).
     #[command(subcommand)]
     Keys(keys::KeysCommand),
-    /// Indicators waiting for their signing key (Admin API).
+    /// Indicators waiting for their signing key, or for our clock to reach
+    /// their date (Admin API).
     Quarantine(quarantine::QuarantineArgs),
     /// The hash-chained audit ledger: log, verify, heads (Admin API).
     #[command(subcommand)]

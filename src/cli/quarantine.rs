@@ -1,6 +1,7 @@
 //! `threatmesh quarantine`: indicators that arrived signed by a key this
 //! node does not know yet, waiting for their org's card (see
-//! `threatmesh peer cards` and `peer approve-card`).
+//! `threatmesh peer cards` and `peer approve-card`), and indicators dated
+//! ahead of our clock, waiting for it to reach their date.
 
 use std::path::Path;
 
@@ -30,14 +31,14 @@ pub async fn run(config: &Path, conn: &ClientArgs, args: &QuarantineArgs) -> Res
             serde_json::json!({
                 "upstream": q.upstream, "upstream_seq": q.upstream_seq, "key_id": q.key_id,
                 "path": q.path, "received_unix_ms": q.received_unix_ms,
-                "expires_unix_ms": q.expires_unix_ms,
+                "expires_unix_ms": q.expires_unix_ms, "due_unix_ms": q.due_unix_ms,
             })
         },
         "quarantine is empty",
         &[
             col("FROM"),
             num("SEQ"),
-            col("UNKNOWN KEY"),
+            col("WAITS FOR"),
             col("DROPPED AT"),
             col("PATH"),
         ],
@@ -45,7 +46,14 @@ pub async fn run(config: &Path, conn: &ClientArgs, args: &QuarantineArgs) -> Res
             vec![
                 q.upstream.clone(),
                 q.upstream_seq.to_string(),
-                q.key_id.clone(),
+                if q.due_unix_ms == 0 {
+                    format!("key {}", q.key_id)
+                } else {
+                    format!(
+                        "our clock to reach {}",
+                        super::audit::rfc3339(q.due_unix_ms)
+                    )
+                },
                 super::audit::rfc3339(q.expires_unix_ms),
                 q.path.join(" > "),
             ]
@@ -53,7 +61,8 @@ pub async fn run(config: &Path, conn: &ClientArgs, args: &QuarantineArgs) -> Res
     );
     if !args.json && !list.is_empty() {
         out!(
-            "{} waiting; `threatmesh peer cards` shows pending cards, `threatmesh peer approve-card ORG` trusts one",
+            "{} waiting; `threatmesh peer cards` shows pending cards, `threatmesh peer approve-card ORG` trusts one; \
+             envelopes dated ahead of our clock are checked again when it reaches their date (`threatmesh status` shows each partner's clock offset)",
             list.len()
         );
     }

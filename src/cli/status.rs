@@ -59,6 +59,8 @@ pub async fn run(config: &Path, conn: &ClientArgs, args: &StatusArgs) -> Result<
                     "last_error_past": l.last_error_past, "retry_in_ms": l.retry_in_ms,
                     "policy": l.policy,
                     "quarantined": l.quarantined,
+                    "clock_offset_ms": l.clock_offset_known.then_some(l.clock_offset_ms),
+                    "clock_warning": l.clock_warning,
                 })
             })
             .collect();
@@ -86,7 +88,7 @@ pub async fn run(config: &Path, conn: &ClientArgs, args: &StatusArgs) -> Result<
         return Ok(());
     }
     out!(
-        "{:<24} {:<12} {:<10} {:>8} {:>8} {:>6} {:<12} {:<18} LAST ERROR",
+        "{:<24} {:<12} {:<10} {:>8} {:>8} {:>6} {:<12} {:>9} {:<18} LAST ERROR",
         "PARTNER",
         "STATE",
         "SINCE",
@@ -94,11 +96,12 @@ pub async fn run(config: &Path, conn: &ClientArgs, args: &StatusArgs) -> Result<
         "LAG",
         "QUAR",
         "LAST MSG",
+        "CLOCK",
         "POLICY"
     );
     for l in &s.links {
         out!(
-            "{:<24} {:<12} {:<10} {:>8} {:>8} {:>6} {:<12} {:<18} {}",
+            "{:<24} {:<12} {:<10} {:>8} {:>8} {:>6} {:<12} {:>9} {:<18} {}",
             l.partner,
             l.state,
             ago(l.since_unix_ms),
@@ -106,6 +109,7 @@ pub async fn run(config: &Path, conn: &ClientArgs, args: &StatusArgs) -> Result<
             l.lag,
             l.quarantined,
             ago(l.last_message_unix_ms),
+            clock(l),
             if l.policy.is_empty() {
                 "(none)"
             } else {
@@ -114,5 +118,23 @@ pub async fn run(config: &Path, conn: &ClientArgs, args: &StatusArgs) -> Result<
             last_error(l)
         );
     }
+    for l in s.links.iter().filter(|l| !l.clock_warning.is_empty()) {
+        out!("warning: {}", l.clock_warning);
+    }
     Ok(())
+}
+
+/// The CLOCK column: the partner's clock offset from ours ("+10m02s":
+/// ahead; "-": not known yet).
+fn clock(l: &crate::proto::v1::LinkStatus) -> String {
+    if !l.clock_offset_known {
+        return "-".into();
+    }
+    let s = l.clock_offset_ms.unsigned_abs() / 1000;
+    let sign = if l.clock_offset_ms < 0 { '-' } else { '+' };
+    if s < 60 {
+        format!("{sign}{s}s")
+    } else {
+        format!("{sign}{}m{:02}s", s / 60, s % 60)
+    }
 }

@@ -46,13 +46,59 @@ pub struct LinkHealth {
     /// The delay before the last retry (ms; 0 = none yet): it grows while
     /// the link keeps failing, and starts over once it works.
     pub retry_in_ms: u64,
+    /// How far the partner's clock is ahead of ours (ms; negative: behind),
+    /// once a message has said.
+    pub clock_offset_ms: Option<i64>,
+    /// When that estimate was taken (our clock, Unix ms).
+    pub clock_offset_at_ms: i64,
 }
 
+/// How long an offset estimate stands against later, larger-looking
+/// differences: a message that waited in buffers looks as if its sender's
+/// clock were behind, so the least delayed sample of a while is kept.
+const CLOCK_SAMPLE_KEPT_MS: i64 = 30_000;
+
 impl LinkHealth {
+    /// Takes one sample of the partner's clock: a message it sent at
+    /// `sent_ms` (its clock) arrived at `now_ms` (ours).
+    fn sample_clock(&mut self, sent_ms: i64, now_ms: i64) {
+        let sample = sent_ms.saturating_sub(now_ms);
+        let stale = now_ms.saturating_sub(self.clock_offset_at_ms) > CLOCK_SAMPLE_KEPT_MS;
+        if self.clock_offset_ms.is_none_or(|o| sample >= o || stale) {
+            self.clock_offset_ms = Some(sample);
+            self.clock_offset_at_ms = now_ms;
+        }
+    }
+
     /// Whether the last error is history: the link has been connected since.
     pub fn error_is_past(&self) -> bool {
         self.state == LinkState::Connected && self.last_error_ms <= self.since_ms
     }
+}
+
+/// What an operator should know about `partner`'s clock being `offset_ms`
+/// ahead of ours (negative: behind), when that is more than `warn_ms`.
+pub fn clock_warning(partner: &OrgId, offset_ms: i64, warn_ms: u64) -> Option<String> {
+    if offset_ms.unsigned_abs() <= warn_ms {
+        return None;
+    }
+    let secs = offset_ms.unsigned_abs() / 1000;
+    let (way, then) = if offset_ms > 0 {
+        (
+            "ahead of ours",
+            "its indicators dated more than 5 minutes ahead of our clock wait in quarantine until our clock reaches them",
+        )
+    } else {
+        (
+            "behind ours",
+            "ours are dated ahead of its clock and wait at its node",
+        )
+    };
+    Some(format!(
+        "{partner}'s clock is {}m{:02}s {way}: {then}; check NTP on both nodes",
+        secs / 60,
+        secs % 60
+    ))
 }
 
 /// Outbound link health by partner.
@@ -85,6 +131,8 @@ impl LinkBoard {
             last_error: String::new(),
             last_error_ms: 0,
             retry_in_ms: 0,
+            clock_offset_ms: None,
+            clock_offset_at_ms: 0,
         });
         f(h);
     }
@@ -109,13 +157,21 @@ impl LinkBoard {
         self.with(org, |h| h.retry_in_ms = retry_in_ms);
     }
 
-    /// Records a message from `org` reporting its latest sequence number.
-    pub fn message(&self, org: &OrgId, upstream_latest: u64) {
+    /// Records a message from `org` reporting its latest sequence number,
+    /// sent at `sent_ms` by its clock (0: it did not say). Returns the
+    /// partner's clock offset as estimated now.
+    pub fn message(&self, org: &OrgId, upstream_latest: u64, sent_ms: i64) -> Option<i64> {
         let now = self.clock.now_ms();
+        let mut offset = None;
         self.with(org, |h| {
             h.last_message_ms = now;
             h.upstream_latest = upstream_latest;
+            if sent_ms > 0 {
+                h.sample_clock(sent_ms, now);
+            }
+            offset = h.clock_offset_ms;
         });
+        offset
     }
 
     /// What `org`'s link waits on to subscribe again.

@@ -569,6 +569,7 @@ impl Exchange for ExchangeService {
                     latest: gate.store.latest_known().max(last),
                     cards,
                     log_id: gate.log_id.clone(),
+                    sent_unix_ms: gate.clock.now_ms(),
                 };
                 (Some(response), crate::audit::coalesce(audit), sent)
             },
@@ -580,6 +581,7 @@ impl Exchange for ExchangeService {
                     latest: heartbeat_ctx.store.latest_known().max(cursor),
                     cards: Vec::new(),
                     log_id: heartbeat_ctx.log_id.clone(),
+                    sent_unix_ms: heartbeat_ctx.clock.now_ms(),
                 }),
             )),
         );

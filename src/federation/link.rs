@@ -10,11 +10,12 @@ use tokio_util::sync::CancellationToken;
 use tonic::Code;
 
 use super::verify::{admit_checked, verify_all};
-use crate::context::{LinkState, NodeContext};
+use crate::context::{LinkState, NodeContext, clock_warning};
 use crate::identity::{SpiffeId, client_config};
 use crate::model::OrgId;
 use crate::proto::v1::SubscribeRequest;
 use crate::proto::v1::exchange_client::ExchangeClient;
+use crate::refusal::Wait;
 use crate::rpc::SHUTTING_DOWN;
 use crate::store::{NewIndicator, OrgPath, PeerRecord, Quarantined, Rejection};
 
@@ -277,6 +278,7 @@ async fn receive(
     ));
     witness.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut reported = false;
+    let mut clock_warned = false;
     let restart = ctx.links.restart_signal(&peer.org);
     loop {
         let msg = tokio::select! {
@@ -294,7 +296,17 @@ async fn receive(
                 continue;
             }
         };
-        ctx.links.message(&peer.org, msg.latest.max(msg.cursor));
+        let offset = ctx
+            .links
+            .message(&peer.org, msg.latest.max(msg.cursor), msg.sent_unix_ms);
+        if !clock_warned
+            && let Some(why) = offset.and_then(|o| {
+                clock_warning(&peer.org, o, ctx.settings.federation.clock_offset_warn_ms)
+            })
+        {
+            tracing::warn!(partner = %peer.org, "{why}");
+            clock_warned = true;
+        }
         // The partner's log is another than our cursor counted in (its
         // store was restored or re-created): it streams from the start, and
         // our cursor starts again. Only the first message can say so: a
@@ -364,12 +376,22 @@ async fn receive(
             };
             match admitted {
                 Ok(row) => batch.rows.push(row),
-                Err(r) => match r.unknown_key() {
-                    Some(key_id) => {
-                        tracing::info!(partner = %peer.org, seq = d.seq, key = %key_id, "signing key unknown; envelope quarantined");
+                Err(r) => match r.waits() {
+                    Some(wait) => {
+                        let (key_id, due_ms) = match wait {
+                            Wait::Key(key_id) => {
+                                tracing::info!(partner = %peer.org, seq = d.seq, key = %key_id, "signing key unknown; envelope quarantined");
+                                (key_id, 0)
+                            }
+                            Wait::Clock { key_id, due_ms } => {
+                                tracing::warn!(partner = %peer.org, seq = d.seq, reason = %r.reason, "envelope dated ahead of our clock; held until it is due");
+                                (key_id, due_ms)
+                            }
+                        };
                         batch.quarantined.push(Quarantined {
                             upstream_seq: d.seq,
                             key_id: key_id.to_string(),
+                            due_ms,
                             envelope: d.envelope,
                             path: OrgPath(d.path),
                         });

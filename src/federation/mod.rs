@@ -49,7 +49,6 @@ pub async fn apply_trust_change(ctx: &NodeContext) -> Result<Reloaded, NodeError
 pub async fn supervise(ctx: Arc<NodeContext>) {
     let mut links: HashMap<OrgId, (PeerRecord, CancellationToken, JoinHandle<()>)> = HashMap::new();
     let period = Duration::from_millis(ctx.settings.federation.peer_refresh_ms);
-    let mut first = true;
     loop {
         ctx.reload_node_cert();
         for (org, n) in ctx.conns.take_refused() {
@@ -72,13 +71,13 @@ pub async fn supervise(ctx: Arc<NodeContext>) {
         }
         match apply_trust_change(&ctx).await {
             Ok(Reloaded { peers, .. }) => {
-                // Once, for what waited in quarantine across a restart;
-                // afterwards a change of keys (apply_trust_change) and each
-                // commit to quarantine (the links) release what they allow.
-                if first && let Err(e) = quarantine::release_if_keys_known(&ctx).await {
+                // What waited in quarantine across a restart, and what was
+                // dated ahead of our clock and is due now; a change of keys
+                // (apply_trust_change) and each commit to quarantine (the
+                // links) release what they allow at once.
+                if let Err(e) = quarantine::release_if_keys_known(&ctx).await {
                     tracing::error!(error = %e, "cannot release quarantined envelopes");
                 }
-                first = false;
                 links.retain(|org, (rec, stop_link, _)| {
                     let keep = peers.iter().any(|p| p == rec);
                     if !keep {

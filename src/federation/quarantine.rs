@@ -62,13 +62,15 @@ pub fn within_share(
 }
 
 /// Verifies and stores (or refuses) every quarantined envelope whose
-/// signing key is known now. Returns how many were stored.
+/// signing key is known now and whose date our clock has reached; one
+/// still dated ahead of our clock (it was held for its key, or our clock
+/// went back) waits on. Returns how many were stored.
 pub async fn release(ctx: &NodeContext) -> Result<u64, StoreError> {
     let view = ctx.view.load_full();
     let now = ctx.clock.now_ms();
     let mut stored = 0;
     for q in ctx.store.quarantine().await? {
-        if view.keys.get(&q.held.key_id).is_none() {
+        if view.keys.get(&q.held.key_id).is_none() || q.held.due_ms > now {
             continue;
         }
         let d = Delivery {
@@ -78,6 +80,14 @@ pub async fn release(ctx: &NodeContext) -> Result<u64, StoreError> {
         };
         let policy = view.policies.get(&q.upstream).map(|p| p.as_ref());
         let verified = verify_delivery(&ctx.own, &q.upstream, &d, &view.keys, now);
+        if let Err(Refusal {
+            due_ms: Some(due_ms),
+            ..
+        }) = &verified
+        {
+            ctx.store.defer_quarantine(q.id, *due_ms).await?;
+            continue;
+        }
         let admitted = admit_checked(ctx, &q.upstream, verified, policy)
             .await?
             .unwrap_or_else(|| {
@@ -109,13 +119,15 @@ pub async fn release(ctx: &NodeContext) -> Result<u64, StoreError> {
     Ok(stored)
 }
 
-/// [`release`], if any envelope in quarantine waits for a key that is known
-/// now: after a link commits envelopes to quarantine (their key may have
+/// [`release`], if any envelope in quarantine that our clock has reached
+/// waits for a key that is known now (or was held only for its date):
+/// after a link commits envelopes to quarantine (their key may have
 /// arrived while the batch waited to commit — the batch and the card
-/// crossed in the pipeline), and once at start.
+/// crossed in the pipeline), and at every refresh tick (for what waited
+/// across a restart, and for dates our clock reaches).
 pub async fn release_if_keys_known(ctx: &NodeContext) -> Result<u64, StoreError> {
     let _settling = ctx.trust_change.lock().await;
-    let waiting = ctx.store.quarantined_key_ids().await?;
+    let waiting = ctx.store.quarantined_key_ids(ctx.clock.now_ms()).await?;
     let view = ctx.view.load();
     if waiting.iter().any(|k| view.keys.get(k).is_some()) {
         release(ctx).await
@@ -125,7 +137,8 @@ pub async fn release_if_keys_known(ctx: &NodeContext) -> Result<u64, StoreError>
 }
 
 /// Drops quarantined envelopes older than `federation.quarantine_ttl_ms`
-/// (by the node's clock), each with a ledger row. Returns how many.
+/// (by the node's clock), each with a ledger row: their key never came, or
+/// our clock never reached their date. Returns how many.
 pub async fn expire(ctx: &NodeContext) -> Result<u64, StoreError> {
     let ttl = i64::try_from(ctx.settings.federation.quarantine_ttl_ms).unwrap_or(i64::MAX);
     let dropped = ctx

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use prost::Message;
 
 use crate::context::NodeContext;
-use crate::model::{OrgId, validate_indicator};
+use crate::model::{MAX_CLOCK_SKEW_MS, OrgId, dated_ahead, validate_content};
 use crate::policy::{self, Decision, PartnerPolicy};
 use crate::proto::v1::{Delivery, Envelope, Indicator};
 use crate::refusal::{Refusal, RefusalKind};
@@ -91,8 +91,22 @@ pub fn verify_delivery(
             indicator.origin_org
         )));
     }
-    validate_indicator(&indicator, now_ms)
+    validate_content(&indicator)
         .map_err(|e| malformed(format!("indicator {}: {e}", indicator.id)))?;
+    if let Some(due_ms) = dated_ahead(&indicator, now_ms) {
+        return Err(Refusal::ahead_of_clock(
+            &indicator.key_id,
+            due_ms,
+            format!(
+                "indicator {}: modified_unix_ms lies {} s ahead of our clock, more than the {} s \
+                 skew allowed ({}'s clock is ahead, or ours behind); it waits until our clock reaches it",
+                indicator.id,
+                (indicator.modified_unix_ms - now_ms) / 1000,
+                MAX_CLOCK_SKEW_MS / 1000,
+                indicator.origin_org
+            ),
+        ));
+    }
     Ok(Some(Verified {
         indicator,
         envelope: d.envelope.clone(),
@@ -323,13 +337,24 @@ mod tests {
             .unwrap()
             .is_none()
         );
-        // Far-future timestamp.
+        // Dated an hour ahead of our clock: it waits (for the clock, under
+        // its known key) until an hour less the allowed skew from now.
         let mut future = ind.clone();
         future.modified_unix_ms = now + 3_600_000;
         future.created_unix_ms = future.modified_unix_ms;
         let env = key
             .seal(INDICATOR_PAYLOAD_TYPE, future.encode_to_vec())
             .encode_to_vec();
-        assert_eq!(code(from(&env, &["a.example"]), &a), Code::InvalidArgument);
+        let r = check_delivery(&b, &a, &from(&env, &["a.example"]), &keys, None, now).unwrap_err();
+        assert_eq!(
+            r.waits(),
+            Some(crate::refusal::Wait::Clock {
+                key_id: key.key_id(),
+                due_ms: now + 3_600_000 - crate::model::MAX_CLOCK_SKEW_MS
+            })
+        );
+        // Once our clock gets there, it passes.
+        let later = now + 3_600_000 - crate::model::MAX_CLOCK_SKEW_MS;
+        assert!(check_delivery(&b, &a, &from(&env, &["a.example"]), &keys, None, later).is_ok());
     }
 }

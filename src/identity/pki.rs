@@ -10,6 +10,11 @@ use time::{Duration, OffsetDateTime};
 use super::{IdentityError, Role, SpiffeId};
 use crate::model::OrgId;
 
+/// How far back certificates' validity starts: a node whose clock is up to
+/// an hour behind the issuer's still accepts a certificate issued just now
+/// (the clock-skew section of README).
+const BACKDATE: Duration = Duration::hours(1);
+
 /// A certificate and its private key, both PEM.
 pub struct IssuedCert {
     /// PEM certificate.
@@ -52,7 +57,7 @@ pub fn generate_ca(org: &OrgId, days: i64) -> Result<IssuedCert, IdentityError> 
         KeyUsagePurpose::DigitalSignature,
     ];
     let now = OffsetDateTime::now_utc();
-    params.not_before = now - Duration::minutes(5);
+    params.not_before = now - BACKDATE;
     params.not_after = now + Duration::days(days);
     params.serial_number = Some(random_serial()?);
     let cert = params.self_signed(&key).map_err(pki_err)?;
@@ -143,7 +148,7 @@ fn sign_leaf(
     };
     params.use_authority_key_identifier_extension = true;
     let now = OffsetDateTime::now_utc();
-    params.not_before = now - Duration::minutes(5);
+    params.not_before = now - BACKDATE;
     params.not_after = now + Duration::days(days);
     params.serial_number = Some(random_serial()?);
     let cert = params.signed_by(public_key, &issuer).map_err(pki_err)?;

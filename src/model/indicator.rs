@@ -501,10 +501,36 @@ pub fn prepare_draft(d: &IndicatorDraft, now_ms: i64) -> Result<IndicatorDraft, 
     })
 }
 
-/// Validates a complete signed indicator, as decoded from verified bytes.
-/// Content must already be in normal form: a node never rewrites signed data,
-/// so anything not normalised by its origin is refused rather than fixed.
+/// Validates a complete signed indicator, as decoded from verified bytes:
+/// [`validate_content`], then [`dated_ahead`] on `now_ms` (one of our own
+/// indicators, or a check with no way to wait: the time is an error like any
+/// other).
 pub fn validate_indicator(ind: &Indicator, now_ms: i64) -> Result<(), ValidationError> {
+    validate_content(ind)?;
+    match dated_ahead(ind, now_ms) {
+        None => Ok(()),
+        Some(_) => Err(invalid(
+            "modified_unix_ms",
+            "lies more than 5 minutes in the future",
+        )),
+    }
+}
+
+/// When an indicator dated ahead of `now_ms` by more than
+/// [`MAX_CLOCK_SKEW_MS`] (its origin's clock is ahead of ours, or ours
+/// behind) becomes acceptable by our clock; `None` if it is now. Only the
+/// time is wrong, and time passes (or a clock is fixed): such an indicator
+/// waits rather than being refused.
+pub fn dated_ahead(ind: &Indicator, now_ms: i64) -> Option<i64> {
+    let acceptable_at = ind.modified_unix_ms.saturating_sub(MAX_CLOCK_SKEW_MS);
+    (acceptable_at > now_ms).then_some(acceptable_at)
+}
+
+/// Validates everything of a signed indicator that does not depend on the
+/// time it is checked at. Content must already be in normal form: a node
+/// never rewrites signed data, so anything not normalised by its origin is
+/// refused rather than fixed.
+pub fn validate_content(ind: &Indicator) -> Result<(), ValidationError> {
     OrgId::parse(&ind.origin_org).map_err(|e| invalid("origin_org", e.to_string()))?;
     if ind.key_id.is_empty() {
         return Err(invalid("key_id", "is empty"));
@@ -528,12 +554,6 @@ pub fn validate_indicator(ind: &Indicator, now_ms: i64) -> Result<(), Validation
         return Err(invalid(
             "modified_unix_ms",
             "timestamps must be positive and modified must not precede created",
-        ));
-    }
-    if ind.modified_unix_ms > now_ms + MAX_CLOCK_SKEW_MS {
-        return Err(invalid(
-            "modified_unix_ms",
-            "lies more than 5 minutes in the future",
         ));
     }
     validate_marking(ind.marking.as_ref())?;

@@ -15,8 +15,12 @@ pub struct Quarantined {
     /// Its sequence number at the partner that sent it.
     #[sqlx(try_from = "i64")]
     pub upstream_seq: u64,
-    /// The unknown key.
+    /// The unknown key, or (with `due_ms`) the known key of an envelope
+    /// dated ahead of our clock.
     pub key_id: String,
+    /// 0: waiting for the key. Otherwise when our clock accepts the
+    /// envelope's date.
+    pub due_ms: i64,
     /// The envelope as received.
     pub envelope: Vec<u8>,
     /// Its path as received, origin first.
@@ -69,12 +73,13 @@ impl Store {
         let mut held = 0;
         for q in envelopes {
             let done = sqlx::query(
-                "INSERT INTO quarantine (upstream_org, upstream_seq, key_id, envelope, path, received_ms) \
-                 VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                "INSERT INTO quarantine (upstream_org, upstream_seq, key_id, due_ms, envelope, path, received_ms) \
+                 VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
             )
             .bind(upstream.as_str())
             .bind(to_i64(q.upstream_seq))
             .bind(&q.key_id)
+            .bind(q.due_ms)
             .bind(&q.envelope)
             .bind(q.path.join(","))
             .bind(self.now())
@@ -82,12 +87,7 @@ impl Store {
             .await?;
             if done.rows_affected() == 1 {
                 held += 1;
-                audit.push(AuditEntry::quarantined(
-                    upstream.as_str(),
-                    q.upstream_seq,
-                    &q.key_id,
-                    &q.path,
-                ));
+                audit.push(AuditEntry::quarantined(upstream.as_str(), q));
             }
         }
         Ok(held)
@@ -114,20 +114,37 @@ impl Store {
         Ok((rows as u64, bytes.unwrap_or(0) as u64))
     }
 
-    /// The distinct signing keys quarantined envelopes wait for.
-    pub async fn quarantined_key_ids(&self) -> Result<Vec<String>, StoreError> {
-        Ok(sqlx::query_scalar("SELECT DISTINCT key_id FROM quarantine")
-            .fetch_all(&self.pool)
-            .await?)
+    /// The distinct signing keys of quarantined envelopes that are not
+    /// dated ahead of `now_ms` (those wait for the clock, whatever their key).
+    pub async fn quarantined_key_ids(&self, now_ms: i64) -> Result<Vec<String>, StoreError> {
+        Ok(
+            sqlx::query_scalar("SELECT DISTINCT key_id FROM quarantine WHERE due_ms <= ?")
+                .bind(now_ms)
+                .fetch_all(&self.pool)
+                .await?,
+        )
     }
 
     /// Every envelope waiting in quarantine, oldest first.
     pub async fn quarantine(&self) -> Result<Vec<QuarantineRow>, StoreError> {
         self.all(
-            "SELECT id, upstream_org, upstream_seq, key_id, envelope, path, received_ms \
+            "SELECT id, upstream_org, upstream_seq, key_id, due_ms, envelope, path, received_ms \
              FROM quarantine ORDER BY id",
         )
         .await
+    }
+
+    /// A quarantined envelope found dated ahead of our clock (again): it
+    /// waits until `due_ms`.
+    pub async fn defer_quarantine(&self, id: i64, due_ms: i64) -> Result<(), StoreError> {
+        let (_writing, mut tx) = self.write_tx().await?;
+        sqlx::query("UPDATE quarantine SET due_ms = ? WHERE id = ?")
+            .bind(due_ms)
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
     }
 
     /// Settles one quarantined envelope whose key has arrived: stores it (as
@@ -193,19 +210,24 @@ impl Store {
             return Ok(0);
         }
         let (_writing, mut tx) = self.write_tx().await?;
-        let rows: Vec<(i64, String, i64, String)> = sqlx::query_as(
-            "SELECT id, upstream_org, upstream_seq, key_id FROM quarantine WHERE received_ms < ?",
+        let rows: Vec<(i64, String, i64, String, i64)> = sqlx::query_as(
+            "SELECT id, upstream_org, upstream_seq, key_id, due_ms FROM quarantine WHERE received_ms < ?",
         )
         .bind(before_ms)
         .fetch_all(&mut *tx)
         .await?;
         let mut audit = Vec::new();
-        for (id, up, seq, key) in &rows {
+        for (id, up, seq, key, due_ms) in &rows {
             sqlx::query("DELETE FROM quarantine WHERE id = ?")
                 .bind(id)
                 .execute(&mut *tx)
                 .await?;
-            audit.push(AuditEntry::quarantine_expired(up, *seq as u64, key));
+            audit.push(AuditEntry::quarantine_expired(
+                up,
+                *seq as u64,
+                key,
+                *due_ms,
+            ));
         }
         self.append_audit_tx(&mut tx, &audit).await?;
         tx.commit().await?;

@@ -470,6 +470,7 @@ impl Exchange for RogueExchange {
                     latest,
                     cards,
                     log_id: String::new(),
+                    sent_unix_ms: 0,
                 }))
                 .await;
             // Keep the stream open, like a live tail.
