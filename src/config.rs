@@ -143,6 +143,9 @@ pub struct StoreSettings {
     /// Most the database may grow to, in MiB (0 = as far as the disk
     /// allows); past it writes fail as on a full disk.
     pub max_size_mb: u64,
+    /// How long a publisher's idempotency keys are remembered (ms): a
+    /// retry within it returns the first attempt's result.
+    pub publish_keys_kept_ms: u64,
 }
 
 /// `[client]`: used by `publish`, `tail` and other CLI clients.

@@ -89,6 +89,7 @@ impl Node {
             .http2_max_pending_accept_reset_streams(Some(limits.max_pending_reset_streams))
             // Deny by default: no request reaches any service, health
             // included, without a verified identity.
+            .layer(crate::rpc::DeadlineLayer)
             .layer(crate::rpc::OversizeLayer { limit: max_message })
             .layer(tonic::service::InterceptorLayer::new(
                 crate::net::request_gate(ctx.trust(), ctx.clock),

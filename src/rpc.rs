@@ -63,6 +63,9 @@ pub enum RpcError {
         /// What was exceeded.
         detail: String,
     },
+    /// The caller's deadline passed before the work was done.
+    #[error("{0}")]
+    DeadlineExceeded(String),
     /// The node is shutting down.
     #[error("{SHUTTING_DOWN}")]
     ShuttingDown,
@@ -80,7 +83,10 @@ impl From<RpcError> for Status {
             RpcError::Forbidden { .. } | RpcError::PartnerRefused(_) => {
                 Status::permission_denied(e.to_string())
             }
-            RpcError::Invalid(_) | RpcError::Missing(_) | RpcError::BadRequest(_) => {
+            RpcError::Invalid(_)
+            | RpcError::Missing(_)
+            | RpcError::BadRequest(_)
+            | RpcError::Store(StoreError::KeyReused { .. }) => {
                 Status::invalid_argument(e.to_string())
             }
             RpcError::NotFound(_) | RpcError::Store(StoreError::NotFound(_)) => {
@@ -92,6 +98,7 @@ impl From<RpcError> for Status {
             RpcError::OutOfRange(_) => Status::out_of_range(e.to_string()),
             RpcError::OverLimit { .. } => Status::resource_exhausted(e.to_string()),
             RpcError::ShuttingDown => Status::unavailable(e.to_string()),
+            RpcError::DeadlineExceeded(_) => Status::deadline_exceeded(e.to_string()),
             // A version number taken between reading the latest version and
             // writing the next: another update won the race.
             RpcError::Store(StoreError::Duplicate { .. }) => {
@@ -249,5 +256,162 @@ where
             }
             Ok(resp)
         })
+    }
+}
+
+/// When the caller stops waiting: its `grpc-timeout`, from when the request
+/// arrived. Put in each request's extensions by [`DeadlineLayer`].
+#[derive(Debug, Clone, Copy)]
+pub struct Deadline(pub tokio::time::Instant);
+
+impl Deadline {
+    /// The deadline of a request, if its caller set one.
+    pub fn of<T>(req: &Request<T>) -> Option<Self> {
+        req.extensions().get::<Deadline>().copied()
+    }
+
+    /// Whether it has passed.
+    pub fn passed(&self) -> bool {
+        tokio::time::Instant::now() >= self.0
+    }
+}
+
+/// The `grpc-timeout` header's duration: up to 8 digits and a unit (H, M,
+/// S, m, u, n), as the gRPC HTTP/2 protocol defines it.
+pub fn parse_grpc_timeout(value: &str) -> Option<std::time::Duration> {
+    use std::time::Duration;
+    let (digits, unit) = value.split_at(value.len().checked_sub(1)?);
+    if digits.is_empty() || digits.len() > 8 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let n: u64 = digits.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(n.saturating_mul(3600)),
+        "M" => Duration::from_secs(n.saturating_mul(60)),
+        "S" => Duration::from_secs(n),
+        "m" => Duration::from_millis(n),
+        "u" => Duration::from_micros(n),
+        "n" => Duration::from_nanos(n),
+        _ => return None,
+    })
+}
+
+/// Honours the caller's deadline (`grpc-timeout`): the handler sees it as
+/// a [`Deadline`] (to stop before committing what nobody waits for), and a
+/// call still running when it passes is answered `DEADLINE_EXCEEDED`, the
+/// code gRPC defines for it (tonic's own timer would say `CANCELLED`, as if
+/// the caller had cancelled; ours is armed first, so it answers first).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct DeadlineLayer;
+
+impl<S> tower::Layer<S> for DeadlineLayer {
+    type Service = Deadlines<S>;
+
+    fn layer(&self, inner: S) -> Deadlines<S> {
+        Deadlines { inner }
+    }
+}
+
+/// See [`DeadlineLayer`].
+#[derive(Debug, Clone)]
+pub struct Deadlines<S> {
+    inner: S,
+}
+
+impl<S, B, R> tower::Service<http::Request<B>> for Deadlines<S>
+where
+    S: tower::Service<http::Request<B>, Response = http::Response<R>>,
+    S::Future: Send + 'static,
+    R: tonic::codegen::Body<Data = tonic::codegen::Bytes> + Send + 'static,
+    R::Error: Into<tonic::codegen::StdError>,
+{
+    type Response = http::Response<tonic::body::Body>;
+    type Error = S::Error;
+    type Future = BoxFuture<Result<Self::Response, Self::Error>>;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: http::Request<B>) -> Self::Future {
+        let timeout = req
+            .headers()
+            .get("grpc-timeout")
+            .and_then(|v| v.to_str().ok())
+            .and_then(parse_grpc_timeout);
+        let deadline = timeout.map(|t| tokio::time::Instant::now() + t);
+        if let Some(d) = deadline {
+            req.extensions_mut().insert(Deadline(d));
+        }
+        let answer = self.inner.call(req);
+        let (Some(deadline), Some(timeout)) = (deadline, timeout) else {
+            return Box::pin(async move { Ok(answer.await?.map(tonic::body::Body::new)) });
+        };
+        Box::pin(async move {
+            match tokio::time::timeout_at(deadline, answer).await {
+                Ok(resp) => Ok(resp?.map(tonic::body::Body::new)),
+                Err(_) => Ok(Status::deadline_exceeded(format!(
+                    "the caller's deadline ({} ms, grpc-timeout) passed before this node answered",
+                    timeout.as_millis()
+                ))
+                .into_http()),
+            }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tower::{Layer, Service, ServiceExt};
+
+    #[test]
+    fn grpc_timeouts_parse_as_the_protocol_defines_them() {
+        use std::time::Duration;
+        assert_eq!(parse_grpc_timeout("300m"), Some(Duration::from_millis(300)));
+        assert_eq!(parse_grpc_timeout("2S"), Some(Duration::from_secs(2)));
+        assert_eq!(parse_grpc_timeout("1H"), Some(Duration::from_secs(3600)));
+        assert_eq!(
+            parse_grpc_timeout("99999999n"),
+            Some(Duration::from_nanos(99_999_999))
+        );
+        for bad in ["", "m", "123456789m", "10x", "-1S", "1.5S"] {
+            assert_eq!(parse_grpc_timeout(bad), None, "{bad}");
+        }
+    }
+
+    /// A call still running at the caller's deadline is answered
+    /// DEADLINE_EXCEEDED on the wire, and the handler saw the deadline; a
+    /// call without one runs to its end.
+    #[tokio::test(start_paused = true)]
+    async fn a_call_past_its_grpc_timeout_is_answered_deadline_exceeded() {
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(None));
+        let saw = seen.clone();
+        let slow = tower::service_fn(move |req: http::Request<()>| {
+            *saw.lock().unwrap() = req.extensions().get::<Deadline>().copied();
+            async move {
+                tokio::time::sleep(std::time::Duration::from_secs(60)).await;
+                Ok::<_, std::convert::Infallible>(http::Response::new(tonic::body::Body::empty()))
+            }
+        });
+        let mut svc = DeadlineLayer.layer(slow);
+        let req = http::Request::builder()
+            .header("grpc-timeout", "250m")
+            .body(())
+            .unwrap();
+        let start = tokio::time::Instant::now();
+        let resp = svc.ready().await.unwrap().call(req).await.unwrap();
+        assert_eq!(resp.headers()["grpc-status"], "4");
+        assert_eq!(start.elapsed(), std::time::Duration::from_millis(250));
+        let deadline = seen.lock().unwrap().expect("the handler saw the deadline");
+        assert_eq!(deadline.0, start + std::time::Duration::from_millis(250));
+
+        let plain = http::Request::builder().body(()).unwrap();
+        let resp = svc.ready().await.unwrap().call(plain).await.unwrap();
+        assert!(resp.headers().get("grpc-status").is_none());
+        assert!(seen.lock().unwrap().is_none());
     }
 }

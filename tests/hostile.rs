@@ -23,6 +23,7 @@ async fn publish_status(client: &mut Client) -> (Code, String) {
     let e = client
         .publish(PublishRequest {
             indicator: Some(ipv4_draft(1, Tlp::Clear)),
+            ..Default::default()
         })
         .await
         .unwrap_err();
@@ -135,6 +136,7 @@ async fn callers_without_the_right_certificate_are_refused() {
     let mut ok = conn(Some(&a.publisher_cert()));
     ok.publish(PublishRequest {
         indicator: Some(ipv4_draft(1, Tlp::Clear)),
+        ..Default::default()
     })
     .await
     .unwrap();
@@ -179,7 +181,10 @@ async fn invalid_publishes_name_the_field_and_store_nothing() {
     ];
     for (d, field) in cases {
         let err = client
-            .publish(PublishRequest { indicator: Some(d) })
+            .publish(PublishRequest {
+                indicator: Some(d),
+                ..Default::default()
+            })
             .await
             .unwrap_err();
         assert_eq!(err.code(), Code::InvalidArgument, "{}", err.message());
@@ -190,7 +195,10 @@ async fn invalid_publishes_name_the_field_and_store_nothing() {
         );
     }
     let err = client
-        .publish(PublishRequest { indicator: None })
+        .publish(PublishRequest {
+            indicator: None,
+            ..Default::default()
+        })
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument);
@@ -199,6 +207,7 @@ async fn invalid_publishes_name_the_field_and_store_nothing() {
     let err = client
         .publish(PublishRequest {
             indicator: Some(update),
+            ..Default::default()
         })
         .await
         .unwrap_err();
@@ -313,7 +322,10 @@ async fn tampered_and_forged_envelopes_are_refused_and_the_link_keeps_going() {
 /// Publishes `d` and returns the refusal.
 async fn refused(client: &mut Client, d: threatmesh::proto::v1::IndicatorDraft) -> tonic::Status {
     client
-        .publish(PublishRequest { indicator: Some(d) })
+        .publish(PublishRequest {
+            indicator: Some(d),
+            ..Default::default()
+        })
         .await
         .unwrap_err()
 }

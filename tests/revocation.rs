@@ -38,6 +38,7 @@ async fn a_revoked_publisher_is_refused_on_its_next_rpc() {
     let mut open = publisher(&a, &node);
     open.publish(PublishRequest {
         indicator: Some(ipv4_draft(1, Tlp::Green)),
+        ..Default::default()
     })
     .await
     .unwrap();
@@ -76,6 +77,7 @@ async fn a_revoked_publisher_is_refused_on_its_next_rpc() {
     let err = open
         .publish(PublishRequest {
             indicator: Some(ipv4_draft(2, Tlp::Green)),
+            ..Default::default()
         })
         .await
         .unwrap_err();
@@ -89,6 +91,7 @@ async fn a_revoked_publisher_is_refused_on_its_next_rpc() {
     let err = publisher(&a, &node)
         .publish(PublishRequest {
             indicator: Some(ipv4_draft(3, Tlp::Green)),
+            ..Default::default()
         })
         .await
         .unwrap_err();
@@ -97,6 +100,7 @@ async fn a_revoked_publisher_is_refused_on_its_next_rpc() {
     exchange_as(&a, &node, &feed2)
         .publish(PublishRequest {
             indicator: Some(ipv4_draft(4, Tlp::Green)),
+            ..Default::default()
         })
         .await
         .unwrap();

@@ -1,5 +1,7 @@
-//! The store on its own, over a real SQLite file: closing it commits what
-//! its group-commit writers already queued, and refuses what comes after.
+//! The store under a node's bad day, over a real SQLite file: closing it
+//! commits what its group-commit writers already queued and refuses what
+//! comes after; full disks; publishes whose deadline passes while the store
+//! is busy, and retries under an idempotency key.
 
 mod common;
 
@@ -40,7 +42,7 @@ async fn close_commits_every_queued_write_and_refuses_later_ones() {
     for i in 0..200 {
         let (s, k) = (store.clone(), key.clone());
         pending.push(tokio::spawn(async move {
-            s.append_local(&row(&k, i), "test").await
+            s.append_local(&row(&k, i), "test", None).await
         }));
     }
     tokio::task::yield_now().await;
@@ -54,7 +56,7 @@ async fn close_commits_every_queued_write_and_refuses_later_ones() {
         }
     }
     // After close, a write is refused with the reason.
-    let late = store.append_local(&row(&key, 999), "test").await;
+    let late = store.append_local(&row(&key, 999), "test", None).await;
     assert!(matches!(late, Err(StoreError::WriterStopped)), "{late:?}");
     // Every acknowledged write is there, and nothing else; the ledger holds.
     let reopened = Store::open_sqlite(&path, Clock::system()).await.unwrap();
@@ -71,7 +73,10 @@ async fn publish_big(
     let mut d = ipv4_draft(i, Tlp::Green);
     d.description = format!("{i:08}").repeat(500);
     client
-        .publish(threatmesh::proto::v1::PublishRequest { indicator: Some(d) })
+        .publish(threatmesh::proto::v1::PublishRequest {
+            indicator: Some(d),
+            ..Default::default()
+        })
         .await
         .map(drop)
 }
@@ -269,4 +274,223 @@ async fn a_subscriber_whose_disk_is_full_backs_off_and_catches_up_once_space_ret
     assert_eq!(node_b.ctx.store.count_indicators().await.unwrap(), 600);
     node_b.stop().await;
     node_a.stop().await;
+}
+
+/// Takes SQLite's write lock on `org`'s store from outside the node (as a
+/// long backup or another program would), so the node's next write waits.
+async fn hold_write_lock(org: &Org) -> sqlx::SqliteConnection {
+    let url = format!("sqlite://{}", org.settings.store.path.display());
+    let mut db = <sqlx::SqliteConnection as sqlx::Connection>::connect(&url)
+        .await
+        .unwrap();
+    sqlx::query("BEGIN IMMEDIATE")
+        .execute(&mut db)
+        .await
+        .unwrap();
+    db
+}
+
+async fn release_write_lock(mut db: sqlx::SqliteConnection) {
+    sqlx::query("ROLLBACK").execute(&mut db).await.unwrap();
+}
+
+/// A Publish request for `d` with a deadline of `ms` and an idempotency
+/// key ("" = none).
+fn publish_request(
+    d: threatmesh::proto::v1::IndicatorDraft,
+    key: &str,
+    ms: Option<u64>,
+) -> tonic::Request<threatmesh::proto::v1::PublishRequest> {
+    let mut req = tonic::Request::new(threatmesh::proto::v1::PublishRequest {
+        indicator: Some(d),
+        idempotency_key: key.into(),
+    });
+    if let Some(ms) = ms {
+        req.set_timeout(std::time::Duration::from_millis(ms));
+    }
+    req
+}
+
+/// The deadline's end as a tonic client reports it: its own timer fires
+/// at the deadline (CANCELLED, "Timeout expired") as the node's answer,
+/// DEADLINE_EXCEEDED (checked on the wire in `rpc.rs`), is on its way.
+fn deadline_passed(s: &tonic::Status) -> bool {
+    s.code() == tonic::Code::DeadlineExceeded
+        || (s.code() == tonic::Code::Cancelled && s.message() == "Timeout expired")
+}
+
+/// The store is busy past a publisher's deadline (grpc-timeout): the
+/// publish is not stored once the store frees up (before: stored anyway,
+/// so a retry published it twice under a new id).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_publish_past_its_deadline_is_not_stored() {
+    let a = Org::new("a.example");
+    let node = start(&a).await;
+    let mut client = publisher(&a, &node);
+    let lock = hold_write_lock(&a).await;
+    let late = client
+        .publish(publish_request(ipv4_draft(1, Tlp::Green), "", Some(300)))
+        .await
+        .unwrap_err();
+    assert!(deadline_passed(&late), "{late:?}");
+    release_write_lock(lock).await;
+
+    // The writer takes publishes in order: once a later one is stored, the
+    // late one has been decided.
+    let next = client
+        .publish(publish_request(ipv4_draft(2, Tlp::Green), "", None))
+        .await
+        .unwrap()
+        .into_inner();
+    let held = node.ctx.store.indicators(None).await.unwrap();
+    assert_eq!(
+        held.len(),
+        1,
+        "only the publish whose caller waited: {held:#?}"
+    );
+    assert_eq!(held[0].indicator_id, next.id);
+    let published: Vec<_> = node
+        .ctx
+        .store
+        .audit_rows(None, None)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|r| r.entry.event == "published")
+        .collect();
+    assert_eq!(published.len(), 1, "{published:#?}");
+    node.stop().await;
+}
+
+/// A retry under the same idempotency key returns the first attempt's id,
+/// version and seq and stores nothing; so do concurrent duplicates; the
+/// same key for other content, or a malformed key, is INVALID_ARGUMENT
+/// naming the field. A publish whose deadline passed is retried under its
+/// key and stored once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retried_publish_with_the_same_idempotency_key_returns_the_original() {
+    let a = Org::new("a.example");
+    let node = start(&a).await;
+    let mut client = publisher(&a, &node);
+    let d = ipv4_draft(1, Tlp::Green);
+    let first = client
+        .publish(publish_request(d.clone(), "k-1", None))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!first.replayed);
+    let again = client
+        .publish(publish_request(d.clone(), "k-1", None))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(again.replayed);
+    assert_eq!(
+        (&again.id, again.version, again.seq),
+        (&first.id, first.version, first.seq)
+    );
+
+    // Another indicator under a key already used: refused, nothing stored.
+    let other = client
+        .publish(publish_request(ipv4_draft(2, Tlp::Green), "k-1", None))
+        .await
+        .unwrap_err();
+    assert_eq!(other.code(), tonic::Code::InvalidArgument);
+    assert!(
+        other
+            .message()
+            .starts_with("idempotency_key: 'k-1' was used for another indicator")
+            && other.message().contains(&first.id),
+        "{other:?}"
+    );
+    for bad in ["has space", &"x".repeat(129)] {
+        let e = client
+            .publish(publish_request(d.clone(), bad, None))
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), tonic::Code::InvalidArgument);
+        assert!(e.message().starts_with("idempotency_key:"), "{e:?}");
+    }
+
+    // Sixteen concurrent attempts under one new key: one indicator.
+    let tries: Vec<_> = (0..16)
+        .map(|_| {
+            let mut c = client.clone();
+            let d = ipv4_draft(3, Tlp::Green);
+            tokio::spawn(async move {
+                c.publish(publish_request(d, "k-2", None))
+                    .await
+                    .unwrap()
+                    .into_inner()
+            })
+        })
+        .collect();
+    let mut answers = Vec::new();
+    for t in tries {
+        answers.push(t.await.unwrap());
+    }
+    assert_eq!(answers.iter().filter(|r| !r.replayed).count(), 1);
+    assert!(
+        answers
+            .iter()
+            .all(|r| r.id == answers[0].id && r.seq == answers[0].seq)
+    );
+
+    // The deadline passes while the store is busy; the retry under the
+    // same key publishes it once, and a second retry gets that one back.
+    let lock = hold_write_lock(&a).await;
+    let late = client
+        .publish(publish_request(ipv4_draft(4, Tlp::Green), "k-3", Some(300)))
+        .await
+        .unwrap_err();
+    assert!(deadline_passed(&late), "{late:?}");
+    release_write_lock(lock).await;
+    let retry = client
+        .publish(publish_request(ipv4_draft(4, Tlp::Green), "k-3", None))
+        .await
+        .unwrap()
+        .into_inner();
+    let retry2 = client
+        .publish(publish_request(ipv4_draft(4, Tlp::Green), "k-3", None))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!retry.replayed && retry2.replayed && retry2.id == retry.id);
+    assert_eq!(node.ctx.store.count_indicators().await.unwrap(), 3);
+    node.stop().await;
+}
+
+/// `publish --file` run again after part of the file was published (an
+/// interruption) publishes only the rest: each line carries a key made
+/// from its content.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publish_file_run_again_publishes_only_what_is_missing() {
+    let a = Org::new("a.example");
+    let node = start(&a).await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("in.jsonl");
+    let line =
+        |i: u32| format!("{{\"kind\":\"ipv4\",\"value\":\"198.51.100.{i}\",\"tlp\":\"GREEN\"}}\n");
+    std::fs::write(&file, format!("{}{}", line(1), line(2))).unwrap();
+    let path = file.to_str().unwrap();
+    let first = cli(&a, &node, &["publish", "--file", path]);
+    assert!(first.status.success(), "{first:?}");
+    // The file grows by a line and is run again.
+    std::fs::write(&file, format!("{}{}{}", line(1), line(2), line(3))).unwrap();
+    let second = cli(&a, &node, &["publish", "--file", path]);
+    assert!(second.status.success(), "{second:?}");
+    let out = String::from_utf8_lossy(&second.stdout);
+    assert!(
+        out.contains("published 1 of 3 indicator(s); 2 were already published by an earlier run"),
+        "{out}"
+    );
+    assert_eq!(node.ctx.store.count_indicators().await.unwrap(), 3);
+    let json = cli(&a, &node, &["publish", "--file", path, "--json"]);
+    let replayed = String::from_utf8_lossy(&json.stdout)
+        .lines()
+        .filter(|l| l.contains("\"replayed\":true"))
+        .count();
+    assert_eq!(replayed, 3);
+    assert_eq!(node.ctx.store.count_indicators().await.unwrap(), 3);
+    node.stop().await;
 }

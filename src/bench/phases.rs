@@ -14,6 +14,7 @@ async fn warm_publisher(
         .clone()
         .publish(PublishRequest {
             indicator: Some(draft(u64::MAX >> 40, Tlp::Clear, 70)),
+            ..Default::default()
         })
         .await
         .map_err(err)?;
@@ -36,6 +37,7 @@ pub(super) async fn bench_publish(
             async move {
                 c.publish(PublishRequest {
                     indicator: Some(draft(i, Tlp::Clear, 70)),
+                    ..Default::default()
                 })
                 .await
                 .map(drop)
@@ -226,9 +228,12 @@ pub(super) async fn bench_latency(
             .insert(value, Instant::now());
         let mut c = client.clone();
         tasks.push(tokio::spawn(async move {
-            c.publish(PublishRequest { indicator: Some(d) })
-                .await
-                .map(drop)
+            c.publish(PublishRequest {
+                indicator: Some(d),
+                ..Default::default()
+            })
+            .await
+            .map(drop)
         }));
     }
     for t in tasks {

@@ -362,6 +362,7 @@ async fn publish_examples(orgs: &[DemoOrg]) -> Result<Vec<(usize, String)>, CliE
         let resp = client
             .publish(PublishRequest {
                 indicator: Some(draft),
+                ..Default::default()
             })
             .await
             .map_err(|s| CliError::Rpc(format!("publish at {}: {}", orgs[who].id, s.message())))?

@@ -34,6 +34,12 @@ Every line is checked before anything is sent, exactly as the node checks it
 field, and nothing is published. What only the node can know (an --id it does
 not hold) is reported per line after the rest are published.
 
+Each line is sent with an idempotency key made from its content, so running a
+file again (after an interruption, a lost connection, a deadline) publishes
+only the lines not published yet; the others report their first id as
+\"already published\". The node remembers keys for store.publish_keys_kept_ms
+(7 days by default).
+
 Kinds: ipv4, ipv6, cidr, domain, url, email, sha256, sha1, md5.
 TLP: CLEAR, GREEN, AMBER, AMBER+STRICT, RED (RED and AMBER+STRICT need --recipient).")]
 pub struct PublishArgs {
@@ -85,6 +91,11 @@ pub struct PublishArgs {
     /// JSON-lines file of indicators ("-" for standard input).
     #[arg(long, conflicts_with_all = ["kind", "value", "tlp"])]
     pub file: Option<PathBuf>,
+    /// Idempotency key (1-128 printable ASCII characters, e.g. a UUID): a
+    /// retry with the same key returns the first attempt's id and version
+    /// instead of publishing again.
+    #[arg(long, conflicts_with = "file")]
+    pub idempotency_key: Option<String>,
     /// Print results as JSON lines.
     #[arg(long)]
     pub json: bool,
@@ -198,11 +209,28 @@ impl PublishArgs {
     }
 }
 
+/// One checked line of a `--file`.
+#[derive(Debug, Clone)]
+pub struct FileLine {
+    /// Its line number (from 1).
+    pub number: usize,
+    /// The indicator it asks for.
+    pub draft: IndicatorDraft,
+    /// Its idempotency key: the same line, sent again, publishes nothing new.
+    pub key: String,
+}
+
+/// The idempotency key of a `--file` line: a digest of its (trimmed) text.
+pub fn line_key(line: &str) -> String {
+    let digest = ring::digest::digest(&ring::digest::SHA256, line.trim().as_bytes());
+    format!("line:{}", hex::encode(digest.as_ref()))
+}
+
 /// Parses a JSON-lines document into drafts and checks each as the node
 /// will (values, markings, limits; at `now_ms`), so that a file with any
 /// bad line publishes nothing; all errors are collected with their line
 /// numbers. Blank lines and lines starting with `#` are skipped.
-pub fn parse_lines(text: &str, now_ms: i64) -> Result<Vec<(usize, IndicatorDraft)>, Vec<String>> {
+pub fn parse_lines(text: &str, now_ms: i64) -> Result<Vec<FileLine>, Vec<String>> {
     let mut ok = Vec::new();
     let mut errors = Vec::new();
     for (i, line) in text.lines().enumerate() {
@@ -214,7 +242,11 @@ pub fn parse_lines(text: &str, now_ms: i64) -> Result<Vec<(usize, IndicatorDraft
         match serde_json::from_str::<DraftInput>(line) {
             Ok(input) => match input.to_draft() {
                 Ok(d) => match crate::model::prepare_draft(&d, now_ms) {
-                    Ok(_) => ok.push((n, d)),
+                    Ok(_) => ok.push(FileLine {
+                        number: n,
+                        draft: d,
+                        key: line_key(line),
+                    }),
                     Err(e) => errors.push(format!("line {n}: {e}")),
                 },
                 Err(e) => errors.push(format!("line {n}: {e}")),
@@ -254,34 +286,52 @@ pub async fn run(
                 ))
             })?
         }
-        None => vec![(
-            0,
-            args.to_input()
+        None => vec![FileLine {
+            number: 0,
+            draft: args
+                .to_input()
                 .to_draft()
                 .map_err(|e| CliError::Usage(format!("--{e}")))?,
-        )],
+            key: args.idempotency_key.clone().unwrap_or_default(),
+        }],
     };
     let client = ExchangeClient::new(channel(&settings, As::Publisher)?);
     let total = drafts.len();
     let mut results = futures_util::stream::iter(drafts)
-        .map(|(line, d)| {
+        .map(|l| {
             let mut c = client.clone();
             async move {
-                let r = c.publish(PublishRequest { indicator: Some(d) }).await;
-                (line, r)
+                let r = c
+                    .publish(PublishRequest {
+                        indicator: Some(l.draft),
+                        idempotency_key: l.key,
+                    })
+                    .await;
+                (l.number, r)
             }
         })
         .buffered(IN_FLIGHT);
-    let (mut published, mut failed) = (0usize, Vec::new());
+    let (mut published, mut again, mut failed) = (0usize, 0usize, Vec::new());
     while let Some((line, r)) = results.next().await {
         match r {
             Ok(resp) => {
                 let p = resp.into_inner();
-                published += 1;
+                if p.replayed {
+                    again += 1;
+                } else {
+                    published += 1;
+                }
                 if args.json {
                     out!(
                         "{}",
-                        serde_json::json!({"line": line, "id": p.id, "version": p.version, "seq": p.seq})
+                        serde_json::json!({"line": line, "id": p.id, "version": p.version, "seq": p.seq, "replayed": p.replayed})
+                    );
+                } else if args.file.is_none() && p.replayed {
+                    out!(
+                        "already published {} version {} (seq {}) under this idempotency key; nothing new was published",
+                        p.id,
+                        p.version,
+                        p.seq
                     );
                 } else if args.file.is_none() {
                     out!("published {} version {} (seq {})", p.id, p.version, p.seq);
@@ -299,7 +349,13 @@ pub async fn run(
         }
     }
     if args.file.is_some() && !args.json {
-        out!("published {published} of {total} indicator(s)");
+        if again > 0 {
+            out!(
+                "published {published} of {total} indicator(s); {again} were already published by an earlier run (same line, same key)"
+            );
+        } else {
+            out!("published {published} of {total} indicator(s)");
+        }
     }
     if failed.is_empty() {
         Ok(())

@@ -19,9 +19,9 @@ use crate::proto::v1::{
     Indicator, IndicatorDraft, PublishRequest, PublishResponse, SubscribeRequest,
     SubscribeResponse,
 };
-use crate::rpc::{Allowed, RpcError, authorize};
+use crate::rpc::{Allowed, Deadline, RpcError, authorize};
 use crate::signing::INDICATOR_PAYLOAD_TYPE;
-use crate::store::{NewIndicator, StoredIndicator};
+use crate::store::{Appended, NewIndicator, PublishKey, StoredIndicator};
 
 pub use crate::signing::decode_stored;
 
@@ -408,10 +408,17 @@ impl ExchangeService {
     ) -> Result<PublishResponse, RpcError> {
         let ctx = &self.ctx;
         let caller = authorize(&req, &ctx.own, Allowed::OwnPublisher, "Exchange/Publish")?;
-        let draft = req
-            .into_inner()
-            .indicator
-            .ok_or(RpcError::Missing("indicator"))?;
+        let deadline = Deadline::of(&req);
+        let req = req.into_inner();
+        let draft = req.indicator.ok_or(RpcError::Missing("indicator"))?;
+        let publisher = caller.to_string();
+        let key = publish_key(&req.idempotency_key, &draft)?;
+        // A retry: answer with what the first attempt published.
+        if let Some(key) = &key
+            && let Some(again) = ctx.store.published_under(&publisher, key).await?
+        {
+            return Ok(response(again, None));
+        }
         let now = ctx.clock.now_ms();
         let d = prepare_draft(&draft, now)?;
         let (id, version, created) = if d.id.is_empty() {
@@ -451,14 +458,60 @@ impl ExchangeService {
             path: Vec::new(),
             upstream_seq: 0,
         };
-        let seq = ctx.store.append_local(&row, &caller.to_string()).await?;
+        // Nobody waits for it any more: say so rather than store it.
+        if deadline.is_some_and(|d| d.passed()) {
+            return Err(RpcError::DeadlineExceeded(
+                "the caller's deadline (grpc-timeout) passed before the publish was stored; \
+                 nothing was stored"
+                    .into(),
+            ));
+        }
+        let appended = ctx.store.append_local(&row, &publisher, key).await?;
         let i = &row.indicator;
-        tracing::debug!(publisher = %caller, id = %i.id, version = i.version, seq, "published");
-        Ok(PublishResponse {
+        tracing::debug!(publisher = %caller, id = %i.id, version = i.version, ?appended, "published");
+        Ok(response(appended, Some(i)))
+    }
+}
+
+/// A Publish's idempotency key, checked (1-128 printable ASCII
+/// characters), with the digest of the draft it is sent with; `None` when
+/// the publisher sent none.
+fn publish_key(key: &str, draft: &IndicatorDraft) -> Result<Option<PublishKey>, RpcError> {
+    if key.is_empty() {
+        return Ok(None);
+    }
+    if key.len() > 128 || !key.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(RpcError::BadRequest(
+            "idempotency_key: must be 1-128 printable ASCII characters (no spaces)".into(),
+        ));
+    }
+    let digest = ring::digest::digest(&ring::digest::SHA256, &draft.encode_to_vec());
+    Ok(Some(PublishKey {
+        key: key.to_string(),
+        request_digest: digest.as_ref().to_vec(),
+    }))
+}
+
+/// The answer to a Publish: what was stored now (`stored` the indicator
+/// signed for it), or what an earlier attempt under the same key stored.
+fn response(appended: Appended, stored: Option<&Indicator>) -> PublishResponse {
+    match (appended, stored) {
+        (Appended::New(seq), Some(i)) => PublishResponse {
             id: i.id.clone(),
             version: i.version,
             seq,
-        })
+            replayed: false,
+        },
+        (Appended::New(seq), None) => PublishResponse {
+            seq,
+            ..Default::default()
+        },
+        (Appended::Again { id, version, seq }, _) => PublishResponse {
+            id,
+            version,
+            seq,
+            replayed: true,
+        },
     }
 }
 

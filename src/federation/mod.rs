@@ -44,8 +44,8 @@ pub async fn apply_trust_change(ctx: &NodeContext) -> Result<Reloaded, NodeError
 
 /// Keeps one link per partner with an endpoint in step with the store: new
 /// partners get a link, changed ones a fresh link, removed ones none. Also
-/// refreshes the partner view, expires quarantine, and picks up a rotated
-/// node certificate. Returns when the node shuts down, after its links.
+/// refreshes the partner view, expires quarantine, forgets old publish
+/// idempotency keys, and picks up a rotated node certificate. Returns when the node shuts down, after its links.
 pub async fn supervise(ctx: Arc<NodeContext>) {
     let mut links: HashMap<OrgId, (PeerRecord, CancellationToken, JoinHandle<()>)> = HashMap::new();
     let period = Duration::from_millis(ctx.settings.federation.peer_refresh_ms);
@@ -68,6 +68,14 @@ pub async fn supervise(ctx: Arc<NodeContext>) {
         }
         if let Err(e) = quarantine::expire(&ctx).await {
             tracing::error!(error = %e, "cannot expire quarantined envelopes");
+        }
+        let kept = i64::try_from(ctx.settings.store.publish_keys_kept_ms).unwrap_or(i64::MAX);
+        if let Err(e) = ctx
+            .store
+            .forget_publish_keys(ctx.clock.now_ms().saturating_sub(kept))
+            .await
+        {
+            tracing::error!(error = %e, "cannot forget old publish idempotency keys");
         }
         match apply_trust_change(&ctx).await {
             Ok(Reloaded { peers, .. }) => {

@@ -5,7 +5,8 @@ use std::sync::{Arc, OnceLock};
 
 use tokio::sync::{mpsc, oneshot, watch};
 
-use super::{ROWS_PER_STATEMENT, Store, StoreError, Tx, to_i64};
+use super::publish_keys::{Appended, PublishKey};
+use super::{ROWS_PER_STATEMENT, Store, StoreError, Tx, WriteLock, to_i64};
 use crate::audit::AuditEntry;
 use crate::proto::v1::Indicator;
 
@@ -130,8 +131,13 @@ pub(super) fn split_path(s: &str) -> Vec<String> {
 pub(super) struct LocalWrite {
     row: NewIndicator,
     actor: String,
-    done: oneshot::Sender<Result<u64, StoreError>>,
+    key: Option<PublishKey>,
+    done: oneshot::Sender<Result<Appended, StoreError>>,
 }
+
+/// One local publish as the group commit sees it: the row, its publisher,
+/// its idempotency key.
+type LocalRef<'a> = (&'a NewIndicator, &'a str, Option<&'a PublishKey>);
 
 impl std::fmt::Debug for LocalWrite {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -169,14 +175,25 @@ impl Store {
         });
     }
 
-    /// Appends a version published here. Durable when this returns.
-    /// Concurrent calls are committed together (group commit): one
-    /// transaction, one fsync, for every publish waiting at that moment.
-    pub async fn append_local(&self, row: &NewIndicator, actor: &str) -> Result<u64, StoreError> {
+    /// Stores a version published here by `actor` (the publisher's
+    /// identity); durable when this returns. Concurrent calls are committed
+    /// together (group commit): one transaction, one fsync.
+    /// With an idempotency `key` the publisher used before, nothing is
+    /// stored and the first attempt's outcome is returned (the same key for
+    /// other content is [`StoreError::KeyReused`]). A publish whose caller
+    /// has gone (its deadline passed, it disconnected) before the group
+    /// commits is dropped, not stored.
+    pub async fn append_local(
+        &self,
+        row: &NewIndicator,
+        actor: &str,
+        key: Option<PublishKey>,
+    ) -> Result<Appended, StoreError> {
         let (done, result) = oneshot::channel();
         let write = LocalWrite {
             row: row.clone(),
             actor: actor.to_string(),
+            key,
             done,
         };
         self.local
@@ -192,14 +209,36 @@ impl Store {
         const GROUP: usize = 512;
         let mut group = Vec::with_capacity(GROUP);
         while self.next_group(&mut queue, &mut group, GROUP).await > 0 {
-            let rows: Vec<(&NewIndicator, &str)> =
-                group.iter().map(|w| (&w.row, w.actor.as_str())).collect();
-            let results = match self.commit_local(&rows).await {
-                Ok(seqs) => seqs
-                    .into_iter()
-                    .zip(&group)
-                    .map(|(seq, w)| seq.ok_or_else(|| w.row.duplicate()))
-                    .collect(),
+            let lock = match self.write_tx().await {
+                Ok(lock) => lock,
+                Err(e) => {
+                    tracing::error!(error = %e, rows = group.len(), "group commit of local publishes failed");
+                    for w in group.drain(..) {
+                        let _ = w.done.send(Err(e.clone()));
+                    }
+                    continue;
+                }
+            };
+            // With the write lock held: nobody waits for these any more
+            // (their caller's deadline passed while the store was busy, or
+            // it went away) and they were answered as not stored.
+            let before = group.len();
+            group.retain(|w| !w.done.is_closed());
+            if group.len() < before {
+                tracing::info!(
+                    dropped = before - group.len(),
+                    "publishes abandoned by their caller before commit; not stored"
+                );
+            }
+            if group.is_empty() {
+                continue;
+            }
+            let rows: Vec<LocalRef<'_>> = group
+                .iter()
+                .map(|w| (&w.row, w.actor.as_str(), w.key.as_ref()))
+                .collect();
+            let results = match self.commit_local(lock, &rows).await {
+                Ok(results) => results,
                 Err(e) => {
                     tracing::error!(error = %e, rows = group.len(), "group commit of local publishes failed");
                     vec![Err(e); group.len()]
@@ -212,28 +251,82 @@ impl Store {
     }
 
     /// Stores versions published here, each with the publisher that made
-    /// it, and their ledger rows, in one transaction; per row its sequence
-    /// number, or `None` for a version already stored.
+    /// it, its idempotency key and its ledger row, in one transaction; per
+    /// row what it did. A key already recorded, or used by an earlier row
+    /// of the same group, stores nothing and answers with the original.
     async fn commit_local(
         &self,
-        rows: &[(&NewIndicator, &str)],
-    ) -> Result<Vec<Option<u64>>, StoreError> {
-        let (_writing, mut tx) = self.write_tx().await?;
-        let indicators: Vec<&NewIndicator> = rows.iter().map(|(r, _)| *r).collect();
-        let seqs = self.insert_indicators(&mut tx, &indicators, "").await?;
-        let audit: Vec<AuditEntry> = rows
-            .iter()
-            .zip(&seqs)
-            .filter(|(_, seq)| seq.is_some())
-            .map(|((row, actor), _)| AuditEntry::published(actor, row.subject()))
+        (_writing, mut tx): WriteLock,
+        rows: &[LocalRef<'_>],
+    ) -> Result<Vec<Result<Appended, StoreError>>, StoreError> {
+        let mut outcome: Vec<Option<Result<Appended, StoreError>>> = vec![None; rows.len()];
+        // Rows whose key an earlier row of this group carries.
+        let mut same_as: Vec<Option<usize>> = vec![None; rows.len()];
+        let mut first: std::collections::HashMap<(&str, &str), usize> = Default::default();
+        for (i, (_, actor, key)) in rows.iter().enumerate() {
+            let Some(key) = key else { continue };
+            if let Some(rec) = self.key_record(&mut tx, actor, &key.key).await? {
+                outcome[i] = Some(rec.replay(key));
+            } else if let Some(&j) = first.get(&(*actor, key.key.as_str())) {
+                same_as[i] = Some(j);
+            } else {
+                first.insert((actor, &key.key), i);
+            }
+        }
+        let fresh: Vec<usize> = (0..rows.len())
+            .filter(|&i| outcome[i].is_none() && same_as[i].is_none())
             .collect();
+        let indicators: Vec<&NewIndicator> = fresh.iter().map(|&i| rows[i].0).collect();
+        let seqs = self.insert_indicators(&mut tx, &indicators, "").await?;
+        let mut audit = Vec::new();
+        for (&i, seq) in fresh.iter().zip(&seqs) {
+            let (row, actor, key) = rows[i];
+            outcome[i] = Some(match seq {
+                Some(seq) => {
+                    if let Some(key) = key {
+                        let at = (row.indicator.id.as_str(), row.indicator.version, *seq);
+                        self.remember_key(&mut tx, actor, key, at).await?;
+                    }
+                    audit.push(AuditEntry::published(actor, row.subject()));
+                    Ok(Appended::New(*seq))
+                }
+                None => Err(row.duplicate()),
+            });
+        }
+        for i in 0..rows.len() {
+            if let Some(j) = same_as[i] {
+                let (first_row, _, first_key) = rows[j];
+                outcome[i] = Some(match (&outcome[j], rows[i].2, first_key) {
+                    (Some(Ok(Appended::New(seq))), Some(k), Some(fk))
+                        if k.request_digest == fk.request_digest =>
+                    {
+                        Ok(Appended::Again {
+                            id: first_row.indicator.id.clone(),
+                            version: first_row.indicator.version,
+                            seq: *seq,
+                        })
+                    }
+                    (Some(Ok(Appended::New(_))), Some(k), _) => Err(StoreError::KeyReused {
+                        key: k.key.clone(),
+                        id: first_row.indicator.id.clone(),
+                        version: first_row.indicator.version,
+                    }),
+                    (first_outcome, _, _) => first_outcome
+                        .clone()
+                        .expect("the first row of a key is decided"),
+                });
+            }
+        }
         self.append_audit_tx(&mut tx, &crate::audit::coalesce(audit))
             .await?;
         tx.commit().await?;
         if let Some(max) = seqs.iter().flatten().max() {
             self.bump(*max);
         }
-        Ok(seqs)
+        Ok(outcome
+            .into_iter()
+            .map(|o| o.expect("every row is decided"))
+            .collect())
     }
 
     /// Appends many versions published here in one transaction (each with
@@ -244,12 +337,14 @@ impl Store {
         rows: &[NewIndicator],
         actor: &str,
     ) -> Result<Vec<u64>, StoreError> {
-        let refs: Vec<(&NewIndicator, &str)> = rows.iter().map(|r| (r, actor)).collect();
-        self.commit_local(&refs)
+        let refs: Vec<LocalRef<'_>> = rows.iter().map(|r| (r, actor, None)).collect();
+        self.commit_local(self.write_tx().await?, &refs)
             .await?
             .into_iter()
-            .zip(rows)
-            .map(|(seq, row)| seq.ok_or_else(|| row.duplicate()))
+            .map(|r| match r? {
+                Appended::New(seq) => Ok(seq),
+                Appended::Again { .. } => unreachable!("rows without keys are never replays"),
+            })
             .collect()
     }
 

@@ -26,6 +26,7 @@ mod log;
 mod peers;
 mod pki;
 mod policies;
+mod publish_keys;
 mod quarantine;
 mod release;
 mod tail;
@@ -53,8 +54,12 @@ pub use log::{DecodedCell, NewIndicator, StoredIndicator};
 pub use peers::{PeerChange, PeerRecord, PeerState};
 pub use pki::{CertRow, CrlRow};
 pub use policies::PolicyRecord;
+pub use publish_keys::{Appended, PublishKey};
 pub use quarantine::{OrgPath, QuarantineRow, Quarantined};
 pub use witness::WitnessedHead;
+
+/// The store's write lock and the transaction begun under it.
+type WriteLock = (tokio::sync::OwnedMutexGuard<()>, Tx);
 
 /// Storage errors, each saying what happened.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -95,6 +100,18 @@ pub enum StoreError {
     /// The named partner, policy or certificate does not exist.
     #[error("{0}")]
     NotFound(String),
+    /// A publisher's idempotency key was used before for other content.
+    #[error(
+        "idempotency_key: '{key}' was used for another indicator (published as {id} version {version}); use a new key for new content"
+    )]
+    KeyReused {
+        /// The key.
+        key: String,
+        /// What it published first.
+        id: String,
+        /// Its version.
+        version: u64,
+    },
     /// A stored row is unreadable (manual edits, corruption).
     #[error("corrupt stored row: {0}")]
     Corrupt(String),
@@ -346,7 +363,7 @@ impl Store {
     /// A write transaction holding SQLite's write lock from its first
     /// statement, so read-then-write sequences (the audit chain head) cannot
     /// interleave with another writer, even in another process.
-    async fn write_tx(&self) -> Result<(tokio::sync::OwnedMutexGuard<()>, Tx), StoreError> {
+    async fn write_tx(&self) -> Result<WriteLock, StoreError> {
         // Writers queue here rather than in SQLite, whose busy handler
         // sleeps (up to tens of milliseconds) when it finds the lock taken.
         let guard = self.writing.clone().lock_owned().await;

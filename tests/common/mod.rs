@@ -330,10 +330,13 @@ pub async fn publish_all(
         .map(|d| {
             let mut c = client.clone();
             async move {
-                c.publish(PublishRequest { indicator: Some(d) })
-                    .await
-                    .unwrap()
-                    .into_inner()
+                c.publish(PublishRequest {
+                    indicator: Some(d),
+                    ..Default::default()
+                })
+                .await
+                .unwrap()
+                .into_inner()
             }
         })
         .buffered(in_flight)

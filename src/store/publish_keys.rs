@@ -1,0 +1,145 @@
+//! Idempotency keys of local publishes: what a key stood for, recorded in
+//! the transaction that stores the indicator, so a retried Publish returns
+//! the original instead of publishing twice.
+
+use super::{Store, StoreError, Tx, to_i64};
+
+/// A publisher's idempotency key for one Publish, with a digest of what it
+/// asked for (the same key for other content is an error, not a replay).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PublishKey {
+    /// The key as the publisher sent it.
+    pub key: String,
+    /// SHA-256 of the request's indicator draft as sent.
+    pub request_digest: Vec<u8>,
+}
+
+/// What a local publish did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Appended {
+    /// Stored under this sequence number.
+    New(u64),
+    /// The publisher published this before under the same key: nothing
+    /// new was stored; this is what the first attempt stored.
+    Again {
+        /// Indicator id.
+        id: String,
+        /// Version.
+        version: u64,
+        /// Sequence number.
+        seq: u64,
+    },
+}
+
+/// A key's record.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub(super) struct KeyRecord {
+    request_digest: Vec<u8>,
+    indicator_id: String,
+    #[sqlx(try_from = "i64")]
+    version: u64,
+    #[sqlx(try_from = "i64")]
+    seq: u64,
+}
+
+impl KeyRecord {
+    /// What `asked` (the same key again) gets: the original, or an error
+    /// if it asks for other content.
+    pub(super) fn replay(&self, asked: &PublishKey) -> Result<Appended, StoreError> {
+        if self.request_digest != asked.request_digest {
+            return Err(StoreError::KeyReused {
+                key: asked.key.clone(),
+                id: self.indicator_id.clone(),
+                version: self.version,
+            });
+        }
+        Ok(Appended::Again {
+            id: self.indicator_id.clone(),
+            version: self.version,
+            seq: self.seq,
+        })
+    }
+}
+
+impl Store {
+    /// What `publisher`'s `key` stood for, if it is remembered: read
+    /// before signing, so a retry costs one lookup.
+    pub async fn published_under(
+        &self,
+        publisher: &str,
+        key: &PublishKey,
+    ) -> Result<Option<Appended>, StoreError> {
+        let rec: Option<KeyRecord> = sqlx::query_as(
+            "SELECT request_digest, indicator_id, version, seq FROM publish_keys \
+             WHERE publisher = ? AND key = ?",
+        )
+        .bind(publisher)
+        .bind(&key.key)
+        .fetch_optional(&self.pool)
+        .await?;
+        rec.map(|r| r.replay(key)).transpose()
+    }
+
+    /// [`Store::published_under`] inside the commit's transaction.
+    pub(super) async fn key_record(
+        &self,
+        tx: &mut Tx,
+        publisher: &str,
+        key: &str,
+    ) -> Result<Option<KeyRecord>, StoreError> {
+        Ok(sqlx::query_as(
+            "SELECT request_digest, indicator_id, version, seq FROM publish_keys \
+             WHERE publisher = ? AND key = ?",
+        )
+        .bind(publisher)
+        .bind(key)
+        .fetch_optional(&mut **tx)
+        .await?)
+    }
+
+    /// Remembers that `publisher`'s `key` stored `id` `version` at `seq`.
+    pub(super) async fn remember_key(
+        &self,
+        tx: &mut Tx,
+        publisher: &str,
+        key: &PublishKey,
+        (id, version, seq): (&str, u64, u64),
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO publish_keys (publisher, key, request_digest, indicator_id, version, seq, created_ms) \
+             VALUES (?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(publisher)
+        .bind(&key.key)
+        .bind(&key.request_digest)
+        .bind(id)
+        .bind(to_i64(version))
+        .bind(to_i64(seq))
+        .bind(self.now())
+        .execute(&mut **tx)
+        .await?;
+        Ok(())
+    }
+
+    /// Forgets idempotency keys recorded before `before_ms`; returns how
+    /// many.
+    pub async fn forget_publish_keys(&self, before_ms: i64) -> Result<u64, StoreError> {
+        // Runs every refresh tick: only take the write lock when there is
+        // something to forget.
+        let due: Option<i64> =
+            sqlx::query_scalar("SELECT 1 FROM publish_keys WHERE created_ms < ? LIMIT 1")
+                .bind(before_ms)
+                .fetch_optional(&self.pool)
+                .await?;
+        if due.is_none() {
+            return Ok(0);
+        }
+        let (_writing, mut tx) = self.write_tx().await?;
+        let done = sqlx::query("DELETE FROM publish_keys WHERE created_ms < ?")
+            .bind(before_ms)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(done.rows_affected())
+    }
+}
