@@ -251,7 +251,7 @@ async fn tampered_and_forged_envelopes_are_refused_and_the_link_keeps_going() {
     altered.payload[n] ^= 0x01;
     // 2: claims to come from A, but signed with R's key (forged origin).
     let mut forged = signed("a.example", &r_key, "forged.example");
-    forged.signatures[0].key_id = r_key.key_id().into();
+    forged.signatures[0].keyid = r_key.key_id().into();
     // 3: signed by a key no registered card carries.
     let (stray, _) = OrgSigningKey::generate().unwrap();
     let unknown = signed("r.example", &stray, "unknown-key.example");

@@ -78,7 +78,7 @@ fn open_rotation(env: &Envelope, org: &OrgId, trusted: &[KnownKey]) -> Option<Kn
     let [sig] = env.signatures.as_slice() else {
         return None;
     };
-    let signer = trusted.iter().find(|k| k.key_id == sig.key_id)?;
+    let signer = trusted.iter().find(|k| k.key_id == sig.keyid)?;
     signature::UnparsedPublicKey::new(&signature::ED25519, &signer.public_key)
         .verify(&pae(&env.payload_type, &env.payload), &sig.sig)
         .ok()?;
@@ -164,7 +164,7 @@ pub fn check_card_succession(
     let signer = next_env
         .signatures
         .first()
-        .map(|s| s.key_id.as_str())
+        .map(|s| s.keyid.as_str())
         .unwrap_or("");
     match current.keys.iter().find(|k| k.key_id == signer) {
         Some(k) if !k.revoked => return Ok(()),
@@ -259,15 +259,12 @@ pub fn open_card(env: &Envelope) -> Result<VerifiedCard, IdentityError> {
             revoked: k.revoked,
         });
     }
-    let signer = keys
-        .iter()
-        .find(|k| k.key_id == sig.key_id)
-        .ok_or_else(|| {
-            bad(format!(
-                "card is signed by key {} which it does not carry",
-                sig.key_id
-            ))
-        })?;
+    let signer = keys.iter().find(|k| k.key_id == sig.keyid).ok_or_else(|| {
+        bad(format!(
+            "card is signed by key {} which it does not carry",
+            sig.keyid
+        ))
+    })?;
     signature::UnparsedPublicKey::new(&signature::ED25519, &signer.public_key)
         .verify(&pae(&env.payload_type, &env.payload), &sig.sig)
         .map_err(|_| bad(format!("self-signature of {org}'s card does not verify")))?;
@@ -310,7 +307,7 @@ pub fn envelope_to_json(env: &Envelope) -> String {
             .signatures
             .iter()
             .map(|s| DsseSig {
-                keyid: s.key_id.clone(),
+                keyid: s.keyid.clone(),
                 sig: B64.encode(&s.sig),
             })
             .collect(),
@@ -333,7 +330,7 @@ pub fn envelope_from_json(text: &str) -> Result<Envelope, IdentityError> {
             .decode(s.sig.as_bytes())
             .map_err(|e| IdentityError::Card(format!("signatures[{i}].sig is not base64: {e}")))?;
         signatures.push(Signature {
-            key_id: s.keyid,
+            keyid: s.keyid,
             sig,
         });
     }

@@ -178,7 +178,7 @@ impl OrgSigningKey {
             payload_type: payload_type.to_string(),
             payload,
             signatures: vec![Signature {
-                key_id: self.key_id.clone(),
+                keyid: self.key_id.clone(),
                 sig: sig.as_ref().to_vec(),
             }],
         }
@@ -278,8 +278,8 @@ pub fn verify<'e, 'k>(
         return Err(VerifyError::SignatureCount(env.signatures.len()));
     };
     let key = keys
-        .get(&sig.key_id)
-        .ok_or_else(|| VerifyError::UnknownKey(sig.key_id.chars().take(64).collect()))?;
+        .get(&sig.keyid)
+        .ok_or_else(|| VerifyError::UnknownKey(sig.keyid.chars().take(64).collect()))?;
     if key.revoked {
         return Err(VerifyError::KeyRevoked {
             key_id: key.key_id.clone(),
@@ -361,6 +361,45 @@ mod tests {
             modified_unix_ms: 1000,
             ..Default::default()
         }
+    }
+
+    /// DSSE's own schema (secure-systems-lab/dsse `envelope.proto`,
+    /// package io.intoto), declared here independently of ours.
+    #[derive(Clone, PartialEq, prost::Message)]
+    struct DsseEnvelope {
+        #[prost(bytes = "vec", tag = "1")]
+        payload: Vec<u8>,
+        #[prost(string, tag = "2")]
+        payload_type: String,
+        #[prost(message, repeated, tag = "3")]
+        signatures: Vec<DsseSignature>,
+    }
+
+    #[derive(Clone, PartialEq, prost::Message)]
+    struct DsseSignature {
+        #[prost(bytes = "vec", tag = "1")]
+        sig: Vec<u8>,
+        #[prost(string, tag = "2")]
+        keyid: String,
+    }
+
+    /// Our envelopes on the wire are DSSE envelopes: a DSSE parser reads
+    /// every field, and an envelope it writes is one we verify.
+    #[test]
+    fn envelopes_are_dsse_envelopes_on_the_wire() {
+        use prost::Message;
+        let (key, _) = OrgSigningKey::generate().unwrap();
+        let env = key.seal("application/x-test", b"hello".to_vec());
+        let theirs = DsseEnvelope::decode(env.encode_to_vec().as_slice()).unwrap();
+        assert_eq!(theirs.payload, b"hello");
+        assert_eq!(theirs.payload_type, "application/x-test");
+        assert_eq!(theirs.signatures.len(), 1);
+        assert_eq!(theirs.signatures[0].keyid, key.key_id());
+        assert_eq!(theirs.signatures[0].sig, env.signatures[0].sig);
+        let back = Envelope::decode(theirs.encode_to_vec().as_slice()).unwrap();
+        assert_eq!(back, env);
+        let keys = directory(&key, "a.example");
+        assert!(verify(&back, "application/x-test", &keys).is_ok());
     }
 
     #[test]
