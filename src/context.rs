@@ -47,6 +47,9 @@ pub enum NodeError {
     /// The gRPC server failed.
     #[error("gRPC server: {0}")]
     Serve(#[from] tonic::transport::Error),
+    /// A service could not be set up (says which and why).
+    #[error("{0}")]
+    Setup(String),
 }
 
 /// State shared by the services and links of one node.

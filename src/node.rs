@@ -9,6 +9,7 @@ use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
+use tonic::codec::CompressionEncoding;
 use tonic::transport::Server;
 
 use crate::admin::AdminService;
@@ -68,6 +69,28 @@ impl Node {
         health
             .set_serving::<ExchangeServer<ExchangeService>>()
             .await;
+        health.set_serving::<AdminServer<AdminService>>().await;
+        // Generic clients (grpcurl, Postman, grpcio's reflection client)
+        // discover every service and message from the node itself.
+        let reflection = || {
+            tonic_reflection::server::Builder::configure()
+                .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
+                .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        };
+        let reflection_v1 = reflection()
+            .build_v1()
+            .map_err(|e| NodeError::Setup(format!("gRPC reflection: {e}")))?;
+        let reflection_v1alpha = reflection()
+            .build_v1alpha()
+            .map_err(|e| NodeError::Setup(format!("gRPC reflection: {e}")))?;
+        for name in [
+            "grpc.reflection.v1.ServerReflection",
+            "grpc.reflection.v1alpha.ServerReflection",
+        ] {
+            health
+                .set_service_status(name, tonic_health::ServingStatus::Serving)
+                .await;
+        }
         ctx.tasks.spawn(crate::federation::supervise(ctx.clone()));
         tracing::info!(org = %ctx.own, %addr, "node serving");
         let stop = ctx.shutdown.clone();
@@ -95,15 +118,23 @@ impl Node {
                 crate::net::request_gate(ctx.trust(), ctx.clock),
             ))
             .add_service(health_service)
+            .add_service(reflection_v1)
+            .add_service(reflection_v1alpha)
+            // gzip accepted from any client, and used towards those that
+            // ask for it (grpc-accept-encoding).
             .add_service(
                 ExchangeServer::new(ExchangeService::new(ctx.clone()))
                     .max_decoding_message_size(max_message)
-                    .max_encoding_message_size(max_message),
+                    .max_encoding_message_size(max_message)
+                    .accept_compressed(CompressionEncoding::Gzip)
+                    .send_compressed(CompressionEncoding::Gzip),
             )
             .add_service(
                 AdminServer::new(AdminService::new(ctx.clone()))
                     .max_decoding_message_size(max_message)
-                    .max_encoding_message_size(max_message),
+                    .max_encoding_message_size(max_message)
+                    .accept_compressed(CompressionEncoding::Gzip)
+                    .send_compressed(CompressionEncoding::Gzip),
             )
             .serve_with_incoming_shutdown(incoming, signal)
             .await;

@@ -10,6 +10,12 @@ pub mod v1 {
     tonic::include_proto!("threatmesh.v1");
 }
 
+/// The encoded `FileDescriptorSet` of `proto/threatmesh/v1`, served by gRPC
+/// server reflection so grpcurl and other generic clients can list and call
+/// every service without the .proto files.
+pub const FILE_DESCRIPTOR_SET: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/threatmesh_descriptor.bin"));
+
 /// prost's codec, except that a message that does not decode is the
 /// sender's fault: `INVALID_ARGUMENT`, not `INTERNAL`.
 pub struct ProtoCodec<T, U>(ProstCodec<T, U>);

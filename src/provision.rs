@@ -7,7 +7,9 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::identity::{IdentityError, SpiffeId, generate_ca, issue, pem_encode, write_atomic};
+use crate::identity::{
+    IdentityError, SpiffeId, generate_ca, issue_with_names, pem_encode, write_atomic,
+};
 use crate::model::OrgId;
 use crate::signing::OrgSigningKey;
 
@@ -37,8 +39,30 @@ pub struct OrgOptions {
     pub admin_name: String,
     /// Name in the publisher certificate's SPIFFE id.
     pub publisher_name: String,
+    /// Host names (DNS or IP) the node certificate serves as, beside the
+    /// endpoint's host (empty and no endpoint: localhost and 127.0.0.1).
+    pub dns_names: Vec<String>,
     /// Replace the keys and certificates of an existing organisation.
     pub force: bool,
+}
+
+impl OrgOptions {
+    /// The host names the node certificate names: `dns_names` and the
+    /// endpoint's host, or, with neither, `localhost` and `127.0.0.1` (the
+    /// default listen address), so standard clients that check the host
+    /// they dialled accept it.
+    pub fn server_names(&self) -> Vec<String> {
+        let mut names: Vec<String> = self.dns_names.clone();
+        if let Some((host, _)) = self.endpoint.as_deref().and_then(|e| e.rsplit_once(':')) {
+            names.push(host.trim_matches(['[', ']']).to_string());
+        }
+        if names.is_empty() {
+            names = vec!["localhost".into(), "127.0.0.1".into()];
+        }
+        let mut seen = std::collections::HashSet::new();
+        names.retain(|n| seen.insert(n.to_ascii_lowercase()));
+        names
+    }
 }
 
 impl OrgOptions {
@@ -54,6 +78,7 @@ impl OrgOptions {
             sector: String::new(),
             admin_name: "admin".into(),
             publisher_name: "publisher".into(),
+            dns_names: Vec::new(),
             force: false,
         }
     }
@@ -130,6 +155,9 @@ pub fn provision_org(o: &OrgOptions) -> Result<Provisioned, ProvisionError> {
     if let Some(e) = &o.endpoint {
         crate::identity::check_endpoint(e).map_err(|m| invalid("endpoint", m))?;
     }
+    for n in o.server_names() {
+        crate::identity::server_name_san(&n).map_err(|e| invalid("dns-name", e.to_string()))?;
+    }
     if let Some(l) = &o.listen {
         l.parse::<std::net::SocketAddr>()
             .map_err(|_| invalid("listen", format!("'{l}' is not a socket address")))?;
@@ -182,7 +210,12 @@ pub fn provision_org(o: &OrgOptions) -> Result<Provisioned, ProvisionError> {
         ("admin", admin),
         ("publisher", publisher),
     ] {
-        let c = issue(&ca.cert_pem, &ca.key_pem, &id, LEAF_DAYS)?;
+        let names = if id.role == crate::identity::Role::Node {
+            o.server_names()
+        } else {
+            Vec::new()
+        };
+        let c = issue_with_names(&ca.cert_pem, &ca.key_pem, &id, LEAF_DAYS, &names)?;
         write(
             &file(&format!("certs/{name}.pem")),
             c.cert_pem.as_bytes(),

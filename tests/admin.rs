@@ -244,9 +244,12 @@ async fn every_admin_change_is_on_the_ledger_with_the_admins_identity() {
     let e = al.revoke_cert(revoke_served.clone()).await.unwrap_err();
     assert_eq!(e.code(), tonic::Code::FailedPrecondition);
     assert!(e.message().contains("rotate it first"), "{}", e.message());
-    al.rotate_node_cert(RotateNodeCertRequest { days: 30 })
-        .await
-        .unwrap();
+    al.rotate_node_cert(RotateNodeCertRequest {
+        days: 30,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
     al.revoke_cert(revoke_served).await.unwrap();
     // Our CRL lists both revocations, and a partner can import it.
     let crl = al

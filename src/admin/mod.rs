@@ -217,7 +217,7 @@ impl Admin for AdminService {
         req: Request<RotateNodeCertRequest>,
     ) -> Result<Response<CertRecord>, Status> {
         let who = self.admin(&req, "Admin/RotateNodeCert")?;
-        reply(self.rotate_node_cert_as(&who, req.get_ref().days).await)
+        reply(self.rotate_node_cert_as(&who, req.get_ref()).await)
     }
 
     async fn export_crl(

@@ -2,12 +2,13 @@
 
 use super::AdminService;
 use crate::identity::{
-    RevokedEntry, SpiffeId, issue, issue_for_csr, open_crl, sign_crl, write_atomic,
+    RevokedEntry, SpiffeId, issue_for_csr, issue_with_names, open_crl, server_name_san,
+    server_names, sign_crl, write_atomic,
 };
 use crate::proto::v1::revoke_cert_request::Which;
 use crate::proto::v1::{
     CertRecord, CertRole, CrlResponse, ImportCrlRequest, IssueCertRequest, ListCertsResponse,
-    RevokeCertRequest, RevokeCertResponse,
+    RevokeCertRequest, RevokeCertResponse, RotateNodeCertRequest,
 };
 use crate::rpc::RpcError;
 use crate::store::CertRow;
@@ -163,14 +164,26 @@ impl AdminService {
     pub(super) async fn rotate_node_cert_as(
         &self,
         who: &SpiffeId,
-        days: u32,
+        req: &RotateNodeCertRequest,
     ) -> Result<CertRecord, RpcError> {
-        let days = days_or_default(days)?;
+        let days = days_or_default(req.days)?;
         let (ca_cert, ca_key) = self.ca()?;
         let id = SpiffeId::node(&self.ctx.own);
-        let c = issue(&ca_cert, &ca_key, &id, days)
-            .map_err(|e| RpcError::Precondition(e.to_string()))?;
         let t = &self.ctx.settings.tls;
+        // The host names carry over unless new ones are given.
+        let names = if req.dns_names.is_empty() {
+            std::fs::read_to_string(&t.node_cert)
+                .ok()
+                .and_then(|pem| server_names(&pem).ok())
+                .unwrap_or_default()
+        } else {
+            for n in &req.dns_names {
+                server_name_san(n).map_err(|e| RpcError::BadRequest(format!("dns_names: {e}")))?;
+            }
+            req.dns_names.clone()
+        };
+        let c = issue_with_names(&ca_cert, &ca_key, &id, days, &names)
+            .map_err(|e| RpcError::Precondition(e.to_string()))?;
         let write = |path: &std::path::Path, data: &str, private: bool| {
             write_atomic(path, data.as_bytes(), private).map_err(|e| {
                 RpcError::Precondition(format!("cannot write {}: {e}", path.display()))

@@ -62,6 +62,11 @@ pub enum CertsCommand {
         /// Validity in days (1-3650).
         #[arg(long, default_value_t = 397)]
         days: u32,
+        /// Host name (DNS name or IP address) the new certificate serves
+        /// as, for standard clients (repeatable); default: those of the
+        /// current certificate.
+        #[arg(long = "dns-name")]
+        dns_names: Vec<String>,
     },
     /// Revoke one of our certificates: new connections with it are refused
     /// and its open connections are closed at once.
@@ -130,7 +135,7 @@ pub async fn run(config: &Path, conn: &ClientArgs, cmd: &CertsCommand) -> Result
             days,
         } => issue(&mut a, *role, name, out, *days).await,
         CertsCommand::List { json } => list(&mut a, *json).await,
-        CertsCommand::Rotate { days } => rotate(&mut a, *days).await,
+        CertsCommand::Rotate { days, dns_names } => rotate(&mut a, *days, dns_names).await,
         CertsCommand::Revoke {
             cert,
             serial,
@@ -230,8 +235,14 @@ async fn list(a: &mut AdminSession, json: bool) -> Result<(), CliError> {
 }
 
 /// `certs rotate`.
-async fn rotate(a: &mut AdminSession, days: u32) -> Result<(), CliError> {
-    let c = rpc!(a, rotate_node_cert(RotateNodeCertRequest { days }));
+async fn rotate(a: &mut AdminSession, days: u32, dns_names: &[String]) -> Result<(), CliError> {
+    let c = rpc!(
+        a,
+        rotate_node_cert(RotateNodeCertRequest {
+            days,
+            dns_names: dns_names.to_vec(),
+        })
+    );
     out!(
         "rotated {}: new serial {}, valid until {}",
         c.spiffe_id,

@@ -14,7 +14,8 @@ use crate::provision::{OrgOptions, ProvisionError, provision_org};
 Creates, under DIR:
   threatmesh.toml            node configuration (edit, or override with THREATMESH__SECTION__KEY)
   certs/ca.pem, ca.key       the org's own CA (keep ca.key offline in production)
-  certs/node.pem, node.key   spiffe://<org>/node: serves and dials partners
+  certs/node.pem, node.key   spiffe://<org>/node: serves and dials partners (with DNS/IP
+                             names for standard clients: see --dns-name)
   certs/admin.pem, .key      spiffe://<org>/admin/<name>: admin CLI (tail, ...)
   certs/publisher.pem, .key  spiffe://<org>/publisher/<name>: publishing
   keys/signing.key           Ed25519 key that signs every indicator the org publishes
@@ -50,6 +51,13 @@ pub struct InitArgs {
     /// Name in the publisher certificate's SPIFFE id.
     #[arg(long, default_value = "publisher")]
     pub publisher_name: String,
+    /// Host name (DNS name or IP address) the node certificate serves as,
+    /// for standard gRPC and TAXII clients that check the host they dial
+    /// (repeatable). The endpoint's host is always included; with neither,
+    /// localhost and 127.0.0.1. Partners' nodes identify us by the SPIFFE
+    /// id alone.
+    #[arg(long = "dns-name")]
+    pub dns_names: Vec<String>,
     /// Replace the keys and certificates of an existing organisation
     /// (partners will need the new card). Stored data is kept.
     #[arg(long)]
@@ -68,6 +76,7 @@ impl From<&InitArgs> for OrgOptions {
             sector: a.sector.clone(),
             admin_name: a.admin_name.clone(),
             publisher_name: a.publisher_name.clone(),
+            dns_names: a.dns_names.clone(),
             force: a.force,
         }
     }

@@ -19,7 +19,8 @@ pub use card::{
 pub use crl::{PartnerCrl, StaleCrl, open_crl, serial_hex};
 pub use files::{pem_encode, write_atomic};
 pub use pki::{
-    IssuedCert, RevokedEntry, certificate_request, generate_ca, issue, issue_for_csr, sign_crl,
+    IssuedCert, RevokedEntry, certificate_request, generate_ca, issue, issue_for_csr,
+    issue_with_names, server_name_san, server_names, sign_crl,
 };
 pub use spiffe::{Role, SpiffeId};
 pub use tls::{

@@ -76,12 +76,84 @@ pub fn issue(
     id: &SpiffeId,
     days: i64,
 ) -> Result<IssuedCert, IdentityError> {
+    issue_with_names(ca_cert_pem, ca_key_pem, id, days, &[])
+}
+
+/// [`issue`], also naming the hosts the certificate serves as (DNS names or
+/// IP addresses, node certificates only) so standard gRPC clients, which
+/// check the host they dialled, accept it. The SPIFFE id stays the only
+/// identity ThreatMesh reads.
+pub fn issue_with_names(
+    ca_cert_pem: &str,
+    ca_key_pem: &str,
+    id: &SpiffeId,
+    days: i64,
+    server_names: &[String],
+) -> Result<IssuedCert, IdentityError> {
+    if !server_names.is_empty() && id.role != Role::Node {
+        return Err(IdentityError::Pki(format!(
+            "{id}: only node certificates name the hosts they serve as"
+        )));
+    }
     let key = KeyPair::generate().map_err(pki_err)?;
-    let cert = sign_leaf(ca_cert_pem, ca_key_pem, id, days, &key)?;
+    let cert = sign_leaf(ca_cert_pem, ca_key_pem, id, days, &key, server_names)?;
     Ok(IssuedCert {
         cert_pem: cert,
         key_pem: key.serialize_pem(),
     })
+}
+
+/// A host name a node certificate may carry: an IP address, or a DNS name
+/// (letters, digits, hyphens; labels of 1-63; no wildcard).
+pub fn server_name_san(name: &str) -> Result<SanType, IdentityError> {
+    if let Ok(ip) = name.parse::<std::net::IpAddr>() {
+        return Ok(SanType::IpAddress(ip));
+    }
+    let bad = |why: &str| IdentityError::Pki(format!("server name '{name}': {why}"));
+    if name.contains('*') {
+        return Err(bad("wildcards are not issued"));
+    }
+    rustls_pki_types::DnsName::try_from(name).map_err(|_| bad("not a DNS name or IP address"))?;
+    let ia5 = name
+        .to_ascii_lowercase()
+        .as_str()
+        .try_into()
+        .map_err(|_| bad("not ASCII"))?;
+    Ok(SanType::DnsName(ia5))
+}
+
+/// The DNS names and IP addresses a certificate (PEM) serves as.
+pub fn server_names(cert_pem: &str) -> Result<Vec<String>, IdentityError> {
+    use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
+    let der = rustls_pki_types::pem::PemObject::from_pem_slice(cert_pem.as_bytes())
+        .map(|c: rustls_pki_types::CertificateDer<'static>| c)
+        .map_err(|e| IdentityError::CertParse(e.to_string()))?;
+    let (_, cert) =
+        X509Certificate::from_der(&der).map_err(|e| IdentityError::CertParse(e.to_string()))?;
+    let Some(san) = cert
+        .subject_alternative_name()
+        .map_err(|e| IdentityError::CertParse(e.to_string()))?
+    else {
+        return Ok(Vec::new());
+    };
+    Ok(san
+        .value
+        .general_names
+        .iter()
+        .filter_map(|n| match n {
+            GeneralName::DNSName(d) => Some(d.to_string()),
+            GeneralName::IPAddress(b) => match b.len() {
+                4 => <[u8; 4]>::try_from(*b)
+                    .ok()
+                    .map(|a| std::net::IpAddr::from(a).to_string()),
+                16 => <[u8; 16]>::try_from(*b)
+                    .ok()
+                    .map(|a| std::net::IpAddr::from(a).to_string()),
+                _ => None,
+            },
+            _ => None,
+        })
+        .collect())
 }
 
 /// Issues a certificate for `id` to the key of a PKCS#10 request (PEM), so
@@ -97,7 +169,7 @@ pub fn issue_for_csr(
 ) -> Result<String, IdentityError> {
     let csr = rcgen::CertificateSigningRequestParams::from_pem(csr_pem)
         .map_err(|e| IdentityError::Pki(format!("certificate request: {e}")))?;
-    sign_leaf(ca_cert_pem, ca_key_pem, id, days, &csr.public_key)
+    sign_leaf(ca_cert_pem, ca_key_pem, id, days, &csr.public_key, &[])
 }
 
 /// A PKCS#10 request (PEM) for `id` with a newly generated key; returns
@@ -119,6 +191,7 @@ fn sign_leaf(
     id: &SpiffeId,
     days: i64,
     public_key: &impl rcgen::PublicKeyData,
+    server_names: &[String],
 ) -> Result<String, IdentityError> {
     if !(1..=3650).contains(&days) {
         return Err(IdentityError::Pki(format!(
@@ -133,6 +206,9 @@ fn sign_leaf(
         vec![SanType::URI(uri.as_str().try_into().map_err(|_| {
             IdentityError::Pki(format!("{uri} is not an IA5 string"))
         })?)];
+    for name in server_names {
+        params.subject_alt_names.push(server_name_san(name)?);
+    }
     let mut dn = DistinguishedName::new();
     dn.push(DnType::OrganizationName, id.org.as_str());
     dn.push(DnType::CommonName, uri.as_str());
