@@ -7,6 +7,7 @@
 //! - [`model`]: org ids, indicator validation and normalisation, TLP labels (pure).
 //! - [`signing`]: DSSE envelopes, Ed25519 keys, verify-before-decode (pure).
 //! - [`policy`]: the egress and ingress decisions and policy documents (pure).
+//! - [`interop`]: STIX 2.1 mappings (pure).
 //! - [`audit`]: the audit ledger's hash chain and its row constructors (pure).
 //! - [`refusal`]: why a partner's envelope was refused, one vocabulary.
 //! - [`clock`]: the one place the wall clock is read.
@@ -39,6 +40,7 @@ pub mod context;
 pub mod exchange;
 pub mod federation;
 pub mod identity;
+pub mod interop;
 pub mod model;
 pub mod net;
 pub mod node;

@@ -4,6 +4,7 @@
 //! audit ledger under the calling admin's SPIFFE id and applied to the
 //! running node at once (trust store, links, open streams and connections).
 
+mod export;
 mod mesh;
 mod peers;
 mod pki;
@@ -91,6 +92,17 @@ impl Admin for AdminService {
             None,
         );
         Ok(Response::new(stream))
+    }
+
+    type ExportStream = ReceiverStream<Result<ExportResponse, Status>>;
+
+    async fn export(
+        &self,
+        req: Request<ExportRequest>,
+    ) -> Result<Response<Self::ExportStream>, Status> {
+        let who = self.admin(&req, "Admin/Export")?;
+        let rx = self.export_as(who, req.into_inner()).await?;
+        Ok(Response::new(ReceiverStream::new(rx)))
     }
 
     async fn status(

@@ -45,6 +45,24 @@ impl AuditEntry {
         Self::of(event::PUBLISHED, actor, "", subject, "", String::new())
     }
 
+    /// `actor` exported `count` indicators as `format`: everything we hold
+    /// (`partner` ""), or what `partner`'s policy releases to it
+    /// (`withheld` more were held back).
+    pub fn exported(actor: &str, partner: &str, format: &str, count: u64, withheld: u64) -> Self {
+        let (subject, detail) = if partner.is_empty() {
+            (
+                "all indicators".to_string(),
+                format!("{count} indicator(s) as {format}"),
+            )
+        } else {
+            (
+                format!("{partner}'s policy view"),
+                format!("{count} indicator(s) as {format}; {withheld} withheld by its policy"),
+            )
+        };
+        Self::of(event::EXPORTED, actor, partner, subject, "", detail)
+    }
+
     /// A version from `partner` accepted under ingress `rule`.
     pub fn accepted(partner: &str, subject: String, rule: &str, path: &[String]) -> Self {
         let detail = format!("path {}", path.join(" > "));

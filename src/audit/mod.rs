@@ -63,6 +63,8 @@ pub mod event {
     pub const LOG_CHANGED: &str = "log-changed";
     /// A partner's signed ledger head disagreed with one we hold.
     pub const LEDGER_WITNESS: &str = "ledger-witness";
+    /// An admin exported indicators (all, or a partner's policy view).
+    pub const EXPORTED: &str = "exported";
 }
 
 /// One ledger entry before it is chained.

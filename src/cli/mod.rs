@@ -32,6 +32,7 @@ pub mod card;
 pub mod certs;
 pub mod client;
 pub mod demo;
+pub mod export;
 pub mod init;
 pub mod keys;
 pub mod peer;
@@ -181,6 +182,9 @@ pub enum Command {
     Publish(publish::PublishArgs),
     /// Show what the node holds, then what arrives (admin certificate).
     Tail(tail::TailArgs),
+    /// Export what the node holds, or one partner's policy view: STIX 2.1,
+    /// CSV, blocklists (admin certificate).
+    Export(export::ExportArgs),
     /// The node at a glance: counts, and each partner link with state and lag.
     Status(status::StatusArgs),
     /// Measure this machine's limits and the node over mTLS on loopback.
@@ -215,6 +219,7 @@ pub fn run(cli: Cli) -> ExitCode {
             Command::Certs(cmd) => certs::run(&cli.config, &cli.client, &cmd).await,
             Command::Publish(args) => publish::run(&cli.config, &cli.client, &args).await,
             Command::Tail(args) => tail::run(&cli.config, &cli.client, &args).await,
+            Command::Export(args) => export::run(&cli.config, &cli.client, &args).await,
             Command::Status(args) => status::run(&cli.config, &cli.client, &args).await,
             Command::Bench(args) => bench::run(&args).await,
         }

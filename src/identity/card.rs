@@ -2,33 +2,16 @@
 //! self-signed with its signing key and exchanged out of band. On disk a card
 //! is a DSSE JSON envelope (`payloadType`, base64 `payload`, `signatures`).
 
-use base64::Engine;
-use base64::engine::general_purpose::STANDARD as B64;
 use prost::Message;
 use ring::signature;
-use serde::{Deserialize, Serialize};
 
 use super::{IdentityError, fingerprint, parse_ca_bundle};
 use crate::model::OrgId;
-use crate::proto::v1::{Envelope, KeyRotation, OrgCard, Signature, SigningKey};
+use crate::proto::v1::{Envelope, KeyRotation, OrgCard, SigningKey};
 use crate::signing::{
-    CARD_PAYLOAD_TYPE, KnownKey, MAX_PAYLOAD_LEN, OrgSigningKey, ROTATION_PAYLOAD_TYPE, key_id, pae,
+    CARD_PAYLOAD_TYPE, DsseJson, KnownKey, MAX_PAYLOAD_LEN, OrgSigningKey, ROTATION_PAYLOAD_TYPE,
+    key_id, pae,
 };
-
-/// The DSSE JSON envelope format of a card file.
-#[derive(Debug, Serialize, Deserialize)]
-struct DsseJson {
-    #[serde(rename = "payloadType")]
-    payload_type: String,
-    payload: String,
-    signatures: Vec<DsseSig>,
-}
-
-#[derive(Debug, Serialize, Deserialize)]
-struct DsseSig {
-    keyid: String,
-    sig: String,
-}
 
 /// What goes into a new card, besides keys.
 #[derive(Debug, Clone)]
@@ -298,21 +281,9 @@ pub fn check_endpoint(e: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// Writes an envelope as DSSE JSON.
+/// Writes an envelope as DSSE JSON (pretty, one trailing newline).
 pub fn envelope_to_json(env: &Envelope) -> String {
-    let j = DsseJson {
-        payload_type: env.payload_type.clone(),
-        payload: B64.encode(&env.payload),
-        signatures: env
-            .signatures
-            .iter()
-            .map(|s| DsseSig {
-                keyid: s.keyid.clone(),
-                sig: B64.encode(&s.sig),
-            })
-            .collect(),
-    };
-    let mut s = serde_json::to_string_pretty(&j).unwrap_or_default();
+    let mut s = serde_json::to_string_pretty(&DsseJson::from(env)).unwrap_or_default();
     s.push('\n');
     s
 }
@@ -321,22 +292,5 @@ pub fn envelope_to_json(env: &Envelope) -> String {
 pub fn envelope_from_json(text: &str) -> Result<Envelope, IdentityError> {
     let j: DsseJson = serde_json::from_str(text)
         .map_err(|e| IdentityError::Card(format!("not a DSSE JSON envelope: {e}")))?;
-    let payload = B64
-        .decode(j.payload.as_bytes())
-        .map_err(|e| IdentityError::Card(format!("payload is not base64: {e}")))?;
-    let mut signatures = Vec::new();
-    for (i, s) in j.signatures.into_iter().enumerate() {
-        let sig = B64
-            .decode(s.sig.as_bytes())
-            .map_err(|e| IdentityError::Card(format!("signatures[{i}].sig is not base64: {e}")))?;
-        signatures.push(Signature {
-            keyid: s.keyid,
-            sig,
-        });
-    }
-    Ok(Envelope {
-        payload_type: j.payload_type,
-        payload,
-        signatures,
-    })
+    j.to_envelope().map_err(IdentityError::Card)
 }

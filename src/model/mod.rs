@@ -5,8 +5,8 @@ mod indicator;
 mod org;
 
 pub use indicator::{
-    KIND_NAMES, MAX_CLOCK_SKEW_MS, TLP_NAMES, ValidationError, dated_ahead, is_iso3166_alpha2,
-    kind_name, normalise_value, parse_kind, parse_tlp, prepare_draft, tlp_name, validate_content,
-    validate_indicator, validate_marking,
+    KIND_NAMES, MAX_CLOCK_SKEW_MS, MAX_DESCRIPTION_LEN, MAX_TAGS, TLP_NAMES, ValidationError,
+    dated_ahead, is_iso3166_alpha2, kind_name, normalise_value, parse_kind, parse_tlp,
+    prepare_draft, tlp_name, validate_content, validate_indicator, validate_marking,
 };
 pub use org::{OrgId, OrgIdError};

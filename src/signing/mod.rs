@@ -10,6 +10,10 @@ use ring::signature::{self, Ed25519KeyPair, KeyPair};
 use crate::model::OrgId;
 use crate::proto::v1::{Envelope, Indicator, Signature};
 
+mod json;
+
+pub use json::{DsseJson, DsseJsonSignature};
+
 /// `payload_type` of a signed [`Indicator`].
 pub const INDICATOR_PAYLOAD_TYPE: &str = "application/vnd.threatmesh.indicator.v1+protobuf";
 /// `payload_type` of a signed [`crate::proto::v1::OrgCard`].

@@ -379,6 +379,30 @@ impl Store {
         Ok(rows.into_iter().map(Into::into).collect())
     }
 
+    /// The latest version of each indicator, for those stored after `after`
+    /// (sequence number) and at or after `since_ms`, oldest first, at most
+    /// `limit`: what an export pages through. An older version whose
+    /// indicator has a newer one is left out.
+    pub async fn latest_versions_after(
+        &self,
+        after: u64,
+        since_ms: i64,
+        limit: u32,
+    ) -> Result<Vec<StoredIndicator>, StoreError> {
+        let rows: Vec<IndicatorRow> = sqlx::query_as(select_indicators!(
+            "WHERE seq > ?1 AND stored_ms >= ?2 AND version = \
+             (SELECT MAX(j.version) FROM indicators j \
+              WHERE j.origin_org = indicators.origin_org AND j.indicator_id = indicators.indicator_id) \
+             ORDER BY seq LIMIT ?3"
+        ))
+        .bind(to_i64(after))
+        .bind(since_ms)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.into_iter().map(Into::into).collect())
+    }
+
     /// The latest stored version of indicator `id` (any origin).
     pub async fn indicator_by_id(&self, id: &str) -> Result<Option<StoredIndicator>, StoreError> {
         let row: Option<IndicatorRow> = sqlx::query_as(select_indicators!(
