@@ -225,3 +225,297 @@ async fn node_certificate_host_names_come_from_init_and_survive_rotation() {
     assert_eq!(node_names(), ["node.a.example"]);
     node.stop().await;
 }
+
+/// One draft of every kind, spread over every TLP label, with every field
+/// the mappings carry set somewhere.
+fn every_kind_and_label() -> Vec<threatmesh::proto::v1::IndicatorDraft> {
+    use threatmesh::proto::v1::{IndicatorKind as K, Tlp as T};
+    let now = now_ms();
+    let cases: [(K, &str, T, &[&str]); 10] = [
+        (K::Ipv4, "192.0.2.7", T::Clear, &[]),
+        (K::Ipv6, "2001:db8::7", T::Green, &[]),
+        (K::Cidr, "198.51.100.0/24", T::Amber, &["b.example"]),
+        (K::Cidr, "2001:db8:1::/48", T::Green, &[]),
+        (
+            K::Domain,
+            "login-bank.example",
+            T::AmberStrict,
+            &["b.example"],
+        ),
+        (
+            K::Url,
+            "http://dropper.example/it's\\x",
+            T::Red,
+            &["b.example"],
+        ),
+        (K::Email, "ceo@phish.example", T::Green, &[]),
+        (K::Sha256, &"ab".repeat(32), T::Green, &[]),
+        (K::Sha1, &"cd".repeat(20), T::Clear, &[]),
+        (K::Md5, &"ef".repeat(16), T::Clear, &[]),
+    ];
+    cases
+        .into_iter()
+        .enumerate()
+        .map(|(i, (kind, value, tlp, to))| {
+            let mut d = draft(kind, value, tlp, to);
+            d.confidence = 60 + i as u32;
+            d.tags = vec![format!("tag-{i}"), "shared".into()];
+            d.jurisdictions = if i % 2 == 0 {
+                vec!["DE".into()]
+            } else {
+                vec![]
+            };
+            d.kill_chain_phases = vec!["delivery".into(), "mitre-attack:execution".into()];
+            d.valid_from_unix_ms = now - 60_000;
+            d.valid_until_unix_ms = if i % 3 == 0 { now + 86_400_000 } else { 0 };
+            d.description = format!("case {i}: it's \"quoted\", with, commas\nand a line");
+            if let Some(m) = d.marking.as_mut() {
+                m.may_forward = i == 6;
+                m.hop_limit = if i == 6 { 2 } else { 0 };
+            }
+            d
+        })
+        .collect()
+}
+
+/// What publishing carries of an indicator, keyed by value: everything but
+/// its origin, id, version and times of its own.
+async fn content_by_value(node: &RunningNode) -> std::collections::BTreeMap<String, String> {
+    node.ctx
+        .store
+        .indicators(None)
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| {
+            let i = threatmesh::exchange::decode_stored(&r.envelope).unwrap();
+            let fields = format!(
+                "{:?} {:?} {} {:?} {:?} {:?} {} {} {:?} {}",
+                i.kind,
+                i.marking,
+                i.confidence,
+                i.tags,
+                i.jurisdictions,
+                i.kill_chain_phases,
+                i.valid_from_unix_ms,
+                i.valid_until_unix_ms,
+                i.description,
+                i.revoked
+            );
+            (i.value, fields)
+        })
+        .collect()
+}
+
+/// Export from A, import at B: the same indicators, field by field (B is
+/// their origin now), through STIX and through CSV; importing again
+/// publishes nothing twice; a dry run publishes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exported_from_one_org_and_imported_at_another_the_indicators_are_the_same() {
+    let (a, b) = (Org::new("a.example"), Org::new("b.example"));
+    let (node_a, node_b) = (start(&a).await, start(&b).await);
+    publish_all(&publisher(&a, &node_a), every_kind_and_label(), 4).await;
+    let want = content_by_value(&node_a).await;
+    assert_eq!(want.len(), 10);
+    let dir = tempfile::tempdir().unwrap();
+    for format in ["stix", "csv"] {
+        let file = dir.path().join(format!("a.{format}"));
+        let path = file.to_str().unwrap();
+        let out = cli(&a, &node_a, &["export", "--format", format, "--out", path]);
+        assert!(out.status.success(), "{out:?}");
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&file).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode, 0o600, "an export holds partners' data");
+        }
+        let before = node_b.ctx.store.count_indicators().await.unwrap();
+        let dry = cli(&b, &node_b, &["import", "--dry-run", path]);
+        assert!(dry.status.success(), "{dry:?}");
+        assert_eq!(node_b.ctx.store.count_indicators().await.unwrap(), before);
+
+        let imported = cli(&b, &node_b, &["import", path]);
+        let text = String::from_utf8_lossy(&imported.stderr).to_string();
+        assert!(imported.status.success(), "{text}");
+        assert!(text.contains("imported 10 indicator(s)"), "{text}");
+        assert_eq!(content_by_value(&node_b).await, want, "{format}");
+        let again = cli(&b, &node_b, &["import", path]);
+        let text = String::from_utf8_lossy(&again.stderr).to_string();
+        assert!(
+            text.contains("imported 0 indicator(s); 10 already imported earlier"),
+            "{text}"
+        );
+        // The CSV round below brings the same content again under other
+        // keys (another source): ten more versions, the same content.
+        let held = node_b.ctx.store.count_indicators().await.unwrap();
+        assert_eq!(held, if format == "stix" { 10 } else { 20 });
+    }
+    let exported = ledger(&node_a, "").await;
+    assert!(
+        exported
+            .iter()
+            .filter(|r| r.entry.event == "exported")
+            .count()
+            == 2,
+        "{exported:#?}"
+    );
+    node_a.stop().await;
+    node_b.stop().await;
+}
+
+/// `export --partner B` is exactly what B's policy releases to B: the same
+/// set B holds once its link has caught up; the export is on A's ledger.
+/// Blocklists hold what blocks now, one file per kind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partner_export_is_exactly_what_the_partner_receives() {
+    let a = Org::new("a.example");
+    let b = Org::new("b.example");
+    // B gets GREEN and below, network kinds only, confidence 61 or more.
+    a.add_peer_with(
+        &b,
+        None,
+        "name = \"b-view\"\n[egress]\ntlp_ceiling = \"GREEN\"\ncommunity = true\n\
+         kinds = [\"ipv4\", \"ipv6\", \"cidr\", \"domain\", \"url\"]\nmin_confidence = 61\n",
+    )
+    .await;
+    let node_a = start(&a).await;
+    b.add_peer(&a, Some(node_a.addr)).await;
+    let node_b = start(&b).await;
+    publish_all(&publisher(&a, &node_a), every_kind_and_label(), 4).await;
+    caught_up(&node_b, &a, &node_a).await;
+    let at_b: std::collections::BTreeSet<String> =
+        content_by_value(&node_b).await.into_keys().collect();
+    assert!(!at_b.is_empty() && at_b.len() < 10, "{at_b:?}");
+
+    let out = cli(
+        &a,
+        &node_a,
+        &["export", "--format", "csv", "--partner", "b.example"],
+    );
+    assert!(out.status.success(), "{out:?}");
+    let csv = String::from_utf8(out.stdout).unwrap();
+    let mut records = threatmesh::interop::csv::Records::new(csv.as_bytes());
+    records.next_record().unwrap();
+    let mut exported = std::collections::BTreeSet::new();
+    while let Some((_, r)) = records.next_record().unwrap() {
+        exported.insert(r[4].clone());
+    }
+    assert_eq!(exported, at_b);
+    let note = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        note.contains(&format!(
+            "b.example's policy view; {} withheld",
+            10 - at_b.len()
+        )),
+        "{note}"
+    );
+    let rows = ledger(&node_a, "b.example").await;
+    assert!(rows.iter().any(|r| {
+        r.entry.event == "exported"
+            && r.entry
+                .detail
+                .contains(&format!("{} indicator(s) as csv", at_b.len()))
+    }));
+    let unknown = cli(
+        &a,
+        &node_a,
+        &["export", "--format", "csv", "--partner", "z.example"],
+    );
+    assert!(!unknown.status.success());
+    assert!(String::from_utf8_lossy(&unknown.stderr).contains("z.example is not registered"));
+
+    // Blocklists: one file per kind, revoked and expired ones left out.
+    let dir = tempfile::tempdir().unwrap();
+    let lists = dir.path().join("lists");
+    let out = cli(
+        &a,
+        &node_a,
+        &[
+            "export",
+            "--format",
+            "blocklist",
+            "--out",
+            lists.to_str().unwrap(),
+        ],
+    );
+    assert!(out.status.success(), "{out:?}");
+    let read = |k: &str| std::fs::read_to_string(lists.join(format!("{k}.txt"))).unwrap();
+    assert_eq!(read("ipv4"), "192.0.2.7\n");
+    assert_eq!(read("cidr"), "198.51.100.0/24\n2001:db8:1::/48\n");
+    assert_eq!(read("domain"), "login-bank.example\n");
+    let domains = cli(
+        &a,
+        &node_a,
+        &["export", "--format", "blocklist", "--kind", "domain"],
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&domains.stdout),
+        "login-bank.example\n"
+    );
+    node_b.stop().await;
+    node_a.stop().await;
+}
+
+/// A MISP event: attribute types map to kinds, tlp tags and distribution
+/// to labels, other tags to tags; what has no kind or no shareable label is
+/// skipped and reported by name; a second import publishes nothing twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_misp_event_imports_with_types_and_labels_mapped_and_the_rest_reported() {
+    let a = Org::new("a.example");
+    let node = start(&a).await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("event.json");
+    std::fs::write(
+        &file,
+        serde_json::json!({"Event": {
+            "uuid": "5f1c0000-0000-4000-8000-000000000001",
+            "info": "Phishing wave against banks", "distribution": "2",
+            "Tag": [{"name": "tlp:green"}, {"name": "phishing"}],
+            "Attribute": [
+                {"uuid": "a1", "type": "ip-dst", "value": "192.0.2.9", "timestamp": "1700000000", "category": "Network activity", "to_ids": true},
+                {"uuid": "a2", "type": "domain", "value": "Bank-Login.example", "timestamp": "1700000000", "Tag": [{"name": "tlp:amber"}]},
+                {"uuid": "a3", "type": "filename|md5", "value": "invoice.exe|0123456789abcdef0123456789abcdef", "timestamp": "1700000000"},
+                {"uuid": "a4", "type": "regkey", "value": "HKLM\\Software\\Evil", "timestamp": "1700000000"},
+                {"uuid": "a5", "type": "url", "value": "http://bank-login.example/x", "timestamp": "1700000000", "Tag": [{"name": "tlp:red"}]},
+                {"uuid": "a6", "type": "ip-src", "value": "999.1.1.1", "timestamp": "1700000000"}
+            ],
+            "Object": [{"name": "email", "Attribute": [
+                {"uuid": "a7", "type": "email-src", "value": "ceo@bank-login.example", "timestamp": "1700000000"}
+            ]}]
+        }})
+        .to_string(),
+    )
+    .unwrap();
+    let path = file.to_str().unwrap();
+    let out = cli(&a, &node, &["import", path]);
+    let err = String::from_utf8_lossy(&out.stderr).to_string();
+    // The invalid address fails the import's status, naming where it is.
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("Event[0].Attribute[5] a6: value:"), "{err}");
+    assert!(err.contains("imported 4 indicator(s)"), "{err}");
+    assert!(err.contains("MISP type 'regkey' is not carried"), "{err}");
+    assert!(err.contains("need named recipients"), "{err}");
+    let got = content_by_value(&node).await;
+    let keys: Vec<&str> = got.keys().map(String::as_str).collect();
+    assert_eq!(
+        keys,
+        [
+            "0123456789abcdef0123456789abcdef",
+            "192.0.2.9",
+            "bank-login.example",
+            "ceo@bank-login.example"
+        ]
+    );
+    assert!(
+        got["bank-login.example"].contains("tlp: Amber"),
+        "{}",
+        got["bank-login.example"]
+    );
+    assert!(got["192.0.2.9"].contains("\"phishing\""));
+    let again = cli(&a, &node, &["import", path]);
+    assert!(
+        String::from_utf8_lossy(&again.stderr)
+            .contains("imported 0 indicator(s); 4 already imported earlier")
+    );
+    node.stop().await;
+}

@@ -2,7 +2,9 @@
 # Runs the Python client against a real node over mutual TLS: an org A
 # serving, an org B registered at A as a partner; Python lists A's services
 # by reflection, checks their health, publishes as A's publisher, and
-# subscribes as B's node, verifying every signature itself.
+# subscribes as B's node, verifying every signature itself. Then A exports a
+# STIX 2.1 bundle of every kind and every TLP 2.0 label, which OASIS's
+# stix2-validator must pass with no errors.
 #
 #   examples/python/ci.sh path/to/threatmesh [python]
 set -euo pipefail
@@ -54,4 +56,25 @@ client publisher publish --kind url --value http://dropper.example/x --tlp GREEN
 echo "-- subscribe as b.example's node, verifying each envelope with a.example's card"
 client b-node subscribe --card "$work/a.card" --count 3 | tee "$work/got.jsonl"
 test "$(wc -l <"$work/got.jsonl")" -eq 3
-echo "python client: ok"
+echo "-- STIX 2.1: every kind and every TLP label, checked by OASIS stix2-validator"
+cat >"$work/all.jsonl" <<'JSON'
+{"kind":"ipv6","value":"2001:db8::7","tlp":"CLEAR","confidence":90,"tags":["scanner"],"kill_chain_phases":["reconnaissance"]}
+{"kind":"cidr","value":"198.51.100.0/24","tlp":"AMBER","recipients":["b.example"]}
+{"kind":"cidr","value":"2001:db8:1::/48","tlp":"GREEN","jurisdictions":["DE","NL"]}
+{"kind":"domain","value":"bank-login.example","tlp":"AMBER+STRICT","recipients":["b.example"]}
+{"kind":"url","value":"http://dropper.example/it's\\x","tlp":"RED","recipients":["b.example"],"description":"quote ' and backslash"}
+{"kind":"email","value":"ceo@phish.example","tlp":"GREEN","may_forward":true,"hop_limit":2}
+{"kind":"sha256","value":"aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa","tlp":"GREEN","valid_until":"2030-01-01T00:00:00Z"}
+{"kind":"sha1","value":"bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb","tlp":"CLEAR"}
+{"kind":"md5","value":"cccccccccccccccccccccccccccccccc","tlp":"CLEAR","kill_chain_phases":["mitre-attack:execution"]}
+JSON
+"$tm" "${A[@]}" publish --file "$work/all.jsonl"
+"$tm" "${A[@]}" export --format stix --out "$work/bundle.json"
+"$(dirname "$py")/stix2_validator" "$work/bundle.json" >"$work/validator.txt" 2>&1 || {
+  cat "$work/validator.txt"
+  echo "stix2-validator found errors"
+  exit 1
+}
+grep -q "STIX JSON: Valid" "$work/validator.txt"
+echo "stix2-validator: $(grep -c 'Warning' "$work/validator.txt") warning(s), no errors"
+echo "python client and STIX checks: ok"

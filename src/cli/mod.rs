@@ -33,6 +33,7 @@ pub mod certs;
 pub mod client;
 pub mod demo;
 pub mod export;
+pub mod import;
 pub mod init;
 pub mod keys;
 pub mod peer;
@@ -182,6 +183,9 @@ pub enum Command {
     Publish(publish::PublishArgs),
     /// Show what the node holds, then what arrives (admin certificate).
     Tail(tail::TailArgs),
+    /// Import STIX 2.1 bundles, MISP events or CSV: each indicator signed
+    /// and published by this org (publisher certificate).
+    Import(import::ImportArgs),
     /// Export what the node holds, or one partner's policy view: STIX 2.1,
     /// CSV, blocklists (admin certificate).
     Export(export::ExportArgs),
@@ -220,6 +224,7 @@ pub fn run(cli: Cli) -> ExitCode {
             Command::Publish(args) => publish::run(&cli.config, &cli.client, &args).await,
             Command::Tail(args) => tail::run(&cli.config, &cli.client, &args).await,
             Command::Export(args) => export::run(&cli.config, &cli.client, &args).await,
+            Command::Import(args) => import::run(&cli.config, &cli.client, &args).await,
             Command::Status(args) => status::run(&cli.config, &cli.client, &args).await,
             Command::Bench(args) => bench::run(&args).await,
         }

@@ -4,7 +4,7 @@
 
 use std::io::BufRead;
 
-use super::stix::{StixError, parse_timestamp};
+use super::stix::{StixError, not_carried, parse_timestamp, stix_err};
 use crate::model::{parse_kind, parse_tlp};
 use crate::proto::v1::{IndicatorDraft, Marking};
 
@@ -29,6 +29,20 @@ const READ: [&str; 14] = [
 /// Columns of `threatmesh export --format csv` that describe the source
 /// (its id, version, origin, times), not what the importer publishes.
 const SOURCE: [&str; 5] = ["id", "version", "origin", "created", "modified"];
+
+/// A [`crate::model::ValidationError`] of a draft made from a CSV row,
+/// with the field named by its column.
+pub fn csv_field(e: &crate::model::ValidationError) -> StixError {
+    let field = match e.field.as_str() {
+        "valid_from_unix_ms" => "valid_from",
+        "valid_until_unix_ms" => "valid_until",
+        f if f.starts_with("marking.recipients") => "recipients",
+        f if f.starts_with("marking.hop_limit") => "hop_limit",
+        f if f.starts_with("marking") => "tlp",
+        f => f.split('[').next().unwrap_or(f),
+    };
+    stix_err(field, e.message.clone())
+}
 
 /// Reads CSV records from `r`, one at a time.
 pub struct Records<R> {
@@ -114,10 +128,10 @@ impl Header {
             .collect();
         for need in ["kind", "value", "tlp"] {
             if !columns.iter().any(|c| c == need) {
-                return Err(StixError {
-                    field: "header".into(),
-                    problem: format!("no '{need}' column (the header is the first line)"),
-                });
+                return Err(stix_err(
+                    "header",
+                    format!("no '{need}' column (the header is the first line)"),
+                ));
             }
         }
         let not_carried = columns
@@ -139,14 +153,14 @@ impl Header {
     /// The draft of one record, or the column at fault.
     pub fn draft(&self, record: &[String]) -> Result<IndicatorDraft, StixError> {
         if record.len() != self.columns.len() {
-            return Err(StixError {
-                field: "(row)".into(),
-                problem: format!(
+            return Err(stix_err(
+                "(row)",
+                format!(
                     "{} fields, but the header has {}",
                     record.len(),
                     self.columns.len()
                 ),
-            });
+            ));
         }
         let get = |name: &str| -> &str {
             self.columns
@@ -155,10 +169,7 @@ impl Header {
                 .map(|i| record[i].trim())
                 .unwrap_or("")
         };
-        let bad = |field: &str, problem: String| StixError {
-            field: field.into(),
-            problem,
-        };
+        let bad = |field: &str, problem: String| stix_err(field, problem);
         let list = |name: &str| -> Vec<String> {
             get(name)
                 .split(';')
@@ -189,9 +200,9 @@ impl Header {
             }
         };
         if flag("revoked")? {
-            return Err(bad(
+            return Err(not_carried(
                 "revoked",
-                "the source revoked it; nothing to publish".into(),
+                "the source revoked it; nothing to publish",
             ));
         }
         let kind = parse_kind(get("kind"))

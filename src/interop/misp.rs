@@ -11,19 +11,12 @@
 
 use serde_json::Value;
 
-use super::stix::{StixError, parse_timestamp};
+use super::stix::{StixError, not_carried, parse_timestamp, stix_err};
 use crate::model::parse_tlp;
 use crate::proto::v1::{IndicatorDraft, IndicatorKind, Marking, Tlp};
 
 /// One MISP attribute's draft, or why it is not carried.
 pub type AttributeOutcome = Result<(IndicatorDraft, String), StixError>;
-
-fn err(field: impl Into<String>, problem: impl Into<String>) -> StixError {
-    StixError {
-        field: field.into(),
-        problem: problem.into(),
-    }
-}
 
 /// The events of a MISP JSON document: `{"Event": …}`, a list of those, or
 /// a REST search `{"response": [...]}`.
@@ -86,20 +79,20 @@ fn tlp_of_distribution(d: &Value) -> Result<Tlp, StixError> {
     let n = d
         .as_u64()
         .or_else(|| d.as_str().and_then(|s| s.parse().ok()))
-        .ok_or_else(|| err("distribution", "is not a MISP distribution level"))?;
+        .ok_or_else(|| stix_err("distribution", "is not a MISP distribution level"))?;
     match n {
         1 => Ok(Tlp::Amber),
         2 => Ok(Tlp::Green),
         3 => Ok(Tlp::Clear),
-        0 => Err(err(
+        0 => Err(not_carried(
             "distribution",
             "'your organisation only' cannot be shared; tag it tlp:* to import it",
         )),
-        4 => Err(err(
+        4 => Err(not_carried(
             "distribution",
             "sharing groups have no TLP equivalent; tag it tlp:* to import it",
         )),
-        other => Err(err(
+        other => Err(stix_err(
             "distribution",
             format!("level {other} is not one MISP defines"),
         )),
@@ -117,7 +110,7 @@ fn kind_of(ty: &str, value: &str) -> Result<(IndicatorKind, String), StixError> 
             )
         }
         Some(_) => {
-            return Err(err(
+            return Err(not_carried(
                 "type",
                 format!("composite MISP type '{ty}' is not carried"),
             ));
@@ -135,7 +128,10 @@ fn kind_of(ty: &str, value: &str) -> Result<(IndicatorKind, String), StixError> 
         "sha1" => IndicatorKind::Sha1,
         "md5" => IndicatorKind::Md5,
         other => {
-            return Err(err("type", format!("MISP type '{other}' is not carried")));
+            return Err(not_carried(
+                "type",
+                format!("MISP type '{other}' is not carried"),
+            ));
         }
     };
     Ok((kind, value.to_string()))
@@ -145,9 +141,24 @@ fn seen(a: &Value, field: &str) -> Result<i64, StixError> {
     match a.get(field) {
         None | Some(Value::Null) => Ok(0),
         Some(Value::String(s)) if s.is_empty() => Ok(0),
-        Some(Value::String(s)) => parse_timestamp(s).map_err(|e| err(field, e)),
-        Some(_) => Err(err(field, "is not a timestamp string")),
+        Some(Value::String(s)) => parse_timestamp(s).map_err(|e| stix_err(field, e)),
+        Some(_) => Err(stix_err(field, "is not a timestamp string")),
     }
+}
+
+/// A [`crate::model::ValidationError`] of a draft made from a MISP
+/// attribute, with the field named as MISP names it.
+pub fn misp_field(e: &crate::model::ValidationError) -> StixError {
+    let field = match e.field.as_str() {
+        "kind" => "type",
+        "valid_from_unix_ms" => "first_seen",
+        "valid_until_unix_ms" => "last_seen",
+        f if f.starts_with("tags") => "Tag",
+        f if f.starts_with("marking") => "Tag",
+        "description" => "comment",
+        f => f,
+    };
+    stix_err(field, e.message.clone())
 }
 
 /// The draft of one attribute of `event`, and its idempotency key.
@@ -155,11 +166,11 @@ pub fn draft_from_attribute(event: &Value, attr: &Value) -> AttributeOutcome {
     let ty = attr
         .get("type")
         .and_then(Value::as_str)
-        .ok_or_else(|| err("type", "is missing"))?;
+        .ok_or_else(|| stix_err("type", "is missing"))?;
     let value = attr
         .get("value")
         .and_then(Value::as_str)
-        .ok_or_else(|| err("value", "is missing"))?;
+        .ok_or_else(|| stix_err("value", "is missing"))?;
     let (kind, value) = kind_of(ty, value)?;
     let attr_tags = tag_names(attr);
     let event_tags = tag_names(event);
@@ -168,15 +179,15 @@ pub fn draft_from_attribute(event: &Value, attr: &Value) -> AttributeOutcome {
         None => {
             let d = match attr.get("distribution") {
                 Some(d) if d.as_u64() != Some(5) && d.as_str() != Some("5") => d,
-                _ => event
-                    .get("distribution")
-                    .ok_or_else(|| err("distribution", "no tlp:* tag and no distribution"))?,
+                _ => event.get("distribution").ok_or_else(|| {
+                    not_carried("distribution", "no tlp:* tag and no distribution")
+                })?,
             };
             tlp_of_distribution(d)?
         }
     };
     if matches!(tlp, Tlp::Red | Tlp::AmberStrict) {
-        return Err(err(
+        return Err(not_carried(
             "Tag",
             "TLP:RED and TLP:AMBER+STRICT need named recipients, which MISP does not carry",
         ));

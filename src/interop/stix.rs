@@ -394,8 +394,8 @@ pub struct Imported {
     pub not_carried: Vec<String>,
 }
 
-/// Why a STIX object was not imported: the property at fault and the
-/// problem.
+/// Why an entry of an imported file (a STIX object, a MISP attribute, a
+/// CSV row) is not published: the property at fault and the problem.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{field}: {problem}")]
 pub struct StixError {
@@ -403,12 +403,26 @@ pub struct StixError {
     pub field: String,
     /// What is wrong.
     pub problem: String,
+    /// Content the mapping deliberately does not carry (another object
+    /// type, a compound pattern, a revoked entry, no TLP), as opposed to
+    /// invalid input.
+    pub unsupported: bool,
 }
 
-fn stix_err(field: impl Into<String>, problem: impl Into<String>) -> StixError {
+/// Invalid input at `field`.
+pub fn stix_err(field: impl Into<String>, problem: impl Into<String>) -> StixError {
     StixError {
         field: field.into(),
         problem: problem.into(),
+        unsupported: false,
+    }
+}
+
+/// Content at `field` that the mapping does not carry.
+pub fn not_carried(field: impl Into<String>, problem: impl Into<String>) -> StixError {
+    StixError {
+        unsupported: true,
+        ..stix_err(field, problem)
     }
 }
 
@@ -439,7 +453,7 @@ fn time_of(o: &Map<String, Value>, field: &str) -> Result<Option<i64>, StixError
 /// The TLP label of an object's `object_marking_refs`: exactly one TLP
 /// marking (2.0, or 1.0's WHITE/GREEN/AMBER/RED); none is refused (we do not
 /// guess a label); other marking definitions are reported as not carried.
-fn tlp_of(o: &Map<String, Value>, not_carried: &mut Vec<String>) -> Result<Tlp, StixError> {
+fn tlp_of(o: &Map<String, Value>, ignored: &mut Vec<String>) -> Result<Tlp, StixError> {
     let refs = strings(o, "object_marking_refs")?;
     let mut found = None;
     for (i, r) in refs.iter().enumerate() {
@@ -452,11 +466,11 @@ fn tlp_of(o: &Map<String, Value>, not_carried: &mut Vec<String>) -> Result<Tlp, 
                 ));
             }
             (Some(_), Some(_)) => {}
-            (None, _) => not_carried.push(format!("object_marking_refs[{i}] ({r})")),
+            (None, _) => ignored.push(format!("object_marking_refs[{i}] ({r})")),
         }
     }
     found.ok_or_else(|| {
-        stix_err(
+        not_carried(
             "object_marking_refs",
             "no TLP marking definition (TLP 2.0 or 1.0); the label is not guessed",
         )
@@ -474,7 +488,7 @@ pub fn draft_from_object(obj: &Value) -> Result<Imported, StixError> {
     match o.get("type").and_then(Value::as_str) {
         Some("indicator") => {}
         Some(other) => {
-            return Err(stix_err(
+            return Err(not_carried(
                 "type",
                 format!("'{other}' objects are not imported (only indicators)"),
             ));
@@ -486,7 +500,7 @@ pub fn draft_from_object(obj: &Value) -> Result<Imported, StixError> {
         .and_then(Value::as_str)
         .ok_or_else(|| stix_err("id", "is missing"))?;
     if o.get("revoked").and_then(Value::as_bool) == Some(true) {
-        return Err(stix_err(
+        return Err(not_carried(
             "revoked",
             "the source revoked it; nothing to publish",
         ));
@@ -494,7 +508,7 @@ pub fn draft_from_object(obj: &Value) -> Result<Imported, StixError> {
     match o.get("pattern_type").and_then(Value::as_str) {
         Some("stix") => {}
         Some(other) => {
-            return Err(stix_err(
+            return Err(not_carried(
                 "pattern_type",
                 format!("'{other}' patterns are not carried (only stix)"),
             ));
@@ -505,7 +519,7 @@ pub fn draft_from_object(obj: &Value) -> Result<Imported, StixError> {
         .get("pattern")
         .and_then(Value::as_str)
         .ok_or_else(|| stix_err("pattern", "is missing"))?;
-    let (kind, value) = parse_pattern(pattern).map_err(|e| stix_err("pattern", e))?;
+    let (kind, value) = parse_pattern(pattern).map_err(|e| not_carried("pattern", e))?;
     let mut not_carried = Vec::new();
     let tlp = tlp_of(o, &mut not_carried)?;
     let confidence = match o.get("confidence") {

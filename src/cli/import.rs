@@ -1,0 +1,513 @@
+//! `threatmesh import`: STIX 2.1 bundles, MISP event JSON and headed CSV,
+//! each indicator signed and published by our node through the normal
+//! publish path (publisher certificate), streamed so memory stays flat.
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, IsTerminal};
+use std::path::{Path, PathBuf};
+
+use clap::{Args, ValueEnum};
+use futures_util::StreamExt;
+use serde::de::{DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use serde_json::Value;
+use tokio::sync::mpsc;
+
+use super::CliError;
+use super::client::{As, channel, rpc_error};
+use crate::interop::stix::{StixError, stix_field};
+use crate::interop::{csv, misp, stix};
+use crate::proto::v1::exchange_client::ExchangeClient;
+use crate::proto::v1::{IndicatorDraft, PublishRequest};
+
+/// Publishes in flight at once.
+const IN_FLIGHT: usize = 32;
+/// Parsed items waiting to be published (bounds memory on huge inputs).
+const QUEUED: usize = 1024;
+/// Object errors printed in full; the rest are counted.
+const SHOWN: usize = 20;
+
+/// Input formats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum InputFormat {
+    /// Decided from the content: a JSON `bundle` is STIX, JSON with
+    /// `Event` is MISP, anything else CSV.
+    Auto,
+    /// A STIX 2.1 bundle (or one STIX object).
+    Stix,
+    /// MISP event JSON: `{"Event": …}`, a list of those, or a REST
+    /// search response.
+    Misp,
+    /// CSV with a header line (`kind`, `value`, `tlp` required).
+    Csv,
+}
+
+/// Arguments of `threatmesh import`.
+#[derive(Debug, Clone, Args)]
+#[command(after_help = "\
+Examples:
+  threatmesh import feed.stix.json
+  threatmesh import --format misp misp-event.json
+  curl -s https://partner.example/iocs.csv | threatmesh import -
+
+Each indicator is checked as `publish` checks it, then signed and published by
+this org through the node (publisher certificate): the importer becomes its
+origin. STIX objects other than indicators, compound or unknown patterns,
+MISP types without a kind, revoked entries and entries with no TLP marking are
+skipped and reported with their index or id, the property and the reason;
+properties and columns that nothing carries are listed. Each entry is sent
+with an idempotency key (STIX id + modified, MISP uuid + timestamp, CSV line
+content), so importing the same input again publishes nothing twice.
+Exit status 0 when every entry was published or deliberately skipped, 1 when
+any was refused as invalid.")]
+pub struct ImportArgs {
+    /// File to import; "-" for standard input.
+    pub file: PathBuf,
+    /// Input format.
+    #[arg(long, value_enum, default_value_t = InputFormat::Auto)]
+    pub format: InputFormat,
+    /// Check everything and report, but publish nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Print one JSON object per entry (published, skipped or refused).
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// One entry of the input: where it is, and what it became.
+struct Entry {
+    /// `objects[12] (indicator--…)`, `line 7`, `Event[0].Attribute[3]`.
+    place: String,
+    outcome: Result<(IndicatorDraft, String), StixError>,
+}
+
+/// What the reader noticed about the input as a whole.
+#[derive(Default)]
+struct Notes {
+    not_carried: BTreeMap<String, u64>,
+}
+
+/// Runs `threatmesh import`.
+pub async fn run(
+    config: &Path,
+    conn: &super::client::ClientArgs,
+    args: &ImportArgs,
+) -> Result<(), CliError> {
+    let settings = super::client::load(config, conn)?;
+    let mut input: Box<dyn BufRead + Send> = if args.file.as_os_str() == "-" {
+        Box::new(std::io::BufReader::new(std::io::stdin()))
+    } else {
+        let f = std::fs::File::open(&args.file)
+            .map_err(|e| CliError::Usage(format!("{}: {e}", args.file.display())))?;
+        Box::new(std::io::BufReader::with_capacity(1 << 16, f))
+    };
+    let format = match args.format {
+        InputFormat::Auto => sniff(&mut input)
+            .map_err(|e| CliError::Usage(format!("{}: {e}", args.file.display())))?,
+        f => f,
+    };
+    let now = crate::clock::wall_ms();
+    let (tx, mut rx) = mpsc::channel::<Entry>(QUEUED);
+    let reader = tokio::task::spawn_blocking(move || read_all(format, input, &tx, now));
+    let client = (!args.dry_run)
+        .then(|| channel(&settings, As::Publisher).map(ExchangeClient::new))
+        .transpose()?;
+    let progress = Progress::new();
+    let mut tally = Tally::default();
+    let entries = async_stream(&mut rx);
+    let mut results = entries
+        .map(|e| {
+            let client = client.clone();
+            async move {
+                let Entry { place, outcome } = e;
+                let outcome = match (outcome, client) {
+                    (Err(skip), _) => Outcome::Skipped(skip),
+                    (Ok(_), None) => Outcome::Checked,
+                    (Ok((draft, key)), Some(mut c)) => {
+                        match c
+                            .publish(PublishRequest {
+                                indicator: Some(draft),
+                                idempotency_key: key,
+                            })
+                            .await
+                        {
+                            Ok(r) => Outcome::Published(r.into_inner()),
+                            Err(s) => Outcome::Refused(s),
+                        }
+                    }
+                };
+                (place, outcome)
+            }
+        })
+        .buffered(IN_FLIGHT);
+    while let Some((place, outcome)) = results.next().await {
+        if let Outcome::Refused(s) = &outcome
+            && s.code() == tonic::Code::Unavailable
+        {
+            progress.clear();
+            return Err(rpc_error(&settings, s.clone()));
+        }
+        tally.record(&place, outcome, args.json);
+        progress.show(&tally);
+    }
+    progress.clear();
+    let notes = reader
+        .await
+        .map_err(|e| CliError::Failed(format!("reading the input: {e}")))?
+        .map_err(|e| CliError::Usage(format!("{}: {e}", args.file.display())))?;
+    tally.summary(&notes, args.dry_run);
+    if tally.invalid > 0 {
+        return Err(CliError::Failed(format!(
+            "{} entr{} refused as invalid (listed above)",
+            tally.invalid,
+            if tally.invalid == 1 {
+                "y was"
+            } else {
+                "ies were"
+            }
+        )));
+    }
+    Ok(())
+}
+
+/// Entries as they arrive from the reader thread.
+fn async_stream(rx: &mut mpsc::Receiver<Entry>) -> impl futures_util::Stream<Item = Entry> + '_ {
+    futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))
+}
+
+/// The format of `input`, from its first bytes (not consumed).
+fn sniff(input: &mut Box<dyn BufRead + Send>) -> Result<InputFormat, String> {
+    let head = input.fill_buf().map_err(|e| e.to_string())?;
+    let text = String::from_utf8_lossy(&head[..head.len().min(4096)]).to_string();
+    let t = text.trim_start_matches('\u{feff}').trim_start();
+    if !t.starts_with('{') && !t.starts_with('[') {
+        return Ok(InputFormat::Csv);
+    }
+    if t.contains("\"Event\"") || t.contains("\"response\"") {
+        return Ok(InputFormat::Misp);
+    }
+    if t.contains("\"type\"") || t.contains("\"objects\"") {
+        return Ok(InputFormat::Stix);
+    }
+    Err("JSON that is neither a STIX bundle nor MISP events (give --format)".into())
+}
+
+/// Reads every entry of `input` and hands it on, in order.
+fn read_all(
+    format: InputFormat,
+    input: Box<dyn BufRead + Send>,
+    tx: &mpsc::Sender<Entry>,
+    now: i64,
+) -> Result<Notes, String> {
+    let mut notes = Notes::default();
+    let send = |place: String, outcome: Result<(IndicatorDraft, String), StixError>| {
+        // A closed channel means the importer stopped (node unreachable).
+        let _ = tx.blocking_send(Entry { place, outcome });
+    };
+    match format {
+        InputFormat::Stix | InputFormat::Auto => {
+            let mut index = 0usize;
+            let mut on_object = |obj: Value| {
+                match obj.get("type").and_then(Value::as_str) {
+                    // What the indicators refer to: their TLP markings are
+                    // read from the ids, the extension needs nothing.
+                    Some("marking-definition" | "extension-definition") => return,
+                    Some("identity") => {
+                        *notes
+                            .not_carried
+                            .entry("identity objects (the importer becomes the origin)".into())
+                            .or_default() += 1;
+                        return;
+                    }
+                    _ => {}
+                }
+                let id = obj
+                    .get("id")
+                    .and_then(Value::as_str)
+                    .unwrap_or("")
+                    .to_string();
+                let place = if id.is_empty() {
+                    format!("objects[{index}]")
+                } else {
+                    format!("objects[{index}] ({id})")
+                };
+                index += 1;
+                let outcome = stix::draft_from_object(&obj).and_then(|imp| {
+                    for p in imp.not_carried {
+                        *notes.not_carried.entry(p).or_default() += 1;
+                    }
+                    checked(imp.draft, now, stix_field).map(|d| (d, imp.key))
+                });
+                send(place, outcome);
+            };
+            let mut de = serde_json::Deserializer::from_reader(input);
+            BundleSeed(&mut on_object)
+                .deserialize(&mut de)
+                .map_err(|e| format!("not a STIX bundle: {e}"))?;
+        }
+        InputFormat::Misp => {
+            let doc: Value =
+                serde_json::from_reader(input).map_err(|e| format!("not MISP event JSON: {e}"))?;
+            let events = misp::events(&doc);
+            if events.is_empty() {
+                return Err("no MISP event (expected {\"Event\": …})".into());
+            }
+            for (e, event) in events.iter().enumerate() {
+                for (where_, attr) in misp::attributes(event) {
+                    let uuid = attr.get("uuid").and_then(Value::as_str).unwrap_or("");
+                    let place = format!("Event[{e}].{where_} {uuid}").trim_end().to_string();
+                    let outcome = misp::draft_from_attribute(event, attr)
+                        .and_then(|(d, key)| checked(d, now, misp::misp_field).map(|d| (d, key)));
+                    send(place, outcome);
+                }
+            }
+        }
+        InputFormat::Csv => {
+            let mut records = csv::Records::new(input);
+            let header = match records.next_record().map_err(|e| e.to_string())? {
+                Some((_, names)) => csv::Header::parse(&names).map_err(|e| e.to_string())?,
+                None => return Err("empty input: no header line".into()),
+            };
+            for c in &header.not_carried {
+                *notes.not_carried.entry(c.clone()).or_default() += 1;
+            }
+            while let Some((line, record)) = records.next_record().map_err(|e| e.to_string())? {
+                if record.iter().all(|f| f.trim().is_empty()) {
+                    continue;
+                }
+                let key = format!(
+                    "csv:{}",
+                    hex::encode(
+                        &ring::digest::digest(
+                            &ring::digest::SHA256,
+                            record.join("\u{1f}").as_bytes()
+                        )
+                        .as_ref()[..16]
+                    )
+                );
+                let outcome = header
+                    .draft(&record)
+                    .and_then(|d| checked(d, now, csv::csv_field))
+                    .map(|d| (d, key));
+                send(format!("line {line}"), outcome);
+            }
+        }
+    }
+    Ok(notes)
+}
+
+/// `draft` as the node will check it, errors named as the input names them
+/// (`naming`).
+fn checked(
+    draft: IndicatorDraft,
+    now: i64,
+    naming: fn(&crate::model::ValidationError) -> StixError,
+) -> Result<IndicatorDraft, StixError> {
+    crate::model::prepare_draft(&draft, now)
+        .map(|_| draft)
+        .map_err(|e| naming(&e))
+}
+
+/// Streams the `objects` of a STIX bundle to a callback, one at a time; a
+/// single STIX object (not a bundle) is handed over as it is.
+struct BundleSeed<'a, F: FnMut(Value)>(&'a mut F);
+
+impl<'de, F: FnMut(Value)> DeserializeSeed<'de> for BundleSeed<'_, F> {
+    type Value = ();
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_map(self)
+    }
+}
+
+impl<'de, F: FnMut(Value)> Visitor<'de> for BundleSeed<'_, F> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a STIX bundle: {\"type\": \"bundle\", \"objects\": [...]}")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        let mut single = serde_json::Map::new();
+        let mut bundle = false;
+        while let Some(key) = map.next_key::<String>()? {
+            if key == "objects" {
+                bundle = true;
+                map.next_value_seed(ObjectsSeed(&mut *self.0))?;
+            } else if bundle {
+                map.next_value::<IgnoredAny>()?;
+            } else {
+                let v: Value = map.next_value()?;
+                if key == "type" && v == "bundle" {
+                    bundle = true;
+                } else {
+                    single.insert(key, v);
+                }
+            }
+        }
+        if !bundle {
+            (self.0)(Value::Object(single));
+        }
+        Ok(())
+    }
+}
+
+struct ObjectsSeed<'a, F: FnMut(Value)>(&'a mut F);
+
+impl<'de, F: FnMut(Value)> DeserializeSeed<'de> for ObjectsSeed<'_, F> {
+    type Value = ();
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_seq(self)
+    }
+}
+
+impl<'de, F: FnMut(Value)> Visitor<'de> for ObjectsSeed<'_, F> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a list of STIX objects")
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        while let Some(v) = seq.next_element::<Value>()? {
+            (self.0)(v);
+        }
+        Ok(())
+    }
+}
+
+/// What became of one entry.
+enum Outcome {
+    Published(crate::proto::v1::PublishResponse),
+    /// Checked only (--dry-run).
+    Checked,
+    Skipped(StixError),
+    Refused(tonic::Status),
+}
+
+#[derive(Default)]
+struct Tally {
+    published: u64,
+    again: u64,
+    checked: u64,
+    unsupported: BTreeMap<String, u64>,
+    invalid: u64,
+    shown: usize,
+}
+
+impl Tally {
+    fn record(&mut self, place: &str, outcome: Outcome, json: bool) {
+        let line = match outcome {
+            Outcome::Published(p) => {
+                if p.replayed {
+                    self.again += 1;
+                } else {
+                    self.published += 1;
+                }
+                json.then(|| {
+                    serde_json::json!({"entry": place, "published": p.id, "version": p.version,
+                        "seq": p.seq, "replayed": p.replayed})
+                })
+            }
+            Outcome::Checked => {
+                self.checked += 1;
+                json.then(|| serde_json::json!({"entry": place, "valid": true}))
+            }
+            Outcome::Skipped(e) if e.unsupported => {
+                *self.unsupported.entry(e.problem.clone()).or_default() += 1;
+                json.then(|| serde_json::json!({"entry": place, "skipped": e.to_string()}))
+            }
+            Outcome::Skipped(e) => {
+                self.invalid += 1;
+                self.show(place, &e.to_string(), json)
+            }
+            Outcome::Refused(s) => {
+                self.invalid += 1;
+                self.show(place, s.message(), json)
+            }
+        };
+        if let Some(l) = line {
+            out!("{l}");
+        }
+    }
+
+    fn show(&mut self, place: &str, why: &str, json: bool) -> Option<Value> {
+        if json {
+            return Some(serde_json::json!({"entry": place, "refused": why}));
+        }
+        if self.shown < SHOWN {
+            eprintln!("{place}: {why}");
+        }
+        self.shown += 1;
+        None
+    }
+
+    fn summary(&self, notes: &Notes, dry_run: bool) {
+        let skipped: u64 = self.unsupported.values().sum();
+        if dry_run {
+            eprintln!(
+                "dry run: {} would be published, {skipped} skipped, {} invalid; nothing was published",
+                self.checked, self.invalid
+            );
+        } else {
+            eprintln!(
+                "imported {} indicator(s); {} already imported earlier (same key); {skipped} skipped; {} invalid",
+                self.published, self.again, self.invalid
+            );
+        }
+        if self.shown > SHOWN {
+            eprintln!(
+                "  ({} more invalid entries not shown; --json lists every one)",
+                self.shown - SHOWN
+            );
+        }
+        for (why, n) in &self.unsupported {
+            eprintln!("  skipped {n}: {why}");
+        }
+        if !notes.not_carried.is_empty() {
+            let list: Vec<String> = notes
+                .not_carried
+                .iter()
+                .map(|(p, n)| {
+                    if *n > 1 {
+                        format!("{p} ({n})")
+                    } else {
+                        p.clone()
+                    }
+                })
+                .collect();
+            eprintln!(
+                "  not carried (nothing of ours holds them): {}",
+                list.join(", ")
+            );
+        }
+    }
+}
+
+/// A one-line progress count on standard error, only when it is a terminal.
+struct Progress {
+    on: bool,
+}
+
+impl Progress {
+    fn new() -> Self {
+        Self {
+            on: std::io::stderr().is_terminal(),
+        }
+    }
+
+    fn show(&self, t: &Tally) {
+        let done =
+            t.published + t.again + t.checked + t.invalid + t.unsupported.values().sum::<u64>();
+        if self.on && done.is_multiple_of(256) {
+            eprint!(
+                "\r{done} entries: {} published, {} already, {} invalid",
+                t.published, t.again, t.invalid
+            );
+        }
+    }
+
+    fn clear(&self) {
+        if self.on {
+            eprint!("\r\x1b[2K");
+        }
+    }
+}
