@@ -519,3 +519,96 @@ async fn a_misp_event_imports_with_types_and_labels_mapped_and_the_rest_reported
     );
     node.stop().await;
 }
+
+/// `lookup` finds every version of a value, normalised as publish
+/// normalises it, with where it came from and each release decision.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lookup_shows_versions_origin_path_and_release_decisions() {
+    use threatmesh::proto::v1::{IndicatorKind, PublishRequest, Tlp};
+    let (a, b, node_a, node_b) = linked_pair().await;
+    let mut p = publisher(&a, &node_a);
+    let first = p
+        .publish(PublishRequest {
+            indicator: Some(draft(
+                IndicatorKind::Domain,
+                "Login-Bank.Example.",
+                Tlp::Green,
+                &[],
+            )),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut update = draft(IndicatorKind::Domain, "login-bank.example", Tlp::Green, &[]);
+    update.id = first.id.clone();
+    update.confidence = 95;
+    p.publish(PublishRequest {
+        indicator: Some(update),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    // AMBER is above the open policy's GREEN ceiling: withheld from B.
+    p.publish(PublishRequest {
+        indicator: Some(draft(
+            IndicatorKind::Ipv4,
+            "192.0.2.99",
+            Tlp::Amber,
+            &["b.example"],
+        )),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    caught_up(&node_b, &a, &node_a).await;
+
+    let json = |org: &Org, node: &RunningNode, args: &[&str]| -> serde_json::Value {
+        let out = cli(org, node, args);
+        assert!(out.status.success(), "{out:?}");
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    let at_a = json(&a, &node_a, &["lookup", "--json", "LOGIN-bank.example."]);
+    assert_eq!(at_a["kind"], "domain");
+    assert_eq!(at_a["value"], "login-bank.example");
+    let versions = at_a["versions"].as_array().unwrap();
+    assert_eq!(versions.len(), 2);
+    assert_eq!(versions[1]["confidence"], 95);
+    assert_eq!(versions[0]["received_from"], "");
+    let decisions = at_a["decisions"].as_array().unwrap();
+    assert_eq!(decisions.len(), 2, "{decisions:#?}");
+    assert!(
+        decisions
+            .iter()
+            .all(|d| d["event"] == "sent" && d["partner"] == "b.example")
+    );
+    assert_eq!(decisions[1]["version"], 2);
+
+    let at_b = json(&b, &node_b, &["lookup", "--json", "login-bank.example"]);
+    let v = &at_b["versions"][0];
+    assert_eq!(
+        (v["origin"].as_str(), v["received_from"].as_str()),
+        (Some("a.example"), Some("a.example"))
+    );
+    assert_eq!(v["path"], serde_json::json!(["a.example"]));
+
+    let withheld = json(&a, &node_a, &["lookup", "--json", "192.0.2.99"]);
+    let d = &withheld["decisions"][0];
+    assert_eq!(
+        (d["event"].as_str(), d["partner"].as_str()),
+        (Some("withheld"), Some("b.example"))
+    );
+    assert!(!d["rule"].as_str().unwrap().is_empty());
+    let text = cli(&a, &node_a, &["lookup", "evil.example"]);
+    assert_eq!(
+        String::from_utf8_lossy(&text.stdout),
+        "domain evil.example: not held\n"
+    );
+    let bad = cli(&a, &node_a, &["lookup", "--kind", "ipv4", "not-an-ip"]);
+    assert!(
+        String::from_utf8_lossy(&bad.stderr).contains("value:"),
+        "{bad:?}"
+    );
+    node_b.stop().await;
+    node_a.stop().await;
+}

@@ -5,6 +5,7 @@
 //! running node at once (trust store, links, open streams and connections).
 
 mod export;
+mod lookup;
 mod mesh;
 mod peers;
 mod pki;
@@ -103,6 +104,14 @@ impl Admin for AdminService {
         let who = self.admin(&req, "Admin/Export")?;
         let rx = self.export_as(who, req.into_inner()).await?;
         Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
+    async fn lookup(
+        &self,
+        req: Request<LookupRequest>,
+    ) -> Result<Response<LookupResponse>, Status> {
+        self.admin(&req, "Admin/Lookup")?;
+        reply(self.lookup_now(req.get_ref()).await)
     }
 
     async fn status(

@@ -36,6 +36,7 @@ pub mod export;
 pub mod import;
 pub mod init;
 pub mod keys;
+pub mod lookup;
 pub mod peer;
 pub mod policy;
 pub mod publish;
@@ -183,6 +184,9 @@ pub enum Command {
     Publish(publish::PublishArgs),
     /// Show what the node holds, then what arrives (admin certificate).
     Tail(tail::TailArgs),
+    /// Do we hold a value, who sent it, whom did we give it to under which
+    /// rule (admin certificate).
+    Lookup(lookup::LookupArgs),
     /// Import STIX 2.1 bundles, MISP events or CSV: each indicator signed
     /// and published by this org (publisher certificate).
     Import(import::ImportArgs),
@@ -225,6 +229,7 @@ pub fn run(cli: Cli) -> ExitCode {
             Command::Tail(args) => tail::run(&cli.config, &cli.client, &args).await,
             Command::Export(args) => export::run(&cli.config, &cli.client, &args).await,
             Command::Import(args) => import::run(&cli.config, &cli.client, &args).await,
+            Command::Lookup(args) => lookup::run(&cli.config, &cli.client, &args).await,
             Command::Status(args) => status::run(&cli.config, &cli.client, &args).await,
             Command::Bench(args) => bench::run(&args).await,
         }

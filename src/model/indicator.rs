@@ -74,6 +74,33 @@ pub fn parse_kind(s: &str) -> Option<IndicatorKind> {
     KIND_NAMES.iter().find(|(n, _)| *n == s).map(|(_, k)| *k)
 }
 
+/// The kind a bare value most likely is, for look-ups where no kind is
+/// given: an address or prefix, an e-mail address, a URL, a hash by its
+/// length in hex, else a domain.
+pub fn guess_kind(value: &str) -> IndicatorKind {
+    let v = value.trim();
+    let hex = !v.is_empty() && v.bytes().all(|b| b.is_ascii_hexdigit());
+    if v.contains('/') && !v.contains("://") {
+        IndicatorKind::Cidr
+    } else if v.parse::<Ipv4Addr>().is_ok() {
+        IndicatorKind::Ipv4
+    } else if v.trim_matches(['[', ']']).parse::<Ipv6Addr>().is_ok() {
+        IndicatorKind::Ipv6
+    } else if v.contains("://") {
+        IndicatorKind::Url
+    } else if v.contains('@') {
+        IndicatorKind::Email
+    } else if hex && v.len() == 64 {
+        IndicatorKind::Sha256
+    } else if hex && v.len() == 40 {
+        IndicatorKind::Sha1
+    } else if hex && v.len() == 32 {
+        IndicatorKind::Md5
+    } else {
+        IndicatorKind::Domain
+    }
+}
+
 /// TLP 2.0 labels as written by people.
 pub const TLP_NAMES: [(&str, Tlp); 5] = [
     ("CLEAR", Tlp::Clear),
@@ -615,6 +642,25 @@ mod tests {
             marking: marking(Tlp::Green, &[]),
             confidence: 80,
             ..Default::default()
+        }
+    }
+
+    #[test]
+    fn bare_values_are_guessed_to_their_kind() {
+        use IndicatorKind::*;
+        for (v, k) in [
+            ("192.0.2.1", Ipv4),
+            ("2001:db8::1", Ipv6),
+            ("198.51.100.0/24", Cidr),
+            ("http://evil.example/a/b", Url),
+            ("a@evil.example", Email),
+            (&"a".repeat(64)[..], Sha256),
+            (&"b".repeat(40)[..], Sha1),
+            (&"c".repeat(32)[..], Md5),
+            ("Evil.Example.", Domain),
+            ("deadbeef", Domain),
+        ] {
+            assert_eq!(guess_kind(v), k, "{v}");
         }
     }
 

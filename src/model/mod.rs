@@ -6,7 +6,7 @@ mod org;
 
 pub use indicator::{
     KIND_NAMES, MAX_CLOCK_SKEW_MS, MAX_DESCRIPTION_LEN, MAX_TAGS, TLP_NAMES, ValidationError,
-    dated_ahead, is_iso3166_alpha2, kind_name, normalise_value, parse_kind, parse_tlp,
+    dated_ahead, guess_kind, is_iso3166_alpha2, kind_name, normalise_value, parse_kind, parse_tlp,
     prepare_draft, tlp_name, validate_content, validate_indicator, validate_marking,
 };
 pub use org::{OrgId, OrgIdError};

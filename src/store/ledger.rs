@@ -158,6 +158,35 @@ impl Store {
     }
 }
 
+impl Store {
+    /// The release decisions (`sent`, `withheld`) about indicator `id` of
+    /// `origin`, any version, for each of `partners`, oldest first. Rows
+    /// are read per partner (indexed), and matched on their subjects
+    /// (one row may decide several indicators).
+    pub async fn decisions_about(
+        &self,
+        origin: &str,
+        id: &str,
+        partners: &[String],
+    ) -> Result<Vec<AuditRow>, StoreError> {
+        let needle = format!("{origin}/{id}#");
+        let mut out = Vec::new();
+        for p in partners {
+            let rows: Vec<Row> = sqlx::query_as(
+                "SELECT seq, at_ms, event, actor, partner, subject, rule, detail, prev_hash, hash FROM audit \
+                 WHERE partner = ?1 AND event IN ('sent', 'withheld') AND instr(subject, ?2) > 0 ORDER BY seq",
+            )
+            .bind(p)
+            .bind(&needle)
+            .fetch_all(&self.pool)
+            .await?;
+            out.extend(rows.into_iter().map(AuditRow::from));
+        }
+        out.sort_by_key(|r| r.seq);
+        Ok(out)
+    }
+}
+
 async fn read_audit(
     conn: &mut sqlx::SqliteConnection,
     partner: Option<&str>,

@@ -403,6 +403,23 @@ impl Store {
         Ok(rows.into_iter().map(Into::into).collect())
     }
 
+    /// Every stored version of every indicator whose normalised value is
+    /// `value` (of `kind`), whatever its origin, oldest first.
+    pub async fn versions_of_value(
+        &self,
+        kind: i32,
+        value: &str,
+    ) -> Result<Vec<StoredIndicator>, StoreError> {
+        let rows: Vec<IndicatorRow> = sqlx::query_as(select_indicators!(
+            "WHERE value = ?1 AND kind = ?2 ORDER BY seq"
+        ))
+        .bind(value)
+        .bind(kind)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.into_iter().map(Into::into).collect())
+    }
+
     /// The latest stored version of indicator `id` (any origin).
     pub async fn indicator_by_id(&self, id: &str) -> Result<Option<StoredIndicator>, StoreError> {
         let row: Option<IndicatorRow> = sqlx::query_as(select_indicators!(
