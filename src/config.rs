@@ -63,6 +63,8 @@ pub struct Settings {
     pub revocation: RevocationSettings,
     /// What one partner or connection may use of the node.
     pub limits: LimitsSettings,
+    /// The TAXII 2.1 server.
+    pub taxii: TaxiiSettings,
     /// Logging.
     pub log: LogSettings,
     /// The file these settings were loaded from (`serve` checks that only
@@ -247,6 +249,18 @@ pub struct LimitsSettings {
     pub partner_requests_per_second: u32,
 }
 
+/// `[taxii]`: the TAXII 2.1 server.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TaxiiSettings {
+    /// Socket address the TAXII HTTPS server binds ("" = no TAXII server).
+    pub listen: String,
+    /// Most objects one page holds (a client's `limit` is capped to it).
+    pub max_page_objects: u32,
+    /// Largest request body accepted (POSTed objects), bytes.
+    pub max_content_length: u64,
+}
+
 /// `[log]`
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -354,6 +368,22 @@ impl Settings {
         }
         if f.heartbeat_ms == 0 {
             return Err(invalid("federation.heartbeat_ms", "must be positive"));
+        }
+        let t = &self.taxii;
+        if !t.listen.is_empty() && t.listen.parse::<std::net::SocketAddr>().is_err() {
+            return Err(invalid(
+                "taxii.listen",
+                format!(
+                    "'{}' is not a socket address (\"\" turns TAXII off)",
+                    t.listen
+                ),
+            ));
+        }
+        if t.max_page_objects == 0 || t.max_page_objects > 100_000 {
+            return Err(invalid("taxii.max_page_objects", "must be 1-100000"));
+        }
+        if t.max_content_length == 0 {
+            return Err(invalid("taxii.max_content_length", "must be positive"));
         }
         if f.clock_offset_warn_ms == 0 {
             return Err(invalid(

@@ -23,6 +23,7 @@
 //! - [`rpc`]: caller authorisation and the one error-to-status mapping.
 //! - [`exchange`]: Publish / Subscribe / GetCard and the egress gate.
 //! - [`admin`]: the Admin service (own-org admins).
+//! - [`taxii`]: the TAXII 2.1 server (HTTPS, the same mutual TLS).
 //! - [`federation`]: outbound partner links: verify, store, cursor; cards
 //!   and quarantine.
 //! - [`node`]: opens a context and serves it.
@@ -51,3 +52,4 @@ pub mod refusal;
 pub mod rpc;
 pub mod signing;
 pub mod store;
+pub mod taxii;

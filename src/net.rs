@@ -386,6 +386,45 @@ impl AsyncWrite for PeerConn {
     }
 }
 
+/// Where each accepted connection's server TLS config comes from: the
+/// node's current one (swapped when its certificate rotates), offering
+/// other application protocols when given (the TAXII port speaks HTTP/1.1
+/// beside HTTP/2; gRPC only HTTP/2).
+#[derive(Clone)]
+pub struct ServerTls {
+    /// The node's server config.
+    pub config: Arc<ArcSwap<ServerConfig>>,
+    /// ALPN protocols to offer instead of the config's.
+    pub alpn: Option<Vec<Vec<u8>>>,
+}
+
+impl ServerTls {
+    /// The gRPC port's: the node's config as it is.
+    pub fn grpc(config: Arc<ArcSwap<ServerConfig>>) -> Self {
+        Self { config, alpn: None }
+    }
+
+    /// An HTTPS port's: HTTP/2 and HTTP/1.1.
+    pub fn https(config: Arc<ArcSwap<ServerConfig>>) -> Self {
+        Self {
+            config,
+            alpn: Some(vec![b"h2".to_vec(), b"http/1.1".to_vec()]),
+        }
+    }
+
+    fn current(&self) -> Arc<ServerConfig> {
+        let config = self.config.load_full();
+        match &self.alpn {
+            None => config,
+            Some(alpn) => {
+                let mut c = (*config).clone();
+                c.alpn_protocols = alpn.clone();
+                Arc::new(c)
+            }
+        }
+    }
+}
+
 /// Accepts connections on `listener`, completes the TLS handshake, and
 /// verifies the client certificate chain against the CA bundle of the org
 /// it claims, using the trust store current at that moment. The server
@@ -394,7 +433,7 @@ impl AsyncWrite for PeerConn {
 /// is dropped.
 pub fn accept_mtls(
     listener: TcpListener,
-    tls: Arc<ArcSwap<ServerConfig>>,
+    tls: ServerTls,
     trust: SharedTrust,
     conns: Connections,
     clock: Clock,
@@ -423,7 +462,7 @@ pub fn accept_mtls(
                 continue;
             };
             let _ = tcp.set_nodelay(true);
-            let acceptor = TlsAcceptor::from(tls.load_full());
+            let acceptor = TlsAcceptor::from(tls.current());
             let tx = tx.clone();
             let trust = trust.clone();
             let conns = conns.clone();

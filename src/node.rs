@@ -24,6 +24,8 @@ pub use crate::context::{NodeContext, NodeError, load_signing_key, own_card, own
 /// A node that has loaded its configuration, keys, certificates and store.
 pub struct Node {
     ctx: Arc<NodeContext>,
+    /// Where the TAXII server listens, when it does.
+    taxii: Option<TcpListener>,
 }
 
 impl Node {
@@ -37,7 +39,13 @@ impl Node {
     /// time-driven behaviour on tokio's paused clock through it).
     pub async fn open_with_clock(settings: Settings, clock: Clock) -> Result<Self, NodeError> {
         let ctx = NodeContext::open(settings, clock, CancellationToken::new()).await?;
-        Ok(Self { ctx })
+        Ok(Self { ctx, taxii: None })
+    }
+
+    /// Serves TAXII 2.1 on `listener` too (`taxii.listen`).
+    pub fn with_taxii(mut self, listener: TcpListener) -> Self {
+        self.taxii = Some(listener);
+        self
     }
 
     /// The node's shared state (store, org, keys), e.g. for tests and the demo.
@@ -53,13 +61,16 @@ impl Node {
         shutdown: impl Future<Output = ()> + Send,
     ) -> Result<(), NodeError> {
         let ctx = self.ctx;
+        if let Some(l) = self.taxii {
+            ctx.tasks.spawn(crate::taxii::serve(ctx.clone(), l));
+        }
         let addr = listener
             .local_addr()
             .map(|a| a.to_string())
             .unwrap_or_default();
         let incoming = ReceiverStream::new(crate::net::accept_mtls(
             listener,
-            ctx.tls.server.clone(),
+            crate::net::ServerTls::grpc(ctx.tls.server.clone()),
             ctx.trust(),
             ctx.conns.clone(),
             ctx.clock,

@@ -612,3 +612,301 @@ async fn lookup_shows_versions_origin_path_and_release_decisions() {
     node_b.stop().await;
     node_a.stop().await;
 }
+
+/// A minimal HTTPS client as TAXII clients are: ordinary hostname
+/// verification against `server_ca`, presenting `cert`/`key` (or nothing),
+/// HTTP/1.1. Returns the status, the headers (lower-case names) and the
+/// body as JSON.
+async fn https(
+    addr: std::net::SocketAddr,
+    server_ca: &str,
+    client: Option<(&std::path::Path, &std::path::Path)>,
+    method: &str,
+    path: &str,
+    body: Option<&serde_json::Value>,
+) -> Result<(u16, Vec<(String, String)>, serde_json::Value), String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(CertificateDer::from_pem_slice(server_ca.as_bytes()).unwrap())
+        .unwrap();
+    let verifier = rustls::client::WebPkiServerVerifier::builder_with_provider(
+        Arc::new(roots),
+        provider.clone(),
+    )
+    .build()
+    .unwrap();
+    let b = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_webpki_verifier(verifier);
+    let mut cfg = match client {
+        Some((c, k)) => b
+            .with_client_auth_cert(
+                CertificateDer::pem_file_iter(c)
+                    .unwrap()
+                    .map(Result::unwrap)
+                    .collect(),
+                PrivateKeyDer::from_pem_file(k).unwrap(),
+            )
+            .unwrap(),
+        None => b.with_no_client_auth(),
+    };
+    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let tcp = tokio::net::TcpStream::connect(addr)
+        .await
+        .map_err(|e| e.to_string())?;
+    let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+    let mut tls = tokio_rustls::TlsConnector::from(Arc::new(cfg))
+        .connect(name, tcp)
+        .await
+        .map_err(|e| e.to_string())?;
+    let payload = body.map(|b| b.to_string()).unwrap_or_default();
+    let request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: localhost:{}\r\nAccept: application/taxii+json;version=2.1\r\n\
+         Content-Type: application/taxii+json;version=2.1\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{payload}",
+        addr.port(),
+        payload.len()
+    );
+    tls.write_all(request.as_bytes())
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut raw = Vec::new();
+    tls.read_to_end(&mut raw).await.map_err(|e| e.to_string())?;
+    let text = String::from_utf8(raw).map_err(|e| e.to_string())?;
+    let (head, body) = text.split_once("\r\n\r\n").ok_or("no HTTP response")?;
+    let mut lines = head.lines();
+    let status: u16 = lines
+        .next()
+        .and_then(|l| l.split(' ').nth(1))
+        .and_then(|s| s.parse().ok())
+        .ok_or("no status line")?;
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
+    let json = if body.is_empty() {
+        serde_json::Value::Null
+    } else {
+        serde_json::from_str(body).map_err(|e| format!("{e}: {body}"))?
+    };
+    Ok((status, headers, json))
+}
+
+/// TAXII 2.1 as a partner sees it: discovery, the API root, the one
+/// collection, objects page by page (limit/next, added_after) that are
+/// exactly its policy view — another partner's differs — each release on
+/// the ledger; a request without a certificate is refused; our publisher
+/// may POST objects and read the status back; a partner may not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn taxii_serves_each_partner_exactly_its_policy_view() {
+    let a = Org::new("a.example");
+    let (b, c) = (Org::new("b.example"), Org::new("c.example"));
+    a.add_peer_with(
+        &b,
+        None,
+        "name = \"b-view\"\n[egress]\ntlp_ceiling = \"GREEN\"\ncommunity = true\n\
+         kinds = [\"ipv4\", \"ipv6\", \"cidr\", \"domain\", \"url\"]\nmin_confidence = 61\n",
+    )
+    .await;
+    a.add_peer(&c, None).await;
+    let node_a = start_with_taxii(&a).await;
+    let taxii = node_a.taxii.unwrap();
+    publish_all(&publisher(&a, &node_a), every_kind_and_label(), 4).await;
+    let ca = a.ca_pem();
+    let node_cert = |o: &Org| {
+        (
+            o.settings.tls.node_cert.clone(),
+            o.settings.tls.node_key.clone(),
+        )
+    };
+    let (b_cert, b_key) = node_cert(&b);
+    let as_b = Some((b_cert.as_path(), b_key.as_path()));
+    let get = |path: String, who| {
+        let ca = ca.clone();
+        async move { https(taxii, &ca, who, "GET", &path, None).await.unwrap() }
+    };
+
+    let (status, headers, disc) = get("/taxii2/".into(), as_b).await;
+    assert_eq!(status, 200, "{disc}");
+    assert!(
+        headers
+            .iter()
+            .any(|(k, v)| k == "content-type" && v == "application/taxii+json;version=2.1")
+    );
+    let root = disc["default"].as_str().unwrap();
+    assert!(root.ends_with("/api/"), "{disc}");
+    let (_, _, api) = get("/api/".into(), as_b).await;
+    assert_eq!(api["versions"][0], "application/taxii+json;version=2.1");
+    let (_, _, cols) = get("/api/collections/".into(), as_b).await;
+    let col = &cols["collections"][0];
+    assert_eq!(
+        (col["can_read"].as_bool(), col["can_write"].as_bool()),
+        (Some(true), Some(false))
+    );
+    let cid = col["id"].as_str().unwrap().to_string();
+
+    // Page by page, one object at a time.
+    let mut seen = std::collections::BTreeSet::new();
+    let mut next = None::<String>;
+    let mut pages = 0;
+    loop {
+        let path = match &next {
+            None => format!("/api/collections/{cid}/objects/?limit=1"),
+            Some(n) => format!("/api/collections/{cid}/objects/?limit=1&next={n}"),
+        };
+        let (status, _, page) = get(path, as_b).await;
+        assert_eq!(status, 200, "{page}");
+        for o in page["objects"].as_array().unwrap() {
+            assert_eq!(o["type"], "indicator");
+            seen.insert(o["pattern"].as_str().unwrap().to_string());
+        }
+        pages += 1;
+        if page["more"] == true {
+            next = Some(page["next"].as_str().unwrap().to_string());
+        } else {
+            break;
+        }
+    }
+    let out = cli(
+        &a,
+        &node_a,
+        &["export", "--format", "stix", "--partner", "b.example"],
+    );
+    let bundle: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let want: std::collections::BTreeSet<String> = bundle["objects"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|o| o["type"] == "indicator")
+        .map(|o| o["pattern"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(seen, want, "B's TAXII view is its policy view");
+    assert!(pages >= want.len());
+    let sent = ledger(&node_a, "b.example").await;
+    assert!(sent.iter().any(|r| r.entry.event == "sent"), "{sent:#?}");
+
+    // C's policy (the open one) gives it another view.
+    let (c_cert, c_key) = node_cert(&c);
+    let (_, _, c_page) = get(
+        format!("/api/collections/{cid}/objects/"),
+        Some((c_cert.as_path(), c_key.as_path())),
+    )
+    .await;
+    let c_seen: std::collections::BTreeSet<String> = c_page["objects"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| o["pattern"].as_str().unwrap().to_string())
+        .collect();
+    assert_ne!(c_seen, seen);
+    assert!(!c_seen.is_empty());
+
+    // added_after the newest: nothing.
+    let (_, headers, all) = get(format!("/api/collections/{cid}/objects/"), as_b).await;
+    let last = headers
+        .iter()
+        .find(|(k, _)| k == "x-taxii-date-added-last")
+        .map(|(_, v)| v.clone())
+        .unwrap();
+    assert_eq!(all["objects"].as_array().unwrap().len(), want.len());
+    let (_, _, none) = get(
+        format!("/api/collections/{cid}/objects/?added_after={last}"),
+        as_b,
+    )
+    .await;
+    assert!(none["objects"].as_array().unwrap().is_empty(), "{none}");
+
+    // One object, its versions, the manifest.
+    let first = &all["objects"][0];
+    let oid = first["id"].as_str().unwrap();
+    let (status, _, one) = get(format!("/api/collections/{cid}/objects/{oid}/"), as_b).await;
+    assert_eq!((status, one["objects"][0]["id"].as_str()), (200, Some(oid)));
+    let (_, _, vers) = get(
+        format!("/api/collections/{cid}/objects/{oid}/versions/"),
+        as_b,
+    )
+    .await;
+    assert_eq!(vers["versions"][0], first["modified"]);
+    let (_, _, man) = get(format!("/api/collections/{cid}/manifest/"), as_b).await;
+    assert_eq!(man["objects"].as_array().unwrap().len(), want.len());
+    // An object B may not read does not exist for B.
+    let red = content_ids_with_tlp(&node_a, "RED").await;
+    let (status, _, _) = get(
+        format!("/api/collections/{cid}/objects/indicator--{red}/"),
+        as_b,
+    )
+    .await;
+    assert_eq!(status, 404);
+
+    // Without a client certificate: refused.
+    // (or refused in the handshake, which is as good)
+    if let Ok((status, _, body)) = https(taxii, &ca, None, "GET", "/taxii2/", None).await {
+        assert_eq!(status, 401, "{body}");
+    }
+
+    // Our publisher POSTs a bundle; the status resource says what became of it.
+    let (p_cert, p_key) = (
+        a.settings.client.publisher_cert.clone(),
+        a.settings.client.publisher_key.clone(),
+    );
+    let as_pub = Some((p_cert.as_path(), p_key.as_path()));
+    let mut obj = first.clone();
+    obj["id"] = "indicator--11111111-2222-4333-8444-555555555555".into();
+    obj["pattern"] = "[domain-name:value = 'posted.example']".into();
+    let envelope = serde_json::json!({"objects": [obj, {"type": "malware", "id": "malware--1"}]});
+    let (status, _, st) = https(
+        taxii,
+        &ca,
+        as_pub,
+        "POST",
+        &format!("/api/collections/{cid}/objects/"),
+        Some(&envelope),
+    )
+    .await
+    .unwrap();
+    assert_eq!(status, 202, "{st}");
+    assert_eq!(
+        (st["success_count"].as_u64(), st["failure_count"].as_u64()),
+        (Some(1), Some(1)),
+        "{st}"
+    );
+    let (status, _, again) = https(
+        taxii,
+        &ca,
+        as_pub,
+        "GET",
+        &format!("/api/status/{}/", st["id"].as_str().unwrap()),
+        None,
+    )
+    .await
+    .unwrap();
+    assert_eq!((status, &again), (200, &st));
+    let (status, _, _) = https(
+        taxii,
+        &ca,
+        as_b,
+        "POST",
+        &format!("/api/collections/{cid}/objects/"),
+        Some(&envelope),
+    )
+    .await
+    .unwrap();
+    assert_eq!(status, 403);
+    node_a.stop().await;
+}
+
+/// The id of an indicator `node` holds with TLP label `tlp`.
+async fn content_ids_with_tlp(node: &RunningNode, tlp: &str) -> String {
+    node.ctx
+        .store
+        .indicators(None)
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| threatmesh::exchange::decode_stored(&r.envelope).unwrap())
+        .find(|i| threatmesh::model::tlp_name(i.marking.as_ref().unwrap().tlp) == Some(tlp))
+        .map(|i| i.id)
+        .unwrap()
+}

@@ -66,11 +66,18 @@ pub async fn run(config: &Path, args: &ServeArgs) -> Result<(), CliError> {
     init_logging(&settings.log.format, &settings.log.level);
     check_store_present(&settings.store.path, args.new_store)?;
     let addr = settings.listen_addr()?;
+    let taxii = settings.taxii.listen.clone();
     // Everything is loaded and checked before the port is bound.
-    let node = Node::open(settings).await?;
+    let mut node = Node::open(settings).await?;
     let listener = TcpListener::bind(addr)
         .await
         .map_err(|e| CliError::Failed(format!("node.listen {addr}: cannot bind: {e}")))?;
+    if !taxii.is_empty() {
+        let l = TcpListener::bind(&taxii)
+            .await
+            .map_err(|e| CliError::Failed(format!("taxii.listen {taxii}: cannot bind: {e}")))?;
+        node = node.with_taxii(l);
+    }
     node.serve(listener, shutdown_signal()).await?;
     Ok(())
 }

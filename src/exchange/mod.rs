@@ -411,72 +411,86 @@ impl ExchangeService {
         let deadline = Deadline::of(&req);
         let req = req.into_inner();
         let draft = req.indicator.ok_or(RpcError::Missing("indicator"))?;
-        let publisher = caller.to_string();
         let key = publish_key(&req.idempotency_key, &draft)?;
-        // A retry: answer with what the first attempt published.
-        if let Some(key) = &key
-            && let Some(again) = ctx.store.published_under(&publisher, key).await?
-        {
-            return Ok(response(again, None));
-        }
-        let now = ctx.clock.now_ms();
-        let d = prepare_draft(&draft, now)?;
-        let (id, version, created) = if d.id.is_empty() {
-            (uuid::Uuid::new_v4().to_string(), 1, now)
-        } else {
-            match ctx.store.latest_version(ctx.own.as_str(), &d.id).await? {
-                Some((v, created)) => (d.id.clone(), v + 1, created),
-                None => {
-                    return Err(RpcError::NotFound(format!(
-                        "id: {} was never published by {}; omit id to publish a new indicator",
-                        d.id, ctx.own
-                    )));
-                }
-            }
-        };
-        let signer = ctx.signing.load_full();
-        let ind = assemble(
-            &ctx.own,
-            signer.key_id(),
-            Identity {
-                id,
-                version,
-                created_unix_ms: created,
-            },
-            now,
-            d,
-        );
-        // What we sign must pass the same check every receiver applies.
-        validate_indicator(&ind, now)?;
-        let envelope = signer
-            .seal(INDICATOR_PAYLOAD_TYPE, ind.encode_to_vec())
-            .encode_to_vec();
-        let row = NewIndicator {
-            indicator: ind,
-            envelope,
-            rule: "published-here",
-            path: Vec::new(),
-            upstream_seq: 0,
-        };
-        // Nobody waits for it any more: say so rather than store it.
-        if deadline.is_some_and(|d| d.passed()) {
-            return Err(RpcError::DeadlineExceeded(
-                "the caller's deadline (grpc-timeout) passed before the publish was stored; \
-                 nothing was stored"
-                    .into(),
-            ));
-        }
-        let appended = ctx.store.append_local(&row, &publisher, key).await?;
-        let i = &row.indicator;
-        tracing::debug!(publisher = %caller, id = %i.id, version = i.version, ?appended, "published");
-        Ok(response(appended, Some(i)))
+        publish_draft(ctx, &caller, draft, key, deadline).await
     }
+}
+
+/// Publishes `draft` as our org for `caller` (one of our publishers): the
+/// one path from a draft to a signed, stored version, for gRPC Publish and
+/// TAXII POST alike. With an idempotency `key` used before, answers with
+/// what it published then; past the caller's `deadline`, stores nothing.
+pub async fn publish_draft(
+    ctx: &NodeContext,
+    caller: &crate::identity::SpiffeId,
+    draft: IndicatorDraft,
+    key: Option<PublishKey>,
+    deadline: Option<Deadline>,
+) -> Result<PublishResponse, RpcError> {
+    let publisher = caller.to_string();
+    // A retry: answer with what the first attempt published.
+    if let Some(key) = &key
+        && let Some(again) = ctx.store.published_under(&publisher, key).await?
+    {
+        return Ok(response(again, None));
+    }
+    let now = ctx.clock.now_ms();
+    let d = prepare_draft(&draft, now)?;
+    let (id, version, created) = if d.id.is_empty() {
+        (uuid::Uuid::new_v4().to_string(), 1, now)
+    } else {
+        match ctx.store.latest_version(ctx.own.as_str(), &d.id).await? {
+            Some((v, created)) => (d.id.clone(), v + 1, created),
+            None => {
+                return Err(RpcError::NotFound(format!(
+                    "id: {} was never published by {}; omit id to publish a new indicator",
+                    d.id, ctx.own
+                )));
+            }
+        }
+    };
+    let signer = ctx.signing.load_full();
+    let ind = assemble(
+        &ctx.own,
+        signer.key_id(),
+        Identity {
+            id,
+            version,
+            created_unix_ms: created,
+        },
+        now,
+        d,
+    );
+    // What we sign must pass the same check every receiver applies.
+    validate_indicator(&ind, now)?;
+    let envelope = signer
+        .seal(INDICATOR_PAYLOAD_TYPE, ind.encode_to_vec())
+        .encode_to_vec();
+    let row = NewIndicator {
+        indicator: ind,
+        envelope,
+        rule: "published-here",
+        path: Vec::new(),
+        upstream_seq: 0,
+    };
+    // Nobody waits for it any more: say so rather than store it.
+    if deadline.is_some_and(|d| d.passed()) {
+        return Err(RpcError::DeadlineExceeded(
+            "the caller's deadline (grpc-timeout) passed before the publish was stored; \
+             nothing was stored"
+                .into(),
+        ));
+    }
+    let appended = ctx.store.append_local(&row, &publisher, key).await?;
+    let i = &row.indicator;
+    tracing::debug!(publisher = %caller, id = %i.id, version = i.version, ?appended, "published");
+    Ok(response(appended, Some(i)))
 }
 
 /// A Publish's idempotency key, checked (1-128 printable ASCII
 /// characters), with the digest of the draft it is sent with; `None` when
 /// the publisher sent none.
-fn publish_key(key: &str, draft: &IndicatorDraft) -> Result<Option<PublishKey>, RpcError> {
+pub fn publish_key(key: &str, draft: &IndicatorDraft) -> Result<Option<PublishKey>, RpcError> {
     if key.is_empty() {
         return Ok(None);
     }

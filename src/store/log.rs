@@ -10,6 +10,17 @@ use super::{ROWS_PER_STATEMENT, Store, StoreError, Tx, WriteLock, to_i64};
 use crate::audit::AuditEntry;
 use crate::proto::v1::Indicator;
 
+/// Which versions of each indicator a read selects.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Versions {
+    /// The newest held.
+    Latest,
+    /// The oldest held.
+    Earliest,
+    /// Every one.
+    All,
+}
+
 /// An indicator version to append.
 #[derive(Debug, Clone)]
 pub struct NewIndicator {
@@ -389,17 +400,53 @@ impl Store {
         since_ms: i64,
         limit: u32,
     ) -> Result<Vec<StoredIndicator>, StoreError> {
-        let rows: Vec<IndicatorRow> = sqlx::query_as(select_indicators!(
-            "WHERE seq > ?1 AND stored_ms >= ?2 AND version = \
-             (SELECT MAX(j.version) FROM indicators j \
-              WHERE j.origin_org = indicators.origin_org AND j.indicator_id = indicators.indicator_id) \
-             ORDER BY seq LIMIT ?3"
-        ))
-        .bind(to_i64(after))
-        .bind(since_ms)
-        .bind(i64::from(limit))
-        .fetch_all(&self.pool)
-        .await?;
+        self.versions_after(Versions::Latest, after, since_ms, limit)
+            .await
+    }
+
+    /// The versions `which` selects of the indicators stored after `after`
+    /// (sequence number) and at or after `since_ms`, oldest first, at most
+    /// `limit` (TAXII's `match[version]`).
+    pub async fn versions_after(
+        &self,
+        which: Versions,
+        after: u64,
+        since_ms: i64,
+        limit: u32,
+    ) -> Result<Vec<StoredIndicator>, StoreError> {
+        let sql = match which {
+            Versions::All => {
+                select_indicators!("WHERE seq > ?1 AND stored_ms >= ?2 ORDER BY seq LIMIT ?3")
+            }
+            Versions::Latest => select_indicators!(
+                "WHERE seq > ?1 AND stored_ms >= ?2 AND version = \
+                 (SELECT MAX(j.version) FROM indicators j \
+                  WHERE j.origin_org = indicators.origin_org AND j.indicator_id = indicators.indicator_id) \
+                 ORDER BY seq LIMIT ?3"
+            ),
+            Versions::Earliest => select_indicators!(
+                "WHERE seq > ?1 AND stored_ms >= ?2 AND version = \
+                 (SELECT MIN(j.version) FROM indicators j \
+                  WHERE j.origin_org = indicators.origin_org AND j.indicator_id = indicators.indicator_id) \
+                 ORDER BY seq LIMIT ?3"
+            ),
+        };
+        let rows: Vec<IndicatorRow> = sqlx::query_as(sql)
+            .bind(to_i64(after))
+            .bind(since_ms)
+            .bind(i64::from(limit))
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(rows.into_iter().map(Into::into).collect())
+    }
+
+    /// Every stored version of indicator `id` (any origin), oldest first.
+    pub async fn versions_of_id(&self, id: &str) -> Result<Vec<StoredIndicator>, StoreError> {
+        let rows: Vec<IndicatorRow> =
+            sqlx::query_as(select_indicators!("WHERE indicator_id = ? ORDER BY seq"))
+                .bind(id)
+                .fetch_all(&self.pool)
+                .await?;
         Ok(rows.into_iter().map(Into::into).collect())
     }
 

@@ -50,7 +50,7 @@ use crate::clock::Clock;
 pub use directory::{CardState, DirectoryRow};
 pub use ingest::{IngestOutcome, MAX_VERSION_STEP, Rejection, RejectionRecord};
 pub use keys::OwnKeyRow;
-pub use log::{DecodedCell, NewIndicator, StoredIndicator};
+pub use log::{DecodedCell, NewIndicator, StoredIndicator, Versions};
 pub use peers::{PeerChange, PeerRecord, PeerState};
 pub use pki::{CertRow, CrlRow};
 pub use policies::PolicyRecord;

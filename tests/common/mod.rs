@@ -183,6 +183,8 @@ impl Org {
 /// A node running in this process.
 pub struct RunningNode {
     pub addr: SocketAddr,
+    /// The TAXII server's address, when started with one.
+    pub taxii: Option<SocketAddr>,
     pub ctx: Arc<NodeContext>,
     stop: Option<oneshot::Sender<()>>,
     task: JoinHandle<Result<(), NodeError>>,
@@ -213,10 +215,30 @@ pub async fn start_on(org: &Org, listener: TcpListener) -> RunningNode {
 /// [`start_on`] with the clock the node reads (e.g. [`Clock::anchored`], so
 /// a test moves the node's time with `tokio::time::advance`).
 pub async fn start_with_clock(org: &Org, listener: TcpListener, clock: Clock) -> RunningNode {
+    start_full(org, listener, clock, None).await
+}
+
+/// `org`'s node serving TAXII 2.1 too, on another port of 127.0.0.1.
+pub async fn start_with_taxii(org: &Org) -> RunningNode {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let taxii = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    start_full(org, listener, Clock::system(), Some(taxii)).await
+}
+
+async fn start_full(
+    org: &Org,
+    listener: TcpListener,
+    clock: Clock,
+    taxii: Option<TcpListener>,
+) -> RunningNode {
     let addr = listener.local_addr().unwrap();
-    let node = Node::open_with_clock(org.settings.clone(), clock)
+    let taxii_addr = taxii.as_ref().map(|l| l.local_addr().unwrap());
+    let mut node = Node::open_with_clock(org.settings.clone(), clock)
         .await
         .unwrap();
+    if let Some(t) = taxii {
+        node = node.with_taxii(t);
+    }
     let ctx = node.context();
     let (tx, rx) = oneshot::channel();
     let task = tokio::spawn(node.serve(listener, async move {
@@ -224,6 +246,7 @@ pub async fn start_with_clock(org: &Org, listener: TcpListener, clock: Clock) ->
     }));
     RunningNode {
         addr,
+        taxii: taxii_addr,
         ctx,
         stop: Some(tx),
         task,
@@ -539,7 +562,7 @@ impl RogueUpstream {
         let addr = listener.local_addr().unwrap();
         let incoming = ReceiverStream::new(threatmesh::net::accept_mtls(
             listener,
-            tls,
+            threatmesh::net::ServerTls::grpc(tls),
             trust,
             threatmesh::net::Connections::default(),
             Clock::system(),
