@@ -846,6 +846,22 @@ async fn taxii_serves_each_partner_exactly_its_policy_view() {
         assert_eq!(status, 401, "{body}");
     }
 
+    // A certificate of an org that is not our partner: refused.
+    let z = Org::new("z.example");
+    let (z_cert, z_key) = node_cert(&z);
+    if let Ok((status, _, body)) = https(
+        taxii,
+        &ca,
+        Some((z_cert.as_path(), z_key.as_path())),
+        "GET",
+        "/taxii2/",
+        None,
+    )
+    .await
+    {
+        assert_eq!(status, 401, "{body}");
+    }
+
     // Our publisher POSTs a bundle; the status resource says what became of it.
     let (p_cert, p_key) = (
         a.settings.client.publisher_cert.clone(),

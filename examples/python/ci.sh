@@ -20,11 +20,14 @@ cleanup() {
 }
 trap cleanup EXIT
 
-port=$("$py" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+free_port() { "$py" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+port=$(free_port)
+tport=$(free_port)
 "$tm" init --org a.example --dir "$work/a" --listen "127.0.0.1:$port" --endpoint "localhost:$port" >/dev/null
 "$tm" init --org b.example --dir "$work/b" >/dev/null
+"$tm" init --org c.example --dir "$work/c" >/dev/null
 A=(-c "$work/a/threatmesh.toml")
-"$tm" "${A[@]}" serve >"$work/a.log" 2>&1 &
+THREATMESH__TAXII__LISTEN="127.0.0.1:$tport" "$tm" "${A[@]}" serve >"$work/a.log" 2>&1 &
 pid=$!
 for _ in $(seq 1 300); do
   if "$tm" "${A[@]}" status >/dev/null 2>&1; then break; fi
@@ -35,6 +38,9 @@ done
 "$tm" -c "$work/b/threatmesh.toml" card export --out "$work/b.card" >/dev/null
 "$tm" "${A[@]}" policy apply "$root/config/policies/isp-feed.toml" >/dev/null
 "$tm" "${A[@]}" peer add --card "$work/b.card" --policy isp-feed >/dev/null
+"$tm" -c "$work/c/threatmesh.toml" card export --out "$work/c.card" >/dev/null
+"$tm" "${A[@]}" policy apply "$root/config/policies/agency-partner.toml" >/dev/null
+"$tm" "${A[@]}" peer add --card "$work/c.card" --policy agency-partner >/dev/null
 
 client() {
   local who=$1; shift
@@ -77,4 +83,14 @@ JSON
 }
 grep -q "STIX JSON: Valid" "$work/validator.txt"
 echo "stix2-validator: $(grep -c 'Warning' "$work/validator.txt") warning(s), no errors"
-echo "python client and STIX checks: ok"
+echo "-- TAXII 2.1 with OASIS taxii2-client: each partner gets exactly its policy view"
+cp "$work/c/certs/node.pem" "$work/c-node.pem"; cp "$work/c/certs/node.key" "$work/c-node.key"
+for who in b c; do
+  "$tm" "${A[@]}" export --format stix --partner "$who.example" --out "$work/$who-view.json"
+  client "$who-node" taxii --url "https://localhost:$tport/taxii2/" --expect "$work/$who-view.json"
+done
+if cmp -s <(grep -o '"indicator--[^"]*' "$work/b-view.json" | sort) <(grep -o '"indicator--[^"]*' "$work/c-view.json" | sort); then
+  echo "b.example and c.example were given the same view; their policies differ"
+  exit 1
+fi
+echo "python client, STIX and TAXII checks: ok"

@@ -11,6 +11,7 @@ key from its org card, before decoding the indicator.
     threatmesh_client.py ... health
     threatmesh_client.py ... publish --kind domain --value evil.example --tlp GREEN
     threatmesh_client.py ... subscribe --card origin.card --count 3
+    threatmesh_client.py ... taxii --url https://localhost:7444/taxii2/ --expect view.json
 
 The stubs are generated from ../../proto at start (grpc_tools.protoc), so
 nothing generated is kept in the repository.
@@ -198,6 +199,47 @@ def cmd_subscribe(args, pb):
         sys.exit(f"{seen} of {args.count} indicators arrived")
 
 
+def cmd_taxii(args, pb):
+    """Walks discovery -> API root -> collections -> objects with OASIS's
+    taxii2-client, page by page, and checks the objects are exactly those of
+    --expect (a `threatmesh export --partner` bundle of the same view)."""
+    import os
+
+    from taxii2client.v21 import Server, as_pages
+
+    # requests lets REQUESTS_CA_BUNDLE / CURL_CA_BUNDLE override the CA a
+    # session was given: this client trusts only the node's org CA.
+    for var in ("REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE"):
+        os.environ.pop(var, None)
+    server = Server(args.url, verify=os.path.abspath(args.ca), cert=(args.cert, args.key))
+    print(f"discovery: {server.title}; API roots: {len(server.api_roots)}")
+    root = server.api_roots[0]
+    print(f"API root: {root.title}; versions {root.versions}")
+    collection = root.collections[0]
+    print(f"collection {collection.id}: can_read={collection.can_read} can_write={collection.can_write}")
+    got, pages, last_added = set(), 0, None
+    for page in as_pages(collection.get_objects, per_request=args.page):
+        pages += 1
+        for o in page.get("objects", []):
+            got.add(o["id"])
+    expect = {
+        o["id"]
+        for o in json.loads(Path(args.expect).read_text())["objects"]
+        if o["type"] == "indicator"
+    }
+    if got != expect:
+        sys.exit(f"TAXII gave {len(got)} objects, the policy view has {len(expect)}: "
+                 f"extra {sorted(got - expect)}, missing {sorted(expect - got)}")
+    print(f"objects: {len(got)} in {pages} page(s) of {args.page}, exactly the policy view")
+    manifest = collection.get_manifest()
+    last_added = max(m["date_added"] for m in manifest.get("objects", [])) if got else None
+    if last_added:
+        later = collection.get_objects(added_after=last_added).get("objects", [])
+        if later:
+            sys.exit(f"added_after={last_added} still gave {len(later)} objects")
+        print(f"added_after={last_added}: nothing newer, as expected")
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--server", required=True, help="host:port of the node, the host as in its certificate")
@@ -218,10 +260,14 @@ def main():
     s.add_argument("--card", required=True, help="the origin's org card (DSSE JSON, `threatmesh card export`)")
     s.add_argument("--count", type=int, default=1, help="stop after this many indicators")
     s.add_argument("--timeout", type=float, default=60.0, help="give up after this many seconds")
+    tx = sub.add_parser("taxii", help="walk the TAXII 2.1 server with taxii2-client")
+    tx.add_argument("--url", required=True, help="discovery URL, https://host:port/taxii2/")
+    tx.add_argument("--expect", required=True, help="bundle of the expected view (threatmesh export)")
+    tx.add_argument("--page", type=int, default=2, help="objects per request")
     args = p.parse_args()
     pb = stubs()
     {"services": cmd_services, "health": cmd_health, "publish": cmd_publish,
-     "subscribe": cmd_subscribe}[args.cmd](args, pb)
+     "subscribe": cmd_subscribe, "taxii": cmd_taxii}[args.cmd](args, pb)
 
 
 if __name__ == "__main__":
