@@ -598,6 +598,10 @@ fn bench_runs_every_measurement_and_prints_json() {
         "50",
         "--primitive-secs",
         "0.1",
+        "--taxii-objects",
+        "300",
+        "--import-indicators",
+        "200",
         "--json",
     ]);
     assert!(o.status.success(), "{}", text(&o));
@@ -613,6 +617,9 @@ fn bench_runs_every_measurement_and_prints_json() {
         "/latency/p99_ms",
         "/fanout/deliveries_per_s",
         "/fanout/peak_rss_mb",
+        "/taxii/objects_per_s",
+        "/import/per_s",
+        "/import/peak_rss_mb",
     ] {
         assert!(
             r.pointer(f).and_then(|v| v.as_f64()).unwrap() > 0.0,
@@ -621,6 +628,11 @@ fn bench_runs_every_measurement_and_prints_json() {
     }
     assert_eq!(r["latency"]["samples"], 50);
     assert_eq!(r["fanout"]["subscribers"], 5);
+    assert_eq!(
+        (r["taxii"]["objects"].as_u64(), r["taxii"]["pages"].as_u64()),
+        (Some(300), Some(1))
+    );
+    assert_eq!(r["import"]["indicators"], 200);
 }
 
 #[test]

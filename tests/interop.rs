@@ -613,10 +613,9 @@ async fn lookup_shows_versions_origin_path_and_release_decisions() {
     node_a.stop().await;
 }
 
-/// A minimal HTTPS client as TAXII clients are: ordinary hostname
-/// verification against `server_ca`, presenting `cert`/`key` (or nothing),
-/// HTTP/1.1. Returns the status, the headers (lower-case names) and the
-/// body as JSON.
+/// A request to the TAXII server as a standard client makes it (ordinary
+/// hostname verification against `server_ca`, `client` certificate or
+/// none): status, headers, JSON body.
 async fn https(
     addr: std::net::SocketAddr,
     server_ca: &str,
@@ -625,73 +624,19 @@ async fn https(
     path: &str,
     body: Option<&serde_json::Value>,
 ) -> Result<(u16, Vec<(String, String)>, serde_json::Value), String> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut roots = rustls::RootCertStore::empty();
-    roots
-        .add(CertificateDer::from_pem_slice(server_ca.as_bytes()).unwrap())
-        .unwrap();
-    let verifier = rustls::client::WebPkiServerVerifier::builder_with_provider(
-        Arc::new(roots),
-        provider.clone(),
+    use threatmesh::taxii::client;
+    let tls = client::client_tls(server_ca, client)?;
+    let payload = body.map(|b| b.to_string());
+    let r = client::request(
+        addr,
+        "localhost",
+        tls,
+        method,
+        path,
+        payload.as_deref().map(str::as_bytes),
     )
-    .build()
-    .unwrap();
-    let b = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_webpki_verifier(verifier);
-    let mut cfg = match client {
-        Some((c, k)) => b
-            .with_client_auth_cert(
-                CertificateDer::pem_file_iter(c)
-                    .unwrap()
-                    .map(Result::unwrap)
-                    .collect(),
-                PrivateKeyDer::from_pem_file(k).unwrap(),
-            )
-            .unwrap(),
-        None => b.with_no_client_auth(),
-    };
-    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
-    let tcp = tokio::net::TcpStream::connect(addr)
-        .await
-        .map_err(|e| e.to_string())?;
-    let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
-    let mut tls = tokio_rustls::TlsConnector::from(Arc::new(cfg))
-        .connect(name, tcp)
-        .await
-        .map_err(|e| e.to_string())?;
-    let payload = body.map(|b| b.to_string()).unwrap_or_default();
-    let request = format!(
-        "{method} {path} HTTP/1.1\r\nHost: localhost:{}\r\nAccept: application/taxii+json;version=2.1\r\n\
-         Content-Type: application/taxii+json;version=2.1\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{payload}",
-        addr.port(),
-        payload.len()
-    );
-    tls.write_all(request.as_bytes())
-        .await
-        .map_err(|e| e.to_string())?;
-    let mut raw = Vec::new();
-    tls.read_to_end(&mut raw).await.map_err(|e| e.to_string())?;
-    let text = String::from_utf8(raw).map_err(|e| e.to_string())?;
-    let (head, body) = text.split_once("\r\n\r\n").ok_or("no HTTP response")?;
-    let mut lines = head.lines();
-    let status: u16 = lines
-        .next()
-        .and_then(|l| l.split(' ').nth(1))
-        .and_then(|s| s.parse().ok())
-        .ok_or("no status line")?;
-    let headers = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
-        .collect();
-    let json = if body.is_empty() {
-        serde_json::Value::Null
-    } else {
-        serde_json::from_str(body).map_err(|e| format!("{e}: {body}"))?
-    };
-    Ok((status, headers, json))
+    .await?;
+    Ok((r.status, r.headers.clone(), r.json()?))
 }
 
 /// TAXII 2.1 as a partner sees it: discovery, the API root, the one

@@ -36,9 +36,12 @@ use crate::proto::v1::{
 use crate::signing::{INDICATOR_PAYLOAD_TYPE, OrgSigningKey};
 use crate::store::{NewIndicator, Store};
 
+mod interop;
 mod phases;
 mod primitives;
 
+pub use interop::{Import, TaxiiRead};
+use interop::{bench_import, bench_taxii};
 use phases::*;
 use primitives::*;
 
@@ -64,6 +67,10 @@ pub struct BenchOptions {
     /// `federation.batch_size` of the nodes: most envelopes per Subscribe
     /// message.
     pub batch_size: u32,
+    /// Indicators a partner reads over TAXII, page by page.
+    pub taxii_objects: u64,
+    /// Indicators in the STIX bundle `threatmesh import` reads.
+    pub import_indicators: u64,
 }
 
 impl Default for BenchOptions {
@@ -78,6 +85,8 @@ impl Default for BenchOptions {
             fanout_indicators: 2_000,
             primitive_secs: 2.0,
             batch_size: 256,
+            taxii_objects: 10_000,
+            import_indicators: 1_000_000,
         }
     }
 }
@@ -159,6 +168,10 @@ pub struct Report {
     pub latency: Latency,
     /// Many subscribers.
     pub fanout: Fanout,
+    /// A partner's paginated TAXII read.
+    pub taxii: TaxiiRead,
+    /// `threatmesh import` of a STIX bundle.
+    pub import: Import,
 }
 
 /// Errors of a benchmark run.
@@ -201,6 +214,18 @@ pub async fn run(opts: &BenchOptions, progress: impl Fn(&str)) -> Result<Report,
     ));
     let latency = bench_latency(dir.path(), opts).await?;
 
+    progress(&format!(
+        "TAXII: a partner reads {} objects, 1,000 per page",
+        opts.taxii_objects
+    ));
+    let taxii = bench_taxii(dir.path(), opts).await?;
+
+    progress(&format!(
+        "import: `threatmesh import` of a STIX bundle of {} indicators",
+        opts.import_indicators
+    ));
+    let import = bench_import(dir.path(), opts).await?;
+
     Ok(Report {
         publish_ratio: publish_per_s / primitives.sign_per_s_1core,
         ingest_ratio: ingest_per_s / primitives.verify_per_s_all,
@@ -211,6 +236,8 @@ pub async fn run(opts: &BenchOptions, progress: impl Fn(&str)) -> Result<Report,
         ingest_cpu,
         latency,
         fanout,
+        taxii,
+        import,
     })
 }
 
@@ -343,8 +370,20 @@ impl Running {
 }
 
 async fn start(settings: &Settings, listener: TcpListener) -> Result<Running, BenchError> {
+    start_with(settings, listener, None).await
+}
+
+/// [`start`], serving TAXII on `taxii` too when given.
+async fn start_with(
+    settings: &Settings,
+    listener: TcpListener,
+    taxii: Option<TcpListener>,
+) -> Result<Running, BenchError> {
     let addr = listener.local_addr().map_err(err)?;
-    let node = Node::open(settings.clone()).await.map_err(err)?;
+    let mut node = Node::open(settings.clone()).await.map_err(err)?;
+    if let Some(t) = taxii {
+        node = node.with_taxii(t);
+    }
     let ctx = node.context();
     let (stop, rx) = oneshot::channel();
     let task = tokio::spawn(node.serve(listener, async move {
@@ -460,6 +499,16 @@ pub fn render(r: &Report) -> String {
         s,
         "  stalled subscriber RSS {:.1} MB before, {:.1} MB after {} more indicators",
         f.stalled_rss_before_mb, f.stalled_rss_after_mb, f.indicators
+    );
+    let _ = writeln!(
+        s,
+        "  TAXII read         {:>10.0} objects/s ({} objects, {} pages of 1,000, a partner's view; target >= 20,000/s)",
+        r.taxii.objects_per_s, r.taxii.objects, r.taxii.pages
+    );
+    let _ = writeln!(
+        s,
+        "  STIX import        {:>10.1} s for {} indicators ({:.0}/s), peak RSS {:.1} MB (targets <= 60 s for 1,000,000, <= 200 MB)",
+        r.import.seconds, r.import.indicators, r.import.per_s, r.import.peak_rss_mb
     );
     s
 }

@@ -40,6 +40,13 @@ pub struct BenchArgs {
     /// federation.batch_size of the benchmark's nodes (1-4096).
     #[arg(long, default_value_t = 256)]
     pub batch_size: u32,
+    /// Indicators a partner reads over TAXII, 1,000 per page.
+    #[arg(long, default_value_t = 10_000)]
+    pub taxii_objects: u64,
+    /// Indicators in the STIX bundle `threatmesh import` reads (its own
+    /// process; wall time and peak RSS).
+    #[arg(long, default_value_t = 1_000_000)]
+    pub import_indicators: u64,
     /// Print one JSON object instead of a table.
     #[arg(long)]
     pub json: bool,
@@ -49,6 +56,11 @@ pub struct BenchArgs {
 pub async fn run(args: &BenchArgs) -> Result<(), CliError> {
     if !(1..=4096).contains(&args.batch_size) {
         return Err(CliError::Usage("--batch-size: must be 1-4096".into()));
+    }
+    if args.import_indicators > 16_000_000 {
+        return Err(CliError::Usage(
+            "--import-indicators: at most 16,000,000 (distinct IPv4 values)".into(),
+        ));
     }
     if args.in_flight == 0 || args.latency_rate == 0 || args.subscribers == 0 {
         return Err(CliError::Usage(
@@ -65,6 +77,8 @@ pub async fn run(args: &BenchArgs) -> Result<(), CliError> {
         fanout_indicators: args.fanout_indicators,
         primitive_secs: args.primitive_secs,
         batch_size: args.batch_size,
+        taxii_objects: args.taxii_objects,
+        import_indicators: args.import_indicators,
     };
     let report = run_bench(&opts, |line| eprintln!("bench: {line}"))
         .await

@@ -28,6 +28,8 @@ use crate::net::PeerInfo;
 use crate::proto::v1::{Envelope, Indicator};
 use crate::store::{StoredIndicator, Versions};
 
+pub mod client;
+
 /// The TAXII media type, version 2.1.
 pub const TAXII_TYPE: &str = "application/taxii+json;version=2.1";
 /// The STIX media type of the objects served.
