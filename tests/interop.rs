@@ -871,3 +871,72 @@ async fn content_ids_with_tlp(node: &RunningNode, tlp: &str) -> String {
         .map(|i| i.id)
         .unwrap()
 }
+
+/// `export --format misp-feed` writes a directory MISP adds as a feed; its
+/// event, imported elsewhere as MISP, gives the same kinds, values, labels
+/// (RED and AMBER+STRICT, which need recipients MISP cannot carry, are
+/// skipped and reported), tags and descriptions.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_misp_feed_export_imports_as_misp_elsewhere() {
+    let (a, b) = (Org::new("a.example"), Org::new("b.example"));
+    let (node_a, node_b) = (start(&a).await, start(&b).await);
+    publish_all(&publisher(&a, &node_a), every_kind_and_label(), 4).await;
+    let dir = tempfile::tempdir().unwrap();
+    let feed = dir.path().join("feed");
+    let out = cli(
+        &a,
+        &node_a,
+        &[
+            "export",
+            "--format",
+            "misp-feed",
+            "--out",
+            feed.to_str().unwrap(),
+        ],
+    );
+    assert!(out.status.success(), "{out:?}");
+    let manifest: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(feed.join("manifest.json")).unwrap())
+            .unwrap();
+    let (uuid, entry) = manifest.as_object().unwrap().iter().next().unwrap();
+    assert_eq!(entry["Orgc"]["name"], "a.example");
+    let event = feed.join(format!("{uuid}.json"));
+    let imported = cli(
+        &b,
+        &node_b,
+        &["import", "--format", "misp", event.to_str().unwrap()],
+    );
+    let err = String::from_utf8_lossy(&imported.stderr).to_string();
+    assert!(imported.status.success(), "{err}");
+    assert!(
+        err.contains("imported 8 indicator(s)") && err.contains("skipped 2"),
+        "{err}"
+    );
+    let at_a = misp_view(&node_a).await;
+    let at_b = misp_view(&node_b).await;
+    assert_eq!(at_b.len(), 8);
+    for (value, got) in &at_b {
+        assert_eq!(Some(got), at_a.get(value), "{value}");
+    }
+    node_a.stop().await;
+    node_b.stop().await;
+}
+
+/// What MISP carries of each indicator `node` holds, by value: kind, TLP
+/// label, tags, description.
+async fn misp_view(
+    node: &RunningNode,
+) -> std::collections::BTreeMap<String, (i32, i32, Vec<String>, String)> {
+    node.ctx
+        .store
+        .indicators(None)
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| threatmesh::exchange::decode_stored(&r.envelope).unwrap())
+        .map(|i| {
+            let tlp = i.marking.as_ref().map(|m| m.tlp).unwrap_or(0);
+            (i.value, (i.kind, tlp, i.tags, i.description))
+        })
+        .collect()
+}

@@ -27,6 +27,9 @@ pub enum Format {
     /// to standard output): what a firewall or DNS resolver blocks now
     /// (no revoked, expired or not yet valid indicators).
     Blocklist,
+    /// A directory MISP can add as a feed (`--out DIR`): manifest.json and
+    /// one event per origin org. Revoked indicators are left out.
+    MispFeed,
 }
 
 impl Format {
@@ -35,6 +38,7 @@ impl Format {
             Format::Stix => "stix",
             Format::Csv => "csv",
             Format::Blocklist => "blocklist",
+            Format::MispFeed => "misp-feed",
         }
     }
 }
@@ -48,6 +52,7 @@ Examples:
   threatmesh export --format csv --since 2026-12-01T00:00:00Z > recent.csv
   threatmesh export --format blocklist --out blocklists/      # ipv4.txt, domain.txt, ...
   threatmesh export --format blocklist --kind domain > rpz-input.txt
+  threatmesh export --format misp-feed --partner misp.example --out feed/  # add as a MISP feed
 
 The latest version of every indicator is exported. With --partner, exactly what
 that partner's sharing policy releases to it now, decided by the same egress gate
@@ -92,6 +97,11 @@ pub async fn run(config: &Path, conn: &ClientArgs, args: &ExportArgs) -> Result<
         }
         None => None,
     };
+    if args.format == Format::MispFeed && to_stdout {
+        return Err(CliError::Usage(
+            "--format misp-feed writes a directory: give --out DIR".into(),
+        ));
+    }
     if args.format == Format::Blocklist && kind.is_none() && to_stdout {
         return Err(CliError::Usage(
             "--format blocklist writes one file per kind: give --out DIR, or --kind K for standard output".into(),
@@ -110,6 +120,11 @@ pub async fn run(config: &Path, conn: &ClientArgs, args: &ExportArgs) -> Result<
     let mut sink: Box<dyn Sink> = match args.format {
         Format::Stix => Box::new(StixBundle::new(Output::open(args.out.as_deref())?, now)),
         Format::Csv => Box::new(Csv(Output::open(args.out.as_deref())?)),
+        Format::MispFeed => Box::new(MispFeed {
+            dir: args.out.clone().unwrap_or_default(),
+            events: BTreeMap::new(),
+            now,
+        }),
         Format::Blocklist => Box::new(Blocklists {
             out: args.out.clone().filter(|_| !to_stdout),
             only: kind.map(|k| k as i32),
@@ -405,5 +420,51 @@ impl Sink for Blocklists {
             o.finish()?;
         }
         Ok(())
+    }
+}
+
+/// A MISP feed directory: one event per origin org (a stable uuid, so
+/// MISP updates it on the next fetch) and manifest.json. (MISP's optional
+/// hashes.csv cache is not written: it wants MD5s of the values.)
+struct MispFeed {
+    dir: PathBuf,
+    events: BTreeMap<String, Vec<serde_json::Value>>,
+    now: i64,
+}
+
+impl Sink for MispFeed {
+    fn begin(&mut self) -> std::io::Result<()> {
+        std::fs::create_dir_all(&self.dir)
+    }
+
+    fn item(&mut self, x: &ExportedIndicator) -> std::io::Result<()> {
+        if let Some(i) = &x.indicator
+            && !i.revoked
+        {
+            self.events
+                .entry(i.origin_org.clone())
+                .or_default()
+                .push(crate::interop::misp::attribute(i));
+        }
+        Ok(())
+    }
+
+    fn end(self: Box<Self>) -> std::io::Result<()> {
+        let mut manifest = serde_json::Map::new();
+        for (origin, attributes) in self.events {
+            let uuid = crate::interop::misp::feed_event_uuid(&origin);
+            let (event, entry) = crate::interop::misp::feed_event(&origin, attributes, self.now);
+            let mut o = Output::open(Some(&self.dir.join(format!("{uuid}.json"))))
+                .map_err(|e| std::io::Error::other(e.to_string()))?;
+            writeln!(o, "{event}")?;
+            o.finish()?;
+            manifest.insert(uuid, entry);
+        }
+        // The manifest last: a feed reader sees the new events only once
+        // all of them are in place.
+        let mut o = Output::open(Some(&self.dir.join("manifest.json")))
+            .map_err(|e| std::io::Error::other(e.to_string()))?;
+        writeln!(o, "{}", serde_json::Value::Object(manifest))?;
+        o.finish()
     }
 }

@@ -237,6 +237,81 @@ pub fn draft_from_attribute(event: &Value, attr: &Value) -> AttributeOutcome {
     ))
 }
 
+/// The MISP attribute of an indicator (feeds): type and category by kind,
+/// the indicator's id as uuid, its TLP and tags as tags, its description as
+/// comment, its validity as first_seen/last_seen.
+pub fn attribute(ind: &crate::proto::v1::Indicator) -> Value {
+    use IndicatorKind as K;
+    let kind = IndicatorKind::try_from(ind.kind).unwrap_or(K::Unspecified);
+    let (ty, category) = match kind {
+        K::Ipv4 | K::Ipv6 | K::Cidr => ("ip-dst", "Network activity"),
+        K::Domain => ("domain", "Network activity"),
+        K::Url => ("url", "Network activity"),
+        K::Email => ("email-src", "Payload delivery"),
+        K::Sha256 => ("sha256", "Payload delivery"),
+        K::Sha1 => ("sha1", "Payload delivery"),
+        K::Md5 => ("md5", "Payload delivery"),
+        K::Unspecified => ("other", "Other"),
+    };
+    let tlp = ind
+        .marking
+        .as_ref()
+        .and_then(|m| crate::model::tlp_name(m.tlp))
+        .unwrap_or("CLEAR")
+        .to_ascii_lowercase();
+    let mut tags = vec![serde_json::json!({"name": format!("tlp:{tlp}")})];
+    tags.extend(ind.tags.iter().map(|t| serde_json::json!({"name": t})));
+    let mut a = serde_json::json!({
+        "uuid": ind.id,
+        "type": ty,
+        "category": category,
+        "value": ind.value,
+        "to_ids": true,
+        "timestamp": (ind.modified_unix_ms / 1000).to_string(),
+        "comment": ind.description,
+        "distribution": "5",
+        "deleted": false,
+        "Tag": tags,
+    });
+    if ind.valid_from_unix_ms != 0 {
+        a["first_seen"] = super::stix::timestamp(ind.valid_from_unix_ms).into();
+    }
+    if ind.valid_until_unix_ms != 0 {
+        a["last_seen"] = super::stix::timestamp(ind.valid_until_unix_ms).into();
+    }
+    a
+}
+
+/// The uuid of the feed event that carries `origin`'s indicators: stable
+/// across exports, so MISP updates the event rather than adding another.
+pub fn feed_event_uuid(origin: &str) -> String {
+    let ns = uuid::Uuid::new_v5(
+        &uuid::Uuid::NAMESPACE_URL,
+        b"https://threatmesh/misp/feed-event",
+    );
+    uuid::Uuid::new_v5(&ns, origin.as_bytes()).to_string()
+}
+
+/// A MISP feed event of `origin`'s attributes, made at `now_ms`, and its
+/// manifest entry.
+pub fn feed_event(origin: &str, attributes: Vec<Value>, now_ms: i64) -> (Value, Value) {
+    let uuid = feed_event_uuid(origin);
+    let secs = (now_ms / 1000).to_string();
+    let date = super::stix::timestamp(now_ms)[..10].to_string();
+    let orgc = serde_json::json!({"name": origin, "uuid": super::stix::identity_id(origin).trim_start_matches("identity--")});
+    let info = format!("ThreatMesh indicators of {origin}");
+    let event = serde_json::json!({"Event": {
+        "uuid": uuid, "info": info, "date": date, "analysis": "2", "threat_level_id": "4",
+        "timestamp": secs, "publish_timestamp": secs, "published": true, "extends_uuid": "",
+        "Orgc": orgc, "Tag": [], "Attribute": attributes,
+    }});
+    let manifest = serde_json::json!({
+        "info": info, "date": date, "analysis": 2, "threat_level_id": 4, "timestamp": secs,
+        "Orgc": orgc, "Tag": [],
+    });
+    (event, manifest)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
