@@ -344,6 +344,21 @@ impl Store {
         self.clock.now_ms()
     }
 
+    /// Whether `exists_sql` (`SELECT 1 … WHERE t < ? LIMIT 1`) finds a row
+    /// before `before_ms`: the cheap read that lets periodic clean-ups skip
+    /// the write lock when there is nothing to remove.
+    async fn any_before(
+        &self,
+        exists_sql: &'static str,
+        before_ms: i64,
+    ) -> Result<bool, StoreError> {
+        let hit: Option<i64> = sqlx::query_scalar(exists_sql)
+            .bind(before_ms)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(hit.is_some())
+    }
+
     /// Appends `entries` to the ledger inside `tx` and commits: the end of
     /// every change that is recorded on the ledger.
     async fn commit_with(&self, mut tx: Tx, entries: &[AuditEntry]) -> Result<(), StoreError> {

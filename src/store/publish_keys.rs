@@ -126,12 +126,13 @@ impl Store {
     pub async fn forget_publish_keys(&self, before_ms: i64) -> Result<u64, StoreError> {
         // Runs every refresh tick: only take the write lock when there is
         // something to forget.
-        let due: Option<i64> =
-            sqlx::query_scalar("SELECT 1 FROM publish_keys WHERE created_ms < ? LIMIT 1")
-                .bind(before_ms)
-                .fetch_optional(&self.pool)
-                .await?;
-        if due.is_none() {
+        if !self
+            .any_before(
+                "SELECT 1 FROM publish_keys WHERE created_ms < ? LIMIT 1",
+                before_ms,
+            )
+            .await?
+        {
             return Ok(0);
         }
         let (_writing, mut tx) = self.write_tx().await?;

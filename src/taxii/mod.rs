@@ -708,18 +708,21 @@ async fn one_object(
     Ok(read_page(t, r, &only).await?.0)
 }
 
-async fn object(
-    State(t): State<Arc<Taxii>>,
-    Extension(peer): Extension<PeerInfo>,
-    Path((cid, oid)): Path<(String, String)>,
-    Query(q): Query<HashMap<String, String>>,
-    headers: HeaderMap,
-) -> Answer {
-    accepts_taxii(&headers)?;
-    let r = reader(&t, &peer)?;
-    check_collection(&t, &cid)?;
-    let f = filter(&t, &q, Versions::Latest)?;
-    let served = one_object(&t, &r, &oid, &f).await?;
+/// The versions of object `oid` the caller may read, per the request's
+/// `match[version]` (default `default`); 404 when there is none.
+async fn visible(
+    t: &Taxii,
+    peer: &PeerInfo,
+    (cid, oid): (&str, &str),
+    q: &HashMap<String, String>,
+    headers: &HeaderMap,
+    default: Versions,
+) -> Result<Vec<Served>, TaxiiError> {
+    accepts_taxii(headers)?;
+    let r = reader(t, peer)?;
+    check_collection(t, cid)?;
+    let f = filter(t, q, default)?;
+    let served = one_object(t, &r, oid, &f).await?;
     if served.is_empty() {
         return Err(error(
             StatusCode::NOT_FOUND,
@@ -727,6 +730,17 @@ async fn object(
             format!("{oid} is not in this collection for you"),
         ));
     }
+    Ok(served)
+}
+
+async fn object(
+    State(t): State<Arc<Taxii>>,
+    Extension(peer): Extension<PeerInfo>,
+    Path((cid, oid)): Path<(String, String)>,
+    Query(q): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+) -> Answer {
+    let served = visible(&t, &peer, (&cid, &oid), &q, &headers, Versions::Latest).await?;
     let body = envelope_body(&served, false, 0, |s| {
         stix::indicator_object(&s.indicator, s.envelope.as_ref())
     });
@@ -740,18 +754,7 @@ async fn versions(
     Query(q): Query<HashMap<String, String>>,
     headers: HeaderMap,
 ) -> Answer {
-    accepts_taxii(&headers)?;
-    let r = reader(&t, &peer)?;
-    check_collection(&t, &cid)?;
-    let f = filter(&t, &q, Versions::All)?;
-    let served = one_object(&t, &r, &oid, &f).await?;
-    if served.is_empty() {
-        return Err(error(
-            StatusCode::NOT_FOUND,
-            "Unknown object",
-            format!("{oid} is not in this collection for you"),
-        ));
-    }
+    let served = visible(&t, &peer, (&cid, &oid), &q, &headers, Versions::All).await?;
     let list: Vec<String> = served
         .iter()
         .map(|s| stix::timestamp(s.indicator.modified_unix_ms))
