@@ -494,3 +494,60 @@ async fn publish_file_run_again_publishes_only_what_is_missing() {
     assert_eq!(node.ctx.store.count_indicators().await.unwrap(), 3);
     node.stop().await;
 }
+
+/// PublishBatch: each item its own outcome, in order — a bad one refused
+/// with the code Publish would give, the others published; duplicates of
+/// one idempotency key in one batch give one indicator; too many items are
+/// refused whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_publish_batch_gives_each_item_its_own_outcome() {
+    use threatmesh::proto::v1::{PublishBatchRequest, PublishRequest};
+    let a = Org::new("a.example");
+    let node = start(&a).await;
+    let mut client = publisher(&a, &node);
+    let mut bad = ipv4_draft(2, Tlp::Green);
+    bad.value = "999.0.0.1".into();
+    let item = |d, key: &str| PublishRequest {
+        indicator: Some(d),
+        idempotency_key: key.into(),
+    };
+    let r = client
+        .publish_batch(PublishBatchRequest {
+            items: vec![
+                item(ipv4_draft(1, Tlp::Green), ""),
+                item(bad, ""),
+                item(ipv4_draft(3, Tlp::Green), "k"),
+                item(ipv4_draft(3, Tlp::Green), "k"),
+            ],
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .outcomes;
+    assert_eq!(r.len(), 4);
+    assert_eq!(r[0].code, 0);
+    assert_eq!(r[1].code, tonic::Code::InvalidArgument as u32);
+    assert!(r[1].message.starts_with("value:"), "{:?}", r[1]);
+    let (x, y) = (
+        r[2].published.as_ref().unwrap(),
+        r[3].published.as_ref().unwrap(),
+    );
+    assert_eq!(x.id, y.id);
+    assert!(
+        x.replayed != y.replayed,
+        "one stored, one replayed: {x:?} {y:?}"
+    );
+    assert_eq!(node.ctx.store.count_indicators().await.unwrap(), 2);
+    let too_many = client
+        .publish_batch(PublishBatchRequest {
+            items: (0..1001)
+                .map(|i| item(ipv4_draft(100 + i, Tlp::Green), ""))
+                .collect(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(too_many.code(), tonic::Code::InvalidArgument);
+    assert!(too_many.message().starts_with("items:"));
+    assert_eq!(node.ctx.store.count_indicators().await.unwrap(), 2);
+    node.stop().await;
+}

@@ -17,10 +17,12 @@ use super::client::{As, channel, rpc_error};
 use crate::interop::stix::{StixError, stix_field};
 use crate::interop::{csv, misp, stix};
 use crate::proto::v1::exchange_client::ExchangeClient;
-use crate::proto::v1::{IndicatorDraft, PublishRequest};
+use crate::proto::v1::{IndicatorDraft, PublishBatchRequest, PublishRequest};
 
-/// Publishes in flight at once.
-const IN_FLIGHT: usize = 32;
+/// Entries sent in one PublishBatch.
+const BATCH: usize = 256;
+/// PublishBatch calls in flight at once.
+const BATCHES_IN_FLIGHT: usize = 4;
 /// Parsed items waiting to be published (bounds memory on huge inputs).
 const QUEUED: usize = 1024;
 /// Object errors printed in full; the rest are counted.
@@ -115,30 +117,10 @@ pub async fn run(
     let mut tally = Tally::default();
     let entries = async_stream(&mut rx);
     let mut results = entries
-        .map(|e| {
-            let client = client.clone();
-            async move {
-                let Entry { place, outcome } = e;
-                let outcome = match (outcome, client) {
-                    (Err(skip), _) => Outcome::Skipped(skip),
-                    (Ok(_), None) => Outcome::Checked,
-                    (Ok((draft, key)), Some(mut c)) => {
-                        match c
-                            .publish(PublishRequest {
-                                indicator: Some(draft),
-                                idempotency_key: key,
-                            })
-                            .await
-                        {
-                            Ok(r) => Outcome::Published(r.into_inner()),
-                            Err(s) => Outcome::Refused(s),
-                        }
-                    }
-                };
-                (place, outcome)
-            }
-        })
-        .buffered(IN_FLIGHT);
+        .ready_chunks(BATCH)
+        .map(|chunk| publish_chunk(client.clone(), chunk))
+        .buffered(BATCHES_IN_FLIGHT)
+        .flat_map(futures_util::stream::iter);
     while let Some((place, outcome)) = results.next().await {
         if let Outcome::Refused(s) = &outcome
             && s.code() == tonic::Code::Unavailable
@@ -167,6 +149,62 @@ pub async fn run(
         )));
     }
     Ok(())
+}
+
+/// Publishes the valid entries of `chunk` in one PublishBatch (or only
+/// checks them, without a client: --dry-run); what became of each entry,
+/// in order.
+async fn publish_chunk(
+    client: Option<ExchangeClient<tonic::transport::Channel>>,
+    chunk: Vec<Entry>,
+) -> Vec<(String, Outcome)> {
+    let mut items = Vec::new();
+    let mut out: Vec<(String, Option<Outcome>)> = Vec::with_capacity(chunk.len());
+    for Entry { place, outcome } in chunk {
+        match outcome {
+            Err(skip) => out.push((place, Some(Outcome::Skipped(skip)))),
+            Ok(_) if client.is_none() => out.push((place, Some(Outcome::Checked))),
+            Ok((draft, key)) => {
+                items.push(PublishRequest {
+                    indicator: Some(draft),
+                    idempotency_key: key,
+                });
+                out.push((place, None));
+            }
+        }
+    }
+    let mut answers: Vec<Outcome> = match (client, items.is_empty()) {
+        (Some(mut c), false) => {
+            let n = items.len();
+            match c.publish_batch(PublishBatchRequest { items }).await {
+                Ok(r) => r
+                    .into_inner()
+                    .outcomes
+                    .into_iter()
+                    .map(|o| match o.published {
+                        Some(p) if o.code == 0 => Outcome::Published(p),
+                        _ => Outcome::Refused(tonic::Status::new(
+                            tonic::Code::from(o.code as i32),
+                            o.message,
+                        )),
+                    })
+                    .collect(),
+                Err(s) => (0..n).map(|_| Outcome::Refused(s.clone())).collect(),
+            }
+        }
+        _ => Vec::new(),
+    };
+    answers.reverse();
+    out.into_iter()
+        .map(|(place, o)| {
+            let o = o.or_else(|| answers.pop()).unwrap_or_else(|| {
+                Outcome::Refused(tonic::Status::internal(
+                    "the node answered fewer outcomes than items",
+                ))
+            });
+            (place, o)
+        })
+        .collect()
 }
 
 /// Entries as they arrive from the reader thread.

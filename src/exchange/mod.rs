@@ -16,8 +16,8 @@ use crate::policy::{self, Decision, PartnerPolicy};
 use crate::proto::v1::exchange_server::Exchange;
 use crate::proto::v1::{
     Delivery, GetCardRequest, GetCardResponse, GetLedgerHeadRequest, GetLedgerHeadResponse,
-    Indicator, IndicatorDraft, PublishRequest, PublishResponse, SubscribeRequest,
-    SubscribeResponse,
+    Indicator, IndicatorDraft, PublishBatchRequest, PublishBatchResponse, PublishOutcome,
+    PublishRequest, PublishResponse, SubscribeRequest, SubscribeResponse,
 };
 use crate::rpc::{Allowed, Deadline, RpcError, authorize};
 use crate::signing::INDICATOR_PAYLOAD_TYPE;
@@ -33,6 +33,9 @@ pub fn decoded(row: &StoredIndicator) -> Result<Arc<Indicator>, String> {
         .get_or_init(|| decode_stored(&row.envelope).map(Arc::new))
         .clone()
 }
+
+/// Most items in one PublishBatch.
+pub const MAX_BATCH: usize = 1000;
 
 /// Which indicator and version a publish produces.
 pub struct Identity {
@@ -536,6 +539,57 @@ impl Exchange for ExchangeService {
         req: Request<PublishRequest>,
     ) -> Result<Response<PublishResponse>, Status> {
         Ok(Response::new(self.publish_inner(req).await?))
+    }
+
+    async fn publish_batch(
+        &self,
+        req: Request<PublishBatchRequest>,
+    ) -> Result<Response<PublishBatchResponse>, Status> {
+        let ctx = &self.ctx;
+        let caller = authorize(
+            &req,
+            &ctx.own,
+            Allowed::OwnPublisher,
+            "Exchange/PublishBatch",
+        )?;
+        let deadline = Deadline::of(&req);
+        let items = req.into_inner().items;
+        if items.len() > MAX_BATCH {
+            return Err(RpcError::BadRequest(format!(
+                "items: {} in one batch; at most {MAX_BATCH}",
+                items.len()
+            ))
+            .into());
+        }
+        // Every item on its own path, all at once: the group commit stores
+        // them in a few transactions, and signing spreads over the batch.
+        let outcomes = futures_util::future::join_all(items.into_iter().map(|item| {
+            let caller = &caller;
+            async move {
+                let draft = item.indicator.ok_or(RpcError::Missing("indicator"))?;
+                let key = publish_key(&item.idempotency_key, &draft)?;
+                publish_draft(ctx, caller, draft, key, deadline).await
+            }
+        }))
+        .await
+        .into_iter()
+        .map(|r| match r {
+            Ok(p) => PublishOutcome {
+                published: Some(p),
+                code: 0,
+                message: String::new(),
+            },
+            Err(e) => {
+                let s = Status::from(e);
+                PublishOutcome {
+                    published: None,
+                    code: s.code() as u32,
+                    message: s.message().to_string(),
+                }
+            }
+        })
+        .collect();
+        Ok(Response::new(PublishBatchResponse { outcomes }))
     }
 
     type SubscribeStream = ReceiverStream<Result<SubscribeResponse, Status>>;

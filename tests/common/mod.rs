@@ -465,6 +465,13 @@ impl Exchange for RogueExchange {
         Err(Status::unimplemented("rogue"))
     }
 
+    async fn publish_batch(
+        &self,
+        _: Request<threatmesh::proto::v1::PublishBatchRequest>,
+    ) -> Result<Response<threatmesh::proto::v1::PublishBatchResponse>, Status> {
+        Err(Status::unimplemented("rogue"))
+    }
+
     type SubscribeStream = ReceiverStream<Result<SubscribeResponse, Status>>;
 
     async fn subscribe(
