@@ -274,9 +274,14 @@ impl Store {
         // Rows whose key an earlier row of this group carries.
         let mut same_as: Vec<Option<usize>> = vec![None; rows.len()];
         let mut first: std::collections::HashMap<(&str, &str), usize> = Default::default();
+        let asked: Vec<(&str, &str)> = rows
+            .iter()
+            .filter_map(|(_, actor, key)| key.map(|k| (*actor, k.key.as_str())))
+            .collect();
+        let held = self.key_records(&mut tx, &asked).await?;
         for (i, (_, actor, key)) in rows.iter().enumerate() {
             let Some(key) = key else { continue };
-            if let Some(rec) = self.key_record(&mut tx, actor, &key.key).await? {
+            if let Some(rec) = held.get(&(actor.to_string(), key.key.clone())) {
                 outcome[i] = Some(rec.replay(key));
             } else if let Some(&j) = first.get(&(*actor, key.key.as_str())) {
                 same_as[i] = Some(j);
@@ -290,13 +295,14 @@ impl Store {
         let indicators: Vec<&NewIndicator> = fresh.iter().map(|&i| rows[i].0).collect();
         let seqs = self.insert_indicators(&mut tx, &indicators, "").await?;
         let mut audit = Vec::new();
+        let mut remember = Vec::new();
         for (&i, seq) in fresh.iter().zip(&seqs) {
             let (row, actor, key) = rows[i];
             outcome[i] = Some(match seq {
                 Some(seq) => {
                     if let Some(key) = key {
                         let at = (row.indicator.id.as_str(), row.indicator.version, *seq);
-                        self.remember_key(&mut tx, actor, key, at).await?;
+                        remember.push((actor, key, at));
                     }
                     audit.push(AuditEntry::published(actor, row.subject()));
                     Ok(Appended::New(*seq))
@@ -304,6 +310,7 @@ impl Store {
                 None => Err(row.duplicate()),
             });
         }
+        self.remember_keys(&mut tx, &remember).await?;
         for i in 0..rows.len() {
             if let Some(j) = same_as[i] {
                 let (first_row, _, first_key) = rows[j];

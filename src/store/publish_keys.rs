@@ -2,7 +2,9 @@
 //! the transaction that stores the indicator, so a retried Publish returns
 //! the original instead of publishing twice.
 
-use super::{Store, StoreError, Tx, to_i64};
+use std::collections::HashMap;
+
+use super::{ROWS_PER_STATEMENT, Store, StoreError, Tx, to_i64};
 
 /// A publisher's idempotency key for one Publish, with a digest of what it
 /// asked for (the same key for other content is an error, not a replay).
@@ -80,44 +82,66 @@ impl Store {
         rec.map(|r| r.replay(key)).transpose()
     }
 
-    /// [`Store::published_under`] inside the commit's transaction.
-    pub(super) async fn key_record(
+    /// The records of `keys` ((publisher, key) pairs) already held, read
+    /// inside the commit's transaction, a statement per
+    /// [`ROWS_PER_STATEMENT`] keys.
+    pub(super) async fn key_records(
         &self,
         tx: &mut Tx,
-        publisher: &str,
-        key: &str,
-    ) -> Result<Option<KeyRecord>, StoreError> {
-        Ok(sqlx::query_as(
-            "SELECT request_digest, indicator_id, version, seq FROM publish_keys \
-             WHERE publisher = ? AND key = ?",
-        )
-        .bind(publisher)
-        .bind(key)
-        .fetch_optional(&mut **tx)
-        .await?)
+        keys: &[(&str, &str)],
+    ) -> Result<HashMap<(String, String), KeyRecord>, StoreError> {
+        let mut out = HashMap::new();
+        for chunk in keys.chunks(ROWS_PER_STATEMENT) {
+            let mut q = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
+                "SELECT publisher, key, request_digest, indicator_id, version, seq FROM publish_keys \
+                 WHERE (publisher, key) IN (",
+            );
+            q.push_values(chunk, |mut b, (publisher, key)| {
+                b.push_bind(publisher.to_string())
+                    .push_bind(key.to_string());
+            });
+            q.push(")");
+            let rows: Vec<(String, String, Vec<u8>, String, i64, i64)> =
+                q.build_query_as().fetch_all(&mut **tx).await?;
+            for (publisher, key, request_digest, indicator_id, version, seq) in rows {
+                out.insert(
+                    (publisher, key),
+                    KeyRecord {
+                        request_digest,
+                        indicator_id,
+                        version: u64::try_from(version).unwrap_or(0),
+                        seq: u64::try_from(seq).unwrap_or(0),
+                    },
+                );
+            }
+        }
+        Ok(out)
     }
 
-    /// Remembers that `publisher`'s `key` stored `id` `version` at `seq`.
-    pub(super) async fn remember_key(
+    /// Remembers, for each (publisher, key, (id, version, seq)), that the
+    /// publisher's key stored that version, a statement per
+    /// [`ROWS_PER_STATEMENT`].
+    pub(super) async fn remember_keys(
         &self,
         tx: &mut Tx,
-        publisher: &str,
-        key: &PublishKey,
-        (id, version, seq): (&str, u64, u64),
+        stored: &[(&str, &PublishKey, (&str, u64, u64))],
     ) -> Result<(), StoreError> {
-        sqlx::query(
-            "INSERT INTO publish_keys (publisher, key, request_digest, indicator_id, version, seq, created_ms) \
-             VALUES (?, ?, ?, ?, ?, ?, ?)",
-        )
-        .bind(publisher)
-        .bind(&key.key)
-        .bind(&key.request_digest)
-        .bind(id)
-        .bind(to_i64(version))
-        .bind(to_i64(seq))
-        .bind(self.now())
-        .execute(&mut **tx)
-        .await?;
+        let now = self.now();
+        for chunk in stored.chunks(ROWS_PER_STATEMENT) {
+            let mut q = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
+                "INSERT INTO publish_keys (publisher, key, request_digest, indicator_id, version, seq, created_ms) ",
+            );
+            q.push_values(chunk, |mut b, (publisher, key, (id, version, seq))| {
+                b.push_bind(publisher.to_string())
+                    .push_bind(key.key.clone())
+                    .push_bind(key.request_digest.clone())
+                    .push_bind(id.to_string())
+                    .push_bind(to_i64(*version))
+                    .push_bind(to_i64(*seq))
+                    .push_bind(now);
+            });
+            q.build().execute(&mut **tx).await?;
+        }
         Ok(())
     }
 
