@@ -430,13 +430,25 @@ pub async fn publish_draft(
     key: Option<PublishKey>,
     deadline: Option<Deadline>,
 ) -> Result<PublishResponse, RpcError> {
-    let publisher = caller.to_string();
     // A retry: answer with what the first attempt published.
     if let Some(key) = &key
-        && let Some(again) = ctx.store.published_under(&publisher, key).await?
+        && let Some(again) = ctx.store.published_under(&caller.to_string(), key).await?
     {
         return Ok(response(again, None));
     }
+    sign_and_store(ctx, caller, draft, key, deadline).await
+}
+
+/// [`publish_draft`] once its key is known not to be a retry (the store
+/// checks again as it commits, so a race stays a replay).
+async fn sign_and_store(
+    ctx: &NodeContext,
+    caller: &crate::identity::SpiffeId,
+    draft: IndicatorDraft,
+    key: Option<PublishKey>,
+    deadline: Option<Deadline>,
+) -> Result<PublishResponse, RpcError> {
+    let publisher = caller.to_string();
     let now = ctx.clock.now_ms();
     let d = prepare_draft(&draft, now)?;
     let (id, version, created) = if d.id.is_empty() {
@@ -561,14 +573,40 @@ impl Exchange for ExchangeService {
             ))
             .into());
         }
-        // Every item on its own path, all at once: the group commit stores
-        // them in a few transactions, and signing spreads over the batch.
-        let outcomes = futures_util::future::join_all(items.into_iter().map(|item| {
-            let caller = &caller;
-            async move {
+        // The retries among them in one look-up, not one per item.
+        let checked: Vec<Result<(IndicatorDraft, Option<PublishKey>), RpcError>> = items
+            .into_iter()
+            .map(|item| {
                 let draft = item.indicator.ok_or(RpcError::Missing("indicator"))?;
                 let key = publish_key(&item.idempotency_key, &draft)?;
-                publish_draft(ctx, caller, draft, key, deadline).await
+                Ok((draft, key))
+            })
+            .collect();
+        let keys: Vec<&PublishKey> = checked
+            .iter()
+            .filter_map(|c| c.as_ref().ok().and_then(|(_, k)| k.as_ref()))
+            .collect();
+        let publisher = caller.to_string();
+        let mut again = ctx
+            .store
+            .published_under_many(&publisher, &keys)
+            .await
+            .map_err(RpcError::from)?;
+        // The rest each on its own path, all at once: the group commit
+        // stores them in a few transactions.
+        let outcomes = futures_util::future::join_all(checked.into_iter().map(|c| {
+            let caller = &caller;
+            let replay = c
+                .as_ref()
+                .ok()
+                .and_then(|(_, k)| k.as_ref())
+                .and_then(|k| again.remove(&k.key));
+            async move {
+                let (draft, key) = c?;
+                match replay {
+                    Some(r) => Ok(response(r?, None)),
+                    None => sign_and_store(ctx, caller, draft, key, deadline).await,
+                }
             }
         }))
         .await

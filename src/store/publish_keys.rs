@@ -82,40 +82,36 @@ impl Store {
         rec.map(|r| r.replay(key)).transpose()
     }
 
+    /// [`Store::published_under`] of many keys of one publisher at once:
+    /// by key, what each already-used one answers.
+    pub async fn published_under_many(
+        &self,
+        publisher: &str,
+        keys: &[&PublishKey],
+    ) -> Result<HashMap<String, Result<Appended, StoreError>>, StoreError> {
+        if keys.is_empty() {
+            return Ok(HashMap::new());
+        }
+        let asked: Vec<(&str, &str)> = keys.iter().map(|k| (publisher, k.key.as_str())).collect();
+        let mut conn = self.pool.acquire().await?;
+        let held = key_records_in(&mut conn, &asked).await?;
+        Ok(keys
+            .iter()
+            .filter_map(|k| {
+                held.get(&(publisher.to_string(), k.key.clone()))
+                    .map(|rec| (k.key.clone(), rec.replay(k)))
+            })
+            .collect())
+    }
+
     /// The records of `keys` ((publisher, key) pairs) already held, read
-    /// inside the commit's transaction, a statement per
-    /// [`ROWS_PER_STATEMENT`] keys.
+    /// inside the commit's transaction.
     pub(super) async fn key_records(
         &self,
         tx: &mut Tx,
         keys: &[(&str, &str)],
     ) -> Result<HashMap<(String, String), KeyRecord>, StoreError> {
-        let mut out = HashMap::new();
-        for chunk in keys.chunks(ROWS_PER_STATEMENT) {
-            let mut q = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
-                "SELECT publisher, key, request_digest, indicator_id, version, seq FROM publish_keys \
-                 WHERE (publisher, key) IN (",
-            );
-            q.push_values(chunk, |mut b, (publisher, key)| {
-                b.push_bind(publisher.to_string())
-                    .push_bind(key.to_string());
-            });
-            q.push(")");
-            let rows: Vec<(String, String, Vec<u8>, String, i64, i64)> =
-                q.build_query_as().fetch_all(&mut **tx).await?;
-            for (publisher, key, request_digest, indicator_id, version, seq) in rows {
-                out.insert(
-                    (publisher, key),
-                    KeyRecord {
-                        request_digest,
-                        indicator_id,
-                        version: u64::try_from(version).unwrap_or(0),
-                        seq: u64::try_from(seq).unwrap_or(0),
-                    },
-                );
-            }
-        }
-        Ok(out)
+        key_records_in(tx, keys).await
     }
 
     /// Remembers, for each (publisher, key, (id, version, seq)), that the
@@ -167,4 +163,38 @@ impl Store {
         tx.commit().await?;
         Ok(done.rows_affected())
     }
+}
+
+/// The records of `keys` ((publisher, key) pairs) held, a statement per
+/// [`ROWS_PER_STATEMENT`] keys.
+async fn key_records_in(
+    conn: &mut sqlx::SqliteConnection,
+    keys: &[(&str, &str)],
+) -> Result<HashMap<(String, String), KeyRecord>, StoreError> {
+    let mut out = HashMap::new();
+    for chunk in keys.chunks(ROWS_PER_STATEMENT) {
+        let mut q = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
+            "SELECT publisher, key, request_digest, indicator_id, version, seq FROM publish_keys \
+             WHERE (publisher, key) IN (",
+        );
+        q.push_values(chunk, |mut b, (publisher, key)| {
+            b.push_bind(publisher.to_string())
+                .push_bind(key.to_string());
+        });
+        q.push(")");
+        let rows: Vec<(String, String, Vec<u8>, String, i64, i64)> =
+            q.build_query_as().fetch_all(&mut *conn).await?;
+        for (publisher, key, request_digest, indicator_id, version, seq) in rows {
+            out.insert(
+                (publisher, key),
+                KeyRecord {
+                    request_digest,
+                    indicator_id,
+                    version: u64::try_from(version).unwrap_or(0),
+                    seq: u64::try_from(seq).unwrap_or(0),
+                },
+            );
+        }
+    }
+    Ok(out)
 }
