@@ -191,7 +191,7 @@ pub enum Command {
     /// and published by this org (publisher certificate).
     Import(import::ImportArgs),
     /// Export what the node holds, or one partner's policy view: STIX 2.1,
-    /// CSV, blocklists (admin certificate).
+    /// CSV, MISP feed, blocklists (admin certificate).
     Export(export::ExportArgs),
     /// The node at a glance: counts, and each partner link with state and lag.
     Status(status::StatusArgs),
