@@ -165,44 +165,35 @@ impl Store {
     }
 }
 
-/// The records of `keys` ((publisher, key) pairs) held: per publisher, a
-/// statement per [`ROWS_PER_STATEMENT`] keys, each a search of the primary
-/// key (`publisher = ? AND key IN (…)`; a row-value `IN` would scan the
-/// whole table).
+/// The records of `keys` ((publisher, key) pairs) held, a statement per
+/// [`ROWS_PER_STATEMENT`] keys.
 async fn key_records_in(
     conn: &mut sqlx::SqliteConnection,
     keys: &[(&str, &str)],
 ) -> Result<HashMap<(String, String), KeyRecord>, StoreError> {
-    let mut by_publisher: HashMap<&str, Vec<&str>> = HashMap::new();
-    for (publisher, key) in keys {
-        by_publisher.entry(publisher).or_default().push(key);
-    }
     let mut out = HashMap::new();
-    for (publisher, keys) in by_publisher {
-        for chunk in keys.chunks(ROWS_PER_STATEMENT) {
-            let mut q = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
-                "SELECT key, request_digest, indicator_id, version, seq FROM publish_keys WHERE publisher = ",
+    for chunk in keys.chunks(ROWS_PER_STATEMENT) {
+        let mut q = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
+            "SELECT publisher, key, request_digest, indicator_id, version, seq FROM publish_keys \
+             WHERE (publisher, key) IN (",
+        );
+        q.push_values(chunk, |mut b, (publisher, key)| {
+            b.push_bind(publisher.to_string())
+                .push_bind(key.to_string());
+        });
+        q.push(")");
+        let rows: Vec<(String, String, Vec<u8>, String, i64, i64)> =
+            q.build_query_as().fetch_all(&mut *conn).await?;
+        for (publisher, key, request_digest, indicator_id, version, seq) in rows {
+            out.insert(
+                (publisher, key),
+                KeyRecord {
+                    request_digest,
+                    indicator_id,
+                    version: u64::try_from(version).unwrap_or(0),
+                    seq: u64::try_from(seq).unwrap_or(0),
+                },
             );
-            q.push_bind(publisher.to_string());
-            q.push(" AND key IN (");
-            let mut list = q.separated(", ");
-            for key in chunk {
-                list.push_bind(key.to_string());
-            }
-            q.push(")");
-            let rows: Vec<(String, Vec<u8>, String, i64, i64)> =
-                q.build_query_as().fetch_all(&mut *conn).await?;
-            for (key, request_digest, indicator_id, version, seq) in rows {
-                out.insert(
-                    (publisher.to_string(), key),
-                    KeyRecord {
-                        request_digest,
-                        indicator_id,
-                        version: u64::try_from(version).unwrap_or(0),
-                        seq: u64::try_from(seq).unwrap_or(0),
-                    },
-                );
-            }
         }
     }
     Ok(out)
