@@ -487,67 +487,60 @@ struct Served {
     envelope: Option<Envelope>,
 }
 
-/// One page of what `r` may read: objects in sequence order, whether more
-/// may follow, and the position to continue from. For a partner every row
-/// passes the egress gate, and the decisions are durable on the ledger (and
-/// the released indicators noted, so revocations reach it) before the page
-/// is answered.
-async fn read_page(
-    t: &Taxii,
-    r: &Reader,
-    f: &Filter,
-) -> Result<(Vec<Served>, bool, u64), TaxiiError> {
-    let ctx = &t.ctx;
-    if !f.types_ok || f.ids.as_ref().is_some_and(Vec::is_empty) {
-        return Ok((Vec::new(), false, f.after_seq));
+/// The egress gate for one request: which rows `r` may read, with the
+/// decisions collected and made durable (and the indicators sent noted, so
+/// revocations reach the partner) before anything is answered.
+struct Gate<'a> {
+    t: &'a Taxii,
+    r: &'a Reader,
+    audit: Vec<crate::audit::AuditEntry>,
+    sent: Vec<(String, String)>,
+}
+
+impl<'a> Gate<'a> {
+    fn new(t: &'a Taxii, r: &'a Reader) -> Self {
+        Self {
+            t,
+            r,
+            audit: Vec::new(),
+            sent: Vec::new(),
+        }
     }
-    let which = match &f.version {
-        VersionMatch::Select(v) => *v,
-        VersionMatch::At(_) => Versions::All,
-    };
-    let mut cursor = f.after_seq;
-    let mut out = Vec::new();
-    let mut more = false;
-    let mut audit = Vec::new();
-    let mut sent = Vec::new();
-    let batch = f.limit.clamp(100, 1000);
-    'pages: loop {
-        let rows = ctx
-            .store
-            .versions_after(which, cursor, f.since_ms, batch)
-            .await?;
-        let full = rows.len() == batch as usize;
-        let gate = match r {
-            Reader::Partner(p) => Some(gate_inputs(ctx, p, &rows).await?),
+
+    /// The rows of `rows` the reader may have, in order, at most `room`
+    /// of them; a partner's pass the egress gate, our own readers' all do.
+    /// Also the sequence number of the last row decided (rows after it are
+    /// neither decided nor recorded).
+    async fn admit(
+        &mut self,
+        rows: &[&StoredIndicator],
+        room: usize,
+    ) -> Result<(Vec<Served>, Option<u64>), TaxiiError> {
+        let ctx = &self.t.ctx;
+        let gate = match self.r {
+            Reader::Partner(p) => Some((p, gate_inputs(ctx, p, rows).await?)),
             Reader::Own { .. } => None,
         };
-        for row in &rows {
-            if out.len() == f.limit as usize {
-                more = true;
-                break 'pages;
+        let mut out = Vec::new();
+        let mut last = None;
+        for row in rows {
+            if out.len() == room {
+                break;
             }
-            cursor = row.seq;
-            if !matches_filter(row, f) {
-                continue;
-            }
+            last = Some(row.seq);
             let Ok(ind) = decoded(row) else { continue };
-            if let (Reader::Partner(p), Some((policy, before))) = (r, &gate) {
+            if let Some((p, (policy, before))) = &gate {
                 let previously =
                     before.contains(&(row.origin_org.clone(), row.indicator_id.clone()));
-                match release(
-                    &ctx.own,
-                    row,
-                    p,
-                    policy.as_deref(),
-                    previously,
-                    ctx.clock.now_ms(),
-                ) {
+                let now = ctx.clock.now_ms();
+                match release(&ctx.own, row, p, policy.as_deref(), previously, now) {
                     Release::Send(_, entry) => {
-                        audit.push(entry);
-                        sent.push((row.origin_org.clone(), row.indicator_id.clone()));
+                        self.audit.push(entry);
+                        self.sent
+                            .push((row.origin_org.clone(), row.indicator_id.clone()));
                     }
                     Release::Withhold(entry) => {
-                        audit.push(entry);
+                        self.audit.push(entry);
                         continue;
                     }
                     Release::Skip => continue,
@@ -559,21 +552,69 @@ async fn read_page(
                 envelope: <Envelope as prost::Message>::decode(row.envelope.as_slice()).ok(),
             });
         }
-        if !full {
-            break;
+        Ok((out, last))
+    }
+
+    /// Makes the collected decisions durable on the ledger.
+    async fn finish(self) -> Result<(), TaxiiError> {
+        if let Reader::Partner(p) = self.r
+            && !self.audit.is_empty()
+        {
+            let store = &self.t.ctx.store;
+            let durable = store
+                .enqueue_release(crate::audit::coalesce(self.audit), p, self.sent)
+                .await?;
+            durable
+                .await
+                .map_err(|_| crate::store::StoreError::WriterStopped)??;
         }
+        Ok(())
     }
-    if let Reader::Partner(p) = r
-        && !audit.is_empty()
-    {
-        let durable = ctx
+}
+
+/// One page of what `r` may read: objects in sequence order, whether more
+/// may follow, and the position to continue from. Every row passes the
+/// [`Gate`], durable before the page is answered.
+async fn read_page(
+    t: &Taxii,
+    r: &Reader,
+    f: &Filter,
+) -> Result<(Vec<Served>, bool, u64), TaxiiError> {
+    if !f.types_ok || f.ids.as_ref().is_some_and(Vec::is_empty) {
+        return Ok((Vec::new(), false, f.after_seq));
+    }
+    let which = match &f.version {
+        VersionMatch::Select(v) => *v,
+        VersionMatch::At(_) => Versions::All,
+    };
+    let limit = f.limit as usize;
+    let mut gate = Gate::new(t, r);
+    let mut cursor = f.after_seq;
+    let mut out = Vec::new();
+    let batch = f.limit.clamp(100, 1000);
+    let more = loop {
+        let rows = t
+            .ctx
             .store
-            .enqueue_release(crate::audit::coalesce(audit), p, sent)
+            .versions_after(which, cursor, f.since_ms, batch)
             .await?;
-        durable
-            .await
-            .map_err(|_| crate::store::StoreError::WriterStopped)??;
-    }
+        let full = rows.len() == batch as usize;
+        let wanted: Vec<&StoredIndicator> = rows.iter().filter(|r| matches_filter(r, f)).collect();
+        let (got, last) = gate.admit(&wanted, limit - out.len()).await?;
+        out.extend(got);
+        // A full page ends where it was decided; otherwise this batch was
+        // read to its end.
+        let more = out.len() == limit;
+        cursor = match (more, last, rows.last()) {
+            (true, Some(l), _) => l,
+            (_, _, Some(end)) => end.seq,
+            _ => cursor,
+        };
+        if more || !full {
+            break more;
+        }
+    };
+    gate.finish().await?;
     Ok((out, more, cursor))
 }
 
@@ -582,7 +623,7 @@ async fn read_page(
 async fn gate_inputs(
     ctx: &NodeContext,
     partner: &OrgId,
-    rows: &[StoredIndicator],
+    rows: &[&StoredIndicator],
 ) -> Result<
     (
         Option<Arc<crate::policy::PartnerPolicy>>,
@@ -639,6 +680,25 @@ fn envelope_body(served: &[Served], more: bool, next: u64, f: impl Fn(&Served) -
     body
 }
 
+/// One page of the collection for `objects` or `manifest`, each object
+/// rendered by `render`.
+async fn listing(
+    t: &Taxii,
+    peer: &PeerInfo,
+    cid: &str,
+    q: &HashMap<String, String>,
+    headers: &HeaderMap,
+    render: impl Fn(&Served) -> Value,
+) -> Answer {
+    accepts_taxii(headers)?;
+    let r = reader(t, peer)?;
+    check_collection(t, cid)?;
+    let f = filter(t, q, Versions::Latest)?;
+    let (served, more, next) = read_page(t, &r, &f).await?;
+    let body = envelope_body(&served, more, next, render);
+    Ok(taxii_json(StatusCode::OK, &body, date_headers(&served)))
+}
+
 async fn objects(
     State(t): State<Arc<Taxii>>,
     Extension(peer): Extension<PeerInfo>,
@@ -646,15 +706,10 @@ async fn objects(
     Query(q): Query<HashMap<String, String>>,
     headers: HeaderMap,
 ) -> Answer {
-    accepts_taxii(&headers)?;
-    let r = reader(&t, &peer)?;
-    check_collection(&t, &cid)?;
-    let f = filter(&t, &q, Versions::Latest)?;
-    let (served, more, next) = read_page(&t, &r, &f).await?;
-    let body = envelope_body(&served, more, next, |s| {
+    listing(&t, &peer, &cid, &q, &headers, |s| {
         stix::indicator_object(&s.indicator, s.envelope.as_ref())
-    });
-    Ok(taxii_json(StatusCode::OK, &body, date_headers(&served)))
+    })
+    .await
 }
 
 async fn manifest(
@@ -664,23 +719,19 @@ async fn manifest(
     Query(q): Query<HashMap<String, String>>,
     headers: HeaderMap,
 ) -> Answer {
-    accepts_taxii(&headers)?;
-    let r = reader(&t, &peer)?;
-    check_collection(&t, &cid)?;
-    let f = filter(&t, &q, Versions::Latest)?;
-    let (served, more, next) = read_page(&t, &r, &f).await?;
-    let body = envelope_body(&served, more, next, |s| {
+    listing(&t, &peer, &cid, &q, &headers, |s| {
         json!({
             "id": format!("indicator--{}", s.indicator.id),
             "date_added": stix::timestamp(s.stored_ms),
             "version": stix::timestamp(s.indicator.modified_unix_ms),
             "media_type": STIX_TYPE,
         })
-    });
-    Ok(taxii_json(StatusCode::OK, &body, date_headers(&served)))
+    })
+    .await
 }
 
-/// The versions of one object `r` may read (per `f`), oldest first.
+/// The versions of one object `r` may read (per `f`'s `match[version]`),
+/// oldest first: its own rows, through the [`Gate`].
 async fn one_object(
     t: &Taxii,
     r: &Reader,
@@ -695,17 +746,19 @@ async fn one_object(
         )
     })?;
     let rows = t.ctx.store.versions_of_id(id).await?;
-    let Some(first) = rows.first().map(|r| r.seq) else {
-        return Ok(Vec::new());
-    };
-    // Read from just before its first version, with only its id.
-    let only = Filter {
-        after_seq: first - 1,
-        ids: Some(vec![id.to_string()]),
-        limit: t.ctx.settings.taxii.max_page_objects,
-        ..f.clone()
-    };
-    Ok(read_page(t, r, &only).await?.0)
+    let newest = rows.iter().map(|r| r.version).max();
+    let oldest = rows.iter().map(|r| r.version).min();
+    let chosen = rows.iter().filter(|row| match &f.version {
+        VersionMatch::Select(Versions::Latest) => Some(row.version) == newest,
+        VersionMatch::Select(Versions::Earliest) => Some(row.version) == oldest,
+        VersionMatch::Select(Versions::All) => true,
+        VersionMatch::At(_) => matches_filter(row, f),
+    });
+    let chosen: Vec<&StoredIndicator> = chosen.collect();
+    let mut gate = Gate::new(t, r);
+    let (served, _) = gate.admit(&chosen, usize::MAX).await?;
+    gate.finish().await?;
+    Ok(served)
 }
 
 /// The versions of object `oid` the caller may read, per the request's
