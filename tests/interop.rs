@@ -350,13 +350,31 @@ async fn exported_from_one_org_and_imported_at_another_the_indicators_are_the_sa
         let held = node_b.ctx.store.count_indicators().await.unwrap();
         assert_eq!(held, if format == "stix" { 10 } else { 20 });
     }
+    // --since: only what was stored at or after it.
+    let later = cli(
+        &a,
+        &node_a,
+        &[
+            "export",
+            "--format",
+            "csv",
+            "--since",
+            "2999-01-01T00:00:00Z",
+        ],
+    );
+    assert!(later.status.success(), "{later:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&later.stdout).lines().count(),
+        1,
+        "the header only"
+    );
     let exported = ledger(&node_a, "").await;
     assert!(
         exported
             .iter()
             .filter(|r| r.entry.event == "exported")
             .count()
-            == 2,
+            == 3,
         "{exported:#?}"
     );
     node_a.stop().await;
@@ -774,6 +792,18 @@ async fn taxii_serves_each_partner_exactly_its_policy_view() {
     )
     .await;
     assert_eq!(vers["versions"][0], first["modified"]);
+    let (_, _, only_malware) = get(
+        format!("/api/collections/{cid}/objects/?match[type]=malware"),
+        as_b,
+    )
+    .await;
+    assert!(only_malware["objects"].as_array().unwrap().is_empty());
+    let (_, _, by_id) = get(
+        format!("/api/collections/{cid}/objects/?match[id]={oid}&match[version]=all"),
+        as_b,
+    )
+    .await;
+    assert_eq!(by_id["objects"].as_array().unwrap().len(), 1, "{by_id}");
     let (_, _, man) = get(format!("/api/collections/{cid}/manifest/"), as_b).await;
     assert_eq!(man["objects"].as_array().unwrap().len(), want.len());
     // An object B may not read does not exist for B.

@@ -551,3 +551,30 @@ async fn a_publish_batch_gives_each_item_its_own_outcome() {
     assert_eq!(node.ctx.store.count_indicators().await.unwrap(), 2);
     node.stop().await;
 }
+
+/// Idempotency keys are remembered for store.publish_keys_kept_ms and then
+/// forgotten: the same key later publishes anew.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publish_keys_are_forgotten_after_their_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open_sqlite(&dir.path().join("s.db"), Clock::system())
+        .await
+        .unwrap();
+    let (key, _) = threatmesh::signing::OrgSigningKey::generate().unwrap();
+    let k = threatmesh::store::PublishKey {
+        key: "k".into(),
+        request_digest: vec![1; 32],
+    };
+    store
+        .append_local(&row(&key, 1), "p", Some(k.clone()))
+        .await
+        .unwrap();
+    assert!(store.published_under("p", &k).await.unwrap().is_some());
+    assert_eq!(
+        store.forget_publish_keys(now_ms() - 60_000).await.unwrap(),
+        0
+    );
+    assert_eq!(store.forget_publish_keys(now_ms() + 1).await.unwrap(), 1);
+    assert!(store.published_under("p", &k).await.unwrap().is_none());
+    store.close().await;
+}
