@@ -22,7 +22,7 @@ use crate::proto::v1::{IndicatorDraft, PublishBatchRequest, PublishRequest};
 /// Entries sent in one PublishBatch.
 const BATCH: usize = 256;
 /// PublishBatch calls in flight at once.
-const BATCHES_IN_FLIGHT: usize = 4;
+const BATCHES_IN_FLIGHT: usize = 8;
 /// Parsed items waiting to be published (bounds memory on huge inputs).
 const QUEUED: usize = 1024;
 /// Object errors printed in full; the rest are counted.

@@ -448,8 +448,28 @@ async fn sign_and_store(
     key: Option<PublishKey>,
     deadline: Option<Deadline>,
 ) -> Result<PublishResponse, RpcError> {
-    let publisher = caller.to_string();
-    let now = ctx.clock.now_ms();
+    let signer = ctx.signing.load_full();
+    let ind = next_version(ctx, signer.key_id(), draft, ctx.clock.now_ms()).await?;
+    let row = seal(&signer, ind);
+    check_deadline(deadline)?;
+    let appended = ctx
+        .store
+        .append_local(&row, &caller.to_string(), key)
+        .await?;
+    let i = &row.indicator;
+    tracing::debug!(publisher = %caller, id = %i.id, version = i.version, ?appended, "published");
+    Ok(response(appended, Some(i)))
+}
+
+/// The version a draft becomes when we publish it at `now`: checked and
+/// normalised, numbered (a new id, or the next version of one of ours),
+/// and passing the same check every receiver applies. Not yet signed.
+async fn next_version(
+    ctx: &NodeContext,
+    key_id: &str,
+    draft: IndicatorDraft,
+    now: i64,
+) -> Result<Indicator, RpcError> {
     let d = prepare_draft(&draft, now)?;
     let (id, version, created) = if d.id.is_empty() {
         (uuid::Uuid::new_v4().to_string(), 1, now)
@@ -464,10 +484,9 @@ async fn sign_and_store(
             }
         }
     };
-    let signer = ctx.signing.load_full();
     let ind = assemble(
         &ctx.own,
-        signer.key_id(),
+        key_id,
         Identity {
             id,
             version,
@@ -476,19 +495,59 @@ async fn sign_and_store(
         now,
         d,
     );
-    // What we sign must pass the same check every receiver applies.
     validate_indicator(&ind, now)?;
+    Ok(ind)
+}
+
+/// `ind` signed by our org: the row to store.
+fn seal(signer: &crate::signing::OrgSigningKey, ind: Indicator) -> NewIndicator {
     let envelope = signer
         .seal(INDICATOR_PAYLOAD_TYPE, ind.encode_to_vec())
         .encode_to_vec();
-    let row = NewIndicator {
+    NewIndicator {
         indicator: ind,
         envelope,
         rule: "published-here",
         path: Vec::new(),
         upstream_seq: 0,
-    };
-    // Nobody waits for it any more: say so rather than store it.
+    }
+}
+
+/// Signs many versions on the blocking pool, split over the machine's
+/// cores, so signing a large batch neither waits on one core nor holds up
+/// the runtime's workers (the store's writer among them).
+async fn seal_all(
+    signer: Arc<crate::signing::OrgSigningKey>,
+    inds: Vec<Indicator>,
+) -> Result<Vec<NewIndicator>, RpcError> {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let per = inds.len().div_ceil(cores).max(1);
+    let mut parts = Vec::new();
+    let mut rest = inds.into_iter().peekable();
+    while rest.peek().is_some() {
+        let part: Vec<Indicator> = rest.by_ref().take(per).collect();
+        let signer = signer.clone();
+        parts.push(tokio::task::spawn_blocking(move || {
+            part.into_iter()
+                .map(|i| seal(&signer, i))
+                .collect::<Vec<_>>()
+        }));
+    }
+    let mut out = Vec::new();
+    for part in parts {
+        match part.await {
+            Ok(rows) => out.extend(rows),
+            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            // Cancelled: the runtime is shutting down.
+            Err(_) => return Err(RpcError::ShuttingDown),
+        }
+    }
+    Ok(out)
+}
+
+/// Nobody waits for a publish past its caller's deadline: say so rather
+/// than store it.
+fn check_deadline(deadline: Option<Deadline>) -> Result<(), RpcError> {
     if deadline.is_some_and(|d| d.passed()) {
         return Err(RpcError::DeadlineExceeded(
             "the caller's deadline (grpc-timeout) passed before the publish was stored; \
@@ -496,10 +555,7 @@ async fn sign_and_store(
                 .into(),
         ));
     }
-    let appended = ctx.store.append_local(&row, &publisher, key).await?;
-    let i = &row.indicator;
-    tracing::debug!(publisher = %caller, id = %i.id, version = i.version, ?appended, "published");
-    Ok(response(appended, Some(i)))
+    Ok(())
 }
 
 /// A Publish's idempotency key, checked (1-128 printable ASCII
@@ -592,41 +648,81 @@ impl Exchange for ExchangeService {
             .published_under_many(&publisher, &keys)
             .await
             .map_err(RpcError::from)?;
-        // The rest each on its own path, all at once: the group commit
-        // stores them in a few transactions.
-        let outcomes = futures_util::future::join_all(checked.into_iter().map(|c| {
-            let caller = &caller;
+        // The rest numbered (a look-up only for new versions of known
+        // ids), signed on every core, and stored in one group commit.
+        let signer = ctx.signing.load_full();
+        let now = ctx.clock.now_ms();
+        let mut outcomes: Vec<Option<Result<PublishResponse, RpcError>>> = Vec::new();
+        let mut fresh: Vec<(usize, Option<PublishKey>)> = Vec::new();
+        let versions = futures_util::future::join_all(checked.into_iter().map(|c| {
             let replay = c
                 .as_ref()
                 .ok()
                 .and_then(|(_, k)| k.as_ref())
                 .and_then(|k| again.remove(&k.key));
+            let key_id = signer.key_id();
             async move {
                 let (draft, key) = c?;
                 match replay {
-                    Some(r) => Ok(response(r?, None)),
-                    None => sign_and_store(ctx, caller, draft, key, deadline).await,
+                    Some(r) => Ok(Err(response(r?, None))),
+                    None => Ok(Ok((next_version(ctx, key_id, draft, now).await?, key))),
                 }
             }
         }))
-        .await
-        .into_iter()
-        .map(|r| match r {
-            Ok(p) => PublishOutcome {
-                published: Some(p),
-                code: 0,
-                message: String::new(),
-            },
-            Err(e) => {
-                let s = Status::from(e);
-                PublishOutcome {
-                    published: None,
-                    code: s.code() as u32,
-                    message: s.message().to_string(),
+        .await;
+        let mut inds = Vec::new();
+        for (i, v) in versions.into_iter().enumerate() {
+            outcomes.push(match v {
+                Ok(Ok((ind, key))) => {
+                    inds.push(ind);
+                    fresh.push((i, key));
+                    None
                 }
-            }
-        })
-        .collect();
+                Ok(Err(replayed)) => Some(Ok(replayed)),
+                Err(e) => Some(Err(e)),
+            });
+        }
+        let rows = seal_all(signer, inds).await?;
+        check_deadline(deadline)?;
+        let ids: Vec<(String, u64)> = rows
+            .iter()
+            .map(|r| (r.indicator.id.clone(), r.indicator.version))
+            .collect();
+        let (slots, keys): (Vec<usize>, Vec<Option<PublishKey>>) = fresh.into_iter().unzip();
+        let stored = ctx
+            .store
+            .append_local_many(rows.into_iter().zip(keys).collect(), &publisher)
+            .await
+            .map_err(RpcError::from)?;
+        for ((slot, (id, version)), appended) in slots.into_iter().zip(ids).zip(stored) {
+            outcomes[slot] = Some(appended.map_err(RpcError::from).map(|a| match a {
+                Appended::New(seq) => PublishResponse {
+                    id,
+                    version,
+                    seq,
+                    replayed: false,
+                },
+                again => response(again, None),
+            }));
+        }
+        let outcomes = outcomes
+            .into_iter()
+            .map(|r| match r.expect("every item is decided") {
+                Ok(p) => PublishOutcome {
+                    published: Some(p),
+                    code: 0,
+                    message: String::new(),
+                },
+                Err(e) => {
+                    let s = Status::from(e);
+                    PublishOutcome {
+                        published: None,
+                        code: s.code() as u32,
+                        message: s.message().to_string(),
+                    }
+                }
+            })
+            .collect();
         Ok(Response::new(PublishBatchResponse { outcomes }))
     }
 

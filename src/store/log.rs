@@ -138,13 +138,16 @@ pub(super) fn split_path(s: &str) -> Vec<String> {
     }
 }
 
-/// A local publish waiting for the group commit.
+/// Local publishes of one caller waiting for the group commit: the rows,
+/// each with its idempotency key, and where to answer, row by row.
 pub(super) struct LocalWrite {
-    row: NewIndicator,
+    rows: Vec<(NewIndicator, Option<PublishKey>)>,
     actor: String,
-    key: Option<PublishKey>,
-    done: oneshot::Sender<Result<Appended, StoreError>>,
+    done: oneshot::Sender<Vec<Result<Appended, StoreError>>>,
 }
+
+/// Rows one group commit gathers before it stops taking more queued writes.
+const GROUP_ROWS: usize = 4096;
 
 /// One local publish as the group commit sees it: the row, its publisher,
 /// its idempotency key.
@@ -200,32 +203,76 @@ impl Store {
         actor: &str,
         key: Option<PublishKey>,
     ) -> Result<Appended, StoreError> {
+        self.append_local_many(vec![(row.clone(), key)], actor)
+            .await?
+            .pop()
+            .unwrap_or(Err(StoreError::WriterStopped))
+    }
+
+    /// [`Store::append_local`] for many rows of one publisher, committed
+    /// in the same group: per row, in order, what it did.
+    pub async fn append_local_many(
+        &self,
+        rows: Vec<(NewIndicator, Option<PublishKey>)>,
+        actor: &str,
+    ) -> Result<Vec<Result<Appended, StoreError>>, StoreError> {
+        if rows.is_empty() {
+            return Ok(Vec::new());
+        }
         let (done, result) = oneshot::channel();
         let write = LocalWrite {
-            row: row.clone(),
+            rows,
             actor: actor.to_string(),
-            key,
             done,
         };
         self.local
             .send(write)
             .await
             .map_err(|_| StoreError::WriterStopped)?;
-        result.await.unwrap_or(Err(StoreError::WriterStopped))
+        result.await.map_err(|_| StoreError::WriterStopped)
+    }
+
+    /// The next group of local writes: waits for one, then takes what else
+    /// is queued up to [`GROUP_ROWS`] rows; after [`Store::close`], only
+    /// what was queued before, then nothing (the writer's cue to stop).
+    async fn next_local_group(
+        &self,
+        queue: &mut mpsc::Receiver<LocalWrite>,
+        group: &mut Vec<LocalWrite>,
+    ) -> usize {
+        let first = tokio::select! {
+            w = queue.recv() => w,
+            _ = self.stop.cancelled() => {
+                queue.close();
+                queue.recv().await
+            }
+        };
+        let Some(first) = first else { return 0 };
+        let mut rows = first.rows.len();
+        group.push(first);
+        while rows < GROUP_ROWS {
+            match queue.try_recv() {
+                Ok(w) => {
+                    rows += w.rows.len();
+                    group.push(w);
+                }
+                Err(_) => break,
+            }
+        }
+        group.len()
     }
 
     /// Writes queued local publishes in groups until every handle of the
     /// store is gone.
     pub(super) async fn local_writer(self, mut queue: mpsc::Receiver<LocalWrite>) {
-        const GROUP: usize = 512;
-        let mut group = Vec::with_capacity(GROUP);
-        while self.next_group(&mut queue, &mut group, GROUP).await > 0 {
+        let mut group = Vec::new();
+        while self.next_local_group(&mut queue, &mut group).await > 0 {
             let lock = match self.write_tx().await {
                 Ok(lock) => lock,
                 Err(e) => {
-                    tracing::error!(error = %e, rows = group.len(), "group commit of local publishes failed");
+                    tracing::error!(error = %e, writes = group.len(), "group commit of local publishes failed");
                     for w in group.drain(..) {
-                        let _ = w.done.send(Err(e.clone()));
+                        let _ = w.done.send(vec![Err(e.clone()); w.rows.len()]);
                     }
                     continue;
                 }
@@ -246,17 +293,23 @@ impl Store {
             }
             let rows: Vec<LocalRef<'_>> = group
                 .iter()
-                .map(|w| (&w.row, w.actor.as_str(), w.key.as_ref()))
+                .flat_map(|w| {
+                    w.rows
+                        .iter()
+                        .map(|(row, key)| (row, w.actor.as_str(), key.as_ref()))
+                })
                 .collect();
-            let results = match self.commit_local(lock, &rows).await {
+            let mut results = match self.commit_local(lock, &rows).await {
                 Ok(results) => results,
                 Err(e) => {
-                    tracing::error!(error = %e, rows = group.len(), "group commit of local publishes failed");
-                    vec![Err(e); group.len()]
+                    tracing::error!(error = %e, rows = rows.len(), "group commit of local publishes failed");
+                    vec![Err(e); rows.len()]
                 }
-            };
-            for (w, r) in group.drain(..).zip(results) {
-                let _ = w.done.send(r);
+            }
+            .into_iter();
+            for w in group.drain(..) {
+                let mine = results.by_ref().take(w.rows.len()).collect();
+                let _ = w.done.send(mine);
             }
         }
     }
