@@ -970,3 +970,203 @@ async fn misp_view(
         })
         .collect()
 }
+
+/// One raw TAXII request with the given headers: status and body text.
+async fn taxii_raw(
+    addr: std::net::SocketAddr,
+    org: &Org,
+    who: (&std::path::Path, &std::path::Path),
+    (method, path): (&str, &str),
+    headers: &[(&str, &str)],
+    body: Option<&[u8]>,
+) -> (u16, String) {
+    use threatmesh::taxii::client;
+    let tls = client::client_tls(&org.ca_pem(), Some(who)).unwrap();
+    let r = client::request_with(addr, "localhost", tls, (method, path), headers, body)
+        .await
+        .unwrap();
+    (r.status, String::from_utf8_lossy(&r.body).to_string())
+}
+
+/// What TAXII 2.1 says a server answers, each as a TAXII error message:
+/// 406 for an Accept without TAXII, 415 for a POST that is not a TAXII
+/// envelope, 413 past `taxii.max_content_length`, 429 past the partner's
+/// request rate, 401 for a certificate revoked since it was issued — and
+/// nothing is stored by any of them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn taxii_answers_bad_media_oversize_rate_and_revoked_certificates_by_the_standard() {
+    let mut a = Org::new("a.example");
+    a.settings.taxii.max_content_length = 4096;
+    a.settings.limits.partner_requests_per_second = 1;
+    let b = Org::new("b.example");
+    a.add_peer(&b, None).await;
+    let node = start_with_taxii(&a).await;
+    let taxii = node.taxii.unwrap();
+    let media = "application/taxii+json;version=2.1";
+    let (p_cert, p_key) = (
+        a.settings.client.publisher_cert.clone(),
+        a.settings.client.publisher_key.clone(),
+    );
+    let as_pub = (p_cert.as_path(), p_key.as_path());
+    let (_, cols) = taxii_raw(
+        taxii,
+        &a,
+        as_pub,
+        ("GET", "/api/collections/"),
+        &[("Accept", media)],
+        None,
+    )
+    .await;
+    let cols: serde_json::Value = serde_json::from_str(&cols).unwrap();
+    let objects = format!(
+        "/api/collections/{}/objects/",
+        cols["collections"][0]["id"].as_str().unwrap()
+    );
+    let is_taxii_error = |status: u16, body: &str, want: u16| {
+        assert_eq!(status, want, "{body}");
+        let e: serde_json::Value = serde_json::from_str(body)
+            .unwrap_or_else(|e| panic!("a {want} must be a TAXII error message ({e}): {body}"));
+        assert!(
+            e["title"].is_string() && e["http_status"].is_string(),
+            "{e}"
+        );
+    };
+
+    // Accept without TAXII 2.1.
+    let (status, body) = taxii_raw(
+        taxii,
+        &a,
+        as_pub,
+        ("GET", "/taxii2/"),
+        &[("Accept", "text/html")],
+        None,
+    )
+    .await;
+    is_taxii_error(status, &body, 406);
+
+    // A POST of plain JSON.
+    let one = serde_json::json!({"objects": [{
+        "type": "indicator", "spec_version": "2.1",
+        "id": "indicator--11111111-2222-4333-8444-555555555555",
+        "created": "2026-01-01T00:00:00.000Z", "modified": "2026-01-01T00:00:00.000Z",
+        "pattern": "[domain-name:value = 'posted.example']", "pattern_type": "stix",
+        "valid_from": "2026-01-01T00:00:00.000Z",
+        "object_marking_refs": ["marking-definition--bab4a63c-aed9-4cf5-a766-dfca5abac2bb"]
+    }]});
+    let raw = one.to_string();
+    let (status, body) = taxii_raw(
+        taxii,
+        &a,
+        as_pub,
+        ("POST", &objects),
+        &[("Accept", media), ("Content-Type", "application/json")],
+        Some(raw.as_bytes()),
+    )
+    .await;
+    is_taxii_error(status, &body, 415);
+
+    // A body past taxii.max_content_length.
+    let mut big = one.clone();
+    big["objects"][0]["description"] = "x".repeat(8192).into();
+    let raw = big.to_string();
+    let (status, body) = taxii_raw(
+        taxii,
+        &a,
+        as_pub,
+        ("POST", &objects),
+        &[("Accept", media), ("Content-Type", media)],
+        Some(raw.as_bytes()),
+    )
+    .await;
+    is_taxii_error(status, &body, 413);
+
+    // A partner past its request rate (1/s, bursts of 2).
+    let (b_cert, b_key) = (
+        b.settings.tls.node_cert.clone(),
+        b.settings.tls.node_key.clone(),
+    );
+    let mut answers = Vec::new();
+    for _ in 0..50 {
+        let (status, body) = taxii_raw(
+            taxii,
+            &a,
+            (b_cert.as_path(), b_key.as_path()),
+            ("GET", "/taxii2/"),
+            &[("Accept", media)],
+            None,
+        )
+        .await;
+        if status == 429 {
+            is_taxii_error(status, &body, 429);
+            assert!(body.contains("partner_requests_per_second"), "{body}");
+            break;
+        }
+        answers.push(status);
+    }
+    assert!(answers.len() < 50, "never limited: {answers:?}");
+
+    // Our publisher's certificate, revoked: refused from the next request.
+    let serial = threatmesh::identity::cert_serial(a.publisher_cert().chain[0].as_ref()).unwrap();
+    admin(&a, &node)
+        .revoke_cert(threatmesh::proto::v1::RevokeCertRequest {
+            which: Some(threatmesh::proto::v1::revoke_cert_request::Which::Serial(
+                serial,
+            )),
+            reason: "key stolen".into(),
+        })
+        .await
+        .unwrap();
+    let raw = one.to_string();
+    let (status, body) = taxii_raw(
+        taxii,
+        &a,
+        as_pub,
+        ("POST", &objects),
+        &[("Accept", media), ("Content-Type", media)],
+        Some(raw.as_bytes()),
+    )
+    .await;
+    is_taxii_error(status, &body, 401);
+    assert!(body.contains("revoked"), "{body}");
+
+    assert_eq!(node.ctx.store.count_indicators().await.unwrap(), 0);
+    node.stop().await;
+}
+
+/// A bundle whose indicators carry long descriptions imports whole into a
+/// node that takes requests no larger than the smallest allowed
+/// `limits.max_message_bytes`: the importer sizes its batches in bytes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_import_of_large_indicators_fits_the_node_s_smallest_message_limit() {
+    let mut a = Org::new("a.example");
+    a.settings.limits.max_message_bytes = threatmesh::config::MIN_MESSAGE_BYTES;
+    let node = start(&a).await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("long.stix.json");
+    let green = "marking-definition--bab4a63c-aed9-4cf5-a766-dfca5abac2bb";
+    let objects: Vec<serde_json::Value> = (0..300u32)
+        .map(|i| {
+            serde_json::json!({
+                "type": "indicator", "spec_version": "2.1",
+                "id": format!("indicator--00000000-0000-4000-8000-{i:012}"),
+                "created": "2026-01-01T00:00:00.000Z", "modified": "2026-01-01T00:00:00.000Z",
+                "pattern": format!("[domain-name:value = 'host{i}.example']"),
+                "pattern_type": "stix", "valid_from": "2026-01-01T00:00:00.000Z",
+                // Random text: requests may be compressed.
+                "description": (0..110).map(|_| uuid::Uuid::new_v4().to_string()).collect::<String>(),
+                "object_marking_refs": [green]
+            })
+        })
+        .collect();
+    let bundle = serde_json::json!({
+        "type": "bundle", "id": "bundle--00000000-0000-4000-8000-000000000001",
+        "objects": objects
+    });
+    std::fs::write(&file, bundle.to_string()).unwrap();
+    let out = cli(&a, &node, &["import", file.to_str().unwrap()]);
+    let text = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("imported 300 indicator(s)"), "{text}");
+    assert_eq!(node.ctx.store.count_indicators().await.unwrap(), 300);
+    node.stop().await;
+}

@@ -19,8 +19,11 @@ use crate::interop::{csv, misp, stix};
 use crate::proto::v1::exchange_client::ExchangeClient;
 use crate::proto::v1::{IndicatorDraft, PublishBatchRequest, PublishRequest};
 
-/// Entries sent in one PublishBatch.
+/// Entries sent in one PublishBatch (the node takes up to 1,000).
 const BATCH: usize = 256;
+/// Encoded bytes of the drafts in one PublishBatch: under the smallest
+/// request a node may be set to accept (`limits.max_message_bytes`).
+const BATCH_BYTES: usize = crate::config::MIN_MESSAGE_BYTES * 3 / 4;
 /// PublishBatch calls in flight at once.
 const BATCHES_IN_FLIGHT: usize = 8;
 /// Parsed items waiting to be published (bounds memory on huge inputs).
@@ -118,6 +121,7 @@ pub async fn run(
     let entries = async_stream(&mut rx);
     let mut results = entries
         .ready_chunks(BATCH)
+        .flat_map(|chunk| futures_util::stream::iter(within_bytes(chunk, BATCH_BYTES)))
         .map(|chunk| publish_chunk(client.clone(), chunk))
         .buffered(BATCHES_IN_FLIGHT)
         .flat_map(futures_util::stream::iter);
@@ -149,6 +153,29 @@ pub async fn run(
         )));
     }
     Ok(())
+}
+
+/// `chunk` cut, in order, into runs whose drafts and keys encode to at
+/// most `budget` bytes (an entry larger than that alone).
+fn within_bytes(chunk: Vec<Entry>, budget: usize) -> Vec<Vec<Entry>> {
+    let mut runs: Vec<Vec<Entry>> = Vec::new();
+    let mut used = 0;
+    for e in chunk {
+        // The item's own field tag and length besides its content.
+        let size = match &e.outcome {
+            Ok((draft, key)) => prost::Message::encoded_len(draft) + key.len() + 16,
+            Err(_) => 0,
+        };
+        match runs.last_mut() {
+            Some(run) if used + size <= budget => run.push(e),
+            _ => {
+                runs.push(vec![e]);
+                used = 0;
+            }
+        }
+        used += size;
+    }
+    runs
 }
 
 /// Publishes the valid entries of `chunk` in one PublishBatch (or only
@@ -546,6 +573,54 @@ impl Progress {
     fn clear(&self) {
         if self.on {
             eprint!("\r\x1b[2K");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(description_len: usize) -> Entry {
+        Entry {
+            place: format!("line {description_len}"),
+            outcome: Ok((
+                IndicatorDraft {
+                    description: "x".repeat(description_len),
+                    ..Default::default()
+                },
+                "k".into(),
+            )),
+        }
+    }
+
+    #[test]
+    fn batches_stay_under_the_byte_budget_and_keep_their_order() {
+        let sizes = [4000, 4000, 100, 9000, 10, 10];
+        let chunk: Vec<Entry> = sizes.iter().map(|&n| entry(n)).collect();
+        let runs = within_bytes(chunk, 8200);
+        let places: Vec<Vec<&str>> = runs
+            .iter()
+            .map(|r| r.iter().map(|e| e.place.as_str()).collect())
+            .collect();
+        // The 9,000-byte entry is over the budget on its own: sent alone.
+        assert_eq!(
+            places,
+            vec![
+                vec!["line 4000", "line 4000", "line 100"],
+                vec!["line 9000"],
+                vec!["line 10", "line 10"],
+            ]
+        );
+        for run in &runs[..1] {
+            let bytes: usize = run
+                .iter()
+                .map(|e| match &e.outcome {
+                    Ok((d, k)) => prost::Message::encoded_len(d) + k.len() + 16,
+                    Err(_) => 0,
+                })
+                .sum();
+            assert!(bytes <= 8200, "{bytes}");
         }
     }
 }

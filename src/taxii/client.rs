@@ -93,6 +93,21 @@ pub async fn request(
     path: &str,
     body: Option<&[u8]>,
 ) -> Result<HttpResponse, String> {
+    let media = super::TAXII_TYPE;
+    let headers = [("Accept", media), ("Content-Type", media)];
+    request_with(addr, host, tls, (method, path), &headers, body).await
+}
+
+/// [`request`] with the given `headers` (name, value) instead of TAXII's
+/// Accept and Content-Type.
+pub async fn request_with(
+    addr: SocketAddr,
+    host: &str,
+    tls: Arc<ClientConfig>,
+    (method, path): (&str, &str),
+    headers: &[(&str, &str)],
+    body: Option<&[u8]>,
+) -> Result<HttpResponse, String> {
     let tcp = tokio::net::TcpStream::connect(addr)
         .await
         .map_err(|e| e.to_string())?;
@@ -102,12 +117,15 @@ pub async fn request(
         .await
         .map_err(|e| e.to_string())?;
     let body = body.unwrap_or_default();
+    let extra: String = headers
+        .iter()
+        .map(|(name, value)| format!("{name}: {value}\r\n"))
+        .collect();
     let head = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {host}:{}\r\nAccept: {media}\r\nContent-Type: {media}\r\n\
+        "{method} {path} HTTP/1.1\r\nHost: {host}:{}\r\n{extra}\
          Content-Length: {}\r\nConnection: close\r\n\r\n",
         addr.port(),
         body.len(),
-        media = super::TAXII_TYPE,
     );
     io.write_all(head.as_bytes())
         .await

@@ -824,11 +824,25 @@ async fn add_objects(
     Extension(peer): Extension<PeerInfo>,
     Path(cid): Path<String>,
     headers: HeaderMap,
-    body: Bytes,
+    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Answer {
     accepts_taxii(&headers)?;
     let r = reader(&t, &peer)?;
     check_collection(&t, &cid)?;
+    // Past taxii.max_content_length (413) or unreadable: a TAXII error
+    // message like every other refusal, not the framework's plain text.
+    let body = body.map_err(|e| {
+        let status = e.status();
+        let description = if status == StatusCode::PAYLOAD_TOO_LARGE {
+            format!(
+                "the body is larger than this server takes ({} bytes, taxii.max_content_length)",
+                t.ctx.settings.taxii.max_content_length
+            )
+        } else {
+            format!("the body could not be read: {e}")
+        };
+        error(status, "Request body refused", description)
+    })?;
     let Reader::Own {
         id: caller,
         publisher: true,
