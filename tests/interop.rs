@@ -988,6 +988,29 @@ async fn taxii_raw(
     (r.status, String::from_utf8_lossy(&r.body).to_string())
 }
 
+/// POSTs `doc` as `content_type` to `path` of `org`'s TAXII server.
+async fn taxii_post(
+    addr: std::net::SocketAddr,
+    org: &Org,
+    who: (&std::path::Path, &std::path::Path),
+    path: &str,
+    content_type: &str,
+    doc: &serde_json::Value,
+) -> (u16, String) {
+    let media = "application/taxii+json;version=2.1";
+    let raw = doc.to_string();
+    let headers = [("Accept", media), ("Content-Type", content_type)];
+    taxii_raw(
+        addr,
+        org,
+        who,
+        ("POST", path),
+        &headers,
+        Some(raw.as_bytes()),
+    )
+    .await
+}
+
 /// What TAXII 2.1 says a server answers, each as a TAXII error message:
 /// 406 for an Accept without TAXII, 415 for a POST that is not a TAXII
 /// envelope, 413 past `taxii.max_content_length`, 429 past the partner's
@@ -1053,31 +1076,13 @@ async fn taxii_answers_bad_media_oversize_rate_and_revoked_certificates_by_the_s
         "valid_from": "2026-01-01T00:00:00.000Z",
         "object_marking_refs": ["marking-definition--bab4a63c-aed9-4cf5-a766-dfca5abac2bb"]
     }]});
-    let raw = one.to_string();
-    let (status, body) = taxii_raw(
-        taxii,
-        &a,
-        as_pub,
-        ("POST", &objects),
-        &[("Accept", media), ("Content-Type", "application/json")],
-        Some(raw.as_bytes()),
-    )
-    .await;
+    let (status, body) = taxii_post(taxii, &a, as_pub, &objects, "application/json", &one).await;
     is_taxii_error(status, &body, 415);
 
     // A body past taxii.max_content_length.
     let mut big = one.clone();
     big["objects"][0]["description"] = "x".repeat(8192).into();
-    let raw = big.to_string();
-    let (status, body) = taxii_raw(
-        taxii,
-        &a,
-        as_pub,
-        ("POST", &objects),
-        &[("Accept", media), ("Content-Type", media)],
-        Some(raw.as_bytes()),
-    )
-    .await;
+    let (status, body) = taxii_post(taxii, &a, as_pub, &objects, media, &big).await;
     is_taxii_error(status, &body, 413);
 
     // A partner past its request rate (1/s, bursts of 2).
@@ -1116,16 +1121,7 @@ async fn taxii_answers_bad_media_oversize_rate_and_revoked_certificates_by_the_s
         })
         .await
         .unwrap();
-    let raw = one.to_string();
-    let (status, body) = taxii_raw(
-        taxii,
-        &a,
-        as_pub,
-        ("POST", &objects),
-        &[("Accept", media), ("Content-Type", media)],
-        Some(raw.as_bytes()),
-    )
-    .await;
+    let (status, body) = taxii_post(taxii, &a, as_pub, &objects, media, &one).await;
     is_taxii_error(status, &body, 401);
     assert!(body.contains("revoked"), "{body}");
 
