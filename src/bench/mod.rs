@@ -284,16 +284,7 @@ fn own_row(own: &OrgId, key: &OrgSigningKey, d: IndicatorDraft) -> NewIndicator 
         now,
         d,
     );
-    let envelope = key
-        .seal(INDICATOR_PAYLOAD_TYPE, ind.encode_to_vec())
-        .encode_to_vec();
-    NewIndicator {
-        indicator: ind,
-        envelope,
-        rule: "published-here",
-        path: Vec::new(),
-        upstream_seq: 0,
-    }
+    crate::exchange::seal(key, ind)
 }
 
 /// An organisation made with `init` under `dir`, with fast link timings.

@@ -458,7 +458,7 @@ async fn sign_and_store(
         .await?;
     let i = &row.indicator;
     tracing::debug!(publisher = %caller, id = %i.id, version = i.version, ?appended, "published");
-    Ok(response(appended, Some(i)))
+    Ok(response(appended, Some((i.id.clone(), i.version))))
 }
 
 /// The version a draft becomes when we publish it at `now`: checked and
@@ -500,7 +500,7 @@ async fn next_version(
 }
 
 /// `ind` signed by our org: the row to store.
-fn seal(signer: &crate::signing::OrgSigningKey, ind: Indicator) -> NewIndicator {
+pub fn seal(signer: &crate::signing::OrgSigningKey, ind: Indicator) -> NewIndicator {
     let envelope = signer
         .seal(INDICATOR_PAYLOAD_TYPE, ind.encode_to_vec())
         .encode_to_vec();
@@ -577,13 +577,14 @@ pub fn publish_key(key: &str, draft: &IndicatorDraft) -> Result<Option<PublishKe
     }))
 }
 
-/// The answer to a Publish: what was stored now (`stored` the indicator
-/// signed for it), or what an earlier attempt under the same key stored.
-fn response(appended: Appended, stored: Option<&Indicator>) -> PublishResponse {
+/// The answer to a Publish: what was stored now (`stored` the id and
+/// version signed for it), or what an earlier attempt under the same key
+/// stored.
+fn response(appended: Appended, stored: Option<(String, u64)>) -> PublishResponse {
     match (appended, stored) {
-        (Appended::New(seq), Some(i)) => PublishResponse {
-            id: i.id.clone(),
-            version: i.version,
+        (Appended::New(seq), Some((id, version))) => PublishResponse {
+            id,
+            version,
             seq,
             replayed: false,
         },
@@ -695,15 +696,11 @@ impl Exchange for ExchangeService {
             .await
             .map_err(RpcError::from)?;
         for ((slot, (id, version)), appended) in slots.into_iter().zip(ids).zip(stored) {
-            outcomes[slot] = Some(appended.map_err(RpcError::from).map(|a| match a {
-                Appended::New(seq) => PublishResponse {
-                    id,
-                    version,
-                    seq,
-                    replayed: false,
-                },
-                again => response(again, None),
-            }));
+            outcomes[slot] = Some(
+                appended
+                    .map_err(RpcError::from)
+                    .map(|a| response(a, Some((id, version)))),
+            );
         }
         let outcomes = outcomes
             .into_iter()

@@ -129,10 +129,8 @@ impl From<sqlx::Error> for StoreError {
             .is_some_and(|c| c == "13")
             || e.to_string().contains("database or disk is full");
         if full {
-            // A write refused by a full disk can leave a pooled connection
-            // believing it is still inside a transaction (SQLite rolled it
-            // back itself); the next connections handed out are checked.
-            SUSPECT_ACQUIRES.store(SUSPECT_WINDOW, std::sync::atomic::Ordering::Relaxed);
+            // A pooled connection whose COMMIT this refused is closed when
+            // next acquired (see check_after_failure).
             StoreError::DiskFull(e.to_string())
         } else {
             StoreError::Database(e.to_string())
@@ -140,46 +138,19 @@ impl From<sqlx::Error> for StoreError {
     }
 }
 
-/// How many connection acquisitions are checked after a full-disk error
-/// (several rounds of the pool, so every connection is seen).
-const SUSPECT_WINDOW: usize = 64;
-
-/// Acquisitions still to check (see [`check_after_failure`]); 0 = none.
-static SUSPECT_ACQUIRES: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-
-/// After a full disk, a connection that can no longer begin a transaction
-/// ("non-zero transaction depth": its failed COMMIT was rolled back by
-/// SQLite, not by the driver) is closed instead of handed out again, so the
-/// next write after space returns succeeds without a restart.
+/// A connection whose COMMIT failed (a full disk: SQLite rolled the
+/// transaction back itself) is still counted inside it by the driver, which
+/// then refuses every BEGIN on it: it is closed instead of handed out again,
+/// so the next write after space returns succeeds without a restart.
 fn check_after_failure(
     conn: &mut sqlx::SqliteConnection,
     _: sqlx::pool::PoolConnectionMetadata,
 ) -> futures_util::future::BoxFuture<'_, Result<bool, sqlx::Error>> {
-    Box::pin(async move {
-        // The driver still counts the transaction of a COMMIT that failed
-        // (SQLite rolled it back): no later BEGIN would be accepted.
-        if sqlx::Connection::is_in_transaction(&*conn) {
-            tracing::warn!("closing a store connection left inside a failed transaction");
-            return Ok(false);
-        }
-        let left = SUSPECT_ACQUIRES.load(std::sync::atomic::Ordering::Relaxed);
-        if left == 0 {
-            return Ok(true);
-        }
-        SUSPECT_ACQUIRES.store(left - 1, std::sync::atomic::Ordering::Relaxed);
-        // A custom BEGIN is refused at a non-zero depth (a plain begin
-        // would open a savepoint instead); a deferred one takes no lock.
-        match sqlx::Connection::begin_with(&mut *conn, "BEGIN DEFERRED").await {
-            Ok(tx) => {
-                tx.rollback().await?;
-                Ok(true)
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "closing a store connection left unusable by a failed write");
-                Ok(false)
-            }
-        }
-    })
+    let usable = !sqlx::Connection::is_in_transaction(&*conn);
+    if !usable {
+        tracing::warn!("closing a store connection left inside a failed transaction");
+    }
+    Box::pin(std::future::ready(Ok(usable)))
 }
 
 /// The store's durability settings: WAL, `synchronous=FULL`. Public so the
