@@ -359,3 +359,74 @@ async fn a_subscriber_whose_clock_was_behind_gets_everything_once_it_is_fixed() 
     node_b.stop().await;
     node_a.stop().await;
 }
+
+/// A partner's new card (here after a signing key rotation) changes
+/// neither where we dial it nor whom we trust to answer: the link stays up
+/// and keeps its clock estimate. Restarting it on every card change
+/// dropped the estimate, and `status` showed the link connecting with no
+/// clock for a while after each rotation.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partner_s_new_card_keeps_its_link_and_clock_estimate() {
+    let (a, b, node_a, node_b) = linked_pair().await;
+    publish_all(&publisher(&a, &node_a), vec![ipv4_draft(1, Tlp::Green)], 1).await;
+    caught_up(&node_b, &a, &node_a).await;
+    let link = || node_b.ctx.links.snapshot().get(&a.id).cloned();
+    wait_until(
+        60,
+        "B's link to A connected with a clock estimate",
+        || async {
+            link().is_some_and(|h| {
+                h.state == threatmesh::context::LinkState::Connected && h.clock_offset_ms.is_some()
+            })
+        },
+    )
+    .await;
+    let before = link().unwrap();
+    let card_version = |n: &RunningNode| {
+        let store = n.ctx.store.clone();
+        let org = a.id.clone();
+        async move {
+            store
+                .peers()
+                .await
+                .unwrap()
+                .into_iter()
+                .find(|p| p.org == org)
+                .unwrap()
+                .card_version
+        }
+    };
+    let old_version = card_version(&node_b).await;
+
+    let o = cli(&a, &node_a, &["keys", "rotate"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    publish_all(&publisher(&a, &node_a), vec![ipv4_draft(2, Tlp::Green)], 1).await;
+    wait_until(60, "A's new card at B", || async {
+        card_version(&node_b).await > old_version
+    })
+    .await;
+
+    // A partner added after the new card: once its link exists, B's
+    // supervisor has compared its links with the store holding A's new card.
+    let c = Org::new("c.example");
+    let closed = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let nowhere = closed.local_addr().unwrap();
+    drop(closed);
+    b.add_peer(&c, Some(nowhere)).await;
+    wait_until(60, "B's link to C", || async {
+        node_b.ctx.links.snapshot().contains_key(&c.id)
+    })
+    .await;
+    wait_until(60, "B's link to A connected", || async {
+        link().is_some_and(|h| h.state == threatmesh::context::LinkState::Connected)
+    })
+    .await;
+    let after = link().unwrap();
+    assert_eq!(
+        after.since_ms, before.since_ms,
+        "the link to A was not restarted: {before:?} then {after:?}"
+    );
+    assert!(after.clock_offset_ms.is_some(), "{after:?}");
+    node_b.stop().await;
+    node_a.stop().await;
+}

@@ -42,8 +42,20 @@ pub async fn apply_trust_change(ctx: &NodeContext) -> Result<Reloaded, NodeError
     Ok(reloaded)
 }
 
+/// Whether a link dialled for `was` still serves `now`: the same partner,
+/// dialled at the same endpoint, answering under the same CA, in the same
+/// state. A new card alone (display name, keys, version) or a new policy
+/// does not touch the connection, so the link and what it measured (clock
+/// offset, retry delay) stay.
+fn same_link(now: &PeerRecord, was: &PeerRecord) -> bool {
+    now.org == was.org
+        && now.endpoint == was.endpoint
+        && now.ca_bundle_pem == was.ca_bundle_pem
+        && now.state == was.state
+}
+
 /// Keeps one link per partner with an endpoint in step with the store: new
-/// partners get a link, changed ones a fresh link, removed ones none. Also
+/// partners get a link, ones now dialled elsewhere or answering under another CA a fresh link, removed ones none. Also
 /// refreshes the partner view, expires quarantine, forgets old publish
 /// idempotency keys, and picks up a rotated node certificate. Returns when the node shuts down, after its links.
 pub async fn supervise(ctx: Arc<NodeContext>) {
@@ -87,7 +99,7 @@ pub async fn supervise(ctx: Arc<NodeContext>) {
                     tracing::error!(error = %e, "cannot release quarantined envelopes");
                 }
                 links.retain(|org, (rec, stop_link, _)| {
-                    let keep = peers.iter().any(|p| p == rec);
+                    let keep = peers.iter().any(|p| same_link(p, rec));
                     if !keep {
                         tracing::info!(partner = %org, "partner changed or removed; closing link");
                         stop_link.cancel();
