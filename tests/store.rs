@@ -578,3 +578,144 @@ async fn publish_keys_are_forgotten_after_their_time() {
     assert!(store.published_under("p", &k).await.unwrap().is_none());
     store.close().await;
 }
+
+/// Idempotency keys kept by a store from before their look-up hash
+/// (migration 0016) still answer a retry after the upgrade: the same
+/// content gets the original, other content under the key is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idempotency_keys_kept_from_before_the_hashed_index_still_answer_retries() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("store.db");
+    {
+        let opts = sqlx::sqlite::SqliteConnectOptions::new()
+            .filename(&path)
+            .create_if_missing(true);
+        let pool = sqlx::sqlite::SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect_with(opts)
+            .await
+            .unwrap();
+        let mut before = sqlx::migrate!("migrations/sqlite");
+        before.migrations = before
+            .migrations
+            .iter()
+            .filter(|m| m.version < 16)
+            .cloned()
+            .collect::<Vec<_>>()
+            .into();
+        before.run(&pool).await.unwrap();
+        for (key, id, seq) in [("retry-1", "id-1", 7), ("retry-2", "id-2", 8)] {
+            sqlx::query(
+                "INSERT INTO publish_keys (publisher, key, request_digest, indicator_id, version, seq, created_ms) \
+                 VALUES ('spiffe://a.example/publisher/siem', ?, x'01', ?, 1, ?, ?)",
+            )
+            .bind(key)
+            .bind(id)
+            .bind(seq)
+            .bind(now_ms())
+            .execute(&pool)
+            .await
+            .unwrap();
+        }
+        pool.close().await;
+    }
+    let store = Store::open_sqlite(&path, Clock::system()).await.unwrap();
+    let key = |k: &str, digest: u8| threatmesh::store::PublishKey {
+        key: k.to_string(),
+        request_digest: vec![digest],
+    };
+    let publisher = "spiffe://a.example/publisher/siem";
+    assert_eq!(
+        store
+            .published_under(publisher, &key("retry-2", 1))
+            .await
+            .unwrap(),
+        Some(threatmesh::store::Appended::Again {
+            id: "id-2".into(),
+            version: 1,
+            seq: 8
+        })
+    );
+    assert!(matches!(
+        store.published_under(publisher, &key("retry-1", 2)).await,
+        Err(StoreError::KeyReused { .. })
+    ));
+    assert_eq!(
+        store
+            .published_under("spiffe://a.example/publisher/other", &key("retry-1", 1))
+            .await
+            .unwrap(),
+        None,
+        "a key is its publisher's own"
+    );
+    let many = store
+        .published_under_many(publisher, &[&key("retry-1", 1), &key("unused", 1)])
+        .await
+        .unwrap();
+    assert_eq!(many.len(), 1, "{many:?}");
+    assert!(matches!(
+        many["retry-1"],
+        Ok(threatmesh::store::Appended::Again { seq: 7, .. })
+    ));
+    store.close().await;
+}
+
+/// A group holding versions already stored (and one twice) stores the
+/// others, each under the sequence number it reports, and refuses the
+/// duplicates: the numbers come back right whether or not the statement
+/// skipped rows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_with_duplicates_reports_the_sequence_numbers_it_stored() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open_sqlite(&dir.path().join("s.db"), Clock::system())
+        .await
+        .unwrap();
+    let (key, _) = threatmesh::signing::OrgSigningKey::generate().unwrap();
+    let rows: Vec<NewIndicator> = (0..6).map(|i| row(&key, i)).collect();
+    for r in &rows[..2] {
+        store.append_local(r, "test", None).await.unwrap();
+    }
+    // Rows 0 and 1 again, row 3 twice, rows 2-5 new.
+    let group: Vec<_> = [0, 2, 1, 3, 3, 4, 5]
+        .iter()
+        .map(|&i| (rows[i].clone(), None))
+        .collect();
+    let got = store.append_local_many(group, "test").await.unwrap();
+    let stored: std::collections::HashMap<String, u64> = store
+        .indicators(None)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| (r.indicator_id, r.seq))
+        .collect();
+    assert_eq!(stored.len(), 6);
+    let seq_of = |i: usize| stored[&rows[i].indicator.id];
+    for (at, i) in [(1, 2), (3, 3), (5, 4), (6, 5)] {
+        assert_eq!(
+            got[at].as_ref().unwrap(),
+            &threatmesh::store::Appended::New(seq_of(i)),
+            "item {at}: {got:?}"
+        );
+    }
+    for at in [0, 2, 4] {
+        assert!(
+            matches!(got[at], Err(StoreError::Duplicate { .. })),
+            "item {at}: {got:?}"
+        );
+    }
+    // And a group of only new rows takes the numbers after the last.
+    let more: Vec<_> = (6..9).map(|i| (row(&key, i), None)).collect();
+    let got = store.append_local_many(more, "test").await.unwrap();
+    let last = stored.values().max().unwrap();
+    let want: Vec<_> = (1..=3)
+        .map(|n| Ok(threatmesh::store::Appended::New(last + n)))
+        .collect();
+    assert_eq!(
+        got.into_iter()
+            .map(|r| r.map_err(|e| e.to_string()))
+            .collect::<Vec<_>>(),
+        want
+    );
+    assert!(store.verify_audit().await.unwrap().is_ok());
+    store.close().await;
+}

@@ -54,6 +54,9 @@ pub struct BenchArgs {
 
 /// Runs `threatmesh bench`.
 pub async fn run(args: &BenchArgs) -> Result<(), CliError> {
+    // The nodes' own warnings, or what RUST_LOG asks for (e.g.
+    // `RUST_LOG=threatmesh::store=debug` shows each group commit's phases).
+    super::init_logging("human", "warn");
     if !(1..=4096).contains(&args.batch_size) {
         return Err(CliError::Usage("--batch-size: must be 1-4096".into()));
     }

@@ -71,14 +71,10 @@ impl Store {
         publisher: &str,
         key: &PublishKey,
     ) -> Result<Option<Appended>, StoreError> {
-        let rec: Option<KeyRecord> = sqlx::query_as(
-            "SELECT request_digest, indicator_id, version, seq FROM publish_keys \
-             WHERE publisher = ? AND key = ?",
-        )
-        .bind(publisher)
-        .bind(&key.key)
-        .fetch_optional(&self.pool)
-        .await?;
+        let mut conn = self.pool.acquire().await?;
+        let rec = key_records_in(&mut conn, &[(publisher, key.key.as_str())])
+            .await?
+            .remove(&(publisher.to_string(), key.key.clone()));
         rec.map(|r| r.replay(key)).transpose()
     }
 
@@ -125,10 +121,12 @@ impl Store {
         let now = self.now();
         for chunk in stored.chunks(ROWS_PER_STATEMENT) {
             let mut q = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
-                "INSERT INTO publish_keys (publisher, key, request_digest, indicator_id, version, seq, created_ms) ",
+                "INSERT INTO publish_keys \
+                 (key_hash, publisher, key, request_digest, indicator_id, version, seq, created_ms) ",
             );
             q.push_values(chunk, |mut b, (publisher, key, (id, version, seq))| {
-                b.push_bind(publisher.to_string())
+                b.push_bind(key_hash(publisher, &key.key))
+                    .push_bind(publisher.to_string())
                     .push_bind(key.key.clone())
                     .push_bind(key.request_digest.clone())
                     .push_bind(id.to_string())
@@ -165,8 +163,48 @@ impl Store {
     }
 }
 
-/// The records of `keys` ((publisher, key) pairs) held, a statement per
-/// [`ROWS_PER_STATEMENT`] keys.
+/// The 8-byte look-up hash of `publisher`'s `key`: the first 8 bytes of
+/// SHA-256 over both, each prefixed with its length (so no two pairs
+/// share an input). Pairs that share a hash are told apart by their
+/// strings.
+pub(super) fn key_hash(publisher: &str, key: &str) -> i64 {
+    let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+    for part in [publisher, key] {
+        ctx.update(&(part.len() as u64).to_be_bytes());
+        ctx.update(part.as_bytes());
+    }
+    let digest = ctx.finish();
+    let mut first = [0u8; 8];
+    first.copy_from_slice(&digest.as_ref()[..8]);
+    i64::from_be_bytes(first)
+}
+
+/// Gives the keys kept from before migration 0016 their hash (they are
+/// not found without one); a no-op once done. Runs when the store opens,
+/// before anything is served.
+pub(super) async fn hash_kept_keys(conn: &mut sqlx::SqliteConnection) -> Result<u64, StoreError> {
+    let kept: Vec<(i64, String, String)> =
+        sqlx::query_as("SELECT rowid, publisher, key FROM publish_keys WHERE key_hash IS NULL")
+            .fetch_all(&mut *conn)
+            .await?;
+    if kept.is_empty() {
+        return Ok(0);
+    }
+    let mut tx = sqlx::Connection::begin(&mut *conn).await?;
+    for (rowid, publisher, key) in &kept {
+        sqlx::query("UPDATE publish_keys SET key_hash = ? WHERE rowid = ?")
+            .bind(key_hash(publisher, key))
+            .bind(rowid)
+            .execute(&mut *tx)
+            .await?;
+    }
+    tx.commit().await?;
+    Ok(kept.len() as u64)
+}
+
+/// The records of `keys` ((publisher, key) pairs) held, found by hash a
+/// statement per [`ROWS_PER_STATEMENT`] keys and kept where the strings
+/// match.
 async fn key_records_in(
     conn: &mut sqlx::SqliteConnection,
     keys: &[(&str, &str)],
@@ -175,16 +213,20 @@ async fn key_records_in(
     for chunk in keys.chunks(ROWS_PER_STATEMENT) {
         let mut q = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
             "SELECT publisher, key, request_digest, indicator_id, version, seq FROM publish_keys \
-             WHERE (publisher, key) IN (",
+             WHERE key_hash IN (",
         );
-        q.push_values(chunk, |mut b, (publisher, key)| {
-            b.push_bind(publisher.to_string())
-                .push_bind(key.to_string());
-        });
+        let wanted: std::collections::HashSet<(&str, &str)> = chunk.iter().copied().collect();
+        let mut hashes = q.separated(", ");
+        for (publisher, key) in chunk {
+            hashes.push_bind(key_hash(publisher, key));
+        }
         q.push(")");
         let rows: Vec<(String, String, Vec<u8>, String, i64, i64)> =
             q.build_query_as().fetch_all(&mut *conn).await?;
         for (publisher, key, request_digest, indicator_id, version, seq) in rows {
+            if !wanted.contains(&(publisher.as_str(), key.as_str())) {
+                continue;
+            }
             out.insert(
                 (publisher, key),
                 KeyRecord {
