@@ -320,20 +320,25 @@ fn read_all(
                 .map_err(|e| format!("not a STIX bundle: {e}"))?;
         }
         InputFormat::Misp => {
-            let doc: Value =
-                serde_json::from_reader(input).map_err(|e| format!("not MISP event JSON: {e}"))?;
-            let events = misp::events(&doc);
-            if events.is_empty() {
-                return Err("no MISP event (expected {\"Event\": …})".into());
-            }
-            for (e, event) in events.iter().enumerate() {
-                for (where_, attr) in misp::attributes(event) {
+            let mut events = 0usize;
+            let mut on_event = |event: Value| {
+                for (where_, attr) in misp::attributes(&event) {
                     let uuid = attr.get("uuid").and_then(Value::as_str).unwrap_or("");
-                    let place = format!("Event[{e}].{where_} {uuid}").trim_end().to_string();
-                    let outcome = misp::draft_from_attribute(event, attr)
+                    let place = format!("Event[{events}].{where_} {uuid}")
+                        .trim_end()
+                        .to_string();
+                    let outcome = misp::draft_from_attribute(&event, attr)
                         .and_then(|(d, key)| checked(d, now, misp::misp_field).map(|d| (d, key)));
                     send(place, outcome);
                 }
+                events += 1;
+            };
+            let mut de = serde_json::Deserializer::from_reader(input);
+            MispSeed(&mut on_event)
+                .deserialize(&mut de)
+                .map_err(|e| format!("not MISP event JSON: {e}"))?;
+            if events == 0 {
+                return Err("no MISP event (expected {\"Event\": …})".into());
             }
         }
         InputFormat::Csv => {
@@ -444,6 +449,52 @@ impl<'de, F: FnMut(Value)> Visitor<'de> for ObjectsSeed<'_, F> {
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
         while let Some(v) = seq.next_element::<Value>()? {
             (self.0)(v);
+        }
+        Ok(())
+    }
+}
+
+/// Streams the events of a MISP document to a callback, one at a time:
+/// `{"Event": …}`, a list of those, or a REST search response
+/// `{"response": [{"Event": …}, …]}`. Memory holds one event, not the file
+/// (an event's tags and distribution, which its attributes need, may come
+/// after them, so an event is read whole).
+struct MispSeed<'a, F: FnMut(Value)>(&'a mut F);
+
+impl<'de, F: FnMut(Value)> DeserializeSeed<'de> for MispSeed<'_, F> {
+    type Value = ();
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de, F: FnMut(Value)> Visitor<'de> for MispSeed<'_, F> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("MISP event JSON: {\"Event\": …}, a list of those, or {\"response\": [...]}")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        while let Some(key) = map.next_key::<String>()? {
+            match key.as_str() {
+                "Event" => (self.0)(map.next_value()?),
+                "response" => map.next_value_seed(MispSeed(&mut *self.0))?,
+                _ => {
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        while let Some(item) = seq.next_element::<Value>()? {
+            if let Value::Object(mut item) = item
+                && let Some(event) = item.remove("Event")
+            {
+                (self.0)(event);
+            }
         }
         Ok(())
     }
@@ -590,6 +641,36 @@ impl Progress {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The events `MispSeed` hands over from `json`, by their `info`, and
+    /// the parse error if any.
+    fn misp_events(json: &str) -> (Vec<String>, Option<String>) {
+        let mut seen = Vec::new();
+        let mut on_event = |e: Value| seen.push(e["info"].as_str().unwrap_or("").to_string());
+        let mut de = serde_json::Deserializer::from_reader(json.as_bytes());
+        let err = MispSeed(&mut on_event)
+            .deserialize(&mut de)
+            .err()
+            .map(|e| e.to_string());
+        (seen, err)
+    }
+
+    #[test]
+    fn misp_events_are_read_one_at_a_time_in_every_document_form() {
+        let one = r#"{"Event": {"info": "a", "Attribute": []}}"#;
+        assert_eq!(misp_events(one), (vec!["a".to_string()], None));
+        let list = r#"[{"Event": {"info": "a"}}, {"other": 1}, {"Event": {"info": "b"}}]"#;
+        assert_eq!(misp_events(list).0, ["a", "b"]);
+        let search =
+            r#"{"response": [{"Event": {"info": "a"}}, {"Event": {"info": "b"}}], "x": 2}"#;
+        assert_eq!(misp_events(search).0, ["a", "b"]);
+        // Streamed: a file cut off in its third event has handed over the
+        // first two before the error (a whole-document parse hands over none).
+        let cut = r#"[{"Event": {"info": "a"}}, {"Event": {"info": "b"}}, {"Event": {"info": "#;
+        let (seen, err) = misp_events(cut);
+        assert_eq!(seen, ["a", "b"]);
+        assert!(err.unwrap().contains("EOF"));
+    }
 
     fn entry(description_len: usize) -> Entry {
         Entry {

@@ -18,18 +18,6 @@ use crate::proto::v1::{IndicatorDraft, IndicatorKind, Marking, Tlp};
 /// One MISP attribute's draft, or why it is not carried.
 pub type AttributeOutcome = Result<(IndicatorDraft, String), StixError>;
 
-/// The events of a MISP JSON document: `{"Event": …}`, a list of those, or
-/// a REST search `{"response": [...]}`.
-pub fn events(doc: &Value) -> Vec<&Value> {
-    if let Some(e) = doc.get("Event") {
-        return vec![e];
-    }
-    let list = doc.get("response").unwrap_or(doc);
-    list.as_array()
-        .map(|items| items.iter().filter_map(|v| v.get("Event")).collect())
-        .unwrap_or_default()
-}
-
 /// Every attribute of an event, its objects' attributes included, each
 /// with a label naming where it is (`Attribute[3]`, `Object[1].Attribute[0]`).
 pub fn attributes(event: &Value) -> Vec<(String, &Value)> {
@@ -331,7 +319,7 @@ mod tests {
             ],
             "Object": [{"Attribute": [{"uuid": "u6", "type": "url", "value": "http://evil.example/x"}]}]
         }});
-        let ev = events(&event)[0];
+        let ev = &event["Event"];
         let attrs = attributes(ev);
         assert_eq!(attrs.len(), 6);
         assert_eq!(attrs[5].0, "Object[0].Attribute[0]");
