@@ -42,7 +42,7 @@ async fn close_commits_every_queued_write_and_refuses_later_ones() {
     for i in 0..200 {
         let (s, k) = (store.clone(), key.clone());
         pending.push(tokio::spawn(async move {
-            s.append_local(&row(&k, i), "test", None).await
+            s.append_local(row(&k, i), "test", None).await
         }));
     }
     tokio::task::yield_now().await;
@@ -56,7 +56,7 @@ async fn close_commits_every_queued_write_and_refuses_later_ones() {
         }
     }
     // After close, a write is refused with the reason.
-    let late = store.append_local(&row(&key, 999), "test", None).await;
+    let late = store.append_local(row(&key, 999), "test", None).await;
     assert!(matches!(late, Err(StoreError::WriterStopped)), "{late:?}");
     // Every acknowledged write is there, and nothing else; the ledger holds.
     let reopened = Store::open_sqlite(&path, Clock::system()).await.unwrap();
@@ -566,7 +566,7 @@ async fn publish_keys_are_forgotten_after_their_time() {
         request_digest: vec![1; 32],
     };
     store
-        .append_local(&row(&key, 1), "p", Some(k.clone()))
+        .append_local(row(&key, 1), "p", Some(k.clone()))
         .await
         .unwrap();
     assert!(store.published_under("p", &k).await.unwrap().is_some());
@@ -673,7 +673,7 @@ async fn a_group_with_duplicates_reports_the_sequence_numbers_it_stored() {
     let (key, _) = threatmesh::signing::OrgSigningKey::generate().unwrap();
     let rows: Vec<NewIndicator> = (0..6).map(|i| row(&key, i)).collect();
     for r in &rows[..2] {
-        store.append_local(r, "test", None).await.unwrap();
+        store.append_local(r.clone(), "test", None).await.unwrap();
     }
     // Rows 0 and 1 again, row 3 twice, rows 2-5 new.
     let group: Vec<_> = [0, 2, 1, 3, 3, 4, 5]

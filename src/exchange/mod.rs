@@ -450,15 +450,15 @@ async fn sign_and_store(
 ) -> Result<PublishResponse, RpcError> {
     let signer = ctx.signing.load_full();
     let ind = next_version(ctx, signer.key_id(), draft, ctx.clock.now_ms()).await?;
+    let (id, version) = (ind.id.clone(), ind.version);
     let row = seal(&signer, ind);
     check_deadline(deadline)?;
     let appended = ctx
         .store
-        .append_local(&row, &caller.to_string(), key)
+        .append_local(row, &caller.to_string(), key)
         .await?;
-    let i = &row.indicator;
-    tracing::debug!(publisher = %caller, id = %i.id, version = i.version, ?appended, "published");
-    Ok(response(appended, Some((i.id.clone(), i.version))))
+    tracing::debug!(publisher = %caller, %id, version, ?appended, "published");
+    Ok(response(appended, Some((id, version))))
 }
 
 /// The version a draft becomes when we publish it at `now`: checked and

@@ -199,11 +199,11 @@ impl Store {
     /// commits is dropped, not stored.
     pub async fn append_local(
         &self,
-        row: &NewIndicator,
+        row: NewIndicator,
         actor: &str,
         key: Option<PublishKey>,
     ) -> Result<Appended, StoreError> {
-        self.append_local_many(vec![(row.clone(), key)], actor)
+        self.append_local_many(vec![(row, key)], actor)
             .await?
             .pop()
             .unwrap_or(Err(StoreError::WriterStopped))
@@ -232,41 +232,15 @@ impl Store {
         result.await.map_err(|_| StoreError::WriterStopped)
     }
 
-    /// The next group of local writes: waits for one, then takes what else
-    /// is queued up to [`GROUP_ROWS`] rows; after [`Store::close`], only
-    /// what was queued before, then nothing (the writer's cue to stop).
-    async fn next_local_group(
-        &self,
-        queue: &mut mpsc::Receiver<LocalWrite>,
-        group: &mut Vec<LocalWrite>,
-    ) -> usize {
-        let first = tokio::select! {
-            w = queue.recv() => w,
-            _ = self.stop.cancelled() => {
-                queue.close();
-                queue.recv().await
-            }
-        };
-        let Some(first) = first else { return 0 };
-        let mut rows = first.rows.len();
-        group.push(first);
-        while rows < GROUP_ROWS {
-            match queue.try_recv() {
-                Ok(w) => {
-                    rows += w.rows.len();
-                    group.push(w);
-                }
-                Err(_) => break,
-            }
-        }
-        group.len()
-    }
-
     /// Writes queued local publishes in groups until every handle of the
     /// store is gone.
     pub(super) async fn local_writer(self, mut queue: mpsc::Receiver<LocalWrite>) {
         let mut group = Vec::new();
-        while self.next_local_group(&mut queue, &mut group).await > 0 {
+        while self
+            .next_group(&mut queue, &mut group, GROUP_ROWS, |w| w.rows.len())
+            .await
+            > 0
+        {
             let lock = match self.write_tx().await {
                 Ok(lock) => lock,
                 Err(e) => {

@@ -355,22 +355,34 @@ impl Store {
         self.writer.close().await;
     }
 
-    /// The next group for a writer: up to `max` queued writes, waiting for
-    /// at least one; after [`Store::close`], only what was queued before,
-    /// then an empty group (the writer's cue to stop).
+    /// The next group for a writer: waits for one queued write, then takes
+    /// what else is queued while the group weighs less than `max` (`weight`
+    /// of a write: 1 for a write, or its rows); after [`Store::close`], only
+    /// what was queued before, then an empty group (the writer's cue to
+    /// stop). Returns the number of writes taken.
     async fn next_group<T>(
         &self,
         queue: &mut mpsc::Receiver<T>,
         group: &mut Vec<T>,
         max: usize,
+        weight: impl Fn(&T) -> usize,
     ) -> usize {
-        tokio::select! {
-            n = queue.recv_many(group, max) => n,
+        let first = tokio::select! {
+            w = queue.recv() => w,
             _ = self.stop.cancelled() => {
                 queue.close();
-                queue.recv_many(group, max).await
+                queue.recv().await
             }
+        };
+        let Some(first) = first else { return 0 };
+        let mut weighed = weight(&first);
+        group.push(first);
+        while weighed < max {
+            let Ok(w) = queue.try_recv() else { break };
+            weighed += weight(&w);
+            group.push(w);
         }
+        group.len()
     }
 
     fn now(&self) -> i64 {

@@ -56,7 +56,7 @@ impl Store {
     pub(super) async fn release_writer(self, mut queue: mpsc::Receiver<ReleaseWrite>) {
         const GROUP: usize = 1024;
         let mut group = Vec::with_capacity(GROUP);
-        while self.next_group(&mut queue, &mut group, GROUP).await > 0 {
+        while self.next_group(&mut queue, &mut group, GROUP, |_| 1).await > 0 {
             let result = self.commit_releases(&group).await;
             if let Err(e) = &result {
                 tracing::error!(error = %e, "group commit of release records failed");
