@@ -125,13 +125,7 @@ pub async fn run(
         .transpose()?;
     let progress = Progress::new();
     let mut tally = Tally::default();
-    let entries = async_stream(&mut rx);
-    // Full batches (or the end of the input): batches of whatever was
-    // ready held one entry each whenever the reader fell behind, and each
-    // cost a request and a place in a group commit.
-    let mut results = entries
-        .chunks(BATCH)
-        .flat_map(|chunk| futures_util::stream::iter(within_bytes(chunk, BATCH_BYTES)))
+    let mut results = batches(async_stream(&mut rx))
         .map(|chunk| publish_chunk(client.clone(), chunk))
         .buffered(BATCHES_IN_FLIGHT)
         .flat_map(futures_util::stream::iter);
@@ -165,17 +159,35 @@ pub async fn run(
     Ok(())
 }
 
+/// `entries` as the PublishBatch requests they are sent in: [`BATCH`] at a
+/// time (or what is left at the end), each cut to [`BATCH_BYTES`]. Full
+/// batches, not whatever is ready: batches of what was ready held one entry
+/// each whenever the reader fell behind, and each cost a request and a
+/// place in a group commit.
+fn batches(
+    entries: impl futures_util::Stream<Item = Entry>,
+) -> impl futures_util::Stream<Item = Vec<Entry>> {
+    entries
+        .chunks(BATCH)
+        .flat_map(|chunk| futures_util::stream::iter(within_bytes(chunk, BATCH_BYTES)))
+}
+
+/// What `e` adds to a PublishBatch request: its draft and key, and the
+/// item's own field tags and lengths (nothing if it is not sent).
+fn entry_bytes(e: &Entry) -> usize {
+    match &e.outcome {
+        Ok((draft, key)) => prost::Message::encoded_len(draft) + key.len() + 16,
+        Err(_) => 0,
+    }
+}
+
 /// `chunk` cut, in order, into runs whose drafts and keys encode to at
 /// most `budget` bytes (an entry larger than that alone).
 fn within_bytes(chunk: Vec<Entry>, budget: usize) -> Vec<Vec<Entry>> {
     let mut runs: Vec<Vec<Entry>> = Vec::new();
     let mut used = 0;
     for e in chunk {
-        // The item's own field tag and length besides its content.
-        let size = match &e.outcome {
-            Ok((draft, key)) => prost::Message::encoded_len(draft) + key.len() + 16,
-            Err(_) => 0,
-        };
+        let size = entry_bytes(&e);
         match runs.last_mut() {
             Some(run) if used + size <= budget => run.push(e),
             _ => {
@@ -703,15 +715,27 @@ mod tests {
                 vec!["line 10", "line 10"],
             ]
         );
-        for run in &runs[..1] {
-            let bytes: usize = run
-                .iter()
-                .map(|e| match &e.outcome {
-                    Ok((d, k)) => prost::Message::encoded_len(d) + k.len() + 16,
-                    Err(_) => 0,
-                })
-                .sum();
-            assert!(bytes <= 8200, "{bytes}");
-        }
+        let bytes: usize = runs[0].iter().map(entry_bytes).sum();
+        assert!(bytes <= 8200, "{bytes}");
+    }
+
+    /// `import --help` promises requests of 1,000 entries, fewer only at the
+    /// end of the input, even when the reader is slower than the sender
+    /// (batches of whatever was ready held one entry each then).
+    #[tokio::test]
+    async fn a_slow_reader_still_sends_full_batches() {
+        let (tx, mut rx) = mpsc::channel::<Entry>(QUEUED);
+        let reader = tokio::spawn(async move {
+            for i in 0..2_500 {
+                tx.send(entry(i % 50)).await.unwrap();
+                tokio::task::yield_now().await;
+            }
+        });
+        let sizes: Vec<usize> = batches(async_stream(&mut rx))
+            .map(|b| b.len())
+            .collect()
+            .await;
+        reader.await.unwrap();
+        assert_eq!(sizes, [BATCH, BATCH, 500]);
     }
 }
