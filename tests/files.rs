@@ -94,3 +94,89 @@ fn init_under_umask_000_keeps_keys_and_data_private() {
     // Without --listen, init leaves the default its --help names.
     assert_eq!(s.node.listen, "127.0.0.1:7443");
 }
+
+/// The rules of `.dockerignore`: `*` first, then only `!path` re-inclusions
+/// of exact paths (what this check understands, and all the file may use).
+fn docker_context_rules() -> Vec<String> {
+    let text = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join(".dockerignore"))
+        .unwrap();
+    let rules: Vec<&str> = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .collect();
+    assert_eq!(rules.first(), Some(&"*"), "deny by default: {rules:?}");
+    rules[1..]
+        .iter()
+        .map(|r| {
+            let path = r
+                .strip_prefix('!')
+                .unwrap_or_else(|| panic!("not a re-inclusion: {r}"));
+            assert!(
+                !path.contains(['*', '?', '[']) && !path.ends_with('/'),
+                "an exact path: {r}"
+            );
+            path.to_string()
+        })
+        .collect()
+}
+
+fn in_context(rules: &[String], path: &str) -> bool {
+    rules
+        .iter()
+        .any(|r| path == r || path.starts_with(&format!("{r}/")))
+}
+
+/// Every file under `dir` (relative to `root`), recursively.
+fn files_under(root: &Path, dir: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            out.extend(files_under(root, &p));
+        } else {
+            out.push(p.strip_prefix(root).unwrap().to_string_lossy().into_owned());
+        }
+    }
+    out
+}
+
+/// The Docker build (`COPY . .`) sees what it compiles, and none of what
+/// `threatmesh init` writes, wherever in the checkout an operator ran it:
+/// the quick start makes org folders beside the sources, and `certs/` and
+/// `config/` invite keys and configs.
+#[test]
+fn the_docker_build_context_holds_the_build_inputs_and_no_org_secrets() {
+    let rules = docker_context_rules();
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut inputs = vec![
+        "Cargo.toml".to_string(),
+        "Cargo.lock".into(),
+        "build.rs".into(),
+        "config/defaults.toml".into(),
+    ];
+    for dir in ["proto", "src", "migrations", "config/policies"] {
+        inputs.extend(files_under(root, &root.join(dir)));
+    }
+    for f in &inputs {
+        assert!(
+            in_context(&rules, f),
+            "{f} is read by the build but left out"
+        );
+    }
+    let org = Org::new("cert.example");
+    let made = files_under(org.dir.path(), org.dir.path());
+    assert!(made.iter().any(|f| f.ends_with(".key")), "{made:?}");
+    for place in ["", "cert/", "org/", "certs/", "config/"] {
+        for f in &made {
+            let path = format!("{place}{f}");
+            assert!(
+                !in_context(&rules, &path),
+                "{path} would be sent to the Docker build"
+            );
+        }
+    }
+    for loose in ["ca.key", "signing.key", "threatmesh.toml", "store.db"] {
+        assert!(!in_context(&rules, loose), "{loose}");
+    }
+}
