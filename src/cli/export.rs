@@ -279,8 +279,12 @@ impl Sink for StixBundle {
             return Ok(());
         };
         self.origins.insert(ind.origin_org.clone());
-        let obj = stix::indicator_object(ind, x.envelope.as_ref());
-        write!(self.out, ",\n{obj}")
+        self.out.write_all(b",\n")?;
+        serde_json::to_writer(
+            &mut self.out,
+            &stix::IndicatorObject::new(ind, x.envelope.as_ref()),
+        )?;
+        Ok(())
     }
 
     fn end(mut self: Box<Self>) -> std::io::Result<()> {

@@ -19,6 +19,7 @@
 //! Kill-chain phases written `chain:phase` keep their chain; others are
 //! phases of the `threatmesh` chain.
 
+use serde::Serialize;
 use serde_json::{Map, Value, json};
 
 use crate::model::{ValidationError, kind_name};
@@ -139,11 +140,16 @@ pub fn parse_timestamp(s: &str) -> Result<i64, String> {
 /// The STIX `identity` id of an org: a name-based UUID, so every export of
 /// the same org names the same identity.
 pub fn identity_id(org: &str) -> String {
-    let ns = uuid::Uuid::new_v5(
-        &uuid::Uuid::NAMESPACE_URL,
-        b"https://threatmesh/stix/identity",
-    );
-    format!("identity--{}", uuid::Uuid::new_v5(&ns, org.as_bytes()))
+    static NAMESPACE: std::sync::LazyLock<uuid::Uuid> = std::sync::LazyLock::new(|| {
+        uuid::Uuid::new_v5(
+            &uuid::Uuid::NAMESPACE_URL,
+            b"https://threatmesh/stix/identity",
+        )
+    });
+    format!(
+        "identity--{}",
+        uuid::Uuid::new_v5(&NAMESPACE, org.as_bytes())
+    )
 }
 
 /// The `identity` object of an origin org, made at `now_ms`.
@@ -296,90 +302,126 @@ pub fn parse_pattern(p: &str) -> Result<(IndicatorKind, String), String> {
 }
 
 /// A kill-chain phase of ours as STIX's `{kill_chain_name, phase_name}`.
-fn kill_chain_phase(label: &str) -> Value {
-    let (chain, phase) = label.split_once(':').unwrap_or((OWN_KILL_CHAIN, label));
-    json!({"kill_chain_name": chain, "phase_name": phase})
+#[derive(Serialize)]
+struct KillChainPhase<'a> {
+    kill_chain_name: &'a str,
+    phase_name: &'a str,
 }
 
-/// The STIX `indicator` object of `ind`, with its signed `envelope` as DSSE
-/// JSON when given.
+impl<'a> KillChainPhase<'a> {
+    fn of(label: &'a str) -> Self {
+        let (chain, phase) = label.split_once(':').unwrap_or((OWN_KILL_CHAIN, label));
+        Self {
+            kill_chain_name: chain,
+            phase_name: phase,
+        }
+    }
+}
+
+fn is_false(b: &bool) -> bool {
+    !b
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
+}
+
+/// The STIX `indicator` object of an indicator, ready to serialize: built
+/// straight from the indicator's fields, so a TAXII page or an export
+/// renders without an intermediate JSON tree. [`indicator_object`] gives it
+/// as a [`Value`].
+#[derive(Serialize)]
+pub struct IndicatorObject<'a> {
+    #[serde(rename = "type")]
+    object_type: &'static str,
+    spec_version: &'static str,
+    id: String,
+    created: String,
+    modified: String,
+    created_by_ref: String,
+    name: String,
+    indicator_types: [&'static str; 1],
+    pattern: String,
+    pattern_type: &'static str,
+    pattern_version: &'static str,
+    valid_from: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    valid_until: Option<String>,
+    confidence: u32,
+    #[serde(rename = "labels", skip_serializing_if = "<[_]>::is_empty")]
+    tags: &'a [String],
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    kill_chain_phases: Vec<KillChainPhase<'a>>,
+    #[serde(skip_serializing_if = "str::is_empty")]
+    description: &'a str,
+    #[serde(skip_serializing_if = "is_false")]
+    revoked: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    object_marking_refs: Option<[&'static str; 1]>,
+    x_threatmesh_origin: &'a str,
+    x_threatmesh_version: u64,
+    #[serde(skip_serializing_if = "<[_]>::is_empty")]
+    x_threatmesh_recipients: &'a [String],
+    #[serde(skip_serializing_if = "is_false")]
+    x_threatmesh_may_forward: bool,
+    #[serde(skip_serializing_if = "is_zero")]
+    x_threatmesh_hop_limit: u32,
+    #[serde(skip_serializing_if = "<[_]>::is_empty")]
+    x_threatmesh_jurisdictions: &'a [String],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    x_threatmesh_envelope: Option<DsseJson>,
+}
+
+impl<'a> IndicatorObject<'a> {
+    /// The object of `ind`, with its signed `envelope` as DSSE JSON when
+    /// given.
+    pub fn new(ind: &'a Indicator, envelope: Option<&Envelope>) -> Self {
+        let kind = IndicatorKind::try_from(ind.kind).unwrap_or(IndicatorKind::Unspecified);
+        let marking = ind.marking.as_ref();
+        let recipients: &[String] = marking.map_or(&[], |m| &m.recipients);
+        Self {
+            object_type: "indicator",
+            spec_version: "2.1",
+            id: format!("indicator--{}", ind.id),
+            created: timestamp(ind.created_unix_ms),
+            modified: timestamp(ind.modified_unix_ms),
+            created_by_ref: identity_id(&ind.origin_org),
+            name: format!(
+                "{} {}",
+                kind_name(ind.kind).unwrap_or("indicator"),
+                ind.value
+            ),
+            indicator_types: ["malicious-activity"],
+            pattern: pattern(kind, &ind.value),
+            pattern_type: "stix",
+            pattern_version: "2.1",
+            valid_from: timestamp(ind.valid_from_unix_ms),
+            valid_until: (ind.valid_until_unix_ms != 0).then(|| timestamp(ind.valid_until_unix_ms)),
+            confidence: ind.confidence,
+            tags: &ind.tags,
+            kill_chain_phases: ind
+                .kill_chain_phases
+                .iter()
+                .map(|p| KillChainPhase::of(p))
+                .collect(),
+            description: &ind.description,
+            revoked: ind.revoked,
+            object_marking_refs: marking_of_tlp(marking.map_or(0, |m| m.tlp)).map(|id| [id]),
+            x_threatmesh_origin: &ind.origin_org,
+            x_threatmesh_version: ind.version,
+            x_threatmesh_recipients: recipients,
+            x_threatmesh_may_forward: marking.is_some_and(|m| m.may_forward),
+            x_threatmesh_hop_limit: marking.map_or(0, |m| m.hop_limit),
+            x_threatmesh_jurisdictions: &ind.jurisdictions,
+            x_threatmesh_envelope: envelope.map(DsseJson::from),
+        }
+    }
+}
+
+/// The STIX `indicator` object of `ind` as a JSON value, with its signed
+/// `envelope` as DSSE JSON when given.
 pub fn indicator_object(ind: &Indicator, envelope: Option<&Envelope>) -> Value {
-    let kind = IndicatorKind::try_from(ind.kind).unwrap_or(IndicatorKind::Unspecified);
-    let mut o = Map::new();
-    o.insert("type".into(), "indicator".into());
-    o.insert("spec_version".into(), "2.1".into());
-    o.insert("id".into(), format!("indicator--{}", ind.id).into());
-    o.insert("created".into(), timestamp(ind.created_unix_ms).into());
-    o.insert("modified".into(), timestamp(ind.modified_unix_ms).into());
-    o.insert("created_by_ref".into(), identity_id(&ind.origin_org).into());
-    o.insert(
-        "name".into(),
-        format!(
-            "{} {}",
-            kind_name(ind.kind).unwrap_or("indicator"),
-            ind.value
-        )
-        .into(),
-    );
-    o.insert("indicator_types".into(), json!(["malicious-activity"]));
-    o.insert("pattern".into(), pattern(kind, &ind.value).into());
-    o.insert("pattern_type".into(), "stix".into());
-    o.insert("pattern_version".into(), "2.1".into());
-    o.insert(
-        "valid_from".into(),
-        timestamp(ind.valid_from_unix_ms).into(),
-    );
-    if ind.valid_until_unix_ms != 0 {
-        o.insert(
-            "valid_until".into(),
-            timestamp(ind.valid_until_unix_ms).into(),
-        );
-    }
-    o.insert("confidence".into(), ind.confidence.into());
-    if !ind.tags.is_empty() {
-        o.insert("labels".into(), json!(ind.tags));
-    }
-    if !ind.kill_chain_phases.is_empty() {
-        let phases: Vec<Value> = ind
-            .kill_chain_phases
-            .iter()
-            .map(|p| kill_chain_phase(p))
-            .collect();
-        o.insert("kill_chain_phases".into(), phases.into());
-    }
-    if !ind.description.is_empty() {
-        o.insert("description".into(), ind.description.clone().into());
-    }
-    if ind.revoked {
-        o.insert("revoked".into(), true.into());
-    }
-    let marking = ind.marking.clone().unwrap_or_default();
-    if let Some(id) = marking_of_tlp(marking.tlp) {
-        o.insert("object_marking_refs".into(), json!([id]));
-    }
-    o.insert("x_threatmesh_origin".into(), ind.origin_org.clone().into());
-    o.insert("x_threatmesh_version".into(), ind.version.into());
-    if !marking.recipients.is_empty() {
-        o.insert("x_threatmesh_recipients".into(), json!(marking.recipients));
-    }
-    if marking.may_forward {
-        o.insert("x_threatmesh_may_forward".into(), true.into());
-    }
-    if marking.hop_limit != 0 {
-        o.insert("x_threatmesh_hop_limit".into(), marking.hop_limit.into());
-    }
-    if !ind.jurisdictions.is_empty() {
-        o.insert(
-            "x_threatmesh_jurisdictions".into(),
-            json!(ind.jurisdictions),
-        );
-    }
-    if let Some(env) = envelope
-        && let Ok(v) = serde_json::to_value(DsseJson::from(env))
-    {
-        o.insert("x_threatmesh_envelope".into(), v);
-    }
-    Value::Object(o)
+    serde_json::to_value(IndicatorObject::new(ind, envelope)).unwrap_or(Value::Null)
 }
 
 /// What one STIX `indicator` object becomes.

@@ -16,6 +16,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Router, body::Bytes};
+use serde::Serialize;
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
 
@@ -100,9 +101,17 @@ impl From<crate::store::StoreError> for TaxiiError {
     }
 }
 
-fn taxii_json(status: StatusCode, body: &Value, mut headers: HeaderMap) -> Response {
+fn taxii_json(status: StatusCode, body: &impl Serialize, mut headers: HeaderMap) -> Response {
     headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(TAXII_TYPE));
-    (status, headers, body.to_string()).into_response()
+    match serde_json::to_vec(body) {
+        Ok(bytes) => (status, headers, bytes).into_response(),
+        Err(e) => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "Rendering failed",
+            format!("the answer could not be rendered as JSON: {e}"),
+        )
+        .into_response(),
+    }
 }
 
 type Answer = Result<Response, TaxiiError>;
@@ -669,34 +678,42 @@ fn date_headers(served: &[Served]) -> HeaderMap {
     h
 }
 
-fn envelope_body(served: &[Served], more: bool, next: u64, f: impl Fn(&Served) -> Value) -> Value {
-    let mut body = json!({
-        "more": more,
-        "objects": served.iter().map(f).collect::<Vec<_>>(),
-    });
-    if more {
-        body["next"] = format!("{next:x}").into();
-    }
-    body
+/// A TAXII envelope: one page of objects, and where the next one starts.
+#[derive(Serialize)]
+struct Page<T> {
+    more: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    next: Option<String>,
+    objects: Vec<T>,
 }
 
-/// One page of the collection for `objects` or `manifest`, each object
-/// rendered by `render`.
-async fn listing(
+fn envelope_body<'a, T: Serialize>(
+    served: &'a [Served],
+    more: bool,
+    next: u64,
+    f: impl Fn(&'a Served) -> T,
+) -> Page<T> {
+    Page {
+        more,
+        next: more.then(|| format!("{next:x}")),
+        objects: served.iter().map(f).collect(),
+    }
+}
+
+/// One page of the collection for `objects` or `manifest`: what the
+/// caller may read, whether there is more, and where the next page starts.
+async fn page(
     t: &Taxii,
     peer: &PeerInfo,
     cid: &str,
     q: &HashMap<String, String>,
     headers: &HeaderMap,
-    render: impl Fn(&Served) -> Value,
-) -> Answer {
+) -> Result<(Vec<Served>, bool, u64), TaxiiError> {
     accepts_taxii(headers)?;
     let r = reader(t, peer)?;
     check_collection(t, cid)?;
     let f = filter(t, q, Versions::Latest)?;
-    let (served, more, next) = read_page(t, &r, &f).await?;
-    let body = envelope_body(&served, more, next, render);
-    Ok(taxii_json(StatusCode::OK, &body, date_headers(&served)))
+    read_page(t, &r, &f).await
 }
 
 async fn objects(
@@ -706,10 +723,20 @@ async fn objects(
     Query(q): Query<HashMap<String, String>>,
     headers: HeaderMap,
 ) -> Answer {
-    listing(&t, &peer, &cid, &q, &headers, |s| {
-        stix::indicator_object(&s.indicator, s.envelope.as_ref())
-    })
-    .await
+    let (served, more, next) = page(&t, &peer, &cid, &q, &headers).await?;
+    let body = envelope_body(&served, more, next, |s| {
+        stix::IndicatorObject::new(&s.indicator, s.envelope.as_ref())
+    });
+    Ok(taxii_json(StatusCode::OK, &body, date_headers(&served)))
+}
+
+/// One entry of a manifest.
+#[derive(Serialize)]
+struct ManifestEntry {
+    id: String,
+    date_added: String,
+    version: String,
+    media_type: &'static str,
 }
 
 async fn manifest(
@@ -719,15 +746,14 @@ async fn manifest(
     Query(q): Query<HashMap<String, String>>,
     headers: HeaderMap,
 ) -> Answer {
-    listing(&t, &peer, &cid, &q, &headers, |s| {
-        json!({
-            "id": format!("indicator--{}", s.indicator.id),
-            "date_added": stix::timestamp(s.stored_ms),
-            "version": stix::timestamp(s.indicator.modified_unix_ms),
-            "media_type": STIX_TYPE,
-        })
-    })
-    .await
+    let (served, more, next) = page(&t, &peer, &cid, &q, &headers).await?;
+    let body = envelope_body(&served, more, next, |s| ManifestEntry {
+        id: format!("indicator--{}", s.indicator.id),
+        date_added: stix::timestamp(s.stored_ms),
+        version: stix::timestamp(s.indicator.modified_unix_ms),
+        media_type: STIX_TYPE,
+    });
+    Ok(taxii_json(StatusCode::OK, &body, date_headers(&served)))
 }
 
 /// The versions of one object `r` may read (per `f`'s `match[version]`),
@@ -795,7 +821,7 @@ async fn object(
 ) -> Answer {
     let served = visible(&t, &peer, (&cid, &oid), &q, &headers, Versions::Latest).await?;
     let body = envelope_body(&served, false, 0, |s| {
-        stix::indicator_object(&s.indicator, s.envelope.as_ref())
+        stix::IndicatorObject::new(&s.indicator, s.envelope.as_ref())
     });
     Ok(taxii_json(StatusCode::OK, &body, date_headers(&served)))
 }
