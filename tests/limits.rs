@@ -483,6 +483,58 @@ async fn catch_up(a: &Org, addr: std::net::SocketAddr, partner: &Org, n: u64, pi
     peak
 }
 
+/// A stream's replies are bounded in bytes, not only in rows: with large
+/// envelopes a reply carries a quarter of a MiB of them, so what a stream
+/// holds (three replies) does not grow with the batch size in rows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replies_of_large_envelopes_are_bounded_in_bytes() {
+    let a = Org::new("a.example");
+    let b = Org::new("b.example");
+    a.add_peer(&b, None).await;
+    let node = start(&a).await;
+    const N: u32 = 600;
+    let drafts = (0..N)
+        .map(|i| {
+            let mut d = ipv4_draft(i, threatmesh::proto::v1::Tlp::Clear);
+            d.description = format!("{i:08}").repeat(500);
+            d
+        })
+        .collect();
+    publish_all(&publisher(&a, &node), drafts, 32).await;
+    let mut stream = exchange_as(&a, &node, &b.node_cert())
+        .subscribe(subscribe_from(0))
+        .await
+        .unwrap()
+        .into_inner();
+    let (mut received, mut cursor, mut largest, mut replies) = (0u32, 0, 0usize, 0);
+    while cursor < u64::from(N) {
+        let m = stream.message().await.unwrap().unwrap();
+        let bytes: usize = m.deliveries.iter().map(|d| d.envelope.len()).sum();
+        let one = m
+            .deliveries
+            .iter()
+            .map(|d| d.envelope.len())
+            .max()
+            .unwrap_or(0);
+        // A reply stops at the first envelope that crosses 256 KiB.
+        assert!(
+            bytes <= 256 * 1024 + one,
+            "a reply carried {bytes} bytes of {} envelopes",
+            m.deliveries.len()
+        );
+        largest = largest.max(m.deliveries.len());
+        received += m.deliveries.len() as u32;
+        replies += 1;
+        cursor = m.cursor;
+    }
+    assert_eq!(received, N, "b was served the whole log");
+    // About 4.3 KB an envelope: some 60 a reply, never the 256 rows of
+    // `federation.batch_size`.
+    assert!(largest < 100, "largest reply: {largest} envelopes");
+    assert!(replies >= 10, "{replies} replies for {N} envelopes");
+    node.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_subscriber_that_never_reads_costs_bounded_memory_and_others_are_served() {
     use tokio::io::AsyncWriteExt;

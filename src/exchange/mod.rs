@@ -235,6 +235,9 @@ where
         let mut peers = ctx.peer_changes.subscribe();
         let batch = ctx.settings.federation.batch_size;
         let budget = reply_budget(ctx.settings.limits.max_message_bytes);
+        // The average size of the rows read last, so the next read asks for
+        // about a reply's worth, not `batch` rows of whatever size.
+        let mut avg_row = 0usize;
         loop {
             if shutdown.is_cancelled() {
                 let _ = tx.send(fail(RpcError::ShuttingDown.into())).await;
@@ -246,8 +249,14 @@ where
                 return;
             }
             latest.borrow_and_update();
-            let rows = match ctx.store.read_after(cursor, batch).await {
-                Ok(r) => within_budget(r, budget),
+            let want = rows_for(budget, avg_row, batch);
+            let rows = match ctx.store.read_after(cursor, want).await {
+                Ok(r) => {
+                    if !r.is_empty() {
+                        avg_row = r.iter().map(row_bytes).sum::<usize>() / r.len();
+                    }
+                    within_budget(r, budget)
+                }
                 Err(e) => {
                     let _ = tx.send(fail(RpcError::Store(e).into())).await;
                     return;
@@ -328,10 +337,34 @@ where
     ReceiverStream::new(rx)
 }
 
-/// Bytes of envelopes one reply may carry: what is left of the message
-/// limit after room for the cards, paths and framing that go with them.
+/// Bytes of envelopes one reply carries at most. Each stream holds up to
+/// three replies (one committing, one queued, one being decided), so this,
+/// not the row count, bounds what a subscriber costs; 256 KiB is still
+/// hundreds of typical envelopes. Never more than what is left of the
+/// message limit after room for the cards, paths and framing that go with
+/// them.
 fn reply_budget(max_message_bytes: usize) -> usize {
-    max_message_bytes / 2
+    (max_message_bytes / 2).min(REPLY_BYTES)
+}
+
+/// See [`reply_budget`].
+const REPLY_BYTES: usize = 256 * 1024;
+
+/// The bytes a row adds to a reply.
+fn row_bytes(r: &StoredIndicator) -> usize {
+    r.envelope.len() + r.path.iter().map(|p| p.len() + 4).sum::<usize>()
+}
+
+/// How many rows to read for a reply of `budget` bytes when rows average
+/// `avg_row` bytes (unknown: 0): at most `batch`, at least one, and a
+/// little over the budget so a reply is full.
+fn rows_for(budget: usize, avg_row: usize, batch: u32) -> u32 {
+    if avg_row == 0 {
+        return batch;
+    }
+    u32::try_from(budget / avg_row + 1)
+        .unwrap_or(u32::MAX)
+        .clamp(1, batch)
 }
 
 /// The leading rows whose envelopes fit in `budget` bytes (at least one:
@@ -341,7 +374,7 @@ fn within_budget(mut rows: Vec<StoredIndicator>, budget: usize) -> Vec<StoredInd
     let keep = rows
         .iter()
         .position(|r| {
-            used += r.envelope.len() + r.path.iter().map(|p| p.len() + 4).sum::<usize>();
+            used += row_bytes(r);
             used > budget
         })
         .unwrap_or(rows.len())
