@@ -11,16 +11,23 @@ pub fn wall_ms() -> i64 {
     Clock::system().now_ms()
 }
 
-/// A Unix ms time as RFC 3339 (`2026-12-06T03:01:25.5Z`), or the number
-/// itself when it is out of range.
-pub fn rfc3339(ms: i64) -> String {
+/// A Unix ms time as RFC 3339 in UTC with exactly three fraction digits
+/// (`2026-12-06T03:01:25.500Z`), so times line up in columns and sort as
+/// text; `None` out of range.
+pub fn rfc3339_millis(ms: i64) -> Option<String> {
     time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
         .ok()
         .and_then(|t| {
-            t.format(&time::format_description::well_known::Rfc3339)
-                .ok()
+            t.format(time::macros::format_description!(
+                "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z"
+            ))
+            .ok()
         })
-        .unwrap_or_else(|| ms.to_string())
+}
+
+/// [`rfc3339_millis`], or the number itself when it is out of range.
+pub fn rfc3339(ms: i64) -> String {
+    rfc3339_millis(ms).unwrap_or_else(|| ms.to_string())
 }
 
 /// Where "now" comes from.

@@ -20,6 +20,13 @@ pub enum ConfigError {
     /// The file named with `--config` does not exist.
     #[error("config file {0} not found (create one with `threatmesh init`)")]
     NotFound(PathBuf),
+    /// `--config` named a directory (often the `--dir` given to `init`).
+    #[error(
+        "--config {}: is a directory; name the config file in it, e.g. `-c {}`",
+        .0.display(),
+        .0.join("threatmesh.toml").display()
+    )]
+    IsDirectory(PathBuf),
     /// The `config` crate could not read or deserialise the settings; its
     /// message names the key.
     #[error("config: {0}")]
@@ -293,6 +300,9 @@ impl Settings {
         path: &Path,
         env: Option<std::collections::HashMap<String, String>>,
     ) -> Result<Self, ConfigError> {
+        if path.is_dir() {
+            return Err(ConfigError::IsDirectory(path.to_path_buf()));
+        }
         if !path.is_file() {
             return Err(ConfigError::NotFound(path.to_path_buf()));
         }

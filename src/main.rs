@@ -4,5 +4,8 @@
 use clap::Parser;
 
 fn main() -> std::process::ExitCode {
-    threatmesh::cli::run(threatmesh::cli::Cli::parse())
+    match threatmesh::cli::Cli::try_parse() {
+        Ok(cli) => threatmesh::cli::run(cli),
+        Err(e) => threatmesh::cli::argument_error(&e),
+    }
 }

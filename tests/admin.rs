@@ -273,10 +273,10 @@ async fn every_admin_change_is_on_the_ledger_with_the_admins_identity() {
         .arg("--config")
         .arg(&a.config)
         .args([
-            "--server",
-            &node_a.addr.to_string(),
             "audit",
             "log",
+            "--server",
+            &node_a.addr.to_string(),
             "--json",
         ])
         .output()
@@ -311,6 +311,30 @@ async fn every_admin_change_is_on_the_ledger_with_the_admins_identity() {
         ("cert-revoked", "spiffe://a.example/node"),
         ("crl-signed", "CRL number 1"),
     ];
+    // The table: a header, and times in RFC 3339 with milliseconds, the
+    // validity of an issued certificate too.
+    let o = cli(&a, &node_a, &["audit", "log"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let table = String::from_utf8_lossy(&o.stdout);
+    let mut lines = table.lines();
+    let header = lines.next().unwrap();
+    for title in [
+        "SEQ", "AT (UTC)", "EVENT", "PARTNER", "SUBJECT", "RULE", "DETAIL",
+    ] {
+        assert!(header.contains(title), "{header}");
+    }
+    let feed_issued = lines
+        .find(|l| l.contains("cert-issued") && l.contains("publisher/feed"))
+        .unwrap();
+    let at_col = feed_issued.split_whitespace().nth(1).unwrap();
+    assert!(
+        at_col.len() == 24 && at_col.ends_with('Z') && at_col.as_bytes()[19] == b'.',
+        "{at_col}"
+    );
+    assert!(
+        !table.contains("Unix ms") && feed_issued.contains("valid until 20"),
+        "{feed_issued}"
+    );
     let mut at = 0;
     for (event, subject) in expect {
         let found = events[at..]
@@ -476,4 +500,66 @@ async fn a_partners_new_ca_is_taken_without_restart() {
     assert_eq!(err.code(), tonic::Code::Unauthenticated);
     node_b.stop().await;
     node_a.stop().await;
+}
+
+/// `tail` whose certificate is revoked while it follows: the node closes
+/// the connection, and the command says why instead of "h2 protocol error".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tail_whose_certificate_is_revoked_says_so() {
+    use tokio::io::AsyncBufReadExt;
+    let a = Org::new("a.example");
+    let node = start(&a).await;
+    let mut al = admin(&a, &node);
+    let (csr, key_pem) = certificate_request(&SpiffeId::admin(&a.id, "ops").unwrap()).unwrap();
+    let ops = al
+        .issue_cert(IssueCertRequest {
+            role: CertRole::Admin as i32,
+            name: "ops".into(),
+            days: 30,
+            csr_pem: csr,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = (dir.path().join("ops.pem"), dir.path().join("ops.key"));
+    std::fs::write(&cert, &ops.cert_pem).unwrap();
+    std::fs::write(&key, &key_pem).unwrap();
+    std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let mut tail = tokio::process::Command::new(env!("CARGO_BIN_EXE_threatmesh"))
+        .arg("--config")
+        .arg(&a.config)
+        .env("THREATMESH_SERVER", node.addr.to_string())
+        .arg("tail")
+        .arg("--admin-cert")
+        .arg(&cert)
+        .arg("--admin-key")
+        .arg(&key)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    // The header is printed once the node has accepted the stream.
+    let mut out = tokio::io::BufReader::new(tail.stdout.take().unwrap()).lines();
+    let header = out.next_line().await.unwrap().unwrap();
+    assert!(header.contains("SEQ"), "{header}");
+    let revoked = al
+        .revoke_cert(RevokeCertRequest {
+            which: Some(Which::Serial(ops.serial.clone())),
+            reason: "key-compromise".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(revoked.connections_closed, 1);
+    let done = tail.wait_with_output().await.unwrap();
+    let said = String::from_utf8_lossy(&done.stderr);
+    assert_eq!(done.status.code(), Some(1), "{said}");
+    assert!(
+        said.contains("ended the stream") && said.contains("has been revoked"),
+        "{said}"
+    );
+    assert!(!said.contains("h2 protocol error"), "{said}");
+    node.stop().await;
 }

@@ -443,6 +443,8 @@ fn quick_start_two_processes_publish_and_tail() {
         "{}",
         text(&o)
     );
+    // A script can test the decision by the exit status: 3 for DENY.
+    assert_eq!(o.status.code(), Some(3), "{}", text(&o));
 
     // The ledger at A records the release to B, and verifies.
     let o = run(&["-c", &a, "audit", "log", "--partner", "b.example", "--json"]);
@@ -729,4 +731,139 @@ fn serve_refuses_a_lost_empty_or_damaged_store_unless_told_to_start_afresh() {
         std::thread::sleep(Duration::from_millis(100));
     }
     drop(node);
+}
+
+/// Every usage error exits 64 (`EX_USAGE`), naming what is wrong; asking for
+/// help or the version is not an error.
+#[test]
+fn usage_errors_exit_64_and_help_exits_0() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().to_str().unwrap();
+    expect_64(run(&["--bogus"]), &["unexpected argument '--bogus'"]);
+    expect_64(run(&[]), &["Usage: threatmesh"]);
+    expect_64(run(&["peer"]), &["Usage: threatmesh peer"]);
+    // Flags that do nothing for a command are not accepted by it.
+    expect_64(
+        run(&["serve", "--server", "127.0.0.1:1"]),
+        &["unexpected argument '--server'"],
+    );
+    expect_64(
+        run(&["publish", "--admin-cert", "x.pem", "--admin-key", "x.key"]),
+        &["unexpected argument '--admin-cert'"],
+    );
+    expect_64(
+        run(&["policy", "explain", "--partner", "b.example"]),
+        &["--indicator"],
+    );
+    // `-c` naming a directory (init's --dir) says which file to name.
+    expect_64(
+        run(&["-c", dir, "status"]),
+        &["is a directory", "threatmesh.toml"],
+    );
+    // An org id init would refuse is never what it suggests.
+    let o = run(&["init", "--org", "CERT_example", "--dir", dir]);
+    expect_64(o, &["did you mean 'cert.example'?"]);
+    for args in [
+        &["--help"][..],
+        &["--version"],
+        &["peer", "list", "--help"],
+        &["help", "tail"],
+    ] {
+        let o = run(args);
+        assert_eq!(o.status.code(), Some(0), "{args:?}: {}", text(&o));
+        assert!(!o.stdout.is_empty(), "{args:?}");
+    }
+}
+
+/// Completion scripts and manual pages come from the parser's own
+/// definitions.
+#[test]
+fn completions_and_manual_pages_cover_every_command() {
+    let o = run(&["completions", "bash"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let script = String::from_utf8_lossy(&o.stdout);
+    assert!(script.contains("complete -F _threatmesh"), "{script}");
+    for word in [
+        "peer",
+        "policy",
+        "explain",
+        "--publisher-cert",
+        "--no-follow",
+    ] {
+        assert!(script.contains(word), "{word} missing from the bash script");
+    }
+    for shell in ["zsh", "fish"] {
+        let o = run(&["completions", shell]);
+        assert!(o.status.success() && !o.stdout.is_empty(), "{shell}");
+    }
+    expect_64(run(&["completions", "cmd"]), &["invalid value 'cmd'"]);
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("man1");
+    let o = run(&["man", "--out", out.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", text(&o));
+    for page in [
+        "threatmesh.1",
+        "threatmesh-peer-add.1",
+        "threatmesh-policy-explain.1",
+    ] {
+        let roff = std::fs::read_to_string(out.join(page)).unwrap();
+        assert!(roff.contains(".TH"), "{page} is not a manual page");
+    }
+    let roff = std::fs::read_to_string(out.join("threatmesh-policy-explain.1")).unwrap();
+    assert!(roff.contains("Exit status"), "{roff}");
+}
+
+/// What goes wrong reaching the node is said in words, with what to check,
+/// never as a Rust debug dump.
+#[test]
+fn connection_errors_name_the_problem_without_debug_dumps() {
+    let tmp = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let a = init(&tmp.path().join("a"), "a.example", port);
+    let b = init(&tmp.path().join("b"), "b.example", free_port());
+    let _node = serve_ready(&a);
+    let no_dump = |o: &Output| {
+        assert_eq!(o.status.code(), Some(1), "{}", text(o));
+        for dump in [
+            "Some(",
+            "OtherError",
+            "SpiffeId {",
+            "Unknown: transport error",
+        ] {
+            assert!(!text(o).contains(dump), "debug output: {}", text(o));
+        }
+    };
+    // B's CLI pointed at A's node: not our node, and which one it is.
+    let o = run(&["-c", &b, "status", "--server", &format!("127.0.0.1:{port}")]);
+    no_dump(&o);
+    assert!(
+        text(&o).contains("is spiffe://a.example/node, not our node (spiffe://b.example/node)"),
+        "{}",
+        text(&o)
+    );
+    // A port that answers, but not with TLS.
+    let other = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let other_addr = other.local_addr().unwrap();
+    std::thread::spawn(move || {
+        use std::io::{Read, Write};
+        for c in other.incoming().take(2) {
+            let mut c = c.unwrap();
+            let _ = c.write_all(b"SSH-2.0-OpenSSH_9.6\r\n");
+            let _ = c.read(&mut [0u8; 64]);
+        }
+    });
+    let o = run(&["-c", &a, "status", "--server", &other_addr.to_string()]);
+    no_dump(&o);
+    assert!(text(&o).contains("does not speak TLS"), "{}", text(&o));
+    // Nothing there at all.
+    let closed = free_port();
+    let o = run(&[
+        "-c",
+        &a,
+        "status",
+        "--server",
+        &format!("127.0.0.1:{closed}"),
+    ]);
+    no_dump(&o);
+    assert!(text(&o).contains("nothing listens at"), "{}", text(&o));
 }

@@ -60,7 +60,7 @@ fn operator(org: &Org, addr: std::net::SocketAddr, args: &[&str]) -> std::proces
     std::process::Command::new(env!("CARGO_BIN_EXE_threatmesh"))
         .arg("--config")
         .arg(&org.config)
-        .args(["--server", &addr.to_string()])
+        .env("THREATMESH_SERVER", addr.to_string())
         .args(args)
         .output()
         .unwrap()

@@ -235,7 +235,10 @@ impl AuditEntry {
             "",
             format!("rotated {old} -> {new}"),
             "",
-            format!("{old} signs nothing dated from {at_ms} (Unix ms) on"),
+            format!(
+                "{old} signs nothing dated from {} on",
+                crate::clock::rfc3339(at_ms)
+            ),
         )
     }
 
@@ -313,7 +316,7 @@ impl AuditEntry {
             "",
             format!("{spiffe_id} serial {serial}"),
             "",
-            format!("valid until {not_after_ms} (Unix ms)"),
+            format!("valid until {}", crate::clock::rfc3339(not_after_ms)),
         )
     }
 

@@ -147,7 +147,7 @@ pub(super) async fn bench_import(
     let mut child = std::process::Command::new(exe)
         .arg("--config")
         .arg(&a.source)
-        .args(["--server", &node.addr.to_string(), "import"])
+        .args(["import", "--server", &node.addr.to_string()])
         .arg(&file)
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())

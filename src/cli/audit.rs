@@ -134,6 +134,17 @@ pub async fn run(config: &Path, conn: &ClientArgs, cmd: &AuditCommand) -> Result
                     since_unix_ms: since_ms.unwrap_or(0),
                 })
             );
+            if !*json {
+                out!(
+                    "{:>7} {:<24} {:<15} {:<20} {:<60} {:<26} DETAIL  [ACTOR]",
+                    "SEQ",
+                    "AT (UTC)",
+                    "EVENT",
+                    "PARTNER",
+                    "SUBJECT",
+                    "RULE"
+                );
+            }
             while let Some(chunk) = stream.message().await.map_err(|e| a.fail(e))? {
                 for r in chunk.rows {
                     if *json {
@@ -147,7 +158,7 @@ pub async fn run(config: &Path, conn: &ClientArgs, cmd: &AuditCommand) -> Result
                         );
                     } else {
                         out!(
-                            "{:>7} {} {:<15} {:<20} {:<60} {:<26} {}  [{}]",
+                            "{:>7} {:<24} {:<15} {:<20} {:<60} {:<26} {}  [{}]",
                             r.seq,
                             rfc3339(r.at_unix_ms),
                             r.event,

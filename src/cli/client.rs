@@ -12,10 +12,13 @@ use tonic::transport::Channel;
 use super::CliError;
 use crate::config::Settings;
 use crate::identity::{CertifiedKey, SpiffeId, TrustStore, client_config};
+use crate::model::OrgId;
 
-/// How the CLI reaches its node, overriding `[client]` in the config.
+/// Where the node is, overriding `client.server`: for commands that talk to
+/// the running node.
 #[derive(Debug, Clone, Default, Args)]
-pub struct ClientArgs {
+#[command(next_help_heading = "Reaching the node")]
+pub struct ServerArgs {
     /// host:port of the node (default: client.server, else node.listen).
     #[arg(
         long,
@@ -24,6 +27,29 @@ pub struct ClientArgs {
         value_name = "HOST:PORT"
     )]
     pub server: Option<String>,
+}
+
+impl ServerArgs {
+    /// Loads the config with `--server` applied.
+    pub fn load(&self, config: &Path) -> Result<Settings, CliError> {
+        let mut s = Settings::load(config)?;
+        if let Some(server) = &self.server {
+            crate::identity::check_endpoint(server)
+                .map_err(|e| CliError::Usage(format!("--server: {e}")))?;
+            s.client.server = server.clone();
+        }
+        Ok(s)
+    }
+}
+
+/// How an Admin command reaches its node, overriding `[client]` in the
+/// config.
+#[derive(Debug, Clone, Default, Args)]
+#[command(next_help_heading = "Reaching the node")]
+pub struct ClientArgs {
+    /// Where the node is.
+    #[command(flatten)]
+    pub node: ServerArgs,
     /// Admin certificate to present (default: client.admin_cert).
     #[arg(long, global = true, value_name = "PEM", requires = "admin_key")]
     pub admin_cert: Option<PathBuf>,
@@ -32,14 +58,37 @@ pub struct ClientArgs {
     pub admin_key: Option<PathBuf>,
 }
 
+/// How a publishing command reaches its node, overriding `[client]` in the
+/// config.
+#[derive(Debug, Clone, Default, Args)]
+#[command(next_help_heading = "Reaching the node")]
+pub struct PublisherArgs {
+    /// Where the node is.
+    #[command(flatten)]
+    pub node: ServerArgs,
+    /// Publisher certificate to present (default: client.publisher_cert).
+    #[arg(long, value_name = "PEM", requires = "publisher_key")]
+    pub publisher_cert: Option<PathBuf>,
+    /// Its private key (default: client.publisher_key).
+    #[arg(long, value_name = "PEM", requires = "publisher_cert")]
+    pub publisher_key: Option<PathBuf>,
+}
+
+impl PublisherArgs {
+    /// Loads the config with these overrides applied.
+    pub fn load(&self, config: &Path) -> Result<Settings, CliError> {
+        let mut s = self.node.load(config)?;
+        if let (Some(c), Some(k)) = (&self.publisher_cert, &self.publisher_key) {
+            s.client.publisher_cert = c.clone();
+            s.client.publisher_key = k.clone();
+        }
+        Ok(s)
+    }
+}
+
 /// Loads the config and applies the command-line overrides of `[client]`.
 pub fn load(config: &Path, conn: &ClientArgs) -> Result<Settings, CliError> {
-    let mut s = Settings::load(config)?;
-    if let Some(server) = &conn.server {
-        crate::identity::check_endpoint(server)
-            .map_err(|e| CliError::Usage(format!("--server: {e}")))?;
-        s.client.server = server.clone();
-    }
+    let mut s = conn.node.load(config)?;
     if let (Some(c), Some(k)) = (&conn.admin_cert, &conn.admin_key) {
         s.client.admin_cert = c.clone();
         s.client.admin_key = k.clone();
@@ -85,6 +134,30 @@ impl AdminSession {
     /// A refused or failed call, as the CLI reports it.
     pub fn fail(&self, s: tonic::Status) -> CliError {
         rpc_error(&self.settings, s)
+    }
+
+    /// A stream that broke off with `s`. A connection the node closes
+    /// (our certificate revoked, the node stopping) shows on the client only
+    /// as a broken HTTP/2 stream, so one cheap call on a new connection
+    /// asks why: its refusal, if any, is the reason reported.
+    pub async fn stream_broken(&mut self, s: tonic::Status) -> CliError {
+        if matches!(
+            s.code(),
+            tonic::Code::Unknown | tonic::Code::Internal | tonic::Code::Unavailable
+        ) {
+            let probe = self
+                .client
+                .status(crate::proto::v1::StatusRequest::default())
+                .await;
+            if let Err(why) = probe {
+                let server = self.settings.client_server().unwrap_or_default();
+                return CliError::Rpc(format!(
+                    "the node at {server} ended the stream; asked again, it says: {}",
+                    rpc_error(&self.settings, why)
+                ));
+            }
+        }
+        self.fail(s)
     }
 }
 
@@ -149,6 +222,9 @@ pub async fn node_answers(settings: &Settings) -> bool {
 /// exits 1.
 pub fn rpc_error(settings: &Settings, s: tonic::Status) -> CliError {
     let server = settings.client_server().unwrap_or_default();
+    if let Some(why) = connection_failure(&s, &server, &settings.org_id()) {
+        return CliError::Rpc(why);
+    }
     match s.code() {
         tonic::Code::Unavailable => CliError::Rpc(format!(
             "cannot reach the node at {server} ({}); is `threatmesh serve` running with this config?",
@@ -161,5 +237,86 @@ pub fn rpc_error(settings: &Settings, s: tonic::Status) -> CliError {
             "node at {server} refused: {code:?}: {}",
             s.message()
         )),
+    }
+}
+
+/// What went wrong connecting to `server`, in words, when `s` failed on the
+/// connection (nothing listening, not TLS, not our node, our certificate
+/// refused) rather than on the request; found in the error's sources.
+pub fn connection_failure(s: &tonic::Status, server: &str, own: &OrgId) -> Option<String> {
+    let mut next: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(s);
+    while let Some(e) = next {
+        if let Some(t) = e.downcast_ref::<rustls::Error>() {
+            return Some(tls_failure(t, server, own));
+        }
+        if let Some(io) = e.downcast_ref::<std::io::Error>() {
+            // TLS errors reach hyper wrapped in an I/O error.
+            if let Some(t) = io.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>()) {
+                return Some(tls_failure(t, server, own));
+            }
+            match io.kind() {
+                std::io::ErrorKind::ConnectionRefused => {
+                    return Some(format!(
+                        "nothing listens at {server} (connection refused); is `threatmesh serve` running, and is that its node.listen?"
+                    ));
+                }
+                std::io::ErrorKind::ConnectionReset
+                | std::io::ErrorKind::UnexpectedEof
+                | std::io::ErrorKind::BrokenPipe => {
+                    return Some(format!(
+                        "{server} closed the connection during the TLS handshake: is that the node's gRPC port (node.listen), not another service?"
+                    ));
+                }
+                std::io::ErrorKind::TimedOut => {
+                    return Some(format!(
+                        "{server} did not answer in time; check the address and any firewall between"
+                    ));
+                }
+                _ => {}
+            }
+        }
+        next = e.source();
+    }
+    None
+}
+
+/// A TLS failure towards our node `server`, in words.
+fn tls_failure(e: &rustls::Error, server: &str, own: &OrgId) -> String {
+    use rustls::{AlertDescription as A, CertificateError, Error as E};
+    match e {
+        E::InvalidMessage(_) => format!(
+            "{server} does not speak TLS: is that the node's gRPC port (node.listen), not another service?"
+        ),
+        E::InvalidCertificate(CertificateError::Other(other)) => {
+            match other.0.downcast_ref::<crate::identity::IdentityError>() {
+                Some(crate::identity::IdentityError::UnknownOrg(id)) => format!(
+                    "{server} is {id}, not our node (spiffe://{own}/node): check --server or client.server, and -c"
+                ),
+                Some(why) => format!("{server} presented a certificate we refuse: {why}"),
+                None => format!("{server} presented a certificate we refuse: {other}"),
+            }
+        }
+        E::InvalidCertificate(why) => {
+            format!(
+                "{server} presented a certificate we refuse ({why:?}): is it our node, and is tls.ca_cert our CA?"
+            )
+        }
+        E::AlertReceived(A::CertificateRevoked) => format!(
+            "the node at {server} refused our certificate: it has been revoked; use a current one (`threatmesh certs list`)"
+        ),
+        E::AlertReceived(A::CertificateExpired) => format!(
+            "the node at {server} refused our certificate: it has expired; issue a new one (`threatmesh certs issue`)"
+        ),
+        E::AlertReceived(
+            a @ (A::BadCertificate
+            | A::UnknownCA
+            | A::CertificateUnknown
+            | A::AccessDenied
+            | A::CertificateRequired),
+        ) => format!(
+            "the node at {server} refused our certificate ({a:?}): present one issued by our CA for this org (--admin-cert/--admin-key or [client])"
+        ),
+        E::AlertReceived(a) => format!("the node at {server} ended the TLS session: {a:?}"),
+        other => format!("TLS with {server} failed: {other}"),
     }
 }

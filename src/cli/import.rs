@@ -101,10 +101,10 @@ struct Notes {
 /// Runs `threatmesh import`.
 pub async fn run(
     config: &Path,
-    conn: &super::client::ClientArgs,
+    conn: &super::client::PublisherArgs,
     args: &ImportArgs,
 ) -> Result<(), CliError> {
-    let settings = super::client::load(config, conn)?;
+    let settings = conn.load(config)?;
     let mut input: Box<dyn BufRead + Send> = if args.file.as_os_str() == "-" {
         Box::new(std::io::BufReader::new(std::io::stdin()))
     } else {

@@ -32,6 +32,7 @@ pub mod card;
 pub mod certs;
 pub mod client;
 pub mod demo;
+pub mod docs;
 pub mod export;
 pub mod import;
 pub mod init;
@@ -50,7 +51,7 @@ pub mod tail;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
 
 use crate::config::ConfigError;
 use crate::node::NodeError;
@@ -76,6 +77,10 @@ pub enum CliError {
     /// Anything else that failed.
     #[error("{0}")]
     Failed(String),
+    /// Not a failure: the command printed its answer, and its exit status
+    /// carries it too (`policy explain` exits 3 on DENY).
+    #[error("exit status {0}")]
+    Status(u8),
 }
 
 impl CliError {
@@ -85,6 +90,7 @@ impl CliError {
             CliError::Config(_) | CliError::Usage(_) | CliError::Node(NodeError::Config(_)) => {
                 EXIT_CONFIG
             }
+            CliError::Status(code) => *code,
             _ => 1,
         }
     }
@@ -135,13 +141,56 @@ pub struct Cli {
     )]
     pub config: PathBuf,
 
-    /// How to reach the node (commands that talk to it).
-    #[command(flatten)]
-    pub client: client::ClientArgs,
-
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
+}
+
+/// A command group of the Admin API: its subcommands, and how to reach the
+/// node as its admin.
+#[derive(Debug, Args)]
+pub struct Admin<C: Subcommand> {
+    /// How to reach the node.
+    #[command(flatten)]
+    pub conn: client::ClientArgs,
+    /// What to do.
+    #[command(subcommand)]
+    pub cmd: C,
+}
+
+/// A single command of the Admin API: its arguments, and how to reach the
+/// node as its admin.
+#[derive(Debug, Args)]
+pub struct AdminArgs<A: Args> {
+    /// How to reach the node.
+    #[command(flatten)]
+    pub conn: client::ClientArgs,
+    /// Its own arguments.
+    #[command(flatten)]
+    pub args: A,
+}
+
+/// A command that publishes through the node: its arguments, and how to
+/// reach the node as a publisher.
+#[derive(Debug, Args)]
+pub struct Publishing<A: Args> {
+    /// How to reach the node.
+    #[command(flatten)]
+    pub conn: client::PublisherArgs,
+    /// Its own arguments.
+    #[command(flatten)]
+    pub args: A,
+}
+
+/// A command group that only needs to know where the node is.
+#[derive(Debug, Args)]
+pub struct Local<C: Subcommand> {
+    /// Where the node is.
+    #[command(flatten)]
+    pub conn: client::ServerArgs,
+    /// What to do.
+    #[command(subcommand)]
+    pub cmd: C,
 }
 
 /// The commands.
@@ -158,45 +207,44 @@ pub enum Command {
     #[command(subcommand)]
     Card(card::CardCommand),
     /// Partner organisations (Admin API, admin certificate).
-    #[command(subcommand)]
-    Peer(peer::PeerCommand),
+    Peer(Admin<peer::PeerCommand>),
     /// Sharing policies: apply, show, history, explain (Admin API).
-    #[command(subcommand)]
-    Policy(policy::PolicyCommand),
+    Policy(Admin<policy::PolicyCommand>),
     /// Our own certificates and CRLs: issue, list, rotate, revoke, crl,
     /// import-crl (Admin API).
-    #[command(subcommand)]
-    Certs(certs::CertsCommand),
+    Certs(Admin<certs::CertsCommand>),
     /// Our org's signing key: rotate, revoke a retired key (Admin API).
-    #[command(subcommand)]
-    Keys(keys::KeysCommand),
+    Keys(Admin<keys::KeysCommand>),
     /// Indicators waiting for their signing key, or for our clock to reach
     /// their date (Admin API).
-    Quarantine(quarantine::QuarantineArgs),
+    Quarantine(AdminArgs<quarantine::QuarantineArgs>),
     /// The hash-chained audit ledger: log, verify, heads (Admin API).
-    #[command(subcommand)]
-    Audit(audit::AuditCommand),
+    Audit(Admin<audit::AuditCommand>),
     /// The store file: backup while the node runs, restore while it is
     /// stopped (reads store.path directly).
-    #[command(subcommand)]
-    Store(store::StoreCommand),
+    Store(Local<store::StoreCommand>),
     /// Publish indicators through the running node (publisher certificate).
-    Publish(publish::PublishArgs),
-    /// Show what the node holds, then what arrives (admin certificate).
-    Tail(tail::TailArgs),
+    Publish(Publishing<publish::PublishArgs>),
+    /// Show what the node holds, then follow what arrives until Ctrl-C
+    /// (`--no-follow`: print and exit) (admin certificate).
+    Tail(AdminArgs<tail::TailArgs>),
     /// Do we hold a value, who sent it, whom did we give it to under which
     /// rule (admin certificate).
-    Lookup(lookup::LookupArgs),
+    Lookup(AdminArgs<lookup::LookupArgs>),
     /// Import STIX 2.1 bundles, MISP events or CSV: each indicator signed
     /// and published by this org (publisher certificate).
-    Import(import::ImportArgs),
+    Import(Publishing<import::ImportArgs>),
     /// Export what the node holds, or one partner's policy view: STIX 2.1,
     /// CSV, MISP feed, blocklists (admin certificate).
-    Export(export::ExportArgs),
+    Export(AdminArgs<export::ExportArgs>),
     /// The node at a glance: counts, and each partner link with state and lag.
-    Status(status::StatusArgs),
+    Status(AdminArgs<status::StatusArgs>),
     /// Measure this machine's limits and the node over mTLS on loopback.
     Bench(bench::BenchArgs),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions(docs::CompletionsArgs),
+    /// Write manual pages, one per command.
+    Man(docs::ManArgs),
 }
 
 /// Runs a parsed command line and returns the process exit status.
@@ -218,28 +266,43 @@ pub fn run(cli: Cli) -> ExitCode {
             Command::Serve(args) => serve::run(&cli.config, &args).await,
             Command::Demo(args) => demo::run(&args).await,
             Command::Card(cmd) => card::run(&cli.config, &cmd).await,
-            Command::Peer(cmd) => peer::run(&cli.config, &cli.client, &cmd).await,
-            Command::Policy(cmd) => policy::run(&cli.config, &cli.client, &cmd).await,
-            Command::Audit(cmd) => audit::run(&cli.config, &cli.client, &cmd).await,
-            Command::Store(cmd) => store::run(&cli.config, &cli.client, &cmd).await,
-            Command::Keys(cmd) => keys::run(&cli.config, &cli.client, &cmd).await,
-            Command::Quarantine(args) => quarantine::run(&cli.config, &cli.client, &args).await,
-            Command::Certs(cmd) => certs::run(&cli.config, &cli.client, &cmd).await,
-            Command::Publish(args) => publish::run(&cli.config, &cli.client, &args).await,
-            Command::Tail(args) => tail::run(&cli.config, &cli.client, &args).await,
-            Command::Export(args) => export::run(&cli.config, &cli.client, &args).await,
-            Command::Import(args) => import::run(&cli.config, &cli.client, &args).await,
-            Command::Lookup(args) => lookup::run(&cli.config, &cli.client, &args).await,
-            Command::Status(args) => status::run(&cli.config, &cli.client, &args).await,
+            Command::Peer(g) => peer::run(&cli.config, &g.conn, &g.cmd).await,
+            Command::Policy(g) => policy::run(&cli.config, &g.conn, &g.cmd).await,
+            Command::Audit(g) => audit::run(&cli.config, &g.conn, &g.cmd).await,
+            Command::Store(g) => store::run(&cli.config, &g.conn, &g.cmd).await,
+            Command::Keys(g) => keys::run(&cli.config, &g.conn, &g.cmd).await,
+            Command::Quarantine(a) => quarantine::run(&cli.config, &a.conn, &a.args).await,
+            Command::Certs(g) => certs::run(&cli.config, &g.conn, &g.cmd).await,
+            Command::Publish(a) => publish::run(&cli.config, &a.conn, &a.args).await,
+            Command::Tail(a) => tail::run(&cli.config, &a.conn, &a.args).await,
+            Command::Export(a) => export::run(&cli.config, &a.conn, &a.args).await,
+            Command::Import(a) => import::run(&cli.config, &a.conn, &a.args).await,
+            Command::Lookup(a) => lookup::run(&cli.config, &a.conn, &a.args).await,
+            Command::Status(a) => status::run(&cli.config, &a.conn, &a.args).await,
             Command::Bench(args) => bench::run(&args).await,
+            Command::Completions(args) => docs::completions(&args),
+            Command::Man(args) => docs::man(&args),
         }
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,
+        Err(CliError::Status(code)) => ExitCode::from(code),
         Err(e) => {
             eprintln!("error: {e}");
             ExitCode::from(e.exit_code())
         }
+    }
+}
+
+/// Reports what `clap` found wrong with the arguments and returns the exit
+/// status: 64 (`EX_USAGE`) for a usage error, 0 when help or the version was
+/// asked for.
+pub fn argument_error(e: &clap::Error) -> ExitCode {
+    let _ = e.print();
+    if e.use_stderr() {
+        ExitCode::from(EXIT_CONFIG)
+    } else {
+        ExitCode::SUCCESS
     }
 }
 
@@ -281,4 +344,17 @@ pub fn init_logging(format: &str, level: &str) {
 pub fn write_file(path: &std::path::Path, contents: &[u8], private: bool) -> Result<(), CliError> {
     crate::identity::write_atomic(path, contents, private)
         .map_err(|e| CliError::Failed(format!("cannot write {}: {e}", path.display())))
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    /// clap's own consistency checks of every command and argument
+    /// (unique names and groups, valid `requires`), which otherwise only
+    /// fail when that command is run.
+    #[test]
+    fn the_command_line_definition_is_consistent() {
+        super::Cli::command().debug_assert();
+    }
 }

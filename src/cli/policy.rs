@@ -52,7 +52,10 @@ pub enum PolicyCommand {
 Examples:
   threatmesh policy explain --partner isp.example --indicator 0b0e7c32-8a43-4c57-9a4e-3f5a2c6f1d10
   threatmesh policy explain --partner isp.example --file draft.json
-A --file holds one indicator as a JSON object, as in `publish --file`.")]
+A --file holds one indicator as a JSON object, as in `publish --file`.
+
+Exit status: 0 ALLOW, 3 DENY (so scripts can test it), 1 when the node
+could not answer, 64 on a usage error.")]
     Explain {
         /// Partner org id.
         #[arg(long)]
@@ -229,7 +232,7 @@ async fn explain(
                 "indicator": ind.id, "origin": ind.origin_org, "tlp": tlp,
             })
         );
-        return Ok(());
+        return verdict(r.allow);
     }
     if r.allow {
         out!("ALLOW  rule {}", r.rule);
@@ -250,8 +253,20 @@ async fn explain(
         tlp.unwrap_or("?"),
         ind.confidence
     );
-    Ok(())
+    verdict(r.allow)
 }
+
+/// `explain`'s exit status: 0 for ALLOW, [`EXIT_DENY`] for DENY.
+fn verdict(allow: bool) -> Result<(), CliError> {
+    if allow {
+        Ok(())
+    } else {
+        Err(CliError::Status(EXIT_DENY))
+    }
+}
+
+/// Exit status of `policy explain` when the decision is DENY.
+pub const EXIT_DENY: u8 = 3;
 
 fn policy_json(p: &crate::proto::v1::PolicyVersion) -> serde_json::Value {
     serde_json::json!({

@@ -264,10 +264,10 @@ pub fn parse_lines(text: &str, now_ms: i64) -> Result<Vec<FileLine>, Vec<String>
 /// Runs `threatmesh publish`.
 pub async fn run(
     config: &Path,
-    conn: &super::client::ClientArgs,
+    conn: &super::client::PublisherArgs,
     args: &PublishArgs,
 ) -> Result<(), CliError> {
-    let settings = super::client::load(config, conn)?;
+    let settings = conn.load(config)?;
     let drafts = match &args.file {
         Some(path) => {
             let text = if path.as_os_str() == "-" {

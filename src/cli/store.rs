@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use clap::Subcommand;
 
 use super::CliError;
-use super::client::{ClientArgs, load};
+use super::client::ServerArgs;
 use crate::store::Store;
 
 /// `threatmesh store ...`
@@ -42,8 +42,8 @@ pub enum StoreCommand {
 }
 
 /// Runs a store command.
-pub async fn run(config: &Path, conn: &ClientArgs, cmd: &StoreCommand) -> Result<(), CliError> {
-    let settings = load(config, conn)?;
+pub async fn run(config: &Path, conn: &ServerArgs, cmd: &StoreCommand) -> Result<(), CliError> {
+    let settings = conn.load(config)?;
     let path = &settings.store.path;
     match cmd {
         StoreCommand::Backup { to } => {

@@ -93,9 +93,10 @@ pub async fn run(config: &Path, conn: &ClientArgs, args: &TailArgs) -> Result<()
     }
     loop {
         tokio::select! {
-            m = stream.message() => match m.map_err(|s| a.fail(s))? {
-                Some(batch) => for s in &batch.indicators { print_row(s, args.json) },
-                None => return Ok(()),
+            m = stream.message() => match m {
+                Ok(Some(batch)) => for s in &batch.indicators { print_row(s, args.json) },
+                Ok(None) => return Ok(()),
+                Err(s) => return Err(a.stream_broken(s).await),
             },
             _ = tokio::signal::ctrl_c() => return Ok(()),
         }

@@ -98,8 +98,9 @@ pub enum IdentityError {
     /// The partner's CRL is past its next-update time and
     /// `revocation.stale_crl = "refuse"`.
     #[error(
-        "certificate claims {id}, but {}'s CRL expired at {next_update} (Unix ms); import a fresh one (revocation.stale_crl = \"refuse\")",
-        id.org
+        "certificate claims {id}, but {}'s CRL expired at {}; import a fresh one (revocation.stale_crl = \"refuse\")",
+        id.org,
+        crate::clock::rfc3339(*next_update)
     )]
     CrlStale {
         /// The id the certificate claims.

@@ -118,15 +118,7 @@ const READ_PROPERTIES: [&str; 28] = [
 
 /// A STIX timestamp (RFC 3339, UTC, milliseconds) of a Unix ms time.
 pub fn timestamp(ms: i64) -> String {
-    time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
-        .ok()
-        .and_then(|t| {
-            t.format(time::macros::format_description!(
-                "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z"
-            ))
-            .ok()
-        })
-        .unwrap_or_else(|| "1970-01-01T00:00:00.000Z".into())
+    crate::clock::rfc3339_millis(ms).unwrap_or_else(|| "1970-01-01T00:00:00.000Z".into())
 }
 
 /// The Unix ms time of a STIX timestamp.

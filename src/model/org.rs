@@ -13,26 +13,48 @@ pub enum OrgIdError {
     TooLong(String),
     /// Upper-case letters are refused rather than folded, so an operator never
     /// registers two spellings of one partner.
-    #[error("org id '{given}' must be lower case (did you mean '{suggestion}'?)")]
+    #[error("org id '{given}' must be lower case{}", did_you_mean(suggestion))]
     NotLowerCase {
         /// What was given.
         given: String,
-        /// The lower-case spelling.
-        suggestion: String,
+        /// A valid spelling close to it, if there is one.
+        suggestion: Option<String>,
     },
     /// A single label such as `localhost` is too easily confused with a role.
     #[error("org id '{0}' needs at least two DNS labels, e.g. 'cert.example'")]
     SingleLabel(String),
     /// A label broke the DNS letter-digit-hyphen rule.
     #[error(
-        "org id '{id}': label '{label}' must be 1-63 characters of a-z, 0-9 and '-', not starting or ending with '-'"
+        "org id '{id}': label '{label}' must be 1-63 characters of a-z, 0-9 and '-', not starting or ending with '-'{}",
+        did_you_mean(suggestion)
     )]
     BadLabel {
         /// The whole id.
         id: String,
         /// The offending label.
         label: String,
+        /// A valid spelling close to it, if there is one.
+        suggestion: Option<String>,
     },
+}
+
+fn did_you_mean(suggestion: &Option<String>) -> String {
+    suggestion
+        .as_ref()
+        .map(|s| format!(" (did you mean '{s}'?)"))
+        .unwrap_or_default()
+}
+
+/// A valid org id close to `s`, if there is one: lower case, with `_` or
+/// spaces read as a label separator, else as a hyphen. Only ever a spelling
+/// that [`OrgId::parse`] accepts.
+fn suggest(s: &str) -> Option<String> {
+    let lower = s.trim().to_ascii_lowercase();
+    [".", "-"]
+        .into_iter()
+        .map(|sep| lower.replace(['_', ' '], sep))
+        .chain(std::iter::once(lower.clone()))
+        .find(|c| c != s && OrgId::parse(c).is_ok())
 }
 
 /// A validated organisation id. Constructing one is the only way to get one,
@@ -78,7 +100,7 @@ impl OrgId {
         if s.chars().any(|c| c.is_ascii_uppercase()) {
             return Err(OrgIdError::NotLowerCase {
                 given: s.to_string(),
-                suggestion: s.to_ascii_lowercase(),
+                suggestion: suggest(s),
             });
         }
         let labels: Vec<&str> = s.split('.').collect();
@@ -87,6 +109,7 @@ impl OrgId {
                 return Err(OrgIdError::BadLabel {
                     id: s.to_string(),
                     label: label.to_string(),
+                    suggestion: suggest(s),
                 });
             }
         }
@@ -118,6 +141,27 @@ impl std::str::FromStr for OrgId {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_suggested_spelling_is_one_that_is_accepted() {
+        for (given, want) in [
+            ("CERT_example", Some("cert.example")),
+            ("cert_example", Some("cert.example")),
+            ("CERT.Example", Some("cert.example")),
+            ("Police Unit.example", Some("police.unit.example")),
+            ("LOCALHOST", None),
+            ("a..b", None),
+        ] {
+            let e = OrgId::parse(given).unwrap_err().to_string();
+            match want {
+                Some(w) => {
+                    assert!(e.contains(&format!("did you mean '{w}'?")), "{given}: {e}");
+                    assert!(OrgId::parse(w).is_ok(), "{w}");
+                }
+                None => assert!(!e.contains("did you mean"), "{given}: {e}"),
+            }
+        }
+    }
 
     #[test]
     fn accepts_dns_style_names() {

@@ -866,7 +866,7 @@ pub fn cli(org: &Org, node: &RunningNode, args: &[&str]) -> std::process::Output
     std::process::Command::new(env!("CARGO_BIN_EXE_threatmesh"))
         .arg("--config")
         .arg(&org.config)
-        .args(["--server", &node.addr.to_string()])
+        .env("THREATMESH_SERVER", node.addr.to_string())
         .args(args)
         .output()
         .unwrap()
