@@ -367,6 +367,12 @@ fn quick_start_two_processes_publish_and_tail() {
         );
         std::thread::sleep(Duration::from_millis(100));
     };
+    // The publisher is told who receives it under the current policies.
+    assert_eq!(
+        published["recipients"],
+        serde_json::json!([{"partner": "b.example", "allow": true, "rule": "tlp-green-community", "reason": ""}]),
+        "{published}"
+    );
     let o = run(&[
         "-c",
         &a,

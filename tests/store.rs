@@ -304,6 +304,7 @@ fn publish_request(
     let mut req = tonic::Request::new(threatmesh::proto::v1::PublishRequest {
         indicator: Some(d),
         idempotency_key: key.into(),
+        ..Default::default()
     });
     if let Some(ms) = ms {
         req.set_timeout(std::time::Duration::from_millis(ms));
@@ -510,6 +511,7 @@ async fn a_publish_batch_gives_each_item_its_own_outcome() {
     let item = |d, key: &str| PublishRequest {
         indicator: Some(d),
         idempotency_key: key.into(),
+        ..Default::default()
     };
     let r = client
         .publish_batch(PublishBatchRequest {

@@ -52,19 +52,30 @@ pub async fn run(config: &Path, cmd: &CardCommand) -> Result<(), CliError> {
             } else {
                 Vec::new()
             };
-            let json = envelope_to_json(&own_card_with_keys(
-                &settings,
-                &key,
-                &ca_pem,
-                &keys,
-                crate::clock::wall_ms(),
-            ));
+            let card = own_card_with_keys(&settings, &key, &ca_pem, &keys, crate::clock::wall_ms());
+            let json = envelope_to_json(&card);
+            // What the partner should read back to us out of band: the card
+            // is checked as a partner will check it, then summarised.
+            let summary = open_card(&card).map(|v| fingerprint_lines(&v))?;
+            let compare = "compare the CA fingerprint and signing key with the partner out of band (phone, signed letter) before either side registers the other";
             match out {
                 Some(p) => {
                     write_file(p, json.as_bytes(), false)?;
-                    eprintln!("wrote the card of {} to {}", settings.org.id, p.display());
+                    out!("wrote the card of {} to {}", settings.org.id, p.display());
+                    for line in &summary {
+                        out!("  {line}");
+                    }
+                    out!("{compare}");
                 }
-                None => out_raw!("{json}"),
+                None => {
+                    out_raw!("{json}");
+                    // The card itself is standard output: the summary goes
+                    // to the terminal.
+                    for line in &summary {
+                        eprintln!("  {line}");
+                    }
+                    eprintln!("{compare}");
+                }
             }
             Ok(())
         }
@@ -102,10 +113,18 @@ pub fn print_card(v: &crate::identity::VerifiedCard) {
     print_org(v.org.as_str(), &c.display_name, &c.country, &c.sector);
     out!("endpoints:    {}", c.endpoints.join(", "));
     out!("card version: {}", c.version);
-    for f in &v.ca_fingerprints {
-        out!("CA SHA-256:   {f}");
+    for line in fingerprint_lines(v) {
+        out!("{line}");
     }
-    for k in &v.keys {
-        out!("signing key:  {}", k.key_id);
-    }
+}
+
+/// The lines that identify a card's trust anchors: each CA certificate's
+/// SHA-256 fingerprint and each signing key id.
+fn fingerprint_lines(v: &crate::identity::VerifiedCard) -> Vec<String> {
+    let cas = v
+        .ca_fingerprints
+        .iter()
+        .map(|f| format!("CA SHA-256:   {f}"));
+    let keys = v.keys.iter().map(|k| format!("signing key:  {}", k.key_id));
+    cas.chain(keys).collect()
 }

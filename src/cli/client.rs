@@ -296,9 +296,9 @@ fn tls_failure(e: &rustls::Error, server: &str, own: &OrgId) -> String {
                 None => format!("{server} presented a certificate we refuse: {other}"),
             }
         }
-        E::InvalidCertificate(why) => {
+        E::InvalidCertificate(_) => {
             format!(
-                "{server} presented a certificate we refuse ({why:?}): is it our node, and is tls.ca_cert our CA?"
+                "{server} presented a certificate we refuse ({e}): is it our node, and is tls.ca_cert our CA?"
             )
         }
         E::AlertReceived(A::CertificateRevoked) => format!(

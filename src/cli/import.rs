@@ -217,6 +217,7 @@ async fn publish_chunk(
                 items.push(PublishRequest {
                     indicator: Some(draft),
                     idempotency_key: key,
+                    preview_recipients: false,
                 });
                 out.push((place, None));
             }

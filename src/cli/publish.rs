@@ -305,6 +305,7 @@ pub async fn run(
                     .publish(PublishRequest {
                         indicator: Some(l.draft),
                         idempotency_key: l.key,
+                        preview_recipients: true,
                     })
                     .await;
                 (l.number, r)
@@ -312,19 +313,26 @@ pub async fn run(
         })
         .buffered(IN_FLIGHT);
     let (mut published, mut again, mut failed) = (0usize, 0usize, Vec::new());
+    let mut reach = Reach::default();
     while let Some((line, r)) = results.next().await {
         match r {
             Ok(resp) => {
                 let p = resp.into_inner();
+                reach.add(&p.recipients);
                 if p.replayed {
                     again += 1;
                 } else {
                     published += 1;
                 }
                 if args.json {
+                    let to: Vec<serde_json::Value> = p
+                        .recipients
+                        .iter()
+                        .map(|r| serde_json::json!({"partner": r.partner, "allow": r.allow, "rule": r.rule, "reason": r.reason}))
+                        .collect();
                     out!(
                         "{}",
-                        serde_json::json!({"line": line, "id": p.id, "version": p.version, "seq": p.seq, "replayed": p.replayed})
+                        serde_json::json!({"line": line, "id": p.id, "version": p.version, "seq": p.seq, "replayed": p.replayed, "recipients": to})
                     );
                 } else if args.file.is_none() && p.replayed {
                     out!(
@@ -357,9 +365,141 @@ pub async fn run(
             out!("published {published} of {total} indicator(s)");
         }
     }
+    if !args.json && published + again > 0 {
+        for line in reach.lines() {
+            out!("{line}");
+        }
+    }
     if failed.is_empty() {
         Ok(())
     } else {
         Err(CliError::Rpc(failed.join("\n")))
+    }
+}
+
+/// Who receives what was published, under the current policies: per
+/// partner, how many indicators each rule sends or withholds.
+#[derive(Default)]
+struct Reach {
+    /// Partner → (sent, rule → count) and (withheld, rule → (count, a reason)).
+    partners: std::collections::BTreeMap<String, PartnerReach>,
+}
+
+#[derive(Default)]
+struct PartnerReach {
+    sent: std::collections::BTreeMap<String, usize>,
+    withheld: std::collections::BTreeMap<String, (usize, String)>,
+}
+
+impl Reach {
+    fn add(&mut self, recipients: &[crate::proto::v1::RecipientPreview]) {
+        for r in recipients {
+            let p = self.partners.entry(r.partner.clone()).or_default();
+            if r.allow {
+                *p.sent.entry(r.rule.clone()).or_default() += 1;
+            } else {
+                let w = p.withheld.entry(r.rule.clone()).or_default();
+                w.0 += 1;
+                if w.1.is_empty() {
+                    w.1 = r.reason.clone();
+                }
+            }
+        }
+    }
+
+    /// One line per partner: what it will be sent and what is withheld,
+    /// by rule (with the reason for a single indicator).
+    fn lines(&self) -> Vec<String> {
+        if self.partners.is_empty() {
+            return vec![
+                "no partner has a sharing policy bound: nothing is sent to anyone (`threatmesh peer add --policy`)".into(),
+            ];
+        }
+        let mut out = vec!["under the current policies:".to_string()];
+        for (partner, p) in &self.partners {
+            let sent: usize = p.sent.values().sum();
+            let withheld: usize = p.withheld.values().map(|w| w.0).sum();
+            let rules = |m: Vec<(String, usize)>| {
+                m.into_iter()
+                    .map(|(rule, n)| format!("{n} by rule {rule}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            };
+            let mut parts = Vec::new();
+            if sent > 0 {
+                parts.push(format!(
+                    "sent {sent} ({})",
+                    rules(p.sent.iter().map(|(r, n)| (r.clone(), *n)).collect())
+                ));
+            }
+            if withheld > 0 {
+                let why = if sent + withheld == 1 {
+                    p.withheld
+                        .values()
+                        .next()
+                        .map(|w| format!(": {}", w.1))
+                        .unwrap_or_default()
+                } else {
+                    String::new()
+                };
+                parts.push(format!(
+                    "withheld {withheld} ({}){why}",
+                    rules(p.withheld.iter().map(|(r, w)| (r.clone(), w.0)).collect())
+                ));
+            }
+            out.push(format!("  {partner:<24} {}", parts.join("; ")));
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod reach_tests {
+    use super::Reach;
+    use crate::proto::v1::RecipientPreview;
+
+    fn to(partner: &str, allow: bool, rule: &str, reason: &str) -> RecipientPreview {
+        RecipientPreview {
+            partner: partner.into(),
+            allow,
+            rule: rule.into(),
+            reason: reason.into(),
+        }
+    }
+
+    #[test]
+    fn the_summary_names_each_partner_its_rules_and_a_lone_reason() {
+        let mut one = Reach::default();
+        one.add(&[
+            to("b.example", true, "green", ""),
+            to(
+                "c.example",
+                false,
+                "red-not-named",
+                "TLP:RED names only d.example",
+            ),
+        ]);
+        assert_eq!(
+            one.lines(),
+            [
+                "under the current policies:",
+                "  b.example                sent 1 (1 by rule green)",
+                "  c.example                withheld 1 (1 by rule red-not-named): TLP:RED names only d.example",
+            ]
+        );
+        let mut file = Reach::default();
+        for allow in [true, true, false] {
+            file.add(&[to(
+                "b.example",
+                allow,
+                if allow { "green" } else { "no-red" },
+                "x",
+            )]);
+        }
+        assert_eq!(
+            file.lines()[1],
+            "  b.example                sent 2 (2 by rule green); withheld 1 (1 by rule no-red)"
+        );
+        assert!(Reach::default().lines()[0].contains("nothing is sent to anyone"));
     }
 }

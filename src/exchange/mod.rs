@@ -17,7 +17,7 @@ use crate::proto::v1::exchange_server::Exchange;
 use crate::proto::v1::{
     Delivery, GetCardRequest, GetCardResponse, GetLedgerHeadRequest, GetLedgerHeadResponse,
     Indicator, IndicatorDraft, PublishBatchRequest, PublishBatchResponse, PublishOutcome,
-    PublishRequest, PublishResponse, SubscribeRequest, SubscribeResponse,
+    PublishRequest, PublishResponse, RecipientPreview, SubscribeRequest, SubscribeResponse,
 };
 use crate::rpc::{Allowed, Deadline, RpcError, authorize};
 use crate::signing::INDICATOR_PAYLOAD_TYPE;
@@ -448,8 +448,44 @@ impl ExchangeService {
         let req = req.into_inner();
         let draft = req.indicator.ok_or(RpcError::Missing("indicator"))?;
         let key = publish_key(&req.idempotency_key, &draft)?;
-        publish_draft(ctx, &caller, draft, key, deadline).await
+        let mut published = publish_draft(ctx, &caller, draft, key, deadline).await?;
+        if req.preview_recipients {
+            published.recipients = recipients_of(ctx, &published.id).await?;
+        }
+        Ok(published)
     }
+}
+
+/// Which partners the current policies send our indicator `id` to (its
+/// newest version), decided as the send path decides: for a publisher who
+/// asked, so they know who will receive what they published.
+async fn recipients_of(ctx: &NodeContext, id: &str) -> Result<Vec<RecipientPreview>, RpcError> {
+    let row = ctx
+        .store
+        .indicator_by_id(id)
+        .await?
+        .ok_or_else(|| RpcError::NotFound(format!("indicator {id} is not in the log")))?;
+    let ind = crate::signing::decode_stored(&row.envelope).map_err(RpcError::Precondition)?;
+    let view = ctx.view.load();
+    let now = ctx.clock.now_ms();
+    let mut partners: Vec<_> = view.policies.iter().collect();
+    partners.sort_by(|a, b| a.0.cmp(b.0));
+    Ok(partners
+        .into_iter()
+        .map(|(partner, policy)| {
+            let d = crate::policy::egress(&ctx.own, &ind, 0, partner, Some(policy), now);
+            let (allow, reason) = match &d {
+                crate::policy::Decision::Allow { .. } => (true, String::new()),
+                crate::policy::Decision::Deny { reason, .. } => (false, reason.clone()),
+            };
+            RecipientPreview {
+                partner: partner.to_string(),
+                allow,
+                rule: d.rule().to_string(),
+                reason,
+            }
+        })
+        .collect())
 }
 
 /// Publishes `draft` as our org for `caller` (one of our publishers): the
@@ -490,7 +526,11 @@ async fn sign_and_store(
         .store
         .append_local(row, &caller.to_string(), key)
         .await?;
-    tracing::debug!(publisher = %caller, %id, version, ?appended, "published");
+    let (seq, again) = match &appended {
+        Appended::New(seq) => (*seq, false),
+        Appended::Again { seq, .. } => (*seq, true),
+    };
+    tracing::debug!(publisher = %caller, %id, version, seq, again, "published");
     Ok(response(appended, Some((id, version))))
 }
 
@@ -620,6 +660,7 @@ fn response(appended: Appended, stored: Option<(String, u64)>) -> PublishRespons
             version,
             seq,
             replayed: false,
+            ..Default::default()
         },
         (Appended::New(seq), None) => PublishResponse {
             seq,
@@ -630,6 +671,7 @@ fn response(appended: Appended, stored: Option<(String, u64)>) -> PublishRespons
             version,
             seq,
             replayed: true,
+            ..Default::default()
         },
     }
 }
