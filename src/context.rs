@@ -72,6 +72,9 @@ pub struct NodeContext {
     /// Bumped whenever partners or policies change, so open streams re-check
     /// whether their partner may still receive.
     pub peer_changes: watch::Sender<u64>,
+    /// Bumped when an operator asks for a `peer resend`: partner streams
+    /// look for a pending request of theirs.
+    pub resends: watch::Sender<u64>,
     /// Our current signed org card, swapped when our keys change.
     pub card: ArcSwap<Envelope>,
     /// Serialises changes of our own signing keys.
@@ -224,6 +227,7 @@ impl NodeContext {
             own_ca_pem,
             links: LinkBoard::new(clock),
             peer_changes: watch::channel(0).0,
+            resends: watch::channel(0).0,
             loaded: std::sync::Mutex::new(None),
             conns: crate::net::Connections::default(),
             quota,

@@ -355,3 +355,175 @@ async fn audit_verify_passes_after_a_run_and_names_an_edited_row() {
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(!o.status.success() && err.contains("row 2"), "{err}");
 }
+
+/// How many times A's ledger says `id` was sent to `partner`.
+async fn times_sent(node: &RunningNode, partner: &str, id: &str) -> usize {
+    ledger(node, partner)
+        .await
+        .iter()
+        .filter(|r| r.entry.event == "sent")
+        .flat_map(|r| {
+            r.entry
+                .subject
+                .split(' ')
+                .map(str::to_string)
+                .collect::<Vec<_>>()
+        })
+        .filter(|s| s.contains(id))
+        .count()
+}
+
+/// A loosened policy applies to what is sent from then on; `peer resend`
+/// sends what the old version withheld — exactly that, each once, each
+/// decision on the ledger — and a second resend finds nothing to send.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn peer_resend_after_a_loosened_policy_sends_exactly_what_was_withheld() {
+    let a = Org::new("a.example");
+    let b = Org::new("b.example");
+    a.add_peer_with(&b, None, &format!("{B_AGENCY}kinds = [\"ipv4\"]\n"))
+        .await;
+    let node_a = start(&a).await;
+    b.add_peer(&a, Some(node_a.addr)).await;
+    let node_b = start(&b).await;
+    let client = publisher(&a, &node_a);
+    let published = publish_all(
+        &client,
+        vec![
+            ipv4_draft(1, Tlp::Green),
+            draft(IndicatorKind::Domain, "held-1.example", Tlp::Green, &[]),
+            ipv4_draft(2, Tlp::Clear),
+            draft(IndicatorKind::Domain, "held-2.example", Tlp::Amber, &[]),
+            ipv4_draft(3, Tlp::Green),
+        ],
+        1,
+    )
+    .await;
+    let id = |i: usize| published[i].id.clone();
+    caught_up(&node_b, &a, &node_a).await;
+    assert_eq!(ids_at(&node_b).await, BTreeSet::from([id(0), id(2), id(4)]));
+
+    // Loosened: every kind. What was withheld stays withheld by itself.
+    a.apply_policy(B_AGENCY).await;
+    let ctx = node_a.ctx.clone();
+    let b_id = b.id.clone();
+    wait_until(10, "A to load version 2 of B's policy", || {
+        let (ctx, b_id) = (ctx.clone(), b_id.clone());
+        async move {
+            ctx.view
+                .load()
+                .policies
+                .get(&b_id)
+                .is_some_and(|p| p.version == 2)
+        }
+    })
+    .await;
+    let sentinel = publish_all(&client, vec![ipv4_draft(4, Tlp::Green)], 1).await;
+    caught_up(&node_b, &a, &node_a).await;
+    assert_eq!(ids_at(&node_b).await.len(), 4, "only the sentinel is new");
+
+    let o = cli(&a, &node_a, &["peer", "resend", "--partner", "b.example"]);
+    let said = String::from_utf8_lossy(&o.stdout).to_string() + &String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{said}");
+    assert!(
+        said.contains("seq 1..=6") && said.contains("2 indicator(s) now allowed"),
+        "{said}"
+    );
+    let store_b = node_b.ctx.store.clone();
+    wait_until(30, "B to receive the two withheld domains", || {
+        let s = store_b.clone();
+        async move { s.indicators(None).await.unwrap().len() >= 6 }
+    })
+    .await;
+    // Each indicator once at B, and once on A's ledger as sent to B.
+    let rows = node_b.ctx.store.indicators(None).await.unwrap();
+    assert_eq!(rows.len(), 6, "every version stored once at B");
+    let mut all: Vec<String> = (0..5).map(id).collect();
+    all.push(sentinel[0].id.clone());
+    assert_eq!(
+        ids_at(&node_b).await,
+        all.iter().cloned().collect::<BTreeSet<_>>()
+    );
+    for i in &all {
+        assert_eq!(times_sent(&node_a, "b.example", i).await, 1, "{i}");
+    }
+    let resend_rows: Vec<_> = ledger(&node_a, "b.example")
+        .await
+        .into_iter()
+        .filter(|r| r.entry.event == "resend")
+        .collect();
+    assert_eq!(resend_rows.len(), 1);
+    assert!(
+        resend_rows[0].entry.actor.contains("/admin/"),
+        "{:?}",
+        resend_rows[0].entry
+    );
+    // The request is done and gone; B's cursor did not move back.
+    let ctx = node_a.ctx.clone();
+    let b_id = b.id.clone();
+    wait_until(10, "the resend request to be removed", || {
+        let (ctx, b_id) = (ctx.clone(), b_id.clone());
+        async move { ctx.store.resend_request(&b_id).await.unwrap().is_none() }
+    })
+    .await;
+    assert_eq!(node_b.ctx.store.cursor(&a.id).await.unwrap(), 6);
+    // Nothing is left to send.
+    let o = cli(&a, &node_a, &["peer", "resend", "--partner", "b.example"]);
+    let said = String::from_utf8_lossy(&o.stdout).to_string();
+    assert!(said.contains("0 indicator(s) now allowed"), "{said}");
+
+    // A resend asked while the partner is away is carried out when it
+    // next subscribes (the request is on the store, not in a stream).
+    a.apply_policy(&format!("{B_AGENCY}kinds = [\"ipv4\"]\n"))
+        .await;
+    let wait_version = |v: u64| {
+        let (ctx, b_id) = (node_a.ctx.clone(), b.id.clone());
+        async move {
+            wait_until(10, "A to load the new version of B's policy", || {
+                let (ctx, b_id) = (ctx.clone(), b_id.clone());
+                async move {
+                    ctx.view
+                        .load()
+                        .policies
+                        .get(&b_id)
+                        .is_some_and(|p| p.version == v)
+                }
+            })
+            .await
+        }
+    };
+    wait_version(3).await;
+    let held = publish_all(
+        &client,
+        vec![draft(
+            IndicatorKind::Domain,
+            "held-3.example",
+            Tlp::Green,
+            &[],
+        )],
+        1,
+    )
+    .await;
+    caught_up(&node_b, &a, &node_a).await;
+    node_b.stop().await;
+    a.apply_policy(B_AGENCY).await;
+    wait_version(4).await;
+    let o = cli(&a, &node_a, &["peer", "resend", "--partner", "b.example"]);
+    let said = String::from_utf8_lossy(&o.stdout).to_string();
+    assert!(said.contains("1 indicator(s) now allowed"), "{said}");
+    let node_b = start(&b).await;
+    let store_b = node_b.ctx.store.clone();
+    let want = held[0].id.clone();
+    wait_until(
+        30,
+        "B to receive what was withheld while it was away",
+        || {
+            let (s, want) = (store_b.clone(), want.clone());
+            async move { s.indicator_by_id(&want).await.unwrap().is_some() }
+        },
+    )
+    .await;
+    assert_eq!(times_sent(&node_a, "b.example", &want).await, 1);
+    assert_eq!(node_b.ctx.store.indicators(None).await.unwrap().len(), 7);
+    node_b.stop().await;
+    node_a.stop().await;
+}

@@ -72,7 +72,7 @@ impl Admin for AdminService {
             follow,
             None,
             || None,
-            |rows, _, _| {
+            |rows, _, _, _| {
                 let indicators = rows
                 .iter()
                 .filter_map(|r| match decode_stored(&r.envelope) {
@@ -166,6 +166,14 @@ impl Admin for AdminService {
     ) -> Result<Response<ResetCursorResponse>, Status> {
         let who = self.admin(&req, "Admin/ResetCursor")?;
         reply(self.reset_cursor_as(&who, req.into_inner()).await)
+    }
+
+    async fn resend_to_peer(
+        &self,
+        req: Request<ResendToPeerRequest>,
+    ) -> Result<Response<ResendToPeerResponse>, Status> {
+        let who = self.admin(&req, "Admin/ResendToPeer")?;
+        reply(self.resend_as(&who, req.into_inner()).await)
     }
 
     async fn apply_policy(

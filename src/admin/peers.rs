@@ -11,7 +11,8 @@ use crate::proto::v1::explain_policy_request::Subject;
 use crate::proto::v1::{
     AddPeerRequest, ApplyPolicyResponse, Envelope, ExplainPolicyRequest, ExplainPolicyResponse,
     ListPeersResponse, ListPoliciesResponse, Peer, PeerAction, PeerRequest, PeerResponse,
-    PolicyVersion, ResetCursorResponse, SetPeerStateRequest, UpdatePeerRequest,
+    PolicyVersion, ResendToPeerRequest, ResendToPeerResponse, ResetCursorResponse,
+    SetPeerStateRequest, UpdatePeerRequest,
 };
 use crate::rpc::RpcError;
 use crate::store::{PeerChange, PeerRecord, PeerState, PolicyRecord, Store};
@@ -223,6 +224,90 @@ impl AdminService {
         self.ctx.links.restart(&org);
         tracing::info!(partner = %org, was, by = %who, "cursor reset");
         Ok(ResetCursorResponse { was })
+    }
+
+    /// `peer resend`: records the request (and its ledger row) for the
+    /// partner's subscription to carry out, and counts what it will send:
+    /// the rows of the range the current policy allows and the partner was
+    /// never sent.
+    pub(super) async fn resend_as(
+        &self,
+        who: &SpiffeId,
+        r: ResendToPeerRequest,
+    ) -> Result<ResendToPeerResponse, RpcError> {
+        let org = parse_org("partner", &r.partner)?;
+        let peer = self.peer_record(&org).await?;
+        if peer.state != PeerState::Active {
+            return Err(RpcError::Precondition(format!(
+                "{org} is {}: only an active partner is sent anything (`threatmesh peer resume {org}`)",
+                peer.state.as_str()
+            )));
+        }
+        let store = &self.ctx.store;
+        let up_to = store.latest_seq().await?;
+        let from = match r.since_unix_ms {
+            0 => Some(1),
+            ms => store.first_seq_since(ms).await?,
+        };
+        let Some(from) = from.filter(|f| *f <= up_to) else {
+            return Ok(ResendToPeerResponse {
+                from_seq: 0,
+                up_to_seq: up_to,
+                newly_allowed: 0,
+            });
+        };
+        let newly_allowed = self.newly_allowed(&org, from, up_to).await?;
+        let entry = crate::audit::AuditEntry::resend(
+            &who.to_string(),
+            org.as_str(),
+            from,
+            up_to,
+            newly_allowed,
+        );
+        store
+            .request_resend(&org, (from, up_to), &who.to_string(), entry)
+            .await?;
+        self.ctx.resends.send_modify(|g| *g += 1);
+        tracing::info!(partner = %org, from, up_to, newly_allowed, by = %who, "peer resend requested");
+        Ok(ResendToPeerResponse {
+            from_seq: from,
+            up_to_seq: up_to,
+            newly_allowed,
+        })
+    }
+
+    /// How many rows `from..=up_to` the current policy sends `org` that it
+    /// was never sent (decided as the send path decides).
+    async fn newly_allowed(&self, org: &OrgId, from: u64, up_to: u64) -> Result<u64, RpcError> {
+        let (ctx, store) = (&self.ctx, &self.ctx.store);
+        let policy = ctx.view.load().policies.get(org).cloned();
+        let mut at = from - 1;
+        let mut allowed = 0u64;
+        while at < up_to {
+            let rows = store.read_after(at, 1000).await?;
+            let Some(last) = rows.last().map(|r| r.seq) else {
+                break;
+            };
+            let keys: Vec<(String, String)> = rows
+                .iter()
+                .map(|r| (r.origin_org.clone(), r.indicator_id.clone()))
+                .collect();
+            let sent = store.sent_versions(org, &keys).await?;
+            let now = ctx.clock.now_ms();
+            for row in rows.iter().filter(|r| r.seq <= up_to) {
+                let key = (row.origin_org.clone(), row.indicator_id.clone());
+                if sent.get(&key).is_some_and(|v| row.version <= *v) {
+                    continue;
+                }
+                if let crate::exchange::Release::Send(..) =
+                    crate::exchange::release(&ctx.own, row, org, policy.as_deref(), false, now)
+                {
+                    allowed += 1;
+                }
+            }
+            at = last;
+        }
+        Ok(allowed)
     }
 
     async fn bound_to(&self, name: &str) -> Result<Vec<String>, RpcError> {

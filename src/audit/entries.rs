@@ -101,6 +101,21 @@ impl AuditEntry {
         )
     }
 
+    /// An operator asked to re-decide our log rows `from..=up_to` for
+    /// `partner` under its current policy (`peer resend`).
+    pub fn resend(actor: &str, partner: &str, from: u64, up_to: u64, allowed: u64) -> Self {
+        Self::of(
+            event::RESEND,
+            actor,
+            partner,
+            format!("seq {from}..={up_to}"),
+            "",
+            format!(
+                "re-decide under the current policy; {allowed} now allowed and never sent, sent when {partner} next reads"
+            ),
+        )
+    }
+
     /// Our store was restored from the backup `from`: our log has a new
     /// identity, so partners read it again from the start.
     pub fn store_restored(actor: &str, from: &str, old: &str, new: &str) -> Self {

@@ -57,6 +57,8 @@ pub mod event {
     pub const PEER_UPDATED: &str = "peer-updated";
     /// An operator reset our cursor in a partner's log.
     pub const CURSOR_RESET: &str = "cursor-reset";
+    /// An operator asked to re-decide our log for a partner (`peer resend`).
+    pub const RESEND: &str = "resend";
     /// Our store was restored from a backup; our log has a new identity.
     pub const STORE_RESTORED: &str = "store-restored";
     /// A partner's log changed identity; our cursor in it starts again.

@@ -11,7 +11,7 @@ use super::client::{AdminSession, ClientArgs};
 use super::table::{col, dash, listing, num};
 use crate::proto::v1::{
     AddPeerRequest, ApproveCardRequest, DirectoryCard, ListCardsRequest, ListPeersRequest, Peer,
-    PeerAction, PeerRequest, SetPeerStateRequest, UpdatePeerRequest,
+    PeerAction, PeerRequest, ResendToPeerRequest, SetPeerStateRequest, UpdatePeerRequest,
 };
 
 /// `threatmesh peer ...`
@@ -89,6 +89,25 @@ Examples:
         /// Partner org id.
         #[arg(long)]
         partner: String,
+    },
+    /// Send a partner what its current policy allows and it was never sent:
+    /// after a policy was loosened, indicators withheld under the old one.
+    /// Our log (or the part stored since --since) is decided again, each
+    /// decision on the ledger; the partner receives the newly allowed ones
+    /// on its subscription, now or when it next connects.
+    #[command(after_help = "\
+Examples:
+  threatmesh policy apply isp-feed-v2.toml          # loosened: AMBER now allowed
+  threatmesh peer resend --partner isp.example      # send what v1 withheld
+  threatmesh peer resend --partner isp.example --since 2026-11-01T00:00:00Z
+Nothing is sent twice: versions the partner already got are not offered.")]
+    Resend {
+        /// Partner org id.
+        #[arg(long)]
+        partner: String,
+        /// Only what we stored at or after this time (RFC 3339).
+        #[arg(long, value_name = "TIME")]
+        since: Option<String>,
     },
     /// Read a partner's log again from the start: our cursor in it goes
     /// back to 0 and the link subscribes again. For a partner whose store
@@ -224,6 +243,32 @@ pub async fn run(config: &Path, conn: &ClientArgs, cmd: &PeerCommand) -> Result<
         PeerCommand::Cards { json } => cards(&mut a, *json).await,
         PeerCommand::ApproveCard { org } => approve_card(&mut a, org).await,
         PeerCommand::Show { partner, json } => show(&mut a, partner, *json).await,
+        PeerCommand::Resend { partner, since } => {
+            let since_unix_ms = since
+                .as_deref()
+                .map(|s| super::publish::parse_rfc3339_ms("--since", s))
+                .transpose()
+                .map_err(CliError::Usage)?
+                .unwrap_or(0);
+            let r = rpc!(
+                a,
+                resend_to_peer(ResendToPeerRequest {
+                    partner: partner.clone(),
+                    since_unix_ms,
+                })
+            );
+            if r.from_seq == 0 {
+                out!("nothing stored since then: nothing to decide again for {partner}");
+            } else {
+                out!(
+                    "{partner}: seq {}..={} decided again under its current policy; {} indicator(s) now allowed and never sent go out on its subscription (now, or when it next connects); each decision is on the ledger",
+                    r.from_seq,
+                    r.up_to_seq,
+                    r.newly_allowed
+                );
+            }
+            Ok(())
+        }
         PeerCommand::ResetCursor { partner } => {
             let r = rpc!(
                 a,

@@ -21,7 +21,7 @@ use crate::proto::v1::{
 };
 use crate::rpc::{Allowed, Deadline, RpcError, authorize};
 use crate::signing::INDICATOR_PAYLOAD_TYPE;
-use crate::store::{Appended, NewIndicator, PublishKey, StoredIndicator};
+use crate::store::{Appended, NewIndicator, PublishKey, Sent, StoredIndicator};
 
 pub use crate::signing::decode_stored;
 
@@ -156,7 +156,10 @@ pub fn release(
 /// with `follow` — the live tail. For a partner stream (`recipient` set),
 /// `map` also gets the revoked rows' indicators that partner was sent
 /// before, so retractions reach past recipients. Reads come from the
-/// store, so a slow reader costs a cursor, not memory: at most three
+/// store, so a slow reader costs a cursor, not memory. A partner stream
+/// also carries out its partner's pending `peer resend` (see
+/// [`resend_pass`]): `map`'s last argument says a batch is such a pass,
+/// whose rows lie at or below the cursor. At most three
 /// batches per stream are held (one waiting for its ledger commit, one
 /// queued for the connection, one being decided), plus what HTTP/2 flow
 /// control lets through. Stops when the client goes away or the node shuts
@@ -172,11 +175,7 @@ pub fn stream_log<T, F, A>(
 ) -> ReceiverStream<Result<T, Status>>
 where
     T: Send + 'static,
-    F: FnMut(
-            &[StoredIndicator],
-            u64,
-            &SentBefore,
-        ) -> (Option<T>, Vec<AuditEntry>, Vec<(String, String)>)
+    F: FnMut(&[StoredIndicator], u64, &SentBefore, bool) -> (Option<T>, Vec<AuditEntry>, Vec<Sent>)
         + Send
         + 'static,
     A: Fn() -> Option<Status> + Send + 'static,
@@ -235,6 +234,9 @@ where
         let mut peers = ctx.peer_changes.subscribe();
         let batch = ctx.settings.federation.batch_size;
         let budget = reply_budget(ctx.settings.limits.max_message_bytes);
+        let mut resends = ctx.resends.subscribe();
+        // A request left from before this stream (or this process) began.
+        resends.mark_changed();
         // The average size of the rows read last, so the next read asks for
         // about a reply's worth, not `batch` rows of whatever size.
         let mut avg_row = 0usize;
@@ -247,6 +249,16 @@ where
             if let Some(status) = refused() {
                 let _ = tx.send(fail(status)).await;
                 return;
+            }
+            if let Some(r) = &recipient
+                && resends.has_changed().unwrap_or(false)
+            {
+                resends.borrow_and_update();
+                let pass = resend_pass(&ctx, r, cursor, (batch, budget), &mut map, &tx).await;
+                if let Err(status) = pass {
+                    let _ = tx.send(fail(status)).await;
+                    return;
+                }
             }
             latest.borrow_and_update();
             let want = rows_for(budget, avg_row, batch);
@@ -275,6 +287,7 @@ where
                 tokio::select! {
                     r = latest.changed() => if r.is_err() { return },
                     _ = peers.changed() => {}
+                    _ = resends.changed() => resends.mark_changed(),
                     _ = tx.closed() => return,
                     _ = shutdown.cancelled() => {}
                     _ = beat => {
@@ -307,7 +320,7 @@ where
                 }
                 None => SentBefore::new(),
             };
-            let (item, audit, sent) = map(&rows, last, &sent_before);
+            let (item, audit, sent) = map(&rows, last, &sent_before, false);
             // The reply holds what it needs; a stream waiting on a slow
             // client holds no rows besides it.
             drop(rows);
@@ -335,6 +348,82 @@ where
         }
     });
     ReceiverStream::new(rx)
+}
+
+/// Carries out `recipient`'s pending `peer resend`, if any: its rows up
+/// to `cursor` (what the stream has already considered), minus the
+/// versions it was ever sent, decided again by `map` under the current
+/// policy; what is allowed goes out as replies marked resent (the cursor
+/// unchanged), each decision on the ledger before its reply is sent. The
+/// request is removed when its range is done; a crash before that runs it
+/// again, and what was sent by then is not offered twice.
+async fn resend_pass<T, F>(
+    ctx: &NodeContext,
+    recipient: &OrgId,
+    cursor: u64,
+    (batch, budget): (u32, usize),
+    map: &mut F,
+    tx: &mpsc::Sender<Forward<T>>,
+) -> Result<(), Status>
+where
+    F: FnMut(&[StoredIndicator], u64, &SentBefore, bool) -> (Option<T>, Vec<AuditEntry>, Vec<Sent>),
+{
+    let store = |e| Status::from(RpcError::Store(e));
+    let Some(req) = ctx.store.resend_request(recipient).await.map_err(store)? else {
+        return Ok(());
+    };
+    let end = req.up_to_seq.min(cursor);
+    let mut at = req.from_seq.saturating_sub(1);
+    let (mut offered, mut sent_now) = (0usize, 0usize);
+    while at < end {
+        let mut rows = ctx.store.read_after(at, batch).await.map_err(store)?;
+        rows.retain(|r| r.seq <= end);
+        let rows = within_budget(rows, budget);
+        let Some(last) = rows.last().map(|r| r.seq) else {
+            break;
+        };
+        let keys: Vec<(String, String)> = rows
+            .iter()
+            .map(|r| (r.origin_org.clone(), r.indicator_id.clone()))
+            .collect();
+        let sent_before = ctx
+            .store
+            .sent_versions(recipient, &keys)
+            .await
+            .map_err(store)?;
+        let fresh: Vec<StoredIndicator> = rows
+            .into_iter()
+            .filter(|r| {
+                sent_before
+                    .get(&(r.origin_org.clone(), r.indicator_id.clone()))
+                    .is_none_or(|v| r.version > *v)
+            })
+            .collect();
+        at = last;
+        if fresh.is_empty() {
+            continue;
+        }
+        offered += fresh.len();
+        let (item, audit, sent) = map(&fresh, cursor, &SentBefore::new(), true);
+        drop(fresh);
+        sent_now += sent.len();
+        let pending = ctx
+            .store
+            .enqueue_release(audit, recipient, sent)
+            .await
+            .map_err(store)?;
+        if tx.send(Forward::Item(item, Some(pending))).await.is_err() {
+            return Ok(());
+        }
+    }
+    // Removed only once every reply of the pass is on its way: its ledger
+    // rows are committed before the forwarder sends each.
+    ctx.store
+        .finish_resend(recipient, &req)
+        .await
+        .map_err(store)?;
+    tracing::info!(partner = %recipient, from = req.from_seq, up_to = end, offered, sent = sent_now, "peer resend carried out");
+    Ok(())
 }
 
 /// Bytes of envelopes one reply carries at most. Each stream holds up to
@@ -859,7 +948,7 @@ impl Exchange for ExchangeService {
             true,
             recipient,
             refused,
-            move |rows, last, before| {
+            move |rows, last, before, resent| {
                 let view = gate.view.load();
                 let policy = view.policies.get(&partner).map(|p| p.as_ref());
                 let known_cards = &view.cards;
@@ -885,10 +974,14 @@ impl Exchange for ExchangeService {
                             }
                             deliveries.push(d);
                             audit.push(entry);
-                            sent.push(key);
+                            sent.push((key.0, key.1, r.version));
                         }
                         Release::Withhold(entry) => audit.push(entry),
                     }
+                }
+                // A resend pass with nothing allowed sends nothing.
+                if resent && deliveries.is_empty() {
+                    return (None, crate::audit::coalesce(audit), sent);
                 }
                 let response = SubscribeResponse {
                     deliveries,
@@ -897,6 +990,7 @@ impl Exchange for ExchangeService {
                     cards,
                     log_id: gate.log_id.clone(),
                     sent_unix_ms: gate.clock.now_ms(),
+                    resent,
                 };
                 (Some(response), crate::audit::coalesce(audit), sent)
             },
@@ -909,6 +1003,7 @@ impl Exchange for ExchangeService {
                     cards: Vec::new(),
                     log_id: heartbeat_ctx.log_id.clone(),
                     sent_unix_ms: heartbeat_ctx.clock.now_ms(),
+                    resent: false,
                 }),
             )),
         );

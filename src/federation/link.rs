@@ -343,15 +343,36 @@ async fn receive(
                 .await
                 .map_err(|e| LinkError::Protocol(format!("reloading keys: {e}")))?;
         }
-        let mut prev = cursor;
-        for d in &msg.deliveries {
-            if d.seq <= prev || d.seq > msg.cursor {
+        if msg.resent {
+            // Rows offered again after a policy change at the partner
+            // (`peer resend`): older than our cursor, which stays.
+            if msg.cursor != cursor {
                 return Err(LinkError::Protocol(format!(
-                    "{} sent seq {} outside ({prev}, {}]",
-                    peer.org, d.seq, msg.cursor
+                    "{} resent rows with cursor {} instead of leaving it at {cursor}",
+                    peer.org, msg.cursor
                 )));
             }
-            prev = d.seq;
+            let mut prev = 0;
+            for d in &msg.deliveries {
+                if d.seq <= prev || d.seq > cursor {
+                    return Err(LinkError::Protocol(format!(
+                        "{} resent seq {} outside ({prev}, {cursor}]",
+                        peer.org, d.seq
+                    )));
+                }
+                prev = d.seq;
+            }
+        } else {
+            let mut prev = cursor;
+            for d in &msg.deliveries {
+                if d.seq <= prev || d.seq > msg.cursor {
+                    return Err(LinkError::Protocol(format!(
+                        "{} sent seq {} outside ({prev}, {}]",
+                        peer.org, d.seq, msg.cursor
+                    )));
+                }
+                prev = d.seq;
+            }
         }
         let view = ctx.view.load_full();
         let checked = verify_all(

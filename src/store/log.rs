@@ -168,6 +168,17 @@ impl Store {
         Ok(v.unwrap_or(0) as u64)
     }
 
+    /// The first sequence number stored at or after `since_ms` (`None`: no
+    /// row is that recent).
+    pub async fn first_seq_since(&self, since_ms: i64) -> Result<Option<u64>, StoreError> {
+        let v: Option<i64> =
+            sqlx::query_scalar("SELECT MIN(seq) FROM indicators WHERE stored_ms >= ?")
+                .bind(since_ms)
+                .fetch_one(&self.pool)
+                .await?;
+        Ok(v.map(|s| s.max(0) as u64))
+    }
+
     /// The highest sequence number committed through this handle (no query).
     pub fn latest_known(&self) -> u64 {
         *self.latest.borrow()

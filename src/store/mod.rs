@@ -56,6 +56,7 @@ pub use pki::{CertRow, CrlRow};
 pub use policies::PolicyRecord;
 pub use publish_keys::{Appended, PublishKey};
 pub use quarantine::{OrgPath, QuarantineRow, Quarantined};
+pub use release::{ResendRequest, Sent};
 pub use witness::WitnessedHead;
 
 /// The store's write lock and the transaction begun under it.

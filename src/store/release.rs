@@ -1,8 +1,10 @@
 //! What was released to whom: the ledger rows of each batch a partner
 //! stream sends, and the (origin, id, recipient) record that lets a later
-//! revocation reach every past recipient. Committed in groups.
+//! revocation reach every past recipient, with the highest version sent,
+//! so a resend offers only what was never sent. Committed in groups.
+//! Also the pending `peer resend` requests.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 use tokio::sync::{mpsc, oneshot};
 
@@ -15,8 +17,23 @@ use crate::model::OrgId;
 pub(super) struct ReleaseWrite {
     entries: Vec<AuditEntry>,
     recipient: OrgId,
-    sent: Vec<(String, String)>,
+    sent: Vec<Sent>,
     done: oneshot::Sender<Result<(), StoreError>>,
+}
+
+/// An indicator version released to a partner: origin, id, version.
+pub type Sent = (String, String, u64);
+
+/// A pending `peer resend`: the log rows to re-decide for a partner.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResendRequest {
+    /// First sequence number to re-decide.
+    pub from_seq: u64,
+    /// Last one (the log's end when it was asked).
+    pub up_to_seq: u64,
+    /// When it was asked: identifies this request, so one asked while an
+    /// earlier one runs is not removed with it.
+    pub requested_ms: i64,
 }
 
 impl std::fmt::Debug for ReleaseWrite {
@@ -27,7 +44,7 @@ impl std::fmt::Debug for ReleaseWrite {
 
 impl Store {
     /// Queues the ledger entries of one batch released to `recipient`, and
-    /// which indicators (origin, id) it was sent, for the next group commit,
+    /// which indicator versions it was sent, for the next group commit,
     /// and returns at once with what resolves when they are durable, so a
     /// stream can prepare its next batch meanwhile (the batch itself is sent
     /// only after that resolves).
@@ -35,7 +52,7 @@ impl Store {
         &self,
         entries: Vec<AuditEntry>,
         recipient: &OrgId,
-        sent: Vec<(String, String)>,
+        sent: Vec<Sent>,
     ) -> Result<oneshot::Receiver<Result<(), StoreError>>, StoreError> {
         let (done, result) = oneshot::channel();
         let write = ReleaseWrite {
@@ -75,25 +92,33 @@ impl Store {
             .flat_map(|w| w.entries.iter().cloned())
             .collect();
         self.append_audit_tx(&mut tx, &entries).await?;
-        let sent: Vec<(&str, &str, &str)> = group
-            .iter()
-            .flat_map(|w| {
-                w.sent
-                    .iter()
-                    .map(move |(o, i)| (o.as_str(), i.as_str(), w.recipient.as_str()))
-            })
-            .collect();
-        for chunk in sent.chunks(ROWS_PER_STATEMENT * 4) {
+        // One row per (origin, id, recipient) in a statement: SQLite refuses
+        // an upsert that touches a row twice.
+        let mut sent: HashMap<(&str, &str, &str), u64> = HashMap::new();
+        for w in group {
+            for (o, i, v) in &w.sent {
+                let e = sent
+                    .entry((o.as_str(), i.as_str(), w.recipient.as_str()))
+                    .or_default();
+                *e = (*e).max(*v);
+            }
+        }
+        let sent: Vec<_> = sent.into_iter().collect();
+        for chunk in sent.chunks(ROWS_PER_STATEMENT * 3) {
             let mut q = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
-                "INSERT INTO sent_to (origin_org, indicator_id, recipient, first_sent_ms) ",
+                "INSERT INTO sent_to (origin_org, indicator_id, recipient, first_sent_ms, max_version) ",
             );
-            q.push_values(chunk, |mut b, (o, i, r)| {
+            q.push_values(chunk, |mut b, ((o, i, r), v)| {
                 b.push_bind(o.to_string())
                     .push_bind(i.to_string())
                     .push_bind(r.to_string())
-                    .push_bind(now);
+                    .push_bind(now)
+                    .push_bind(super::to_i64(*v));
             });
-            q.push(" ON CONFLICT DO NOTHING");
+            q.push(
+                " ON CONFLICT (origin_org, indicator_id, recipient) DO UPDATE \
+                 SET max_version = MAX(sent_to.max_version, excluded.max_version)",
+            );
             q.build().execute(&mut *tx).await?;
         }
         tx.commit().await?;
@@ -121,5 +146,92 @@ impl Store {
             }
         }
         Ok(out)
+    }
+
+    /// The highest version of each of `indicators` (origin, id) sent to
+    /// `recipient`; absent when none was.
+    pub async fn sent_versions(
+        &self,
+        recipient: &OrgId,
+        indicators: &[(String, String)],
+    ) -> Result<HashMap<(String, String), u64>, StoreError> {
+        let mut out = HashMap::new();
+        for (origin, id) in indicators {
+            let v: Option<i64> = sqlx::query_scalar(
+                "SELECT max_version FROM sent_to WHERE origin_org = ? AND indicator_id = ? AND recipient = ?",
+            )
+            .bind(origin)
+            .bind(id)
+            .bind(recipient.as_str())
+            .fetch_optional(&self.pool)
+            .await?;
+            if let Some(v) = v {
+                out.insert((origin.clone(), id.clone()), v.max(0) as u64);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Records a `peer resend` of rows `from_seq..=up_to_seq` for
+    /// `recipient` (merged with one still pending) and its ledger `entry`.
+    pub async fn request_resend(
+        &self,
+        recipient: &OrgId,
+        (from_seq, up_to_seq): (u64, u64),
+        actor: &str,
+        entry: AuditEntry,
+    ) -> Result<(), StoreError> {
+        let (_writing, mut tx) = self.write_tx().await?;
+        sqlx::query(
+            "INSERT INTO resend_requests (recipient, from_seq, up_to_seq, requested_ms, requested_by) \
+             VALUES (?, ?, ?, ?, ?) ON CONFLICT (recipient) DO UPDATE SET \
+             from_seq = MIN(resend_requests.from_seq, excluded.from_seq), \
+             up_to_seq = MAX(resend_requests.up_to_seq, excluded.up_to_seq), \
+             requested_ms = MAX(excluded.requested_ms, resend_requests.requested_ms + 1), \
+             requested_by = excluded.requested_by",
+        )
+        .bind(recipient.as_str())
+        .bind(super::to_i64(from_seq))
+        .bind(super::to_i64(up_to_seq))
+        .bind(self.now())
+        .bind(actor)
+        .execute(&mut *tx)
+        .await?;
+        self.commit_with(tx, &[entry]).await
+    }
+
+    /// The pending `peer resend` for `recipient`, if any.
+    pub async fn resend_request(
+        &self,
+        recipient: &OrgId,
+    ) -> Result<Option<ResendRequest>, StoreError> {
+        let row: Option<(i64, i64, i64)> = sqlx::query_as(
+            "SELECT from_seq, up_to_seq, requested_ms FROM resend_requests WHERE recipient = ?",
+        )
+        .bind(recipient.as_str())
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.map(|(f, u, r)| ResendRequest {
+            from_seq: f.max(0) as u64,
+            up_to_seq: u.max(0) as u64,
+            requested_ms: r,
+        }))
+    }
+
+    /// Removes `done`, the resend just carried out, unless another was
+    /// asked meanwhile (which then runs too).
+    pub async fn finish_resend(
+        &self,
+        recipient: &OrgId,
+        done: &ResendRequest,
+    ) -> Result<(), StoreError> {
+        let (_writing, mut tx) = self.write_tx().await?;
+        sqlx::query("DELETE FROM resend_requests WHERE recipient = ? AND requested_ms = ?")
+            .bind(recipient.as_str())
+            .bind(done.requested_ms)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
     }
 }

@@ -503,7 +503,7 @@ struct Gate<'a> {
     t: &'a Taxii,
     r: &'a Reader,
     audit: Vec<crate::audit::AuditEntry>,
-    sent: Vec<(String, String)>,
+    sent: Vec<crate::store::Sent>,
 }
 
 impl<'a> Gate<'a> {
@@ -545,8 +545,11 @@ impl<'a> Gate<'a> {
                 match release(&ctx.own, row, p, policy.as_deref(), previously, now) {
                     Release::Send(_, entry) => {
                         self.audit.push(entry);
-                        self.sent
-                            .push((row.origin_org.clone(), row.indicator_id.clone()));
+                        self.sent.push((
+                            row.origin_org.clone(),
+                            row.indicator_id.clone(),
+                            row.version,
+                        ));
                     }
                     Release::Withhold(entry) => {
                         self.audit.push(entry);

@@ -504,6 +504,7 @@ impl Exchange for RogueExchange {
                     cards,
                     log_id: String::new(),
                     sent_unix_ms: 0,
+                    resent: false,
                 }))
                 .await;
             // Keep the stream open, like a live tail.
