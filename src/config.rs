@@ -72,6 +72,8 @@ pub struct Settings {
     pub limits: LimitsSettings,
     /// The TAXII 2.1 server.
     pub taxii: TaxiiSettings,
+    /// Metrics and probes.
+    pub metrics: MetricsSettings,
     /// Logging.
     pub log: LogSettings,
     /// The file these settings were loaded from (`serve` checks that only
@@ -268,6 +270,14 @@ pub struct TaxiiSettings {
     pub max_content_length: u64,
 }
 
+/// `[metrics]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsSettings {
+    /// Socket address of the metrics and probe listener ("" = off).
+    pub listen: String,
+}
+
 /// `[log]`
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -378,6 +388,13 @@ impl Settings {
         }
         if f.heartbeat_ms == 0 {
             return Err(invalid("federation.heartbeat_ms", "must be positive"));
+        }
+        let m = &self.metrics.listen;
+        if !m.is_empty() && m.parse::<std::net::SocketAddr>().is_err() {
+            return Err(invalid(
+                "metrics.listen",
+                format!("'{m}' is not a socket address (\"\" turns metrics off)"),
+            ));
         }
         let t = &self.taxii;
         if !t.listen.is_empty() && t.listen.parse::<std::net::SocketAddr>().is_err() {
@@ -706,6 +723,10 @@ mod tests {
         assert!(err(MINIMAL, &[("THREATMESH__LOG__FORMAT", "xml")]).contains("log.format"));
         assert!(
             err(MINIMAL, &[("THREATMESH__FEDERATION__BATCH_SIZE", "lots")]).contains("batch_size")
+        );
+        assert!(
+            err(MINIMAL, &[("THREATMESH__METRICS__LISTEN", "localhost")])
+                .contains("metrics.listen")
         );
         let e = err(&format!("{MINIMAL}[node]\nlisen = \"x\"\n"), &[]);
         assert!(e.contains("lisen"), "{e}");

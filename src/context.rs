@@ -98,6 +98,8 @@ pub struct NodeContext {
     pub tls: NodeTls,
     /// Open verified connections, closed when trust in them ends.
     pub conns: crate::net::Connections,
+    /// The node's metrics (served on `metrics.listen`).
+    pub metrics: Arc<crate::metrics::Metrics>,
     /// The identity of our log (see `store::identity`), sent with every
     /// Subscribe reply.
     pub log_id: String,
@@ -211,6 +213,8 @@ impl NodeContext {
             settings.limits.max_streams_per_partner,
             settings.limits.partner_requests_per_second,
         );
+        let metrics = Arc::new(crate::metrics::Metrics::new());
+        store.observe(metrics.clone());
         let ctx = Arc::new(NodeContext {
             own,
             settings,
@@ -229,7 +233,8 @@ impl NodeContext {
             peer_changes: watch::channel(0).0,
             resends: watch::channel(0).0,
             loaded: std::sync::Mutex::new(None),
-            conns: crate::net::Connections::default(),
+            conns: crate::net::Connections::with_metrics(metrics.clone()),
+            metrics,
             quota,
             log_id,
             tls: NodeTls {

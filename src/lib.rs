@@ -42,6 +42,7 @@ pub mod exchange;
 pub mod federation;
 pub mod identity;
 pub mod interop;
+pub mod metrics;
 pub mod model;
 pub mod net;
 pub mod node;

@@ -158,6 +158,8 @@ pub struct Connections {
     /// Connections refused per partner org since last taken (for the
     /// ledger: see [`Connections::take_refused`]).
     refused: Arc<Mutex<HashMap<crate::model::OrgId, u64>>>,
+    /// Where refused handshakes and certificates are counted.
+    metrics: Arc<crate::metrics::Metrics>,
 }
 
 struct LiveConn {
@@ -168,6 +170,14 @@ struct LiveConn {
 }
 
 impl Connections {
+    /// Open connections, counting refusals in `metrics`.
+    pub fn with_metrics(metrics: Arc<crate::metrics::Metrics>) -> Self {
+        Self {
+            metrics,
+            ..Self::default()
+        }
+    }
+
     fn register(&self, id: &SpiffeId, serial: &str, remote: SocketAddr) -> ConnGuard {
         let key = self.next.fetch_add(1, Ordering::Relaxed);
         let close = CancellationToken::new();
@@ -479,10 +489,14 @@ pub fn accept_mtls(
                 let io = match handshake {
                     Ok(Ok(io)) => io,
                     Ok(Err(e)) => {
+                        conns
+                            .metrics
+                            .count_tls_failure(crate::metrics::tls_failure_reason(&e));
                         tracing::info!(%remote, error = %e, "TLS handshake refused");
                         return;
                     }
                     Err(_) => {
+                        conns.metrics.count_tls_failure("timeout");
                         tracing::info!(%remote, "TLS handshake timed out");
                         return;
                     }
@@ -529,6 +543,9 @@ pub fn accept_mtls(
                         }
                     }
                     Err(e) => {
+                        conns
+                            .metrics
+                            .count_tls_failure(crate::metrics::identity_failure_reason(e));
                         tracing::warn!(%remote, reason = %e, "client certificate refused");
                         // Kept (and counted) just long enough to answer its
                         // requests with the reason, then closed.

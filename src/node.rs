@@ -26,6 +26,7 @@ pub struct Node {
     ctx: Arc<NodeContext>,
     /// Where the TAXII server listens, when it does.
     taxii: Option<TcpListener>,
+    metrics: Option<TcpListener>,
 }
 
 impl Node {
@@ -39,7 +40,17 @@ impl Node {
     /// time-driven behaviour on tokio's paused clock through it).
     pub async fn open_with_clock(settings: Settings, clock: Clock) -> Result<Self, NodeError> {
         let ctx = NodeContext::open(settings, clock, CancellationToken::new()).await?;
-        Ok(Self { ctx, taxii: None })
+        Ok(Self {
+            ctx,
+            taxii: None,
+            metrics: None,
+        })
+    }
+
+    /// Serves metrics and probes on `listener` too (`metrics.listen`).
+    pub fn with_metrics(mut self, listener: TcpListener) -> Self {
+        self.metrics = Some(listener);
+        self
     }
 
     /// Serves TAXII 2.1 on `listener` too (`taxii.listen`).
@@ -61,6 +72,9 @@ impl Node {
         shutdown: impl Future<Output = ()> + Send,
     ) -> Result<(), NodeError> {
         let ctx = self.ctx;
+        if let Some(l) = self.metrics {
+            ctx.tasks.spawn(crate::metrics::http::serve(ctx.clone(), l));
+        }
         if let Some(l) = self.taxii {
             ctx.tasks.spawn(crate::taxii::serve(ctx.clone(), l));
         }

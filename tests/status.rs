@@ -212,3 +212,130 @@ async fn an_idle_link_hears_heartbeats_so_its_last_message_stays_true() {
     node_b.stop().await;
     node_a.stop().await;
 }
+
+/// The sum of the samples of `name` whose labels contain every one of
+/// `labels` (e.g. `decision="sent"`).
+fn total(scrape: &str, name: &str, labels: &[&str]) -> f64 {
+    scrape
+        .lines()
+        .filter(|l| l.starts_with(&format!("{name}{{")))
+        .filter(|l| labels.iter().all(|want| l.contains(want)))
+        .filter_map(|l| l.rsplit_once(' ').and_then(|(_, v)| v.parse::<f64>().ok()))
+        .sum()
+}
+
+/// Prometheus metrics and probes, without a client certificate: the named
+/// series move under traffic, per partner and rule.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_and_probes_follow_publishes_releases_links_and_refused_handshakes() {
+    let a = Org::new("a.example");
+    let b = Org::new("b.example");
+    a.add_peer_with(
+        &b,
+        None,
+        "name = \"b-ipv4\"\n[egress]\ntlp_ceiling = \"GREEN\"\ncommunity = true\nkinds = [\"ipv4\"]\n",
+    )
+    .await;
+    let node_a = start(&a).await;
+    b.add_peer(&a, Some(node_a.addr)).await;
+    let node_b = start(&b).await;
+
+    let (code, body) = http_get(node_a.metrics, "/livez").await;
+    assert_eq!((code, body.as_str()), (200, "ok\n"));
+    let (code, body) = http_get(node_a.metrics, "/readyz").await;
+    assert_eq!((code, body.as_str()), (200, "ready\n"));
+    let (code, before) = http_get(node_a.metrics, "/metrics").await;
+    assert_eq!(code, 200);
+    assert!(before.ends_with("# EOF\n"), "{before}");
+    assert_eq!(sample(&before, "threatmesh_published_total"), Some(0.0));
+
+    publish_all(
+        &publisher(&a, &node_a),
+        vec![
+            ipv4_draft(1, Tlp::Green),
+            ipv4_draft(2, Tlp::Clear),
+            draft(
+                threatmesh::proto::v1::IndicatorKind::Domain,
+                "held.example",
+                Tlp::Green,
+                &[],
+            ),
+        ],
+        1,
+    )
+    .await;
+    caught_up(&node_b, &a, &node_a).await;
+    // The ledger rows of what was sent are durable before it is sent; the
+    // counters move with them.
+    let (_, after) = http_get(node_a.metrics, "/metrics").await;
+    assert_eq!(sample(&after, "threatmesh_published_total"), Some(3.0));
+    assert_eq!(
+        total(
+            &after,
+            "threatmesh_releases_total",
+            &["partner=\"b.example\"", "decision=\"sent\""]
+        ),
+        2.0,
+        "{after}"
+    );
+    assert_eq!(
+        total(
+            &after,
+            "threatmesh_releases_total",
+            &[
+                "partner=\"b.example\"",
+                "decision=\"withheld\"",
+                "rule=\"kind-not-allowed\""
+            ]
+        ),
+        1.0,
+        "{after}"
+    );
+    assert!(sample(&after, "threatmesh_commit_seconds_count").unwrap() >= 1.0);
+    assert_eq!(sample(&after, "threatmesh_log_seq"), Some(3.0));
+    assert!(sample(&after, "threatmesh_store_bytes").unwrap() > 0.0);
+
+    // B's link to A: connected, no lag, a clock offset.
+    let (_, at_b) = http_get(node_b.metrics, "/metrics").await;
+    assert_eq!(
+        sample(
+            &at_b,
+            "threatmesh_link_state{partner=\"a.example\",state=\"connected\"}"
+        ),
+        Some(1.0),
+        "{at_b}"
+    );
+    assert_eq!(
+        sample(&at_b, "threatmesh_link_lag{partner=\"a.example\"}"),
+        Some(0.0)
+    );
+    assert!(
+        sample(
+            &at_b,
+            "threatmesh_link_clock_offset_seconds{partner=\"a.example\"}"
+        )
+        .is_some(),
+        "{at_b}"
+    );
+
+    // Something that is not TLS at A's gRPC port: counted by reason.
+    {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut s = tokio::net::TcpStream::connect(node_a.addr).await.unwrap();
+        s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let _ = s.read_to_end(&mut Vec::new()).await;
+    }
+    let m = node_a.metrics;
+    wait_until(10, "the refused handshake to be counted", || async move {
+        let (_, s) = http_get(m, "/metrics").await;
+        sample(
+            &s,
+            "threatmesh_tls_handshake_failures_total{reason=\"not-tls\"}",
+        ) == Some(1.0)
+    })
+    .await;
+    node_b.stop().await;
+    node_a.stop().await;
+}

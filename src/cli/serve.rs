@@ -78,6 +78,13 @@ pub async fn run(config: &Path, args: &ServeArgs) -> Result<(), CliError> {
             .map_err(|e| CliError::Failed(format!("taxii.listen {taxii}: cannot bind: {e}")))?;
         node = node.with_taxii(l);
     }
+    let metrics = node.context().settings.metrics.listen.clone();
+    if !metrics.is_empty() {
+        let l = TcpListener::bind(&metrics)
+            .await
+            .map_err(|e| CliError::Failed(format!("metrics.listen {metrics}: cannot bind: {e}")))?;
+        node = node.with_metrics(l);
+    }
     node.serve(listener, shutdown_signal()).await?;
     Ok(())
 }

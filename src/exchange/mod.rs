@@ -324,6 +324,7 @@ where
             // The reply holds what it needs; a stream waiting on a slow
             // client holds no rows besides it.
             drop(rows);
+            ctx.metrics.count_releases(&audit);
             let pending = match &recipient {
                 Some(r) => match ctx.store.enqueue_release(audit, r, sent).await {
                     Ok(p) => Some(p),
@@ -407,6 +408,7 @@ where
         let (item, audit, sent) = map(&fresh, cursor, &SentBefore::new(), true);
         drop(fresh);
         sent_now += sent.len();
+        ctx.metrics.count_releases(&audit);
         let pending = ctx
             .store
             .enqueue_release(audit, recipient, sent)

@@ -422,6 +422,8 @@ async fn receive(
                             partner = %peer.org, seq = d.seq, kind = %r.kind, reason = %r.reason,
                             "envelope refused"
                         );
+                        ctx.metrics
+                            .count_refusal(peer.org.as_str(), r.kind.as_str());
                         batch.refused.push(Rejection {
                             upstream_seq: d.seq,
                             refusal: r,

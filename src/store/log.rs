@@ -284,14 +284,23 @@ impl Store {
                         .map(|(row, key)| (row, w.actor.as_str(), key.as_ref()))
                 })
                 .collect();
-            let mut results = match self.commit_local(lock, &rows).await {
+            let started = std::time::Instant::now();
+            let results = match self.commit_local(lock, &rows).await {
                 Ok(results) => results,
                 Err(e) => {
                     tracing::error!(error = %e, rows = rows.len(), "group commit of local publishes failed");
                     vec![Err(e); rows.len()]
                 }
+            };
+            if let Some(m) = self.observer.get() {
+                m.commit_seconds.observe(started.elapsed().as_secs_f64());
+                let stored = results
+                    .iter()
+                    .filter(|r| matches!(r, Ok(Appended::New(_))))
+                    .count();
+                m.published.inc_by(stored as u64);
             }
-            .into_iter();
+            let mut results = results.into_iter();
             for w in group.drain(..) {
                 let mine = results.by_ref().take(w.rows.len()).collect();
                 let _ = w.done.send(mine);

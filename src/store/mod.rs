@@ -210,6 +210,9 @@ pub struct Store {
     stop: CancellationToken,
     /// The group-commit writers, waited for before the pool closes.
     writers: TaskTracker,
+    /// Where commit times and published rows are counted, once the node
+    /// has its metrics (see [`Store::observe`]).
+    observer: Arc<std::sync::OnceLock<Arc<crate::metrics::Metrics>>>,
 }
 
 /// A transaction of the store's backend.
@@ -330,6 +333,7 @@ impl Store {
             clock,
             stop: CancellationToken::new(),
             writers: TaskTracker::new(),
+            observer: Default::default(),
         };
         let latest = store.latest_seq().await?;
         store.latest.send_replace(latest);
@@ -344,6 +348,12 @@ impl Store {
         store.writers.spawn(writer().release_writer(release_queue));
         store.writers.close();
         Ok(store)
+    }
+
+    /// Counts local group commits (their time, and the versions they
+    /// stored) in `metrics` from now on; the first call wins.
+    pub fn observe(&self, metrics: Arc<crate::metrics::Metrics>) {
+        let _ = self.observer.set(metrics);
     }
 
     /// Stops taking writes, lets the writers commit everything already

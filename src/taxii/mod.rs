@@ -573,9 +573,9 @@ impl<'a> Gate<'a> {
             && !self.audit.is_empty()
         {
             let store = &self.t.ctx.store;
-            let durable = store
-                .enqueue_release(crate::audit::coalesce(self.audit), p, self.sent)
-                .await?;
+            let audit = crate::audit::coalesce(self.audit);
+            self.t.ctx.metrics.count_releases(&audit);
+            let durable = store.enqueue_release(audit, p, self.sent).await?;
             durable
                 .await
                 .map_err(|_| crate::store::StoreError::WriterStopped)??;

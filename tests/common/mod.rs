@@ -185,6 +185,8 @@ pub struct RunningNode {
     pub addr: SocketAddr,
     /// The TAXII server's address, when started with one.
     pub taxii: Option<SocketAddr>,
+    /// The metrics and probe listener (every test node has one).
+    pub metrics: SocketAddr,
     pub ctx: Arc<NodeContext>,
     stop: Option<oneshot::Sender<()>>,
     task: JoinHandle<Result<(), NodeError>>,
@@ -239,6 +241,9 @@ async fn start_full(
     if let Some(t) = taxii {
         node = node.with_taxii(t);
     }
+    let metrics = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let metrics_addr = metrics.local_addr().unwrap();
+    node = node.with_metrics(metrics);
     let ctx = node.context();
     let (tx, rx) = oneshot::channel();
     let task = tokio::spawn(node.serve(listener, async move {
@@ -247,6 +252,7 @@ async fn start_full(
     RunningNode {
         addr,
         taxii: taxii_addr,
+        metrics: metrics_addr,
         ctx,
         stop: Some(tx),
         task,
@@ -922,4 +928,37 @@ pub async fn considered(node: &RunningNode, upstream: &OrgId, seq: u64) {
 pub async fn refusals(node: &RunningNode) -> Vec<(u64, threatmesh::refusal::RefusalKind)> {
     let rej = node.ctx.store.rejections().await.unwrap();
     rej.iter().map(|r| (r.upstream_seq, r.kind)).collect()
+}
+
+/// `GET path` on `node`'s metrics listener: status code and body.
+pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(
+        format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .await
+    .unwrap();
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).await.unwrap();
+    let text = String::from_utf8_lossy(&raw).to_string();
+    let status = text
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (status, body)
+}
+
+/// The value of the metric sample `series` (name with labels, exactly as
+/// exposed) in a scrape, if present.
+pub fn sample(scrape: &str, series: &str) -> Option<f64> {
+    scrape.lines().find_map(|l| {
+        let (name, value) = l.rsplit_once(' ')?;
+        (name == series).then(|| value.parse().ok()).flatten()
+    })
 }
