@@ -62,6 +62,11 @@ pub struct InitArgs {
     /// (partners will need the new card). Stored data is kept.
     #[arg(long)]
     pub force: bool,
+    /// Also write the example sharing policies (isp-feed, community-feed,
+    /// agency-partner) to DIR/policies/, to apply or adapt: the quick start
+    /// then needs nothing from the source checkout.
+    #[arg(long)]
+    pub with_examples: bool,
 }
 
 impl From<&InitArgs> for OrgOptions {
@@ -93,6 +98,23 @@ impl From<ProvisionError> for CliError {
     }
 }
 
+/// The example policies of `config/policies/`, built in for
+/// `init --with-examples`.
+pub const EXAMPLE_POLICIES: [(&str, &str); 3] = [
+    (
+        "agency-partner.toml",
+        include_str!("../../config/policies/agency-partner.toml"),
+    ),
+    (
+        "community-feed.toml",
+        include_str!("../../config/policies/community-feed.toml"),
+    ),
+    (
+        "isp-feed.toml",
+        include_str!("../../config/policies/isp-feed.toml"),
+    ),
+];
+
 /// Runs `threatmesh init`.
 pub async fn run(args: &InitArgs) -> Result<(), CliError> {
     let r = provision_org(&args.into())?;
@@ -106,6 +128,19 @@ pub async fn run(args: &InitArgs) -> Result<(), CliError> {
     out!("initialised {} in {}", r.org, args.dir.display());
     out!("  config:      {}", r.config.display());
     out!("  signing key: {}", r.key_id);
+    if args.with_examples {
+        let dir = args.dir.join("policies");
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| CliError::Failed(format!("{}: {e}", dir.display())))?;
+        for (name, text) in EXAMPLE_POLICIES {
+            super::write_file(&dir.join(name), text.as_bytes(), false)?;
+        }
+        out!(
+            "  policies:    {} ({})",
+            dir.display(),
+            EXAMPLE_POLICIES.map(|(n, _)| n).join(", ")
+        );
+    }
     out!(
         "next: threatmesh -c {} card export --out {}.card   (give the card to partners)",
         r.config.display(),

@@ -110,12 +110,13 @@ impl From<crate::identity::IdentityError> for CliError {
 
 const AFTER_HELP: &str = "\
 Quick start (two organisations on one machine):
-  threatmesh init --org a.example --dir a --endpoint 127.0.0.1:7441 --listen 127.0.0.1:7441
+  threatmesh init --org a.example --dir a --endpoint 127.0.0.1:7441 --listen 127.0.0.1:7441 --with-examples
   threatmesh init --org b.example --dir b --endpoint 127.0.0.1:7442 --listen 127.0.0.1:7442
   threatmesh -c a/threatmesh.toml serve &   threatmesh -c b/threatmesh.toml serve &
+  threatmesh -c a/threatmesh.toml status --wait 30
   threatmesh -c a/threatmesh.toml card export --out a.card
   threatmesh -c b/threatmesh.toml card export --out b.card
-  threatmesh -c a/threatmesh.toml policy apply config/policies/agency-partner.toml
+  threatmesh -c a/threatmesh.toml policy apply a/policies/agency-partner.toml
   threatmesh -c a/threatmesh.toml peer add --card b.card --policy agency-partner
   threatmesh -c b/threatmesh.toml peer add --card a.card
   threatmesh -c a/threatmesh.toml publish --kind domain --value evil.example --tlp GREEN

@@ -15,6 +15,10 @@ pub struct StatusArgs {
     /// Print one JSON object.
     #[arg(long)]
     pub json: bool,
+    /// Wait up to SECS for the node to answer (a script that has just
+    /// started `serve &`); exits 1 if it does not.
+    #[arg(long, value_name = "SECS", default_value_t = 0)]
+    pub wait: u64,
 }
 
 fn ago(ms: i64) -> String {
@@ -45,7 +49,17 @@ fn last_error(l: &crate::proto::v1::LinkStatus) -> String {
 /// Runs `threatmesh status`.
 pub async fn run(config: &Path, conn: &ClientArgs, args: &StatusArgs) -> Result<(), CliError> {
     let mut a = AdminSession::open(config, conn)?;
-    let s = rpc!(a, status(StatusRequest {}));
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(args.wait);
+    let s = loop {
+        match a.client.status(StatusRequest {}).await {
+            Ok(s) => break s.into_inner(),
+            // Not up yet: nothing listens, or it is still starting.
+            Err(e) if e.code() == tonic::Code::Unavailable && std::time::Instant::now() < until => {
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+            Err(e) => return Err(a.fail(e)),
+        }
+    };
     if args.json {
         let links: Vec<serde_json::Value> = s
             .links
