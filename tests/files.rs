@@ -180,3 +180,195 @@ fn the_docker_build_context_holds_the_build_inputs_and_no_org_secrets() {
         assert!(!in_context(&rules, loose), "{loose}");
     }
 }
+
+/// Every `RUN` step of the Dockerfile, and its HEALTHCHECK command, is
+/// valid shell (no container daemon on the test machines: they are checked
+/// with `bash -n`, not run).
+#[test]
+fn the_dockerfile_shell_steps_parse() {
+    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/Dockerfile")).unwrap();
+    let joined = text.replace("\\\n", " ");
+    let mut checked = 0;
+    for line in joined.lines() {
+        let line = line.trim();
+        let script = if let Some(run) = line.strip_prefix("RUN ") {
+            // BuildKit flags before the command.
+            run.split_whitespace()
+                .skip_while(|w| w.starts_with("--mount="))
+                .collect::<Vec<_>>()
+                .join(" ")
+        } else if let Some(hc) = line.strip_prefix("HEALTHCHECK ") {
+            let cmd = &hc[hc.find("CMD [").unwrap() + 4..];
+            let argv: Vec<String> = serde_json::from_str(cmd).unwrap();
+            assert_eq!(&argv[..2], ["bash", "-c"], "{cmd}");
+            assert!(argv[2].contains("/readyz"), "{cmd}");
+            argv[2].clone()
+        } else {
+            continue;
+        };
+        let o = std::process::Command::new("bash")
+            .args(["-n", "-c", &script])
+            .output()
+            .unwrap();
+        assert!(
+            o.status.success(),
+            "{script}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        checked += 1;
+    }
+    assert!(checked >= 4, "{checked} shell steps found");
+    for from in joined.lines().filter(|l| l.starts_with("FROM ")) {
+        assert!(
+            from.contains("@sha256:"),
+            "base image not pinned by digest: {from}"
+        );
+    }
+}
+
+/// deploy/compose.yaml's scripts, run as its services run them but on this
+/// machine: three orgs made by init.sh, served, linked by link.sh (twice:
+/// it is idempotent), and an indicator published at the CERT reaches the
+/// ISP and the police unit.
+#[test]
+fn the_compose_deployment_scripts_make_and_link_three_orgs() {
+    use std::process::{Child, Command, Stdio};
+    let tmp = tempfile::tempdir().unwrap();
+    let deploy = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy");
+    let bin = Path::new(env!("CARGO_BIN_EXE_threatmesh"))
+        .parent()
+        .unwrap()
+        .to_path_buf();
+    let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap());
+    let cards = tmp.path().join("cards");
+    let port = || {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
+    };
+    let orgs = [
+        (
+            "cert",
+            "cert.example",
+            "isp.example=isp-feed police.example=agency-partner",
+        ),
+        (
+            "isp",
+            "isp.example",
+            "cert.example=community-feed police.example=community-feed",
+        ),
+        (
+            "police",
+            "police.example",
+            "cert.example=agency-partner isp.example=isp-feed",
+        ),
+    ];
+    let sh = |script: &str, env: &[(&str, String)]| {
+        let mut c = Command::new("sh");
+        c.arg(deploy.join(script))
+            .env("PATH", &path)
+            .env("CARDS", &cards)
+            .env_remove("THREATMESH_CONFIG")
+            .env("RUST_LOG", "warn");
+        for (k, v) in env {
+            c.env(k, v);
+        }
+        let o = c.output().unwrap();
+        let said = format!(
+            "{}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        );
+        assert!(o.status.success(), "{script}: {said}");
+        said
+    };
+    struct Nodes(Vec<Child>);
+    impl Drop for Nodes {
+        fn drop(&mut self) {
+            for c in &mut self.0 {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+        }
+    }
+    let mut nodes = Nodes(Vec::new());
+    let mut servers = Vec::new();
+    for (svc, org, _) in orgs {
+        let addr = format!("127.0.0.1:{}", port());
+        let data = tmp.path().join(svc);
+        sh(
+            "init.sh",
+            &[
+                ("ORG", org.into()),
+                ("HOST", org.into()),
+                ("DATA", data.display().to_string()),
+                ("LISTEN", addr.clone()),
+                ("ENDPOINT", addr.clone()),
+            ],
+        );
+        assert!(cards.join(format!("{org}.card")).is_file());
+        assert!(data.join("policies/isp-feed.toml").is_file());
+        nodes.0.push(
+            Command::new(env!("CARGO_BIN_EXE_threatmesh"))
+                .args(["serve", "-c"])
+                .arg(data.join("threatmesh.toml"))
+                .env("THREATMESH__FEDERATION__PEER_REFRESH_MS", "100")
+                .env("THREATMESH__FEDERATION__RECONNECT_MIN_MS", "50")
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap(),
+        );
+        servers.push(addr);
+    }
+    for ((svc, org, partners), server) in orgs.iter().zip(&servers) {
+        let env = [
+            ("ORG", org.to_string()),
+            ("PARTNERS", partners.to_string()),
+            ("DATA", tmp.path().join(svc).display().to_string()),
+            ("THREATMESH_SERVER", server.clone()),
+        ];
+        let said = sh("link.sh", &env);
+        assert!(said.contains(&format!("{org}: linked to")), "{said}");
+        let again = sh("link.sh", &env);
+        assert!(again.contains("already registered"), "{again}");
+    }
+    let tm = |svc: &str, args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_threatmesh"))
+            .arg("-c")
+            .arg(tmp.path().join(svc).join("threatmesh.toml"))
+            .args(args)
+            .env_remove("THREATMESH_CONFIG")
+            .output()
+            .unwrap()
+    };
+    let o = tm(
+        "cert",
+        &[
+            "publish",
+            "--kind",
+            "domain",
+            "--value",
+            "mesh-test.example",
+            "--tlp",
+            "GREEN",
+            "--confidence",
+            "85",
+        ],
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    for svc in ["isp", "police"] {
+        let mut tries = 0;
+        loop {
+            let o = tm(svc, &["tail", "--no-follow", "--json"]);
+            if String::from_utf8_lossy(&o.stdout).contains("mesh-test.example") {
+                break;
+            }
+            tries += 1;
+            assert!(tries < 600, "{svc} never received it");
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+    }
+}
