@@ -18,6 +18,10 @@ use crate::store::Store;
 #[derive(Debug, Subcommand)]
 pub enum AuditCommand {
     /// Print ledger rows, oldest first.
+    #[command(after_help = "\
+Examples:
+  threatmesh audit log --partner isp.example --since 2026-11-01T00:00:00Z
+  threatmesh audit log --json | jq -r 'select(.event == \"withheld\") | .rule' | sort | uniq -c")]
     Log {
         /// Only rows about this partner.
         #[arg(long)]
@@ -33,6 +37,11 @@ pub enum AuditCommand {
     /// row. With --against, also check it against heads of this ledger that
     /// partners signed copies of: a ledger cut or rewritten and re-chained
     /// passes the chain check but not this one.
+    #[command(after_help = "\
+Examples:
+  threatmesh audit verify                      # ask the node
+  threatmesh audit verify --offline            # read the store file (node stopped, or a copy)
+  threatmesh audit verify --against heads.jsonl")]
     Verify {
         /// Read the store file (`store.path`) directly instead of asking the
         /// node: for auditors with a copy of the database, or a stopped node.
@@ -46,6 +55,9 @@ pub enum AuditCommand {
     /// Ledger heads partners signed and gave this node (we witness their
     /// ledgers). Give `--json` output to that partner for its
     /// `audit verify --against`.
+    #[command(after_help = "\
+Examples:
+  threatmesh audit heads --org cert.example --json > cert-heads.jsonl   # give to cert.example")]
     Heads {
         /// Only heads of this partner.
         #[arg(long)]

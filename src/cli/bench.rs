@@ -10,8 +10,12 @@ use crate::bench::{BenchOptions, render, run as run_bench};
 #[derive(Debug, Clone, Args)]
 #[command(after_help = "\
 Everything runs in this process on 127.0.0.1 with fresh organisations in a
-temporary directory. Quick check: threatmesh bench --backlog 20000 --subscribers 100
---latency-secs 3. Results and method: BENCHMARKS.md.")]
+temporary directory. Results and method: BENCHMARKS.md.
+
+Examples:
+  threatmesh bench                                  # every phase, default sizes
+  threatmesh bench --backlog 20000 --subscribers 100 --latency-secs 3   # a quick check
+  threatmesh bench --json > run.json")]
 pub struct BenchArgs {
     /// Indicators published through the Publish RPC.
     #[arg(long, default_value_t = 20_000)]

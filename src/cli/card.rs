@@ -14,6 +14,10 @@ use crate::node::{load_signing_key, own_card_with_keys};
 pub enum CardCommand {
     /// Write this org's card (org id, display name, CA bundle, signing key,
     /// endpoint), self-signed with the signing key. Works offline.
+    #[command(after_help = "\
+Examples:
+  threatmesh card export --out cert.example.card   # give this file to partners
+  threatmesh card export > cert.example.card         # fingerprints go to the terminal")]
     Export {
         /// Output file (default: standard output).
         #[arg(long)]
@@ -21,6 +25,9 @@ pub enum CardCommand {
     },
     /// Verify a card file and print what it says, with fingerprints to
     /// compare with the partner out of band.
+    #[command(after_help = "\
+Examples:
+  threatmesh card show isp.example.card   # read the fingerprints back to the partner by phone")]
     Show {
         /// The card file.
         file: PathBuf,

@@ -33,7 +33,7 @@ pub enum CertsCommand {
     /// never leaves this machine; the node signs a request for it with our
     /// CA (the node must hold `tls.ca_key`).
     #[command(
-        after_help = "Example:\n  threatmesh certs issue --role publisher --name misp-bridge --out /etc/threatmesh/feeds"
+        after_help = "Examples:\n  threatmesh certs issue --role publisher --name misp-bridge --out /etc/threatmesh/feeds\n  threatmesh certs issue --role admin --name alice --days 90 --out alice"
     )]
     Issue {
         /// Role of the certificate.
@@ -50,6 +50,10 @@ pub enum CertsCommand {
         days: u32,
     },
     /// Certificates of our org known to the node, with their revocation.
+    #[command(after_help = "\
+Examples:
+  threatmesh certs list
+  threatmesh certs list --json | jq -r 'select(.revoked) | .serial'")]
     List {
         /// One JSON object per line.
         #[arg(long)]
@@ -58,6 +62,10 @@ pub enum CertsCommand {
     /// Re-issue the node certificate in place (`tls.node_cert`,
     /// `tls.node_key` on the node's host). New connections get it at once,
     /// without a restart; open connections and partner streams continue.
+    #[command(after_help = "\
+Examples:
+  threatmesh certs rotate                                   # new node certificate, same names
+  threatmesh certs rotate --days 90 --dns-name node.cert.example")]
     Rotate {
         /// Validity in days (1-3650).
         #[arg(long, default_value_t = 397)]
@@ -88,6 +96,9 @@ Then give partners the new CRL: threatmesh certs crl --out our.crl")]
     },
     /// Write our CRL (signed by our CA, valid `revocation.crl_validity_days`)
     /// for partners to import.
+    #[command(after_help = "\
+Examples:
+  threatmesh certs crl --out cert.example.crl   # give it to partners: certs import-crl")]
     Crl {
         /// Where to write the CRL (PEM).
         #[arg(long)]
@@ -101,6 +112,9 @@ What happens when the CRL passes its next-update time is the node setting
 revocation.stale_crl: \"refuse\" (default) refuses all of the partner's
 certificates until a fresh CRL is imported; \"accept\" keeps accepting those
 not listed.")]
+    #[command(after_help = "\
+Examples:
+  threatmesh certs import-crl --partner isp.example isp.example.crl")]
     ImportCrl {
         /// Partner org id.
         #[arg(long)]

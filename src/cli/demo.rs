@@ -30,6 +30,10 @@ use crate::store::Store;
 
 /// Arguments of `threatmesh demo`.
 #[derive(Debug, Clone, Args)]
+#[command(after_help = "\
+Examples:
+  threatmesh demo                       # three orgs, end to end; exits 0 when all checks pass
+  threatmesh demo --keep --dir demo     # keep the nodes running to explore them")]
 pub struct DemoArgs {
     /// Leave the nodes running after the report and print how to talk to
     /// them; stop with Ctrl-C.

@@ -21,8 +21,9 @@ Creates, under DIR:
   keys/signing.key           Ed25519 key that signs every indicator the org publishes
 Private keys are written with mode 0600.
 
-Example:
-  threatmesh init --org cert.example --dir /etc/threatmesh --endpoint node.cert.example:7443 --listen 0.0.0.0:7443")]
+Examples:
+  threatmesh init --org cert.example --dir /etc/threatmesh --endpoint node.cert.example:7443 --listen 0.0.0.0:7443 --dns-name node.cert.example
+  threatmesh init --org cert.example --dir cert --listen 127.0.0.1:7441 --endpoint 127.0.0.1:7441 --with-examples")]
 pub struct InitArgs {
     /// Organisation id: a lower-case DNS-style name such as `cert.example`.
     #[arg(long)]

@@ -17,8 +17,14 @@ use crate::proto::v1::{RevokeSigningKeyRequest, RotateSigningKeyRequest, Signing
 pub enum KeysCommand {
     /// Make a new signing key current (the old one signs nothing new).
     #[command(after_help = "After a suspected compromise: rotate, then revoke the old key id.")]
+    #[command(after_help = "\
+Examples:
+  threatmesh keys rotate            # prints the old and new key ids")]
     Rotate,
     /// Revoke a retired signing key (not the current one).
+    #[command(after_help = "\
+Examples:
+  threatmesh keys revoke 5f1c0e9a...   # a retired key, as `keys rotate` printed it")]
     Revoke {
         /// Key id, as `keys rotate` prints it.
         key_id: String,

@@ -358,4 +358,35 @@ mod tests {
     fn the_command_line_definition_is_consistent() {
         super::Cli::command().debug_assert();
     }
+
+    /// Every command an operator runs shows examples in its `--help`.
+    #[test]
+    fn every_command_s_help_has_examples() {
+        fn leaves(c: &clap::Command, path: String, out: &mut Vec<(String, String)>) {
+            let subs: Vec<_> = c
+                .get_subcommands()
+                .filter(|s| s.get_name() != "help")
+                .collect();
+            if subs.is_empty() {
+                let after = c
+                    .get_after_help()
+                    .or(c.get_after_long_help())
+                    .map(|h| h.to_string())
+                    .unwrap_or_default();
+                out.push((path.clone(), after));
+            }
+            for s in subs {
+                leaves(s, format!("{path} {}", s.get_name()), out);
+            }
+        }
+        let mut all = Vec::new();
+        leaves(&super::Cli::command(), "threatmesh".into(), &mut all);
+        let missing: Vec<&str> = all
+            .iter()
+            .filter(|(_, help)| !help.contains("Examples:"))
+            .map(|(p, _)| p.as_str())
+            .collect();
+        assert!(all.len() > 40, "{} commands", all.len());
+        assert!(missing.is_empty(), "no examples in --help of: {missing:?}");
+    }
 }

@@ -20,8 +20,9 @@ pub enum PeerCommand {
     /// Register a partner from its card (the node verifies the card's
     /// self-signature) and start dialling it.
     #[command(after_help = "\
-Example:
+Examples:
   threatmesh peer add --card bka.example.card --endpoint 10.1.2.3:7443 --policy agency-partner
+  threatmesh peer add --card isp.example.card --policy isp-feed   # dial the endpoint its card names
 Compare the printed CA fingerprint and signing key with the partner out of band
 (phone, signed letter) before relying on the link.")]
     Add {
@@ -61,6 +62,9 @@ Examples:
         introducer: Option<bool>,
     },
     /// Bind a partner to a sharing policy (same as `update --policy`).
+    #[command(after_help = "\
+Examples:
+  threatmesh peer set-policy --partner isp.example --policy isp-feed")]
     SetPolicy {
         /// Partner org id.
         #[arg(long)]
@@ -71,12 +75,19 @@ Examples:
     },
     /// Stop sending to a partner and refuse its connections; its open
     /// connections are closed at once. Its cursor is kept.
+    #[command(after_help = "\
+Examples:
+  threatmesh peer suspend --partner isp.example   # stop sending and receiving at once
+  threatmesh peer resume --partner isp.example")]
     Suspend {
         /// Partner org id.
         #[arg(long)]
         partner: String,
     },
     /// Undo `suspend`: the partner resumes from its own cursor.
+    #[command(after_help = "\
+Examples:
+  threatmesh peer resume --partner isp.example")]
     Resume {
         /// Partner org id.
         #[arg(long)]
@@ -85,6 +96,10 @@ Examples:
     /// Hard stop: nothing more leaves for the partner and it is no longer
     /// trusted or dialled. Its cursor, card and history stay for the audit;
     /// `peer add --card` registers it again.
+    #[command(after_help = "\
+Examples:
+  threatmesh peer remove --partner isp.example
+  threatmesh peer add --card isp.example.card --policy isp-feed   # to register it again")]
     Remove {
         /// Partner org id.
         #[arg(long)]
@@ -114,12 +129,19 @@ Nothing is sent twice: versions the partner already got are not offered.")]
     /// was replaced by hand (without `threatmesh store restore`), which
     /// reuses sequence numbers we would otherwise skip. Safe: what we hold
     /// already is not stored twice.
+    #[command(after_help = "\
+Examples:
+  threatmesh peer reset-cursor --partner cert.example")]
     ResetCursor {
         /// Partner org id.
         #[arg(long)]
         partner: String,
     },
     /// List registered partners.
+    #[command(after_help = "\
+Examples:
+  threatmesh peer list
+  threatmesh peer list --json | jq -r 'select(.state != \"active\") | .org'")]
     List {
         /// One JSON object per line.
         #[arg(long)]
@@ -127,6 +149,10 @@ Nothing is sent twice: versions the partner already got are not offered.")]
     },
     /// Cards of other (non-partner) orgs that arrived through the mesh:
     /// accepted (from an introducer, or approved) or pending.
+    #[command(after_help = "\
+Examples:
+  threatmesh peer cards                 # cards of non-partner orgs, pending or accepted
+  threatmesh peer approve-card bka.example")]
     Cards {
         /// One JSON object per line.
         #[arg(long)]
@@ -138,11 +164,19 @@ Nothing is sent twice: versions the partner already got are not offered.")]
 Compare the printed key ids and CA fingerprint with the org out of band first:
   threatmesh peer cards
   threatmesh peer approve-card ncsc.example")]
+    #[command(after_help = "\
+Examples:
+  threatmesh peer cards                 # see what is pending, with fingerprints
+  threatmesh peer approve-card bka.example")]
     ApproveCard {
         /// Org id of the pending card.
         org: String,
     },
     /// Everything about one partner: card, policy, state, cursor, CRL.
+    #[command(after_help = "\
+Examples:
+  threatmesh peer show --partner isp.example
+  threatmesh peer show --partner isp.example --json")]
     Show {
         /// Partner org id.
         #[arg(long)]

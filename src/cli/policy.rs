@@ -23,12 +23,18 @@ pub enum PolicyCommand {
     /// Validate a policy TOML file and store it as the next version of its
     /// name. Partners bound to the name get it at once, for everything not
     /// yet sent.
-    #[command(after_help = "Examples of policy files: config/policies/*.toml")]
+    #[command(
+        after_help = "Examples:\n  threatmesh policy apply policies/isp-feed.toml\n  threatmesh policy explain --partner isp.example --file draft.json   # then check a case\nExample policy files: config/policies/*.toml, or `threatmesh init --with-examples`"
+    )]
     Apply {
         /// The policy document.
         file: PathBuf,
     },
     /// List policies, or print one (its latest or a given version).
+    #[command(after_help = "\
+Examples:
+  threatmesh policy show                       # every policy, latest version
+  threatmesh policy show isp-feed --version 1   # the document as applied")]
     Show {
         /// Policy name.
         name: Option<String>,
@@ -40,6 +46,9 @@ pub enum PolicyCommand {
         json: bool,
     },
     /// Every version of a policy: when, and by whom.
+    #[command(after_help = "\
+Examples:
+  threatmesh policy history isp-feed")]
     History {
         /// Policy name.
         name: String,

@@ -14,6 +14,9 @@ use crate::proto::v1::ListQuarantineRequest;
 
 /// Arguments of `threatmesh quarantine`.
 #[derive(Debug, Clone, Args)]
+#[command(after_help = "\
+Examples:
+  threatmesh quarantine      # what waits, from which partner, and why")]
 pub struct QuarantineArgs {
     /// One JSON object per line.
     #[arg(long)]

@@ -11,6 +11,12 @@ use crate::node::Node;
 
 /// Arguments of `threatmesh serve`.
 #[derive(Debug, clap::Args)]
+#[command(after_help = "\
+Examples:
+  threatmesh -c /etc/threatmesh/threatmesh.toml serve
+  THREATMESH__LOG__FORMAT=json threatmesh serve        # JSON logs
+  threatmesh serve --new-store                           # only after a store was lost, knowingly
+  Stops cleanly on SIGINT or SIGTERM.")]
 pub struct ServeArgs {
     /// Start with a new, empty store when `store.path` is missing or empty.
     /// Without it the node refuses: `threatmesh init` creates the store, so

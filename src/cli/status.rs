@@ -11,6 +11,11 @@ use crate::proto::v1::StatusRequest;
 
 /// Arguments of `threatmesh status`.
 #[derive(Debug, Clone, Args)]
+#[command(after_help = "\
+Examples:
+  threatmesh status
+  threatmesh status --json | jq '.links[] | {partner, state, lag}'
+  threatmesh status --wait 30 >/dev/null   # in a script, right after `serve &`")]
 pub struct StatusArgs {
     /// Print one JSON object.
     #[arg(long)]

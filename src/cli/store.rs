@@ -18,7 +18,7 @@ pub enum StoreCommand {
     /// snapshot; the node is not paused). The copy holds partners' data:
     /// it is made mode 0600; keep it as safe as the node.
     #[command(
-        after_help = "Example:\n  threatmesh store backup --to /backups/threatmesh-$(date +%F).db"
+        after_help = "Examples:\n  threatmesh store backup --to /backups/threatmesh-$(date +%F).db"
     )]
     Backup {
         /// The file to write; it must not exist.
@@ -32,7 +32,7 @@ pub enum StoreCommand {
     /// restore. Indicators published after the backup are gone from this
     /// node (partners that received them keep them).
     #[command(
-        after_help = "Example:\n  threatmesh store restore --from /backups/threatmesh-2026-12-01.db"
+        after_help = "Examples:\n  threatmesh store restore --from /backups/threatmesh-2026-12-01.db"
     )]
     Restore {
         /// The backup file (made by `store backup`).

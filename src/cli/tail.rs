@@ -12,6 +12,11 @@ use crate::proto::v1::{Indicator, StoredIndicator, TailRequest};
 
 /// Arguments of `threatmesh tail`.
 #[derive(Debug, Clone, Args)]
+#[command(after_help = "\
+Examples:
+  threatmesh tail                       # what is held, then follows until Ctrl-C
+  threatmesh tail --no-follow --json    # one JSON object per indicator, then exit
+  threatmesh tail --after 1200")]
 pub struct TailArgs {
     /// Print one JSON object per line.
     #[arg(long)]
