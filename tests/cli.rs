@@ -613,6 +613,10 @@ fn bench_runs_every_measurement_and_prints_json() {
         "--json",
     ]);
     assert!(o.status.success(), "{}", text(&o));
+    // Not a terminal: each phase as a plain line, and no progress drawing.
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("bench: "), "{err}");
+    assert!(!err.contains('\x1b') && !err.contains('\r'), "{err:?}");
     let r: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     for f in [
         "/primitives/sign_per_s_1core",

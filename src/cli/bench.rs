@@ -87,9 +87,18 @@ pub async fn run(args: &BenchArgs) -> Result<(), CliError> {
         taxii_objects: args.taxii_objects,
         import_indicators: args.import_indicators,
     };
-    let report = run_bench(&opts, |line| eprintln!("bench: {line}"))
-        .await
-        .map_err(|e| CliError::Failed(e.to_string()))?;
+    // Each phase's line stays; on a terminal a spinner shows the one
+    // running and for how long.
+    let progress = super::progress::Progress::new(None, "phases");
+    let report = run_bench(&opts, |line| {
+        progress.note(&format!("bench: {line}"));
+        progress.inc(1);
+        progress.message(line.to_string());
+    })
+    .await
+    .map_err(|e| CliError::Failed(e.to_string()));
+    progress.finish();
+    let report = report?;
     if args.json {
         out!(
             "{}",

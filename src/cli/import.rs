@@ -3,7 +3,7 @@
 //! publish path (publisher certificate), streamed so memory stays flat.
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, IsTerminal};
+use std::io::BufRead;
 use std::path::{Path, PathBuf};
 
 use clap::{Args, ValueEnum};
@@ -123,7 +123,7 @@ pub async fn run(
     let client = (!args.dry_run)
         .then(|| channel(&settings, As::Publisher).map(ExchangeClient::new))
         .transpose()?;
-    let progress = Progress::new();
+    let progress = super::progress::Progress::new(None, "entries");
     let mut tally = Tally::default();
     let mut results = batches(async_stream(&mut rx))
         .map(|chunk| publish_chunk(client.clone(), chunk))
@@ -133,13 +133,19 @@ pub async fn run(
         if let Outcome::Refused(s) = &outcome
             && s.code() == tonic::Code::Unavailable
         {
-            progress.clear();
+            progress.finish();
             return Err(rpc_error(&settings, s.clone()));
         }
         tally.record(&place, outcome, args.json);
-        progress.show(&tally);
+        progress.inc(1);
+        if tally.invalid > 0 || tally.again > 0 {
+            progress.message(format!(
+                "{} published, {} already, {} invalid",
+                tally.published, tally.again, tally.invalid
+            ));
+        }
     }
-    progress.clear();
+    progress.finish();
     let notes = reader
         .await
         .map_err(|e| CliError::Failed(format!("reading the input: {e}")))?
@@ -617,36 +623,6 @@ impl Tally {
                 "  not carried (nothing of ours holds them): {}",
                 list.join(", ")
             );
-        }
-    }
-}
-
-/// A one-line progress count on standard error, only when it is a terminal.
-struct Progress {
-    on: bool,
-}
-
-impl Progress {
-    fn new() -> Self {
-        Self {
-            on: std::io::stderr().is_terminal(),
-        }
-    }
-
-    fn show(&self, t: &Tally) {
-        let done =
-            t.published + t.again + t.checked + t.invalid + t.unsupported.values().sum::<u64>();
-        if self.on && done.is_multiple_of(256) {
-            eprint!(
-                "\r{done} entries: {} published, {} already, {} invalid",
-                t.published, t.again, t.invalid
-            );
-        }
-    }
-
-    fn clear(&self) {
-        if self.on {
-            eprint!("\r\x1b[2K");
         }
     }
 }

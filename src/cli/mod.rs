@@ -40,6 +40,7 @@ pub mod keys;
 pub mod lookup;
 pub mod peer;
 pub mod policy;
+pub mod progress;
 pub mod publish;
 pub mod quarantine;
 pub mod serve;

@@ -314,7 +314,14 @@ pub async fn run(
         .buffered(IN_FLIGHT);
     let (mut published, mut again, mut failed) = (0usize, 0usize, Vec::new());
     let mut reach = Reach::default();
+    let progress = args
+        .file
+        .as_ref()
+        .map(|_| super::progress::Progress::new(Some(total as u64), "lines"));
     while let Some((line, r)) = results.next().await {
+        if let Some(p) = &progress {
+            p.inc(1);
+        }
         match r {
             Ok(resp) => {
                 let p = resp.into_inner();
@@ -345,7 +352,12 @@ pub async fn run(
                     out!("published {} version {} (seq {})", p.id, p.version, p.seq);
                 }
             }
-            Err(s) if s.code() == tonic::Code::Unavailable => return Err(rpc_error(&settings, s)),
+            Err(s) if s.code() == tonic::Code::Unavailable => {
+                if let Some(p) = &progress {
+                    p.finish();
+                }
+                return Err(rpc_error(&settings, s));
+            }
             Err(s) => {
                 let msg = rpc_error(&settings, s).to_string();
                 failed.push(if line > 0 {
@@ -355,6 +367,9 @@ pub async fn run(
                 });
             }
         }
+    }
+    if let Some(p) = &progress {
+        p.finish();
     }
     if args.file.is_some() && !args.json {
         if again > 0 {
