@@ -963,3 +963,85 @@ fn the_readme_quick_start_works_verbatim_outside_the_checkout() {
         "{said}"
     );
 }
+
+/// The node's log, human and JSON, at debug level under some traffic: one
+/// line per event, and no Rust debug output (`Some(..)`, `Ok(..)`, structs).
+#[test]
+fn node_logs_carry_no_rust_debug_output() {
+    for format in ["human", "json"] {
+        let tmp = tempfile::tempdir().unwrap();
+        let a = init(&tmp.path().join("a"), "a.example", free_port());
+        let mut node = tm(&["-c", &a, "serve"])
+            .env("THREATMESH__LOG__FORMAT", format)
+            .env("RUST_LOG", "threatmesh=debug")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let o = run(&["-c", &a, "status", "--wait", "60"]);
+        assert!(o.status.success(), "{}", text(&o));
+        let o = run(&[
+            "-c",
+            &a,
+            "publish",
+            "--kind",
+            "ipv4",
+            "--value",
+            "192.0.2.7",
+            "--tlp",
+            "CLEAR",
+        ]);
+        assert!(o.status.success(), "{}", text(&o));
+        // A refused connection is logged too.
+        let b = init(&tmp.path().join("b"), "b.example", free_port());
+        let addr = std::fs::read_to_string(&a)
+            .unwrap()
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix("listen = \"")
+                    .map(|v| v.trim_end_matches('"').to_string())
+            })
+            .unwrap();
+        let _ = run(&["-c", &b, "status", "--server", &addr]);
+        let _ = Command::new("kill").arg(node.id().to_string()).status();
+        let out = node.wait_with_output().unwrap();
+        let log = String::from_utf8_lossy(&out.stderr);
+        assert!(log.contains("node serving"), "{log}");
+        for dump in [
+            "Some(",
+            "Ok(",
+            "Err(",
+            "None,",
+            " { org:",
+            "OrgId(",
+            "SpiffeId {",
+        ] {
+            assert!(!log.contains(dump), "{format} log has {dump:?}:\n{log}");
+        }
+        // Any `Variant(` — a capitalised word glued to a parenthesis — is
+        // an enum's Debug output.
+        let bytes = log.as_bytes();
+        for (i, _) in log.match_indices('(') {
+            let word: String = log[..i]
+                .chars()
+                .rev()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                .collect::<Vec<_>>()
+                .into_iter()
+                .rev()
+                .collect();
+            let capitalised = word.chars().next().is_some_and(|c| c.is_ascii_uppercase());
+            assert!(
+                !(capitalised && i > 0 && bytes[i - 1] != b' '),
+                "{format} log has Debug output {word}(: {}",
+                &log[i.saturating_sub(80)..(i + 40).min(log.len())]
+            );
+        }
+        if format == "json" {
+            for line in log.lines() {
+                serde_json::from_str::<serde_json::Value>(line)
+                    .unwrap_or_else(|e| panic!("not one JSON object per line ({e}): {line}"));
+            }
+        }
+    }
+}
