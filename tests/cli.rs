@@ -971,7 +971,7 @@ fn node_logs_carry_no_rust_debug_output() {
     for format in ["human", "json"] {
         let tmp = tempfile::tempdir().unwrap();
         let a = init(&tmp.path().join("a"), "a.example", free_port());
-        let mut node = tm(&["-c", &a, "serve"])
+        let node = tm(&["-c", &a, "serve"])
             .env("THREATMESH__LOG__FORMAT", format)
             .env("RUST_LOG", "threatmesh=debug")
             .stdout(Stdio::null())
