@@ -219,19 +219,7 @@ async fn a_tightened_policy_applies_to_the_live_stream_and_the_unsent_backlog() 
     // Tighten while B is subscribed: domains no longer go to B.
     a.apply_policy(&format!("{B_AGENCY}kinds = [\"ipv4\"]\n"))
         .await;
-    let ctx = node_a.ctx.clone();
-    let b_id = b.id.clone();
-    wait_until(10, "A to load version 2 of B's policy", || {
-        let (ctx, b_id) = (ctx.clone(), b_id.clone());
-        async move {
-            ctx.view
-                .load()
-                .policies
-                .get(&b_id)
-                .is_some_and(|p| p.version == 2)
-        }
-    })
-    .await;
+    policy_loaded(&node_a, &b, 2).await;
     let denied_live = publish_all(
         &client,
         vec![draft(
@@ -404,19 +392,7 @@ async fn peer_resend_after_a_loosened_policy_sends_exactly_what_was_withheld() {
 
     // Loosened: every kind. What was withheld stays withheld by itself.
     a.apply_policy(B_AGENCY).await;
-    let ctx = node_a.ctx.clone();
-    let b_id = b.id.clone();
-    wait_until(10, "A to load version 2 of B's policy", || {
-        let (ctx, b_id) = (ctx.clone(), b_id.clone());
-        async move {
-            ctx.view
-                .load()
-                .policies
-                .get(&b_id)
-                .is_some_and(|p| p.version == 2)
-        }
-    })
-    .await;
+    policy_loaded(&node_a, &b, 2).await;
     let sentinel = publish_all(&client, vec![ipv4_draft(4, Tlp::Green)], 1).await;
     caught_up(&node_b, &a, &node_a).await;
     assert_eq!(ids_at(&node_b).await.len(), 4, "only the sentinel is new");
@@ -475,23 +451,7 @@ async fn peer_resend_after_a_loosened_policy_sends_exactly_what_was_withheld() {
     // next subscribes (the request is on the store, not in a stream).
     a.apply_policy(&format!("{B_AGENCY}kinds = [\"ipv4\"]\n"))
         .await;
-    let wait_version = |v: u64| {
-        let (ctx, b_id) = (node_a.ctx.clone(), b.id.clone());
-        async move {
-            wait_until(10, "A to load the new version of B's policy", || {
-                let (ctx, b_id) = (ctx.clone(), b_id.clone());
-                async move {
-                    ctx.view
-                        .load()
-                        .policies
-                        .get(&b_id)
-                        .is_some_and(|p| p.version == v)
-                }
-            })
-            .await
-        }
-    };
-    wait_version(3).await;
+    policy_loaded(&node_a, &b, 3).await;
     let held = publish_all(
         &client,
         vec![draft(
@@ -506,7 +466,7 @@ async fn peer_resend_after_a_loosened_policy_sends_exactly_what_was_withheld() {
     caught_up(&node_b, &a, &node_a).await;
     node_b.stop().await;
     a.apply_policy(B_AGENCY).await;
-    wait_version(4).await;
+    policy_loaded(&node_a, &b, 4).await;
     let o = cli(&a, &node_a, &["peer", "resend", "--partner", "b.example"]);
     let said = String::from_utf8_lossy(&o.stdout).to_string();
     assert!(said.contains("1 indicator(s) now allowed"), "{said}");

@@ -288,19 +288,11 @@ impl AdminService {
             let Some(last) = rows.last().map(|r| r.seq) else {
                 break;
             };
-            let keys: Vec<(String, String)> = rows
-                .iter()
-                .map(|r| (r.origin_org.clone(), r.indicator_id.clone()))
-                .collect();
-            let sent = store.sent_versions(org, &keys).await?;
+            let rows: Vec<_> = rows.into_iter().filter(|r| r.seq <= up_to).collect();
             let now = ctx.clock.now_ms();
-            for row in rows.iter().filter(|r| r.seq <= up_to) {
-                let key = (row.origin_org.clone(), row.indicator_id.clone());
-                if sent.get(&key).is_some_and(|v| row.version <= *v) {
-                    continue;
-                }
+            for row in store.never_sent(org, rows).await? {
                 if let crate::exchange::Release::Send(..) =
-                    crate::exchange::release(&ctx.own, row, org, policy.as_deref(), false, now)
+                    crate::exchange::release(&ctx.own, &row, org, policy.as_deref(), false, now)
                 {
                     allowed += 1;
                 }

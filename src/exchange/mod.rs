@@ -383,23 +383,7 @@ where
         let Some(last) = rows.last().map(|r| r.seq) else {
             break;
         };
-        let keys: Vec<(String, String)> = rows
-            .iter()
-            .map(|r| (r.origin_org.clone(), r.indicator_id.clone()))
-            .collect();
-        let sent_before = ctx
-            .store
-            .sent_versions(recipient, &keys)
-            .await
-            .map_err(store)?;
-        let fresh: Vec<StoredIndicator> = rows
-            .into_iter()
-            .filter(|r| {
-                sent_before
-                    .get(&(r.origin_org.clone(), r.indicator_id.clone()))
-                    .is_none_or(|v| r.version > *v)
-            })
-            .collect();
+        let fresh = ctx.store.never_sent(recipient, rows).await.map_err(store)?;
         at = last;
         if fresh.is_empty() {
             continue;

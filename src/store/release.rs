@@ -148,6 +148,26 @@ impl Store {
         Ok(out)
     }
 
+    /// The rows of `rows` whose version `recipient` was never sent (a
+    /// newer version than any it got, or an indicator it never got).
+    pub async fn never_sent(
+        &self,
+        recipient: &OrgId,
+        rows: Vec<super::StoredIndicator>,
+    ) -> Result<Vec<super::StoredIndicator>, StoreError> {
+        let keys: Vec<(String, String)> = rows
+            .iter()
+            .map(|r| (r.origin_org.clone(), r.indicator_id.clone()))
+            .collect();
+        let sent = self.sent_versions(recipient, &keys).await?;
+        Ok(rows
+            .into_iter()
+            .zip(keys)
+            .filter(|(r, key)| sent.get(key).is_none_or(|v| r.version > *v))
+            .map(|(r, _)| r)
+            .collect())
+    }
+
     /// The highest version of each of `indicators` (origin, id) sent to
     /// `recipient`; absent when none was.
     pub async fn sent_versions(

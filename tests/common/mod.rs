@@ -962,3 +962,20 @@ pub fn sample(scrape: &str, series: &str) -> Option<f64> {
         (name == series).then(|| value.parse().ok()).flatten()
     })
 }
+
+/// Waits until `node` holds version `version` of the policy bound to
+/// `partner` (a policy applied by the Admin API reaches the send path).
+pub async fn policy_loaded(node: &RunningNode, partner: &Org, version: u64) {
+    let (ctx, id) = (node.ctx.clone(), partner.id.clone());
+    wait_until(10, "the node to load the new policy version", || {
+        let (ctx, id) = (ctx.clone(), id.clone());
+        async move {
+            ctx.view
+                .load()
+                .policies
+                .get(&id)
+                .is_some_and(|p| p.version == version)
+        }
+    })
+    .await;
+}
