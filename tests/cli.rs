@@ -645,6 +645,20 @@ fn bench_runs_every_measurement_and_prints_json() {
         (Some(300), Some(1))
     );
     assert_eq!(r["import"]["indicators"], 200);
+    // The primitives are measured before and after the node phases; each
+    // ratio divides by the better of the two.
+    for f in ["sign_per_s_1core", "verify_per_s_all"] {
+        let (b, a) = (
+            r["primitives_before"][f].as_f64().unwrap(),
+            r["primitives_after"][f].as_f64().unwrap(),
+        );
+        assert!(b > 0.0 && a > 0.0, "{f}: {r}");
+        assert_eq!(r["primitives"][f].as_f64().unwrap(), b.max(a), "{f}");
+    }
+    let ratio = r["publish_per_s"].as_f64().unwrap()
+        / r["primitives"]["sign_per_s_1core"].as_f64().unwrap();
+    assert!((r["publish_ratio"].as_f64().unwrap() - ratio).abs() < 1e-9);
+    assert!(err.contains("primitives again"), "{err}");
 }
 
 #[test]
