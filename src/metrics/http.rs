@@ -3,7 +3,8 @@
 //! answers) and `GET /readyz` (the store answers and the node is not
 //! shutting down) — for Prometheus, load balancers, Kubernetes probes and
 //! the container's HEALTHCHECK, none of which hold a client certificate.
-//! It serves numbers only: no indicator, partner key or policy content.
+//! It serves counts labelled with partner org ids and rule names: no
+//! indicator, key or policy content.
 
 use std::sync::Arc;
 use std::time::Duration;
