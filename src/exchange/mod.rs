@@ -402,8 +402,20 @@ where
             return Ok(());
         }
     }
-    // Removed only once every reply of the pass is on its way: its ledger
-    // rows are committed before the forwarder sends each.
+    // Removed only once the release records of every reply of the pass are
+    // durable: the release writer commits in queue order, so an empty write
+    // queued now resolves after them. A crash before that runs the pass
+    // again, and what was recorded as sent is not offered twice.
+    let flushed = ctx
+        .store
+        .enqueue_release(Vec::new(), recipient, Vec::new())
+        .await
+        .map_err(store)?;
+    match flushed.await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => return Err(store(e)),
+        Err(_) => return Err(RpcError::ShuttingDown.into()),
+    }
     ctx.store
         .finish_resend(recipient, &req)
         .await
