@@ -145,10 +145,16 @@ impl AdminSession {
             s.code(),
             tonic::Code::Unknown | tonic::Code::Internal | tonic::Code::Unavailable
         ) {
-            let probe = self
-                .client
-                .status(crate::proto::v1::StatusRequest::default())
-                .await;
+            // On a new connection: the old one may still be closing, and a
+            // call on it would only be cancelled.
+            let probe = match channel(&self.settings, As::Admin) {
+                Ok(ch) => {
+                    crate::proto::v1::admin_client::AdminClient::new(ch)
+                        .status(crate::proto::v1::StatusRequest::default())
+                        .await
+                }
+                Err(_) => return self.fail(s),
+            };
             if let Err(why) = probe {
                 let server = self.settings.client_server().unwrap_or_default();
                 return CliError::Rpc(format!(
