@@ -6,7 +6,7 @@ use super::AdminService;
 use crate::exchange::{Identity, assemble, decode_stored};
 use crate::identity::{SpiffeId, VerifiedCard, check_endpoint, open_card};
 use crate::model::{OrgId, prepare_draft};
-use crate::policy::{Decision, egress, parse_policy};
+use crate::policy::{egress, parse_policy};
 use crate::proto::v1::explain_policy_request::Subject;
 use crate::proto::v1::{
     AddPeerRequest, ApplyPolicyResponse, Envelope, ExplainPolicyRequest, ExplainPolicyResponse,
@@ -291,9 +291,8 @@ impl AdminService {
             let rows: Vec<_> = rows.into_iter().filter(|r| r.seq <= up_to).collect();
             let now = ctx.clock.now_ms();
             for row in store.never_sent(org, rows).await? {
-                if let crate::exchange::Release::Send(..) =
-                    crate::exchange::release(&ctx.own, &row, org, policy.as_deref(), false, now)
-                {
+                let d = crate::exchange::decide(&ctx.own, &row, org, policy.as_deref(), false, now);
+                if d.is_some_and(|(d, _)| d.is_allow()) {
                     allowed += 1;
                 }
             }
@@ -437,14 +436,10 @@ impl AdminService {
             policy.as_deref(),
             self.ctx.clock.now_ms(),
         );
-        let (allow, reason) = match &d {
-            Decision::Allow { .. } => (true, String::new()),
-            Decision::Deny { reason, .. } => (false, reason.clone()),
-        };
         Ok(ExplainPolicyResponse {
-            allow,
+            allow: d.is_allow(),
             rule: d.rule().to_string(),
-            reason,
+            reason: d.reason().to_string(),
             policy: policy
                 .as_ref()
                 .map(|p| format!("{}@{}", p.name, p.version))

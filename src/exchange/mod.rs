@@ -106,24 +106,9 @@ pub fn release(
     previously_sent: bool,
     now_ms: i64,
 ) -> Release {
-    if row.origin_org == recipient.as_str() || row.path.iter().any(|o| o == recipient.as_str()) {
+    let Some((decision, subject)) = decide(own, row, recipient, policy, previously_sent, now_ms)
+    else {
         return Release::Skip;
-    }
-    let (decision, subject) = match decoded(row) {
-        Ok(ind) => {
-            let hops = u32::try_from(row.path.len()).unwrap_or(u32::MAX);
-            let subject = AuditEntry::indicator_subject(&ind.origin_org, &ind.id, ind.version);
-            let d = policy::retraction(&ind, previously_sent)
-                .unwrap_or_else(|| policy::egress(own, &ind, hops, recipient, policy, now_ms));
-            (d, subject)
-        }
-        Err(e) => (
-            Decision::Deny {
-                rule: "stored-row-unreadable",
-                reason: e,
-            },
-            format!("seq {}", row.seq),
-        ),
     };
     let policy_ref = policy
         .map(|p| format!("policy {}@{}", p.name, p.version))
@@ -148,6 +133,39 @@ pub fn release(
             Release::Withhold(entry)
         }
     }
+}
+
+/// The decision [`release`] makes for `row` towards `recipient`, and the
+/// ledger subject it names; `None` when the row is never offered to it (it
+/// came from there, or passed through it). Also what a publisher's preview
+/// of its recipients uses, so the preview is the send path's decision.
+pub fn decide(
+    own: &OrgId,
+    row: &StoredIndicator,
+    recipient: &OrgId,
+    policy: Option<&PartnerPolicy>,
+    previously_sent: bool,
+    now_ms: i64,
+) -> Option<(Decision, String)> {
+    if row.origin_org == recipient.as_str() || row.path.iter().any(|o| o == recipient.as_str()) {
+        return None;
+    }
+    Some(match decoded(row) {
+        Ok(ind) => {
+            let hops = u32::try_from(row.path.len()).unwrap_or(u32::MAX);
+            let subject = AuditEntry::indicator_subject(&ind.origin_org, &ind.id, ind.version);
+            let d = policy::retraction(&ind, previously_sent)
+                .unwrap_or_else(|| policy::egress(own, &ind, hops, recipient, policy, now_ms));
+            (d, subject)
+        }
+        Err(e) => (
+            Decision::Deny {
+                rule: "stored-row-unreadable",
+                reason: e,
+            },
+            format!("seq {}", row.seq),
+        ),
+    })
 }
 
 /// Streams the local log after `after` in batches, mapping each batch with
@@ -552,25 +570,20 @@ async fn recipients_of(ctx: &NodeContext, id: &str) -> Result<Vec<RecipientPrevi
         .indicator_by_id(id)
         .await?
         .ok_or_else(|| RpcError::NotFound(format!("indicator {id} is not in the log")))?;
-    let ind = crate::signing::decode_stored(&row.envelope).map_err(RpcError::Precondition)?;
     let view = ctx.view.load();
     let now = ctx.clock.now_ms();
     let mut partners: Vec<_> = view.policies.iter().collect();
     partners.sort_by(|a, b| a.0.cmp(b.0));
     Ok(partners
         .into_iter()
-        .map(|(partner, policy)| {
-            let d = crate::policy::egress(&ctx.own, &ind, 0, partner, Some(policy), now);
-            let (allow, reason) = match &d {
-                crate::policy::Decision::Allow { .. } => (true, String::new()),
-                crate::policy::Decision::Deny { reason, .. } => (false, reason.clone()),
-            };
-            RecipientPreview {
+        .filter_map(|(partner, policy)| {
+            let (d, _) = decide(&ctx.own, &row, partner, Some(policy), false, now)?;
+            Some(RecipientPreview {
                 partner: partner.to_string(),
-                allow,
+                allow: d.is_allow(),
                 rule: d.rule().to_string(),
-                reason,
-            }
+                reason: d.reason().to_string(),
+            })
         })
         .collect())
 }

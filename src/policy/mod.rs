@@ -54,6 +54,14 @@ impl Decision {
             Decision::Allow { rule } | Decision::Deny { rule, .. } => rule,
         }
     }
+
+    /// Why it denies ("" when it allows).
+    pub fn reason(&self) -> &str {
+        match self {
+            Decision::Allow { .. } => "",
+            Decision::Deny { reason, .. } => reason,
+        }
+    }
 }
 
 impl fmt::Display for Decision {
