@@ -58,6 +58,32 @@ async fn import_crl(
 
 /// Publishes one indicator at A and says whether B has it after A's other
 /// partner traffic settled.
+/// A certificate of `org` for `role`/`name`, issued through the Admin API
+/// from a request made here, valid 30 days; and its private key (PEM).
+async fn issue_via_admin(
+    al: &mut threatmesh::proto::v1::admin_client::AdminClient<tonic::transport::Channel>,
+    org: &Org,
+    role: CertRole,
+    name: &str,
+) -> (CertRecord, String) {
+    let id = match role {
+        CertRole::Admin => SpiffeId::admin(&org.id, name),
+        _ => SpiffeId::publisher(&org.id, name),
+    };
+    let (csr, key_pem) = certificate_request(&id.unwrap()).unwrap();
+    let cert = al
+        .issue_cert(IssueCertRequest {
+            role: role as i32,
+            name: name.into(),
+            days: 30,
+            csr_pem: csr,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    (cert, key_pem)
+}
+
 async fn reaches_b(a: &Org, node_a: &RunningNode, node_b: &RunningNode, i: u32) -> bool {
     let r = publish_all(&publisher(a, node_a), vec![ipv4_draft(i, Tlp::Green)], 1).await;
     let id = r[0].id.clone();
@@ -212,17 +238,7 @@ async fn every_admin_change_is_on_the_ledger_with_the_admins_identity() {
         .await
         .unwrap();
     }
-    let (csr, _) = certificate_request(&SpiffeId::publisher(&a.id, "feed").unwrap()).unwrap();
-    let feed = al
-        .issue_cert(IssueCertRequest {
-            role: CertRole::Publisher as i32,
-            name: "feed".into(),
-            days: 30,
-            csr_pem: csr,
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let (feed, _) = issue_via_admin(&mut al, &a, CertRole::Publisher, "feed").await;
     al.revoke_cert(RevokeCertRequest {
         which: Some(Which::Serial(feed.serial.clone())),
         reason: "test".into(),
@@ -510,17 +526,7 @@ async fn a_tail_whose_certificate_is_revoked_says_so() {
     let a = Org::new("a.example");
     let node = start(&a).await;
     let mut al = admin(&a, &node);
-    let (csr, key_pem) = certificate_request(&SpiffeId::admin(&a.id, "ops").unwrap()).unwrap();
-    let ops = al
-        .issue_cert(IssueCertRequest {
-            role: CertRole::Admin as i32,
-            name: "ops".into(),
-            days: 30,
-            csr_pem: csr,
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let (ops, key_pem) = issue_via_admin(&mut al, &a, CertRole::Admin, "ops").await;
     let dir = tempfile::tempdir().unwrap();
     let (cert, key) = (dir.path().join("ops.pem"), dir.path().join("ops.key"));
     std::fs::write(&cert, &ops.cert_pem).unwrap();

@@ -972,6 +972,11 @@ fn the_readme_quick_start_works_verbatim_outside_the_checkout() {
     // who receives what it published.
     assert!(tmp.path().join("cert/policies/isp-feed.toml").is_file());
     assert!(said.contains("policies:"), "{said}");
+    // `card export` prints what to compare out of band.
+    assert!(
+        said.contains("CA SHA-256:") && said.contains("signing key:"),
+        "{said}"
+    );
     assert!(
         said.contains("isp.example") && said.contains("sent 1 (1 by rule"),
         "{said}"

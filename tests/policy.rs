@@ -446,6 +446,24 @@ async fn peer_resend_after_a_loosened_policy_sends_exactly_what_was_withheld() {
     let o = cli(&a, &node_a, &["peer", "resend", "--partner", "b.example"]);
     let said = String::from_utf8_lossy(&o.stdout).to_string();
     assert!(said.contains("0 indicator(s) now allowed"), "{said}");
+    // --since limits the range to what was stored from then on.
+    let o = cli(
+        &a,
+        &node_a,
+        &[
+            "peer",
+            "resend",
+            "--partner",
+            "b.example",
+            "--since",
+            "2999-01-01T00:00:00Z",
+        ],
+    );
+    let said = String::from_utf8_lossy(&o.stdout).to_string();
+    assert!(
+        o.status.success() && said.contains("nothing stored since then"),
+        "{said}"
+    );
 
     // A resend asked while the partner is away is carried out when it
     // next subscribes (the request is on the store, not in a stream).

@@ -339,3 +339,17 @@ async fn metrics_and_probes_follow_publishes_releases_links_and_refused_handshak
     node_b.stop().await;
     node_a.stop().await;
 }
+
+/// `/readyz` answers 503 with the reason when the store does not answer,
+/// while `/livez` still says the process is up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readiness_fails_with_the_reason_when_the_store_does_not_answer() {
+    let a = Org::new("a.example");
+    let node = start(&a).await;
+    assert_eq!(http_get(node.metrics, "/readyz").await.0, 200);
+    node.ctx.store.close().await;
+    let (code, body) = http_get(node.metrics, "/readyz").await;
+    assert_eq!(code, 503, "{body}");
+    assert!(body.starts_with("store: "), "{body}");
+    assert_eq!(http_get(node.metrics, "/livez").await.0, 200);
+}
