@@ -149,14 +149,46 @@ pub struct SigningSettings {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StoreSettings {
-    /// SQLite database file (created if missing).
+    /// SQLite database file (created if missing); unused when `url` is set.
     pub path: PathBuf,
+    /// `postgres://user@host/db`: keep the store in PostgreSQL instead of
+    /// the SQLite file (the database must exist; it is migrated at start).
+    /// Empty: SQLite.
+    pub url: String,
+    /// PostgreSQL: most connections this node opens.
+    pub pool_size: u32,
+    /// PostgreSQL: a statement running longer than this is cancelled, in
+    /// ms (0 = never).
+    pub statement_timeout_ms: u64,
     /// Most the database may grow to, in MiB (0 = as far as the disk
     /// allows); past it writes fail as on a full disk.
     pub max_size_mb: u64,
     /// How long a publisher's idempotency keys are remembered (ms): a
     /// retry within it returns the first attempt's result.
     pub publish_keys_kept_ms: u64,
+}
+
+impl StoreSettings {
+    /// Whether the store is PostgreSQL (`url` set).
+    pub fn is_postgres(&self) -> bool {
+        !self.url.is_empty()
+    }
+
+    /// Whether there is a store to open without creating one: the SQLite
+    /// file exists, or a PostgreSQL URL is set (the server says the rest).
+    pub fn present(&self) -> bool {
+        self.is_postgres() || self.path.is_file()
+    }
+
+    /// The store as messages name it: `store.path …` or `store.url …`
+    /// (password hidden).
+    pub fn describe(&self) -> String {
+        if self.is_postgres() {
+            format!("store.url {}", crate::store::redact_url(&self.url))
+        } else {
+            format!("store.path {}", self.path.display())
+        }
+    }
 }
 
 /// `[client]`: used by `publish`, `tail` and other CLI clients.

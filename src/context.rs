@@ -168,12 +168,7 @@ impl NodeContext {
             )
             .into());
         }
-        let store = Store::open_sqlite_capped(
-            &settings.store.path,
-            clock,
-            settings.store.max_size_mb.saturating_mul(1 << 20),
-        )
-        .await?;
+        let store = Store::open(&settings.store, clock).await?;
         // A store damaged in the middle is refused before it serves (it
         // would acknowledge publishes it may not keep).
         let check = store.quick_check().await?;

@@ -44,6 +44,9 @@ pub struct OrgOptions {
     pub dns_names: Vec<String>,
     /// Replace the keys and certificates of an existing organisation.
     pub force: bool,
+    /// Keep the store in this PostgreSQL database (`store.url`) instead of
+    /// the SQLite file.
+    pub store_url: Option<String>,
 }
 
 impl OrgOptions {
@@ -80,6 +83,7 @@ impl OrgOptions {
             publisher_name: "publisher".into(),
             dns_names: Vec::new(),
             force: false,
+            store_url: None,
         }
     }
 }
@@ -264,10 +268,13 @@ fn toml_str(s: &str) -> String {
 /// section as the built-in defaults file has it.
 fn config_text(org: &OrgId, o: &OrgOptions) -> String {
     let defaults = crate::config::DEFAULTS_TOML;
-    let rest = defaults
+    let mut rest = defaults
         .find("\n[tls]")
-        .map(|i| &defaults[i + 1..])
-        .unwrap_or("");
+        .map(|i| defaults[i + 1..].to_string())
+        .unwrap_or_default();
+    if let Some(url) = &o.store_url {
+        rest = rest.replacen("\nurl = \"\"\n", &format!("\nurl = {}\n", toml_str(url)), 1);
+    }
     let display_name = o.display_name.clone().unwrap_or_else(|| org.to_string());
     let listen = o
         .listen

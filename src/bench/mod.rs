@@ -345,7 +345,7 @@ async fn link(
     dial: Option<SocketAddr>,
     policy: &str,
 ) -> Result<(), BenchError> {
-    let store = Store::open_sqlite(&org.store.path, crate::clock::Clock::system())
+    let store = Store::open(&org.store, crate::clock::Clock::system())
         .await
         .map_err(err)?;
     let name = parse_policy(policy).map_err(err)?.name;

@@ -68,7 +68,7 @@ pub(super) async fn prefill(
     n: u64,
     tlp_of: impl Fn(u64) -> (Tlp, u32) + Sync,
 ) -> Result<(), BenchError> {
-    let store = Store::open_sqlite(&settings.store.path, crate::clock::Clock::system())
+    let store = Store::open(&settings.store, crate::clock::Clock::system())
         .await
         .map_err(err)?;
     let key = Arc::new(load_signing_key(settings).map_err(err)?);
@@ -343,7 +343,7 @@ pub(super) async fn bench_fanout(
         .map(|p| parse_policy(p).map_err(err))
         .collect::<Result<_, _>>()?;
     {
-        let store = Store::open_sqlite(&a.store.path, crate::clock::Clock::system())
+        let store = Store::open(&a.store, crate::clock::Clock::system())
             .await
             .map_err(err)?;
         for p in FANOUT_POLICIES {

@@ -206,14 +206,13 @@ pub async fn run(config: &Path, conn: &ClientArgs, cmd: &AuditCommand) -> Result
                 return verified(r, heads.len());
             }
             let settings = load(config, conn)?;
-            if !settings.store.path.is_file() {
+            if !settings.store.present() {
                 return Err(CliError::Usage(format!(
-                    "store.path {}: no such database",
-                    settings.store.path.display()
+                    "{}: no such database",
+                    settings.store.describe()
                 )));
             }
-            let store =
-                Store::open_sqlite(&settings.store.path, crate::clock::Clock::system()).await?;
+            let store = Store::open(&settings.store, crate::clock::Clock::system()).await?;
             let result = store.verify_audit_against(&settings.org_id(), &heads).await;
             store.close().await;
             verified(result?, heads.len())

@@ -47,12 +47,10 @@ pub async fn run(config: &Path, cmd: &CardCommand) -> Result<(), CliError> {
             let key = load_signing_key(&settings)?;
             // After a key rotation the card must also carry the retired
             // keys, which only the store records (read, not changed).
-            let keys = if settings.store.path.is_file() {
-                let store = crate::store::Store::open_sqlite(
-                    &settings.store.path,
-                    crate::clock::Clock::system(),
-                )
-                .await?;
+            let keys = if settings.store.present() {
+                let store =
+                    crate::store::Store::open(&settings.store, crate::clock::Clock::system())
+                        .await?;
                 let keys = store.own_signing_keys().await;
                 store.close().await;
                 keys?

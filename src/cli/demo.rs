@@ -280,8 +280,7 @@ async fn register_each_other(orgs: &[DemoOrg]) -> Result<(), CliError> {
         ));
     }
     for (i, o) in orgs.iter().enumerate() {
-        let store =
-            Store::open_sqlite(&o.settings.store.path, crate::clock::Clock::system()).await?;
+        let store = Store::open(&o.settings.store, crate::clock::Clock::system()).await?;
         for doc in POLICIES {
             let name = crate::policy::parse_policy(doc)
                 .map_err(|e| CliError::Failed(e.to_string()))?
@@ -485,8 +484,7 @@ fn print_outcome(orgs: &[DemoOrg], decisions: &Decisions, received: &Deliveries)
 /// Every decision is on each node's ledger; checks the chains.
 async fn verify_ledgers(orgs: &[DemoOrg]) -> Result<(), CliError> {
     for o in orgs {
-        let store =
-            Store::open_sqlite(&o.settings.store.path, crate::clock::Clock::system()).await?;
+        let store = Store::open(&o.settings.store, crate::clock::Clock::system()).await?;
         let verdict = store.verify_audit().await?;
         store.close().await;
         match verdict {

@@ -68,6 +68,11 @@ pub struct InitArgs {
     /// then needs nothing from the source checkout.
     #[arg(long)]
     pub with_examples: bool,
+    /// Keep the store in PostgreSQL: `postgres://user@host:5432/dbname` (the
+    /// database must exist; written to `store.url`). Without it, SQLite at
+    /// `store.path`.
+    #[arg(long, value_name = "URL")]
+    pub store_url: Option<String>,
 }
 
 impl From<&InitArgs> for OrgOptions {
@@ -84,6 +89,7 @@ impl From<&InitArgs> for OrgOptions {
             publisher_name: a.publisher_name.clone(),
             dns_names: a.dns_names.clone(),
             force: a.force,
+            store_url: a.store_url.clone(),
         }
     }
 }
@@ -122,9 +128,7 @@ pub async fn run(args: &InitArgs) -> Result<(), CliError> {
     // The store is created here, not by the first `serve`: a node that later
     // finds its store missing knows it was lost, not never made.
     let settings = crate::config::Settings::load(&r.config)?;
-    let store =
-        crate::store::Store::open_sqlite(&settings.store.path, crate::clock::Clock::system())
-            .await?;
+    let store = crate::store::Store::open(&settings.store, crate::clock::Clock::system()).await?;
     store.close().await;
     out!("initialised {} in {}", r.org, args.dir.display());
     out!("  config:      {}", r.config.display());

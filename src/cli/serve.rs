@@ -70,7 +70,9 @@ fn check_store_present(path: &Path, new_store: bool) -> Result<(), CliError> {
 pub async fn run(config: &Path, args: &ServeArgs) -> Result<(), CliError> {
     let settings = Settings::load(config)?;
     init_logging(&settings.log.format, &settings.log.level);
-    check_store_present(&settings.store.path, args.new_store)?;
+    if !settings.store.is_postgres() {
+        check_store_present(&settings.store.path, args.new_store)?;
+    }
     let addr = settings.listen_addr()?;
     let taxii = settings.taxii.listen.clone();
     // Everything is loaded and checked before the port is bound.

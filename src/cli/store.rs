@@ -45,6 +45,12 @@ pub enum StoreCommand {
 pub async fn run(config: &Path, conn: &ServerArgs, cmd: &StoreCommand) -> Result<(), CliError> {
     let settings = conn.load(config)?;
     let path = &settings.store.path;
+    if settings.store.is_postgres() {
+        return Err(CliError::Usage(format!(
+            "store backup and restore copy a SQLite store file; this node keeps its store in PostgreSQL ({}): back it up with PostgreSQL's own tools (pg_dump, base backups)",
+            settings.store.describe()
+        )));
+    }
     match cmd {
         StoreCommand::Backup { to } => {
             if !path.is_file() {

@@ -103,14 +103,19 @@ async fn refresh(ctx: &NodeContext) {
                 .set(i64::try_from(n).unwrap_or(i64::MAX));
         }
     }
-    let path = &ctx.settings.store.path;
-    let mut wal = path.clone().into_os_string();
-    wal.push("-wal");
-    let bytes: u64 = [path.clone(), wal.into()]
-        .iter()
-        .filter_map(|p| std::fs::metadata(p).ok())
-        .map(|md| md.len())
-        .sum();
+    let bytes = match ctx.store.database_bytes().await {
+        Ok(Some(bytes)) => bytes,
+        _ => {
+            let path = &ctx.settings.store.path;
+            let mut wal = path.clone().into_os_string();
+            wal.push("-wal");
+            [path.clone(), wal.into()]
+                .iter()
+                .filter_map(|p| std::fs::metadata(p).ok())
+                .map(|md| md.len())
+                .sum()
+        }
+    };
     m.store_bytes.set(i64::try_from(bytes).unwrap_or(i64::MAX));
     m.log_seq
         .set(i64::try_from(ctx.store.latest_known()).unwrap_or(i64::MAX));

@@ -1,6 +1,7 @@
 //! The key directory's cards of non-partner orgs that travelled through the
 //! mesh: accepted (their keys verify indicators) or pending approval.
 
+use super::db::{on, sql};
 use super::{Store, StoreError, to_i64};
 use crate::audit::AuditEntry;
 use crate::identity::VerifiedCard;
@@ -68,22 +69,20 @@ impl Store {
 
     /// The card held for `org`, if any.
     pub async fn directory_card(&self, org: &OrgId) -> Result<Option<DirectoryRow>, StoreError> {
-        Ok(sqlx::query_as(
-            "SELECT org_id, card, card_version, state, via, updated_ms FROM org_cards WHERE org_id = ?1",
-        )
+        Ok(
+            on!(Pool, &self.pool, db => sqlx::query_as(sql!("SELECT org_id, card, card_version, state, via, updated_ms FROM org_cards WHERE org_id = ?1",))
         .bind(org.as_str())
-        .fetch_optional(&self.pool)
-        .await?)
+        .fetch_optional(db)
+        .await?),
+        )
     }
 
     /// Pending cards that came through partner `via`: (count, bytes).
     pub async fn pending_cards_via(&self, via: &OrgId) -> Result<(u64, u64), StoreError> {
-        let (n, bytes): (i64, i64) = sqlx::query_as(
-            "SELECT COUNT(*), COALESCE(SUM(LENGTH(card)), 0) FROM org_cards WHERE state = 'pending' AND via = ?1",
-        )
+        let (n, bytes): (i64, i64) = on!(Pool, &self.pool, db => sqlx::query_as(sql!("SELECT COUNT(*), CAST(COALESCE(SUM(LENGTH(card)), 0) AS BIGINT) FROM org_cards WHERE state = 'pending' AND via = ?1",))
         .bind(via.as_str())
-        .fetch_one(&self.pool)
-        .await?;
+        .fetch_one(db)
+        .await?);
         Ok((n.max(0) as u64, bytes.max(0) as u64))
     }
 
@@ -103,18 +102,16 @@ impl Store {
         if state == CardState::Accepted {
             self.replace_keys(&mut tx, card).await?;
         }
-        sqlx::query(
-            "INSERT INTO org_cards (org_id, card, card_version, state, via, updated_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6) \
-             ON CONFLICT (org_id) DO UPDATE SET card = ?2, card_version = ?3, state = ?4, via = ?5, updated_ms = ?6",
-        )
+        on!(Tx, &mut tx, db => sqlx::query(sql!("INSERT INTO org_cards (org_id, card, card_version, state, via, updated_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6) \
+             ON CONFLICT (org_id) DO UPDATE SET card = ?2, card_version = ?3, state = ?4, via = ?5, updated_ms = ?6",))
         .bind(card.org.as_str())
         .bind(card_bytes)
         .bind(to_i64(card.card.version))
         .bind(state.as_str())
         .bind(via)
         .bind(self.now())
-        .execute(&mut *tx)
-        .await?;
+        .execute(&mut **db)
+        .await.map(|r| r.rows_affected())?);
         let key_ids: Vec<&str> = card.keys.iter().map(|k| k.key_id.as_str()).collect();
         self.commit_with(
             tx,

@@ -4,6 +4,7 @@
 
 use std::collections::HashMap;
 
+use super::db::{on, sql};
 use super::log::NewIndicator;
 use super::quarantine::Quarantined;
 use super::{ROWS_PER_STATEMENT, Store, StoreError, Tx, to_i64};
@@ -166,7 +167,8 @@ impl Store {
             .filter(|i| matches!(out[*i], Admitted::Duplicate))
             .collect();
         for chunk in dups.chunks(ROWS_PER_STATEMENT) {
-            let mut q = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
+            let stored: Vec<(String, String, i64, Vec<u8>)> = on!(Tx, &mut *tx, db => {
+            let mut q = sqlx::QueryBuilder::<DB>::new(
                 "SELECT origin_org, indicator_id, version, envelope FROM indicators \
                  WHERE (origin_org, indicator_id, version) IN (VALUES ",
             );
@@ -182,8 +184,8 @@ impl Store {
                     .push_unseparated(")");
             }
             q.push(")");
-            let stored: Vec<(String, String, i64, Vec<u8>)> =
-                q.build_query_as().fetch_all(&mut **tx).await?;
+            q.build_query_as().fetch_all(&mut **db).await?
+            });
             for i in chunk {
                 let row = &rows[*i];
                 let ind = &row.indicator;
@@ -224,12 +226,10 @@ impl Store {
         if refusals.iter().all(|r| r.is_empty()) {
             return Ok(0);
         }
-        let kept: i64 = sqlx::query_scalar(
-            "SELECT COALESCE((SELECT kept_bytes FROM rejected_bytes WHERE upstream_org = ?), 0)",
-        )
+        let kept: i64 = on!(Tx, &mut *tx, db => sqlx::query_scalar(sql!("SELECT COALESCE((SELECT kept_bytes FROM rejected_bytes WHERE upstream_org = ?), 0)",))
         .bind(upstream.as_str())
-        .fetch_one(&mut **tx)
-        .await?;
+        .fetch_one(&mut **db)
+        .await?);
         let mut left = keep_bytes.saturating_sub(kept.max(0) as u64);
         let before = left;
         let mut n = 0;
@@ -237,14 +237,12 @@ impl Store {
             self.reject(tx, upstream, r, &mut left, audit).await?;
             n += 1;
         }
-        sqlx::query(
-            "INSERT INTO rejected_bytes (upstream_org, kept_bytes) VALUES (?1, ?2) \
-             ON CONFLICT (upstream_org) DO UPDATE SET kept_bytes = kept_bytes + ?2",
-        )
+        on!(Tx, &mut *tx, db => sqlx::query(sql!("INSERT INTO rejected_bytes (upstream_org, kept_bytes) VALUES (?1, ?2) \
+             ON CONFLICT (upstream_org) DO UPDATE SET kept_bytes = kept_bytes + ?2",))
         .bind(upstream.as_str())
         .bind(to_i64(before - left))
-        .execute(&mut **tx)
-        .await?;
+        .execute(&mut **db)
+        .await.map(|r| r.rows_affected())?);
         Ok(n)
     }
 
@@ -272,18 +270,16 @@ impl Store {
             kind,
             &r.refusal.reason,
         ));
-        sqlx::query(
-            "INSERT INTO rejections (upstream_org, upstream_seq, code, reason, envelope, rejected_ms) \
-             VALUES (?, ?, ?, ?, ?, ?)",
-        )
+        on!(Tx, &mut *tx, db => sqlx::query(sql!("INSERT INTO rejections (upstream_org, upstream_seq, code, reason, envelope, rejected_ms) \
+             VALUES (?, ?, ?, ?, ?, ?)",))
         .bind(upstream.as_str())
         .bind(to_i64(r.upstream_seq))
         .bind(kind)
         .bind(&r.refusal.reason)
         .bind(kept)
         .bind(self.now())
-        .execute(&mut **tx)
-        .await?;
+        .execute(&mut **db)
+        .await.map(|r| r.rows_affected())?);
         Ok(())
     }
 
@@ -334,17 +330,15 @@ impl Store {
             .await?;
         self.append_audit_tx(&mut tx, &crate::audit::coalesce(audit))
             .await?;
-        sqlx::query(
-            "INSERT INTO cursors (upstream_org, cursor, updated_ms, log_id) VALUES (?, ?, ?, ?) \
+        on!(Tx, &mut tx, db => sqlx::query(sql!("INSERT INTO cursors (upstream_org, cursor, updated_ms, log_id) VALUES (?, ?, ?, ?) \
              ON CONFLICT (upstream_org) DO UPDATE SET cursor = excluded.cursor, updated_ms = excluded.updated_ms \
-             WHERE excluded.cursor > cursors.cursor AND excluded.log_id = cursors.log_id",
-        )
+             WHERE excluded.cursor > cursors.cursor AND excluded.log_id = cursors.log_id",))
         .bind(upstream.as_str())
         .bind(to_i64(cursor))
         .bind(self.now())
         .bind(log_id)
-        .execute(&mut *tx)
-        .await?;
+        .execute(&mut **db)
+        .await.map(|r| r.rows_affected())?);
         tx.commit().await?;
         if max_seq > 0 {
             self.bump(max_seq);
@@ -354,18 +348,17 @@ impl Store {
 
     /// The committed cursor for `upstream` (0 if never subscribed).
     pub async fn cursor(&self, upstream: &OrgId) -> Result<u64, StoreError> {
-        let v: Option<i64> =
-            sqlx::query_scalar("SELECT cursor FROM cursors WHERE upstream_org = ?")
+        let v: Option<i64> = on!(Pool, &self.pool, db => sqlx::query_scalar(sql!("SELECT cursor FROM cursors WHERE upstream_org = ?"))
                 .bind(upstream.as_str())
-                .fetch_optional(&self.pool)
-                .await?;
+                .fetch_optional(db)
+                .await?);
         Ok(v.unwrap_or(0) as u64)
     }
 
     /// Rejected envelopes, oldest first.
     pub async fn rejections(&self) -> Result<Vec<RejectionRecord>, StoreError> {
         self.all(
-            "SELECT upstream_org, upstream_seq, code, reason, rejected_ms, LENGTH(envelope) AS envelope_bytes \
+            "SELECT upstream_org, upstream_seq, code, reason, rejected_ms, CAST(LENGTH(envelope) AS BIGINT) AS envelope_bytes \
              FROM rejections ORDER BY id"
         )
         .await
@@ -373,9 +366,9 @@ impl Store {
 
     /// Number of refused envelopes recorded.
     pub async fn count_rejections(&self) -> Result<u64, StoreError> {
-        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM rejections")
-            .fetch_one(&self.pool)
-            .await?;
+        let n: i64 = on!(Pool, &self.pool, db => sqlx::query_scalar(sql!("SELECT COUNT(*) FROM rejections"))
+            .fetch_one(db)
+            .await?);
         Ok(n as u64)
     }
 }
@@ -387,7 +380,8 @@ async fn held_versions(
 ) -> Result<HashMap<(String, String), u64>, StoreError> {
     let mut out = HashMap::new();
     for chunk in keys.chunks(ROWS_PER_STATEMENT * 4) {
-        let mut q = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
+        let rows: Vec<(String, String, i64)> = on!(Tx, &mut *tx, db => {
+        let mut q = sqlx::QueryBuilder::<DB>::new(
             "SELECT origin_org, indicator_id, MAX(version) FROM indicators WHERE (origin_org, indicator_id) IN (VALUES ",
         );
         let mut sep = q.separated(", ");
@@ -399,7 +393,8 @@ async fn held_versions(
                 .push_unseparated(")");
         }
         q.push(") GROUP BY origin_org, indicator_id");
-        let rows: Vec<(String, String, i64)> = q.build_query_as().fetch_all(&mut **tx).await?;
+        q.build_query_as().fetch_all(&mut **db).await?
+        });
         for (o, i, v) in rows {
             out.insert((o, i), v as u64);
         }

@@ -2,6 +2,7 @@
 //! revocation) and every trusted org's, as their cards publish them. One
 //! key belongs to one org.
 
+use super::db::{on, sql};
 use super::{Store, StoreError, Tx};
 use crate::audit::AuditEntry;
 use crate::identity::VerifiedCard;
@@ -65,14 +66,12 @@ impl Store {
     /// Records `key` as one of our signing keys if it is not yet (the key
     /// `init` made, on first start).
     pub async fn ensure_own_key(&self, key_id: &str, public_key: &[u8]) -> Result<(), StoreError> {
-        sqlx::query(
-            "INSERT INTO own_signing_keys (key_id, public_key, not_before_ms, not_after_ms) \
-             VALUES (?, ?, 0, 0) ON CONFLICT DO NOTHING",
-        )
+        on!(Pool, &self.pool, db => sqlx::query(sql!("INSERT INTO own_signing_keys (key_id, public_key, not_before_ms, not_after_ms) \
+             VALUES (?, ?, 0, 0) ON CONFLICT DO NOTHING",))
         .bind(key_id)
         .bind(public_key)
-        .execute(&self.pool)
-        .await?;
+        .execute(db)
+        .await.map(|r| r.rows_affected())?);
         Ok(())
     }
 
@@ -89,21 +88,19 @@ impl Store {
         actor: &str,
     ) -> Result<(), StoreError> {
         let (_writing, mut tx) = self.write_tx().await?;
-        sqlx::query("UPDATE own_signing_keys SET not_after_ms = ? WHERE key_id = ?")
+        on!(Tx, &mut tx, db => sqlx::query(sql!("UPDATE own_signing_keys SET not_after_ms = ? WHERE key_id = ?"))
             .bind(at_ms)
             .bind(old)
-            .execute(&mut *tx)
-            .await?;
-        sqlx::query(
-            "INSERT INTO own_signing_keys (key_id, public_key, not_before_ms, not_after_ms, rotation) \
-             VALUES (?, ?, ?, 0, ?)",
-        )
+            .execute(&mut **db)
+            .await.map(|r| r.rows_affected())?);
+        on!(Tx, &mut tx, db => sqlx::query(sql!("INSERT INTO own_signing_keys (key_id, public_key, not_before_ms, not_after_ms, rotation) \
+             VALUES (?, ?, ?, 0, ?)",))
         .bind(new)
         .bind(new_public)
         .bind(at_ms)
         .bind(rotation)
-        .execute(&mut *tx)
-        .await?;
+        .execute(&mut **db)
+        .await.map(|r| r.rows_affected())?);
         self.commit_with(
             tx,
             &[AuditEntry::signing_key_rotated(actor, old, new, at_ms)],
@@ -114,12 +111,10 @@ impl Store {
     /// Revokes one of our retired signing keys.
     pub async fn revoke_own_key(&self, key_id: &str, actor: &str) -> Result<(), StoreError> {
         let (_writing, mut tx) = self.write_tx().await?;
-        let row: Option<(i64, i64)> = sqlx::query_as(
-            "SELECT not_after_ms, revoked_ms FROM own_signing_keys WHERE key_id = ?",
-        )
+        let row: Option<(i64, i64)> = on!(Tx, &mut tx, db => sqlx::query_as(sql!("SELECT not_after_ms, revoked_ms FROM own_signing_keys WHERE key_id = ?",))
         .bind(key_id)
-        .fetch_optional(&mut *tx)
-        .await?;
+        .fetch_optional(&mut **db)
+        .await?);
         match row {
             None => {
                 return Err(StoreError::NotFound(format!(
@@ -136,11 +131,11 @@ impl Store {
             }
             Some(_) => {}
         }
-        sqlx::query("UPDATE own_signing_keys SET revoked_ms = ? WHERE key_id = ?")
+        on!(Tx, &mut tx, db => sqlx::query(sql!("UPDATE own_signing_keys SET revoked_ms = ? WHERE key_id = ?"))
             .bind(self.now())
             .bind(key_id)
-            .execute(&mut *tx)
-            .await?;
+            .execute(&mut **db)
+            .await.map(|r| r.rows_affected())?);
         self.commit_with(tx, &[AuditEntry::signing_key_revoked(actor, key_id)])
             .await
     }
@@ -148,11 +143,9 @@ impl Store {
     /// Every trusted org's signing keys (partners' and accepted directory
     /// orgs').
     pub async fn signing_keys(&self) -> Result<Vec<KnownKey>, StoreError> {
-        let rows: Vec<KeyRow> = sqlx::query_as(
-            "SELECT key_id, org_id, public_key, not_before_ms, not_after_ms, revoked FROM signing_keys",
-        )
-        .fetch_all(&self.pool)
-        .await?;
+        let rows: Vec<KeyRow> = on!(Pool, &self.pool, db => sqlx::query_as(sql!("SELECT key_id, org_id, public_key, not_before_ms, not_after_ms, revoked FROM signing_keys",))
+        .fetch_all(db)
+        .await?);
         rows.into_iter().map(TryInto::try_into).collect()
     }
 
@@ -164,11 +157,10 @@ impl Store {
         card: &VerifiedCard,
     ) -> Result<(), StoreError> {
         for k in &card.keys {
-            let owner: Option<String> =
-                sqlx::query_scalar("SELECT org_id FROM signing_keys WHERE key_id = ?")
+            let owner: Option<String> = on!(Tx, &mut *tx, db => sqlx::query_scalar(sql!("SELECT org_id FROM signing_keys WHERE key_id = ?"))
                     .bind(&k.key_id)
-                    .fetch_optional(&mut **tx)
-                    .await?;
+                    .fetch_optional(&mut **db)
+                    .await?);
             if let Some(owner) = owner
                 && owner != card.org.as_str()
             {
@@ -189,23 +181,21 @@ impl Store {
         card: &VerifiedCard,
     ) -> Result<(), StoreError> {
         self.check_key_owners(tx, card).await?;
-        sqlx::query("DELETE FROM signing_keys WHERE org_id = ?")
+        on!(Tx, &mut *tx, db => sqlx::query(sql!("DELETE FROM signing_keys WHERE org_id = ?"))
             .bind(card.org.as_str())
-            .execute(&mut **tx)
-            .await?;
+            .execute(&mut **db)
+            .await.map(|r| r.rows_affected())?);
         for k in &card.keys {
-            sqlx::query(
-                "INSERT INTO signing_keys (key_id, org_id, public_key, not_before_ms, not_after_ms, revoked) \
-                 VALUES (?, ?, ?, ?, ?, ?)",
-            )
+            on!(Tx, &mut *tx, db => sqlx::query(sql!("INSERT INTO signing_keys (key_id, org_id, public_key, not_before_ms, not_after_ms, revoked) \
+                 VALUES (?, ?, ?, ?, ?, ?)",))
             .bind(&k.key_id)
             .bind(card.org.as_str())
             .bind(&k.public_key)
             .bind(k.not_before_ms)
             .bind(k.not_after_ms)
             .bind(k.revoked)
-            .execute(&mut **tx)
-            .await?;
+            .execute(&mut **db)
+            .await.map(|r| r.rows_affected())?);
         }
         Ok(())
     }

@@ -1,6 +1,7 @@
 //! The audit ledger: appending chained rows (inside any write transaction)
 //! and reading them back for `audit log` and `audit verify`.
 
+use super::db::{on, sql};
 use super::{ROWS_PER_STATEMENT, Store, StoreError, Tx, to_i64};
 use crate::audit::{AuditEntry, AuditEntryOwned, AuditRow, ChainBreak, row_hash, verify_chain};
 
@@ -60,10 +61,9 @@ impl Store {
         if entries.is_empty() {
             return Ok(());
         }
-        let head: Option<(i64, Vec<u8>)> =
-            sqlx::query_as("SELECT seq, hash FROM audit_head WHERE id = 1")
-                .fetch_optional(&mut **tx)
-                .await?;
+        let head: Option<(i64, Vec<u8>)> = on!(Tx, &mut *tx, db => sqlx::query_as(sql!("SELECT seq, hash FROM audit_head WHERE id = 1"))
+                .fetch_optional(&mut **db)
+                .await?);
         let (mut seq, mut prev) = head
             .map(|(s, h)| (s as u64, h))
             .unwrap_or((0, crate::audit::GENESIS.to_vec()));
@@ -78,7 +78,8 @@ impl Store {
             rows.push((seq, e, std::mem::replace(&mut prev, hash.clone()), hash));
         }
         for chunk in rows.chunks(ROWS_PER_STATEMENT) {
-            let mut q = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
+            on!(Tx, &mut *tx, db => {
+            let mut q = sqlx::QueryBuilder::<DB>::new(
                 "INSERT INTO audit (seq, at_ms, event, actor, partner, subject, rule, detail, prev_hash, hash) ",
             );
             q.push_values(chunk, |mut b, (seq, e, prev, hash)| {
@@ -93,16 +94,15 @@ impl Store {
                     .push_bind(prev.clone())
                     .push_bind(hash.clone());
             });
-            q.build().execute(&mut **tx).await?;
+            q.build().execute(&mut **db).await?;
+            });
         }
-        sqlx::query(
-            "INSERT INTO audit_head (id, seq, hash) VALUES (1, ?1, ?2) \
-             ON CONFLICT (id) DO UPDATE SET seq = ?1, hash = ?2",
-        )
+        on!(Tx, &mut *tx, db => sqlx::query(sql!("INSERT INTO audit_head (id, seq, hash) VALUES (1, ?1, ?2) \
+             ON CONFLICT (id) DO UPDATE SET seq = ?1, hash = ?2",))
         .bind(to_i64(seq))
         .bind(prev.as_slice())
-        .execute(&mut **tx)
-        .await?;
+        .execute(&mut **db)
+        .await.map(|r| r.rows_affected())?);
         Ok(())
     }
 
@@ -112,8 +112,8 @@ impl Store {
         partner: Option<&str>,
         since_ms: Option<i64>,
     ) -> Result<Vec<AuditRow>, StoreError> {
-        let mut conn = self.pool.acquire().await?;
-        read_audit(&mut conn, partner, since_ms).await
+        let mut tx = self.pool.begin().await?;
+        read_audit(&mut tx, partner, since_ms).await
     }
 
     /// Checks the whole ledger; `Ok(rows)` or the first bad row.
@@ -122,18 +122,15 @@ impl Store {
         // look like a truncation.
         let mut tx = self.pool.begin().await?;
         let rows = read_audit(&mut tx, None, None).await?;
-        let head: Option<(i64, Vec<u8>)> =
-            sqlx::query_as("SELECT seq, hash FROM audit_head WHERE id = 1")
-                .fetch_optional(&mut *tx)
-                .await?;
+        let head: Option<(i64, Vec<u8>)> = on!(Tx, &mut tx, db => sqlx::query_as(sql!("SELECT seq, hash FROM audit_head WHERE id = 1"))
+                .fetch_optional(&mut **db)
+                .await?);
         // Every indicator and partner was put on the ledger when it came:
         // an empty ledger beside them was removed, not never written.
         let held: i64 = if rows.is_empty() {
-            sqlx::query_scalar(
-                "SELECT (SELECT COUNT(*) FROM indicators) + (SELECT COUNT(*) FROM peers)",
-            )
-            .fetch_one(&mut *tx)
-            .await?
+            on!(Tx, &mut tx, db => sqlx::query_scalar(sql!("SELECT (SELECT COUNT(*) FROM indicators) + (SELECT COUNT(*) FROM peers)",))
+            .fetch_one(&mut **db)
+            .await?)
         } else {
             0
         };
@@ -151,9 +148,9 @@ impl Store {
 
     /// Number of rows in the audit ledger.
     pub async fn count_audit(&self) -> Result<u64, StoreError> {
-        let n: Option<i64> = sqlx::query_scalar("SELECT seq FROM audit_head WHERE id = 1")
-            .fetch_optional(&self.pool)
-            .await?;
+        let n: Option<i64> = on!(Pool, &self.pool, db => sqlx::query_scalar(sql!("SELECT seq FROM audit_head WHERE id = 1"))
+            .fetch_optional(db)
+            .await?);
         Ok(n.unwrap_or(0) as u64)
     }
 }
@@ -172,14 +169,12 @@ impl Store {
         let needle = format!("{origin}/{id}#");
         let mut out = Vec::new();
         for p in partners {
-            let rows: Vec<Row> = sqlx::query_as(
-                "SELECT seq, at_ms, event, actor, partner, subject, rule, detail, prev_hash, hash FROM audit \
-                 WHERE partner = ?1 AND event IN ('sent', 'withheld') AND instr(subject, ?2) > 0 ORDER BY seq",
-            )
+            let rows: Vec<Row> = on!(Pool, &self.pool, db => sqlx::query_as(sql!("SELECT seq, at_ms, event, actor, partner, subject, rule, detail, prev_hash, hash FROM audit \
+                 WHERE partner = ?1 AND event IN ('sent', 'withheld') AND instr(subject, ?2) > 0 ORDER BY seq",))
             .bind(p)
             .bind(&needle)
-            .fetch_all(&self.pool)
-            .await?;
+            .fetch_all(db)
+            .await?);
             out.extend(rows.into_iter().map(AuditRow::from));
         }
         out.sort_by_key(|r| r.seq);
@@ -188,17 +183,15 @@ impl Store {
 }
 
 async fn read_audit(
-    conn: &mut sqlx::SqliteConnection,
+    tx: &mut Tx,
     partner: Option<&str>,
     since_ms: Option<i64>,
 ) -> Result<Vec<AuditRow>, StoreError> {
-    let rows: Vec<Row> = sqlx::query_as(
-        "SELECT seq, at_ms, event, actor, partner, subject, rule, detail, prev_hash, hash FROM audit \
-         WHERE (?1 IS NULL OR partner = ?1) AND (?2 IS NULL OR at_ms >= ?2) ORDER BY seq",
-    )
+    let rows: Vec<Row> = on!(Tx, &mut *tx, db => sqlx::query_as(sql!("SELECT seq, at_ms, event, actor, partner, subject, rule, detail, prev_hash, hash FROM audit \
+         WHERE (?1 IS NULL OR partner = ?1) AND (?2 IS NULL OR at_ms >= ?2) ORDER BY seq",))
     .bind(partner)
     .bind(since_ms)
-    .fetch_all(&mut *conn)
-    .await?;
+    .fetch_all(&mut **db)
+    .await?);
     Ok(rows.into_iter().map(Into::into).collect())
 }

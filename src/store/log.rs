@@ -5,6 +5,7 @@ use std::sync::{Arc, OnceLock};
 
 use tokio::sync::{mpsc, oneshot, watch};
 
+use super::db::{on, sql};
 use super::publish_keys::{Appended, PublishKey};
 use super::{ROWS_PER_STATEMENT, Store, StoreError, Tx, WriteLock, to_i64};
 use crate::audit::AuditEntry;
@@ -162,20 +163,19 @@ impl std::fmt::Debug for LocalWrite {
 impl Store {
     /// Highest local sequence number (0 if empty).
     pub async fn latest_seq(&self) -> Result<u64, StoreError> {
-        let v: Option<i64> = sqlx::query_scalar("SELECT MAX(seq) FROM indicators")
-            .fetch_one(&self.pool)
-            .await?;
+        let v: Option<i64> = on!(Pool, &self.pool, db => sqlx::query_scalar(sql!("SELECT MAX(seq) FROM indicators"))
+            .fetch_one(db)
+            .await?);
         Ok(v.unwrap_or(0) as u64)
     }
 
     /// The first sequence number stored at or after `since_ms` (`None`: no
     /// row is that recent).
     pub async fn first_seq_since(&self, since_ms: i64) -> Result<Option<u64>, StoreError> {
-        let v: Option<i64> =
-            sqlx::query_scalar("SELECT MIN(seq) FROM indicators WHERE stored_ms >= ?")
+        let v: Option<i64> = on!(Pool, &self.pool, db => sqlx::query_scalar(sql!("SELECT MIN(seq) FROM indicators WHERE stored_ms >= ?"))
                 .bind(since_ms)
-                .fetch_one(&self.pool)
-                .await?;
+                .fetch_one(db)
+                .await?);
         Ok(v.map(|s| s.max(0) as u64))
     }
 
@@ -431,14 +431,12 @@ impl Store {
         origin: &str,
         id: &str,
     ) -> Result<Option<(u64, i64)>, StoreError> {
-        let row: Option<(i64, i64)> = sqlx::query_as(
-            "SELECT version, created_ms FROM indicators \
-             WHERE origin_org = ? AND indicator_id = ? ORDER BY version DESC LIMIT 1",
-        )
+        let row: Option<(i64, i64)> = on!(Pool, &self.pool, db => sqlx::query_as(sql!("SELECT version, created_ms FROM indicators \
+             WHERE origin_org = ? AND indicator_id = ? ORDER BY version DESC LIMIT 1",))
         .bind(origin)
         .bind(id)
-        .fetch_optional(&self.pool)
-        .await?;
+        .fetch_optional(db)
+        .await?);
         Ok(row.map(|(v, created)| (v as u64, created)))
     }
 
@@ -447,12 +445,12 @@ impl Store {
         &self,
         origin: Option<&str>,
     ) -> Result<Vec<StoredIndicator>, StoreError> {
-        let rows: Vec<IndicatorRow> = sqlx::query_as(select_indicators!(
+        let rows: Vec<IndicatorRow> = on!(Pool, &self.pool, db => sqlx::query_as(sql!(select_indicators!(
             "WHERE (?1 IS NULL OR origin_org = ?1) ORDER BY seq"
-        ))
+        )))
         .bind(origin)
-        .fetch_all(&self.pool)
-        .await?;
+        .fetch_all(db)
+        .await?);
         Ok(rows.into_iter().map(Into::into).collect())
     }
 
@@ -497,22 +495,21 @@ impl Store {
                  ORDER BY seq LIMIT ?3"
             ),
         };
-        let rows: Vec<IndicatorRow> = sqlx::query_as(sql)
+        let rows: Vec<IndicatorRow> = on!(Pool, &self.pool, db => sqlx::query_as(sql!(sql))
             .bind(to_i64(after))
             .bind(since_ms)
             .bind(i64::from(limit))
-            .fetch_all(&self.pool)
-            .await?;
+            .fetch_all(db)
+            .await?);
         Ok(rows.into_iter().map(Into::into).collect())
     }
 
     /// Every stored version of indicator `id` (any origin), oldest first.
     pub async fn versions_of_id(&self, id: &str) -> Result<Vec<StoredIndicator>, StoreError> {
-        let rows: Vec<IndicatorRow> =
-            sqlx::query_as(select_indicators!("WHERE indicator_id = ? ORDER BY seq"))
+        let rows: Vec<IndicatorRow> = on!(Pool, &self.pool, db => sqlx::query_as(sql!(select_indicators!("WHERE indicator_id = ? ORDER BY seq")))
                 .bind(id)
-                .fetch_all(&self.pool)
-                .await?;
+                .fetch_all(db)
+                .await?);
         Ok(rows.into_iter().map(Into::into).collect())
     }
 
@@ -523,32 +520,32 @@ impl Store {
         kind: i32,
         value: &str,
     ) -> Result<Vec<StoredIndicator>, StoreError> {
-        let rows: Vec<IndicatorRow> = sqlx::query_as(select_indicators!(
+        let rows: Vec<IndicatorRow> = on!(Pool, &self.pool, db => sqlx::query_as(sql!(select_indicators!(
             "WHERE value = ?1 AND kind = ?2 ORDER BY seq"
-        ))
+        )))
         .bind(value)
         .bind(kind)
-        .fetch_all(&self.pool)
-        .await?;
+        .fetch_all(db)
+        .await?);
         Ok(rows.into_iter().map(Into::into).collect())
     }
 
     /// The latest stored version of indicator `id` (any origin).
     pub async fn indicator_by_id(&self, id: &str) -> Result<Option<StoredIndicator>, StoreError> {
-        let row: Option<IndicatorRow> = sqlx::query_as(select_indicators!(
+        let row: Option<IndicatorRow> = on!(Pool, &self.pool, db => sqlx::query_as(sql!(select_indicators!(
             "WHERE indicator_id = ? ORDER BY version DESC, seq DESC LIMIT 1"
-        ))
+        )))
         .bind(id)
-        .fetch_optional(&self.pool)
-        .await?;
+        .fetch_optional(db)
+        .await?);
         Ok(row.map(Into::into))
     }
 
     /// Number of stored indicator versions.
     pub async fn count_indicators(&self) -> Result<u64, StoreError> {
-        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM indicators")
-            .fetch_one(&self.pool)
-            .await?;
+        let n: i64 = on!(Pool, &self.pool, db => sqlx::query_scalar(sql!("SELECT COUNT(*) FROM indicators"))
+            .fetch_one(db)
+            .await?);
         Ok(n as u64)
     }
 
@@ -563,50 +560,76 @@ impl Store {
     ) -> Result<Vec<Option<u64>>, StoreError> {
         let now = self.now();
         let mut out = Vec::with_capacity(rows.len());
+        // The statement for one chunk, in either backend's placeholders.
+        macro_rules! statement {
+            ($db:ty, $chunk:expr) => {{
+                let mut q = sqlx::QueryBuilder::<$db>::new(
+                    "INSERT INTO indicators (origin_org, indicator_id, version, received_from, envelope, kind, value, \
+                     tlp, confidence, created_ms, modified_ms, revoked, stored_ms, path) ",
+                );
+                q.push_values($chunk, |mut b, row| {
+                    let i = &row.indicator;
+                    b.push_bind(i.origin_org.clone())
+                        .push_bind(i.id.clone())
+                        .push_bind(to_i64(i.version))
+                        .push_bind(received_from.to_string())
+                        .push_bind(row.envelope.clone())
+                        .push_bind(i.kind)
+                        .push_bind(i.value.clone())
+                        .push_bind(i.marking.as_ref().map(|m| m.tlp).unwrap_or(0))
+                        .push_bind(i64::from(i.confidence))
+                        .push_bind(i.created_unix_ms)
+                        .push_bind(i.modified_unix_ms)
+                        .push_bind(i.revoked)
+                        .push_bind(now)
+                        .push_bind(row.path.join(","));
+                });
+                q.push(" ON CONFLICT (origin_org, indicator_id, version) DO NOTHING");
+                q
+            }};
+        }
         for chunk in rows.chunks(ROWS_PER_STATEMENT) {
-            let mut q = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
-                "INSERT INTO indicators (origin_org, indicator_id, version, received_from, envelope, kind, value, \
-                 tlp, confidence, created_ms, modified_ms, revoked, stored_ms, path) ",
-            );
-            q.push_values(chunk, |mut b, row| {
-                let i = &row.indicator;
-                b.push_bind(i.origin_org.clone())
-                    .push_bind(i.id.clone())
-                    .push_bind(to_i64(i.version))
-                    .push_bind(received_from.to_string())
-                    .push_bind(row.envelope.clone())
-                    .push_bind(i.kind)
-                    .push_bind(i.value.clone())
-                    .push_bind(i.marking.as_ref().map(|m| m.tlp).unwrap_or(0))
-                    .push_bind(i64::from(i.confidence))
-                    .push_bind(i.created_unix_ms)
-                    .push_bind(i.modified_unix_ms)
-                    .push_bind(i.revoked)
-                    .push_bind(now)
-                    .push_bind(row.path.join(","));
-            });
-            q.push(" ON CONFLICT (origin_org, indicator_id, version) DO NOTHING");
-            // The one writer inside its transaction: rows past `before` are
-            // this statement's. When every row went in with no gap, they
-            // hold the numbers after `before` in order; otherwise (a
-            // duplicate skipped) they are read back. No RETURNING: SQLite
-            // buffers its rows, and the driver hands them over one by one.
-            let before: i64 = sqlx::query_scalar("SELECT COALESCE(MAX(seq), 0) FROM indicators")
-                .fetch_one(&mut **tx)
-                .await?;
-            let done = q.build().execute(&mut **tx).await?;
-            let n = chunk.len() as i64;
-            if done.rows_affected() == chunk.len() as u64 && done.last_insert_rowid() == before + n
-            {
-                out.extend((before + 1..=before + n).map(|seq| Some(seq as u64)));
-                continue;
-            }
-            let inserted: Vec<(i64, String, String, i64)> = sqlx::query_as(
-                "SELECT seq, origin_org, indicator_id, version FROM indicators WHERE seq > ? ORDER BY seq",
-            )
-            .bind(before)
-            .fetch_all(&mut **tx)
-            .await?;
+            // Rows this statement stored, when they are not simply the
+            // numbers after `before` in order.
+            let inserted: Vec<(i64, String, String, i64)> = match &mut *tx {
+                Tx::Sqlite(t) => {
+                    // The one writer inside its transaction: rows past
+                    // `before` are this statement's. When every row went in
+                    // with no gap, they hold the numbers after `before` in
+                    // order; otherwise (a duplicate skipped) they are read
+                    // back. No RETURNING: SQLite buffers its rows, and the
+                    // driver hands them over one by one.
+                    let before: i64 =
+                        sqlx::query_scalar("SELECT COALESCE(MAX(seq), 0) FROM indicators")
+                            .fetch_one(&mut **t)
+                            .await?;
+                    let done = statement!(sqlx::Sqlite, chunk)
+                        .build()
+                        .execute(&mut **t)
+                        .await?;
+                    let n = chunk.len() as i64;
+                    if done.rows_affected() == chunk.len() as u64
+                        && done.last_insert_rowid() == before + n
+                    {
+                        out.extend((before + 1..=before + n).map(|seq| Some(seq as u64)));
+                        continue;
+                    }
+                    sqlx::query_as(
+                        "SELECT seq, origin_org, indicator_id, version FROM indicators WHERE seq > ? ORDER BY seq",
+                    )
+                    .bind(before)
+                    .fetch_all(&mut **t)
+                    .await?
+                }
+                Tx::Pg(t) => {
+                    // Numbers come from the column's sequence, taken under
+                    // the write lock, so they rise in commit order (a
+                    // skipped duplicate leaves a gap, never a reuse).
+                    let mut q = statement!(sqlx::Postgres, chunk);
+                    q.push(" RETURNING seq, origin_org, indicator_id, version");
+                    q.build_query_as().fetch_all(&mut **t).await?
+                }
+            };
             let by_key: std::collections::HashMap<(&str, &str, i64), i64> = inserted
                 .iter()
                 .map(|(seq, o, i, v)| ((o.as_str(), i.as_str(), *v), *seq))

@@ -17,6 +17,7 @@
 //! operation is a method taking and returning plain domain rows — so a
 //! second backend implements the same methods behind the same handle.
 
+pub(crate) mod db;
 mod directory;
 mod identity;
 mod ingest;
@@ -37,9 +38,10 @@ use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
-};
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+
+use db::{Pool, on, sql};
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -123,11 +125,12 @@ pub enum StoreError {
 
 impl From<sqlx::Error> for StoreError {
     fn from(e: sqlx::Error) -> Self {
-        // SQLITE_FULL (13), also as the I/O error a full disk gives.
+        // SQLITE_FULL (13), also as the I/O error a full disk gives;
+        // PostgreSQL's disk_full (53100).
         let full = e
             .as_database_error()
             .and_then(|d| d.code())
-            .is_some_and(|c| c == "13")
+            .is_some_and(|c| c == "13" || c == "53100")
             || e.to_string().contains("database or disk is full");
         if full {
             // A pooled connection whose COMMIT this refused is closed when
@@ -189,10 +192,10 @@ pub const ROWS_PER_STATEMENT: usize = 512;
 #[derive(Debug, Clone)]
 pub struct Store {
     /// Connections for reads.
-    pool: SqlitePool,
-    /// The one connection every write transaction of this process uses
-    /// (see [`Store::write_tx`]).
-    writer: SqlitePool,
+    pool: Pool,
+    /// SQLite: the one connection every write transaction of this process
+    /// uses (see [`Store::write_tx`]); PostgreSQL: the same pool as reads.
+    writer: Pool,
     /// Local publishes, committed in groups by one writer task.
     local: mpsc::Sender<log::LocalWrite>,
     /// Release records of partner streams, committed in groups.
@@ -215,8 +218,12 @@ pub struct Store {
     observer: Arc<std::sync::OnceLock<Arc<crate::metrics::Metrics>>>,
 }
 
-/// A transaction of the store's backend.
-type Tx = sqlx::Transaction<'static, sqlx::Sqlite>;
+use db::Tx;
+
+/// The advisory lock every PostgreSQL write transaction holds (in every
+/// replica sharing the database): writes commit one at a time, so
+/// sequence numbers become visible in order and the ledger stays one chain.
+const PG_WRITE_LOCK: i64 = 0x7468_7265_6174_6d01;
 
 fn to_i64(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
@@ -320,6 +327,69 @@ impl Store {
             .connect_with(opts)
             .await
             .map_err(|e| open_err(e.to_string()))?;
+        Self::start(Pool::Sqlite(pool), Pool::Sqlite(writer), clock).await
+    }
+
+    /// Opens the store `settings` name: PostgreSQL when `store.url` is
+    /// set, else the SQLite file at `store.path`.
+    pub async fn open(
+        settings: &crate::config::StoreSettings,
+        clock: Clock,
+    ) -> Result<Self, StoreError> {
+        if settings.url.is_empty() {
+            Self::open_sqlite_capped(
+                &settings.path,
+                clock,
+                settings.max_size_mb.saturating_mul(1 << 20),
+            )
+            .await
+        } else {
+            Self::open_postgres(
+                &settings.url,
+                clock,
+                settings.pool_size,
+                settings.statement_timeout_ms,
+            )
+            .await
+        }
+    }
+
+    /// Opens the PostgreSQL database at `url` (which must exist) and
+    /// migrates it; at most `pool_size` connections, each statement
+    /// cancelled after `statement_timeout_ms` (0 = never).
+    /// `synchronous_commit` is left as the server has it (on, by default):
+    /// a publish is acknowledged after its commit is durable.
+    pub async fn open_postgres(
+        url: &str,
+        clock: Clock,
+        pool_size: u32,
+        statement_timeout_ms: u64,
+    ) -> Result<Self, StoreError> {
+        let shown = redact_url(url);
+        let open_err = |reason: String| StoreError::Open {
+            path: shown.clone(),
+            reason,
+        };
+        let opts = PgConnectOptions::from_str(url)
+            .map_err(|e| open_err(format!("store.url: {e}")))?
+            .application_name("threatmesh")
+            .options([("statement_timeout", statement_timeout_ms.to_string())]);
+        let pool = PgPoolOptions::new()
+            .max_connections(pool_size.max(2))
+            .acquire_timeout(Duration::from_secs(30))
+            .connect_with(opts)
+            .await
+            .map_err(|e| open_err(e.to_string()))?;
+        // Replicas starting together migrate one at a time.
+        sqlx::migrate!("migrations/postgres")
+            .run(&pool)
+            .await
+            .map_err(|e| open_err(format!("migration failed: {e}")))?;
+        Self::start(Pool::Pg(pool.clone()), Pool::Pg(pool), clock).await
+    }
+
+    /// The handle over opened pools, its writers started.
+    async fn start(pool: Pool, writer: Pool, clock: Clock) -> Result<Self, StoreError> {
         let (local, queue) = mpsc::channel(4096);
         let (releases, release_queue) = mpsc::channel(4096);
         let store = Self {
@@ -348,6 +418,11 @@ impl Store {
         store.writers.spawn(writer().release_writer(release_queue));
         store.writers.close();
         Ok(store)
+    }
+
+    /// Whether the store is PostgreSQL.
+    pub fn is_postgres(&self) -> bool {
+        self.pool.is_postgres()
     }
 
     /// Counts local group commits (their time, and the versions they
@@ -408,10 +483,12 @@ impl Store {
         exists_sql: &'static str,
         before_ms: i64,
     ) -> Result<bool, StoreError> {
-        let hit: Option<i64> = sqlx::query_scalar(exists_sql)
-            .bind(before_ms)
-            .fetch_optional(&self.pool)
-            .await?;
+        let hit: Option<i64> = on!(Pool, &self.pool, p => {
+            sqlx::query_scalar(sql!(exists_sql))
+                .bind(before_ms)
+                .fetch_optional(p)
+                .await?
+        });
         Ok(hit.is_some())
     }
 
@@ -424,20 +501,48 @@ impl Store {
     }
 
     /// Every row `sql` (no parameters) selects.
-    async fn all<T>(&self, sql: &'static str) -> Result<Vec<T>, StoreError>
+    async fn all<T>(&self, query: &'static str) -> Result<Vec<T>, StoreError>
     where
-        T: for<'r> sqlx::FromRow<'r, sqlx::sqlite::SqliteRow> + Send + Unpin,
+        T: for<'r> sqlx::FromRow<'r, sqlx::sqlite::SqliteRow>
+            + for<'r> sqlx::FromRow<'r, sqlx::postgres::PgRow>
+            + Send
+            + Unpin,
     {
-        Ok(sqlx::query_as(sql).fetch_all(&self.pool).await?)
+        Ok(on!(Pool, &self.pool, p => sqlx::query_as(sql!(query)).fetch_all(p).await?))
     }
 
-    /// A write transaction holding SQLite's write lock from its first
-    /// statement, so read-then-write sequences (the audit chain head) cannot
-    /// interleave with another writer, even in another process.
+    /// A write transaction holding the database's write lock from its
+    /// first statement (SQLite's, or [`PG_WRITE_LOCK`]), so read-then-write
+    /// sequences (the audit chain head, the next sequence number) cannot
+    /// interleave with another writer, even in another process or replica.
     async fn write_tx(&self) -> Result<WriteLock, StoreError> {
-        // Writers queue here rather than in SQLite, whose busy handler
-        // sleeps (up to tens of milliseconds) when it finds the lock taken.
+        // Writers queue here rather than in the database (SQLite's busy
+        // handler sleeps up to tens of milliseconds when it finds the lock
+        // taken; each PostgreSQL waiter would hold a connection).
         let guard = self.writing.clone().lock_owned().await;
-        Ok((guard, self.writer.begin_with("BEGIN IMMEDIATE").await?))
+        let tx = match &self.writer {
+            Pool::Sqlite(p) => Tx::Sqlite(p.begin_with("BEGIN IMMEDIATE").await?),
+            Pool::Pg(p) => {
+                let mut tx = p.begin().await?;
+                sqlx::query("SELECT pg_advisory_xact_lock($1)")
+                    .bind(PG_WRITE_LOCK)
+                    .execute(&mut *tx)
+                    .await?;
+                Tx::Pg(tx)
+            }
+        };
+        Ok((guard, tx))
+    }
+}
+
+/// `url` with its password (if any) replaced, for messages and logs.
+pub fn redact_url(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut u) if u.password().is_some() => {
+            let _ = u.set_password(Some("***"));
+            u.to_string()
+        }
+        Ok(u) => u.to_string(),
+        Err(_) => "(unparsable store.url)".to_string(),
     }
 }

@@ -1,6 +1,7 @@
 //! Registered partners: their cards, endpoints, bound policy, lifecycle
 //! state and introducer flag.
 
+use super::db::{on, sql};
 use super::{Store, StoreError, to_i64};
 use crate::audit::AuditEntry;
 use crate::identity::VerifiedCard;
@@ -103,11 +104,10 @@ impl Store {
         if let Some(name) = policy {
             self.require_policy(&mut tx, name).await?;
         }
-        let existing: Option<i64> =
-            sqlx::query_scalar("SELECT card_version FROM peers WHERE org_id = ?")
+        let existing: Option<i64> = on!(Tx, &mut tx, db => sqlx::query_scalar(sql!("SELECT card_version FROM peers WHERE org_id = ?"))
                 .bind(card.org.as_str())
-                .fetch_optional(&mut *tx)
-                .await?;
+                .fetch_optional(&mut **db)
+                .await?);
         if let Some(v) = existing
             && (v as u64) > card.card.version
         {
@@ -117,14 +117,12 @@ impl Store {
             )));
         }
         self.check_key_owners(&mut tx, card).await?;
-        sqlx::query(
-            "INSERT INTO peers (org_id, display_name, endpoint, card, card_version, ca_bundle_pem, added_ms, updated_ms, introducer) \
+        on!(Tx, &mut tx, db => sqlx::query(sql!("INSERT INTO peers (org_id, display_name, endpoint, card, card_version, ca_bundle_pem, added_ms, updated_ms, introducer) \
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7, ?8) \
              ON CONFLICT (org_id) DO UPDATE SET display_name = excluded.display_name, \
              endpoint = excluded.endpoint, card = excluded.card, card_version = excluded.card_version, \
              ca_bundle_pem = excluded.ca_bundle_pem, updated_ms = excluded.updated_ms, state = 'active', \
-             introducer = excluded.introducer",
-        )
+             introducer = excluded.introducer",))
         .bind(card.org.as_str())
         .bind(&card.card.display_name)
         .bind(endpoint)
@@ -133,14 +131,14 @@ impl Store {
         .bind(&card.card.ca_bundle_pem)
         .bind(now)
         .bind(introducer)
-        .execute(&mut *tx)
-        .await?;
+        .execute(&mut **db)
+        .await.map(|r| r.rows_affected())?);
         self.replace_keys(&mut tx, card).await?;
         // A partner's card supersedes any copy that came through the mesh.
-        sqlx::query("DELETE FROM org_cards WHERE org_id = ?")
+        on!(Tx, &mut tx, db => sqlx::query(sql!("DELETE FROM org_cards WHERE org_id = ?"))
             .bind(card.org.as_str())
-            .execute(&mut *tx)
-            .await?;
+            .execute(&mut **db)
+            .await.map(|r| r.rows_affected())?);
         let org = card.org.as_str();
         let mut audit = vec![AuditEntry::peer_registered(
             actor,
@@ -182,18 +180,16 @@ impl Store {
     ) -> Result<(), StoreError> {
         let (_writing, mut tx) = self.write_tx().await?;
         self.replace_keys(&mut tx, card).await?;
-        sqlx::query(
-            "UPDATE peers SET display_name = ?, card = ?, card_version = ?, ca_bundle_pem = ?, updated_ms = ? \
-             WHERE org_id = ?",
-        )
+        on!(Tx, &mut tx, db => sqlx::query(sql!("UPDATE peers SET display_name = ?, card = ?, card_version = ?, ca_bundle_pem = ?, updated_ms = ? \
+             WHERE org_id = ?",))
         .bind(&card.card.display_name)
         .bind(card_bytes)
         .bind(to_i64(card.card.version))
         .bind(&card.card.ca_bundle_pem)
         .bind(self.now())
         .bind(card.org.as_str())
-        .execute(&mut *tx)
-        .await?;
+        .execute(&mut **db)
+        .await.map(|r| r.rows_affected())?);
         self.commit_with(
             tx,
             &[AuditEntry::card_updated(
@@ -228,22 +224,22 @@ impl Store {
         actor: &str,
     ) -> Result<PeerState, StoreError> {
         let (_writing, mut tx) = self.write_tx().await?;
-        let before: Option<String> = sqlx::query_scalar("SELECT state FROM peers WHERE org_id = ?")
+        let before: Option<String> = on!(Tx, &mut tx, db => sqlx::query_scalar(sql!("SELECT state FROM peers WHERE org_id = ?"))
             .bind(org.as_str())
-            .fetch_optional(&mut *tx)
-            .await?;
+            .fetch_optional(&mut **db)
+            .await?);
         let before = PeerState::parse(&before.ok_or_else(|| not_a_partner(org))?)?;
         if before == PeerState::Removed && state == PeerState::Active {
             return Err(StoreError::Conflict(format!(
                 "{org} was removed; register it again with `threatmesh peer add --card FILE`"
             )));
         }
-        sqlx::query("UPDATE peers SET state = ?, updated_ms = ? WHERE org_id = ?")
+        on!(Tx, &mut tx, db => sqlx::query(sql!("UPDATE peers SET state = ?, updated_ms = ? WHERE org_id = ?"))
             .bind(state.as_str())
             .bind(self.now())
             .bind(org.as_str())
-            .execute(&mut *tx)
-            .await?;
+            .execute(&mut **db)
+            .await.map(|r| r.rows_affected())?);
         let entry = AuditEntry::peer_state(actor, org.as_str(), state.as_str(), before.as_str());
         self.append_audit_tx(&mut tx, &[entry]).await?;
         tx.commit().await?;
@@ -259,23 +255,20 @@ impl Store {
         actor: &str,
     ) -> Result<(), StoreError> {
         let (_writing, mut tx) = self.write_tx().await?;
-        let row: Option<(String, bool)> =
-            sqlx::query_as("SELECT endpoint, introducer FROM peers WHERE org_id = ?")
+        let row: Option<(String, bool)> = on!(Tx, &mut tx, db => sqlx::query_as(sql!("SELECT endpoint, introducer FROM peers WHERE org_id = ?"))
                 .bind(org.as_str())
-                .fetch_optional(&mut *tx)
-                .await?;
+                .fetch_optional(&mut **db)
+                .await?);
         let (old_ep, old_intro) = row.ok_or_else(|| not_a_partner(org))?;
         let ep = endpoint.unwrap_or(&old_ep);
         let intro = introducer.unwrap_or(old_intro);
-        sqlx::query(
-            "UPDATE peers SET endpoint = ?, introducer = ?, updated_ms = ? WHERE org_id = ?",
-        )
+        on!(Tx, &mut tx, db => sqlx::query(sql!("UPDATE peers SET endpoint = ?, introducer = ?, updated_ms = ? WHERE org_id = ?",))
         .bind(ep)
         .bind(intro)
         .bind(self.now())
         .bind(org.as_str())
-        .execute(&mut *tx)
-        .await?;
+        .execute(&mut **db)
+        .await.map(|r| r.rows_affected())?);
         self.commit_with(
             tx,
             &[AuditEntry::peer_updated(
@@ -294,10 +287,10 @@ impl Store {
         tx: &mut super::Tx,
         org: &OrgId,
     ) -> Result<(), StoreError> {
-        let known: Option<i64> = sqlx::query_scalar("SELECT 1 FROM peers WHERE org_id = ?")
+        let known: Option<i64> = on!(Tx, &mut *tx, db => sqlx::query_scalar(sql!("SELECT CAST(1 AS BIGINT) FROM peers WHERE org_id = ?"))
             .bind(org.as_str())
-            .fetch_optional(&mut **tx)
-            .await?;
+            .fetch_optional(&mut **db)
+            .await?);
         known.map(|_| ()).ok_or_else(|| not_a_partner(org))
     }
 
@@ -307,13 +300,13 @@ impl Store {
         org: &OrgId,
         name: &str,
     ) -> Result<(), StoreError> {
-        let done = sqlx::query("UPDATE peers SET policy = ?, updated_ms = ? WHERE org_id = ?")
+        let done = on!(Tx, &mut *tx, db => sqlx::query(sql!("UPDATE peers SET policy = ?, updated_ms = ? WHERE org_id = ?"))
             .bind(name)
             .bind(self.now())
             .bind(org.as_str())
-            .execute(&mut **tx)
-            .await?;
-        if done.rows_affected() == 0 {
+            .execute(&mut **db)
+            .await.map(|r| r.rows_affected())?);
+        if done == 0 {
             return Err(not_a_partner(org));
         }
         Ok(())

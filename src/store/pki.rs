@@ -1,6 +1,7 @@
 //! Our own certificates and their revocations, our CRL counter, and the
 //! CRLs partners gave us.
 
+use super::db::{on, sql};
 use super::{Store, StoreError};
 use crate::audit::AuditEntry;
 use crate::model::OrgId;
@@ -69,10 +70,8 @@ impl Store {
     /// configuration). Returns false if it was known already.
     pub async fn record_cert(&self, cert: &CertRow, actor: &str) -> Result<bool, StoreError> {
         let (_writing, mut tx) = self.write_tx().await?;
-        let done = sqlx::query(
-            "INSERT INTO certificates (serial, spiffe_id, not_before_ms, not_after_ms, issued_ms, issued_by, pem) \
-             VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (serial) DO NOTHING",
-        )
+        let done = on!(Tx, &mut tx, db => sqlx::query(sql!("INSERT INTO certificates (serial, spiffe_id, not_before_ms, not_after_ms, issued_ms, issued_by, pem) \
+             VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (serial) DO NOTHING",))
         .bind(&cert.serial)
         .bind(&cert.spiffe_id)
         .bind(cert.not_before_ms)
@@ -80,9 +79,9 @@ impl Store {
         .bind(cert.issued_ms)
         .bind(&cert.issued_by)
         .bind(&cert.pem)
-        .execute(&mut *tx)
-        .await?;
-        let new = done.rows_affected() == 1;
+        .execute(&mut **db)
+        .await.map(|r| r.rows_affected())?);
+        let new = done == 1;
         if new {
             let entry =
                 AuditEntry::cert_issued(actor, &cert.spiffe_id, &cert.serial, cert.not_after_ms);
@@ -94,13 +93,11 @@ impl Store {
 
     /// Certificates of our own org, newest first, with their revocation.
     pub async fn certs(&self) -> Result<Vec<CertRow>, StoreError> {
-        let rows: Vec<Row> = sqlx::query_as(
-            "SELECT c.serial, c.spiffe_id, c.not_before_ms, c.not_after_ms, c.issued_ms, c.issued_by, c.pem, \
+        let rows: Vec<Row> = on!(Pool, &self.pool, db => sqlx::query_as(sql!("SELECT c.serial, c.spiffe_id, c.not_before_ms, c.not_after_ms, c.issued_ms, c.issued_by, c.pem, \
              r.revoked_ms, r.reason FROM certificates c LEFT JOIN revoked_certs r ON r.serial = c.serial \
-             ORDER BY c.issued_ms DESC, c.serial",
-        )
-        .fetch_all(&self.pool)
-        .await?;
+             ORDER BY c.issued_ms DESC, c.serial",))
+        .fetch_all(db)
+        .await?);
         Ok(rows.into_iter().map(Into::into).collect())
     }
 
@@ -113,18 +110,16 @@ impl Store {
         actor: &str,
     ) -> Result<bool, StoreError> {
         let (_writing, mut tx) = self.write_tx().await?;
-        let done = sqlx::query(
-            "INSERT INTO revoked_certs (serial, spiffe_id, reason, revoked_ms, revoked_by) \
-             VALUES (?, ?, ?, ?, ?) ON CONFLICT (serial) DO NOTHING",
-        )
+        let done = on!(Tx, &mut tx, db => sqlx::query(sql!("INSERT INTO revoked_certs (serial, spiffe_id, reason, revoked_ms, revoked_by) \
+             VALUES (?, ?, ?, ?, ?) ON CONFLICT (serial) DO NOTHING",))
         .bind(serial)
         .bind(spiffe_id)
         .bind(reason)
         .bind(self.now())
         .bind(actor)
-        .execute(&mut *tx)
-        .await?;
-        let new = done.rows_affected() == 1;
+        .execute(&mut **db)
+        .await.map(|r| r.rows_affected())?);
+        let new = done == 1;
         if new {
             let entry = AuditEntry::cert_revoked(actor, spiffe_id, serial, reason);
             self.append_audit_tx(&mut tx, &[entry]).await?;
@@ -136,18 +131,18 @@ impl Store {
     /// Serials of our own revoked certificates, sorted.
     pub async fn revoked_serials(&self) -> Result<Vec<String>, StoreError> {
         Ok(
-            sqlx::query_scalar("SELECT serial FROM revoked_certs ORDER BY serial")
-                .fetch_all(&self.pool)
-                .await?,
+            on!(Pool, &self.pool, db => sqlx::query_scalar(sql!("SELECT serial FROM revoked_certs ORDER BY serial"))
+                .fetch_all(db)
+                .await?),
         )
     }
 
     /// Our revoked certificates with when they were revoked, for our CRL.
     pub async fn revocations(&self) -> Result<Vec<(String, i64)>, StoreError> {
         Ok(
-            sqlx::query_as("SELECT serial, revoked_ms FROM revoked_certs ORDER BY serial")
-                .fetch_all(&self.pool)
-                .await?,
+            on!(Pool, &self.pool, db => sqlx::query_as(sql!("SELECT serial, revoked_ms FROM revoked_certs ORDER BY serial"))
+                .fetch_all(db)
+                .await?),
         )
     }
 
@@ -155,12 +150,10 @@ impl Store {
     /// as signed by `actor` with `revoked` entries.
     pub async fn next_crl_number(&self, revoked: usize, actor: &str) -> Result<u64, StoreError> {
         let (_writing, mut tx) = self.write_tx().await?;
-        let n: i64 = sqlx::query_scalar(
-            "INSERT INTO crl_counter (id, number) VALUES (1, 1) \
-             ON CONFLICT (id) DO UPDATE SET number = number + 1 RETURNING number",
-        )
-        .fetch_one(&mut *tx)
-        .await?;
+        let n: i64 = on!(Tx, &mut tx, db => sqlx::query_scalar(sql!("INSERT INTO crl_counter (id, number) VALUES (1, 1) \
+             ON CONFLICT (id) DO UPDATE SET number = number + 1 RETURNING number",))
+        .fetch_one(&mut **db)
+        .await?);
         let entry = AuditEntry::crl_signed(actor, n, revoked);
         self.append_audit_tx(&mut tx, &[entry]).await?;
         tx.commit().await?;
@@ -179,11 +172,10 @@ impl Store {
     ) -> Result<(), StoreError> {
         let (_writing, mut tx) = self.write_tx().await?;
         self.require_peer(&mut tx, org).await?;
-        let current: Option<i64> =
-            sqlx::query_scalar("SELECT this_update_ms FROM partner_crls WHERE org_id = ?")
+        let current: Option<i64> = on!(Tx, &mut tx, db => sqlx::query_scalar(sql!("SELECT this_update_ms FROM partner_crls WHERE org_id = ?"))
                 .bind(org.as_str())
-                .fetch_optional(&mut *tx)
-                .await?;
+                .fetch_optional(&mut **db)
+                .await?);
         if let Some(cur) = current
             && cur > this_update_ms
         {
@@ -191,17 +183,15 @@ impl Store {
                 "this CRL of {org} (thisUpdate {this_update_ms}) is older than the one already imported (thisUpdate {cur})"
             )));
         }
-        sqlx::query(
-            "INSERT INTO partner_crls (org_id, der, this_update_ms, imported_ms, imported_by) VALUES (?1, ?2, ?3, ?4, ?5) \
-             ON CONFLICT (org_id) DO UPDATE SET der = ?2, this_update_ms = ?3, imported_ms = ?4, imported_by = ?5",
-        )
+        on!(Tx, &mut tx, db => sqlx::query(sql!("INSERT INTO partner_crls (org_id, der, this_update_ms, imported_ms, imported_by) VALUES (?1, ?2, ?3, ?4, ?5) \
+             ON CONFLICT (org_id) DO UPDATE SET der = ?2, this_update_ms = ?3, imported_ms = ?4, imported_by = ?5",))
         .bind(org.as_str())
         .bind(der)
         .bind(this_update_ms)
         .bind(self.now())
         .bind(actor)
-        .execute(&mut *tx)
-        .await?;
+        .execute(&mut **db)
+        .await.map(|r| r.rows_affected())?);
         self.commit_with(
             tx,
             &[AuditEntry::crl_imported(
@@ -216,10 +206,9 @@ impl Store {
 
     /// Every partner's imported CRL.
     pub async fn partner_crls(&self) -> Result<Vec<CrlRow>, StoreError> {
-        let rows: Vec<(String, Vec<u8>)> =
-            sqlx::query_as("SELECT org_id, der FROM partner_crls ORDER BY org_id")
-                .fetch_all(&self.pool)
-                .await?;
+        let rows: Vec<(String, Vec<u8>)> = on!(Pool, &self.pool, db => sqlx::query_as(sql!("SELECT org_id, der FROM partner_crls ORDER BY org_id"))
+                .fetch_all(db)
+                .await?);
         rows.into_iter()
             .map(|(org, der)| {
                 Ok(CrlRow {

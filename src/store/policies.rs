@@ -1,6 +1,7 @@
 //! Sharing-policy documents, versioned by name. The store keeps the TOML
 //! text as applied; parsing it is the policy module's business.
 
+use super::db::{on, sql};
 use super::{Store, StoreError, Tx, to_i64};
 use crate::audit::AuditEntry;
 
@@ -31,28 +32,24 @@ impl Store {
         actor: &str,
     ) -> Result<(u64, bool), StoreError> {
         let (_writing, mut tx) = self.write_tx().await?;
-        let latest: Option<(i64, String)> = sqlx::query_as(
-            "SELECT version, document FROM policies WHERE name = ? ORDER BY version DESC LIMIT 1",
-        )
+        let latest: Option<(i64, String)> = on!(Tx, &mut tx, db => sqlx::query_as(sql!("SELECT version, document FROM policies WHERE name = ? ORDER BY version DESC LIMIT 1",))
         .bind(name)
-        .fetch_optional(&mut *tx)
-        .await?;
+        .fetch_optional(&mut **db)
+        .await?);
         if let Some((v, doc)) = &latest
             && doc == document
         {
             return Ok((*v as u64, false));
         }
         let version = latest.map(|(v, _)| v as u64).unwrap_or(0) + 1;
-        sqlx::query(
-            "INSERT INTO policies (name, version, document, applied_ms, applied_by) VALUES (?, ?, ?, ?, ?)",
-        )
+        on!(Tx, &mut tx, db => sqlx::query(sql!("INSERT INTO policies (name, version, document, applied_ms, applied_by) VALUES (?, ?, ?, ?, ?)",))
         .bind(name)
         .bind(to_i64(version))
         .bind(document)
         .bind(self.now())
         .bind(actor)
-        .execute(&mut *tx)
-        .await?;
+        .execute(&mut **db)
+        .await.map(|r| r.rows_affected())?);
         let entry = AuditEntry::policy_applied(actor, name, version);
         self.append_audit_tx(&mut tx, &[entry]).await?;
         tx.commit().await?;
@@ -65,14 +62,14 @@ impl Store {
         name: &str,
         version: Option<u64>,
     ) -> Result<Option<PolicyRecord>, StoreError> {
-        Ok(sqlx::query_as(
-            "SELECT name, version, document, applied_ms, applied_by FROM policies \
-             WHERE name = ?1 AND (?2 IS NULL OR version = ?2) ORDER BY version DESC LIMIT 1",
-        )
+        Ok(
+            on!(Pool, &self.pool, db => sqlx::query_as(sql!("SELECT name, version, document, applied_ms, applied_by FROM policies \
+             WHERE name = ?1 AND (?2 IS NULL OR version = ?2) ORDER BY version DESC LIMIT 1",))
         .bind(name)
         .bind(version.map(to_i64))
-        .fetch_optional(&self.pool)
-        .await?)
+        .fetch_optional(db)
+        .await?),
+        )
     }
 
     /// The latest version of every policy, by name.
@@ -86,22 +83,21 @@ impl Store {
 
     /// Every version of policy `name`, oldest first.
     pub async fn policy_history(&self, name: &str) -> Result<Vec<PolicyRecord>, StoreError> {
-        Ok(sqlx::query_as(
-            "SELECT name, version, document, applied_ms, applied_by FROM policies \
-             WHERE name = ? ORDER BY version",
-        )
+        Ok(
+            on!(Pool, &self.pool, db => sqlx::query_as(sql!("SELECT name, version, document, applied_ms, applied_by FROM policies \
+             WHERE name = ? ORDER BY version",))
         .bind(name)
-        .fetch_all(&self.pool)
-        .await?)
+        .fetch_all(db)
+        .await?),
+        )
     }
 
     /// Fails unless a policy named `name` has been applied.
     pub(super) async fn require_policy(&self, tx: &mut Tx, name: &str) -> Result<(), StoreError> {
-        let exists: Option<i64> =
-            sqlx::query_scalar("SELECT 1 FROM policies WHERE name = ? LIMIT 1")
+        let exists: Option<i64> = on!(Tx, &mut *tx, db => sqlx::query_scalar(sql!("SELECT CAST(1 AS BIGINT) FROM policies WHERE name = ? LIMIT 1"))
                 .bind(name)
-                .fetch_optional(&mut **tx)
-                .await?;
+                .fetch_optional(&mut **db)
+                .await?);
         if exists.is_none() {
             return Err(StoreError::NotFound(format!(
                 "no policy named '{name}' has been applied (use `threatmesh policy apply FILE` first)"

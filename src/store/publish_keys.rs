@@ -4,6 +4,7 @@
 
 use std::collections::HashMap;
 
+use super::db::{on, sql};
 use super::{ROWS_PER_STATEMENT, Store, StoreError, Tx, to_i64};
 
 /// A publisher's idempotency key for one Publish, with a digest of what it
@@ -71,8 +72,8 @@ impl Store {
         publisher: &str,
         key: &PublishKey,
     ) -> Result<Option<Appended>, StoreError> {
-        let mut conn = self.pool.acquire().await?;
-        let rec = key_records_in(&mut conn, &[(publisher, key.key.as_str())])
+        let mut tx = self.pool.begin().await?;
+        let rec = key_records_in(&mut tx, &[(publisher, key.key.as_str())])
             .await?
             .remove(&(publisher.to_string(), key.key.clone()));
         rec.map(|r| r.replay(key)).transpose()
@@ -89,8 +90,8 @@ impl Store {
             return Ok(HashMap::new());
         }
         let asked: Vec<(&str, &str)> = keys.iter().map(|k| (publisher, k.key.as_str())).collect();
-        let mut conn = self.pool.acquire().await?;
-        let held = key_records_in(&mut conn, &asked).await?;
+        let mut tx = self.pool.begin().await?;
+        let held = key_records_in(&mut tx, &asked).await?;
         Ok(keys
             .iter()
             .filter_map(|k| {
@@ -120,7 +121,8 @@ impl Store {
     ) -> Result<(), StoreError> {
         let now = self.now();
         for chunk in stored.chunks(ROWS_PER_STATEMENT) {
-            let mut q = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
+            on!(Tx, &mut *tx, db => {
+            let mut q = sqlx::QueryBuilder::<DB>::new(
                 "INSERT INTO publish_keys \
                  (key_hash, publisher, key, request_digest, indicator_id, version, seq, created_ms) ",
             );
@@ -134,7 +136,8 @@ impl Store {
                     .push_bind(to_i64(*seq))
                     .push_bind(now);
             });
-            q.build().execute(&mut **tx).await?;
+            q.build().execute(&mut **db).await?;
+            });
         }
         Ok(())
     }
@@ -146,7 +149,7 @@ impl Store {
         // something to forget.
         if !self
             .any_before(
-                "SELECT 1 FROM publish_keys WHERE created_ms < ? LIMIT 1",
+                "SELECT CAST(1 AS BIGINT) FROM publish_keys WHERE created_ms < ? LIMIT 1",
                 before_ms,
             )
             .await?
@@ -154,12 +157,12 @@ impl Store {
             return Ok(0);
         }
         let (_writing, mut tx) = self.write_tx().await?;
-        let done = sqlx::query("DELETE FROM publish_keys WHERE created_ms < ?")
+        let done = on!(Tx, &mut tx, db => sqlx::query(sql!("DELETE FROM publish_keys WHERE created_ms < ?"))
             .bind(before_ms)
-            .execute(&mut *tx)
-            .await?;
+            .execute(&mut **db)
+            .await.map(|r| r.rows_affected())?);
         tx.commit().await?;
-        Ok(done.rows_affected())
+        Ok(done)
     }
 }
 
@@ -206,23 +209,24 @@ pub(super) async fn hash_kept_keys(conn: &mut sqlx::SqliteConnection) -> Result<
 /// statement per [`ROWS_PER_STATEMENT`] keys and kept where the strings
 /// match.
 async fn key_records_in(
-    conn: &mut sqlx::SqliteConnection,
+    tx: &mut Tx,
     keys: &[(&str, &str)],
 ) -> Result<HashMap<(String, String), KeyRecord>, StoreError> {
     let mut out = HashMap::new();
     for chunk in keys.chunks(ROWS_PER_STATEMENT) {
-        let mut q = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
-            "SELECT publisher, key, request_digest, indicator_id, version, seq FROM publish_keys \
-             WHERE key_hash IN (",
-        );
         let wanted: std::collections::HashSet<(&str, &str)> = chunk.iter().copied().collect();
-        let mut hashes = q.separated(", ");
-        for (publisher, key) in chunk {
-            hashes.push_bind(key_hash(publisher, key));
-        }
-        q.push(")");
-        let rows: Vec<(String, String, Vec<u8>, String, i64, i64)> =
-            q.build_query_as().fetch_all(&mut *conn).await?;
+        let rows: Vec<(String, String, Vec<u8>, String, i64, i64)> = on!(Tx, &mut *tx, db => {
+            let mut q = sqlx::QueryBuilder::<DB>::new(
+                "SELECT publisher, key, request_digest, indicator_id, version, seq FROM publish_keys \
+                 WHERE key_hash IN (",
+            );
+            let mut hashes = q.separated(", ");
+            for (publisher, key) in chunk {
+                hashes.push_bind(key_hash(publisher, key));
+            }
+            q.push(")");
+            q.build_query_as().fetch_all(&mut **db).await?
+        });
         for (publisher, key, request_digest, indicator_id, version, seq) in rows {
             if !wanted.contains(&(publisher.as_str(), key.as_str())) {
                 continue;

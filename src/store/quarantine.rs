@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 
+use super::db::{on, sql};
 use super::ingest::{Admitted, Rejection};
 use super::log::{NewIndicator, split_path};
 use super::{Store, StoreError, Tx, to_i64};
@@ -72,10 +73,8 @@ impl Store {
     ) -> Result<u64, StoreError> {
         let mut held = 0;
         for q in envelopes {
-            let done = sqlx::query(
-                "INSERT INTO quarantine (upstream_org, upstream_seq, key_id, due_ms, envelope, path, received_ms) \
-                 VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
-            )
+            let done = on!(Tx, &mut *tx, db => sqlx::query(sql!("INSERT INTO quarantine (upstream_org, upstream_seq, key_id, due_ms, envelope, path, received_ms) \
+                 VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",))
             .bind(upstream.as_str())
             .bind(to_i64(q.upstream_seq))
             .bind(&q.key_id)
@@ -83,9 +82,9 @@ impl Store {
             .bind(&q.envelope)
             .bind(q.path.join(","))
             .bind(self.now())
-            .execute(&mut **tx)
-            .await?;
-            if done.rows_affected() == 1 {
+            .execute(&mut **db)
+            .await.map(|r| r.rows_affected())?);
+            if done == 1 {
                 held += 1;
                 audit.push(AuditEntry::quarantined(upstream.as_str(), q));
             }
@@ -95,22 +94,19 @@ impl Store {
 
     /// How many envelopes wait in quarantine, per partner they came from.
     pub async fn quarantine_counts(&self) -> Result<HashMap<String, u64>, StoreError> {
-        let rows: Vec<(String, i64)> =
-            sqlx::query_as("SELECT upstream_org, COUNT(*) FROM quarantine GROUP BY upstream_org")
-                .fetch_all(&self.pool)
-                .await?;
+        let rows: Vec<(String, i64)> = on!(Pool, &self.pool, db => sqlx::query_as(sql!("SELECT upstream_org, COUNT(*) FROM quarantine GROUP BY upstream_org"))
+                .fetch_all(db)
+                .await?);
         Ok(rows.into_iter().map(|(o, n)| (o, n as u64)).collect())
     }
 
     /// How many envelopes, and how many bytes of them, `upstream` has
     /// waiting in quarantine.
     pub async fn quarantine_usage(&self, upstream: &OrgId) -> Result<(u64, u64), StoreError> {
-        let (rows, bytes): (i64, Option<i64>) = sqlx::query_as(
-            "SELECT COUNT(*), SUM(LENGTH(envelope)) FROM quarantine WHERE upstream_org = ?",
-        )
+        let (rows, bytes): (i64, Option<i64>) = on!(Pool, &self.pool, db => sqlx::query_as(sql!("SELECT COUNT(*), CAST(SUM(LENGTH(envelope)) AS BIGINT) FROM quarantine WHERE upstream_org = ?",))
         .bind(upstream.as_str())
-        .fetch_one(&self.pool)
-        .await?;
+        .fetch_one(db)
+        .await?);
         Ok((rows as u64, bytes.unwrap_or(0) as u64))
     }
 
@@ -118,10 +114,10 @@ impl Store {
     /// dated ahead of `now_ms` (those wait for the clock, whatever their key).
     pub async fn quarantined_key_ids(&self, now_ms: i64) -> Result<Vec<String>, StoreError> {
         Ok(
-            sqlx::query_scalar("SELECT DISTINCT key_id FROM quarantine WHERE due_ms <= ?")
+            on!(Pool, &self.pool, db => sqlx::query_scalar(sql!("SELECT DISTINCT key_id FROM quarantine WHERE due_ms <= ?"))
                 .bind(now_ms)
-                .fetch_all(&self.pool)
-                .await?,
+                .fetch_all(db)
+                .await?),
         )
     }
 
@@ -138,11 +134,11 @@ impl Store {
     /// waits until `due_ms`.
     pub async fn defer_quarantine(&self, id: i64, due_ms: i64) -> Result<(), StoreError> {
         let (_writing, mut tx) = self.write_tx().await?;
-        sqlx::query("UPDATE quarantine SET due_ms = ? WHERE id = ?")
+        on!(Tx, &mut tx, db => sqlx::query(sql!("UPDATE quarantine SET due_ms = ? WHERE id = ?"))
             .bind(due_ms)
             .bind(id)
-            .execute(&mut *tx)
-            .await?;
+            .execute(&mut **db)
+            .await.map(|r| r.rows_affected())?);
         tx.commit().await?;
         Ok(())
     }
@@ -184,10 +180,10 @@ impl Store {
             &mut audit,
         )
         .await?;
-        sqlx::query("DELETE FROM quarantine WHERE id = ?")
+        on!(Tx, &mut tx, db => sqlx::query(sql!("DELETE FROM quarantine WHERE id = ?"))
             .bind(q.id)
-            .execute(&mut *tx)
-            .await?;
+            .execute(&mut **db)
+            .await.map(|r| r.rows_affected())?);
         self.append_audit_tx(&mut tx, &audit).await?;
         tx.commit().await?;
         if let Some(seq) = stored {
@@ -203,7 +199,7 @@ impl Store {
         // something to drop.
         if !self
             .any_before(
-                "SELECT 1 FROM quarantine WHERE received_ms < ? LIMIT 1",
+                "SELECT CAST(1 AS BIGINT) FROM quarantine WHERE received_ms < ? LIMIT 1",
                 before_ms,
             )
             .await?
@@ -211,18 +207,16 @@ impl Store {
             return Ok(0);
         }
         let (_writing, mut tx) = self.write_tx().await?;
-        let rows: Vec<(i64, String, i64, String, i64)> = sqlx::query_as(
-            "SELECT id, upstream_org, upstream_seq, key_id, due_ms FROM quarantine WHERE received_ms < ?",
-        )
+        let rows: Vec<(i64, String, i64, String, i64)> = on!(Tx, &mut tx, db => sqlx::query_as(sql!("SELECT id, upstream_org, upstream_seq, key_id, due_ms FROM quarantine WHERE received_ms < ?",))
         .bind(before_ms)
-        .fetch_all(&mut *tx)
-        .await?;
+        .fetch_all(&mut **db)
+        .await?);
         let mut audit = Vec::new();
         for (id, up, seq, key, due_ms) in &rows {
-            sqlx::query("DELETE FROM quarantine WHERE id = ?")
+            on!(Tx, &mut tx, db => sqlx::query(sql!("DELETE FROM quarantine WHERE id = ?"))
                 .bind(id)
-                .execute(&mut *tx)
-                .await?;
+                .execute(&mut **db)
+                .await.map(|r| r.rows_affected())?);
             audit.push(AuditEntry::quarantine_expired(
                 up,
                 *seq as u64,

@@ -8,6 +8,7 @@ use std::collections::{HashMap, HashSet};
 
 use tokio::sync::{mpsc, oneshot};
 
+use super::db::{on, sql};
 use super::{ROWS_PER_STATEMENT, Store, StoreError};
 use crate::audit::AuditEntry;
 use crate::model::OrgId;
@@ -105,7 +106,8 @@ impl Store {
         }
         let sent: Vec<_> = sent.into_iter().collect();
         for chunk in sent.chunks(ROWS_PER_STATEMENT * 3) {
-            let mut q = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
+            on!(Tx, &mut tx, db => {
+            let mut q = sqlx::QueryBuilder::<DB>::new(
                 "INSERT INTO sent_to (origin_org, indicator_id, recipient, first_sent_ms, max_version) ",
             );
             q.push_values(chunk, |mut b, ((o, i, r), v)| {
@@ -117,9 +119,11 @@ impl Store {
             });
             q.push(
                 " ON CONFLICT (origin_org, indicator_id, recipient) DO UPDATE \
-                 SET max_version = MAX(sent_to.max_version, excluded.max_version)",
+                 SET max_version = CASE WHEN excluded.max_version > sent_to.max_version \
+                 THEN excluded.max_version ELSE sent_to.max_version END",
             );
-            q.build().execute(&mut *tx).await?;
+            q.build().execute(&mut **db).await?;
+            });
         }
         tx.commit().await?;
         Ok(())
@@ -133,14 +137,12 @@ impl Store {
     ) -> Result<HashSet<(String, String)>, StoreError> {
         let mut out = HashSet::new();
         for (origin, id) in indicators {
-            let hit: Option<i64> = sqlx::query_scalar(
-                "SELECT 1 FROM sent_to WHERE origin_org = ? AND indicator_id = ? AND recipient = ?",
-            )
+            let hit: Option<i64> = on!(Pool, &self.pool, db => sqlx::query_scalar(sql!("SELECT CAST(1 AS BIGINT) FROM sent_to WHERE origin_org = ? AND indicator_id = ? AND recipient = ?",))
             .bind(origin)
             .bind(id)
             .bind(recipient.as_str())
-            .fetch_optional(&self.pool)
-            .await?;
+            .fetch_optional(db)
+            .await?);
             if hit.is_some() {
                 out.insert((origin.clone(), id.clone()));
             }
@@ -177,14 +179,12 @@ impl Store {
     ) -> Result<HashMap<(String, String), u64>, StoreError> {
         let mut out = HashMap::new();
         for (origin, id) in indicators {
-            let v: Option<i64> = sqlx::query_scalar(
-                "SELECT max_version FROM sent_to WHERE origin_org = ? AND indicator_id = ? AND recipient = ?",
-            )
+            let v: Option<i64> = on!(Pool, &self.pool, db => sqlx::query_scalar(sql!("SELECT max_version FROM sent_to WHERE origin_org = ? AND indicator_id = ? AND recipient = ?",))
             .bind(origin)
             .bind(id)
             .bind(recipient.as_str())
-            .fetch_optional(&self.pool)
-            .await?;
+            .fetch_optional(db)
+            .await?);
             if let Some(v) = v {
                 out.insert((origin.clone(), id.clone()), v.max(0) as u64);
             }
@@ -202,21 +202,19 @@ impl Store {
         entry: AuditEntry,
     ) -> Result<(), StoreError> {
         let (_writing, mut tx) = self.write_tx().await?;
-        sqlx::query(
-            "INSERT INTO resend_requests (recipient, from_seq, up_to_seq, requested_ms, requested_by) \
+        on!(Tx, &mut tx, db => sqlx::query(sql!("INSERT INTO resend_requests (recipient, from_seq, up_to_seq, requested_ms, requested_by) \
              VALUES (?, ?, ?, ?, ?) ON CONFLICT (recipient) DO UPDATE SET \
              from_seq = MIN(resend_requests.from_seq, excluded.from_seq), \
              up_to_seq = MAX(resend_requests.up_to_seq, excluded.up_to_seq), \
              requested_ms = MAX(excluded.requested_ms, resend_requests.requested_ms + 1), \
-             requested_by = excluded.requested_by",
-        )
+             requested_by = excluded.requested_by",))
         .bind(recipient.as_str())
         .bind(super::to_i64(from_seq))
         .bind(super::to_i64(up_to_seq))
         .bind(self.now())
         .bind(actor)
-        .execute(&mut *tx)
-        .await?;
+        .execute(&mut **db)
+        .await.map(|r| r.rows_affected())?);
         self.commit_with(tx, &[entry]).await
     }
 
@@ -225,12 +223,10 @@ impl Store {
         &self,
         recipient: &OrgId,
     ) -> Result<Option<ResendRequest>, StoreError> {
-        let row: Option<(i64, i64, i64)> = sqlx::query_as(
-            "SELECT from_seq, up_to_seq, requested_ms FROM resend_requests WHERE recipient = ?",
-        )
+        let row: Option<(i64, i64, i64)> = on!(Pool, &self.pool, db => sqlx::query_as(sql!("SELECT from_seq, up_to_seq, requested_ms FROM resend_requests WHERE recipient = ?",))
         .bind(recipient.as_str())
-        .fetch_optional(&self.pool)
-        .await?;
+        .fetch_optional(db)
+        .await?);
         Ok(row.map(|(f, u, r)| ResendRequest {
             from_seq: f.max(0) as u64,
             up_to_seq: u.max(0) as u64,
@@ -246,11 +242,11 @@ impl Store {
         done: &ResendRequest,
     ) -> Result<(), StoreError> {
         let (_writing, mut tx) = self.write_tx().await?;
-        sqlx::query("DELETE FROM resend_requests WHERE recipient = ? AND requested_ms = ?")
+        on!(Tx, &mut tx, db => sqlx::query(sql!("DELETE FROM resend_requests WHERE recipient = ? AND requested_ms = ?"))
             .bind(recipient.as_str())
             .bind(done.requested_ms)
-            .execute(&mut *tx)
-            .await?;
+            .execute(&mut **db)
+            .await.map(|r| r.rows_affected())?);
         tx.commit().await?;
         Ok(())
     }

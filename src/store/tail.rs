@@ -2,6 +2,7 @@
 //! subscriber stream: a new batch costs one store read (and, through the
 //! rows' shared decode cells, one decode per row), not one per subscriber.
 
+use super::db::{on, sql};
 use super::log::IndicatorRow;
 use super::{Store, StoreError, StoredIndicator, to_i64};
 
@@ -53,13 +54,13 @@ impl Store {
         // the same new rows wait for this read instead of repeating it.
         // Readers behind the tail (catching up) read without it.
         let mut tail = last.is_none_or(|l| l <= after).then_some(tail);
-        let rows: Vec<IndicatorRow> = sqlx::query_as(super::log::select_indicators!(
+        let rows: Vec<IndicatorRow> = on!(Pool, &self.pool, db => sqlx::query_as(sql!(super::log::select_indicators!(
             "WHERE seq > ? ORDER BY seq LIMIT ?"
-        ))
+        )))
         .bind(to_i64(after))
         .bind(i64::try_from(limit).unwrap_or(i64::MAX))
-        .fetch_all(&self.pool)
-        .await?;
+        .fetch_all(db)
+        .await?);
         let rows: Vec<StoredIndicator> = rows.into_iter().map(Into::into).collect();
         if let Some(t) = tail.as_mut()
             && !rows.is_empty()

@@ -3,6 +3,7 @@
 
 use prost::Message;
 
+use super::db::{on, sql};
 use super::{Store, StoreError, to_i64};
 use crate::audit::witness::{self, Witnessed};
 use crate::audit::{AuditEntry, GENESIS};
@@ -36,10 +37,9 @@ pub struct WitnessedHead {
 impl Store {
     /// Our ledger head now: rows and the hash of the last one.
     pub async fn ledger_head(&self) -> Result<Witnessed, StoreError> {
-        let head: Option<(i64, Vec<u8>)> =
-            sqlx::query_as("SELECT seq, hash FROM audit_head WHERE id = 1")
-                .fetch_optional(&self.pool)
-                .await?;
+        let head: Option<(i64, Vec<u8>)> = on!(Pool, &self.pool, db => sqlx::query_as(sql!("SELECT seq, hash FROM audit_head WHERE id = 1"))
+                .fetch_optional(db)
+                .await?);
         Ok(match head {
             Some((rows, head_hash)) => Witnessed {
                 rows: rows.max(0) as u64,
@@ -58,20 +58,20 @@ impl Store {
         if rows == 0 {
             return Ok(Some(GENESIS.to_vec()));
         }
-        Ok(sqlx::query_scalar("SELECT hash FROM audit WHERE seq = ?")
+        Ok(
+            on!(Pool, &self.pool, db => sqlx::query_scalar(sql!("SELECT hash FROM audit WHERE seq = ?"))
             .bind(to_i64(rows))
-            .fetch_optional(&self.pool)
-            .await?)
+            .fetch_optional(db)
+            .await?),
+        )
     }
 
     /// The newest head of `org` we hold.
     pub async fn latest_witnessed(&self, org: &OrgId) -> Result<Option<Witnessed>, StoreError> {
-        let row: Option<(i64, Vec<u8>)> = sqlx::query_as(
-            "SELECT rows, head_hash FROM witnessed_heads WHERE org_id = ? ORDER BY rows DESC LIMIT 1",
-        )
+        let row: Option<(i64, Vec<u8>)> = on!(Pool, &self.pool, db => sqlx::query_as(sql!("SELECT rows, head_hash FROM witnessed_heads WHERE org_id = ? ORDER BY rows DESC LIMIT 1",))
         .bind(org.as_str())
-        .fetch_optional(&self.pool)
-        .await?;
+        .fetch_optional(db)
+        .await?);
         Ok(row.map(|(rows, head_hash)| Witnessed {
             rows: rows.max(0) as u64,
             head_hash,
@@ -88,26 +88,22 @@ impl Store {
         envelope: &[u8],
     ) -> Result<(), StoreError> {
         let (_writing, mut tx) = self.write_tx().await?;
-        sqlx::query(
-            "INSERT INTO witnessed_heads (org_id, rows, head_hash, signed_ms, received_ms, envelope) \
-             VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (org_id, rows) DO NOTHING",
-        )
+        on!(Tx, &mut tx, db => sqlx::query(sql!("INSERT INTO witnessed_heads (org_id, rows, head_hash, signed_ms, received_ms, envelope) \
+             VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (org_id, rows) DO NOTHING",))
         .bind(org.as_str())
         .bind(to_i64(head.rows))
         .bind(&head.head_hash)
         .bind(signed_ms)
         .bind(self.now())
         .bind(envelope)
-        .execute(&mut *tx)
-        .await?;
-        sqlx::query(
-            "DELETE FROM witnessed_heads WHERE org_id = ?1 AND rows < \
-             (SELECT rows FROM witnessed_heads WHERE org_id = ?1 ORDER BY rows DESC LIMIT 1 OFFSET ?2)",
-        )
+        .execute(&mut **db)
+        .await.map(|r| r.rows_affected())?);
+        on!(Tx, &mut tx, db => sqlx::query(sql!("DELETE FROM witnessed_heads WHERE org_id = ?1 AND rows < \
+             (SELECT rows FROM witnessed_heads WHERE org_id = ?1 ORDER BY rows DESC LIMIT 1 OFFSET ?2)",))
         .bind(org.as_str())
         .bind(HEADS_KEPT_PER_PARTNER - 1)
-        .execute(&mut *tx)
-        .await?;
+        .execute(&mut **db)
+        .await.map(|r| r.rows_affected())?);
         tx.commit().await?;
         Ok(())
     }
@@ -117,13 +113,13 @@ impl Store {
         &self,
         org: Option<&OrgId>,
     ) -> Result<Vec<WitnessedHead>, StoreError> {
-        Ok(sqlx::query_as(
-            "SELECT org_id, rows, head_hash, signed_ms, received_ms, envelope FROM witnessed_heads \
-             WHERE (?1 IS NULL OR org_id = ?1) ORDER BY org_id, rows",
-        )
+        Ok(
+            on!(Pool, &self.pool, db => sqlx::query_as(sql!("SELECT org_id, rows, head_hash, signed_ms, received_ms, envelope FROM witnessed_heads \
+             WHERE (?1 IS NULL OR org_id = ?1) ORDER BY org_id, rows",))
         .bind(org.map(|o| o.as_str()))
-        .fetch_all(&self.pool)
-        .await?)
+        .fetch_all(db)
+        .await?),
+        )
     }
 
     /// Checks the ledger as a chain ([`Store::verify_audit`]), then heads of

@@ -40,22 +40,105 @@ use threatmesh::store::Store;
 pub const OPEN_POLICY: &str =
     "name = \"test-open\"\n[egress]\ntlp_ceiling = \"GREEN\"\ncommunity = true\n";
 
+/// The PostgreSQL server the tests keep their stores in
+/// (`THREATMESH_TEST_PG=postgres://user@host:port`, each organisation in a
+/// database of its own); unset: SQLite files. `.ci/run` runs the suite
+/// once each way.
+pub fn test_pg() -> Option<String> {
+    std::env::var("THREATMESH_TEST_PG")
+        .ok()
+        .filter(|s| !s.is_empty())
+        .map(|s| s.trim_end_matches('/').to_string())
+}
+
+/// A PostgreSQL database made for one test organisation, dropped (with
+/// any connection still open to it) when the organisation is.
+pub struct PgDatabase {
+    server: String,
+    pub name: String,
+}
+
+impl PgDatabase {
+    /// Creates `t_<uuid>` on `server`.
+    pub fn create(server: &str) -> Self {
+        let name = format!("t_{}", uuid::Uuid::new_v4().simple());
+        Self::admin(server, format!("CREATE DATABASE {name}"));
+        Self {
+            server: server.to_string(),
+            name,
+        }
+    }
+
+    /// Its URL.
+    pub fn url(&self) -> String {
+        format!("{}/{}", self.server, self.name)
+    }
+
+    /// Runs `statement` on `server`'s `postgres` database, from a thread
+    /// of its own (callers may be inside a runtime, or dropping).
+    fn admin(server: &str, statement: String) {
+        let url = format!("{server}/postgres");
+        let server = server.to_string();
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async {
+                use sqlx::Connection;
+                let mut c = sqlx::PgConnection::connect(&url)
+                    .await
+                    .unwrap_or_else(|e| panic!("THREATMESH_TEST_PG={server}: {e}"));
+                sqlx::raw_sql(sqlx::AssertSqlSafe(statement.clone()))
+                    .execute(&mut c)
+                    .await
+                    .unwrap_or_else(|e| panic!("{statement}: {e}"));
+            })
+        })
+        .join()
+        .unwrap();
+    }
+}
+
+impl Drop for PgDatabase {
+    fn drop(&mut self) {
+        Self::admin(
+            &self.server,
+            format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name),
+        );
+    }
+}
+
 /// An organisation created with `threatmesh init` in a temporary directory.
 pub struct Org {
     pub id: OrgId,
     pub dir: tempfile::TempDir,
     pub config: PathBuf,
     pub settings: Settings,
+    /// Its PostgreSQL database, when the suite runs on PostgreSQL.
+    pub pg: Option<PgDatabase>,
 }
 
 impl Org {
-    /// Creates `name` with fast test timings.
+    /// Creates `name` with fast test timings, its store on the backend the
+    /// suite runs on ([`test_pg`]).
     pub fn new(name: &str) -> Self {
+        Self::create(name, test_pg().map(|server| PgDatabase::create(&server)))
+    }
+
+    /// Creates `name` with its store in a SQLite file whatever the suite
+    /// runs on: for what only a file store has (its file, its disk).
+    pub fn new_sqlite(name: &str) -> Self {
+        Self::create(name, None)
+    }
+
+    fn create(name: &str, pg: Option<PgDatabase>) -> Self {
         threatmesh::identity::install_default_provider();
         let dir = tempfile::tempdir().unwrap();
         let report = provision_org(&OrgOptions {
             listen: Some("127.0.0.1:0".into()),
             display_name: Some(format!("Test org {name}")),
+            store_url: pg.as_ref().map(PgDatabase::url),
             ..OrgOptions::new(name, dir.path())
         })
         .unwrap();
@@ -63,11 +146,36 @@ impl Org {
         settings.federation.peer_refresh_ms = 100;
         settings.federation.reconnect_min_ms = 50;
         settings.federation.reconnect_max_ms = 500;
+        // Several nodes of a test share the server's 100 connections.
+        settings.store.pool_size = 4;
         Self {
             id: report.org,
             dir,
             config: report.config,
             settings,
+            pg,
+        }
+    }
+
+    /// Runs `statement` on this org's store database directly (as an
+    /// intruder or a careless operator would), on either backend.
+    pub async fn exec_sql(&self, statement: &str) {
+        use sqlx::Connection;
+        let statement = sqlx::AssertSqlSafe(statement.to_string());
+        match &self.pg {
+            Some(db) => {
+                let mut c = sqlx::PgConnection::connect(&db.url()).await.unwrap();
+                sqlx::raw_sql(statement).execute(&mut c).await.unwrap();
+            }
+            None => {
+                let url = format!("sqlite://{}", self.settings.store.path.display());
+                let mut c = sqlx::SqliteConnection::connect(&url).await.unwrap();
+                sqlx::query("PRAGMA busy_timeout = 30000")
+                    .execute(&mut c)
+                    .await
+                    .unwrap();
+                sqlx::raw_sql(statement).execute(&mut c).await.unwrap();
+            }
         }
     }
 
@@ -143,7 +251,7 @@ impl Org {
         policy: Option<&str>,
         introducer: bool,
     ) {
-        let store = Store::open_sqlite(&self.settings.store.path, Clock::system())
+        let store = Store::open(&self.settings.store, Clock::system())
             .await
             .unwrap();
         let ep = dial.map(|a| a.to_string()).unwrap_or_default();
@@ -164,7 +272,7 @@ impl Org {
     /// Applies a policy document; returns its name.
     pub async fn apply_policy(&self, doc: &str) -> String {
         let name = threatmesh::policy::parse_policy(doc).unwrap().name;
-        let store = Store::open_sqlite(&self.settings.store.path, Clock::system())
+        let store = Store::open(&self.settings.store, Clock::system())
             .await
             .unwrap();
         store.apply_policy(&name, doc, "test").await.unwrap();
@@ -174,7 +282,7 @@ impl Org {
 
     /// Opens this org's store directly (a second handle, as an operator would).
     pub async fn store(&self) -> Store {
-        Store::open_sqlite(&self.settings.store.path, Clock::system())
+        Store::open(&self.settings.store, Clock::system())
             .await
             .unwrap()
     }

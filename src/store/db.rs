@@ -1,0 +1,199 @@
+//! The two backends behind one store: a pool and a transaction of either
+//! SQLite or PostgreSQL, and [`on!`], which runs one body of query code on
+//! whichever the store holds.
+//!
+//! Queries are written once, in the SQL both backends understand, with
+//! SQLite's placeholders (`?`, `?N`); [`Dialect::sql`] gives PostgreSQL
+//! its `$N`. What the two spell differently (`instr`, `randomblob`) the
+//! PostgreSQL migrations define as functions of the same name, so the query
+//! text stays one. The body under [`on!`] is compiled once per backend,
+//! with `DB` naming the backend's `sqlx::Database`: rows decode with the
+//! same `FromRow` types on both.
+
+use std::collections::HashMap;
+use std::sync::{OnceLock, RwLock};
+
+use sqlx::{PgPool, Postgres, Sqlite, SqlitePool};
+
+/// A pool of connections to the store's database.
+#[derive(Debug, Clone)]
+pub(crate) enum Pool {
+    /// SQLite (embedded).
+    Sqlite(SqlitePool),
+    /// PostgreSQL.
+    Pg(PgPool),
+}
+
+/// A transaction of the store's backend.
+#[derive(Debug)]
+pub(crate) enum Tx {
+    /// SQLite.
+    Sqlite(sqlx::Transaction<'static, Sqlite>),
+    /// PostgreSQL.
+    Pg(sqlx::Transaction<'static, Postgres>),
+}
+
+/// Runs `$body` with `$c` bound to the SQLite or the PostgreSQL value of
+/// `$v` (a [`Pool`] or [`Tx`], by reference), and `DB` the backend's
+/// `sqlx::Database`. `on!(Pool, &self.pool, p => …)`,
+/// `on!(Tx, tx, t => … &mut **t …)`.
+macro_rules! on {
+    ($kind:ident, $v:expr, $c:ident => $body:expr) => {
+        match $v {
+            $crate::store::db::$kind::Sqlite($c) => {
+                #[allow(dead_code)]
+                type DB = ::sqlx::Sqlite;
+                $body
+            }
+            $crate::store::db::$kind::Pg($c) => {
+                #[allow(dead_code)]
+                type DB = ::sqlx::Postgres;
+                $body
+            }
+        }
+    };
+}
+pub(crate) use on;
+
+/// `$sql` (a `&'static str` in SQLite's placeholders) as the backend `DB`
+/// of the enclosing [`on!`] spells it.
+macro_rules! sql {
+    ($sql:expr $(,)?) => {
+        <DB as $crate::store::db::Dialect>::sql($sql)
+    };
+}
+pub(crate) use sql;
+
+impl Tx {
+    /// Commits.
+    pub(crate) async fn commit(self) -> Result<(), sqlx::Error> {
+        match self {
+            Tx::Sqlite(t) => t.commit().await,
+            Tx::Pg(t) => t.commit().await,
+        }
+    }
+}
+
+impl Pool {
+    /// Closes every connection.
+    pub(crate) async fn close(&self) {
+        on!(Pool, self, p => p.close().await)
+    }
+
+    /// A read transaction: every query in it sees one snapshot.
+    pub(crate) async fn begin(&self) -> Result<Tx, sqlx::Error> {
+        Ok(match self {
+            Pool::Sqlite(p) => Tx::Sqlite(p.begin().await?),
+            Pool::Pg(p) => Tx::Pg(
+                p.begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ")
+                    .await?,
+            ),
+        })
+    }
+
+    /// Whether this is PostgreSQL.
+    pub(crate) fn is_postgres(&self) -> bool {
+        matches!(self, Pool::Pg(_))
+    }
+}
+
+/// How a backend spells a query written in SQLite's placeholders.
+pub(crate) trait Dialect: sqlx::Database {
+    /// `sql` in this backend's placeholders.
+    fn sql(sql: &'static str) -> &'static str;
+}
+
+impl Dialect for Sqlite {
+    fn sql(sql: &'static str) -> &'static str {
+        sql
+    }
+}
+
+impl Dialect for Postgres {
+    fn sql(sql: &'static str) -> &'static str {
+        // Each query text is translated once and kept for the process's
+        // life (the texts are the program's own constants).
+        static SEEN: OnceLock<RwLock<HashMap<&'static str, &'static str>>> = OnceLock::new();
+        let seen = SEEN.get_or_init(Default::default);
+        if let Some(done) = seen.read().unwrap_or_else(|e| e.into_inner()).get(sql) {
+            return done;
+        }
+        let done: &'static str = Box::leak(dollar_placeholders(sql).into_boxed_str());
+        seen.write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(sql, done);
+        done
+    }
+}
+
+/// SQLite's `?` and `?N` placeholders as PostgreSQL's `$N` (a bare `?` is
+/// the one after the highest number so far, as in SQLite); text inside
+/// quotes is left alone.
+pub(crate) fn dollar_placeholders(sql: &str) -> String {
+    let mut out = String::with_capacity(sql.len() + 8);
+    let mut chars = sql.chars().peekable();
+    let mut highest = 0u32;
+    let mut quote: Option<char> = None;
+    while let Some(c) = chars.next() {
+        if let Some(q) = quote {
+            out.push(c);
+            if c == q {
+                quote = None;
+            }
+            continue;
+        }
+        match c {
+            '\'' | '"' => {
+                quote = Some(c);
+                out.push(c);
+            }
+            '?' => {
+                let mut digits = String::new();
+                while let Some(d) = chars.peek().filter(|d| d.is_ascii_digit()) {
+                    digits.push(*d);
+                    chars.next();
+                }
+                let n = if digits.is_empty() {
+                    highest + 1
+                } else {
+                    digits.parse().unwrap_or(highest + 1)
+                };
+                highest = highest.max(n);
+                out.push('$');
+                out.push_str(&n.to_string());
+            }
+            _ => out.push(c),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn placeholders_become_numbered() {
+        assert_eq!(
+            dollar_placeholders("SELECT a FROM t WHERE b = ? AND c = ?"),
+            "SELECT a FROM t WHERE b = $1 AND c = $2"
+        );
+        assert_eq!(
+            dollar_placeholders("WHERE (?1 IS NULL OR p = ?1) AND t >= ?2 LIMIT ?"),
+            "WHERE ($1 IS NULL OR p = $1) AND t >= $2 LIMIT $3"
+        );
+        assert_eq!(
+            dollar_placeholders("SELECT '?' || x FROM \"a?\" WHERE y = ?"),
+            "SELECT '?' || x FROM \"a?\" WHERE y = $1"
+        );
+    }
+
+    #[test]
+    fn postgres_translation_is_kept() {
+        let a = <Postgres as Dialect>::sql("SELECT ? + ?");
+        let b = <Postgres as Dialect>::sql("SELECT ? + ?");
+        assert_eq!(a, "SELECT $1 + $2");
+        assert!(std::ptr::eq(a, b));
+        assert_eq!(<Sqlite as Dialect>::sql("SELECT ?"), "SELECT ?");
+    }
+}
