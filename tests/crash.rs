@@ -216,14 +216,10 @@ async fn subscriber_killed_again_and_again_during_a_transfer_loses_and_duplicate
     );
     store_b.close().await;
 
-    let url = format!("sqlite://{}", b.settings.store.path.display());
-    let mut db = <sqlx::SqliteConnection as sqlx::Connection>::connect(&url)
-        .await
-        .unwrap();
-    let check: String = sqlx::query_scalar("PRAGMA integrity_check")
-        .fetch_one(&mut db)
-        .await
-        .unwrap();
+    // SQLite's integrity check of the file the killed process wrote.
+    let reopened = b.store().await;
+    let check = reopened.integrity_check().await.unwrap();
+    reopened.close().await;
     assert_eq!(check, "ok");
     node_a.stop().await;
 }

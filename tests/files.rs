@@ -29,7 +29,8 @@ async fn refused_key(settings: &Settings) -> (String, String) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn serve_refuses_secrets_others_can_read_and_files_others_can_change() {
-    let a = Org::new("a.example");
+    // The store file's mode is among the cases.
+    let a = Org::new_sqlite("a.example");
     let s = &a.settings;
     // A first start creates the store; it is the owner's only.
     let node = start(&a).await;

@@ -302,7 +302,7 @@ async fn audit_verify_passes_after_a_run_and_names_an_edited_row() {
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     }
 
-    // Edit one row directly in A's SQLite file: the withheld AMBER becomes "sent".
+    // Edit one row directly in A's database: the withheld AMBER becomes "sent".
     let store = a.store().await;
     let rows = store.audit_rows(Some("b.example"), None).await.unwrap();
     let target = rows
@@ -311,11 +311,8 @@ async fn audit_verify_passes_after_a_run_and_names_an_edited_row() {
         .unwrap()
         .seq;
     store.close().await;
-    let url = format!("sqlite://{}", a.settings.store.path.display());
-    let mut conn = <sqlx::SqliteConnection as sqlx::Connection>::connect(&url)
-        .await
-        .unwrap();
-    sqlx::query("UPDATE audit SET event = 'sent', rule = 'tlp-amber' WHERE seq = ?")
+    let mut conn = a.raw_db().await;
+    sqlx::query("UPDATE audit SET event = 'sent', rule = 'tlp-amber' WHERE seq = $1")
         .bind(target as i64)
         .execute(&mut conn)
         .await
@@ -329,7 +326,7 @@ async fn audit_verify_passes_after_a_run_and_names_an_edited_row() {
     );
 
     // Put it back and delete an earlier row instead.
-    sqlx::query("UPDATE audit SET event = 'withheld', rule = 'tlp-ceiling' WHERE seq = ?")
+    sqlx::query("UPDATE audit SET event = 'withheld', rule = 'tlp-ceiling' WHERE seq = $1")
         .bind(target as i64)
         .execute(&mut conn)
         .await

@@ -21,11 +21,7 @@ async fn a_partner_whose_store_was_recreated_is_read_again_from_the_start() {
 
     // A's store is lost and A starts afresh on the same address: its log
     // begins again at seq 1, under a new identity.
-    for suffix in ["", "-wal", "-shm"] {
-        let mut p = a.settings.store.path.clone().into_os_string();
-        p.push(suffix);
-        let _ = std::fs::remove_file(p);
-    }
+    a.wipe_store();
     a.add_peer(&b, None).await;
     let node_a = start_on(&a, TcpListener::bind(addr).await.unwrap()).await;
     assert_ne!(node_a.ctx.log_id, old_log);
@@ -76,7 +72,9 @@ fn says(o: &std::process::Output) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_store_restored_from_a_backup_loses_nothing_at_its_partners() {
-    let (a, _b, node_a, node_b) = linked_pair().await;
+    // `store backup` and `restore` copy a SQLite file (PostgreSQL is backed
+    // up with its own tools).
+    let (a, _b, node_a, node_b) = linked_pair_with(Org::new_sqlite("a.example")).await;
     let addr = node_a.addr;
     let client = publisher(&a, &node_a);
     publish_all(

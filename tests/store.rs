@@ -83,7 +83,8 @@ async fn publish_big(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_store_refuses_publishes_and_takes_the_next_one_once_space_returns() {
-    let mut a = Org::new("a.example");
+    // store.max_size_mb bounds a SQLite file.
+    let mut a = Org::new_sqlite("a.example");
     a.settings.store.max_size_mb = 4;
     let node = start(&a).await;
     // Most of the allowed size taken by something else (as another program
@@ -172,7 +173,7 @@ async fn a_full_disk_is_resource_exhausted_and_the_next_write_after_space_return
         eprintln!("not root: cannot mount a small tmpfs here; the test machines run this as root");
         return;
     };
-    let mut a = Org::new("a.example");
+    let mut a = Org::new_sqlite("a.example");
     a.settings.store.path = disk.0.join("a.db");
     let node = start(&a).await;
     // Another program fills the disk.
@@ -231,7 +232,7 @@ async fn a_subscriber_whose_disk_is_full_backs_off_and_catches_up_once_space_ret
         return;
     };
     let a = Org::new("a.example");
-    let mut b = Org::new("b.example");
+    let mut b = Org::new_sqlite("b.example");
     b.settings.store.path = disk.0.join("b.db");
     b.settings.federation.reconnect_min_ms = 50;
     b.settings.federation.reconnect_max_ms = 3200;
@@ -276,22 +277,36 @@ async fn a_subscriber_whose_disk_is_full_backs_off_and_catches_up_once_space_ret
     node_a.stop().await;
 }
 
-/// Takes SQLite's write lock on `org`'s store from outside the node (as a
-/// long backup or another program would), so the node's next write waits.
-async fn hold_write_lock(org: &Org) -> sqlx::SqliteConnection {
-    let url = format!("sqlite://{}", org.settings.store.path.display());
-    let mut db = <sqlx::SqliteConnection as sqlx::Connection>::connect(&url)
-        .await
-        .unwrap();
-    sqlx::query("BEGIN IMMEDIATE")
-        .execute(&mut db)
-        .await
-        .unwrap();
+/// Takes the store's write lock on `org`'s database from outside the node
+/// (as a long backup, another program or another replica would), so the
+/// node's next write waits: SQLite's lock, or the advisory lock every
+/// PostgreSQL writer takes.
+async fn hold_write_lock(org: &Org) -> sqlx::AnyConnection {
+    let mut db = org.raw_db().await;
+    if org.pg.is_some() {
+        sqlx::query("SELECT pg_advisory_lock($1)")
+            .bind(threatmesh::store::PG_WRITE_LOCK)
+            .execute(&mut db)
+            .await
+            .unwrap();
+    } else {
+        sqlx::query("BEGIN IMMEDIATE")
+            .execute(&mut db)
+            .await
+            .unwrap();
+    }
     db
 }
 
-async fn release_write_lock(mut db: sqlx::SqliteConnection) {
-    sqlx::query("ROLLBACK").execute(&mut db).await.unwrap();
+async fn release_write_lock(mut db: sqlx::AnyConnection) {
+    if db.backend_name() == "PostgreSQL" {
+        sqlx::query("SELECT pg_advisory_unlock_all()")
+            .execute(&mut db)
+            .await
+            .unwrap();
+    } else {
+        sqlx::query("ROLLBACK").execute(&mut db).await.unwrap();
+    }
 }
 
 /// A Publish request for `d` with a deadline of `ms` and an idempotency

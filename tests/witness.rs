@@ -52,14 +52,8 @@ fn export_heads(a: &Org, b: &Org, node_b: &RunningNode) -> std::path::PathBuf {
     path
 }
 
-async fn open_db(org: &Org) -> sqlx::SqliteConnection {
-    let url = format!("sqlite://{}", org.settings.store.path.display());
-    let mut conn = sqlx::SqliteConnection::connect(&url).await.unwrap();
-    sqlx::query("PRAGMA busy_timeout = 30000")
-        .execute(&mut conn)
-        .await
-        .unwrap();
-    conn
+async fn open_db(org: &Org) -> sqlx::AnyConnection {
+    org.raw_db().await
 }
 
 /// Waits until `node` has put a ledger-inconsistent row about `partner` on
@@ -104,13 +98,13 @@ async fn a_cut_ledger_passes_its_own_check_but_not_its_witnesses() {
     // the database file could.
     let rows = node_a.ctx.store.ledger_head().await.unwrap().rows as i64;
     let mut db = open_db(&a).await;
-    sqlx::query("DELETE FROM audit WHERE seq > ?")
+    sqlx::query("DELETE FROM audit WHERE seq > $1")
         .bind(rows - 3)
         .execute(&mut db)
         .await
         .unwrap();
     sqlx::query(
-        "UPDATE audit_head SET seq = ?1, hash = (SELECT hash FROM audit WHERE seq = ?1) WHERE id = 1",
+        "UPDATE audit_head SET seq = $1, hash = (SELECT hash FROM audit WHERE seq = $1) WHERE id = 1",
     )
     .bind(rows - 3)
     .execute(&mut db)
@@ -180,7 +174,7 @@ async fn a_rewritten_and_rechained_ledger_is_caught_by_its_witnesses() {
             rule,
             detail,
         );
-        sqlx::query("UPDATE audit SET prev_hash = ?, hash = ? WHERE seq = ?")
+        sqlx::query("UPDATE audit SET prev_hash = $1, hash = $2 WHERE seq = $3")
             .bind(&prev)
             .bind(h.to_vec())
             .bind(seq)
@@ -189,7 +183,7 @@ async fn a_rewritten_and_rechained_ledger_is_caught_by_its_witnesses() {
             .unwrap();
         prev = h.to_vec();
     }
-    sqlx::query("UPDATE audit_head SET hash = ? WHERE id = 1")
+    sqlx::query("UPDATE audit_head SET hash = $1 WHERE id = 1")
         .bind(&prev)
         .execute(&mut db)
         .await

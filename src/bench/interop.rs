@@ -41,8 +41,8 @@ pub(super) async fn bench_taxii(
     opts: &BenchOptions,
 ) -> Result<TaxiiRead, BenchError> {
     let base = dir.join("taxii");
-    let a = make_org(&base, "a.bench", opts.batch_size)?;
-    let b = make_org(&base, "b.bench", opts.batch_size)?;
+    let a = make_org(&base, "a.bench", opts).await?;
+    let b = make_org(&base, "b.bench", opts).await?;
     prefill(&a, opts.taxii_objects, |_| (Tlp::Clear, 70)).await?;
     link(&a, &b, None, OPEN).await?;
     let taxii = listener().await?;
@@ -138,7 +138,7 @@ pub(super) async fn bench_import(
     opts: &BenchOptions,
 ) -> Result<Import, BenchError> {
     let base = dir.join("import");
-    let a = make_org(&base, "a.bench", opts.batch_size)?;
+    let a = make_org(&base, "a.bench", opts).await?;
     let file = base.join("bundle.json");
     write_bundle(&file, opts.import_indicators, crate::clock::wall_ms())?;
     let node = super::start_with(&a, listener().await?, None::<TcpListener>).await?;

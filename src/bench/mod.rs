@@ -38,6 +38,7 @@ use crate::store::{NewIndicator, Store};
 
 mod interop;
 mod phases;
+mod postgres;
 mod primitives;
 
 pub use interop::{Import, TaxiiRead};
@@ -71,6 +72,10 @@ pub struct BenchOptions {
     pub taxii_objects: u64,
     /// Indicators in the STIX bundle `threatmesh import` reads.
     pub import_indicators: u64,
+    /// A PostgreSQL server (`postgres://user@host:port`) to keep every
+    /// organisation's store in (a database each, made and dropped by the
+    /// run); empty: SQLite files.
+    pub store: String,
 }
 
 impl Default for BenchOptions {
@@ -87,6 +92,7 @@ impl Default for BenchOptions {
             batch_size: 256,
             taxii_objects: 10_000,
             import_indicators: 1_000_000,
+            store: String::new(),
         }
     }
 }
@@ -109,6 +115,12 @@ pub struct Primitives {
     /// Durable SQLite commits per second of one row each: the latency of
     /// one durable step is its inverse.
     pub sqlite_commit_per_s: f64,
+    /// With `--store postgres://…`: durable PostgreSQL row inserts per
+    /// second (batches of 256, `synchronous_commit` as the server has it).
+    pub postgres_insert_per_s: Option<f64>,
+    /// With `--store postgres://…`: durable PostgreSQL commits per second
+    /// of one row each.
+    pub postgres_commit_per_s: Option<f64>,
 }
 
 impl Primitives {
@@ -123,7 +135,22 @@ impl Primitives {
             verify_per_s_all: self.verify_per_s_all.max(other.verify_per_s_all),
             sqlite_insert_per_s: self.sqlite_insert_per_s.max(other.sqlite_insert_per_s),
             sqlite_commit_per_s: self.sqlite_commit_per_s.max(other.sqlite_commit_per_s),
+            postgres_insert_per_s: better_of(
+                self.postgres_insert_per_s,
+                other.postgres_insert_per_s,
+            ),
+            postgres_commit_per_s: better_of(
+                self.postgres_commit_per_s,
+                other.postgres_commit_per_s,
+            ),
         }
+    }
+}
+
+fn better_of(a: Option<f64>, b: Option<f64>) -> Option<f64> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.max(b)),
+        (a, b) => a.or(b),
     }
 }
 
@@ -166,6 +193,9 @@ pub struct Fanout {
 /// One run's results.
 #[derive(Debug, Clone, Serialize)]
 pub struct Report {
+    /// Where the nodes kept their stores: `sqlite`, or the PostgreSQL
+    /// server (password hidden).
+    pub store: String,
     /// The machine's limits: for each primitive, the better of its
     /// measurement before the node phases and after them (a neighbour busy
     /// during one of them would otherwise make every ratio look better
@@ -206,12 +236,26 @@ fn err(e: impl std::fmt::Display) -> BenchError {
     BenchError(e.to_string())
 }
 
-/// Runs every measurement; `progress` gets a line per phase.
+/// Runs every measurement; `progress` gets a line per phase. With a
+/// PostgreSQL `store`, the databases the run made are dropped at its end,
+/// whether it succeeded or not.
 pub async fn run(opts: &BenchOptions, progress: impl Fn(&str)) -> Result<Report, BenchError> {
+    let report = run_phases(opts, progress).await;
+    if !opts.store.is_empty() {
+        postgres::drop_made(&opts.store).await;
+    }
+    report
+}
+
+async fn run_phases(opts: &BenchOptions, progress: impl Fn(&str)) -> Result<Report, BenchError> {
     crate::identity::install_default_provider();
     let dir = tempfile::tempdir().map_err(err)?;
-    progress("primitives: Ed25519 sign/verify on one and all cores, SQLite inserts");
-    let before = primitives(dir.path(), opts.primitive_secs).await?;
+    progress(if opts.store.is_empty() {
+        "primitives: Ed25519 sign/verify on one and all cores, SQLite inserts"
+    } else {
+        "primitives: Ed25519 sign/verify on one and all cores, SQLite and PostgreSQL inserts"
+    });
+    let before = primitives(dir.path(), opts).await?;
 
     progress(&format!(
         "fan-out: {} subscribers, {} indicators",
@@ -252,10 +296,15 @@ pub async fn run(opts: &BenchOptions, progress: impl Fn(&str)) -> Result<Report,
     progress("primitives again, after the node phases: each ratio uses the better of the two");
     let again = dir.path().join("after");
     std::fs::create_dir_all(&again).map_err(err)?;
-    let after = primitives(&again, opts.primitive_secs).await?;
+    let after = primitives(&again, opts).await?;
     let primitives = before.better(&after);
 
     Ok(Report {
+        store: if opts.store.is_empty() {
+            "sqlite".into()
+        } else {
+            crate::store::redact_url(&opts.store)
+        },
         primitives_before: before,
         primitives_after: after,
         publish_ratio: publish_per_s / primitives.sign_per_s_1core,
@@ -318,10 +367,22 @@ fn own_row(own: &OrgId, key: &OrgSigningKey, d: IndicatorDraft) -> NewIndicator 
     crate::exchange::seal(key, ind)
 }
 
-/// An organisation made with `init` under `dir`, with fast link timings.
-fn make_org(dir: &std::path::Path, name: &str, batch_size: u32) -> Result<Settings, BenchError> {
+/// An organisation made with `init` under `dir`, with fast link timings;
+/// its store in a new PostgreSQL database when the run keeps stores there.
+async fn make_org(
+    dir: &std::path::Path,
+    name: &str,
+    opts: &BenchOptions,
+) -> Result<Settings, BenchError> {
+    let batch_size = opts.batch_size;
+    let store_url = if opts.store.is_empty() {
+        None
+    } else {
+        Some(postgres::make_database(&opts.store).await?)
+    };
     let report = crate::provision::provision_org(&crate::provision::OrgOptions {
         listen: Some("127.0.0.1:0".into()),
+        store_url,
         ..crate::provision::OrgOptions::new(name, dir.join(name))
     })
     .map_err(err)?;
@@ -488,7 +549,14 @@ pub fn render(r: &Report) -> String {
         p.sqlite_commit_per_s,
         1e3 / p.sqlite_commit_per_s
     );
-    let _ = writeln!(s, "node (cores busy: user + system)");
+    if let (Some(ins), Some(com)) = (p.postgres_insert_per_s, p.postgres_commit_per_s) {
+        let _ = writeln!(
+            s,
+            "  PostgreSQL insert  {ins:>10.0}/s (256 per transaction)\n  PostgreSQL commit  {com:>10.0}/s (one row each: {:.2} ms per durable step)",
+            1e3 / com
+        );
+    }
+    let _ = writeln!(s, "node, store {} (cores busy: user + system)", r.store);
     for (label, rate, ratio, of, cpu) in [
         (
             "publish    ",

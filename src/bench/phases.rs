@@ -25,7 +25,7 @@ pub(super) async fn bench_publish(
     dir: &std::path::Path,
     opts: &BenchOptions,
 ) -> Result<(f64, CpuUse), BenchError> {
-    let a = make_org(&dir.join("publish"), "a.bench", opts.batch_size)?;
+    let a = make_org(&dir.join("publish"), "a.bench", opts).await?;
     let node = start(&a, listener().await?).await?;
     // Warm the connection.
     let client = warm_publisher(&a, node.addr).await?;
@@ -119,8 +119,8 @@ pub(super) async fn bench_ingest(
     opts: &BenchOptions,
 ) -> Result<(f64, CpuUse), BenchError> {
     let base = dir.join("ingest");
-    let a = make_org(&base, "a.bench", opts.batch_size)?;
-    let b = make_org(&base, "b.bench", opts.batch_size)?;
+    let a = make_org(&base, "a.bench", opts).await?;
+    let b = make_org(&base, "b.bench", opts).await?;
     prefill(&a, opts.backlog, |_| (Tlp::Clear, 70)).await?;
     let la = listener().await?;
     let a_addr = la.local_addr().map_err(err)?;
@@ -168,9 +168,9 @@ pub(super) async fn bench_latency(
     opts: &BenchOptions,
 ) -> Result<Latency, BenchError> {
     let base = dir.join("latency");
-    let a = make_org(&base, "a.bench", opts.batch_size)?;
-    let b = make_org(&base, "b.bench", opts.batch_size)?;
-    let c = make_org(&base, "c.bench", opts.batch_size)?;
+    let a = make_org(&base, "a.bench", opts).await?;
+    let b = make_org(&base, "b.bench", opts).await?;
+    let c = make_org(&base, "c.bench", opts).await?;
     let (la, lb, lc) = (listener().await?, listener().await?, listener().await?);
     let (a_addr, b_addr) = (la.local_addr().map_err(err)?, lb.local_addr().map_err(err)?);
     link(&a, &b, None, OPEN).await?;
@@ -332,7 +332,7 @@ pub(super) async fn bench_fanout(
 ) -> Result<Fanout, BenchError> {
     reset_peak_rss();
     let base = dir.join("fanout");
-    let a = make_org(&base, "a.bench", opts.batch_size)?;
+    let a = make_org(&base, "a.bench", opts).await?;
     let subs: Vec<SubscriberOrg> = (0..opts.subscribers)
         .map(subscriber_org)
         .collect::<Result<_, _>>()?;

@@ -26,7 +26,11 @@ pub(super) fn rate_on_threads(threads: usize, secs: f64, op: impl Fn() + Sync) -
     total as f64 / start.elapsed().as_secs_f64()
 }
 
-pub(super) async fn primitives(dir: &std::path::Path, secs: f64) -> Result<Primitives, BenchError> {
+pub(super) async fn primitives(
+    dir: &std::path::Path,
+    opts: &super::BenchOptions,
+) -> Result<Primitives, BenchError> {
+    let secs = opts.primitive_secs;
     let cores = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(1);
@@ -60,6 +64,14 @@ pub(super) async fn primitives(dir: &std::path::Path, secs: f64) -> Result<Primi
     let commits = sqlite_insert_rate(&dir.join("commit.db"), 1, 400, secs)
         .await
         .map_err(err)?;
+    let (pg_inserts, pg_commits) = if opts.store.is_empty() {
+        (None, None)
+    } else {
+        (
+            Some(super::postgres::insert_rate(&opts.store, 256, 400, secs).await?),
+            Some(super::postgres::insert_rate(&opts.store, 1, 400, secs).await?),
+        )
+    };
     Ok(Primitives {
         cores,
         sign_per_s_1core: s1,
@@ -68,6 +80,8 @@ pub(super) async fn primitives(dir: &std::path::Path, secs: f64) -> Result<Primi
         verify_per_s_all: va,
         sqlite_insert_per_s: sqlite,
         sqlite_commit_per_s: commits,
+        postgres_insert_per_s: pg_inserts,
+        postgres_commit_per_s: pg_commits,
     })
 }
 

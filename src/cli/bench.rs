@@ -15,7 +15,8 @@ temporary directory. Results and method: BENCHMARKS.md.
 Examples:
   threatmesh bench                                  # every phase, default sizes
   threatmesh bench --backlog 20000 --subscribers 100 --latency-secs 3   # a quick check
-  threatmesh bench --json > run.json")]
+  threatmesh bench --json > run.json
+  threatmesh bench --store postgres://postgres@127.0.0.1:5432   # every store in PostgreSQL")]
 pub struct BenchArgs {
     /// Indicators published through the Publish RPC.
     #[arg(long, default_value_t = 20_000)]
@@ -54,6 +55,11 @@ pub struct BenchArgs {
     /// Print one JSON object instead of a table.
     #[arg(long)]
     pub json: bool,
+    /// Keep every organisation's store in PostgreSQL on this server
+    /// (postgres://user@host:port; the run makes a database per
+    /// organisation and drops them at its end) instead of SQLite files.
+    #[arg(long, value_name = "URL")]
+    pub store: Option<String>,
 }
 
 /// Runs `threatmesh bench`.
@@ -86,6 +92,7 @@ pub async fn run(args: &BenchArgs) -> Result<(), CliError> {
         batch_size: args.batch_size,
         taxii_objects: args.taxii_objects,
         import_indicators: args.import_indicators,
+        store: args.store.clone().unwrap_or_default(),
     };
     // Each phase's line stays; on a terminal a spinner shows the one
     // running and for how long.

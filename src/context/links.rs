@@ -15,6 +15,9 @@ pub enum LinkState {
     Connected,
     /// The last attempt failed; a retry is scheduled.
     Down,
+    /// Another replica of this node (sharing its PostgreSQL store) dials
+    /// this partner; this one takes over if that one stops.
+    Standby,
 }
 
 impl LinkState {
@@ -24,6 +27,7 @@ impl LinkState {
             LinkState::Connecting => "connecting",
             LinkState::Connected => "connected",
             LinkState::Down => "down",
+            LinkState::Standby => "standby",
         }
     }
 }

@@ -32,6 +32,8 @@ enum LinkError {
     Identity(#[from] crate::identity::IdentityError),
     #[error("protocol: {0}")]
     Protocol(String),
+    #[error("lost the lease on this link (the database connection holding it broke)")]
+    LeaseLost,
 }
 
 /// Capped exponential backoff with jitter, so links that failed together
@@ -80,15 +82,32 @@ impl Backoff {
 pub(super) async fn run_link(ctx: Arc<NodeContext>, peer: PeerRecord, stop: CancellationToken) {
     let f = &ctx.settings.federation;
     let mut backoff = Backoff::new(f.reconnect_min_ms, f.reconnect_max_ms);
+    let mut lease = None;
     loop {
+        // Replicas sharing a PostgreSQL store: one dials, the others wait
+        // to take over.
+        let held = match lease.take() {
+            Some(held) => held,
+            None => match take_lease(&ctx, &peer, &stop).await {
+                Some(held) => held,
+                None => {
+                    ctx.links.remove(&peer.org);
+                    return;
+                }
+            },
+        };
         ctx.links.set_state(&peer.org, LinkState::Connecting, None);
         let ended = tokio::select! {
             r = session(&ctx, &peer, &mut backoff) => r,
+            _ = held.lost() => Err(LinkError::LeaseLost),
             _ = stop.cancelled() => {
                 ctx.links.remove(&peer.org);
                 return;
             }
         };
+        if !matches!(ended, Err(LinkError::LeaseLost)) {
+            lease = Some(held);
+        }
         if stop.is_cancelled() {
             ctx.links.remove(&peer.org);
             return;
@@ -122,6 +141,42 @@ pub(super) async fn run_link(ctx: Arc<NodeContext>, peer: PeerRecord, stop: Canc
                 ctx.links.remove(&peer.org);
                 return;
             }
+        }
+    }
+}
+
+/// Waits until this replica holds the lease on dialling `peer` (at once,
+/// with SQLite); `None` once `stop` is cancelled.
+async fn take_lease(
+    ctx: &Arc<NodeContext>,
+    peer: &PeerRecord,
+    stop: &CancellationToken,
+) -> Option<crate::store::LinkLease> {
+    // How soon a standby replica notices that the one dialling has gone.
+    let retry = Duration::from_millis(ctx.settings.federation.reconnect_min_ms.clamp(100, 1000));
+    let mut told = false;
+    loop {
+        match ctx.store.lease_link(&peer.org).await {
+            Ok(Some(lease)) => {
+                if told {
+                    tracing::info!(partner = %peer.org, "took over the link from another replica");
+                }
+                return Some(lease);
+            }
+            Ok(None) => {
+                if !told {
+                    tracing::info!(partner = %peer.org, "another replica dials this partner; standing by");
+                    ctx.links.set_state(&peer.org, LinkState::Standby, None);
+                    told = true;
+                }
+            }
+            Err(e) => {
+                tracing::warn!(partner = %peer.org, error = %e, "cannot take the link lease");
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(retry) => {}
+            _ = stop.cancelled() => return None,
         }
     }
 }

@@ -101,10 +101,17 @@ impl Pool {
 pub(crate) trait Dialect: sqlx::Database {
     /// `sql` in this backend's placeholders.
     fn sql(sql: &'static str) -> &'static str;
+
+    /// [`Dialect::sql`] of a query text made at run time.
+    fn sql_owned(sql: String) -> String;
 }
 
 impl Dialect for Sqlite {
     fn sql(sql: &'static str) -> &'static str {
+        sql
+    }
+
+    fn sql_owned(sql: String) -> String {
         sql
     }
 }
@@ -123,6 +130,10 @@ impl Dialect for Postgres {
             .unwrap_or_else(|e| e.into_inner())
             .insert(sql, done);
         done
+    }
+
+    fn sql_owned(sql: String) -> String {
+        dollar_placeholders(&sql)
     }
 }
 

@@ -238,7 +238,7 @@ impl Store {
             n += 1;
         }
         on!(Tx, &mut *tx, db => sqlx::query(sql!("INSERT INTO rejected_bytes (upstream_org, kept_bytes) VALUES (?1, ?2) \
-             ON CONFLICT (upstream_org) DO UPDATE SET kept_bytes = kept_bytes + ?2",))
+             ON CONFLICT (upstream_org) DO UPDATE SET kept_bytes = rejected_bytes.kept_bytes + ?2",))
         .bind(upstream.as_str())
         .bind(to_i64(before - left))
         .execute(&mut **db)

@@ -627,7 +627,17 @@ impl Store {
                     // skipped duplicate leaves a gap, never a reuse).
                     let mut q = statement!(sqlx::Postgres, chunk);
                     q.push(" RETURNING seq, origin_org, indicator_id, version");
-                    q.build_query_as().fetch_all(&mut **t).await?
+                    let rows: Vec<(i64, String, String, i64)> =
+                        q.build_query_as().fetch_all(&mut **t).await?;
+                    // Other replicas' streams wake when this commits.
+                    if let Some(max) = rows.iter().map(|r| r.0).max() {
+                        sqlx::query("SELECT pg_notify($1, $2)")
+                            .bind(super::replicas::LOG_CHANNEL)
+                            .bind(max.to_string())
+                            .execute(&mut **t)
+                            .await?;
+                    }
+                    rows
                 }
             };
             let by_key: std::collections::HashMap<(&str, &str, i64), i64> = inserted

@@ -17,6 +17,7 @@
 //! operation is a method taking and returning plain domain rows — so a
 //! second backend implements the same methods behind the same handle.
 
+mod copy;
 pub(crate) mod db;
 mod directory;
 mod identity;
@@ -30,6 +31,7 @@ mod policies;
 mod publish_keys;
 mod quarantine;
 mod release;
+mod replicas;
 mod tail;
 mod witness;
 
@@ -49,6 +51,7 @@ use tokio_util::task::TaskTracker;
 use crate::audit::AuditEntry;
 use crate::clock::Clock;
 
+pub use copy::CopyReport;
 pub use directory::{CardState, DirectoryRow};
 pub use ingest::{IngestOutcome, MAX_VERSION_STEP, Rejection, RejectionRecord};
 pub use keys::OwnKeyRow;
@@ -59,6 +62,7 @@ pub use policies::PolicyRecord;
 pub use publish_keys::{Appended, PublishKey};
 pub use quarantine::{OrgPath, QuarantineRow, Quarantined};
 pub use release::{ResendRequest, Sent};
+pub use replicas::LinkLease;
 pub use witness::WitnessedHead;
 
 /// The store's write lock and the transaction begun under it.
@@ -216,14 +220,19 @@ pub struct Store {
     /// Where commit times and published rows are counted, once the node
     /// has its metrics (see [`Store::observe`]).
     observer: Arc<std::sync::OnceLock<Arc<crate::metrics::Metrics>>>,
+    /// PostgreSQL: the partner link leases this process holds.
+    leases: Option<Arc<replicas::Leases>>,
 }
 
 use db::Tx;
 
+/// How often a replica checks the connection holding its link leases.
+const LEASE_CHECK: Duration = Duration::from_secs(2);
+
 /// The advisory lock every PostgreSQL write transaction holds (in every
 /// replica sharing the database): writes commit one at a time, so
 /// sequence numbers become visible in order and the ledger stays one chain.
-const PG_WRITE_LOCK: i64 = 0x7468_7265_6174_6d01;
+pub const PG_WRITE_LOCK: i64 = 0x7468_7265_6174_6d01;
 
 fn to_i64(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
@@ -394,7 +403,7 @@ impl Store {
         let (releases, release_queue) = mpsc::channel(4096);
         let store = Self {
             pool,
-            writer,
+            writer: writer.clone(),
             local,
             releases,
             tail: Default::default(),
@@ -404,6 +413,10 @@ impl Store {
             stop: CancellationToken::new(),
             writers: TaskTracker::new(),
             observer: Default::default(),
+            leases: match &writer {
+                Pool::Pg(p) => Some(Arc::new(replicas::Leases::new(p.clone()))),
+                Pool::Sqlite(_) => None,
+            },
         };
         let latest = store.latest_seq().await?;
         store.latest.send_replace(latest);
@@ -416,6 +429,12 @@ impl Store {
         };
         store.writers.spawn(writer().local_writer(queue));
         store.writers.spawn(writer().release_writer(release_queue));
+        if let Some(leases) = &store.leases {
+            store.writers.spawn(writer().follow_replicas());
+            store
+                .writers
+                .spawn(leases.clone().watch(LEASE_CHECK, store.stop.clone()));
+        }
         store.writers.close();
         Ok(store)
     }

@@ -151,7 +151,7 @@ impl Store {
     pub async fn next_crl_number(&self, revoked: usize, actor: &str) -> Result<u64, StoreError> {
         let (_writing, mut tx) = self.write_tx().await?;
         let n: i64 = on!(Tx, &mut tx, db => sqlx::query_scalar(sql!("INSERT INTO crl_counter (id, number) VALUES (1, 1) \
-             ON CONFLICT (id) DO UPDATE SET number = number + 1 RETURNING number",))
+             ON CONFLICT (id) DO UPDATE SET number = crl_counter.number + 1 RETURNING number",))
         .fetch_one(&mut **db)
         .await?);
         let entry = AuditEntry::crl_signed(actor, n, revoked);

@@ -51,6 +51,13 @@ pub fn test_pg() -> Option<String> {
         .map(|s| s.trim_end_matches('/').to_string())
 }
 
+/// The PostgreSQL server of the tests that need one whatever the suite
+/// runs on (replicas, copying a store across backends): [`test_pg`], or the
+/// one these machines run.
+pub fn pg_server() -> String {
+    test_pg().unwrap_or_else(|| "postgres://postgres@127.0.0.1:5432".to_string())
+}
+
 /// A PostgreSQL database made for one test organisation, dropped (with
 /// any connection still open to it) when the organisation is.
 pub struct PgDatabase {
@@ -126,6 +133,12 @@ impl Org {
         Self::create(name, test_pg().map(|server| PgDatabase::create(&server)))
     }
 
+    /// Creates `name` with its store in PostgreSQL whatever the suite runs
+    /// on ([`pg_server`]).
+    pub fn new_pg(name: &str) -> Self {
+        Self::create(name, Some(PgDatabase::create(&pg_server())))
+    }
+
     /// Creates `name` with its store in a SQLite file whatever the suite
     /// runs on: for what only a file store has (its file, its disk).
     pub fn new_sqlite(name: &str) -> Self {
@@ -134,6 +147,14 @@ impl Org {
 
     fn create(name: &str, pg: Option<PgDatabase>) -> Self {
         threatmesh::identity::install_default_provider();
+        // THREATMESH_TEST_LOG=debug (any filter): the nodes' logs, shown
+        // with a failing test's output.
+        if let Ok(filter) = std::env::var("THREATMESH_TEST_LOG") {
+            let _ = tracing_subscriber::fmt()
+                .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+                .with_test_writer()
+                .try_init();
+        }
         let dir = tempfile::tempdir().unwrap();
         let report = provision_org(&OrgOptions {
             listen: Some("127.0.0.1:0".into()),
@@ -157,24 +178,44 @@ impl Org {
         }
     }
 
-    /// Runs `statement` on this org's store database directly (as an
-    /// intruder or a careless operator would), on either backend.
-    pub async fn exec_sql(&self, statement: &str) {
-        use sqlx::Connection;
-        let statement = sqlx::AssertSqlSafe(statement.to_string());
+    /// Loses this org's store (its SQLite files deleted, or its PostgreSQL
+    /// database dropped and made again, empty); the node must be stopped.
+    pub fn wipe_store(&self) {
         match &self.pg {
             Some(db) => {
-                let mut c = sqlx::PgConnection::connect(&db.url()).await.unwrap();
-                sqlx::raw_sql(statement).execute(&mut c).await.unwrap();
+                PgDatabase::admin(
+                    &db.server,
+                    format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", db.name),
+                );
+                PgDatabase::admin(&db.server, format!("CREATE DATABASE {}", db.name));
             }
             None => {
+                for suffix in ["", "-wal", "-shm"] {
+                    let mut p = self.settings.store.path.clone().into_os_string();
+                    p.push(suffix);
+                    let _ = std::fs::remove_file(p);
+                }
+            }
+        }
+    }
+
+    /// A connection to this org's store database from outside the node
+    /// (as an intruder or a careless operator would have), on either
+    /// backend: write queries with `$1`-style placeholders, which both
+    /// read.
+    pub async fn raw_db(&self) -> sqlx::AnyConnection {
+        use sqlx::Connection;
+        sqlx::any::install_default_drivers();
+        match &self.pg {
+            Some(db) => sqlx::AnyConnection::connect(&db.url()).await.unwrap(),
+            None => {
                 let url = format!("sqlite://{}", self.settings.store.path.display());
-                let mut c = sqlx::SqliteConnection::connect(&url).await.unwrap();
+                let mut c = sqlx::AnyConnection::connect(&url).await.unwrap();
                 sqlx::query("PRAGMA busy_timeout = 30000")
                     .execute(&mut c)
                     .await
                     .unwrap();
-                sqlx::raw_sql(statement).execute(&mut c).await.unwrap();
+                c
             }
         }
     }
@@ -1086,4 +1127,41 @@ pub async fn policy_loaded(node: &RunningNode, partner: &Org, version: u64) {
         }
     })
     .await;
+}
+
+/// A TCP load balancer in front of a node's replicas: each connection goes
+/// to the first backend, in order, that accepts it (a dead replica is
+/// passed over), as a balancer with health checks would send it.
+pub struct Balancer {
+    pub addr: SocketAddr,
+}
+
+impl Balancer {
+    pub async fn start(backends: Vec<SocketAddr>) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                let backends = backends.clone();
+                tokio::spawn(async move {
+                    for b in backends {
+                        if let Ok(mut outbound) = tokio::net::TcpStream::connect(b).await {
+                            let _ =
+                                tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        Self { addr }
+    }
+}
+
+/// A local address nothing listens on now (for a process to bind).
+pub fn free_addr() -> SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
 }
