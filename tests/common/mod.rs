@@ -1165,3 +1165,36 @@ pub fn free_addr() -> SocketAddr {
         .local_addr()
         .unwrap()
 }
+
+/// A bare store (no node) on the backend the suite runs on: a SQLite file
+/// in a temporary directory, or a PostgreSQL database of its own. Each
+/// [`TestStore::open`] is another handle on the same data.
+pub struct TestStore {
+    pub settings: threatmesh::config::StoreSettings,
+    _dir: tempfile::TempDir,
+    _db: Option<PgDatabase>,
+}
+
+impl TestStore {
+    pub fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let db = test_pg().map(|server| PgDatabase::create(&server));
+        let settings = threatmesh::config::StoreSettings {
+            path: dir.path().join("s.db"),
+            url: db.as_ref().map(PgDatabase::url).unwrap_or_default(),
+            pool_size: 4,
+            statement_timeout_ms: 0,
+            max_size_mb: 0,
+            publish_keys_kept_ms: 60_000,
+        };
+        Self {
+            settings,
+            _dir: dir,
+            _db: db,
+        }
+    }
+
+    pub async fn open(&self) -> Store {
+        Store::open(&self.settings, Clock::system()).await.unwrap()
+    }
+}
