@@ -137,7 +137,10 @@ impl Node {
             .http2_max_pending_accept_reset_streams(Some(limits.max_pending_reset_streams))
             // Deny by default: no request reaches any service, health
             // included, without a verified identity.
-            .layer(crate::rpc::DeadlineLayer)
+            .layer(crate::rpc::DeadlineLayer {
+                passed: ctx.metrics.deadline_exceeded.clone(),
+                abandoned: ctx.metrics.abandoned.clone(),
+            })
             .layer(crate::rpc::OversizeLayer { limit: max_message })
             .layer(tonic::service::InterceptorLayer::new(
                 crate::net::request_gate(ctx.trust(), ctx.clock),

@@ -301,14 +301,27 @@ pub fn parse_grpc_timeout(value: &str) -> Option<std::time::Duration> {
 /// call still running when it passes is answered `DEADLINE_EXCEEDED`, the
 /// code gRPC defines for it (tonic's own timer would say `CANCELLED`, as if
 /// the caller had cancelled; ours is armed first, so it answers first).
-#[derive(Debug, Clone, Copy, Default)]
-pub struct DeadlineLayer;
+/// Each call answered that way is counted in `passed`, each one whose
+/// caller went away (cancelled, disconnected) before it was answered in
+/// `abandoned` — both only once the call is dropped, so whatever it waited
+/// for (a publish queued for the store) has been given up by then.
+#[derive(Debug, Clone, Default)]
+pub struct DeadlineLayer {
+    /// Calls whose deadline passed before they were answered.
+    pub passed: prometheus_client::metrics::counter::Counter,
+    /// Calls whose caller went away before they were answered.
+    pub abandoned: prometheus_client::metrics::counter::Counter,
+}
 
 impl<S> tower::Layer<S> for DeadlineLayer {
     type Service = Deadlines<S>;
 
     fn layer(&self, inner: S) -> Deadlines<S> {
-        Deadlines { inner }
+        Deadlines {
+            inner,
+            passed: self.passed.clone(),
+            abandoned: self.abandoned.clone(),
+        }
     }
 }
 
@@ -316,6 +329,43 @@ impl<S> tower::Layer<S> for DeadlineLayer {
 #[derive(Debug, Clone)]
 pub struct Deadlines<S> {
     inner: S,
+    passed: prometheus_client::metrics::counter::Counter,
+    abandoned: prometheus_client::metrics::counter::Counter,
+}
+
+/// A call in progress that counts in `abandoned` if it is dropped
+/// unfinished, after the call itself is dropped.
+struct Watched<F> {
+    call: Option<std::pin::Pin<Box<F>>>,
+    abandoned: Option<prometheus_client::metrics::counter::Counter>,
+}
+
+impl<F: std::future::Future> std::future::Future for Watched<F> {
+    type Output = F::Output;
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<F::Output> {
+        let Some(call) = self.call.as_mut() else {
+            return std::task::Poll::Pending;
+        };
+        let out = call.as_mut().poll(cx);
+        if out.is_ready() {
+            self.call = None;
+        }
+        out
+    }
+}
+
+impl<F> Drop for Watched<F> {
+    fn drop(&mut self) {
+        if self.call.take().is_some()
+            && let Some(c) = self.abandoned.take()
+        {
+            c.inc();
+        }
+    }
 }
 
 impl<S, B, R> tower::Service<http::Request<B>> for Deadlines<S>
@@ -346,18 +396,29 @@ where
         if let Some(d) = deadline {
             req.extensions_mut().insert(Deadline(d));
         }
-        let answer = self.inner.call(req);
+        let mut answer = Watched {
+            call: Some(Box::pin(self.inner.call(req))),
+            abandoned: Some(self.abandoned.clone()),
+        };
+        let passed = self.passed.clone();
         let (Some(deadline), Some(timeout)) = (deadline, timeout) else {
             return Box::pin(async move { Ok(answer.await?.map(tonic::body::Body::new)) });
         };
         Box::pin(async move {
-            match tokio::time::timeout_at(deadline, answer).await {
+            match tokio::time::timeout_at(deadline, &mut answer).await {
                 Ok(resp) => Ok(resp?.map(tonic::body::Body::new)),
-                Err(_) => Ok(Status::deadline_exceeded(format!(
-                    "the caller's deadline ({} ms, grpc-timeout) passed before this node answered",
-                    timeout.as_millis()
-                ))
-                .into_http()),
+                Err(_) => {
+                    // The handler (and whatever it waited for) is dropped
+                    // here: a publish waiting for the store is not stored.
+                    answer.abandoned = None;
+                    drop(answer);
+                    passed.inc();
+                    Ok(Status::deadline_exceeded(format!(
+                        "the caller's deadline ({} ms, grpc-timeout) passed before this node answered",
+                        timeout.as_millis()
+                    ))
+                    .into_http())
+                }
             }
         })
     }
@@ -397,7 +458,8 @@ mod tests {
                 Ok::<_, std::convert::Infallible>(http::Response::new(tonic::body::Body::empty()))
             }
         });
-        let mut svc = DeadlineLayer.layer(slow);
+        let layer = DeadlineLayer::default();
+        let mut svc = layer.layer(slow);
         let req = http::Request::builder()
             .header("grpc-timeout", "250m")
             .body(())
@@ -408,6 +470,7 @@ mod tests {
         assert_eq!(start.elapsed(), std::time::Duration::from_millis(250));
         let deadline = seen.lock().unwrap().expect("the handler saw the deadline");
         assert_eq!(deadline.0, start + std::time::Duration::from_millis(250));
+        assert_eq!(layer.passed.get(), 1);
 
         let plain = http::Request::builder().body(()).unwrap();
         let resp = svc.ready().await.unwrap().call(plain).await.unwrap();

@@ -334,6 +334,22 @@ fn deadline_passed(s: &tonic::Status) -> bool {
         || (s.code() == tonic::Code::Cancelled && s.message() == "Timeout expired")
 }
 
+/// Waits until `node` has given up `n` calls whose deadline passed: the
+/// client's timer fires first and it cancels the call; the node drops the
+/// call when that reaches it, or when its own timer (armed when the
+/// request arrived) fires, whichever is first. Only then is the publish
+/// the call waited for given up.
+async fn deadlines_passed(node: &RunningNode, n: u64) {
+    let metrics = node.metrics;
+    wait_until(60, "the node to give up the late call", || async move {
+        let (_, scrape) = http_get(metrics, "/metrics").await;
+        let count = |s| sample(&scrape, s).unwrap_or(0.0);
+        count("threatmesh_deadline_exceeded_total") + count("threatmesh_requests_abandoned_total")
+            == n as f64
+    })
+    .await;
+}
+
 /// The store is busy past a publisher's deadline (grpc-timeout): the
 /// publish is not stored once the store frees up (before: stored anyway,
 /// so a retry published it twice under a new id).
@@ -348,6 +364,7 @@ async fn a_publish_past_its_deadline_is_not_stored() {
         .await
         .unwrap_err();
     assert!(deadline_passed(&late), "{late:?}");
+    deadlines_passed(&node, 1).await;
     release_write_lock(lock).await;
 
     // The writer takes publishes in order: once a later one is stored, the
@@ -459,6 +476,7 @@ async fn a_retried_publish_with_the_same_idempotency_key_returns_the_original() 
         .await
         .unwrap_err();
     assert!(deadline_passed(&late), "{late:?}");
+    deadlines_passed(&node, 1).await;
     release_write_lock(lock).await;
     let retry = client
         .publish(publish_request(ipv4_draft(4, Tlp::Green), "k-3", None))

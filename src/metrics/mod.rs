@@ -66,6 +66,12 @@ pub struct Metrics {
     registry: Registry,
     /// Indicator versions our publishers published.
     pub published: Counter,
+    /// Requests answered DEADLINE_EXCEEDED because the caller's deadline
+    /// (grpc-timeout) passed first (nothing of them was stored).
+    pub deadline_exceeded: Counter,
+    /// Requests whose caller went away (cancelled, disconnected) before
+    /// the node answered.
+    pub abandoned: Counter,
     /// Release decisions towards partners (Subscribe, TAXII), by rule.
     pub releases: Family<ReleaseLabels, Counter>,
     /// Envelopes refused from partners, by reason.
@@ -101,6 +107,8 @@ impl Metrics {
         let m = Self {
             registry: Registry::default(),
             published: Counter::default(),
+            deadline_exceeded: Counter::default(),
+            abandoned: Counter::default(),
             releases: Family::default(),
             refused: Family::default(),
             tls_failures: Family::default(),
@@ -117,6 +125,16 @@ impl Metrics {
             "published",
             "Indicator versions our publishers published",
             m.published.clone(),
+        );
+        r.register(
+            "deadline_exceeded",
+            "Requests whose caller's deadline (grpc-timeout) passed before the node answered",
+            m.deadline_exceeded.clone(),
+        );
+        r.register(
+            "requests_abandoned",
+            "Requests whose caller went away (cancelled, disconnected) before the node answered",
+            m.abandoned.clone(),
         );
         r.register(
             "releases",
