@@ -624,6 +624,8 @@ fn bench_runs_every_measurement_and_prints_json() {
         "/primitives/sqlite_insert_per_s",
         "/publish_per_s",
         "/publish_ratio",
+        "/publish_batch_per_s",
+        "/publish_batch_ratio",
         "/ingest_per_s",
         "/ingest_ratio",
         "/latency/p99_ms",

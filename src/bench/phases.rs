@@ -55,6 +55,61 @@ pub(super) async fn bench_publish(
     Ok((opts.publish as f64 / elapsed, cpu))
 }
 
+/// Drafts in one PublishBatch of the batch publish run (the most a node
+/// takes in one request, as `publish --file` and `import` send).
+pub const PUBLISH_BATCH: usize = crate::exchange::MAX_BATCH;
+/// PublishBatch requests in flight in the batch publish run.
+pub const BATCHES_IN_FLIGHT: usize = 8;
+
+pub(super) async fn bench_publish_batch(
+    dir: &std::path::Path,
+    opts: &BenchOptions,
+) -> Result<(f64, CpuUse), BenchError> {
+    let a = make_org(&dir.join("publish-batch"), "a.bench", opts).await?;
+    let node = start(&a, listener().await?).await?;
+    let client = warm_publisher(&a, node.addr).await?;
+    let start_at = Instant::now();
+    let cpu0 = cpu_seconds();
+    let batches: Vec<Vec<u64>> = (0..opts.publish)
+        .collect::<Vec<_>>()
+        .chunks(PUBLISH_BATCH)
+        .map(<[u64]>::to_vec)
+        .collect();
+    let results: Vec<Result<usize, String>> = futures_util::stream::iter(batches)
+        .map(|batch| {
+            let mut c = client.clone();
+            async move {
+                let items = batch
+                    .iter()
+                    .map(|&i| PublishRequest {
+                        indicator: Some(draft(i, Tlp::Clear, 70)),
+                        ..Default::default()
+                    })
+                    .collect();
+                let r = c
+                    .publish_batch(crate::proto::v1::PublishBatchRequest { items })
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .into_inner();
+                match r.outcomes.iter().find(|o| o.code != 0) {
+                    Some(o) => Err(o.message.clone()),
+                    None => Ok(r.outcomes.len()),
+                }
+            }
+        })
+        .buffer_unordered(BATCHES_IN_FLIGHT)
+        .collect()
+        .await;
+    let elapsed = start_at.elapsed().as_secs_f64();
+    let cpu = busy_since(cpu0, elapsed, cores());
+    let mut published = 0;
+    for r in results {
+        published += r.map_err(|e| err(format!("batch publish failed: {e}")))?;
+    }
+    node.stop().await;
+    Ok((published as f64 / elapsed, cpu))
+}
+
 pub(super) fn cores() -> usize {
     std::thread::available_parallelism()
         .map(|n| n.get())

@@ -13,10 +13,17 @@ use super::CliError;
 use super::client::{As, channel, rpc_error};
 use crate::model::{KIND_NAMES, parse_kind, parse_tlp};
 use crate::proto::v1::exchange_client::ExchangeClient;
-use crate::proto::v1::{IndicatorDraft, Marking, PublishRequest};
+use crate::proto::v1::{
+    IndicatorDraft, Marking, PublishBatchRequest, PublishRequest, PublishResponse,
+};
 
 /// Publishes in flight at once with `--file`.
 const IN_FLIGHT: usize = 32;
+/// PublishBatch requests of `publish --file` in flight at once.
+const BATCHES_IN_FLIGHT: usize = 4;
+/// Encoded bytes of the drafts in one PublishBatch: under the smallest
+/// request a node may be set to accept (`limits.max_message_bytes`).
+const BATCH_BYTES: usize = crate::config::MIN_MESSAGE_BYTES * 3 / 4;
 
 /// Arguments of `threatmesh publish`.
 #[derive(Debug, Clone, Args)]
@@ -297,21 +304,26 @@ pub async fn run(
     };
     let client = ExchangeClient::new(channel(&settings, As::Publisher)?);
     let total = drafts.len();
-    let mut results = futures_util::stream::iter(drafts)
-        .map(|l| {
-            let mut c = client.clone();
-            async move {
-                let r = c
-                    .publish(PublishRequest {
-                        indicator: Some(l.draft),
-                        idempotency_key: l.key,
-                        preview_recipients: true,
-                    })
-                    .await;
-                (l.number, r)
-            }
-        })
-        .buffered(IN_FLIGHT);
+    let mut results = if args.file.is_some() {
+        in_batches(client, drafts).boxed()
+    } else {
+        futures_util::stream::iter(drafts)
+            .map(|l| {
+                let mut c = client.clone();
+                async move {
+                    let r = c
+                        .publish(PublishRequest {
+                            indicator: Some(l.draft),
+                            idempotency_key: l.key,
+                            preview_recipients: true,
+                        })
+                        .await;
+                    (l.number, r.map(tonic::Response::into_inner))
+                }
+            })
+            .buffered(IN_FLIGHT)
+            .boxed()
+    };
     let (mut published, mut again, mut failed) = (0usize, 0usize, Vec::new());
     let mut reach = Reach::default();
     let progress = args
@@ -323,8 +335,7 @@ pub async fn run(
             p.inc(1);
         }
         match r {
-            Ok(resp) => {
-                let p = resp.into_inner();
+            Ok(p) => {
                 reach.add(&p.recipients);
                 if p.replayed {
                     again += 1;
@@ -390,6 +401,76 @@ pub async fn run(
     } else {
         Err(CliError::Rpc(failed.join("\n")))
     }
+}
+
+/// The lines of a file as PublishBatch requests (at most
+/// [`crate::exchange::MAX_BATCH`] lines and [`BATCH_BYTES`] of drafts each,
+/// [`BATCHES_IN_FLIGHT`] at a time): what became of each line, in order.
+fn in_batches(
+    client: ExchangeClient<tonic::transport::Channel>,
+    lines: Vec<FileLine>,
+) -> impl futures_util::Stream<Item = (usize, Result<PublishResponse, tonic::Status>)> {
+    let mut batches: Vec<Vec<FileLine>> = Vec::new();
+    let mut bytes = 0;
+    for l in lines {
+        let size = prost::Message::encoded_len(&l.draft) + l.key.len() + 16;
+        match batches.last_mut() {
+            Some(b) if b.len() < crate::exchange::MAX_BATCH && bytes + size <= BATCH_BYTES => {
+                b.push(l)
+            }
+            _ => {
+                batches.push(vec![l]);
+                bytes = 0;
+            }
+        }
+        bytes += size;
+    }
+    futures_util::stream::iter(batches)
+        .map(move |batch| {
+            let mut c = client.clone();
+            async move {
+                let numbers: Vec<usize> = batch.iter().map(|l| l.number).collect();
+                let items = batch
+                    .into_iter()
+                    .map(|l| PublishRequest {
+                        indicator: Some(l.draft),
+                        idempotency_key: l.key,
+                        preview_recipients: true,
+                    })
+                    .collect();
+                let answers: Vec<Result<PublishResponse, tonic::Status>> =
+                    match c.publish_batch(PublishBatchRequest { items }).await {
+                        Ok(r) => r
+                            .into_inner()
+                            .outcomes
+                            .into_iter()
+                            .map(|o| match o.published {
+                                Some(p) if o.code == 0 => Ok(p),
+                                _ => Err(tonic::Status::new(
+                                    tonic::Code::from(o.code as i32),
+                                    o.message,
+                                )),
+                            })
+                            .collect(),
+                        Err(s) => numbers.iter().map(|_| Err(s.clone())).collect(),
+                    };
+                let mut answers = answers.into_iter();
+                let out: Vec<_> = numbers
+                    .into_iter()
+                    .map(|n| {
+                        let a = answers.next().unwrap_or_else(|| {
+                            Err(tonic::Status::internal(
+                                "the node answered fewer outcomes than lines",
+                            ))
+                        });
+                        (n, a)
+                    })
+                    .collect();
+                futures_util::stream::iter(out)
+            }
+        })
+        .buffered(BATCHES_IN_FLIGHT)
+        .flatten()
 }
 
 /// Who receives what was published, under the current policies: per

@@ -805,6 +805,7 @@ impl Exchange for ExchangeService {
             ))
             .into());
         }
+        let previews: Vec<bool> = items.iter().map(|i| i.preview_recipients).collect();
         // The retries among them in one look-up, not one per item.
         let checked: Vec<Result<(IndicatorDraft, Option<PublishKey>), RpcError>> = items
             .into_iter()
@@ -876,6 +877,16 @@ impl Exchange for ExchangeService {
                     .map_err(RpcError::from)
                     .map(|a| response(a, Some((id, version)))),
             );
+        }
+        // Who receives each one, for the items that asked.
+        for (outcome, _) in outcomes
+            .iter_mut()
+            .zip(previews)
+            .filter(|(_, preview)| *preview)
+        {
+            if let Some(Ok(p)) = outcome {
+                p.recipients = recipients_of(ctx, &p.id).await.map_err(Status::from)?;
+            }
         }
         let outcomes = outcomes
             .into_iter()
