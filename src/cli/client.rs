@@ -176,6 +176,39 @@ pub enum As {
     Publisher,
 }
 
+/// Sends `items` in one PublishBatch: for each item, in order, what
+/// Publish would have answered it (every item gets the call's own error if
+/// the call failed, and an item the node left unanswered an internal error).
+pub async fn publish_batch(
+    client: &mut crate::proto::v1::exchange_client::ExchangeClient<Channel>,
+    items: Vec<crate::proto::v1::PublishRequest>,
+) -> Vec<Result<crate::proto::v1::PublishResponse, tonic::Status>> {
+    let n = items.len();
+    let request = crate::proto::v1::PublishBatchRequest { items };
+    let mut answers: Vec<_> = match client.publish_batch(request).await {
+        Ok(r) => r
+            .into_inner()
+            .outcomes
+            .into_iter()
+            .take(n)
+            .map(|o| match o.published {
+                Some(p) if o.code == 0 => Ok(p),
+                _ => Err(tonic::Status::new(
+                    tonic::Code::from(o.code as i32),
+                    o.message,
+                )),
+            })
+            .collect(),
+        Err(s) => vec![Err(s); n],
+    };
+    answers.resize_with(n, || {
+        Err(tonic::Status::internal(
+            "the node answered fewer outcomes than items",
+        ))
+    });
+    answers
+}
+
 /// A lazily connecting channel to our node.
 pub fn channel(settings: &Settings, who: As) -> Result<Channel, CliError> {
     let (ck, cp, kk, kp) = match who {

@@ -17,7 +17,7 @@ use super::client::{As, channel, rpc_error};
 use crate::interop::stix::{StixError, stix_field};
 use crate::interop::{csv, misp, stix};
 use crate::proto::v1::exchange_client::ExchangeClient;
-use crate::proto::v1::{IndicatorDraft, PublishBatchRequest, PublishRequest};
+use crate::proto::v1::{IndicatorDraft, PublishRequest};
 
 /// Entries sent in one PublishBatch (the most a node takes). With
 /// [`BATCHES_IN_FLIGHT`], what keeps the node's group commits large: a
@@ -230,24 +230,14 @@ async fn publish_chunk(
         }
     }
     let mut answers: Vec<Outcome> = match (client, items.is_empty()) {
-        (Some(mut c), false) => {
-            let n = items.len();
-            match c.publish_batch(PublishBatchRequest { items }).await {
-                Ok(r) => r
-                    .into_inner()
-                    .outcomes
-                    .into_iter()
-                    .map(|o| match o.published {
-                        Some(p) if o.code == 0 => Outcome::Published(p),
-                        _ => Outcome::Refused(tonic::Status::new(
-                            tonic::Code::from(o.code as i32),
-                            o.message,
-                        )),
-                    })
-                    .collect(),
-                Err(s) => (0..n).map(|_| Outcome::Refused(s.clone())).collect(),
-            }
-        }
+        (Some(mut c), false) => super::client::publish_batch(&mut c, items)
+            .await
+            .into_iter()
+            .map(|a| match a {
+                Ok(p) => Outcome::Published(p),
+                Err(s) => Outcome::Refused(s),
+            })
+            .collect(),
         _ => Vec::new(),
     };
     answers.reverse();

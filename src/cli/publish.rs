@@ -13,9 +13,7 @@ use super::CliError;
 use super::client::{As, channel, rpc_error};
 use crate::model::{KIND_NAMES, parse_kind, parse_tlp};
 use crate::proto::v1::exchange_client::ExchangeClient;
-use crate::proto::v1::{
-    IndicatorDraft, Marking, PublishBatchRequest, PublishRequest, PublishResponse,
-};
+use crate::proto::v1::{IndicatorDraft, Marking, PublishRequest, PublishResponse};
 
 /// Publishes in flight at once with `--file`.
 const IN_FLIGHT: usize = 32;
@@ -438,34 +436,8 @@ fn in_batches(
                         preview_recipients: true,
                     })
                     .collect();
-                let answers: Vec<Result<PublishResponse, tonic::Status>> =
-                    match c.publish_batch(PublishBatchRequest { items }).await {
-                        Ok(r) => r
-                            .into_inner()
-                            .outcomes
-                            .into_iter()
-                            .map(|o| match o.published {
-                                Some(p) if o.code == 0 => Ok(p),
-                                _ => Err(tonic::Status::new(
-                                    tonic::Code::from(o.code as i32),
-                                    o.message,
-                                )),
-                            })
-                            .collect(),
-                        Err(s) => numbers.iter().map(|_| Err(s.clone())).collect(),
-                    };
-                let mut answers = answers.into_iter();
-                let out: Vec<_> = numbers
-                    .into_iter()
-                    .map(|n| {
-                        let a = answers.next().unwrap_or_else(|| {
-                            Err(tonic::Status::internal(
-                                "the node answered fewer outcomes than lines",
-                            ))
-                        });
-                        (n, a)
-                    })
-                    .collect();
+                let answers = super::client::publish_batch(&mut c, items).await;
+                let out: Vec<_> = numbers.into_iter().zip(answers).collect();
                 futures_util::stream::iter(out)
             }
         })
