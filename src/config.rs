@@ -239,11 +239,24 @@ pub struct FederationSettings {
     /// Bytes of refused envelopes kept per partner for the operator to
     /// inspect; beyond it, refusals are recorded without the envelope.
     pub rejected_bytes_kept_per_partner: u64,
+    /// Refusal records kept per partner (the newest); older ones are
+    /// removed, with a ledger row (the ledger keeps every refusal's row).
+    pub refusals_kept_per_partner: u64,
     /// Most cards of not-yet-approved orgs one partner can make us hold
     /// pending.
     pub pending_cards_max_per_partner: u64,
     /// Most bytes of such pending cards per partner.
     pub pending_cards_max_bytes_per_partner: u64,
+}
+
+impl FederationSettings {
+    /// What is kept of one partner's refused envelopes.
+    pub fn refusals_kept(&self) -> crate::store::RefusalsKept {
+        crate::store::RefusalsKept {
+            bytes: self.rejected_bytes_kept_per_partner,
+            rows: self.refusals_kept_per_partner.max(1),
+        }
+    }
 }
 
 /// `[revocation]`

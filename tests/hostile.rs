@@ -852,15 +852,7 @@ async fn a_partner_cannot_fill_our_disk_with_envelopes_we_refuse() {
     // configured share (here about 10 envelopes' worth).
     let r = Org::new("r.example");
     let mut b = Org::new("b.example");
-    let r_key = r.signing_key();
-    let flood: Vec<Vec<u8>> = (0..40)
-        .map(|i| {
-            let mut e = signed("r.example", &r_key, &format!("h{i}.altered.example"));
-            let n = e.payload.len() / 2;
-            e.payload[n] ^= 0x01;
-            bytes(&e)
-        })
-        .collect();
+    let flood = altered(&r, 40);
     let one = flood[0].len() as u64;
     b.settings.federation.rejected_bytes_kept_per_partner = one * 10 + one / 2;
     let rogue = RogueUpstream::start(&r, &[&b], flood).await;
@@ -877,6 +869,69 @@ async fn a_partner_cannot_fill_our_disk_with_envelopes_we_refuse() {
         one * 10
     );
     assert_eq!(node_b.ctx.store.latest_seq().await.unwrap(), 0);
+    drop(rogue);
+    node_b.stop().await;
+}
+
+/// `n` envelopes of `r` with a flipped payload byte (their signatures fail).
+fn altered(r: &Org, n: u32) -> Vec<Vec<u8>> {
+    let key = r.signing_key();
+    (0..n)
+        .map(|i| {
+            let mut e = signed(r.id.as_str(), &key, &format!("h{i}.altered.example"));
+            let mid = e.payload.len() / 2;
+            e.payload[mid] ^= 0x01;
+            bytes(&e)
+        })
+        .collect()
+}
+
+/// A partner inventing envelopes we refuse cannot grow our refusal records
+/// without end either: the newest `refusals_kept_per_partner` are kept, the
+/// older removed with a ledger row, and the ledger keeps every refusal.
+/// (Before: one row per refused envelope, forever.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partner_cannot_grow_our_refusal_records_without_end() {
+    let r = Org::new("r.example");
+    let mut b = Org::new("b.example");
+    let flood = altered(&r, 40);
+    b.settings.federation.refusals_kept_per_partner = 10;
+    b.settings.federation.batch_size = 8;
+    let rogue = RogueUpstream::start(&r, &[&b], flood).await;
+    b.add_peer(&r, Some(rogue.addr)).await;
+    let node_b = start(&b).await;
+    considered(&node_b, &r.id, 40).await;
+    let rej = node_b.ctx.store.rejections().await.unwrap();
+    let seqs: Vec<u64> = rej.iter().map(|x| x.upstream_seq).collect();
+    assert_eq!(
+        seqs,
+        (31..=40).collect::<Vec<u64>>(),
+        "the newest 10 are kept"
+    );
+    let rows = node_b
+        .ctx
+        .store
+        .audit_rows(Some("r.example"), None)
+        .await
+        .unwrap();
+    assert!(
+        rows.iter().any(|r| r.entry.rule == "limit-reached"
+            && r.entry
+                .detail
+                .contains("federation.refusals_kept_per_partner")),
+        "a ledger row says older records were removed"
+    );
+    // Refusals share a ledger row per batch, each named in its subject.
+    let refused_on_ledger: usize = rows
+        .iter()
+        .filter(|r| r.entry.rule != "limit-reached" && r.entry.event == "rejected")
+        .map(|r| r.entry.subject.matches("r.example seq ").count())
+        .sum();
+    assert_eq!(refused_on_ledger, 40, "the ledger keeps every refusal");
+    assert_eq!(
+        node_b.ctx.store.verify_audit().await.unwrap(),
+        Ok(node_b.ctx.store.count_audit().await.unwrap())
+    );
     drop(rogue);
     node_b.stop().await;
 }

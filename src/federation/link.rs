@@ -297,7 +297,7 @@ async fn commit_batches(
                 &merged.refused,
                 &merged.quarantined,
                 (&merged.log_id, merged.cursor),
-                ctx.settings.federation.rejected_bytes_kept_per_partner,
+                ctx.settings.federation.refusals_kept(),
             )
             .await?;
         progress.store(true, std::sync::atomic::Ordering::Relaxed);

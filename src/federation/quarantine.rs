@@ -103,11 +103,7 @@ pub async fn release(ctx: &NodeContext) -> Result<u64, StoreError> {
         });
         if ctx
             .store
-            .resolve_quarantine(
-                &q,
-                outcome,
-                ctx.settings.federation.rejected_bytes_kept_per_partner,
-            )
+            .resolve_quarantine(&q, outcome, ctx.settings.federation.refusals_kept())
             .await?
         {
             stored += 1;

@@ -18,6 +18,18 @@ use crate::refusal::{Refusal, RefusalKind};
 /// later update by the origin.
 pub const MAX_VERSION_STEP: u64 = 1_000;
 
+/// What is kept of the refusals of one partner: the refused envelopes'
+/// bytes up to `bytes` in all, and the newest `rows` refusal records (older
+/// ones are removed, with a ledger row saying so; the ledger keeps every
+/// refusal's own row).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RefusalsKept {
+    /// Bytes of refused envelopes kept, in all.
+    pub bytes: u64,
+    /// Refusal records kept.
+    pub rows: u64,
+}
+
 /// A refused envelope to record.
 #[derive(Debug, Clone)]
 pub struct Rejection {
@@ -214,15 +226,17 @@ impl Store {
     }
 
     /// Records envelopes refused from `upstream`, keeping their bytes while
-    /// the partner's refused bytes stay within `keep_bytes`. Returns how many.
+    /// the partner's refused bytes stay within `keep.bytes`, and its newest
+    /// `keep.rows` records. Returns how many.
     pub(super) async fn record_refusals(
         &self,
         tx: &mut Tx,
         upstream: &OrgId,
         refusals: &[&[Rejection]],
-        keep_bytes: u64,
+        keep: RefusalsKept,
         audit: &mut Vec<AuditEntry>,
     ) -> Result<u64, StoreError> {
+        let keep_bytes = keep.bytes;
         if refusals.iter().all(|r| r.is_empty()) {
             return Ok(0);
         }
@@ -243,7 +257,65 @@ impl Store {
         .bind(to_i64(before - left))
         .execute(&mut **db)
         .await.map(|r| r.rows_affected())?);
+        self.trim_refusals(tx, upstream, keep.rows, audit).await?;
         Ok(n)
+    }
+
+    /// Removes `upstream`'s oldest refusal records beyond its newest
+    /// `rows` (and their kept bytes from its share), with a ledger row.
+    async fn trim_refusals(
+        &self,
+        tx: &mut Tx,
+        upstream: &OrgId,
+        rows: u64,
+        audit: &mut Vec<AuditEntry>,
+    ) -> Result<(), StoreError> {
+        // The id of the oldest record to keep, if there are more.
+        let last_kept: Option<i64> = on!(Tx, &mut *tx, db => sqlx::query_scalar(sql!(
+            "SELECT id FROM rejections WHERE upstream_org = ? ORDER BY id DESC LIMIT 1 OFFSET ?"
+        ))
+        .bind(upstream.as_str())
+        .bind(to_i64(rows.saturating_sub(1)))
+        .fetch_optional(&mut **db)
+        .await?);
+        let Some(last_kept) = last_kept else {
+            return Ok(());
+        };
+        let (n, bytes): (i64, Option<i64>) = on!(Tx, &mut *tx, db => sqlx::query_as(sql!(
+            "SELECT COUNT(*), CAST(SUM(LENGTH(envelope)) AS BIGINT) FROM rejections \
+             WHERE upstream_org = ? AND id < ?"
+        ))
+        .bind(upstream.as_str())
+        .bind(last_kept)
+        .fetch_one(&mut **db)
+        .await?);
+        if n == 0 {
+            return Ok(());
+        }
+        on!(Tx, &mut *tx, db => sqlx::query(sql!(
+            "DELETE FROM rejections WHERE upstream_org = ? AND id < ?"
+        ))
+        .bind(upstream.as_str())
+        .bind(last_kept)
+        .execute(&mut **db)
+        .await
+        .map(|r| r.rows_affected())?);
+        on!(Tx, &mut *tx, db => sqlx::query(sql!(
+            "UPDATE rejected_bytes SET kept_bytes = CASE WHEN kept_bytes > ?2 THEN kept_bytes - ?2 ELSE 0 END \
+             WHERE upstream_org = ?1"
+        ))
+        .bind(upstream.as_str())
+        .bind(bytes.unwrap_or(0))
+        .execute(&mut **db)
+        .await
+        .map(|r| r.rows_affected())?);
+        audit.push(AuditEntry::over_limit(
+            upstream.as_str(),
+            "refusals",
+            "federation.refusals_kept_per_partner",
+            &format!("{n} older refusal record(s) removed; the newest {rows} are kept"),
+        ));
+        Ok(())
     }
 
     /// Records a refused envelope from `upstream`, keeping its bytes if
@@ -289,8 +361,9 @@ impl Store {
     /// moves forward, and only within the log it counts in (`cursor` =
     /// (log identity, seq)): after an operator's reset, what a session of
     /// the old cursor still commits no longer moves it. Refused envelopes'
-    /// bytes are kept up to `keep_rejected` bytes per partner in all;
-    /// beyond, only the refusal.
+    /// bytes are kept up to `keep_rejected.bytes` per partner in all
+    /// (beyond, only the refusal), and its newest `keep_rejected.rows`
+    /// records.
     pub async fn ingest_batch(
         &self,
         upstream: &OrgId,
@@ -298,7 +371,7 @@ impl Store {
         rejections: &[Rejection],
         quarantined: &[Quarantined],
         cursor: (&str, u64),
-        keep_rejected: u64,
+        keep_rejected: RefusalsKept,
     ) -> Result<IngestOutcome, StoreError> {
         let (log_id, cursor) = cursor;
         let mut out = IngestOutcome::default();

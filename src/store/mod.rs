@@ -53,7 +53,7 @@ use crate::clock::Clock;
 
 pub use copy::CopyReport;
 pub use directory::{CardState, DirectoryRow};
-pub use ingest::{IngestOutcome, MAX_VERSION_STEP, Rejection, RejectionRecord};
+pub use ingest::{IngestOutcome, MAX_VERSION_STEP, RefusalsKept, Rejection, RejectionRecord};
 pub use keys::OwnKeyRow;
 pub use log::{DecodedCell, NewIndicator, StoredIndicator, Versions};
 pub use peers::{PeerChange, PeerRecord, PeerState};

@@ -150,7 +150,7 @@ impl Store {
         &self,
         q: &QuarantineRow,
         outcome: Result<NewIndicator, Rejection>,
-        keep_rejected: u64,
+        keep_rejected: super::RefusalsKept,
     ) -> Result<bool, StoreError> {
         let (_writing, mut tx) = self.write_tx().await?;
         let mut audit = Vec::new();
