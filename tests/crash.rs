@@ -4,12 +4,11 @@
 mod common;
 
 use std::collections::HashSet;
-use std::process::Stdio;
 use std::time::Duration;
 
 use common::*;
 use threatmesh::proto::v1::Tlp;
-use tokio::process::{Child, Command};
+use tokio::process::Child;
 
 fn spawn_serve(org: &Org) -> Child {
     spawn_serve_at(org, None)
@@ -18,20 +17,11 @@ fn spawn_serve(org: &Org) -> Child {
 /// `serve` for `org`, on `listen` if given (a relay partners dial), with
 /// settings through the environment, as an operator would override them.
 fn spawn_serve_at(org: &Org, listen: Option<std::net::SocketAddr>) -> Child {
-    let mut serve = Command::new(env!("CARGO_BIN_EXE_threatmesh"));
-    serve.args(["serve", "--config"]).arg(&org.config);
+    let mut serve = serve_command(org);
     if let Some(addr) = listen {
         serve.env("THREATMESH__NODE__LISTEN", addr.to_string());
     }
-    serve
-        .env("THREATMESH__FEDERATION__PEER_REFRESH_MS", "100")
-        .env("THREATMESH__FEDERATION__RECONNECT_MIN_MS", "50")
-        .env("THREATMESH__FEDERATION__RECONNECT_MAX_MS", "500")
-        .env("THREATMESH__LOG__LEVEL", "warn")
-        .stdout(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("start threatmesh serve")
+    serve.spawn().expect("start threatmesh serve")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

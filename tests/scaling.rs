@@ -10,13 +10,12 @@
 mod common;
 
 use std::collections::{HashMap, HashSet};
-use std::process::Stdio;
 use std::time::Duration;
 
 use common::*;
 use prost::Message;
 use threatmesh::proto::v1::{Envelope, Indicator, SubscribeRequest, Tlp};
-use tokio::process::{Child, Command};
+use tokio::process::Child;
 
 /// Ids delivered on a Subscribe stream as `subscriber` to `node` (of
 /// `org`), in order, until `want` distinct ids have come; with how many
@@ -116,18 +115,10 @@ async fn two_replicas_publishing_concurrently_deliver_every_indicator_once_to_a_
 /// `metrics` (settings through the environment, as an operator would set
 /// them per replica).
 fn spawn_replica(org: &Org, listen: std::net::SocketAddr, metrics: std::net::SocketAddr) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_threatmesh"))
-        .args(["serve", "--config"])
-        .arg(&org.config)
+    serve_command(org)
         .env("THREATMESH__NODE__LISTEN", listen.to_string())
         .env("THREATMESH__METRICS__LISTEN", metrics.to_string())
-        .env("THREATMESH__FEDERATION__PEER_REFRESH_MS", "100")
-        .env("THREATMESH__FEDERATION__RECONNECT_MIN_MS", "50")
-        .env("THREATMESH__FEDERATION__RECONNECT_MAX_MS", "500")
         .env("THREATMESH__FEDERATION__BATCH_SIZE", "25")
-        .env("THREATMESH__LOG__LEVEL", "warn")
-        .stdout(Stdio::null())
-        .kill_on_drop(true)
         .spawn()
         .expect("start threatmesh serve")
 }
@@ -278,12 +269,18 @@ async fn a_replica_killed_mid_stream_hands_its_subscriber_and_its_links_to_the_o
 
 /// `threatmesh store copy --from .. --to ..`, run as an operator would.
 fn store_copy(org: &Org, from: &str, to: &str) -> std::process::Output {
-    std::process::Command::new(env!("CARGO_BIN_EXE_threatmesh"))
-        .arg("--config")
-        .arg(&org.config)
-        .args(["store", "copy", "--from", from, "--to", to])
-        .output()
-        .unwrap()
+    operator(org, None, &["store", "copy", "--from", from, "--to", to])
+}
+
+/// `threatmesh ARGS` for `org`, as an operator would run it; `node`: where
+/// its node answers, if it runs.
+fn operator(org: &Org, node: Option<std::net::SocketAddr>, args: &[&str]) -> std::process::Output {
+    let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_threatmesh"));
+    c.arg("--config").arg(&org.config).args(args);
+    if let Some(addr) = node {
+        c.env("THREATMESH_SERVER", addr.to_string());
+    }
+    c.output().unwrap()
 }
 
 fn said(o: &std::process::Output) -> String {
@@ -311,11 +308,19 @@ async fn a_sqlite_store_copied_to_postgres_serves_its_partners_from_their_cursor
     caught_up(&node_b, &a, &node_a).await;
     let log_id = node_a.ctx.log_id.clone();
     let cursor = node_b.ctx.store.cursor(&a.id).await.unwrap();
+    let db = PgDatabase::create(&pg_server());
+    let sqlite = a.settings.store.path.to_str().unwrap().to_string();
+    // Not while the node runs (what it writes meanwhile would be missing).
+    let o = operator(
+        &a,
+        Some(addr),
+        &["store", "copy", "--from", &sqlite, "--to", &db.url()],
+    );
+    assert_eq!(o.status.code(), Some(1), "{}", said(&o));
+    assert!(said(&o).contains("stop it"), "{}", said(&o));
     node_a.stop().await;
 
     // Copied into an empty PostgreSQL database, checked by the copy itself.
-    let db = PgDatabase::create(&pg_server());
-    let sqlite = a.settings.store.path.to_str().unwrap().to_string();
     let o = store_copy(&a, &sqlite, &db.url());
     assert!(o.status.success(), "{}", said(&o));
     assert!(said(&o).contains("ledger intact"), "{}", said(&o));
@@ -347,15 +352,7 @@ async fn a_sqlite_store_copied_to_postgres_serves_its_partners_from_their_cursor
     caught_up(&node_b, &a, &node_a).await;
     let held: HashSet<String> = ids_at(&node_b).await.into_iter().collect();
     assert_eq!(held, first.union(&second).cloned().collect::<HashSet<_>>());
-    let (_, scrape) = http_get(node_a.metrics, "/metrics").await;
-    let sent: f64 = scrape
-        .lines()
-        .filter(|l| {
-            l.starts_with("threatmesh_releases_total{partner=\"b.example\"")
-                && l.contains("decision=\"sent\"")
-        })
-        .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
-        .sum();
+    let sent = sent_to(node_a.metrics, "b.example").await;
     assert_eq!(
         sent, 30.0,
         "only the new indicators were sent after the move"
@@ -410,6 +407,10 @@ async fn a_postgres_store_put_back_from_a_backup_is_read_again_by_its_partners()
     .await;
     caught_up(&node_b, &a, &node_a).await;
     let old_log = node_a.ctx.log_id.clone();
+    // Not while the node runs.
+    let o = operator(&a, Some(addr), &["store", "restored", "--from", "x"]);
+    assert_eq!(o.status.code(), Some(1), "{}", said(&o));
+    assert!(said(&o).contains("stop it"), "{}", said(&o));
     node_a.stop().await;
 
     // Put back: A now runs on the backup, whose sequence numbers 51-100
@@ -418,13 +419,11 @@ async fn a_postgres_store_put_back_from_a_backup_is_read_again_by_its_partners()
     let config = std::fs::read_to_string(&a.config).unwrap();
     let old_url = a.pg.as_ref().unwrap().url();
     std::fs::write(&a.config, config.replace(&old_url, &backup.url())).unwrap();
-    let o = std::process::Command::new(env!("CARGO_BIN_EXE_threatmesh"))
-        .arg("--config")
-        .arg(&a.config)
-        .env("THREATMESH_SERVER", addr.to_string())
-        .args(["store", "restored", "--from", "the nightly backup"])
-        .output()
-        .unwrap();
+    let o = operator(
+        &a,
+        Some(addr),
+        &["store", "restored", "--from", "the nightly backup"],
+    );
     assert!(o.status.success(), "{}", said(&o));
     assert!(said(&o).contains("log up to seq 50"), "{}", said(&o));
     let node_a = start_on(&a, tokio::net::TcpListener::bind(addr).await.unwrap()).await;

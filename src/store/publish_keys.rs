@@ -72,8 +72,7 @@ impl Store {
         publisher: &str,
         key: &PublishKey,
     ) -> Result<Option<Appended>, StoreError> {
-        let mut tx = self.pool.begin().await?;
-        let rec = key_records_in(&mut tx, &[(publisher, key.key.as_str())])
+        let rec = key_records_in(Lookup::Pool(&self.pool), &[(publisher, key.key.as_str())])
             .await?
             .remove(&(publisher.to_string(), key.key.clone()));
         rec.map(|r| r.replay(key)).transpose()
@@ -90,8 +89,7 @@ impl Store {
             return Ok(HashMap::new());
         }
         let asked: Vec<(&str, &str)> = keys.iter().map(|k| (publisher, k.key.as_str())).collect();
-        let mut tx = self.pool.begin().await?;
-        let held = key_records_in(&mut tx, &asked).await?;
+        let held = key_records_in(Lookup::Pool(&self.pool), &asked).await?;
         Ok(keys
             .iter()
             .filter_map(|k| {
@@ -108,7 +106,7 @@ impl Store {
         tx: &mut Tx,
         keys: &[(&str, &str)],
     ) -> Result<HashMap<(String, String), KeyRecord>, StoreError> {
-        key_records_in(tx, keys).await
+        key_records_in(Lookup::Tx(tx), keys).await
     }
 
     /// Remembers, for each (publisher, key, (id, version, seq)), that the
@@ -208,25 +206,43 @@ pub(super) async fn hash_kept_keys(conn: &mut sqlx::SqliteConnection) -> Result<
 /// The records of `keys` ((publisher, key) pairs) held, found by hash a
 /// statement per [`ROWS_PER_STATEMENT`] keys and kept where the strings
 /// match.
+/// Where a look-up of keys reads: the pool (before signing, on the publish
+/// path: no transaction of its own) or the commit's transaction.
+enum Lookup<'a> {
+    Pool(&'a super::db::Pool),
+    Tx(&'a mut Tx),
+}
+
 async fn key_records_in(
-    tx: &mut Tx,
+    mut at: Lookup<'_>,
     keys: &[(&str, &str)],
 ) -> Result<HashMap<(String, String), KeyRecord>, StoreError> {
     let mut out = HashMap::new();
     for chunk in keys.chunks(ROWS_PER_STATEMENT) {
         let wanted: std::collections::HashSet<(&str, &str)> = chunk.iter().copied().collect();
-        let rows: Vec<(String, String, Vec<u8>, String, i64, i64)> = on!(Tx, &mut *tx, db => {
-            let mut q = sqlx::QueryBuilder::<DB>::new(
-                "SELECT publisher, key, request_digest, indicator_id, version, seq FROM publish_keys \
-                 WHERE key_hash IN (",
-            );
-            let mut hashes = q.separated(", ");
-            for (publisher, key) in chunk {
-                hashes.push_bind(key_hash(publisher, key));
-            }
-            q.push(")");
-            q.build_query_as().fetch_all(&mut **db).await?
-        });
+        // The statement for this chunk, in the backend `$db`'s placeholders.
+        macro_rules! lookup {
+            ($db:ty) => {{
+                let mut q = sqlx::QueryBuilder::<$db>::new(
+                    "SELECT publisher, key, request_digest, indicator_id, version, seq FROM publish_keys \
+                     WHERE key_hash IN (",
+                );
+                let mut hashes = q.separated(", ");
+                for (publisher, key) in chunk {
+                    hashes.push_bind(key_hash(publisher, key));
+                }
+                q.push(")");
+                q
+            }};
+        }
+        let rows: Vec<(String, String, Vec<u8>, String, i64, i64)> = match &mut at {
+            Lookup::Pool(pool) => on!(Pool, *pool, db => {
+                lookup!(DB).build_query_as().fetch_all(db).await?
+            }),
+            Lookup::Tx(tx) => on!(Tx, &mut **tx, db => {
+                lookup!(DB).build_query_as().fetch_all(&mut **db).await?
+            }),
+        };
         for (publisher, key, request_digest, indicator_id, version, seq) in rows {
             if !wanted.contains(&(publisher.as_str(), key.as_str())) {
                 continue;

@@ -1198,3 +1198,20 @@ impl TestStore {
         Store::open(&self.settings, Clock::system()).await.unwrap()
     }
 }
+
+/// `threatmesh serve` for `org` as a real process, with fast link timings
+/// and settings through the environment as an operator would override
+/// them (add more with `.env(..)`), killed when dropped.
+pub fn serve_command(org: &Org) -> tokio::process::Command {
+    let mut serve = tokio::process::Command::new(env!("CARGO_BIN_EXE_threatmesh"));
+    serve
+        .args(["serve", "--config"])
+        .arg(&org.config)
+        .env("THREATMESH__FEDERATION__PEER_REFRESH_MS", "100")
+        .env("THREATMESH__FEDERATION__RECONNECT_MIN_MS", "50")
+        .env("THREATMESH__FEDERATION__RECONNECT_MAX_MS", "500")
+        .env("THREATMESH__LOG__LEVEL", "warn")
+        .stdout(std::process::Stdio::null())
+        .kill_on_drop(true);
+    serve
+}
