@@ -73,15 +73,29 @@ async fn a_revoked_publisher_is_refused_on_its_next_rpc() {
     assert!(node.ctx.view.load().trust.is_revoked(&serial));
 
     // The same client, next RPC (its connection was closed, so it dials
-    // again): refused, with the reason.
-    let err = open
-        .publish(PublishRequest {
-            indicator: Some(ipv4_draft(2, Tlp::Green)),
-            ..Default::default()
-        })
-        .await
-        .unwrap_err();
-    assert_eq!(err.code(), tonic::Code::Unauthenticated);
+    // again): refused, with the reason. A call the client sent on the
+    // closing connection before it saw the close never reached the node
+    // (a transport error, seen once in CI's PostgreSQL pass); it is sent
+    // again, as a client would.
+    let mut err = None;
+    for _ in 0..3 {
+        let e = open
+            .publish(PublishRequest {
+                indicator: Some(ipv4_draft(2, Tlp::Green)),
+                ..Default::default()
+            })
+            .await
+            .unwrap_err();
+        // The node answers no call Unknown: that is the client's own
+        // transport failing.
+        let transport = e.code() == tonic::Code::Unknown;
+        err = Some(e);
+        if !transport {
+            break;
+        }
+    }
+    let err = err.expect("at least one attempt");
+    assert_eq!(err.code(), tonic::Code::Unauthenticated, "{err:?}");
     assert!(
         err.message().contains("has been revoked"),
         "{}",
