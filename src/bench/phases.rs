@@ -21,16 +21,53 @@ async fn warm_publisher(
     Ok(client)
 }
 
+/// What a phase measured: its rate, and the cores busy in the node's
+/// process and in the bench's (the clients) meanwhile.
+pub(super) struct Measured {
+    pub per_s: f64,
+    pub node_cpu: CpuUse,
+    pub clients_cpu: CpuUse,
+}
+
+/// CPU counters of the node process and of the bench, read together at
+/// the start of a timed part.
+struct Timed {
+    at: Instant,
+    node: (f64, f64),
+    clients: (f64, f64),
+}
+
+impl Timed {
+    fn start(node: &NodeProcess) -> Self {
+        Self {
+            at: Instant::now(),
+            node: node.cpu_seconds(),
+            clients: cpu_seconds(),
+        }
+    }
+
+    /// `count` things done since [`Timed::start`].
+    fn done(&self, node: &NodeProcess, count: f64) -> Measured {
+        let wall = self.at.elapsed().as_secs_f64();
+        Measured {
+            per_s: count / wall,
+            node_cpu: node.busy_since(self.node, wall, cores()),
+            clients_cpu: busy_since(self.clients, wall, cores()),
+        }
+    }
+}
+
+/// Unary Publish, [`BenchOptions::in_flight`] at once, to a node in its own
+/// process.
 pub(super) async fn bench_publish(
     dir: &std::path::Path,
     opts: &BenchOptions,
-) -> Result<(f64, CpuUse), BenchError> {
+) -> Result<Measured, BenchError> {
     let a = make_org(&dir.join("publish"), "a.bench", opts).await?;
-    let node = start(&a, listener().await?).await?;
+    let node = NodeProcess::start(&a, &tuning(opts)).await?;
     // Warm the connection.
     let client = warm_publisher(&a, node.addr).await?;
-    let start_at = Instant::now();
-    let cpu0 = cpu_seconds();
+    let timed = Timed::start(&node);
     let results: Vec<Result<(), tonic::Status>> = futures_util::stream::iter(0..opts.publish)
         .map(|i| {
             let mut c = client.clone();
@@ -46,13 +83,12 @@ pub(super) async fn bench_publish(
         .buffer_unordered(opts.in_flight)
         .collect()
         .await;
-    let elapsed = start_at.elapsed().as_secs_f64();
-    let cpu = busy_since(cpu0, elapsed, cores());
+    let measured = timed.done(&node, opts.publish as f64);
     if let Some(Err(e)) = results.into_iter().find(Result::is_err) {
         return Err(err(format!("publish failed: {e}")));
     }
     node.stop().await;
-    Ok((opts.publish as f64 / elapsed, cpu))
+    Ok(measured)
 }
 
 /// Drafts in one PublishBatch of the batch publish run (the most a node
@@ -61,15 +97,16 @@ pub const PUBLISH_BATCH: usize = crate::exchange::MAX_BATCH;
 /// PublishBatch requests in flight in the batch publish run.
 pub const BATCHES_IN_FLIGHT: usize = 8;
 
+/// PublishBatch, [`PUBLISH_BATCH`] drafts a request and
+/// [`BATCHES_IN_FLIGHT`] requests at once, to a node in its own process.
 pub(super) async fn bench_publish_batch(
     dir: &std::path::Path,
     opts: &BenchOptions,
-) -> Result<(f64, CpuUse), BenchError> {
+) -> Result<Measured, BenchError> {
     let a = make_org(&dir.join("publish-batch"), "a.bench", opts).await?;
-    let node = start(&a, listener().await?).await?;
+    let node = NodeProcess::start(&a, &tuning(opts)).await?;
     let client = warm_publisher(&a, node.addr).await?;
-    let start_at = Instant::now();
-    let cpu0 = cpu_seconds();
+    let timed = Timed::start(&node);
     let batches: Vec<Vec<u64>> = (0..opts.publish)
         .collect::<Vec<_>>()
         .chunks(PUBLISH_BATCH)
@@ -100,14 +137,11 @@ pub(super) async fn bench_publish_batch(
         .buffer_unordered(BATCHES_IN_FLIGHT)
         .collect()
         .await;
-    let elapsed = start_at.elapsed().as_secs_f64();
-    let cpu = busy_since(cpu0, elapsed, cores());
-    let mut published = 0;
-    for r in results {
-        published += r.map_err(|e| err(format!("batch publish failed: {e}")))?;
-    }
+    let published: Result<usize, String> = results.into_iter().sum();
+    let published = published.map_err(|e| err(format!("batch publish failed: {e}")))?;
+    let measured = timed.done(&node, published as f64);
     node.stop().await;
-    Ok((published as f64 / elapsed, cpu))
+    Ok(measured)
 }
 
 pub(super) fn cores() -> usize {
@@ -381,11 +415,43 @@ pub(super) fn subscriber_org(i: usize) -> Result<SubscriberOrg, BenchError> {
     Ok(SubscriberOrg { cert, card })
 }
 
+/// Publishes `drafts` through PublishBatch, 200 a request, one request at
+/// a time; returns the highest sequence number they were stored at.
+async fn publish_drafts(
+    client: &mut ExchangeClient<Channel>,
+    drafts: Vec<IndicatorDraft>,
+) -> Result<u64, BenchError> {
+    let mut last = 0;
+    for chunk in drafts.chunks(200) {
+        let items = chunk
+            .iter()
+            .map(|d| PublishRequest {
+                indicator: Some(d.clone()),
+                ..Default::default()
+            })
+            .collect();
+        let r = client
+            .publish_batch(crate::proto::v1::PublishBatchRequest { items })
+            .await
+            .map_err(err)?
+            .into_inner();
+        for o in r.outcomes {
+            match o.published {
+                Some(p) if o.code == 0 => last = last.max(p.seq),
+                _ => return Err(err(format!("publish failed: {}", o.message))),
+            }
+        }
+    }
+    Ok(last)
+}
+
+/// Fan-out: A, in its own process, publishes while `opts.subscribers`
+/// partners (this process, each its own org and mTLS connection) are
+/// subscribed; then a subscriber that stops reading.
 pub(super) async fn bench_fanout(
     dir: &std::path::Path,
     opts: &BenchOptions,
 ) -> Result<Fanout, BenchError> {
-    reset_peak_rss();
     let base = dir.join("fanout");
     let a = make_org(&base, "a.bench", opts).await?;
     let subs: Vec<SubscriberOrg> = (0..opts.subscribers)
@@ -421,35 +487,38 @@ pub(super) async fn bench_fanout(
         }
         store.close().await;
     }
-    let node = start(&a, listener().await?).await?;
+    let node = NodeProcess::start(&a, &tuning(opts)).await?;
     let ca = std::fs::read_to_string(&a.tls.ca_cert).map_err(err)?;
     let own = a.org_id();
+    let mut publisher = publisher(&a, node.addr)?;
 
-    // The indicators to come, signed now (outside the timed part), and what
-    // each policy lets through of them.
+    // What each policy lets through of the indicators to come.
     let now = crate::clock::wall_ms();
     let key = load_signing_key(&a).map_err(err)?;
-    let fan_rows: Vec<NewIndicator> = (0..opts.fanout_indicators)
+    let drafts: Vec<IndicatorDraft> = (0..opts.fanout_indicators)
         .map(|i| {
             let (tlp, conf) = fanout_mix(i);
-            own_row(&own, &key, draft(i, tlp, conf))
+            draft(i, tlp, conf)
         })
+        .collect();
+    let rows: Vec<NewIndicator> = drafts
+        .iter()
+        .map(|d| own_row(&own, &key, d.clone()))
         .collect();
     let anyone = OrgId::parse("x.bench").map_err(err)?;
     let expected_per_policy: Vec<u64> = policies
         .iter()
         .map(|p| {
-            fan_rows
-                .iter()
+            rows.iter()
                 .filter(|row| {
                     crate::policy::egress(&own, &row.indicator, 0, &anyone, Some(p), now).is_allow()
                 })
                 .count() as u64
         })
         .collect();
+    drop(rows);
 
-    // Everyone subscribes from the current end of A's log.
-    let from = node.ctx.store.latest_seq().await.map_err(err)?;
+    // Everyone subscribes from the start of A's log, empty until now.
     let (done_tx, mut done_rx) = tokio::sync::mpsc::channel::<u64>(opts.subscribers);
     let ready = Arc::new(tokio::sync::Barrier::new(opts.subscribers + 1));
     for (i, s) in subs.iter().enumerate() {
@@ -460,7 +529,7 @@ pub(super) async fn bench_fanout(
             let mut client = ExchangeClient::new(ch);
             let stream = client
                 .subscribe(SubscribeRequest {
-                    from_cursor: from,
+                    from_cursor: 0,
                     log_id: String::new(),
                 })
                 .await;
@@ -482,17 +551,11 @@ pub(super) async fn bench_fanout(
     drop(done_tx);
     ready.wait().await;
 
-    let start_at = Instant::now();
-    let cpu0 = cpu_seconds();
-    {
-        let store = node.ctx.store.clone();
-        for chunk in fan_rows.chunks(200) {
-            store
-                .append_local_batch(chunk, "bench")
-                .await
-                .map_err(err)?;
-        }
-    }
+    // The node's peak from here: the connections of every subscriber and
+    // the fan-out itself.
+    node.reset_peak_rss();
+    let timed = Timed::start(&node);
+    let latest = publish_drafts(&mut publisher, drafts).await?;
     let mut deliveries = 0u64;
     let mut finished = 0usize;
     while finished < opts.subscribers {
@@ -505,57 +568,44 @@ pub(super) async fn bench_fanout(
             Err(_) => return Err(err("fan-out did not finish within 5 minutes")),
         }
     }
-    let elapsed = start_at.elapsed().as_secs_f64();
-    let cpu = busy_since(cpu0, elapsed, cores());
+    let measured = timed.done(&node, deliveries as f64);
     if finished < opts.subscribers {
         return Err(err(format!(
             "only {finished} of {} subscribers received their share",
             opts.subscribers
         )));
     }
-    let (_, peak) = rss_mb();
+    let (_, peak) = node.rss_mb();
 
     // A subscriber that stops reading: offered as much again, it must cost
-    // a cursor, not memory.
+    // the node a cursor, not memory.
     let ch = channel(&own, &ca, node.addr, &stalled.cert)?;
     let mut client = ExchangeClient::new(ch);
-    let from = node.ctx.store.latest_seq().await.map_err(err)?;
     let held = client
         .subscribe(SubscribeRequest {
-            from_cursor: from,
+            from_cursor: latest,
             log_id: String::new(),
         })
         .await
         .map_err(err)?;
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let (before, _) = rss_mb();
-    {
-        let store = node.ctx.store.clone();
-        let key = Arc::new(load_signing_key(&a).map_err(err)?);
-        let mut i = 0;
-        while i < opts.fanout_indicators {
-            let end = (i + 200).min(opts.fanout_indicators);
-            let rows: Vec<NewIndicator> = (i..end)
-                .map(|j| own_row(&own, &key, draft(1_000_000 + j, Tlp::Clear, 90)))
-                .collect();
-            store
-                .append_local_batch(&rows, "bench")
-                .await
-                .map_err(err)?;
-            i = end;
-        }
-    }
+    let (before, _) = node.rss_mb();
+    let again: Vec<IndicatorDraft> = (0..opts.fanout_indicators)
+        .map(|j| draft(1_000_000 + j, Tlp::Clear, 90))
+        .collect();
+    publish_drafts(&mut publisher, again).await?;
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let (after, _) = rss_mb();
+    let (after, _) = node.rss_mb();
     drop(held);
     node.stop().await;
     Ok(Fanout {
         subscribers: opts.subscribers,
         indicators: opts.fanout_indicators,
         deliveries,
-        deliveries_per_s: deliveries as f64 / elapsed,
+        deliveries_per_s: measured.per_s,
         peak_rss_mb: peak,
-        cpu,
+        cpu: measured.node_cpu,
+        clients_cpu: measured.clients_cpu,
         stalled_rss_before_mb: before,
         stalled_rss_after_mb: after,
     })

@@ -88,7 +88,12 @@ pub(super) async fn primitives(
 /// CPU seconds this process has used so far, (user, system), from
 /// /proc/self/stat (Linux, 100 ticks a second; zeros elsewhere).
 pub(super) fn cpu_seconds() -> (f64, f64) {
-    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
+    cpu_seconds_of("self")
+}
+
+/// CPU seconds process `proc` (a pid, or `self`) has used so far.
+pub(super) fn cpu_seconds_of(proc: &str) -> (f64, f64) {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{proc}/stat")) else {
         return (0.0, 0.0);
     };
     // Fields after the parenthesised command name; utime and stime are the
@@ -102,7 +107,12 @@ pub(super) fn cpu_seconds() -> (f64, f64) {
 /// How busy the machine's cores were (user and system) between `before`
 /// and now over `wall` seconds, as fractions of all cores.
 pub(super) fn busy_since(before: (f64, f64), wall: f64, cores: usize) -> CpuUse {
-    let now = cpu_seconds();
+    busy_share(before, cpu_seconds(), wall, cores)
+}
+
+/// The CPU used between `before` and `now` over `wall` seconds, as
+/// fractions of `cores`.
+pub(super) fn busy_share(before: (f64, f64), now: (f64, f64), wall: f64, cores: usize) -> CpuUse {
     let denom = (wall * cores as f64).max(1e-9);
     CpuUse {
         user: (now.0 - before.0) / denom,
@@ -119,9 +129,10 @@ pub struct CpuUse {
     pub system: f64,
 }
 
-/// Resident memory now and at its peak, in MB (Linux; 0 elsewhere).
-pub(super) fn rss_mb() -> (f64, f64) {
-    let Ok(status) = std::fs::read_to_string("/proc/self/status") else {
+/// Resident memory of process `proc` (a pid, or `self`) now and at its
+/// peak, in MB (Linux; 0 elsewhere).
+pub(super) fn rss_mb_of(proc: &str) -> (f64, f64) {
+    let Ok(status) = std::fs::read_to_string(format!("/proc/{proc}/status")) else {
         return (0.0, 0.0);
     };
     let field = |name: &str| {
@@ -136,10 +147,11 @@ pub(super) fn rss_mb() -> (f64, f64) {
     (field("VmRSS:"), field("VmHWM:"))
 }
 
-/// Resets the kernel's peak-RSS mark, so the fan-out peak is its own and
-/// not the earlier phases' (Linux; elsewhere a no-op).
-pub(super) fn reset_peak_rss() {
-    let _ = std::fs::write("/proc/self/clear_refs", "5");
+/// Resets the kernel's peak-RSS mark of process `proc` (a pid, or
+/// `self`), so a phase's peak is its own and not what came before (Linux;
+/// elsewhere a no-op).
+pub(super) fn reset_peak_rss_of(proc: &str) {
+    let _ = std::fs::write(format!("/proc/{proc}/clear_refs"), "5");
 }
 
 /// The machine's SQLite write limit with the store's durability settings

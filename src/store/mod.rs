@@ -297,7 +297,12 @@ impl Store {
         // changed by many commits once instead of once per few commits.
         opts = opts
             .pragma("wal_autocheckpoint", WAL_CHECKPOINT_PAGES.to_string())
-            .pragma("journal_size_limit", WAL_KEPT_BYTES.to_string());
+            .pragma("journal_size_limit", WAL_KEPT_BYTES.to_string())
+            // Statement journals and sorts in memory: SQLite otherwise
+            // creates, writes and unlinks a temporary file for a multi-row
+            // statement inside a transaction, several times per commit.
+            // Nothing durable lives there.
+            .pragma("temp_store", "MEMORY");
         // Every write transaction runs on one connection of its own: in WAL
         // mode a connection drops its page cache whenever another one has
         // written, so writes spread over a pool found their index pages
