@@ -21,6 +21,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .type_attribute(".", "#[allow(clippy::all)]")
         // Undecodable requests are INVALID_ARGUMENT (see src/proto.rs).
         .codec_path("crate::proto::ProtoCodec")
+        // A stored envelope is sent to every subscriber it is released to:
+        // one copy, shared, not one per delivery.
+        .bytes(".threatmesh.v1.Delivery.envelope")
         .compile_fds(fds)?;
     Ok(())
 }

@@ -297,6 +297,11 @@ pub struct LimitsSettings {
     pub max_pending_reset_streams: usize,
     /// Subscribe streams one partner may hold open.
     pub max_streams_per_partner: usize,
+    /// Envelope bytes of one Subscribe reply, shared out over the streams
+    /// open: each stream's replies carry at most this divided by the open
+    /// streams (between 16 KiB and 256 KiB), so many subscribers hold
+    /// smaller replies in flight, not more memory.
+    pub reply_bytes_all_streams: usize,
     /// Verified connections one partner org may hold open.
     pub max_connections_per_partner: usize,
     /// Requests per second one partner may make (bursts of twice that).
@@ -522,6 +527,7 @@ impl Settings {
                 l.max_pending_reset_streams,
             ),
             ("limits.max_streams_per_partner", l.max_streams_per_partner),
+            ("limits.reply_bytes_all_streams", l.reply_bytes_all_streams),
             (
                 "limits.max_connections_per_partner",
                 l.max_connections_per_partner,

@@ -295,7 +295,7 @@ async fn a_relay_killed_again_and_again_leaves_every_node_with_exactly_the_origi
     relay.kill().await.unwrap();
     let held = |rows: Vec<threatmesh::store::StoredIndicator>| {
         let n = rows.len();
-        let set: HashSet<String> = rows.into_iter().map(|r| r.indicator_id).collect();
+        let set: HashSet<String> = rows.into_iter().map(|r| r.indicator_id.clone()).collect();
         (n, set)
     };
     for (name, rows) in [

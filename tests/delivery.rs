@@ -28,14 +28,14 @@ async fn thousand_indicators_arrive_verified_once_and_byte_identical() {
     })
     .await;
 
-    let at_a: HashMap<String, Vec<u8>> = node_a
+    let at_a: HashMap<String, prost::bytes::Bytes> = node_a
         .ctx
         .store
         .indicators(None)
         .await
         .unwrap()
         .into_iter()
-        .map(|r| (r.indicator_id, r.envelope))
+        .map(|r| (r.indicator_id.clone(), r.envelope.clone()))
         .collect();
     let at_b = store_b.indicators(None).await.unwrap();
     assert_eq!(at_b.len(), 1000, "exactly 1,000 rows at B");
@@ -64,7 +64,7 @@ async fn thousand_indicators_arrive_verified_once_and_byte_identical() {
             "B stores A's envelope byte for byte"
         );
         // Each stored envelope verifies against A's key, independently of the node.
-        let env = Envelope::decode(row.envelope.as_slice()).unwrap();
+        let env = Envelope::decode(&row.envelope[..]).unwrap();
         let ind = open_indicator(&env, &keys).unwrap();
         assert!(ids.contains(&ind.id));
     }
@@ -138,7 +138,7 @@ async fn amber_amber_strict_and_red_never_reach_the_partner() {
                 "{} arrived with TLP {tlp}",
                 ind.value
             );
-            r.indicator_id
+            r.indicator_id.clone()
         })
         .collect();
     assert_eq!(got, allowed_ids);

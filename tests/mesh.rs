@@ -575,7 +575,7 @@ async fn a_relay_cannot_forge_an_origin_or_downgrade_a_marking() {
         2
     );
     let stored = store.indicators(None).await.unwrap();
-    let envs: Vec<&Vec<u8>> = stored.iter().map(|r| &r.envelope).collect();
+    let envs: Vec<&prost::bytes::Bytes> = stored.iter().map(|r| &r.envelope).collect();
     assert_eq!(envs, [&bytes(&own), &bytes(&relayed)]);
     assert_eq!(stored[1].path, ["a.example", "c.example"]);
     assert_eq!(

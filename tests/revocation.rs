@@ -211,7 +211,7 @@ async fn a_rotated_node_certificate_is_served_without_restart_while_partners_str
         .await
         .unwrap()
         .into_iter()
-        .map(|r| r.indicator_id)
+        .map(|r| r.indicator_id.clone())
         .collect();
     assert_eq!(ids, vec![before[0].id.clone(), after[0].id.clone()]);
     let h = &node_b.ctx.links.snapshot()[&a.id];

@@ -45,7 +45,7 @@ async fn collect(
             .unwrap()
             .expect("the stream stays open");
         for d in msg.deliveries {
-            let env = Envelope::decode(d.envelope.as_slice()).unwrap();
+            let env = Envelope::decode(&d.envelope[..]).unwrap();
             let ind = Indicator::decode(env.payload.as_slice()).unwrap();
             all.push(ind.id.clone());
             distinct.insert(ind.id);

@@ -716,7 +716,7 @@ async fn a_group_with_duplicates_reports_the_sequence_numbers_it_stored() {
         .await
         .unwrap()
         .into_iter()
-        .map(|r| (r.indicator_id, r.seq))
+        .map(|r| (r.indicator_id.clone(), r.seq))
         .collect();
     assert_eq!(stored.len(), 6);
     let seq_of = |i: usize| stored[&rows[i].indicator.id];

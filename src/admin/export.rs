@@ -130,7 +130,7 @@ async fn policy_view(
 
 /// One stored row as exported; an unreadable row is left out (and logged).
 fn exported(r: &StoredIndicator) -> Option<ExportedIndicator> {
-    let envelope = <Envelope as prost::Message>::decode(r.envelope.as_slice());
+    let envelope = <Envelope as prost::Message>::decode(&r.envelope[..]);
     match (decoded(r), envelope) {
         (Ok(ind), Ok(env)) => Some(ExportedIndicator {
             indicator: Some(ind.as_ref().clone()),

@@ -428,7 +428,7 @@ async fn await_deliveries(
         for (i, c) in contexts.iter().enumerate() {
             for r in c.store.indicators(None).await? {
                 if r.received_from.is_some() {
-                    got.entry(i).or_default().insert(r.indicator_id);
+                    got.entry(i).or_default().insert(r.indicator_id.clone());
                 }
             }
         }

@@ -34,6 +34,8 @@ pub struct PartnerQuota {
 #[derive(Default)]
 struct Usage {
     streams: HashMap<OrgId, usize>,
+    /// Streams of every partner.
+    all_streams: usize,
     buckets: HashMap<OrgId, Bucket>,
     /// When each (partner, setting) hit was last put on the ledger.
     recorded: HashMap<(OrgId, &'static str), i64>,
@@ -54,6 +56,7 @@ pub struct StreamSlot {
 impl Drop for StreamSlot {
     fn drop(&mut self) {
         let mut u = self.inner.lock().expect("not poisoned");
+        u.all_streams = u.all_streams.saturating_sub(1);
         if let Some(n) = u.streams.get_mut(&self.org) {
             *n -= 1;
             if *n == 0 {
@@ -122,10 +125,16 @@ impl PartnerQuota {
             ));
         }
         *n += 1;
+        u.all_streams += 1;
         Ok(StreamSlot {
             org: org.clone(),
             inner: self.inner.clone(),
         })
+    }
+
+    /// Subscribe streams open now, of every partner.
+    pub fn all_streams(&self) -> usize {
+        self.inner.lock().expect("not poisoned").all_streams
     }
 
     /// Streams `org` holds open now.

@@ -251,7 +251,7 @@ where
         let shutdown = ctx.shutdown.clone();
         let mut peers = ctx.peer_changes.subscribe();
         let batch = ctx.settings.federation.batch_size;
-        let budget = reply_budget(ctx.settings.limits.max_message_bytes);
+        let limits = &ctx.settings.limits;
         let mut resends = ctx.resends.subscribe();
         // A request left from before this stream (or this process) began.
         resends.mark_changed();
@@ -268,6 +268,11 @@ where
                 let _ = tx.send(fail(status)).await;
                 return;
             }
+            let budget = reply_budget(
+                limits.max_message_bytes,
+                limits.reply_bytes_all_streams,
+                ctx.quota.all_streams(),
+            );
             if let Some(r) = &recipient
                 && resends.has_changed().unwrap_or(false)
             {
@@ -447,13 +452,19 @@ where
 /// not the row count, bounds what a subscriber costs; 256 KiB is still
 /// hundreds of typical envelopes. Never more than what is left of the
 /// message limit after room for the cards, paths and framing that go with
-/// them.
-fn reply_budget(max_message_bytes: usize) -> usize {
-    (max_message_bytes / 2).min(REPLY_BYTES)
+/// them, nor more than this stream's share of `all_streams` bytes among the
+/// `open` streams (but at least [`MIN_REPLY_BYTES`]): with many
+/// subscribers each reply is smaller, so what they hold in flight stays
+/// about the same.
+fn reply_budget(max_message_bytes: usize, all_streams: usize, open: usize) -> usize {
+    let share = (all_streams / open.max(1)).max(MIN_REPLY_BYTES);
+    (max_message_bytes / 2).min(REPLY_BYTES).min(share)
 }
 
 /// See [`reply_budget`].
 const REPLY_BYTES: usize = 256 * 1024;
+/// See [`reply_budget`].
+const MIN_REPLY_BYTES: usize = 16 * 1024;
 
 /// The bytes a row adds to a reply.
 fn row_bytes(r: &StoredIndicator) -> usize {
@@ -1078,5 +1089,23 @@ impl Exchange for ExchangeService {
             ctx.clock.now_ms(),
         );
         Ok(Response::new(GetLedgerHeadResponse { head: Some(env) }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn replies_shrink_as_streams_open_between_the_floor_and_the_cap() {
+        let all = 32 << 20;
+        // Few streams: the fixed cap, or half the message limit if smaller.
+        assert_eq!(reply_budget(4 << 20, all, 0), REPLY_BYTES);
+        assert_eq!(reply_budget(4 << 20, all, 10), REPLY_BYTES);
+        assert_eq!(reply_budget(256 << 10, all, 1), 128 << 10);
+        // Many: a share of the node-wide bytes...
+        assert_eq!(reply_budget(4 << 20, all, 1000), all / 1000);
+        // ...never below the floor.
+        assert_eq!(reply_budget(4 << 20, all, 100_000), MIN_REPLY_BYTES);
     }
 }

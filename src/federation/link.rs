@@ -468,7 +468,7 @@ async fn receive(
                             upstream_seq: d.seq,
                             key_id: key_id.to_string(),
                             due_ms,
-                            envelope: d.envelope,
+                            envelope: d.envelope.to_vec(),
                             path: OrgPath(d.path),
                         });
                     }
@@ -482,7 +482,7 @@ async fn receive(
                         batch.refused.push(Rejection {
                             upstream_seq: d.seq,
                             refusal: r,
-                            envelope: d.envelope,
+                            envelope: d.envelope.to_vec(),
                         });
                     }
                 },

@@ -75,7 +75,7 @@ pub async fn release(ctx: &NodeContext) -> Result<u64, StoreError> {
         }
         let d = Delivery {
             seq: q.held.upstream_seq,
-            envelope: q.held.envelope.clone(),
+            envelope: q.held.envelope.clone().into(),
             path: q.held.path.0.clone(),
         };
         let policy = view.policies.get(&q.upstream).map(|p| p.as_ref());

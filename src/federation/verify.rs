@@ -81,7 +81,7 @@ pub fn verify_delivery(
     if check_path(own, upstream, &d.path)? {
         return Ok(None);
     }
-    let env = Envelope::decode(d.envelope.as_slice())
+    let env = Envelope::decode(&d.envelope[..])
         .map_err(|e| malformed(format!("envelope does not decode: {e}")))?;
     let indicator = open_indicator(&env, keys)?;
     if d.path.first().map(String::as_str) != Some(indicator.origin_org.as_str()) {
@@ -109,7 +109,7 @@ pub fn verify_delivery(
     }
     Ok(Some(Verified {
         indicator,
-        envelope: d.envelope.clone(),
+        envelope: d.envelope.to_vec(),
         path: d.path.clone(),
         upstream_seq: d.seq,
     }))
@@ -283,7 +283,7 @@ mod tests {
             .encode_to_vec();
         let from = |envelope: &[u8], path: &[&str]| Delivery {
             seq: 1,
-            envelope: envelope.to_vec(),
+            envelope: prost::bytes::Bytes::copy_from_slice(envelope),
             path: path.iter().map(|s| s.to_string()).collect(),
         };
         let row = check_delivery(&b, &a, &from(&good, &["a.example"]), &keys, None, now)

@@ -59,9 +59,21 @@ impl NewIndicator {
 /// tail hands the same cell to every live stream).
 pub type DecodedCell = Arc<OnceLock<Result<Arc<Indicator>, String>>>;
 
-/// A stored indicator version.
+/// A stored indicator version, as read: cheap to clone (one shared row),
+/// because the shared tail hands the same rows to every live stream.
 #[derive(Debug, Clone)]
-pub struct StoredIndicator {
+pub struct StoredIndicator(Arc<StoredRow>);
+
+impl std::ops::Deref for StoredIndicator {
+    type Target = StoredRow;
+    fn deref(&self) -> &StoredRow {
+        &self.0
+    }
+}
+
+/// The columns of a stored indicator version (see [`StoredIndicator`]).
+#[derive(Debug)]
+pub struct StoredRow {
     /// Local sequence number.
     pub seq: u64,
     /// Origin org.
@@ -72,8 +84,9 @@ pub struct StoredIndicator {
     pub version: u64,
     /// Partner it came from; `None` if published here.
     pub received_from: Option<String>,
-    /// Envelope bytes exactly as signed.
-    pub envelope: Vec<u8>,
+    /// Envelope bytes exactly as signed, shared by every copy of the row
+    /// (the tail, each stream, each delivery).
+    pub envelope: prost::bytes::Bytes,
     /// When this node stored it.
     pub stored_ms: i64,
     /// Orgs it passed through before reaching us, origin first (empty when
@@ -103,18 +116,18 @@ pub(super) struct IndicatorRow {
 
 impl From<IndicatorRow> for StoredIndicator {
     fn from(r: IndicatorRow) -> Self {
-        Self {
+        Self(Arc::new(StoredRow {
             seq: r.seq,
             origin_org: r.origin_org,
             indicator_id: r.indicator_id,
             version: r.version,
             received_from: (!r.received_from.is_empty()).then_some(r.received_from),
-            envelope: r.envelope,
+            envelope: r.envelope.into(),
             stored_ms: r.stored_ms,
             path: split_path(&r.path),
             revoked: r.revoked,
             decoded: Default::default(),
-        }
+        }))
     }
 }
 

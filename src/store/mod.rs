@@ -55,7 +55,7 @@ pub use copy::CopyReport;
 pub use directory::{CardState, DirectoryRow};
 pub use ingest::{IngestOutcome, MAX_VERSION_STEP, RefusalsKept, Rejection, RejectionRecord};
 pub use keys::OwnKeyRow;
-pub use log::{DecodedCell, NewIndicator, StoredIndicator, Versions};
+pub use log::{DecodedCell, NewIndicator, StoredIndicator, StoredRow, Versions};
 pub use peers::{PeerChange, PeerRecord, PeerState};
 pub use pki::{CertRow, CrlRow};
 pub use policies::PolicyRecord;

@@ -561,7 +561,7 @@ impl<'a> Gate<'a> {
             out.push(Served {
                 stored_ms: row.stored_ms,
                 indicator: ind,
-                envelope: <Envelope as prost::Message>::decode(row.envelope.as_slice()).ok(),
+                envelope: <Envelope as prost::Message>::decode(&row.envelope[..]).ok(),
             });
         }
         Ok((out, last))

@@ -546,7 +546,7 @@ pub async fn ids_at(node: &RunningNode) -> std::collections::BTreeSet<String> {
         .await
         .unwrap()
         .into_iter()
-        .map(|r| r.indicator_id)
+        .map(|r| r.indicator_id.clone())
         .collect()
 }
 
@@ -736,7 +736,7 @@ impl RogueUpstream {
             .enumerate()
             .map(|(i, (e, path))| Delivery {
                 seq: i as u64 + 1,
-                envelope: e,
+                envelope: e.into(),
                 path,
             })
             .collect();
