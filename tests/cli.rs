@@ -621,6 +621,7 @@ fn bench_runs_every_measurement_and_prints_json() {
     for f in [
         "/primitives/sign_per_s_1core",
         "/primitives/verify_per_s_all",
+        "/primitives/verify_batch_per_s_all",
         "/primitives/sqlite_insert_per_s",
         "/publish_per_s",
         "/publish_ratio",
@@ -642,6 +643,17 @@ fn bench_runs_every_measurement_and_prints_json() {
     }
     assert_eq!(r["latency"]["samples"], 50);
     assert_eq!(r["fanout"]["subscribers"], 5);
+    // The node ran in its own process in the publish and fan-out phases:
+    // its CPU and the clients' are reported apart.
+    for f in [
+        "/publish_cpu/user",
+        "/publish_clients_cpu/user",
+        "/publish_batch_clients_cpu/user",
+        "/fanout/cpu/user",
+        "/fanout/clients_cpu/user",
+    ] {
+        assert!(r.pointer(f).and_then(|v| v.as_f64()).is_some(), "{f}: {r}");
+    }
     assert_eq!(
         (r["taxii"]["objects"].as_u64(), r["taxii"]["pages"].as_u64()),
         (Some(300), Some(1))

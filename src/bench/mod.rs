@@ -112,6 +112,9 @@ pub struct Primitives {
     pub verify_per_s_1core: f64,
     /// Ed25519 verifications per second, all cores.
     pub verify_per_s_all: f64,
+    /// Ed25519 signatures verified per second in batches of 64 (as a link
+    /// verifies a partner's message), all cores.
+    pub verify_batch_per_s_all: f64,
     /// Durable SQLite row inserts per second (batches of 256, WAL, FULL).
     pub sqlite_insert_per_s: f64,
     /// Durable SQLite commits per second of one row each: the latency of
@@ -135,6 +138,9 @@ impl Primitives {
             sign_per_s_all: self.sign_per_s_all.max(other.sign_per_s_all),
             verify_per_s_1core: self.verify_per_s_1core.max(other.verify_per_s_1core),
             verify_per_s_all: self.verify_per_s_all.max(other.verify_per_s_all),
+            verify_batch_per_s_all: self
+                .verify_batch_per_s_all
+                .max(other.verify_batch_per_s_all),
             sqlite_insert_per_s: self.sqlite_insert_per_s.max(other.sqlite_insert_per_s),
             sqlite_commit_per_s: self.sqlite_commit_per_s.max(other.sqlite_commit_per_s),
             postgres_insert_per_s: better_of(
@@ -581,6 +587,11 @@ pub fn render(r: &Report) -> String {
         b.verify_per_s_all,
         a.verify_per_s_1core,
         a.verify_per_s_all
+    );
+    let _ = writeln!(
+        s,
+        "  Ed25519 batch verify{:>9.0}/s all cores, 64 a batch (before {:.0}, after {:.0})",
+        p.verify_batch_per_s_all, b.verify_batch_per_s_all, a.verify_batch_per_s_all
     );
     let _ = writeln!(
         s,

@@ -3,6 +3,9 @@
 //! store's durability settings, CPU and memory use.
 
 use super::*;
+/// Envelopes per batch in the batch-verify primitive.
+const BATCH_VERIFY: u64 = 64;
+
 /// Operations per second of `op` on `threads` threads for about `secs`.
 pub(super) fn rate_on_threads(threads: usize, secs: f64, op: impl Fn() + Sync) -> f64 {
     let start = Instant::now();
@@ -50,12 +53,28 @@ pub(super) async fn primitives(
     let verify = || {
         std::hint::black_box(public.verify(&pae, &sig).is_ok());
     };
-    let (s1, sa, v1, va) = tokio::task::block_in_place(|| {
+    // Batch verification as a link does it: 64 envelopes of one partner
+    // at a time, each its own indicator.
+    let batch: Vec<Envelope> = (0..BATCH_VERIFY)
+        .map(|i| sample_envelope(&key, i))
+        .collect();
+    let known = crate::signing::KnownKey::unbounded(
+        OrgId::parse("a.bench").map_err(err)?,
+        key.key_id().into(),
+        key.public_key().to_vec(),
+    );
+    let together: Vec<(&Envelope, &crate::signing::KnownKey)> =
+        batch.iter().map(|e| (e, &known)).collect();
+    let verify_batch = || {
+        std::hint::black_box(crate::signing::verify_together(&together));
+    };
+    let (s1, sa, v1, va, vb) = tokio::task::block_in_place(|| {
         (
             rate_on_threads(1, secs, sign),
             rate_on_threads(cores, secs, sign),
             rate_on_threads(1, secs, verify),
             rate_on_threads(cores, secs, verify),
+            rate_on_threads(cores, secs, verify_batch) * BATCH_VERIFY as f64,
         )
     });
     let sqlite = sqlite_insert_rate(&dir.join("primitive.db"), 256, 400, secs)
@@ -78,6 +97,7 @@ pub(super) async fn primitives(
         sign_per_s_all: sa,
         verify_per_s_1core: v1,
         verify_per_s_all: va,
+        verify_batch_per_s_all: vb,
         sqlite_insert_per_s: sqlite,
         sqlite_commit_per_s: commits,
         postgres_insert_per_s: pg_inserts,

@@ -269,6 +269,24 @@ pub fn verify<'e, 'k>(
     expected_type: &'static str,
     keys: &'k KeyDirectory,
 ) -> Result<(&'e [u8], &'k KnownKey), VerifyError> {
+    let key = signer(env, expected_type, keys)?;
+    signature::UnparsedPublicKey::new(&signature::ED25519, &key.public_key)
+        .verify(
+            &pae(&env.payload_type, &env.payload),
+            &env.signatures[0].sig,
+        )
+        .map_err(|_| bad_signature(key))?;
+    Ok((&env.payload, key))
+}
+
+/// Everything [`verify`] checks before the signature itself: the payload
+/// type and size, exactly one signature, by a known key not revoked.
+/// Returns that key.
+pub fn signer<'k>(
+    env: &Envelope,
+    expected_type: &'static str,
+    keys: &'k KeyDirectory,
+) -> Result<&'k KnownKey, VerifyError> {
     if env.payload_type != expected_type {
         return Err(VerifyError::WrongPayloadType {
             expected: expected_type,
@@ -290,13 +308,50 @@ pub fn verify<'e, 'k>(
             org: key.org.to_string(),
         });
     }
-    signature::UnparsedPublicKey::new(&signature::ED25519, &key.public_key)
-        .verify(&pae(&env.payload_type, &env.payload), &sig.sig)
-        .map_err(|_| VerifyError::BadSignature {
-            key_id: key.key_id.clone(),
-            org: key.org.to_string(),
-        })?;
-    Ok((&env.payload, key))
+    Ok(key)
+}
+
+fn bad_signature(key: &KnownKey) -> VerifyError {
+    VerifyError::BadSignature {
+        key_id: key.key_id.clone(),
+        org: key.org.to_string(),
+    }
+}
+
+/// Whether every envelope's signature verifies under its key (from
+/// [`signer`]), checked together: Ed25519 batch verification
+/// (ed25519-dalek), about twice as fast per signature as one by one on a
+/// batch of dozens. `false` says only that at least one does not; the
+/// caller verifies them one by one (with [`verify`]) to find which, so
+/// every refusal names its envelope.
+///
+/// Batch and single verification agree on every signature made by an
+/// honest signer; a signer that crafts its own signature with a small-order
+/// component can make one that passes in a batch and fails alone (or the
+/// reverse). That is a choice of the key's holder about its own envelopes,
+/// never a forgery: without the private key nothing passes either check.
+pub fn verify_together(items: &[(&Envelope, &KnownKey)]) -> bool {
+    let mut messages = Vec::with_capacity(items.len());
+    let mut signatures = Vec::with_capacity(items.len());
+    let mut keys = Vec::with_capacity(items.len());
+    for (env, key) in items {
+        let Some(sig) = env.signatures.first() else {
+            return false;
+        };
+        let (Ok(s), Ok(k)) = (
+            ed25519_dalek::Signature::from_slice(&sig.sig),
+            <&[u8; 32]>::try_from(key.public_key.as_slice())
+                .map_err(|_| ())
+                .and_then(|b| ed25519_dalek::VerifyingKey::from_bytes(b).map_err(|_| ())),
+        ) else {
+            return false;
+        };
+        messages.push(pae(&env.payload_type, &env.payload));
+        signatures.push(s);
+        keys.push(k);
+    }
+    let messages: Vec<&[u8]> = messages.iter().map(Vec::as_slice).collect();
+    ed25519_dalek::verify_batch(&messages, &signatures, &keys).is_ok()
 }
 
 /// Decodes the indicator inside a stored envelope. Stored bytes were
@@ -313,8 +368,16 @@ pub fn decode_stored(envelope: &[u8]) -> Result<Indicator, String> {
 /// checks the payload agrees with the signature: origin = key owner, key id
 /// = signing key, timestamp inside the key's validity.
 pub fn open_indicator(env: &Envelope, keys: &KeyDirectory) -> Result<Indicator, VerifyError> {
-    let (payload, key) = verify(env, INDICATOR_PAYLOAD_TYPE, keys)?;
-    let ind = Indicator::decode(payload).map_err(|e| VerifyError::Decode(e.to_string()))?;
+    let (_, key) = verify(env, INDICATOR_PAYLOAD_TYPE, keys)?;
+    open_verified(env, key)
+}
+
+/// The part of [`open_indicator`] after the signature: decodes exactly the
+/// signed bytes of `env`, whose signature by `key` was verified (alone or
+/// in a batch), and checks the payload agrees with the signature.
+pub fn open_verified(env: &Envelope, key: &KnownKey) -> Result<Indicator, VerifyError> {
+    let ind = Indicator::decode(env.payload.as_slice())
+        .map_err(|e| VerifyError::Decode(e.to_string()))?;
     if ind.origin_org != key.org.as_str() {
         return Err(VerifyError::OriginMismatch {
             claimed: ind.origin_org.chars().take(253).collect(),
