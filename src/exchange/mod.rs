@@ -991,8 +991,10 @@ impl Exchange for ExchangeService {
                 let mut audit = Vec::with_capacity(rows.len());
                 let mut sent = Vec::new();
                 for r in rows {
-                    let key = (r.origin_org.clone(), r.indicator_id.clone());
-                    match release(&gate.own, r, &partner, policy, before.contains(&key), now) {
+                    // Only revocations are looked up (see `stream_log`).
+                    let sent_before = r.revoked
+                        && before.contains(&(r.origin_org.clone(), r.indicator_id.clone()));
+                    match release(&gate.own, r, &partner, policy, sent_before, now) {
                         Release::Skip => {}
                         Release::Send(d, entry) => {
                             // The origin's card travels with its first
@@ -1007,7 +1009,7 @@ impl Exchange for ExchangeService {
                             }
                             deliveries.push(d);
                             audit.push(entry);
-                            sent.push((key.0, key.1, r.version));
+                            sent.push((r.origin_org.clone(), r.indicator_id.clone(), r.version));
                         }
                         Release::Withhold(entry) => audit.push(entry),
                     }

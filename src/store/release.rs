@@ -111,9 +111,9 @@ impl Store {
                 "INSERT INTO sent_to (origin_org, indicator_id, recipient, first_sent_ms, max_version) ",
             );
             q.push_values(chunk, |mut b, ((o, i, r), v)| {
-                b.push_bind(o.to_string())
-                    .push_bind(i.to_string())
-                    .push_bind(r.to_string())
+                b.push_bind(*o)
+                    .push_bind(*i)
+                    .push_bind(*r)
                     .push_bind(now)
                     .push_bind(super::to_i64(*v));
             });
