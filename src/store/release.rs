@@ -104,7 +104,10 @@ impl Store {
                 *e = (*e).max(*v);
             }
         }
-        let sent: Vec<_> = sent.into_iter().collect();
+        // In key order: the rows of one indicator for every recipient go to
+        // neighbouring index pages instead of random ones.
+        let mut sent: Vec<_> = sent.into_iter().collect();
+        sent.sort_unstable();
         for chunk in sent.chunks(ROWS_PER_STATEMENT * 3) {
             on!(Tx, &mut tx, db => {
             let mut q = sqlx::QueryBuilder::<DB>::new(
