@@ -310,6 +310,26 @@ mod tests {
     use crate::signing::{INDICATOR_PAYLOAD_TYPE, KnownKey, OrgSigningKey};
     use tonic::Code;
 
+    /// A domain indicator of `origin`, version 1, made at `now`.
+    fn domain(origin: &OrgId, key: &OrgSigningKey, now: i64, tlp: Tlp, value: &str) -> Indicator {
+        Indicator {
+            origin_org: origin.to_string(),
+            key_id: key.key_id().into(),
+            id: uuid::Uuid::new_v4().to_string(),
+            version: 1,
+            created_unix_ms: now,
+            modified_unix_ms: now,
+            marking: Some(Marking {
+                tlp: tlp as i32,
+                ..Default::default()
+            }),
+            kind: IndicatorKind::Domain as i32,
+            value: value.into(),
+            valid_from_unix_ms: now,
+            ..Default::default()
+        }
+    }
+
     /// Signatures checked in a batch give what one-by-one checks give: all
     /// verified when all are good; with one bad signature (or one unknown
     /// key, or an echo) among them, exactly that one refused as alone.
@@ -328,22 +348,7 @@ mod tests {
         .unwrap();
         let now = 1_700_000_000_000;
         let envelope = |signer: &OrgSigningKey, i: u32| {
-            let ind = Indicator {
-                origin_org: a.to_string(),
-                key_id: signer.key_id().into(),
-                id: uuid::Uuid::new_v4().to_string(),
-                version: 1,
-                created_unix_ms: now,
-                modified_unix_ms: now,
-                marking: Some(Marking {
-                    tlp: Tlp::Clear as i32,
-                    ..Default::default()
-                }),
-                kind: IndicatorKind::Domain as i32,
-                value: format!("host{i}.example"),
-                valid_from_unix_ms: now,
-                ..Default::default()
-            };
+            let ind = domain(&a, signer, now, Tlp::Clear, &format!("host{i}.example"));
             signer
                 .seal(INDICATOR_PAYLOAD_TYPE, ind.encode_to_vec())
                 .encode_to_vec()
@@ -415,22 +420,7 @@ mod tests {
         })
         .unwrap();
         let now = 1_700_000_000_000;
-        let ind = Indicator {
-            origin_org: a.to_string(),
-            key_id: key.key_id().into(),
-            id: uuid::Uuid::new_v4().to_string(),
-            version: 1,
-            created_unix_ms: now,
-            modified_unix_ms: now,
-            marking: Some(Marking {
-                tlp: Tlp::Green as i32,
-                ..Default::default()
-            }),
-            kind: IndicatorKind::Domain as i32,
-            value: "evil.example".into(),
-            valid_from_unix_ms: now,
-            ..Default::default()
-        };
+        let ind = domain(&a, &key, now, Tlp::Green, "evil.example");
         let good = key
             .seal(INDICATOR_PAYLOAD_TYPE, ind.encode_to_vec())
             .encode_to_vec();
