@@ -14,7 +14,8 @@ use crate::policy::{self, Decision, PartnerPolicy};
 use crate::proto::v1::{Delivery, Envelope, Indicator};
 use crate::refusal::{Refusal, RefusalKind};
 use crate::signing::{
-    INDICATOR_PAYLOAD_TYPE, KeyDirectory, KnownKey, open_verified, signer, verify_together,
+    INDICATOR_PAYLOAD_TYPE, KeyDirectory, KnownKey, open_verified, signer, verify_signature,
+    verify_together,
 };
 use crate::store::{NewIndicator, StoreError};
 
@@ -83,7 +84,7 @@ pub fn verify_delivery(
     let Some((env, key)) = framed(own, upstream, d, keys)? else {
         return Ok(None);
     };
-    crate::signing::verify(&env, INDICATOR_PAYLOAD_TYPE, keys)?;
+    verify_signature(&env, key)?;
     opened(d, &env, key, now_ms).map(Some)
 }
 
@@ -142,7 +143,7 @@ fn opened(d: &Delivery, env: &Envelope, key: &KnownKey, now_ms: i64) -> Result<V
 
 /// [`verify_delivery`] for many deliveries, with their signatures checked
 /// together ([`verify_together`]); when that fails (at least one bad
-/// signature), each is verified alone, so every refusal is the one
+/// signature), each is checked alone, so every refusal is the one
 /// [`verify_delivery`] gives. Pure.
 pub fn verify_deliveries(
     own: &OrgId,
@@ -162,28 +163,23 @@ pub fn verify_deliveries(
             _ => None,
         })
         .collect();
-    // Below this a batch saves little over verifying one by one.
+    // Below this a batch saves little over checking one by one.
     const BATCH_FROM: usize = 8;
-    if signed.len() < BATCH_FROM || !verify_together(&signed) {
-        drop(signed);
-        return deliveries
-            .into_iter()
-            .map(|d| {
-                let r = verify_delivery(own, upstream, &d, keys, now_ms);
-                (d, r)
-            })
-            .collect();
-    }
+    let all_good = signed.len() >= BATCH_FROM && verify_together(&signed);
     drop(signed);
     deliveries
         .into_iter()
         .zip(framed)
         .map(|(d, f)| {
-            let r = match f {
-                Ok(Some((env, key))) => opened(&d, &env, key, now_ms).map(Some),
-                Ok(None) => Ok(None),
-                Err(r) => Err(r),
-            };
+            let r = f.and_then(|f| match f {
+                Some((env, key)) => {
+                    if !all_good {
+                        verify_signature(&env, key)?;
+                    }
+                    opened(&d, &env, key, now_ms).map(Some)
+                }
+                None => Ok(None),
+            });
             (d, r)
         })
         .collect()

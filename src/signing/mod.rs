@@ -270,13 +270,23 @@ pub fn verify<'e, 'k>(
     keys: &'k KeyDirectory,
 ) -> Result<(&'e [u8], &'k KnownKey), VerifyError> {
     let key = signer(env, expected_type, keys)?;
-    signature::UnparsedPublicKey::new(&signature::ED25519, &key.public_key)
-        .verify(
-            &pae(&env.payload_type, &env.payload),
-            &env.signatures[0].sig,
-        )
-        .map_err(|_| bad_signature(key))?;
+    verify_signature(env, key)?;
     Ok((&env.payload, key))
+}
+
+/// The signature check of [`verify`] alone: `env`'s one signature under
+/// `key`, the signer [`signer`] found for it.
+pub fn verify_signature(env: &Envelope, key: &KnownKey) -> Result<(), VerifyError> {
+    let sig = env
+        .signatures
+        .first()
+        .ok_or(VerifyError::SignatureCount(0))?;
+    signature::UnparsedPublicKey::new(&signature::ED25519, &key.public_key)
+        .verify(&pae(&env.payload_type, &env.payload), &sig.sig)
+        .map_err(|_| VerifyError::BadSignature {
+            key_id: key.key_id.clone(),
+            org: key.org.to_string(),
+        })
 }
 
 /// Everything [`verify`] checks before the signature itself: the payload
@@ -311,18 +321,11 @@ pub fn signer<'k>(
     Ok(key)
 }
 
-fn bad_signature(key: &KnownKey) -> VerifyError {
-    VerifyError::BadSignature {
-        key_id: key.key_id.clone(),
-        org: key.org.to_string(),
-    }
-}
-
 /// Whether every envelope's signature verifies under its key (from
 /// [`signer`]), checked together: Ed25519 batch verification
 /// (ed25519-dalek), about twice as fast per signature as one by one on a
 /// batch of dozens. `false` says only that at least one does not; the
-/// caller verifies them one by one (with [`verify`]) to find which, so
+/// caller verifies them one by one ([`verify_signature`]) to find which, so
 /// every refusal names its envelope.
 ///
 /// Batch and single verification agree on every signature made by an
