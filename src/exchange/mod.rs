@@ -581,14 +581,20 @@ async fn recipients_of(ctx: &NodeContext, id: &str) -> Result<Vec<RecipientPrevi
         .indicator_by_id(id)
         .await?
         .ok_or_else(|| RpcError::NotFound(format!("indicator {id} is not in the log")))?;
+    Ok(recipients(ctx, &row))
+}
+
+/// Which partners the current policies send `row` to: [`decide`] for
+/// every partner with a bound policy, in partner order.
+fn recipients(ctx: &NodeContext, row: &StoredIndicator) -> Vec<RecipientPreview> {
     let view = ctx.view.load();
     let now = ctx.clock.now_ms();
     let mut partners: Vec<_> = view.policies.iter().collect();
     partners.sort_by(|a, b| a.0.cmp(b.0));
-    Ok(partners
+    partners
         .into_iter()
         .filter_map(|(partner, policy)| {
-            let (d, _) = decide(&ctx.own, &row, partner, Some(policy), false, now)?;
+            let (d, _) = decide(&ctx.own, row, partner, Some(policy), false, now)?;
             Some(RecipientPreview {
                 partner: partner.to_string(),
                 allow: d.is_allow(),
@@ -596,7 +602,7 @@ async fn recipients_of(ctx: &NodeContext, id: &str) -> Result<Vec<RecipientPrevi
                 reason: d.reason().to_string(),
             })
         })
-        .collect())
+        .collect()
 }
 
 /// Publishes `draft` as our org for `caller` (one of our publishers): the
@@ -889,14 +895,31 @@ impl Exchange for ExchangeService {
                     .map(|a| response(a, Some((id, version)))),
             );
         }
-        // Who receives each one, for the items that asked.
-        for (outcome, _) in outcomes
+        // Who receives each one, for the items that asked: their rows read
+        // in one look-up, not one per item.
+        let asking: Vec<&mut PublishResponse> = outcomes
             .iter_mut()
             .zip(previews)
-            .filter(|(_, preview)| *preview)
-        {
-            if let Some(Ok(p)) = outcome {
-                p.recipients = recipients_of(ctx, &p.id).await.map_err(Status::from)?;
+            .filter_map(|(outcome, preview)| match outcome {
+                Some(Ok(p)) if preview => Some(p),
+                _ => None,
+            })
+            .collect();
+        if !asking.is_empty() {
+            let ids: Vec<&str> = asking.iter().map(|p| p.id.as_str()).collect();
+            let rows = ctx
+                .store
+                .indicators_by_ids(&ids)
+                .await
+                .map_err(|e| Status::from(RpcError::from(e)))?;
+            for p in asking {
+                let row = rows.get(&p.id).ok_or_else(|| {
+                    Status::from(RpcError::NotFound(format!(
+                        "indicator {} is not in the log",
+                        p.id
+                    )))
+                })?;
+                p.recipients = recipients(ctx, row);
             }
         }
         let outcomes = outcomes

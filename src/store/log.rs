@@ -554,6 +554,36 @@ impl Store {
         Ok(row.map(Into::into))
     }
 
+    /// [`Store::indicator_by_id`] for many ids at once (a statement per
+    /// [`ROWS_PER_STATEMENT`] ids): the newest version of each id that is
+    /// stored.
+    pub async fn indicators_by_ids(
+        &self,
+        ids: &[&str],
+    ) -> Result<std::collections::HashMap<String, StoredIndicator>, StoreError> {
+        let mut out: std::collections::HashMap<String, StoredIndicator> = Default::default();
+        for chunk in ids.chunks(ROWS_PER_STATEMENT) {
+            let rows: Vec<IndicatorRow> = on!(Pool, &self.pool, db => {
+                let mut q = sqlx::QueryBuilder::<DB>::new(select_indicators!("WHERE indicator_id IN ("));
+                let mut wanted = q.separated(", ");
+                for id in chunk {
+                    wanted.push_bind(*id);
+                }
+                q.push(")");
+                q.build_query_as().fetch_all(db).await?
+            });
+            for row in rows.into_iter().map(StoredIndicator::from) {
+                let newer = out
+                    .get(&row.indicator_id)
+                    .is_none_or(|held| (row.version, row.seq) > (held.version, held.seq));
+                if newer {
+                    out.insert(row.indicator_id.clone(), row);
+                }
+            }
+        }
+        Ok(out)
+    }
+
     /// Number of stored indicator versions.
     pub async fn count_indicators(&self) -> Result<u64, StoreError> {
         let n: i64 = on!(Pool, &self.pool, db => sqlx::query_scalar(sql!("SELECT COUNT(*) FROM indicators"))
