@@ -57,16 +57,45 @@ impl Timed {
     }
 }
 
+/// A node of its own org in its own process, and a publisher client of
+/// it whose connection one publish has warmed.
+async fn publishing_node(
+    dir: &std::path::Path,
+    opts: &BenchOptions,
+) -> Result<(NodeProcess, ExchangeClient<Channel>), BenchError> {
+    let a = make_org(dir, "a.bench", opts).await?;
+    let node = NodeProcess::start(&a, &tuning(opts)).await?;
+    let client = warm_publisher(&a, node.addr).await?;
+    Ok((node, client))
+}
+
+/// `drafts` published in one PublishBatch: what each became, or the first
+/// refusal.
+async fn published(
+    client: &mut ExchangeClient<Channel>,
+    drafts: Vec<IndicatorDraft>,
+) -> Result<Vec<crate::proto::v1::PublishResponse>, BenchError> {
+    let items = drafts
+        .into_iter()
+        .map(|d| PublishRequest {
+            indicator: Some(d),
+            ..Default::default()
+        })
+        .collect();
+    crate::cli::client::publish_batch(client, items)
+        .await
+        .into_iter()
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|s| err(format!("publish failed: {}", s.message())))
+}
+
 /// Unary Publish, [`BenchOptions::in_flight`] at once, to a node in its own
 /// process.
 pub(super) async fn bench_publish(
     dir: &std::path::Path,
     opts: &BenchOptions,
 ) -> Result<Measured, BenchError> {
-    let a = make_org(&dir.join("publish"), "a.bench", opts).await?;
-    let node = NodeProcess::start(&a, &tuning(opts)).await?;
-    // Warm the connection.
-    let client = warm_publisher(&a, node.addr).await?;
+    let (node, client) = publishing_node(&dir.join("publish"), opts).await?;
     let timed = Timed::start(&node);
     let results: Vec<Result<(), tonic::Status>> = futures_util::stream::iter(0..opts.publish)
         .map(|i| {
@@ -103,42 +132,25 @@ pub(super) async fn bench_publish_batch(
     dir: &std::path::Path,
     opts: &BenchOptions,
 ) -> Result<Measured, BenchError> {
-    let a = make_org(&dir.join("publish-batch"), "a.bench", opts).await?;
-    let node = NodeProcess::start(&a, &tuning(opts)).await?;
-    let client = warm_publisher(&a, node.addr).await?;
+    let (node, client) = publishing_node(&dir.join("publish-batch"), opts).await?;
     let timed = Timed::start(&node);
     let batches: Vec<Vec<u64>> = (0..opts.publish)
         .collect::<Vec<_>>()
         .chunks(PUBLISH_BATCH)
         .map(<[u64]>::to_vec)
         .collect();
-    let results: Vec<Result<usize, String>> = futures_util::stream::iter(batches)
+    let results: Vec<Result<usize, BenchError>> = futures_util::stream::iter(batches)
         .map(|batch| {
             let mut c = client.clone();
             async move {
-                let items = batch
-                    .iter()
-                    .map(|&i| PublishRequest {
-                        indicator: Some(draft(i, Tlp::Clear, 70)),
-                        ..Default::default()
-                    })
-                    .collect();
-                let r = c
-                    .publish_batch(crate::proto::v1::PublishBatchRequest { items })
-                    .await
-                    .map_err(|e| e.to_string())?
-                    .into_inner();
-                match r.outcomes.iter().find(|o| o.code != 0) {
-                    Some(o) => Err(o.message.clone()),
-                    None => Ok(r.outcomes.len()),
-                }
+                let drafts = batch.iter().map(|&i| draft(i, Tlp::Clear, 70)).collect();
+                Ok(published(&mut c, drafts).await?.len())
             }
         })
         .buffer_unordered(BATCHES_IN_FLIGHT)
         .collect()
         .await;
-    let published: Result<usize, String> = results.into_iter().sum();
-    let published = published.map_err(|e| err(format!("batch publish failed: {e}")))?;
+    let published: usize = results.into_iter().sum::<Result<usize, _>>()?;
     let measured = timed.done(&node, published as f64);
     node.stop().await;
     Ok(measured)
@@ -423,23 +435,8 @@ async fn publish_drafts(
 ) -> Result<u64, BenchError> {
     let mut last = 0;
     for chunk in drafts.chunks(200) {
-        let items = chunk
-            .iter()
-            .map(|d| PublishRequest {
-                indicator: Some(d.clone()),
-                ..Default::default()
-            })
-            .collect();
-        let r = client
-            .publish_batch(crate::proto::v1::PublishBatchRequest { items })
-            .await
-            .map_err(err)?
-            .into_inner();
-        for o in r.outcomes {
-            match o.published {
-                Some(p) if o.code == 0 => last = last.max(p.seq),
-                _ => return Err(err(format!("publish failed: {}", o.message))),
-            }
+        for p in published(client, chunk.to_vec()).await? {
+            last = last.max(p.seq);
         }
     }
     Ok(last)
