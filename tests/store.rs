@@ -493,6 +493,48 @@ async fn a_retried_publish_with_the_same_idempotency_key_returns_the_original() 
     node.stop().await;
 }
 
+/// `publish --file` (PublishBatch) tells the publisher what each partner
+/// will be sent or not, decided as the send path decides, and reports a
+/// line naming an id the node does not hold by its number, after the rest
+/// are published (as `publish --help` says).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publish_file_previews_each_partner_and_reports_an_unknown_id_by_line() {
+    let (a, _b, node_a, node_b) = linked_pair().await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("in.jsonl");
+    let lines = [
+        r#"{"kind":"ipv4","value":"198.51.100.1","tlp":"GREEN"}"#.to_string(),
+        r#"{"kind":"ipv4","value":"198.51.100.2","tlp":"GREEN"}"#.to_string(),
+        r#"{"kind":"ipv4","value":"198.51.100.3","tlp":"RED","recipients":["c.example"]}"#
+            .to_string(),
+        format!(
+            r#"{{"kind":"ipv4","value":"198.51.100.4","tlp":"GREEN","id":"{}"}}"#,
+            uuid::Uuid::new_v4()
+        ),
+    ];
+    std::fs::write(&file, lines.join("\n") + "\n").unwrap();
+    let o = cli(&a, &node_a, &["publish", "--file", file.to_str().unwrap()]);
+    let (out, err) = (
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr),
+    );
+    assert!(!o.status.success(), "{out}\n{err}");
+    assert!(out.contains("published 3 of 4 indicator(s)"), "{out}");
+    let b_line = out
+        .lines()
+        .find(|l| l.contains("b.example"))
+        .unwrap_or_else(|| panic!("no line for b.example: {out}"));
+    assert!(b_line.contains("sent 2"), "{b_line}");
+    assert!(b_line.contains("withheld 1"), "{b_line}");
+    assert!(
+        err.contains("line 4") && err.contains("never published by a.example"),
+        "{err}"
+    );
+    assert_eq!(node_a.ctx.store.count_indicators().await.unwrap(), 3);
+    node_b.stop().await;
+    node_a.stop().await;
+}
+
 /// `publish --file` run again after part of the file was published (an
 /// interruption) publishes only the rest: each line carries a key made
 /// from its content.

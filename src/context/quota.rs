@@ -196,9 +196,14 @@ mod tests {
         let _s2 = q.open_stream(&a, 0).unwrap();
         let hit = q.open_stream(&a, 0).err().unwrap();
         assert_eq!(hit.setting, "limits.max_streams_per_partner");
-        assert!(q.open_stream(&org("b.example"), 0).is_ok());
+        // A refused stream is not counted among all partners' streams.
+        assert_eq!(q.all_streams(), 2);
+        let b = q.open_stream(&org("b.example"), 0).unwrap();
+        assert_eq!(q.all_streams(), 3);
+        drop(b);
         drop(s1);
         assert_eq!(q.streams(&a), 1);
+        assert_eq!(q.all_streams(), 1);
         assert!(q.open_stream(&a, 0).is_ok());
     }
 }
