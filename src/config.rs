@@ -247,6 +247,12 @@ pub struct FederationSettings {
     pub pending_cards_max_per_partner: u64,
     /// Most bytes of such pending cards per partner.
     pub pending_cards_max_bytes_per_partner: u64,
+    /// How often each link retries sightings waiting for its partner (ms);
+    /// new ones go at once.
+    pub sightings_interval_ms: u64,
+    /// Most sightings (sighter, indicator, day) one partner can make us
+    /// keep; more are refused (`RESOURCE_EXHAUSTED`, a ledger row).
+    pub sightings_max_per_partner: u64,
 }
 
 impl FederationSettings {
@@ -471,6 +477,12 @@ impl Settings {
         if f.witness_interval_ms == 0 {
             return Err(invalid(
                 "federation.witness_interval_ms",
+                "must be positive",
+            ));
+        }
+        if f.sightings_interval_ms == 0 {
+            return Err(invalid(
+                "federation.sightings_interval_ms",
                 "must be positive",
             ));
         }

@@ -105,6 +105,9 @@ pub struct NodeContext {
     pub log_id: String,
     /// Streams and request rate per partner (`[limits]`).
     pub quota: PartnerQuota,
+    /// Woken when sightings are queued for partners, so each link sends
+    /// its share at once instead of at its next interval.
+    pub sightings_queued: watch::Sender<u64>,
     /// What the view was last built from (`None` before the first load).
     loaded: std::sync::Mutex<Option<ViewInput>>,
 }
@@ -231,6 +234,7 @@ impl NodeContext {
             conns: crate::net::Connections::with_metrics(metrics.clone()),
             metrics,
             quota,
+            sightings_queued: watch::Sender::new(0),
             log_id,
             tls: NodeTls {
                 cert: ArcSwap::from_pointee(node_cert),

@@ -26,6 +26,8 @@
 //! - [`taxii`]: the TAXII 2.1 server (HTTPS, the same mutual TLS).
 //! - [`federation`]: outbound partner links: verify, store, cursor; cards
 //!   and quarantine.
+//! - [`sightings`]: sightings of indicators, recorded here or received,
+//!   sent back towards the origin.
 //! - [`node`]: opens a context and serves it.
 //! - [`bench`]: the one-command benchmark (`threatmesh bench`).
 //! - [`cli`]: the `threatmesh` commands, including `demo`.
@@ -51,6 +53,7 @@ pub mod proto;
 pub mod provision;
 pub mod refusal;
 pub mod rpc;
+pub mod sightings;
 pub mod signing;
 pub mod store;
 pub mod taxii;

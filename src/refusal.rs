@@ -95,7 +95,7 @@ impl From<&VerifyError> for RefusalKind {
             | VerifyError::SignatureCount(_) => RefusalKind::Unauthentic,
             VerifyError::UnknownKey(_) => RefusalKind::UnknownKey,
             VerifyError::WrongPayloadType { .. }
-            | VerifyError::TooLarge(_)
+            | VerifyError::TooLarge(..)
             | VerifyError::Decode(_) => RefusalKind::Malformed,
         }
     }

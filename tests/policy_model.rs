@@ -185,6 +185,7 @@ fn policy(ceiling: Tlp, community: bool) -> PartnerPolicy {
             ..EgressRules::default()
         },
         ingress: IngressRules::default(),
+        sightings: Default::default(),
     }
 }
 
@@ -401,6 +402,7 @@ fn arb_policy() -> impl Strategy<Value = Option<PartnerPolicy>> {
                             max_age_days: age,
                         },
                         ingress: IngressRules::default(),
+                        sightings: Default::default(),
                     }
                 },
             ),

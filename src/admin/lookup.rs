@@ -74,10 +74,17 @@ impl AdminService {
             }
         }
         decisions.sort_by_key(|d| d.at_unix_ms);
+        let mut sightings = Vec::new();
+        for (origin, id) in &indicators {
+            for row in store.sightings_of(Some(origin), id).await? {
+                sightings.push(crate::sightings::record_of(&row));
+            }
+        }
         Ok(LookupResponse {
             kind: kind_name(kind as i32).unwrap_or("").into(),
             value,
             hits,
+            sightings,
             decisions,
         })
     }

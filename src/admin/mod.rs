@@ -9,6 +9,7 @@ mod lookup;
 mod mesh;
 mod peers;
 mod pki;
+mod sightings;
 
 use std::sync::Arc;
 
@@ -112,6 +113,14 @@ impl Admin for AdminService {
     ) -> Result<Response<LookupResponse>, Status> {
         self.admin(&req, "Admin/Lookup")?;
         reply(self.lookup_now(req.get_ref()).await)
+    }
+
+    async fn list_sightings(
+        &self,
+        req: Request<crate::proto::v1::ListSightingsRequest>,
+    ) -> Result<Response<crate::proto::v1::ListSightingsResponse>, Status> {
+        self.admin(&req, "Admin/ListSightings")?;
+        reply(self.list_sightings_now(req.get_ref()).await)
     }
 
     async fn status(

@@ -358,4 +358,76 @@ impl AuditEntry {
         let subject = format!("thisUpdate {this_update_ms}");
         Self::of(event::CRL_IMPORTED, actor, org, subject, "", summary.into())
     }
+
+    /// `sighter saw origin/id on YYYY-MM-DD`, the subject of rows about one
+    /// sighting report.
+    pub fn sighting_subject(sighter: &str, origin: &str, id: &str, window_ms: i64) -> String {
+        let day = crate::clock::rfc3339(window_ms);
+        format!(
+            "{sighter} saw {origin}/{id} on {}",
+            day.get(..10).unwrap_or(&day)
+        )
+    }
+
+    /// Our publisher `actor` reported `count` more sightings; the day's
+    /// report now totals `total`.
+    pub fn sighted(actor: &str, subject: String, count: u64, total: u64) -> Self {
+        let detail = format!("{count} more; {total} that day");
+        Self::of(event::SIGHTED, actor, "", subject, "", detail)
+    }
+
+    /// A sighting from `partner` accepted under `rule`, along `path`.
+    pub fn sighting_accepted(partner: &str, subject: String, rule: &str, path: &[String]) -> Self {
+        let detail = format!("path {}", path.join(" > "));
+        Self::of(
+            event::SIGHTING_ACCEPTED,
+            NODE,
+            partner,
+            subject,
+            rule,
+            detail,
+        )
+    }
+
+    /// A sighting sent to `partner` under `rule` (it answered that it holds
+    /// it).
+    pub fn sighting_sent(partner: &str, subject: String, rule: &str) -> Self {
+        Self::of(
+            event::SIGHTING_SENT,
+            NODE,
+            partner,
+            subject,
+            rule,
+            String::new(),
+        )
+    }
+
+    /// A sighting withheld from `partner` by `rule`.
+    pub fn sighting_withheld(partner: &str, subject: String, rule: &str, why: String) -> Self {
+        Self::of(event::SIGHTING_WITHHELD, NODE, partner, subject, rule, why)
+    }
+
+    /// A sighting refused as `code` (a gRPC code name): `ours` = one we
+    /// sent that `partner` refused; otherwise one `partner` sent us.
+    pub fn sighting_refused(
+        partner: &str,
+        subject: String,
+        code: &str,
+        why: &str,
+        ours: bool,
+    ) -> Self {
+        let detail = if ours {
+            format!("refused by {partner}: {why}")
+        } else {
+            why.to_string()
+        };
+        Self::of(
+            event::SIGHTING_REFUSED,
+            NODE,
+            partner,
+            subject,
+            code,
+            detail,
+        )
+    }
 }

@@ -67,6 +67,17 @@ pub mod event {
     pub const LEDGER_WITNESS: &str = "ledger-witness";
     /// An admin exported indicators (all, or a partner's policy view).
     pub const EXPORTED: &str = "exported";
+    /// One of our publishers reported a sighting (our report for the day).
+    pub const SIGHTED: &str = "sighted";
+    /// A sighting from a partner was accepted.
+    pub const SIGHTING_ACCEPTED: &str = "sighting-accepted";
+    /// A sighting was sent to a partner (towards the origin).
+    pub const SIGHTING_SENT: &str = "sighting-sent";
+    /// A sighting was withheld from a partner by its policy.
+    pub const SIGHTING_WITHHELD: &str = "sighting-withheld";
+    /// A sighting was refused: one a partner sent us, or one of ours the
+    /// partner refused.
+    pub const SIGHTING_REFUSED: &str = "sighting-refused";
 }
 
 /// One ledger entry before it is chained.

@@ -21,7 +21,8 @@ Examples:
 
 Every version of every indicator with that value, whoever its origin: where it
 came from (origin and path), when we stored it, and every release decision about
-it from the ledger (sent or withheld, to which partner, under which rule).")]
+it from the ledger (sent or withheld, to which partner, under which rule), and the
+sightings held of it (`threatmesh sightings ID` for one indicator).")]
 pub struct LookupArgs {
     /// The value, written as for `publish` (it is normalised the same way).
     pub value: String,
@@ -67,7 +68,8 @@ pub async fn run(config: &Path, conn: &ClientArgs, args: &LookupArgs) -> Result<
             .collect();
         out!(
             "{}",
-            serde_json::json!({"kind": r.kind, "value": r.value, "versions": hits, "decisions": decisions})
+            serde_json::json!({"kind": r.kind, "value": r.value, "versions": hits, "decisions": decisions,
+                "sightings": r.sightings.iter().map(super::sight::record_json).collect::<Vec<_>>()})
         );
         return Ok(());
     }
@@ -113,6 +115,17 @@ pub async fn run(config: &Path, conn: &ClientArgs, args: &LookupArgs) -> Result<
                 format!(" ({})", d.detail)
             }
         );
+    }
+    if !r.sightings.is_empty() {
+        let total: u64 = r
+            .sightings
+            .iter()
+            .filter_map(|x| x.sighting.as_ref().map(|s| s.count))
+            .sum();
+        out!("sightings: {total} in {} report(s)", r.sightings.len());
+        for rec in &r.sightings {
+            out!("  {}", super::sight::record_line(rec));
+        }
     }
     Ok(())
 }

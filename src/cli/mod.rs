@@ -44,6 +44,7 @@ pub mod progress;
 pub mod publish;
 pub mod quarantine;
 pub mod serve;
+pub mod sight;
 pub mod status;
 pub mod store;
 pub mod table;
@@ -233,6 +234,11 @@ pub enum Command {
     /// Do we hold a value, who sent it, whom did we give it to under which
     /// rule (admin certificate).
     Lookup(AdminArgs<lookup::LookupArgs>),
+    /// Report that we saw an indicator: a signed sighting that goes back
+    /// towards its origin where policies allow (publisher certificate).
+    Sight(Publishing<sight::SightArgs>),
+    /// The sightings this node holds of an indicator (admin certificate).
+    Sightings(AdminArgs<sight::SightingsArgs>),
     /// Import STIX 2.1 bundles, MISP events or CSV: each indicator signed
     /// and published by this org (publisher certificate).
     Import(Publishing<import::ImportArgs>),
@@ -280,6 +286,8 @@ pub fn run(cli: Cli) -> ExitCode {
             Command::Export(a) => export::run(&cli.config, &a.conn, &a.args).await,
             Command::Import(a) => import::run(&cli.config, &a.conn, &a.args).await,
             Command::Lookup(a) => lookup::run(&cli.config, &a.conn, &a.args).await,
+            Command::Sight(a) => sight::sight(&cli.config, &a.conn, &a.args).await,
+            Command::Sightings(a) => sight::list(&cli.config, &a.conn, &a.args).await,
             Command::Status(a) => status::run(&cli.config, &a.conn, &a.args).await,
             Command::Bench(args) => bench::run(&args).await,
             Command::Completions(args) => docs::completions(&args),

@@ -1115,6 +1115,35 @@ impl Exchange for ExchangeService {
         );
         Ok(Response::new(GetLedgerHeadResponse { head: Some(env) }))
     }
+
+    async fn sight(
+        &self,
+        req: Request<crate::proto::v1::SightRequest>,
+    ) -> Result<Response<crate::proto::v1::SightResponse>, Status> {
+        let ctx = &self.ctx;
+        let caller = authorize(&req, &ctx.own, Allowed::OwnPublisher, "Exchange/Sight")?;
+        let answer = crate::sightings::sight(ctx, &caller.to_string(), req.into_inner()).await?;
+        Ok(Response::new(answer))
+    }
+
+    async fn report_sightings(
+        &self,
+        req: Request<crate::proto::v1::ReportSightingsRequest>,
+    ) -> Result<Response<crate::proto::v1::ReportSightingsResponse>, Status> {
+        let ctx = &self.ctx;
+        let caller = authorize(
+            &req,
+            &ctx.own,
+            Allowed::PartnerNode,
+            "Exchange/ReportSightings",
+        )?;
+        charge(ctx, &caller.org, "Exchange/ReportSightings").await?;
+        if let Some(why) = ctx.partner_refused(&caller.org) {
+            return Err(RpcError::PartnerRefused(why).into());
+        }
+        let answer = crate::sightings::receive(ctx, &caller.org, req.into_inner()).await?;
+        Ok(Response::new(answer))
+    }
 }
 
 #[cfg(test)]

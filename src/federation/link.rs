@@ -333,6 +333,13 @@ async fn receive(
     ));
     witness.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut reported = false;
+    // Sightings waiting for this partner go when queued, and are retried
+    // at intervals.
+    let mut sightings = tokio::time::interval(std::time::Duration::from_millis(
+        ctx.settings.federation.sightings_interval_ms,
+    ));
+    sightings.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut queued = ctx.sightings_queued.subscribe();
     let mut clock_warned = false;
     let restart = ctx.links.restart_signal(&peer.org);
     loop {
@@ -348,6 +355,15 @@ async fn receive(
             },
             _ = witness.tick() => {
                 super::witness::witness(ctx, &peer.org, &mut client, &mut reported).await?;
+                continue;
+            }
+            _ = sightings.tick() => {
+                crate::sightings::push::push(ctx, &peer.org, &mut client).await?;
+                continue;
+            }
+            Ok(()) = queued.changed() => {
+                queued.mark_unchanged();
+                crate::sightings::push::push(ctx, &peer.org, &mut client).await?;
                 continue;
             }
         };

@@ -40,7 +40,7 @@ pub struct ValidationError {
     pub message: String,
 }
 
-fn invalid(field: impl Into<String>, message: impl Into<String>) -> ValidationError {
+pub(super) fn invalid(field: impl Into<String>, message: impl Into<String>) -> ValidationError {
     ValidationError {
         field: field.into(),
         message: message.into(),

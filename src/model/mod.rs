@@ -1,8 +1,9 @@
 //! The domain model: organisation ids, indicator validation and
-//! normalisation, TLP labels. Pure: no I/O, no clock (callers pass `now`).
+//! normalisation, TLP labels, sightings. Pure: no I/O, no clock (callers pass `now`).
 
 mod indicator;
 mod org;
+mod sighting;
 
 pub use indicator::{
     KIND_NAMES, MAX_CLOCK_SKEW_MS, MAX_DESCRIPTION_LEN, MAX_TAGS, TLP_NAMES, ValidationError,
@@ -10,3 +11,7 @@ pub use indicator::{
     prepare_draft, tlp_name, validate_content, validate_indicator, validate_marking,
 };
 pub use org::{OrgId, OrgIdError};
+pub use sighting::{
+    DAY_MS, MAX_SIGHTING_PATH, SightingDraft, merge_sighting, prepare_sighting, validate_sighting,
+    window_of,
+};

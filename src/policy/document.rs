@@ -4,7 +4,7 @@
 
 use serde::Deserialize;
 
-use super::{EgressRules, IngressRules, Origins, PartnerPolicy};
+use super::{EgressRules, IngressRules, Origins, PartnerPolicy, SightingRules};
 use crate::model::{is_iso3166_alpha2, parse_kind, parse_tlp};
 use crate::proto::v1::{IndicatorKind, Tlp};
 
@@ -23,6 +23,19 @@ struct Doc {
     egress: EgressDoc,
     #[serde(default)]
     ingress: IngressDoc,
+    #[serde(default)]
+    sightings: SightingsDoc,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SightingsDoc {
+    #[serde(default)]
+    send: bool,
+    #[serde(default)]
+    relay: bool,
+    #[serde(default)]
+    accept: bool,
 }
 
 #[derive(Debug, Deserialize)]
@@ -206,6 +219,11 @@ pub fn parse_policy(text: &str) -> Result<PartnerPolicy, PolicyError> {
             min_confidence: doc.ingress.min_confidence.0,
             accept_relayed: doc.ingress.accept_relayed,
         },
+        sightings: SightingRules {
+            send: doc.sightings.send,
+            relay: doc.sightings.relay,
+            accept: doc.sightings.accept,
+        },
     })
 }
 
@@ -232,6 +250,11 @@ max_age_days = 30
 kinds = ["url"]
 min_confidence = 10
 accept_relayed = true
+
+[sightings]
+send = true
+relay = false
+accept = true
 "#;
 
     #[test]
@@ -246,6 +269,17 @@ accept_relayed = true
         assert_eq!(p.egress.max_age_days, Some(30));
         assert!(p.ingress.accept_relayed);
         assert_eq!(p.ingress.kinds, vec![IndicatorKind::Url]);
+        assert_eq!(
+            p.sightings,
+            SightingRules {
+                send: true,
+                relay: false,
+                accept: true
+            }
+        );
+        // Absent, nothing flows.
+        let bare = parse_policy("name = \"x\"\n[egress]\ntlp_ceiling = \"CLEAR\"\n").unwrap();
+        assert_eq!(bare.sightings, SightingRules::default());
     }
 
     #[test]
@@ -281,6 +315,11 @@ accept_relayed = true
                 FULL.replace("origins = \"any\"", "origins = \"all\""),
                 "line 12",
                 "all",
+            ),
+            (
+                FULL.replace("relay = false", "realy = false"),
+                "line 23",
+                "realy",
             ),
         ];
         for (text, line, needle) in cases {

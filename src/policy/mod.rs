@@ -18,7 +18,7 @@ mod document;
 mod rules;
 
 pub use document::{PolicyError, parse_policy};
-pub use rules::{EgressRules, IngressRules, Origins, PartnerPolicy};
+pub use rules::{EgressRules, IngressRules, Origins, PartnerPolicy, SightingRules};
 
 use std::fmt;
 
@@ -292,6 +292,71 @@ pub fn accept_retraction(ind: &Indicator, held_earlier: bool) -> Option<Decision
     })
 }
 
+/// Would this node send a sighting by `sighter` to partner `to` (the
+/// partner that delivered us the indicator: sightings only travel back
+/// towards its origin)? Our own sightings need `[sightings] send`, those
+/// we relay `[sightings] relay`, in `to`'s policy.
+pub fn sighting_egress(
+    own: &OrgId,
+    sighter: &str,
+    to: &OrgId,
+    policy: Option<&PartnerPolicy>,
+) -> Decision {
+    let Some(p) = policy else {
+        return deny(
+            "no-policy",
+            format!("no sharing policy is bound to {to}; nothing is sent to it"),
+        );
+    };
+    if sighter == own.as_str() {
+        if p.sightings.send {
+            return Decision::Allow {
+                rule: "sightings-send",
+            };
+        }
+        return deny(
+            "sightings-send-off",
+            format!(
+                "policy {} v{} for {to} does not send our sightings ([sightings] send = false)",
+                p.name, p.version
+            ),
+        );
+    }
+    if p.sightings.relay {
+        return Decision::Allow {
+            rule: "sightings-relay",
+        };
+    }
+    deny(
+        "sightings-relay-off",
+        format!(
+            "policy {} v{} for {to} does not relay sightings of other orgs ({sighter}) ([sightings] relay = false)",
+            p.name, p.version
+        ),
+    )
+}
+
+/// Do we accept sightings partner `from` reports (of indicators we sent
+/// it)? Only where its policy says `[sightings] accept = true`.
+pub fn sighting_ingress(from: &OrgId, policy: Option<&PartnerPolicy>) -> Decision {
+    match policy {
+        Some(p) if p.sightings.accept => Decision::Allow {
+            rule: "sightings-accept",
+        },
+        Some(p) => deny(
+            "sightings-accept-off",
+            format!(
+                "policy {} v{} for {from} accepts no sightings from it ([sightings] accept = false)",
+                p.name, p.version
+            ),
+        ),
+        None => deny(
+            "no-policy",
+            format!("no sharing policy is bound to {from}; its sightings are not accepted"),
+        ),
+    }
+}
+
 /// Do we accept `ind`, received from partner `upstream` after `relay_hops`
 /// relays (the orgs between its origin and us: 0 when `upstream` is the
 /// origin, and at least 1 otherwise, whatever path the sender claims)?
@@ -420,6 +485,7 @@ mod tests {
                 ..EgressRules::default()
             },
             ingress: IngressRules::default(),
+            sightings: Default::default(),
         }
     }
 
@@ -428,6 +494,12 @@ mod tests {
         let (a, b) = (org("a.example"), org("b.example"));
         let d = egress(&a, &ind("a.example", Tlp::Clear, &[]), 0, &b, None, 0);
         assert_eq!(d.rule(), "no-policy");
+        let org = OrgId::parse("b.example").unwrap();
+        assert_eq!(
+            sighting_egress(&org, "b.example", &org, None).rule(),
+            "no-policy"
+        );
+        assert_eq!(sighting_ingress(&org, None).rule(), "no-policy");
     }
 
     #[test]
@@ -517,6 +589,44 @@ mod tests {
         assert_eq!(
             ingress(&b, &with(Tlp::Clear, true, 1), &c, 2, Some(&p)).rule(),
             "hop-limit"
+        );
+    }
+
+    #[test]
+    fn sightings_flow_only_where_a_rule_says_so() {
+        let own = OrgId::parse("c.example").unwrap();
+        let to = OrgId::parse("b.example").unwrap();
+        let mut p = open(Tlp::Clear, false);
+        assert_eq!(
+            sighting_egress(&own, "c.example", &to, Some(&p)).rule(),
+            "sightings-send-off"
+        );
+        assert_eq!(
+            sighting_egress(&own, "e.example", &to, Some(&p)).rule(),
+            "sightings-relay-off"
+        );
+        assert_eq!(
+            sighting_ingress(&to, Some(&p)).rule(),
+            "sightings-accept-off"
+        );
+        p.sightings.send = true;
+        assert!(sighting_egress(&own, "c.example", &to, Some(&p)).is_allow());
+        assert!(!sighting_egress(&own, "e.example", &to, Some(&p)).is_allow());
+        p.sightings.relay = true;
+        p.sightings.send = false;
+        assert_eq!(
+            sighting_egress(&own, "e.example", &to, Some(&p)).rule(),
+            "sightings-relay"
+        );
+        assert!(!sighting_egress(&own, "c.example", &to, Some(&p)).is_allow());
+        p.sightings.accept = true;
+        assert_eq!(sighting_ingress(&to, Some(&p)).rule(), "sightings-accept");
+        let why = sighting_egress(&own, "c.example", &to, Some(&p))
+            .reason()
+            .to_string();
+        assert!(
+            why.contains("[sightings] send = false") && why.contains("b.example"),
+            "{why}"
         );
     }
 }

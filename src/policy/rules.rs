@@ -63,6 +63,21 @@ pub struct IngressRules {
     pub accept_relayed: bool,
 }
 
+/// Sightings to and from the partner (the `[sightings]` section). Nothing
+/// flows unless a rule says so.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct SightingRules {
+    /// Our own sightings of indicators the partner delivered to us go back
+    /// to it.
+    pub send: bool,
+    /// Sightings other orgs reported to us go on to the partner when it is
+    /// the one that delivered us the indicator (towards the origin).
+    pub relay: bool,
+    /// Sightings the partner reports, of indicators we sent it, are
+    /// accepted.
+    pub accept: bool,
+}
+
 /// A named, versioned policy bound to a partner.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PartnerPolicy {
@@ -74,4 +89,6 @@ pub struct PartnerPolicy {
     pub egress: EgressRules,
     /// Ingress rules.
     pub ingress: IngressRules,
+    /// Sightings rules.
+    pub sightings: SightingRules,
 }

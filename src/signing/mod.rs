@@ -22,6 +22,10 @@ pub const CARD_PAYLOAD_TYPE: &str = "application/vnd.threatmesh.org-card.v1+prot
 pub const ROTATION_PAYLOAD_TYPE: &str = "application/vnd.threatmesh.key-rotation.v1+protobuf";
 /// `payload_type` of a signed [`crate::proto::v1::LedgerHead`].
 pub const LEDGER_HEAD_PAYLOAD_TYPE: &str = "application/vnd.threatmesh.ledger-head.v1+protobuf";
+/// `payload_type` of a signed [`crate::proto::v1::Sighting`].
+pub const SIGHTING_PAYLOAD_TYPE: &str = "application/vnd.threatmesh.sighting.v1+protobuf";
+/// Largest sighting payload accepted: a report has a dozen short fields.
+pub const MAX_SIGHTING_PAYLOAD_LEN: usize = 2048;
 /// Largest payload a receiver will even verify; bigger envelopes are refused
 /// unread so a hostile peer cannot make us hash megabytes.
 pub const MAX_PAYLOAD_LEN: usize = 64 * 1024;
@@ -48,9 +52,10 @@ pub enum VerifyError {
         /// What the envelope says.
         got: String,
     },
-    /// Payload over [`MAX_PAYLOAD_LEN`].
-    #[error("payload of {0} bytes exceeds the {MAX_PAYLOAD_LEN}-byte limit")]
-    TooLarge(usize),
+    /// Payload over the limit of its type ([`MAX_PAYLOAD_LEN`],
+    /// [`MAX_SIGHTING_PAYLOAD_LEN`]).
+    #[error("payload of {0} bytes exceeds the {1}-byte limit")]
+    TooLarge(usize, usize),
     /// Envelopes carry exactly one signature, by the origin.
     #[error("envelope has {0} signatures; exactly one (the origin's) is required")]
     SignatureCount(usize),
@@ -304,7 +309,7 @@ pub fn signer<'k>(
         });
     }
     if env.payload.len() > MAX_PAYLOAD_LEN {
-        return Err(VerifyError::TooLarge(env.payload.len()));
+        return Err(VerifyError::TooLarge(env.payload.len(), MAX_PAYLOAD_LEN));
     }
     let [sig] = env.signatures.as_slice() else {
         return Err(VerifyError::SignatureCount(env.signatures.len()));
@@ -355,6 +360,46 @@ pub fn verify_together(items: &[(&Envelope, &KnownKey)]) -> bool {
     }
     let messages: Vec<&[u8]> = messages.iter().map(Vec::as_slice).collect();
     ed25519_dalek::verify_batch(&messages, &signatures, &keys).is_ok()
+}
+
+/// Verifies a sighting report, then decodes exactly the verified bytes and
+/// checks they agree with the signature: the sighter is the key's owner,
+/// the key id is the signing key, and the key was valid when the report
+/// was made. A payload over [`MAX_SIGHTING_PAYLOAD_LEN`] is refused before
+/// any signature work.
+pub fn open_sighting(
+    env: &Envelope,
+    keys: &KeyDirectory,
+) -> Result<crate::proto::v1::Sighting, VerifyError> {
+    if env.payload_type == SIGHTING_PAYLOAD_TYPE && env.payload.len() > MAX_SIGHTING_PAYLOAD_LEN {
+        return Err(VerifyError::TooLarge(
+            env.payload.len(),
+            MAX_SIGHTING_PAYLOAD_LEN,
+        ));
+    }
+    let (payload, key) = verify(env, SIGHTING_PAYLOAD_TYPE, keys)?;
+    let s = crate::proto::v1::Sighting::decode(payload)
+        .map_err(|e| VerifyError::Decode(e.to_string()))?;
+    if s.sighter_org != key.org.as_str() {
+        return Err(VerifyError::OriginMismatch {
+            claimed: s.sighter_org.chars().take(253).collect(),
+            signer: key.org.to_string(),
+        });
+    }
+    if s.key_id != key.key_id {
+        return Err(VerifyError::KeyIdMismatch {
+            payload: s.key_id.chars().take(64).collect(),
+            signature: key.key_id.clone(),
+        });
+    }
+    let at = s.reported_unix_ms;
+    if at < key.not_before_ms || (key.not_after_ms != 0 && at >= key.not_after_ms) {
+        return Err(VerifyError::KeyNotValid {
+            key_id: key.key_id.clone(),
+            at_ms: at,
+        });
+    }
+    Ok(s)
 }
 
 /// Decodes the indicator inside a stored envelope. Stored bytes were

@@ -302,6 +302,41 @@ const TABLES: &[Table] = &[
         key: None,
         serial: false,
     },
+    Table {
+        name: "sightings",
+        columns: &[
+            ("sighter", Text),
+            ("origin_org", Text),
+            ("indicator_id", Text),
+            ("window_ms", Int),
+            ("indicator_version", Int),
+            ("seen_count", Int),
+            ("first_seen_ms", Int),
+            ("last_seen_ms", Int),
+            ("reported_ms", Int),
+            ("sector", Text),
+            ("country", Text),
+            ("received_from", Text),
+            ("path", Text),
+            ("envelope", Bytes),
+            ("stored_ms", Int),
+        ],
+        key: None,
+        serial: false,
+    },
+    Table {
+        name: "sighting_outbox",
+        columns: &[
+            ("partner", Text),
+            ("sighter", Text),
+            ("origin_org", Text),
+            ("indicator_id", Text),
+            ("window_ms", Int),
+            ("queued_ms", Int),
+        ],
+        key: None,
+        serial: false,
+    },
 ];
 
 /// Tables a new store already fills (made by its migrations): replaced by

@@ -6,7 +6,8 @@
 //! - `ledger`: the hash-chained audit ledger.
 //! - `peers`, `policies`, `pki` (our certificates, CRLs), `keys` (ours and
 //!   partners' signing keys), `directory` (cards of non-partner orgs),
-//!   `quarantine`, `release` (what was sent to whom).
+//!   `quarantine`, `release` (what was sent to whom), `sightings` (ours
+//!   and partners', and those waiting to go towards the origin).
 //!
 //! SQLite (embedded default) in WAL mode with `synchronous=FULL`: a publish
 //! is acknowledged, and a cursor advanced, only after the commit is durable.
@@ -32,6 +33,7 @@ mod publish_keys;
 mod quarantine;
 mod release;
 mod replicas;
+mod sightings;
 mod tail;
 mod witness;
 
@@ -63,6 +65,7 @@ pub use publish_keys::{Appended, PublishKey};
 pub use quarantine::{OrgPath, QuarantineRow, Quarantined};
 pub use release::{ResendRequest, Sent};
 pub use replicas::LinkLease;
+pub use sightings::{KeptSighting, OutgoingSighting, SightingRow};
 pub use witness::WitnessedHead;
 
 /// The store's write lock and the transaction begun under it.

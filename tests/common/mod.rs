@@ -681,6 +681,20 @@ impl Exchange for RogueExchange {
     ) -> Result<Response<threatmesh::proto::v1::GetLedgerHeadResponse>, Status> {
         Err(Status::unimplemented("rogue"))
     }
+
+    async fn sight(
+        &self,
+        _: Request<threatmesh::proto::v1::SightRequest>,
+    ) -> Result<Response<threatmesh::proto::v1::SightResponse>, Status> {
+        Err(Status::unimplemented("rogue"))
+    }
+
+    async fn report_sightings(
+        &self,
+        _: Request<threatmesh::proto::v1::ReportSightingsRequest>,
+    ) -> Result<Response<threatmesh::proto::v1::ReportSightingsResponse>, Status> {
+        Err(Status::unimplemented("rogue"))
+    }
 }
 
 impl RogueUpstream {
@@ -808,6 +822,33 @@ impl Mesh {
         introducers: bool,
         proxied: &[(usize, usize)],
     ) -> Mesh {
+        Self::build(
+            names,
+            edges,
+            &|_, _| policy.to_string(),
+            introducers,
+            proxied,
+        )
+        .await
+    }
+
+    /// As [`Mesh::start`], each org binding its partner by the policy
+    /// document `policy(org, partner)` (indices into `names`).
+    pub async fn start_with_policies(
+        names: &[&str],
+        edges: &[(usize, usize)],
+        policy: &dyn Fn(usize, usize) -> String,
+    ) -> Mesh {
+        Self::build(names, edges, policy, true, &[]).await
+    }
+
+    async fn build(
+        names: &[&str],
+        edges: &[(usize, usize)],
+        policy: &dyn Fn(usize, usize) -> String,
+        introducers: bool,
+        proxied: &[(usize, usize)],
+    ) -> Mesh {
         let orgs: Vec<Org> = names.iter().map(|n| Org::new(n)).collect();
         let mut listeners = Vec::new();
         for _ in &orgs {
@@ -818,7 +859,7 @@ impl Mesh {
         let mut proxies = Vec::new();
         for &(i, j) in edges {
             for (x, y) in [(i, j), (j, i)] {
-                let name = orgs[x].apply_policy(policy).await;
+                let name = orgs[x].apply_policy(&policy(x, y)).await;
                 let mut dial = addrs[y];
                 if proxied.contains(&(i, j)) || proxied.contains(&(j, i)) {
                     let p = FaultProxy::start(addrs[y]).await;

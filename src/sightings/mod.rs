@@ -1,0 +1,416 @@
+//! Sightings: "this indicator was seen", flowing back to its origin.
+//!
+//! A publisher of ours reports seeing an indicator this node holds
+//! ([`sight`]); the node adds it to its report of that indicator for the
+//! day, signs the report (DSSE, payload type sighting) and queues it for
+//! the partner that delivered us the indicator. Each link sends its queue
+//! ([`push`]) where that partner's policy allows (`[sightings] send` for
+//! ours, `relay` for others'). A partner's reports ([`receive`]) are
+//! verified before they are decoded, must come from a partner whose policy
+//! accepts them (`[sightings] accept`) and concern an indicator we sent
+//! that partner; they are kept (one per sighter, indicator and day, a later
+//! report replacing an earlier one, a replay changing nothing) and queued
+//! on towards the origin. Only ids travel, never an indicator's value.
+
+pub mod push;
+
+use prost::Message;
+
+use crate::audit::AuditEntry;
+use crate::context::NodeContext;
+use crate::model::{
+    MAX_SIGHTING_PATH, OrgId, SightingDraft, merge_sighting, prepare_sighting, validate_sighting,
+    window_of,
+};
+use crate::policy::sighting_ingress;
+use crate::proto::v1::{
+    Envelope, ReportSightingsRequest, ReportSightingsResponse, SightRequest, SightResponse,
+    Sighting, SightingOutcome, SightingRecord, SightingReport,
+};
+use crate::refusal::RefusalKind;
+use crate::rpc::{RpcError, refusal_code};
+use crate::signing::{SIGHTING_PAYLOAD_TYPE, open_sighting};
+use crate::store::{KeptSighting, SightingRow, StoreError};
+use tonic::Code;
+
+/// Most reports one ReportSightings request may carry.
+pub const MAX_REPORTS_PER_REQUEST: usize = 500;
+
+/// Records a sighting our publisher `actor` reports: adds it to our report
+/// of that indicator for its day, signs it, keeps it and queues it for the
+/// partner that delivered us the indicator (none when we are its origin).
+pub async fn sight(
+    ctx: &NodeContext,
+    actor: &str,
+    req: SightRequest,
+) -> Result<SightResponse, RpcError> {
+    // Without an origin, the one holding that id here.
+    let origin = if req.indicator_origin.is_empty() {
+        match ctx.store.indicator_by_id(&req.indicator_id).await? {
+            Some(row) => row.origin_org.clone(),
+            None => String::new(),
+        }
+    } else {
+        req.indicator_origin
+    };
+    if origin.is_empty() {
+        return Err(RpcError::NotFound(format!(
+            "indicator_id: {} is not held by {}; only indicators this node holds can be sighted (`threatmesh lookup VALUE` shows their ids)",
+            req.indicator_id.chars().take(64).collect::<String>(),
+            ctx.own
+        )));
+    }
+    let origin = OrgId::parse(&origin)
+        .map_err(|e| RpcError::BadRequest(format!("indicator_origin: {e}")))?;
+    let now = ctx.clock.now_ms();
+    let draft = prepare_sighting(
+        SightingDraft {
+            origin,
+            id: req.indicator_id,
+            count: req.count,
+            first_seen_ms: req.first_seen_unix_ms,
+            last_seen_ms: req.last_seen_unix_ms,
+            sector: req.sector,
+            country: req.country,
+        },
+        now,
+    )?;
+    let origin = draft.origin.as_str();
+    let Some((version, from)) = ctx.store.indicator_route(origin, &draft.id).await? else {
+        return Err(RpcError::NotFound(format!(
+            "indicator {origin}/{} is not held by {}; only indicators this node holds can be sighted (`threatmesh lookup` shows origin and id)",
+            draft.id, ctx.own
+        )));
+    };
+    let window = window_of(draft.first_seen_ms);
+    let held = ctx
+        .store
+        .own_sighting(&ctx.own, origin, &draft.id, window)
+        .await?
+        .map(|r| report_of(&r));
+    let signer = ctx.signing.load_full();
+    let report = merge_sighting(
+        &ctx.own,
+        signer.key_id(),
+        version,
+        held.as_ref(),
+        &draft,
+        now,
+    );
+    let envelope = signer
+        .seal(SIGHTING_PAYLOAD_TYPE, report.encode_to_vec())
+        .encode_to_vec();
+    let mut row = row_of(&report, envelope, "", Vec::new());
+    let next_hop = next_hop(ctx, &report.indicator_origin, &from);
+    let subject = subject(&row);
+    let audit = [AuditEntry::sighted(actor, subject, draft.count, row.count)];
+    ctx.store
+        .keep_sighting(&row, next_hop.as_ref(), u64::MAX, &audit)
+        .await?;
+    if next_hop.is_some() {
+        ctx.sightings_queued.send_modify(|n| *n += 1);
+    }
+    row.stored_ms = now;
+    tracing::debug!(publisher = actor, indicator = %draft.id, count = row.count, "sighting recorded");
+    Ok(SightResponse {
+        sighting: Some(record_of(&row)),
+    })
+}
+
+/// Where a sighting of an indicator of `origin`, which reached us from
+/// `from` ("" = published here), goes next: nowhere when we are its origin.
+fn next_hop(ctx: &NodeContext, origin: &str, from: &str) -> Option<OrgId> {
+    if origin == ctx.own.as_str() || from.is_empty() {
+        return None;
+    }
+    OrgId::parse(from).ok()
+}
+
+/// Takes the reports partner `from` sent: each verified, checked and kept
+/// or refused on its own (the ledger has a row for each accepted or
+/// refused one; a report waiting for the sighter's key is answered
+/// `FAILED_PRECONDITION` for the partner to retry).
+pub async fn receive(
+    ctx: &NodeContext,
+    from: &OrgId,
+    req: ReportSightingsRequest,
+) -> Result<ReportSightingsResponse, RpcError> {
+    if req.reports.len() > MAX_REPORTS_PER_REQUEST {
+        return Err(RpcError::BadRequest(format!(
+            "reports: at most {MAX_REPORTS_PER_REQUEST} a request, got {}",
+            req.reports.len()
+        )));
+    }
+    if !req.cards.is_empty() && crate::federation::cards::learn_cards(ctx, &req.cards, from).await?
+    {
+        crate::federation::apply_trust_change(ctx)
+            .await
+            .map_err(|e| RpcError::Precondition(format!("reloading keys: {e}")))?;
+    }
+    let view = ctx.view.load_full();
+    let accept = sighting_ingress(from, view.policies.get(from).map(|p| p.as_ref()));
+    let mut outcomes = Vec::with_capacity(req.reports.len());
+    let mut queued = false;
+    for (i, report) in req.reports.into_iter().enumerate() {
+        let checked = if accept.is_allow() {
+            check(ctx, &view.keys, from, i, report).await?
+        } else {
+            Err(Refused::new(Code::PermissionDenied, accept.reason(), None))
+        };
+        let outcome = match checked {
+            Ok((row, next)) => {
+                let audit = [AuditEntry::sighting_accepted(
+                    from.as_str(),
+                    subject(&row),
+                    accept.rule(),
+                    &row.path,
+                )];
+                let max = ctx.settings.federation.sightings_max_per_partner;
+                match ctx
+                    .store
+                    .keep_sighting(&row, next.as_ref(), max, &audit)
+                    .await?
+                {
+                    KeptSighting::New | KeptSighting::Replaced => {
+                        queued |= next.is_some();
+                        ok(true)
+                    }
+                    KeptSighting::AlreadyHeld => ok(false),
+                    KeptSighting::OverLimit(n) => {
+                        let detail = format!(
+                            "{from} already brought {n} sightings, the most one partner may"
+                        );
+                        tracing::warn!(partner = %from, "{detail}");
+                        let row = AuditEntry::over_limit(
+                            from.as_str(),
+                            "Exchange/ReportSightings",
+                            "federation.sightings_max_per_partner",
+                            &detail,
+                        );
+                        ctx.store.append_audit(&[row]).await?;
+                        refused_outcome(
+                            Code::ResourceExhausted,
+                            format!("{detail} (federation.sightings_max_per_partner); retry later"),
+                        )
+                    }
+                }
+            }
+            Err(r) => {
+                if r.code != Code::FailedPrecondition {
+                    tracing::warn!(partner = %from, code = ?r.code, reason = %r.message, "sighting refused");
+                    let subject = r.subject.unwrap_or_else(|| format!("{from} report {i}"));
+                    let row = AuditEntry::sighting_refused(
+                        from.as_str(),
+                        subject,
+                        code_name(r.code),
+                        &r.message,
+                        false,
+                    );
+                    ctx.store.append_audit(&[row]).await?;
+                }
+                refused_outcome(r.code, r.message)
+            }
+        };
+        outcomes.push(outcome);
+    }
+    if queued {
+        ctx.sightings_queued.send_modify(|n| *n += 1);
+    }
+    Ok(ReportSightingsResponse { outcomes })
+}
+
+/// A report refused: its code, why, and the sighting it names once that is
+/// known (verified).
+struct Refused {
+    code: Code,
+    message: String,
+    subject: Option<String>,
+}
+
+impl Refused {
+    fn new(code: Code, message: impl Into<String>, subject: Option<String>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+            subject,
+        }
+    }
+}
+
+/// Checks report `i` from `from`: an envelope, verified before anything in
+/// it is read, well formed, along a path from its sighter to `from`, about
+/// an indicator we sent `from`. The row to keep and where it goes next.
+async fn check(
+    ctx: &NodeContext,
+    keys: &crate::signing::KeyDirectory,
+    from: &OrgId,
+    i: usize,
+    report: SightingReport,
+) -> Result<Result<(SightingRow, Option<OrgId>), Refused>, StoreError> {
+    let field = format!("reports[{i}]");
+    let env = match Envelope::decode(report.envelope.as_slice()) {
+        Ok(env) => env,
+        Err(e) => {
+            return Ok(Err(Refused::new(
+                Code::InvalidArgument,
+                format!("{field}.envelope: not an envelope: {e}"),
+                None,
+            )));
+        }
+    };
+    let s = match open_sighting(&env, keys) {
+        Ok(s) => s,
+        Err(e) => {
+            let code = refusal_code(RefusalKind::from(&e));
+            return Ok(Err(Refused::new(code, format!("{field}: {e}"), None)));
+        }
+    };
+    let subject = crate::audit::AuditEntry::sighting_subject(
+        &s.sighter_org,
+        &s.indicator_origin,
+        &s.indicator_id,
+        s.window_start_unix_ms,
+    );
+    let refuse = |code, why: String| Ok(Err(Refused::new(code, why, Some(subject.clone()))));
+    if let Err(e) = validate_sighting(&s, ctx.clock.now_ms()) {
+        return refuse(Code::InvalidArgument, format!("{field}.{e}"));
+    }
+    if let Err(why) = check_path(&report.path, &s.sighter_org, from, &ctx.own) {
+        return refuse(Code::InvalidArgument, format!("{field}.path: {why}"));
+    }
+    // Only reports of what we sent this partner: no one learns through
+    // this whether we hold an indicator it was never given.
+    let key = (s.indicator_origin.clone(), s.indicator_id.clone());
+    let sent = ctx
+        .store
+        .sent_before(from, std::slice::from_ref(&key))
+        .await?;
+    let route = ctx.store.indicator_route(&key.0, &key.1).await?;
+    let Some((_, upstream)) = route.filter(|_| sent.contains(&key)) else {
+        return refuse(
+            Code::NotFound,
+            format!(
+                "{field}: {} never sent {from} indicator {}/{}; sightings go back only along the way an indicator came",
+                ctx.own, key.0, key.1
+            ),
+        );
+    };
+    // Never back to the partner it came from (a loop of deliveries).
+    let next = next_hop(ctx, &s.indicator_origin, &upstream).filter(|n| n != from);
+    Ok(Ok((
+        row_of(&s, report.envelope, from.as_str(), report.path),
+        next,
+    )))
+}
+
+/// A sighting's path must start at its sighter, end at the partner that
+/// sent it, pass no org twice and not through us, and be short.
+fn check_path(path: &[String], sighter: &str, from: &OrgId, own: &OrgId) -> Result<(), String> {
+    if path.first().map(String::as_str) != Some(sighter) {
+        return Err(format!("must start at the sighter {sighter}"));
+    }
+    if path.last().map(String::as_str) != Some(from.as_str()) {
+        return Err(format!("must end at the sender {from}"));
+    }
+    if path.len() > MAX_SIGHTING_PATH {
+        return Err(format!("{} orgs, at most {MAX_SIGHTING_PATH}", path.len()));
+    }
+    let mut seen = std::collections::HashSet::new();
+    for org in path {
+        if org == own.as_str() {
+            return Err(format!("already passed through {own} (a loop)"));
+        }
+        if !seen.insert(org.as_str()) {
+            return Err(format!("names {org} twice (a loop)"));
+        }
+    }
+    Ok(())
+}
+
+fn ok(stored: bool) -> SightingOutcome {
+    SightingOutcome {
+        code: 0,
+        message: String::new(),
+        stored,
+    }
+}
+
+fn refused_outcome(code: Code, message: String) -> SightingOutcome {
+    SightingOutcome {
+        code: code as u32,
+        message,
+        stored: false,
+    }
+}
+
+/// The gRPC name of a code, as ledger rows give it.
+pub(crate) fn code_name(code: Code) -> &'static str {
+    match code {
+        Code::InvalidArgument => "INVALID_ARGUMENT",
+        Code::NotFound => "NOT_FOUND",
+        Code::PermissionDenied => "PERMISSION_DENIED",
+        Code::Unauthenticated => "UNAUTHENTICATED",
+        Code::FailedPrecondition => "FAILED_PRECONDITION",
+        Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
+        _ => "REFUSED",
+    }
+}
+
+/// The ledger subject of a stored sighting.
+pub(crate) fn subject(row: &SightingRow) -> String {
+    AuditEntry::sighting_subject(&row.sighter, &row.origin, &row.indicator_id, row.window_ms)
+}
+
+/// The row that keeps report `s` (signed as `envelope`).
+fn row_of(s: &Sighting, envelope: Vec<u8>, from: &str, path: Vec<String>) -> SightingRow {
+    SightingRow {
+        sighter: s.sighter_org.clone(),
+        origin: s.indicator_origin.clone(),
+        indicator_id: s.indicator_id.clone(),
+        window_ms: s.window_start_unix_ms,
+        indicator_version: s.indicator_version,
+        count: s.count,
+        first_seen_ms: s.first_seen_unix_ms,
+        last_seen_ms: s.last_seen_unix_ms,
+        reported_ms: s.reported_unix_ms,
+        sector: s.sector.clone(),
+        country: s.country.clone(),
+        received_from: from.to_string(),
+        path: crate::store::OrgPath(path),
+        envelope,
+        stored_ms: 0,
+    }
+}
+
+/// The report a stored row holds (its columns; the key id from its
+/// signature).
+pub fn report_of(row: &SightingRow) -> Sighting {
+    let key_id = Envelope::decode(row.envelope.as_slice())
+        .ok()
+        .and_then(|e| e.signatures.first().map(|s| s.keyid.clone()))
+        .unwrap_or_default();
+    Sighting {
+        sighter_org: row.sighter.clone(),
+        key_id,
+        indicator_origin: row.origin.clone(),
+        indicator_id: row.indicator_id.clone(),
+        indicator_version: row.indicator_version,
+        count: row.count,
+        first_seen_unix_ms: row.first_seen_ms,
+        last_seen_unix_ms: row.last_seen_ms,
+        window_start_unix_ms: row.window_ms,
+        reported_unix_ms: row.reported_ms,
+        sector: row.sector.clone(),
+        country: row.country.clone(),
+    }
+}
+
+/// A stored row as the Admin API and `sight` answer it.
+pub fn record_of(row: &SightingRow) -> SightingRecord {
+    SightingRecord {
+        sighting: Some(report_of(row)),
+        received_from: row.received_from.clone(),
+        path: row.path.0.clone(),
+        stored_unix_ms: row.stored_ms,
+    }
+}
