@@ -228,6 +228,55 @@ async fn sightings_reach_the_origin_through_each_hop_that_allows_it_and_stop_whe
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["total"], 9);
     assert_eq!(v["sightings"].as_array().unwrap().len(), 2);
+    // A's STIX export: a `sighting` of the indicator per sighter and day,
+    // by the sighter's identity, with its signed report; a partner's view
+    // carries none.
+    let out = cli(&o[A], &n[A], &["export", "--format", "stix"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let bundle: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let objects = bundle["objects"].as_array().unwrap();
+    let of_type = |t: &str| -> Vec<&serde_json::Value> {
+        objects.iter().filter(|o| o["type"] == t).collect()
+    };
+    let mut seen: Vec<(String, u64)> = of_type("sighting")
+        .iter()
+        .map(|s| {
+            assert_eq!(s["sighting_of_ref"], format!("indicator--{id}"));
+            assert!(s["x_threatmesh_envelope"]["signatures"].is_array(), "{s}");
+            let by = s["where_sighted_refs"][0].as_str().unwrap().to_string();
+            (by, s["count"].as_u64().unwrap())
+        })
+        .collect();
+    seen.sort();
+    let identity = |org: &str| threatmesh::interop::stix::identity_id(org);
+    let mut want = vec![(identity("d.example"), 3), (identity("e.example"), 6)];
+    want.sort();
+    assert_eq!(seen, want);
+    let identities: Vec<_> = of_type("identity")
+        .iter()
+        .map(|o| o["id"].clone())
+        .collect();
+    for (by, _) in &want {
+        assert!(
+            identities.contains(&serde_json::Value::from(by.as_str())),
+            "{by}"
+        );
+    }
+    let out = cli(
+        &o[A],
+        &n[A],
+        &["export", "--format", "stix", "--partner", "b.example"],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("\"sighting\""));
     for x in [A, B, C, D, E] {
         let v = n[x].ctx.store.verify_audit().await.unwrap();
         assert!(v.is_ok(), "{} ledger: {v:?}", o[x].id);

@@ -3,8 +3,8 @@
 # serving, an org B registered at A as a partner; Python lists A's services
 # by reflection, checks their health, publishes as A's publisher, and
 # subscribes as B's node, verifying every signature itself. Then A exports a
-# STIX 2.1 bundle of every kind and every TLP 2.0 label, which OASIS's
-# stix2-validator must pass with no errors.
+# STIX 2.1 bundle of every kind and every TLP 2.0 label, and a sighting,
+# which OASIS's stix2-validator must pass with no errors.
 #
 #   examples/python/ci.sh path/to/threatmesh [python]
 set -euo pipefail
@@ -75,7 +75,11 @@ cat >"$work/all.jsonl" <<'JSON'
 {"kind":"md5","value":"cccccccccccccccccccccccccccccccc","tlp":"CLEAR","kill_chain_phases":["mitre-attack:execution"]}
 JSON
 "$tm" "${A[@]}" publish --file "$work/all.jsonl"
+# A sighting report too: STIX `sighting` objects go through the validator.
+sighted=$("$tm" "${A[@]}" lookup --json 2001:db8::7 | "$py" -c 'import json, sys; print(json.load(sys.stdin)["versions"][0]["id"])')
+"$tm" "${A[@]}" sight "$sighted" --count 4 --sector government --country DE >/dev/null
 "$tm" "${A[@]}" export --format stix --out "$work/bundle.json"
+grep -q '"type":"sighting"' "$work/bundle.json"
 "$(dirname "$py")/stix2_validator" "$work/bundle.json" >"$work/validator.txt" 2>&1 || {
   cat "$work/validator.txt"
   echo "stix2-validator found errors"

@@ -75,7 +75,7 @@ async fn run(
         let page = match partner {
             None => ExportResponse {
                 indicators: rows.iter().filter_map(exported).collect(),
-                withheld: 0,
+                ..Default::default()
             },
             Some(p) => policy_view(ctx, p, &rows).await?,
         };
@@ -83,6 +83,25 @@ async fn run(
         withheld += page.withheld;
         if tx.send(Ok(page)).await.is_err() {
             // The caller went away: nothing was exported.
+            return Ok(());
+        }
+    }
+    // Everything we hold includes the sightings; a partner's view none.
+    let mut after = None;
+    while partner.is_none() {
+        let rows = ctx
+            .store
+            .sightings_after(after.as_ref(), req.since_unix_ms, PAGE as usize)
+            .await?;
+        let Some(last) = rows.last().cloned() else {
+            break;
+        };
+        after = Some(last);
+        let page = ExportResponse {
+            sightings: rows.iter().map(crate::sightings::record_of).collect(),
+            ..Default::default()
+        };
+        if tx.send(Ok(page)).await.is_err() {
             return Ok(());
         }
     }

@@ -12,14 +12,15 @@ use super::CliError;
 use super::client::{AdminSession, ClientArgs};
 use crate::interop::stix;
 use crate::model::{KIND_NAMES, kind_name, tlp_name};
-use crate::proto::v1::{ExportRequest, ExportedIndicator, Indicator};
+use crate::proto::v1::{ExportRequest, ExportedIndicator, Indicator, SightingRecord};
 
 /// Export formats.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Format {
     /// One STIX 2.1 bundle: indicators, their origins' identities, the TLP
     /// 2.0 marking definitions; each indicator carries its origin's signed
-    /// envelope as DSSE JSON (x_threatmesh_envelope).
+    /// envelope as DSSE JSON (x_threatmesh_envelope). Without --partner,
+    /// also a `sighting` per sighting report held.
     Stix,
     /// CSV with a header line; list fields joined with ';'.
     Csv,
@@ -54,7 +55,8 @@ Examples:
   threatmesh export --format blocklist --kind domain > rpz-input.txt
   threatmesh export --format misp-feed --partner misp.example --out feed/  # add as a MISP feed
 
-The latest version of every indicator is exported. With --partner, exactly what
+The latest version of every indicator is exported (and, as STIX, every sighting
+report held: `sighting` objects). With --partner, exactly what
 that partner's sharing policy releases to it now, decided by the same egress gate
 as its live stream (nothing is sent). Every export is on the audit ledger
 (`exported`). Files are written whole or not at all, mode 0600: they hold
@@ -133,12 +135,16 @@ pub async fn run(config: &Path, conn: &ClientArgs, args: &ExportArgs) -> Result<
         }),
     };
     sink.begin().map_err(write_err)?;
-    let (mut count, mut withheld) = (0u64, 0u64);
+    let (mut count, mut withheld, mut sighted) = (0u64, 0u64, 0u64);
     while let Some(page) = stream.message().await.map_err(|s| a.fail(s))? {
         withheld += page.withheld;
         for x in &page.indicators {
             count += 1;
             sink.item(x).map_err(write_err)?;
+        }
+        for rec in &page.sightings {
+            sighted += 1;
+            sink.sighting(rec).map_err(write_err)?;
         }
     }
     sink.end().map_err(write_err)?;
@@ -146,8 +152,13 @@ pub async fn run(config: &Path, conn: &ClientArgs, args: &ExportArgs) -> Result<
         Some(p) => format!(" ({p}'s policy view; {withheld} withheld)"),
         None => String::new(),
     };
+    let sightings = if args.format == Format::Stix && sighted > 0 {
+        format!(" and {sighted} sighting report(s)")
+    } else {
+        String::new()
+    };
     eprintln!(
-        "exported {count} indicator(s) as {}{whose}",
+        "exported {count} indicator(s){sightings} as {}{whose}",
         args.format.name()
     );
     Ok(())
@@ -239,6 +250,11 @@ fn private_file(p: &Path) -> std::io::Result<std::fs::File> {
 trait Sink {
     fn begin(&mut self) -> std::io::Result<()>;
     fn item(&mut self, x: &ExportedIndicator) -> std::io::Result<()>;
+    /// A sighting report (full exports only); formats without a place for
+    /// sightings leave them out.
+    fn sighting(&mut self, _: &SightingRecord) -> std::io::Result<()> {
+        Ok(())
+    }
     fn end(self: Box<Self>) -> std::io::Result<()>;
 }
 
@@ -285,6 +301,15 @@ impl Sink for StixBundle {
             &stix::IndicatorObject::new(ind, x.envelope.as_ref()),
         )?;
         Ok(())
+    }
+
+    fn sighting(&mut self, rec: &SightingRecord) -> std::io::Result<()> {
+        let Some(s) = &rec.sighting else {
+            return Ok(());
+        };
+        self.origins.insert(s.sighter_org.clone());
+        let obj = stix::sighting_object(s, rec.envelope.as_ref());
+        write!(self.out, ",\n{obj}")
     }
 
     fn end(mut self: Box<Self>) -> std::io::Result<()> {

@@ -18,12 +18,23 @@
 //!
 //! Kill-chain phases written `chain:phase` keep their chain; others are
 //! phases of the `threatmesh` chain.
+//!
+//! A sighting report is a STIX `sighting` of the indicator
+//! (`sighting_of_ref`), seen by the sighter's `identity`
+//! (`where_sighted_refs`, `created_by_ref`), with its count and first and
+//! last seen; one object per sighter, indicator and UTC day (a later report
+//! of the day is a newer `modified` of the same id), with
+//! `x_threatmesh_indicator_version`, `x_threatmesh_sector`,
+//! `x_threatmesh_country` and the sighter's signed report as
+//! `x_threatmesh_envelope`.
 
 use serde::Serialize;
 use serde_json::{Map, Value, json};
 
 use crate::model::{ValidationError, kind_name};
-use crate::proto::v1::{Envelope, Indicator, IndicatorDraft, IndicatorKind, Marking, Tlp};
+use crate::proto::v1::{
+    Envelope, Indicator, IndicatorDraft, IndicatorKind, Marking, Sighting, Tlp,
+};
 use crate::signing::DsseJson;
 
 /// The STIX extension that defines TLP 2.0 marking definitions.
@@ -142,6 +153,49 @@ pub fn identity_id(org: &str) -> String {
         "identity--{}",
         uuid::Uuid::new_v5(&NAMESPACE, org.as_bytes())
     )
+}
+
+/// The STIX `sighting` object of a sighting report, with the sighter's
+/// signed `envelope` as DSSE JSON when given. Its id is the same for every
+/// report of one sighter, indicator and day.
+pub fn sighting_object(s: &Sighting, envelope: Option<&Envelope>) -> Value {
+    static NAMESPACE: std::sync::LazyLock<uuid::Uuid> = std::sync::LazyLock::new(|| {
+        uuid::Uuid::new_v5(
+            &uuid::Uuid::NAMESPACE_URL,
+            b"https://threatmesh/stix/sighting",
+        )
+    });
+    let key = format!(
+        "{} {} {} {}",
+        s.sighter_org, s.indicator_origin, s.indicator_id, s.window_start_unix_ms
+    );
+    let mut obj = json!({
+        "type": "sighting",
+        "spec_version": "2.1",
+        "id": format!("sighting--{}", uuid::Uuid::new_v5(&NAMESPACE, key.as_bytes())),
+        "created": timestamp(s.first_seen_unix_ms),
+        "modified": timestamp(s.reported_unix_ms.max(s.first_seen_unix_ms)),
+        "created_by_ref": identity_id(&s.sighter_org),
+        "sighting_of_ref": format!("indicator--{}", s.indicator_id),
+        "where_sighted_refs": [identity_id(&s.sighter_org)],
+        "first_seen": timestamp(s.first_seen_unix_ms),
+        "last_seen": timestamp(s.last_seen_unix_ms),
+        "count": s.count,
+        "x_threatmesh_indicator_origin": s.indicator_origin,
+        "x_threatmesh_indicator_version": s.indicator_version,
+    });
+    if !s.sector.is_empty() {
+        obj["x_threatmesh_sector"] = s.sector.clone().into();
+    }
+    if !s.country.is_empty() {
+        obj["x_threatmesh_country"] = s.country.clone().into();
+    }
+    if let Some(env) = envelope
+        && let Ok(v) = serde_json::to_value(DsseJson::from(env))
+    {
+        obj["x_threatmesh_envelope"] = v;
+    }
+    obj
 }
 
 /// The `identity` object of an origin org, made at `now_ms`.
@@ -832,5 +886,38 @@ mod tests {
         assert_eq!(identity_id("a.example"), identity_id("a.example"));
         assert_ne!(identity_id("a.example"), identity_id("b.example"));
         assert!(identity_id("a.example").starts_with("identity--"));
+    }
+
+    #[test]
+    fn a_sighting_is_one_object_per_sighter_indicator_and_day() {
+        let s = Sighting {
+            sighter_org: "d.example".into(),
+            key_id: "k".into(),
+            indicator_origin: "a.example".into(),
+            indicator_id: "6f1c1a8e-1c2b-4c3d-8e4f-5a6b7c8d9e0f".into(),
+            indicator_version: 2,
+            count: 3,
+            first_seen_unix_ms: 1_700_000_000_000,
+            last_seen_unix_ms: 1_700_000_100_000,
+            window_start_unix_ms: 1_699_920_000_000,
+            reported_unix_ms: 1_700_000_200_000,
+            sector: "telecom".into(),
+            country: String::new(),
+        };
+        let o = sighting_object(&s, None);
+        assert_eq!(
+            o["sighting_of_ref"],
+            "indicator--6f1c1a8e-1c2b-4c3d-8e4f-5a6b7c8d9e0f"
+        );
+        assert_eq!(o["where_sighted_refs"][0], identity_id("d.example"));
+        assert_eq!(o["count"], 3);
+        assert_eq!(o["x_threatmesh_sector"], "telecom");
+        assert!(o.get("x_threatmesh_country").is_none());
+        let mut later = s.clone();
+        later.count = 5;
+        later.reported_unix_ms += 1000;
+        let o2 = sighting_object(&later, None);
+        assert_eq!(o["id"], o2["id"]);
+        assert_ne!(o["modified"], o2["modified"]);
     }
 }

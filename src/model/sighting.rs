@@ -14,8 +14,8 @@ pub const MAX_SIGHTING_AGE_DAYS: i64 = 30;
 /// (bounds what a partner can make us keep; leaves time for a report that
 /// waited for a key on its way).
 pub const MAX_RECEIVED_AGE_DAYS: i64 = 90;
-/// Highest count in one report.
-pub const MAX_COUNT: u64 = 1_000_000_000;
+/// Highest count in one report (STIX 2.1's limit for a sighting's count).
+pub const MAX_COUNT: u64 = 999_999_999;
 /// Longest sector text.
 pub const MAX_SECTOR_LEN: usize = 64;
 /// Most orgs a sighting may pass through (sighter included).

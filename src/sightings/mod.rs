@@ -389,6 +389,10 @@ pub fn report_of(row: &SightingRow) -> Sighting {
         .ok()
         .and_then(|e| e.signatures.first().map(|s| s.keyid.clone()))
         .unwrap_or_default();
+    report_with_key(row, key_id)
+}
+
+fn report_with_key(row: &SightingRow, key_id: String) -> Sighting {
     Sighting {
         sighter_org: row.sighter.clone(),
         key_id,
@@ -407,10 +411,16 @@ pub fn report_of(row: &SightingRow) -> Sighting {
 
 /// A stored row as the Admin API and `sight` answer it.
 pub fn record_of(row: &SightingRow) -> SightingRecord {
+    let envelope = Envelope::decode(row.envelope.as_slice()).ok();
+    let key_id = envelope
+        .as_ref()
+        .and_then(|e| e.signatures.first().map(|s| s.keyid.clone()))
+        .unwrap_or_default();
     SightingRecord {
-        sighting: Some(report_of(row)),
+        sighting: Some(report_with_key(row, key_id)),
         received_from: row.received_from.clone(),
         path: row.path.0.clone(),
         stored_unix_ms: row.stored_ms,
+        envelope,
     }
 }

@@ -222,6 +222,32 @@ impl Store {
             .await?))
     }
 
+    /// Up to `limit` sightings stored at or after `since_ms`, in key order
+    /// after `after` (sighter, origin, id, day; `None` = from the first).
+    pub async fn sightings_after(
+        &self,
+        after: Option<&SightingRow>,
+        since_ms: i64,
+        limit: usize,
+    ) -> Result<Vec<SightingRow>, StoreError> {
+        const Q: &str = concat!(
+            "SELECT ",
+            columns!(),
+            " FROM sightings s WHERE s.stored_ms >= ?1 AND (?2 IS NULL OR \
+             (s.sighter, s.origin_org, s.indicator_id, s.window_ms) > (?2, ?3, ?4, ?5)) \
+             ORDER BY s.sighter, s.origin_org, s.indicator_id, s.window_ms LIMIT ?6"
+        );
+        Ok(on!(Pool, &self.pool, db => sqlx::query_as(sql!(Q))
+            .bind(since_ms)
+            .bind(after.map(|r| r.sighter.as_str()))
+            .bind(after.map_or("", |r| r.origin.as_str()))
+            .bind(after.map_or("", |r| r.indicator_id.as_str()))
+            .bind(after.map_or(0, |r| r.window_ms))
+            .bind(limit as i64)
+            .fetch_all(db)
+            .await?))
+    }
+
     /// Up to `limit` sightings waiting to go to `partner`, oldest queued
     /// first.
     pub async fn sighting_outbox(
