@@ -253,6 +253,14 @@ pub struct FederationSettings {
     /// Most sightings (sighter, indicator, day) one partner can make us
     /// keep; more are refused (`RESOURCE_EXHAUSTED`, a ledger row).
     pub sightings_max_per_partner: u64,
+    /// How often each link offers its partner our statistics reports and
+    /// those we relay (ms); a report goes again only when it changed.
+    pub statistics_interval_ms: u64,
+    /// Most statistics reports (reporter, period) one partner can make us
+    /// keep.
+    pub statistics_max_per_partner: u64,
+    /// Relay hops our statistics reports allow beyond the first partner.
+    pub statistics_hop_limit: u32,
 }
 
 impl FederationSettings {
@@ -478,6 +486,18 @@ impl Settings {
             return Err(invalid(
                 "federation.witness_interval_ms",
                 "must be positive",
+            ));
+        }
+        if f.statistics_interval_ms == 0 {
+            return Err(invalid(
+                "federation.statistics_interval_ms",
+                "must be positive",
+            ));
+        }
+        if f.statistics_hop_limit > 16 {
+            return Err(invalid(
+                "federation.statistics_hop_limit",
+                "at most 16 (the longest path a report may take)",
             ));
         }
         if f.sightings_interval_ms == 0 {

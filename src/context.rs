@@ -108,6 +108,10 @@ pub struct NodeContext {
     /// Woken when sightings are queued for partners, so each link sends
     /// its share at once instead of at its next interval.
     pub sightings_queued: watch::Sender<u64>,
+    /// Our statistics counts per period, and when they were counted: made
+    /// again at most every `federation.statistics_interval_ms`.
+    pub statistics_counted:
+        tokio::sync::Mutex<Option<(i64, Arc<crate::statistics::tally::Tallies>)>>,
     /// What the view was last built from (`None` before the first load).
     loaded: std::sync::Mutex<Option<ViewInput>>,
 }
@@ -235,6 +239,7 @@ impl NodeContext {
             metrics,
             quota,
             sightings_queued: watch::Sender::new(0),
+            statistics_counted: tokio::sync::Mutex::new(None),
             log_id,
             tls: NodeTls {
                 cert: ArcSwap::from_pointee(node_cert),

@@ -28,6 +28,8 @@
 //!   and quarantine.
 //! - [`sightings`]: sightings of indicators, recorded here or received,
 //!   sent back towards the origin.
+//! - [`statistics`]: signed aggregate counts shared with partners, and
+//!   the mesh-wide view summed from them.
 //! - [`node`]: opens a context and serves it.
 //! - [`bench`]: the one-command benchmark (`threatmesh bench`).
 //! - [`cli`]: the `threatmesh` commands, including `demo`.
@@ -55,5 +57,6 @@ pub mod refusal;
 pub mod rpc;
 pub mod sightings;
 pub mod signing;
+pub mod statistics;
 pub mod store;
 pub mod taxii;

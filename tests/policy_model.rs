@@ -186,6 +186,7 @@ fn policy(ceiling: Tlp, community: bool) -> PartnerPolicy {
         },
         ingress: IngressRules::default(),
         sightings: Default::default(),
+        statistics: Default::default(),
     }
 }
 
@@ -403,6 +404,7 @@ fn arb_policy() -> impl Strategy<Value = Option<PartnerPolicy>> {
                         },
                         ingress: IngressRules::default(),
                         sightings: Default::default(),
+                        statistics: Default::default(),
                     }
                 },
             ),

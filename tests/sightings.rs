@@ -10,7 +10,7 @@ use prost::Message;
 use threatmesh::model::window_of;
 use threatmesh::proto::v1::{
     Envelope, ListSightingsRequest, Marking, PublishRequest, ReportSightingsRequest, SightRequest,
-    Sighting, SightingReport, Tlp,
+    Sighting, SignedReport, Tlp,
 };
 use threatmesh::signing::{OrgSigningKey, SIGHTING_PAYLOAD_TYPE};
 use threatmesh::store::SightingRow;
@@ -341,7 +341,7 @@ impl Pair {
             .report_sightings(ReportSightingsRequest {
                 reports: reports
                     .into_iter()
-                    .map(|(env, path)| SightingReport {
+                    .map(|(env, path)| SignedReport {
                         envelope: env.encode_to_vec(),
                         path: path.into_iter().map(String::from).collect(),
                     })

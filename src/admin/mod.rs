@@ -123,6 +123,14 @@ impl Admin for AdminService {
         reply(self.list_sightings_now(req.get_ref()).await)
     }
 
+    async fn mesh_statistics(
+        &self,
+        req: Request<crate::proto::v1::MeshStatisticsRequest>,
+    ) -> Result<Response<crate::proto::v1::MeshStatisticsResponse>, Status> {
+        self.admin(&req, "Admin/MeshStatistics")?;
+        reply(crate::statistics::mesh_view(&self.ctx, req.get_ref()).await)
+    }
+
     async fn status(
         &self,
         req: Request<StatusRequest>,

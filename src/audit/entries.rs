@@ -430,4 +430,74 @@ impl AuditEntry {
             detail,
         )
     }
+
+    /// `statistics of reporter, day from YYYY-MM-DD`, the subject of rows
+    /// about one statistics report.
+    pub fn statistics_subject(reporter: &str, period: &str, start_ms: i64) -> String {
+        let day = crate::clock::rfc3339(start_ms);
+        format!(
+            "statistics of {reporter}, {period} from {}",
+            day.get(..10).unwrap_or(&day)
+        )
+    }
+
+    /// A statistics report sent to `partner` under `rule`; `detail` says
+    /// its noise and cells.
+    pub fn statistics_sent(partner: &str, subject: String, rule: &str, detail: String) -> Self {
+        Self::of(event::STATISTICS_SENT, NODE, partner, subject, rule, detail)
+    }
+
+    /// A statistics report withheld from `partner` by `rule`.
+    pub fn statistics_withheld(partner: &str, subject: String, rule: &str, why: String) -> Self {
+        Self::of(
+            event::STATISTICS_WITHHELD,
+            NODE,
+            partner,
+            subject,
+            rule,
+            why,
+        )
+    }
+
+    /// A statistics report from `partner` accepted under `rule`, along `path`.
+    pub fn statistics_accepted(
+        partner: &str,
+        subject: String,
+        rule: &str,
+        path: &[String],
+    ) -> Self {
+        let detail = format!("path {}", path.join(" > "));
+        Self::of(
+            event::STATISTICS_ACCEPTED,
+            NODE,
+            partner,
+            subject,
+            rule,
+            detail,
+        )
+    }
+
+    /// A statistics report refused as `code`: `ours` = one we sent that
+    /// `partner` refused; otherwise one `partner` sent us.
+    pub fn statistics_refused(
+        partner: &str,
+        subject: String,
+        code: &str,
+        why: &str,
+        ours: bool,
+    ) -> Self {
+        let detail = if ours {
+            format!("refused by {partner}: {why}")
+        } else {
+            why.to_string()
+        };
+        Self::of(
+            event::STATISTICS_REFUSED,
+            NODE,
+            partner,
+            subject,
+            code,
+            detail,
+        )
+    }
 }

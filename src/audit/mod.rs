@@ -78,6 +78,15 @@ pub mod event {
     /// A sighting was refused: one a partner sent us, or one of ours the
     /// partner refused.
     pub const SIGHTING_REFUSED: &str = "sighting-refused";
+    /// A statistics report was sent to a partner.
+    pub const STATISTICS_SENT: &str = "statistics-sent";
+    /// A statistics report was withheld from a partner by its policy.
+    pub const STATISTICS_WITHHELD: &str = "statistics-withheld";
+    /// A statistics report from a partner was accepted.
+    pub const STATISTICS_ACCEPTED: &str = "statistics-accepted";
+    /// A statistics report was refused (one a partner sent us, or one of
+    /// ours the partner refused).
+    pub const STATISTICS_REFUSED: &str = "statistics-refused";
 }
 
 /// One ledger entry before it is chained.

@@ -45,6 +45,7 @@ pub mod publish;
 pub mod quarantine;
 pub mod serve;
 pub mod sight;
+pub mod stats;
 pub mod status;
 pub mod store;
 pub mod table;
@@ -239,6 +240,9 @@ pub enum Command {
     Sight(Publishing<sight::SightArgs>),
     /// The sightings this node holds of an indicator (admin certificate).
     Sightings(AdminArgs<sight::SightingsArgs>),
+    /// Mesh-wide counts from the signed statistics reports this node holds,
+    /// naming who contributed (admin certificate).
+    Stats(AdminArgs<stats::StatsArgs>),
     /// Import STIX 2.1 bundles, MISP events or CSV: each indicator signed
     /// and published by this org (publisher certificate).
     Import(Publishing<import::ImportArgs>),
@@ -288,6 +292,7 @@ pub fn run(cli: Cli) -> ExitCode {
             Command::Lookup(a) => lookup::run(&cli.config, &a.conn, &a.args).await,
             Command::Sight(a) => sight::sight(&cli.config, &a.conn, &a.args).await,
             Command::Sightings(a) => sight::list(&cli.config, &a.conn, &a.args).await,
+            Command::Stats(a) => stats::run(&cli.config, &a.conn, &a.args).await,
             Command::Status(a) => status::run(&cli.config, &a.conn, &a.args).await,
             Command::Bench(args) => bench::run(&args).await,
             Command::Completions(args) => docs::completions(&args),

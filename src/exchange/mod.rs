@@ -1144,6 +1144,25 @@ impl Exchange for ExchangeService {
         let answer = crate::sightings::receive(ctx, &caller.org, req.into_inner()).await?;
         Ok(Response::new(answer))
     }
+
+    async fn share_statistics(
+        &self,
+        req: Request<crate::proto::v1::ShareStatisticsRequest>,
+    ) -> Result<Response<crate::proto::v1::ShareStatisticsResponse>, Status> {
+        let ctx = &self.ctx;
+        let caller = authorize(
+            &req,
+            &ctx.own,
+            Allowed::PartnerNode,
+            "Exchange/ShareStatistics",
+        )?;
+        charge(ctx, &caller.org, "Exchange/ShareStatistics").await?;
+        if let Some(why) = ctx.partner_refused(&caller.org) {
+            return Err(RpcError::PartnerRefused(why).into());
+        }
+        let answer = crate::statistics::receive(ctx, &caller.org, req.into_inner()).await?;
+        Ok(Response::new(answer))
+    }
 }
 
 #[cfg(test)]

@@ -340,6 +340,12 @@ async fn receive(
     ));
     sightings.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut queued = ctx.sightings_queued.subscribe();
+    // Statistics reports are offered at once, then at intervals.
+    let mut statistics = tokio::time::interval(std::time::Duration::from_millis(
+        ctx.settings.federation.statistics_interval_ms,
+    ));
+    statistics.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut offered = crate::statistics::push::Offered::default();
     let mut clock_warned = false;
     let restart = ctx.links.restart_signal(&peer.org);
     loop {
@@ -355,6 +361,10 @@ async fn receive(
             },
             _ = witness.tick() => {
                 super::witness::witness(ctx, &peer.org, &mut client, &mut reported).await?;
+                continue;
+            }
+            _ = statistics.tick() => {
+                crate::statistics::push::push(ctx, &peer.org, &mut client, &mut offered).await?;
                 continue;
             }
             _ = sightings.tick() => {

@@ -4,7 +4,7 @@
 
 use serde::Deserialize;
 
-use super::{EgressRules, IngressRules, Origins, PartnerPolicy, SightingRules};
+use super::{EgressRules, IngressRules, Origins, PartnerPolicy, SightingRules, StatisticsRules};
 use crate::model::{is_iso3166_alpha2, parse_kind, parse_tlp};
 use crate::proto::v1::{IndicatorKind, Tlp};
 
@@ -25,6 +25,57 @@ struct Doc {
     ingress: IngressDoc,
     #[serde(default)]
     sightings: SightingsDoc,
+    #[serde(default)]
+    statistics: StatisticsDoc,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StatisticsDoc {
+    #[serde(default)]
+    share: bool,
+    #[serde(default)]
+    relay: bool,
+    #[serde(default)]
+    accept: bool,
+    #[serde(default)]
+    epsilon: Epsilon,
+    #[serde(default = "default_min_count")]
+    min_count: u64,
+}
+
+impl Default for StatisticsDoc {
+    fn default() -> Self {
+        Self {
+            share: false,
+            relay: false,
+            accept: false,
+            epsilon: Epsilon::default(),
+            min_count: default_min_count(),
+        }
+    }
+}
+
+fn default_min_count() -> u64 {
+    StatisticsRules::DEFAULT_MIN_COUNT
+}
+
+/// Epsilon of the Laplace noise, 0.001 to 10 in steps of 0.001, or 0 for none.
+#[derive(Debug, Default, Deserialize)]
+#[serde(try_from = "f64")]
+struct Epsilon(u32);
+
+impl TryFrom<f64> for Epsilon {
+    type Error = String;
+    fn try_from(v: f64) -> Result<Self, String> {
+        let milli = (v * 1000.0).round();
+        if !(0.0..=10_000.0).contains(&milli) || (v > 0.0 && milli < 1.0) {
+            return Err(format!(
+                "{v} is not an epsilon: 0 (no noise) or 0.001 to 10 (smaller = more noise)"
+            ));
+        }
+        Ok(Self(milli as u32))
+    }
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -224,6 +275,13 @@ pub fn parse_policy(text: &str) -> Result<PartnerPolicy, PolicyError> {
             relay: doc.sightings.relay,
             accept: doc.sightings.accept,
         },
+        statistics: StatisticsRules {
+            share: doc.statistics.share,
+            relay: doc.statistics.relay,
+            accept: doc.statistics.accept,
+            epsilon_milli: doc.statistics.epsilon.0,
+            min_count: doc.statistics.min_count,
+        },
     })
 }
 
@@ -255,6 +313,11 @@ accept_relayed = true
 send = true
 relay = false
 accept = true
+
+[statistics]
+share = true
+epsilon = 0.5
+min_count = 10
 "#;
 
     #[test]
@@ -277,9 +340,12 @@ accept = true
                 accept: true
             }
         );
+        assert!(p.statistics.share && !p.statistics.relay && !p.statistics.accept);
+        assert_eq!((p.statistics.epsilon(), p.statistics.min_count), (0.5, 10));
         // Absent, nothing flows.
         let bare = parse_policy("name = \"x\"\n[egress]\ntlp_ceiling = \"CLEAR\"\n").unwrap();
         assert_eq!(bare.sightings, SightingRules::default());
+        assert_eq!(bare.statistics, StatisticsRules::default());
     }
 
     #[test]
@@ -320,6 +386,11 @@ accept = true
                 FULL.replace("relay = false", "realy = false"),
                 "line 23",
                 "realy",
+            ),
+            (
+                FULL.replace("epsilon = 0.5", "epsilon = -1.0"),
+                "line 28",
+                "not an epsilon",
             ),
         ];
         for (text, line, needle) in cases {

@@ -18,7 +18,9 @@ mod document;
 mod rules;
 
 pub use document::{PolicyError, parse_policy};
-pub use rules::{EgressRules, IngressRules, Origins, PartnerPolicy, SightingRules};
+pub use rules::{
+    EgressRules, IngressRules, Origins, PartnerPolicy, SightingRules, StatisticsRules,
+};
 
 use std::fmt;
 
@@ -357,6 +359,87 @@ pub fn sighting_ingress(from: &OrgId, policy: Option<&PartnerPolicy>) -> Decisio
     }
 }
 
+/// Would this node send a statistics report of `reporter` (ours, or one we
+/// hold, after `hops` relays already) to partner `to`? Ours need
+/// `[statistics] share`, others' `relay` and a hop limit not yet used up;
+/// never back to an org the report passed (`path`) or to its reporter.
+pub fn statistics_egress(
+    own: &OrgId,
+    reporter: &str,
+    path: &[String],
+    hop_limit: u32,
+    to: &OrgId,
+    policy: Option<&PartnerPolicy>,
+) -> Decision {
+    let Some(p) = policy else {
+        return deny(
+            "no-policy",
+            format!("no sharing policy is bound to {to}; nothing is sent to it"),
+        );
+    };
+    if reporter == own.as_str() {
+        if p.statistics.share {
+            return Decision::Allow {
+                rule: "statistics-share",
+            };
+        }
+        return deny(
+            "statistics-share-off",
+            format!(
+                "policy {} v{} for {to} shares no statistics ([statistics] share = false)",
+                p.name, p.version
+            ),
+        );
+    }
+    if !p.statistics.relay {
+        return deny(
+            "statistics-relay-off",
+            format!(
+                "policy {} v{} for {to} relays no statistics of other orgs ({reporter}) ([statistics] relay = false)",
+                p.name, p.version
+            ),
+        );
+    }
+    if reporter == to.as_str() || path.iter().any(|o| o == to.as_str()) {
+        return deny("echo", format!("{reporter}'s report already passed {to}"));
+    }
+    // The path holds the reporter and each relay before us: we would be
+    // relay hop `path.len()`.
+    let hops = path.len() as u32;
+    if hops > hop_limit {
+        return deny(
+            "hop-limit",
+            format!(
+                "{reporter} allows {hop_limit} relay hop(s) for its statistics; this would be hop {hops}"
+            ),
+        );
+    }
+    Decision::Allow {
+        rule: "statistics-relay",
+    }
+}
+
+/// Do we accept statistics reports from partner `from`? Only where its
+/// policy says `[statistics] accept = true`.
+pub fn statistics_ingress(from: &OrgId, policy: Option<&PartnerPolicy>) -> Decision {
+    match policy {
+        Some(p) if p.statistics.accept => Decision::Allow {
+            rule: "statistics-accept",
+        },
+        Some(p) => deny(
+            "statistics-accept-off",
+            format!(
+                "policy {} v{} for {from} accepts no statistics from it ([statistics] accept = false)",
+                p.name, p.version
+            ),
+        ),
+        None => deny(
+            "no-policy",
+            format!("no sharing policy is bound to {from}; its statistics are not accepted"),
+        ),
+    }
+}
+
 /// Do we accept `ind`, received from partner `upstream` after `relay_hops`
 /// relays (the orgs between its origin and us: 0 when `upstream` is the
 /// origin, and at least 1 otherwise, whatever path the sender claims)?
@@ -486,6 +569,7 @@ mod tests {
             },
             ingress: IngressRules::default(),
             sightings: Default::default(),
+            statistics: Default::default(),
         }
     }
 
@@ -628,5 +712,65 @@ mod tests {
             why.contains("[sightings] send = false") && why.contains("b.example"),
             "{why}"
         );
+    }
+
+    #[test]
+    fn statistics_flow_only_where_a_rule_says_so_within_hops_and_never_back() {
+        let own = OrgId::parse("c.example").unwrap();
+        let to = OrgId::parse("b.example").unwrap();
+        let mut p = open(Tlp::Clear, false);
+        assert_eq!(
+            statistics_egress(&own, "c.example", &[], 2, &to, Some(&p)).rule(),
+            "statistics-share-off"
+        );
+        assert_eq!(
+            statistics_ingress(&to, Some(&p)).rule(),
+            "statistics-accept-off"
+        );
+        p.statistics.share = true;
+        assert_eq!(
+            statistics_egress(&own, "c.example", &[], 2, &to, Some(&p)).rule(),
+            "statistics-share"
+        );
+        let path = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(
+            statistics_egress(&own, "e.example", &path(&["e.example"]), 2, &to, Some(&p)).rule(),
+            "statistics-relay-off"
+        );
+        p.statistics.relay = true;
+        assert_eq!(
+            statistics_egress(&own, "e.example", &path(&["e.example"]), 2, &to, Some(&p)).rule(),
+            "statistics-relay"
+        );
+        assert_eq!(
+            statistics_egress(
+                &own,
+                "e.example",
+                &path(&["e.example", "b.example"]),
+                2,
+                &to,
+                Some(&p)
+            )
+            .rule(),
+            "echo"
+        );
+        assert_eq!(
+            statistics_egress(&own, "b.example", &path(&["b.example"]), 2, &to, Some(&p)).rule(),
+            "echo"
+        );
+        assert_eq!(
+            statistics_egress(
+                &own,
+                "e.example",
+                &path(&["e.example", "d.example", "f.example"]),
+                2,
+                &to,
+                Some(&p)
+            )
+            .rule(),
+            "hop-limit"
+        );
+        p.statistics.accept = true;
+        assert!(statistics_ingress(&to, Some(&p)).is_allow());
     }
 }

@@ -78,6 +78,47 @@ pub struct SightingRules {
     pub accept: bool,
 }
 
+/// Statistics reports to and from the partner (the `[statistics]`
+/// section). Nothing flows unless a rule says so.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StatisticsRules {
+    /// Our own reports go to the partner.
+    pub share: bool,
+    /// Reports of other orgs we hold go on to the partner (within their
+    /// hop limit, never back to an org they passed).
+    pub relay: bool,
+    /// Reports the partner sends (its own and relayed) are accepted.
+    pub accept: bool,
+    /// Laplace noise in our reports to the partner: epsilon in thousandths
+    /// (0 = exact counts).
+    pub epsilon_milli: u32,
+    /// Cells of our reports to the partner below this count are left out.
+    pub min_count: u64,
+}
+
+impl StatisticsRules {
+    /// The default minimum count: cells of fewer than 5 are left out.
+    pub const DEFAULT_MIN_COUNT: u64 = 5;
+
+    /// Epsilon as a number (0 = no noise).
+    pub fn epsilon(&self) -> f64 {
+        f64::from(self.epsilon_milli) / 1000.0
+    }
+}
+
+impl Default for StatisticsRules {
+    /// Nothing shared, relayed or accepted; exact counts, small cells left out.
+    fn default() -> Self {
+        Self {
+            share: false,
+            relay: false,
+            accept: false,
+            epsilon_milli: 0,
+            min_count: Self::DEFAULT_MIN_COUNT,
+        }
+    }
+}
+
 /// A named, versioned policy bound to a partner.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PartnerPolicy {
@@ -91,4 +132,6 @@ pub struct PartnerPolicy {
     pub ingress: IngressRules,
     /// Sightings rules.
     pub sightings: SightingRules,
+    /// Statistics rules.
+    pub statistics: StatisticsRules,
 }

@@ -24,13 +24,13 @@ use crate::model::{
 };
 use crate::policy::sighting_ingress;
 use crate::proto::v1::{
-    Envelope, ReportSightingsRequest, ReportSightingsResponse, SightRequest, SightResponse,
-    Sighting, SightingOutcome, SightingRecord, SightingReport,
+    Envelope, ReportOutcome, ReportSightingsRequest, ReportSightingsResponse, SightRequest,
+    SightResponse, Sighting, SightingRecord, SignedReport,
 };
 use crate::refusal::RefusalKind;
 use crate::rpc::{RpcError, refusal_code};
 use crate::signing::{SIGHTING_PAYLOAD_TYPE, open_sighting};
-use crate::store::{KeptSighting, SightingRow, StoreError};
+use crate::store::{KeptReport, SightingRow, StoreError};
 use tonic::Code;
 
 /// Most reports one ReportSightings request may carry.
@@ -171,12 +171,12 @@ pub async fn receive(
                     .keep_sighting(&row, next.as_ref(), max, &audit)
                     .await?
                 {
-                    KeptSighting::New | KeptSighting::Replaced => {
+                    KeptReport::New | KeptReport::Replaced => {
                         queued |= next.is_some();
                         ok(true)
                     }
-                    KeptSighting::AlreadyHeld => ok(false),
-                    KeptSighting::OverLimit(n) => {
+                    KeptReport::AlreadyHeld => ok(false),
+                    KeptReport::OverLimit(n) => {
                         let detail = format!(
                             "{from} already brought {n} sightings, the most one partner may"
                         );
@@ -245,7 +245,7 @@ async fn check(
     keys: &crate::signing::KeyDirectory,
     from: &OrgId,
     i: usize,
-    report: SightingReport,
+    report: SignedReport,
 ) -> Result<Result<(SightingRow, Option<OrgId>), Refused>, StoreError> {
     let field = format!("reports[{i}]");
     let env = match Envelope::decode(report.envelope.as_slice()) {
@@ -327,16 +327,16 @@ fn check_path(path: &[String], sighter: &str, from: &OrgId, own: &OrgId) -> Resu
     Ok(())
 }
 
-fn ok(stored: bool) -> SightingOutcome {
-    SightingOutcome {
+fn ok(stored: bool) -> ReportOutcome {
+    ReportOutcome {
         code: 0,
         message: String::new(),
         stored,
     }
 }
 
-fn refused_outcome(code: Code, message: String) -> SightingOutcome {
-    SightingOutcome {
+fn refused_outcome(code: Code, message: String) -> ReportOutcome {
+    ReportOutcome {
         code: code as u32,
         message,
         stored: false,

@@ -16,7 +16,7 @@ use crate::context::NodeContext;
 use crate::model::OrgId;
 use crate::policy::sighting_egress;
 use crate::proto::v1::exchange_client::ExchangeClient;
-use crate::proto::v1::{ReportSightingsRequest, SightingReport};
+use crate::proto::v1::{ReportSightingsRequest, SignedReport};
 use crate::store::StoreError;
 
 /// Reports per request (the receiver takes up to 500).
@@ -67,7 +67,7 @@ pub async fn push(
             }
             let mut path = o.row.path.0.clone();
             path.push(ctx.own.to_string());
-            reports.push(SightingReport {
+            reports.push(SignedReport {
                 envelope: o.row.envelope.clone(),
                 path,
             });

@@ -24,6 +24,8 @@ pub const ROTATION_PAYLOAD_TYPE: &str = "application/vnd.threatmesh.key-rotation
 pub const LEDGER_HEAD_PAYLOAD_TYPE: &str = "application/vnd.threatmesh.ledger-head.v1+protobuf";
 /// `payload_type` of a signed [`crate::proto::v1::Sighting`].
 pub const SIGHTING_PAYLOAD_TYPE: &str = "application/vnd.threatmesh.sighting.v1+protobuf";
+/// `payload_type` of a signed [`crate::proto::v1::StatisticsReport`].
+pub const STATISTICS_PAYLOAD_TYPE: &str = "application/vnd.threatmesh.statistics.v1+protobuf";
 /// Largest sighting payload accepted: a report has a dozen short fields.
 pub const MAX_SIGHTING_PAYLOAD_LEN: usize = 2048;
 /// Largest payload a receiver will even verify; bigger envelopes are refused
@@ -400,6 +402,38 @@ pub fn open_sighting(
         });
     }
     Ok(s)
+}
+
+/// Verifies a statistics report, then decodes exactly the verified bytes
+/// and checks they agree with the signature: the reporter is the key's
+/// owner, the key id is the signing key, valid when the report was made.
+pub fn open_statistics(
+    env: &Envelope,
+    keys: &KeyDirectory,
+) -> Result<crate::proto::v1::StatisticsReport, VerifyError> {
+    let (payload, key) = verify(env, STATISTICS_PAYLOAD_TYPE, keys)?;
+    let r = crate::proto::v1::StatisticsReport::decode(payload)
+        .map_err(|e| VerifyError::Decode(e.to_string()))?;
+    if r.reporter_org != key.org.as_str() {
+        return Err(VerifyError::OriginMismatch {
+            claimed: r.reporter_org.chars().take(253).collect(),
+            signer: key.org.to_string(),
+        });
+    }
+    if r.key_id != key.key_id {
+        return Err(VerifyError::KeyIdMismatch {
+            payload: r.key_id.chars().take(64).collect(),
+            signature: key.key_id.clone(),
+        });
+    }
+    let at = r.made_unix_ms;
+    if at < key.not_before_ms || (key.not_after_ms != 0 && at >= key.not_after_ms) {
+        return Err(VerifyError::KeyNotValid {
+            key_id: key.key_id.clone(),
+            at_ms: at,
+        });
+    }
+    Ok(r)
 }
 
 /// Decodes the indicator inside a stored envelope. Stored bytes were

@@ -337,6 +337,27 @@ const TABLES: &[Table] = &[
         key: None,
         serial: false,
     },
+    Table {
+        name: "statistics_reports",
+        columns: &[
+            ("reporter", Text),
+            ("period", Text),
+            ("period_start", Int),
+            ("made_ms", Int),
+            ("received_from", Text),
+            ("path", Text),
+            ("envelope", Bytes),
+            ("stored_ms", Int),
+        ],
+        key: None,
+        serial: false,
+    },
+    Table {
+        name: "node_secrets",
+        columns: &[("name", Text), ("secret", Bytes)],
+        key: None,
+        serial: false,
+    },
 ];
 
 /// Tables a new store already fills (made by its migrations): replaced by

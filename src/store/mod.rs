@@ -7,7 +7,8 @@
 //! - `peers`, `policies`, `pki` (our certificates, CRLs), `keys` (ours and
 //!   partners' signing keys), `directory` (cards of non-partner orgs),
 //!   `quarantine`, `release` (what was sent to whom), `sightings` (ours
-//!   and partners', and those waiting to go towards the origin).
+//!   and partners', and those waiting to go towards the origin),
+//!   `statistics` (partners' reports, the node's own secrets).
 //!
 //! SQLite (embedded default) in WAL mode with `synchronous=FULL`: a publish
 //! is acknowledged, and a cursor advanced, only after the commit is durable.
@@ -34,6 +35,7 @@ mod quarantine;
 mod release;
 mod replicas;
 mod sightings;
+mod statistics;
 mod tail;
 mod witness;
 
@@ -65,7 +67,8 @@ pub use publish_keys::{Appended, PublishKey};
 pub use quarantine::{OrgPath, QuarantineRow, Quarantined};
 pub use release::{ResendRequest, Sent};
 pub use replicas::LinkLease;
-pub use sightings::{KeptSighting, OutgoingSighting, SightingRow};
+pub use sightings::{KeptReport, OutgoingSighting, SightingRow};
+pub use statistics::StatisticsRow;
 pub use witness::WitnessedHead;
 
 /// The store's write lock and the transaction begun under it.

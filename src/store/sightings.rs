@@ -72,7 +72,7 @@ pub struct OutgoingSighting {
 
 /// What keeping a report did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum KeptSighting {
+pub enum KeptReport {
     /// The first report of that sighter, indicator and day.
     New,
     /// It replaced an older report of the same day.
@@ -120,7 +120,7 @@ impl Store {
         next_hop: Option<&OrgId>,
         max_from_partner: u64,
         audit: &[AuditEntry],
-    ) -> Result<KeptSighting, StoreError> {
+    ) -> Result<KeptReport, StoreError> {
         let (_writing, mut tx) = self.write_tx().await?;
         let held: Option<i64> = on!(Tx, &mut tx, db => sqlx::query_scalar(sql!(
             "SELECT reported_ms FROM sightings WHERE sighter = ? AND origin_org = ? \
@@ -133,11 +133,11 @@ impl Store {
         .fetch_optional(&mut **db)
         .await?);
         let kept = match held {
-            Some(reported) if reported >= row.reported_ms => return Ok(KeptSighting::AlreadyHeld),
-            Some(_) => KeptSighting::Replaced,
-            None => KeptSighting::New,
+            Some(reported) if reported >= row.reported_ms => return Ok(KeptReport::AlreadyHeld),
+            Some(_) => KeptReport::Replaced,
+            None => KeptReport::New,
         };
-        if kept == KeptSighting::New && !row.received_from.is_empty() {
+        if kept == KeptReport::New && !row.received_from.is_empty() {
             let n: i64 = on!(Tx, &mut tx, db => sqlx::query_scalar(sql!(
                 "SELECT COUNT(*) FROM sightings WHERE received_from = ?"
             ))
@@ -146,7 +146,7 @@ impl Store {
             .await?);
             let n = n.max(0) as u64;
             if n >= max_from_partner {
-                return Ok(KeptSighting::OverLimit(n));
+                return Ok(KeptReport::OverLimit(n));
             }
         }
         let now = self.now();

@@ -695,6 +695,13 @@ impl Exchange for RogueExchange {
     ) -> Result<Response<threatmesh::proto::v1::ReportSightingsResponse>, Status> {
         Err(Status::unimplemented("rogue"))
     }
+
+    async fn share_statistics(
+        &self,
+        _: Request<threatmesh::proto::v1::ShareStatisticsRequest>,
+    ) -> Result<Response<threatmesh::proto::v1::ShareStatisticsResponse>, Status> {
+        Err(Status::unimplemented("rogue"))
+    }
 }
 
 impl RogueUpstream {
@@ -828,6 +835,7 @@ impl Mesh {
             &|_, _| policy.to_string(),
             introducers,
             proxied,
+            &|_| {},
         )
         .await
     }
@@ -839,7 +847,18 @@ impl Mesh {
         edges: &[(usize, usize)],
         policy: &dyn Fn(usize, usize) -> String,
     ) -> Mesh {
-        Self::build(names, edges, policy, true, &[]).await
+        Self::build(names, edges, policy, true, &[], &|_| {}).await
+    }
+
+    /// As [`Mesh::start_with_policies`], each org's settings changed by
+    /// `tune` before its node starts.
+    pub async fn start_tuned(
+        names: &[&str],
+        edges: &[(usize, usize)],
+        policy: &dyn Fn(usize, usize) -> String,
+        tune: &dyn Fn(&mut Settings),
+    ) -> Mesh {
+        Self::build(names, edges, policy, true, &[], tune).await
     }
 
     async fn build(
@@ -848,8 +867,16 @@ impl Mesh {
         policy: &dyn Fn(usize, usize) -> String,
         introducers: bool,
         proxied: &[(usize, usize)],
+        tune: &dyn Fn(&mut Settings),
     ) -> Mesh {
-        let orgs: Vec<Org> = names.iter().map(|n| Org::new(n)).collect();
+        let orgs: Vec<Org> = names
+            .iter()
+            .map(|n| {
+                let mut o = Org::new(n);
+                tune(&mut o.settings);
+                o
+            })
+            .collect();
         let mut listeners = Vec::new();
         for _ in &orgs {
             listeners.push(TcpListener::bind("127.0.0.1:0").await.unwrap());

@@ -1,0 +1,438 @@
+//! Federated statistics: counts without pooling data.
+//!
+//! Each node counts what it published, received and sighted per period
+//! (today, yesterday, this week, last week) by kind, TLP, tag and
+//! jurisdiction ([`tally`]), and signs a report of those counts for each
+//! partner whose policy shares statistics (`[statistics] share`), with the
+//! noise and minimum count that policy sets. Reports travel like
+//! indicators: each link offers its partner ours and those it relays
+//! (`relay`, within the reporter's hop limit, never back to an org they
+//! passed) ([`push`]); a receiver verifies before decoding, requires the
+//! signer to be the reporter, accepts only where its policy for the sender
+//! says `accept`, keeps the newest report per reporter and period, and
+//! bounds what one partner can make it keep ([`receive`]). [`mesh_view`]
+//! sums what a node holds, naming who contributed. The raw indicators never
+//! leave: an org whose data may not be shared can still be counted.
+
+pub mod push;
+pub mod tally;
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use prost::Message;
+use tonic::Code;
+
+use crate::audit::AuditEntry;
+use crate::context::NodeContext;
+use crate::model::OrgId;
+use crate::policy::statistics_ingress;
+use crate::proto::v1::{
+    ContributedReport, Envelope, MeshStatisticsRequest, MeshStatisticsResponse, ReportOutcome,
+    ShareStatisticsRequest, ShareStatisticsResponse, SignedReport, StatisticsReport,
+    StatisticsRow as ViewRow,
+};
+use crate::refusal::RefusalKind;
+use crate::rpc::{RpcError, refusal_code};
+use crate::sightings::code_name;
+use crate::signing::{STATISTICS_PAYLOAD_TYPE, open_statistics};
+use crate::store::{KeptReport, OrgPath, StatisticsRow, StoreError, Versions};
+use tally::{Disclosure, Period, Tallies, count};
+
+/// Most reports one ShareStatistics request may carry.
+pub const MAX_REPORTS_PER_REQUEST: usize = 500;
+/// The name of the noise key among the node's secrets.
+const NOISE_SECRET: &str = "statistics-noise";
+/// Rows read per page while counting.
+const PAGE: u32 = 1000;
+
+/// The periods we report: (kind, start), newest first.
+pub fn reported_periods(now: i64) -> [(Period, i64); 4] {
+    [
+        (Period::Day, Period::Day.start_of(now)),
+        (
+            Period::Day,
+            Period::Day.start_of(now) - Period::Day.length_ms(),
+        ),
+        (Period::Week, Period::Week.start_of(now)),
+        (
+            Period::Week,
+            Period::Week.start_of(now) - Period::Week.length_ms(),
+        ),
+    ]
+}
+
+/// Our counts for the [`reported_periods`], counted again when older than
+/// `federation.statistics_interval_ms`.
+pub async fn tallies(ctx: &NodeContext) -> Result<Arc<Tallies>, StoreError> {
+    let now = ctx.clock.now_ms();
+    let mut held = ctx.statistics_counted.lock().await;
+    if let Some((at, t)) = held.as_ref()
+        && now - at < ctx.settings.federation.statistics_interval_ms as i64
+        && *at <= now
+    {
+        return Ok(t.clone());
+    }
+    let t = Arc::new(count_now(ctx, now).await?);
+    *held = Some((now, t.clone()));
+    Ok(t)
+}
+
+async fn count_now(ctx: &NodeContext, now: i64) -> Result<Tallies, StoreError> {
+    let periods = reported_periods(now);
+    let since = periods.iter().map(|p| p.1).min().unwrap_or(now);
+    let mut out: Tallies = periods.iter().map(|p| (*p, Default::default())).collect();
+    let within = |ms: i64| {
+        periods
+            .iter()
+            .filter(move |(p, start)| ms >= *start && ms < start + p.length_ms())
+            .copied()
+    };
+    // Each indicator counts once per period and measure, whatever number
+    // of its versions arrived in it.
+    let mut seen = HashSet::new();
+    let mut after = 0;
+    loop {
+        let rows = ctx
+            .store
+            .versions_after(Versions::All, after, since, PAGE)
+            .await?;
+        let Some(last) = rows.last() else { break };
+        after = last.seq;
+        for r in &rows {
+            let measure = if r.origin_org == ctx.own.as_str() {
+                "published"
+            } else {
+                "received"
+            };
+            let Ok(ind) = crate::exchange::decoded(r) else {
+                continue;
+            };
+            for p in within(r.stored_ms) {
+                if seen.insert((p, measure, r.origin_org.clone(), r.indicator_id.clone())) {
+                    count(out.entry(p).or_default(), measure, &ind);
+                }
+            }
+        }
+    }
+    let sighted = ctx
+        .store
+        .own_sightings_since(ctx.own.as_str(), since)
+        .await?;
+    let ids: Vec<&str> = sighted.iter().map(|(_, id, _)| id.as_str()).collect();
+    let held = ctx.store.indicators_by_ids(&ids).await?;
+    for (origin, id, window) in &sighted {
+        let Some(row) = held.get(id).filter(|r| &r.origin_org == origin) else {
+            continue;
+        };
+        let Ok(ind) = crate::exchange::decoded(row) else {
+            continue;
+        };
+        for p in within(*window) {
+            if seen.insert((p, "sighted", origin.clone(), id.clone())) {
+                count(out.entry(p).or_default(), "sighted", &ind);
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Our reports for the [`reported_periods`], disclosed as `how` says,
+/// signed now.
+pub async fn own_reports(
+    ctx: &NodeContext,
+    how: Disclosure,
+) -> Result<Vec<(StatisticsReport, Envelope)>, StoreError> {
+    let t = tallies(ctx).await?;
+    let secret = ctx.store.node_secret(NOISE_SECRET).await?;
+    let signer = ctx.signing.load_full();
+    let now = ctx.clock.now_ms();
+    Ok(t.iter()
+        .map(|((period, start), tally)| {
+            let key = format!("{} {start}", period.name());
+            let report = StatisticsReport {
+                reporter_org: ctx.own.to_string(),
+                key_id: signer.key_id().to_string(),
+                period: period.name().into(),
+                period_start_unix_ms: *start,
+                made_unix_ms: now,
+                epsilon: how.epsilon,
+                min_count: how.min_count,
+                hop_limit: ctx.settings.federation.statistics_hop_limit,
+                cells: tally::disclose(tally, how, &secret, &key),
+            };
+            let env = signer.seal(STATISTICS_PAYLOAD_TYPE, report.encode_to_vec());
+            (report, env)
+        })
+        .collect())
+}
+
+/// Takes the reports partner `from` shared: each verified, checked and kept
+/// or refused on its own (a report waiting for its reporter's key is
+/// answered `FAILED_PRECONDITION`, for the partner to offer again).
+pub async fn receive(
+    ctx: &NodeContext,
+    from: &OrgId,
+    req: ShareStatisticsRequest,
+) -> Result<ShareStatisticsResponse, RpcError> {
+    if req.reports.len() > MAX_REPORTS_PER_REQUEST {
+        return Err(RpcError::BadRequest(format!(
+            "reports: at most {MAX_REPORTS_PER_REQUEST} a request, got {}",
+            req.reports.len()
+        )));
+    }
+    if !req.cards.is_empty() && crate::federation::cards::learn_cards(ctx, &req.cards, from).await?
+    {
+        crate::federation::apply_trust_change(ctx)
+            .await
+            .map_err(|e| RpcError::Precondition(format!("reloading keys: {e}")))?;
+    }
+    let view = ctx.view.load_full();
+    let accept = statistics_ingress(from, view.policies.get(from).map(|p| p.as_ref()));
+    let mut outcomes = Vec::with_capacity(req.reports.len());
+    for (i, report) in req.reports.into_iter().enumerate() {
+        let checked = if accept.is_allow() {
+            check(ctx, &view.keys, from, i, report)
+        } else {
+            Err((Code::PermissionDenied, accept.reason().to_string(), None))
+        };
+        let outcome = match checked {
+            Ok((row, subject)) => {
+                let audit = [AuditEntry::statistics_accepted(
+                    from.as_str(),
+                    subject,
+                    accept.rule(),
+                    &row.path,
+                )];
+                let max = ctx.settings.federation.statistics_max_per_partner;
+                match ctx.store.keep_statistics(&row, max, &audit).await? {
+                    KeptReport::New | KeptReport::Replaced => ok(true),
+                    KeptReport::AlreadyHeld => ok(false),
+                    KeptReport::OverLimit(n) => {
+                        let detail = format!(
+                            "{from} already brought {n} statistics reports, the most one partner may"
+                        );
+                        tracing::warn!(partner = %from, "{detail}");
+                        let row = AuditEntry::over_limit(
+                            from.as_str(),
+                            "Exchange/ShareStatistics",
+                            "federation.statistics_max_per_partner",
+                            &detail,
+                        );
+                        ctx.store.append_audit(&[row]).await?;
+                        refused(
+                            Code::ResourceExhausted,
+                            format!(
+                                "{detail} (federation.statistics_max_per_partner); retry later"
+                            ),
+                        )
+                    }
+                }
+            }
+            Err((code, why, subject)) => {
+                if code != Code::FailedPrecondition {
+                    tracing::warn!(partner = %from, ?code, reason = %why, "statistics report refused");
+                    let subject = subject.unwrap_or_else(|| format!("{from} report {i}"));
+                    let row = AuditEntry::statistics_refused(
+                        from.as_str(),
+                        subject,
+                        code_name(code),
+                        &why,
+                        false,
+                    );
+                    ctx.store.append_audit(&[row]).await?;
+                }
+                refused(code, why)
+            }
+        };
+        outcomes.push(outcome);
+    }
+    Ok(ShareStatisticsResponse { outcomes })
+}
+
+type Refusal = (Code, String, Option<String>);
+
+/// Report `i` from `from`: an envelope, verified before anything in it is
+/// read, well formed, along a path from its reporter to `from` within its
+/// hop limit. The row to keep and its ledger subject.
+fn check(
+    ctx: &NodeContext,
+    keys: &crate::signing::KeyDirectory,
+    from: &OrgId,
+    i: usize,
+    report: SignedReport,
+) -> Result<(StatisticsRow, String), Refusal> {
+    let field = format!("reports[{i}]");
+    let env = Envelope::decode(report.envelope.as_slice()).map_err(|e| {
+        (
+            Code::InvalidArgument,
+            format!("{field}.envelope: not an envelope: {e}"),
+            None,
+        )
+    })?;
+    let r = open_statistics(&env, keys).map_err(|e| {
+        (
+            refusal_code(RefusalKind::from(&e)),
+            format!("{field}: {e}"),
+            None,
+        )
+    })?;
+    let subject =
+        AuditEntry::statistics_subject(&r.reporter_org, &r.period, r.period_start_unix_ms);
+    let invalid = |why: String| (Code::InvalidArgument, why, Some(subject.clone()));
+    tally::check_report(&r, ctx.clock.now_ms()).map_err(|e| invalid(format!("{field}.{e}")))?;
+    check_path(&report.path, &r.reporter_org, from, &ctx.own, r.hop_limit)
+        .map_err(|why| invalid(format!("{field}.path: {why}")))?;
+    Ok((
+        StatisticsRow {
+            reporter: r.reporter_org.clone(),
+            period: r.period.clone(),
+            period_start: r.period_start_unix_ms,
+            made_ms: r.made_unix_ms,
+            received_from: from.to_string(),
+            path: OrgPath(report.path),
+            envelope: report.envelope,
+            stored_ms: 0,
+        },
+        subject,
+    ))
+}
+
+/// A report's path starts at its reporter, ends at the sender, passes no
+/// org twice and not us, and has used at most `hop_limit` relays.
+fn check_path(
+    path: &[String],
+    reporter: &str,
+    from: &OrgId,
+    own: &OrgId,
+    hop_limit: u32,
+) -> Result<(), String> {
+    if path.first().map(String::as_str) != Some(reporter) {
+        return Err(format!("must start at the reporter {reporter}"));
+    }
+    if path.last().map(String::as_str) != Some(from.as_str()) {
+        return Err(format!("must end at the sender {from}"));
+    }
+    let relays = path.len() - 1;
+    if relays > hop_limit as usize {
+        return Err(format!(
+            "{relays} relay hop(s); {reporter} allows {hop_limit}"
+        ));
+    }
+    let mut seen = HashSet::new();
+    for org in path {
+        if org == own.as_str() {
+            return Err(format!("already passed through {own} (a loop)"));
+        }
+        if !seen.insert(org.as_str()) {
+            return Err(format!("names {org} twice (a loop)"));
+        }
+    }
+    Ok(())
+}
+
+fn ok(stored: bool) -> ReportOutcome {
+    ReportOutcome {
+        code: 0,
+        message: String::new(),
+        stored,
+    }
+}
+
+fn refused(code: Code, message: String) -> ReportOutcome {
+    ReportOutcome {
+        code: code as u32,
+        message,
+        stored: false,
+    }
+}
+
+/// The mesh-wide view at this node: its own exact counts and every report
+/// it holds of the asked period, summed per cell, naming contributors.
+pub async fn mesh_view(
+    ctx: &NodeContext,
+    req: &MeshStatisticsRequest,
+) -> Result<MeshStatisticsResponse, RpcError> {
+    let period = if req.period.is_empty() {
+        Period::Day
+    } else {
+        Period::parse(&req.period).ok_or_else(|| {
+            RpcError::BadRequest(format!("period: '{}' is not day or week", req.period))
+        })?
+    };
+    for d in &req.by {
+        if !tally::DIMENSIONS.contains(&d.as_str()) {
+            return Err(RpcError::BadRequest(format!(
+                "by: '{d}' is not one of {}",
+                tally::DIMENSIONS.join(", ")
+            )));
+        }
+    }
+    let now = ctx.clock.now_ms();
+    let since = if req.since_unix_ms > 0 {
+        period.start_of(req.since_unix_ms)
+    } else {
+        reported_periods(now)
+            .iter()
+            .filter(|p| p.0 == period)
+            .map(|p| p.1)
+            .min()
+            .unwrap_or(now)
+    };
+    let mut reports = Vec::new();
+    let mut contributed = Vec::new();
+    // Ours, exact: we know our own data.
+    let exact = Disclosure {
+        epsilon: 0.0,
+        min_count: 0,
+    };
+    for (r, _) in own_reports(ctx, exact).await? {
+        if r.period == period.name() && r.period_start_unix_ms >= since {
+            contributed.push(contribution(&r, "", &[]));
+            reports.push(r);
+        }
+    }
+    for row in ctx
+        .store
+        .statistics_reports(Some(period.name()), since)
+        .await?
+    {
+        // Verified before it was stored; decoded here only.
+        let Some(r) = Envelope::decode(row.envelope.as_slice())
+            .ok()
+            .and_then(|e| StatisticsReport::decode(e.payload.as_slice()).ok())
+        else {
+            tracing::warn!(reporter = %row.reporter, "unreadable statistics report left out");
+            continue;
+        };
+        contributed.push(contribution(&r, &row.received_from, &row.path));
+        reports.push(r);
+    }
+    let rows = tally::sum(&reports, &req.by)
+        .into_iter()
+        .map(|((measure, dimension, value), s)| ViewRow {
+            measure,
+            dimension,
+            value,
+            count: s.count,
+            contributors: s.contributors.into_iter().collect(),
+        })
+        .collect();
+    Ok(MeshStatisticsResponse {
+        rows,
+        reports: contributed,
+    })
+}
+
+fn contribution(r: &StatisticsReport, from: &str, path: &[String]) -> ContributedReport {
+    ContributedReport {
+        reporter_org: r.reporter_org.clone(),
+        period: r.period.clone(),
+        period_start_unix_ms: r.period_start_unix_ms,
+        made_unix_ms: r.made_unix_ms,
+        epsilon: r.epsilon,
+        min_count: r.min_count,
+        received_from: from.to_string(),
+        path: path.to_vec(),
+    }
+}
