@@ -208,7 +208,21 @@ async fn sightings_reach_the_origin_through_each_hop_that_allows_it_and_stop_whe
     let e_at_a = e_at_a.iter().find(|s| s.sighter == "e.example").unwrap();
     assert_eq!(e_at_a.path.0, ["e.example", "c.example"]);
 
-    // The origin's view: the CLI and the Admin API add them up.
+    // The origin's view: lookup, the CLI and the Admin API add them up.
+    let looked = admin(&o[A], &n[A])
+        .lookup(threatmesh::proto::v1::LookupRequest {
+            value: "10.0.0.1".into(),
+            kind: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let by_lookup: u64 = looked
+        .sightings
+        .iter()
+        .filter_map(|r| r.sighting.as_ref().map(|s| s.count))
+        .sum();
+    assert_eq!(by_lookup, 9);
     let total = admin(&o[A], &n[A])
         .list_sightings(ListSightingsRequest {
             indicator_id: id.clone(),
@@ -541,7 +555,7 @@ async fn sightings_from_a_partner_whose_policy_accepts_none_are_permission_denie
 }
 
 #[tokio::test]
-async fn what_one_partner_can_make_us_keep_is_bounded_and_requests_are_rate_limited() {
+async fn what_one_partner_can_make_us_keep_is_bounded() {
     let mut a = Org::new("a.example");
     a.settings.federation.sightings_max_per_partner = 1;
     let p = pair_with(a, SIGHTINGS_POLICY).await;
@@ -637,4 +651,34 @@ async fn sight_names_the_field_at_fault_and_refuses_an_indicator_not_held() {
     holds(&p.node_a, &p.id, &p.b, 3).await;
     assert_eq!(p.held_at_a().await[0].country, "DE");
     p.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partner_reporting_over_its_request_rate_is_refused_resource_exhausted() {
+    let mut a = Org::new("a.example");
+    a.settings.limits.partner_requests_per_second = 1;
+    let b = Org::new("b.example");
+    a.add_peer_with(&b, None, SIGHTINGS_POLICY).await;
+    let node_a = start(&a).await;
+    let mut as_b = exchange_as(&a, &node_a, &b.node_cert());
+    let mut refused = 0;
+    for _ in 0..20 {
+        match as_b
+            .report_sightings(ReportSightingsRequest::default())
+            .await
+        {
+            Ok(r) => assert!(r.into_inner().outcomes.is_empty()),
+            Err(s) => {
+                assert_eq!(s.code(), Code::ResourceExhausted, "{s:?}");
+                assert!(
+                    s.message().contains("limits.partner_requests_per_second"),
+                    "{s:?}"
+                );
+                refused += 1;
+            }
+        }
+    }
+    // A burst of 2 at 1/s: 20 requests cannot all pass unless they took 18 s.
+    assert!(refused > 0, "no request of the 20 was refused");
+    node_a.stop().await;
 }

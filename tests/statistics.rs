@@ -591,3 +591,30 @@ async fn reports_from_a_partner_not_accepted_or_over_its_bound_are_refused() {
     assert_eq!(p.held().await.len(), 1);
     p.node_a.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partner_sharing_over_its_request_rate_is_refused_resource_exhausted() {
+    let mut a = Org::new("a.example");
+    a.settings.limits.partner_requests_per_second = 1;
+    let p = pair(a, &sharing()).await;
+    let mut as_b = exchange_as(&p.a, &p.node_a, &p.b.node_cert());
+    let mut refused = 0;
+    for _ in 0..20 {
+        match as_b
+            .share_statistics(ShareStatisticsRequest::default())
+            .await
+        {
+            Ok(r) => assert!(r.into_inner().outcomes.is_empty()),
+            Err(s) => {
+                assert_eq!(s.code(), Code::ResourceExhausted, "{s:?}");
+                assert!(
+                    s.message().contains("limits.partner_requests_per_second"),
+                    "{s:?}"
+                );
+                refused += 1;
+            }
+        }
+    }
+    assert!(refused > 0, "no request of the 20 was refused");
+    p.node_a.stop().await;
+}

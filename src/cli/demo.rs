@@ -1,9 +1,11 @@
 //! `threatmesh demo`: two agencies and a private partner, each with its own
 //! CA and signing key, run real nodes on loopback in one process, register
 //! each other's cards, publish indicators under different markings over
-//! mutual TLS, and report who received what. The outcome is checked against
-//! the policy function: any difference, or any verification failure, makes
-//! the demo fail.
+//! mutual TLS, and report who received what; then the partner reports
+//! seeing one indicator and its signed sighting travels back to the origin.
+//! The outcome is checked against the policy function: any difference, any
+//! verification failure, or a sighting that does not arrive, makes the demo
+//! fail.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
@@ -168,6 +170,9 @@ pub async fn run_demo(args: &DemoArgs) -> Result<DemoSummary, CliError> {
         failures += c.store.rejections().await?.len();
     }
     print_outcome(&orgs, &decisions, &received);
+    if received == expected {
+        sighting_flows_back(&orgs, &nodes.contexts, &published, args.timeout).await?;
+    }
     let summary = DemoSummary {
         published: published.len(),
         delivered: received.values().map(BTreeSet::len).sum(),
@@ -434,6 +439,58 @@ async fn await_deliveries(
         }
         if &got == expected || tokio::time::Instant::now() > deadline {
             return Ok(got);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The ISP reports seeing the police's first indicator; its signed
+/// sighting goes back to the police (the ISP's community-feed policy sends
+/// sightings, the police's isp-feed accepts them). Fails if it does not
+/// arrive in time.
+async fn sighting_flows_back(
+    orgs: &[DemoOrg],
+    contexts: &[Arc<NodeContext>],
+    published: &[(usize, String)],
+    timeout_secs: u64,
+) -> Result<(), CliError> {
+    let (origin, isp) = (&orgs[0], &orgs[2]);
+    let Some((_, id)) = published.iter().find(|(who, _)| *who == 0) else {
+        return Ok(());
+    };
+    let mut client = ExchangeClient::new(channel(&isp.settings, As::Publisher)?);
+    client
+        .sight(crate::proto::v1::SightRequest {
+            indicator_origin: origin.id.to_string(),
+            indicator_id: id.clone(),
+            count: 3,
+            ..Default::default()
+        })
+        .await
+        .map_err(|s| CliError::Rpc(format!("sight at {}: {}", isp.id, s.message())))?;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(timeout_secs);
+    loop {
+        let held = contexts[0]
+            .store
+            .sightings_of(Some(origin.id.as_str()), id)
+            .await?;
+        if let Some(s) = held.iter().find(|s| s.sighter == isp.id.as_str()) {
+            out!(
+                "sighting: {} saw {}'s indicator {} {}x; its signed report reached {} (ledger: sighting-accepted)",
+                isp.id,
+                origin.id,
+                id,
+                s.count,
+                origin.id
+            );
+            out!();
+            return Ok(());
+        }
+        if tokio::time::Instant::now() > deadline {
+            return Err(CliError::Failed(format!(
+                "{}'s sighting of {id} did not reach {} within {timeout_secs} s",
+                isp.id, origin.id
+            )));
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }

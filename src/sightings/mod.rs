@@ -141,14 +141,17 @@ pub async fn receive(
             req.reports.len()
         )));
     }
-    if !req.cards.is_empty() && crate::federation::cards::learn_cards(ctx, &req.cards, from).await?
+    // Cards only from a partner whose reports we take at all.
+    let accept = sighting_ingress(from, ctx.view.load().policies.get(from).map(|p| p.as_ref()));
+    if accept.is_allow()
+        && !req.cards.is_empty()
+        && crate::federation::cards::learn_cards(ctx, &req.cards, from).await?
     {
         crate::federation::apply_trust_change(ctx)
             .await
             .map_err(|e| RpcError::Precondition(format!("reloading keys: {e}")))?;
     }
     let view = ctx.view.load_full();
-    let accept = sighting_ingress(from, view.policies.get(from).map(|p| p.as_ref()));
     let mut outcomes = Vec::with_capacity(req.reports.len());
     let mut queued = false;
     for (i, report) in req.reports.into_iter().enumerate() {

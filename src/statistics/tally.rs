@@ -304,7 +304,7 @@ mod tests {
         assert_eq!(Period::Week.start_of(sunday_noon), 1_795_996_800_000);
         assert_eq!(
             crate::clock::rfc3339(1_795_996_800_000),
-            "2026-11-30T00:00:00Z"
+            "2026-11-30T00:00:00.000Z"
         );
         assert_eq!(Period::Week.start_of(1_795_996_800_000), 1_795_996_800_000);
     }
