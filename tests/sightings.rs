@@ -10,7 +10,7 @@ use prost::Message;
 use threatmesh::model::window_of;
 use threatmesh::proto::v1::{
     Envelope, ListSightingsRequest, Marking, PublishRequest, ReportSightingsRequest, SightRequest,
-    Sighting, SignedReport, Tlp,
+    Sighting, Tlp,
 };
 use threatmesh::signing::{OrgSigningKey, SIGHTING_PAYLOAD_TYPE};
 use threatmesh::store::SightingRow;
@@ -353,21 +353,11 @@ impl Pair {
         let mut client = exchange_as(&self.a, &self.node_a, &self.b.node_cert());
         let r = client
             .report_sightings(ReportSightingsRequest {
-                reports: reports
-                    .into_iter()
-                    .map(|(env, path)| SignedReport {
-                        envelope: env.encode_to_vec(),
-                        path: path.into_iter().map(String::from).collect(),
-                    })
-                    .collect(),
+                reports: signed_reports(reports),
                 cards: Vec::new(),
             })
             .await?;
-        Ok(r.into_inner()
-            .outcomes
-            .into_iter()
-            .map(|o| (Code::from(o.code as i32), o.message, o.stored))
-            .collect())
+        Ok(outcomes(r.into_inner().outcomes))
     }
 
     async fn held_at_a(&self) -> Vec<SightingRow> {
@@ -445,7 +435,7 @@ async fn an_oversized_or_malformed_report_is_refused_invalid_and_nothing_is_kept
     assert!(out[1].1.contains("window_start_unix_ms"), "{out:?}");
     assert_eq!(out[2].0, Code::InvalidArgument, "{out:?}");
     assert!(
-        out[2].1.contains("path: must start at the sighter"),
+        out[2].1.contains("path: must start at the signer"),
         "{out:?}"
     );
     // Too many in one request: the whole request is refused.

@@ -10,7 +10,7 @@ use prost::Message;
 use threatmesh::config::Settings;
 use threatmesh::proto::v1::{
     Envelope, IndicatorDraft, IndicatorKind, Marking, MeshStatisticsRequest,
-    MeshStatisticsResponse, PublishRequest, ShareStatisticsRequest, SignedReport, StatisticsCell,
+    MeshStatisticsResponse, PublishRequest, ShareStatisticsRequest, StatisticsCell,
     StatisticsReport, Tlp,
 };
 use threatmesh::signing::{OrgSigningKey, STATISTICS_PAYLOAD_TYPE};
@@ -428,21 +428,11 @@ impl Pair {
         let mut client = exchange_as(&self.a, &self.node_a, &self.b.node_cert());
         let r = client
             .share_statistics(ShareStatisticsRequest {
-                reports: reports
-                    .into_iter()
-                    .map(|(env, path)| SignedReport {
-                        envelope: env.encode_to_vec(),
-                        path: path.into_iter().map(String::from).collect(),
-                    })
-                    .collect(),
+                reports: signed_reports(reports),
                 cards: Vec::new(),
             })
             .await?;
-        Ok(r.into_inner()
-            .outcomes
-            .into_iter()
-            .map(|o| (Code::from(o.code as i32), o.message, o.stored))
-            .collect())
+        Ok(outcomes(r.into_inner().outcomes))
     }
 
     async fn held(&self) -> Vec<threatmesh::store::StatisticsRow> {

@@ -416,19 +416,23 @@ impl AuditEntry {
         why: &str,
         ours: bool,
     ) -> Self {
+        Self::report_refused(event::SIGHTING_REFUSED, partner, subject, code, why, ours)
+    }
+
+    fn report_refused(
+        event: &'static str,
+        partner: &str,
+        subject: String,
+        code: &str,
+        why: &str,
+        ours: bool,
+    ) -> Self {
         let detail = if ours {
             format!("refused by {partner}: {why}")
         } else {
             why.to_string()
         };
-        Self::of(
-            event::SIGHTING_REFUSED,
-            NODE,
-            partner,
-            subject,
-            code,
-            detail,
-        )
+        Self::of(event, NODE, partner, subject, code, detail)
     }
 
     /// `statistics of reporter, day from YYYY-MM-DD`, the subject of rows
@@ -486,18 +490,6 @@ impl AuditEntry {
         why: &str,
         ours: bool,
     ) -> Self {
-        let detail = if ours {
-            format!("refused by {partner}: {why}")
-        } else {
-            why.to_string()
-        };
-        Self::of(
-            event::STATISTICS_REFUSED,
-            NODE,
-            partner,
-            subject,
-            code,
-            detail,
-        )
+        Self::report_refused(event::STATISTICS_REFUSED, partner, subject, code, why, ours)
     }
 }

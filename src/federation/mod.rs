@@ -7,10 +7,12 @@
 //! - `link`: one partner link (dial, receive, commit, backoff).
 //! - `cards`: cards of other orgs arriving through the mesh.
 //! - `quarantine`: envelopes waiting for their signing key.
+//! - `reports`: what signed sightings and statistics from partners share.
 
 pub mod cards;
 mod link;
 pub mod quarantine;
+pub mod reports;
 mod verify;
 pub mod witness;
 

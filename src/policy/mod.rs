@@ -341,20 +341,34 @@ pub fn sighting_egress(
 /// Do we accept sightings partner `from` reports (of indicators we sent
 /// it)? Only where its policy says `[sightings] accept = true`.
 pub fn sighting_ingress(from: &OrgId, policy: Option<&PartnerPolicy>) -> Decision {
-    match policy {
-        Some(p) if p.sightings.accept => Decision::Allow {
-            rule: "sightings-accept",
-        },
-        Some(p) => deny(
-            "sightings-accept-off",
+    let accepts = policy.map(|p| p.sightings.accept);
+    report_ingress(from, policy, accepts, "sightings")
+}
+
+/// Whether `policy` (bound to `from`) takes its reports of `section`
+/// (`accepts`: its `[section] accept`).
+fn report_ingress(
+    from: &OrgId,
+    policy: Option<&PartnerPolicy>,
+    accepts: Option<bool>,
+    section: &'static str,
+) -> Decision {
+    let (allow, off) = match section {
+        "sightings" => ("sightings-accept", "sightings-accept-off"),
+        _ => ("statistics-accept", "statistics-accept-off"),
+    };
+    match (policy, accepts) {
+        (Some(_), Some(true)) => Decision::Allow { rule: allow },
+        (Some(p), _) => deny(
+            off,
             format!(
-                "policy {} v{} for {from} accepts no sightings from it ([sightings] accept = false)",
+                "policy {} v{} for {from} accepts no {section} from it ([{section}] accept = false)",
                 p.name, p.version
             ),
         ),
-        None => deny(
+        (None, _) => deny(
             "no-policy",
-            format!("no sharing policy is bound to {from}; its sightings are not accepted"),
+            format!("no sharing policy is bound to {from}; its {section} are not accepted"),
         ),
     }
 }
@@ -422,22 +436,8 @@ pub fn statistics_egress(
 /// Do we accept statistics reports from partner `from`? Only where its
 /// policy says `[statistics] accept = true`.
 pub fn statistics_ingress(from: &OrgId, policy: Option<&PartnerPolicy>) -> Decision {
-    match policy {
-        Some(p) if p.statistics.accept => Decision::Allow {
-            rule: "statistics-accept",
-        },
-        Some(p) => deny(
-            "statistics-accept-off",
-            format!(
-                "policy {} v{} for {from} accepts no statistics from it ([statistics] accept = false)",
-                p.name, p.version
-            ),
-        ),
-        None => deny(
-            "no-policy",
-            format!("no sharing policy is bound to {from}; its statistics are not accepted"),
-        ),
-    }
+    let accepts = policy.map(|p| p.statistics.accept);
+    report_ingress(from, policy, accepts, "statistics")
 }
 
 /// Do we accept `ind`, received from partner `upstream` after `relay_hops`

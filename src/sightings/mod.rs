@@ -18,14 +18,15 @@ use prost::Message;
 
 use crate::audit::AuditEntry;
 use crate::context::NodeContext;
+use crate::federation::reports::{self, code_name};
 use crate::model::{
     MAX_SIGHTING_PATH, OrgId, SightingDraft, merge_sighting, prepare_sighting, validate_sighting,
     window_of,
 };
 use crate::policy::sighting_ingress;
 use crate::proto::v1::{
-    Envelope, ReportOutcome, ReportSightingsRequest, ReportSightingsResponse, SightRequest,
-    SightResponse, Sighting, SightingRecord, SignedReport,
+    Envelope, ReportSightingsRequest, ReportSightingsResponse, SightRequest, SightResponse,
+    Sighting, SightingRecord, SignedReport,
 };
 use crate::refusal::RefusalKind;
 use crate::rpc::{RpcError, refusal_code};
@@ -141,16 +142,8 @@ pub async fn receive(
             req.reports.len()
         )));
     }
-    // Cards only from a partner whose reports we take at all.
     let accept = sighting_ingress(from, ctx.view.load().policies.get(from).map(|p| p.as_ref()));
-    if accept.is_allow()
-        && !req.cards.is_empty()
-        && crate::federation::cards::learn_cards(ctx, &req.cards, from).await?
-    {
-        crate::federation::apply_trust_change(ctx)
-            .await
-            .map_err(|e| RpcError::Precondition(format!("reloading keys: {e}")))?;
-    }
+    reports::learn_cards(ctx, &accept, &req.cards, from).await?;
     let view = ctx.view.load_full();
     let mut outcomes = Vec::with_capacity(req.reports.len());
     let mut queued = false;
@@ -176,25 +169,19 @@ pub async fn receive(
                 {
                     KeptReport::New | KeptReport::Replaced => {
                         queued |= next.is_some();
-                        ok(true)
+                        reports::taken(true)
                     }
-                    KeptReport::AlreadyHeld => ok(false),
+                    KeptReport::AlreadyHeld => reports::taken(false),
                     KeptReport::OverLimit(n) => {
-                        let detail = format!(
-                            "{from} already brought {n} sightings, the most one partner may"
-                        );
-                        tracing::warn!(partner = %from, "{detail}");
-                        let row = AuditEntry::over_limit(
-                            from.as_str(),
+                        reports::over_bound(
+                            ctx,
+                            from,
                             "Exchange/ReportSightings",
                             "federation.sightings_max_per_partner",
-                            &detail,
-                        );
-                        ctx.store.append_audit(&[row]).await?;
-                        refused_outcome(
-                            Code::ResourceExhausted,
-                            format!("{detail} (federation.sightings_max_per_partner); retry later"),
+                            "sightings",
+                            n,
                         )
+                        .await?
                     }
                 }
             }
@@ -211,7 +198,7 @@ pub async fn receive(
                     );
                     ctx.store.append_audit(&[row]).await?;
                 }
-                refused_outcome(r.code, r.message)
+                reports::refused(r.code, r.message)
             }
         };
         outcomes.push(outcome);
@@ -278,7 +265,13 @@ async fn check(
     if let Err(e) = validate_sighting(&s, ctx.clock.now_ms()) {
         return refuse(Code::InvalidArgument, format!("{field}.{e}"));
     }
-    if let Err(why) = check_path(&report.path, &s.sighter_org, from, &ctx.own) {
+    if let Err(why) = reports::check_path(
+        &report.path,
+        &s.sighter_org,
+        from,
+        &ctx.own,
+        MAX_SIGHTING_PATH - 1,
+    ) {
         return refuse(Code::InvalidArgument, format!("{field}.path: {why}"));
     }
     // Only reports of what we sent this partner: no one learns through
@@ -304,59 +297,6 @@ async fn check(
         row_of(&s, report.envelope, from.as_str(), report.path),
         next,
     )))
-}
-
-/// A sighting's path must start at its sighter, end at the partner that
-/// sent it, pass no org twice and not through us, and be short.
-fn check_path(path: &[String], sighter: &str, from: &OrgId, own: &OrgId) -> Result<(), String> {
-    if path.first().map(String::as_str) != Some(sighter) {
-        return Err(format!("must start at the sighter {sighter}"));
-    }
-    if path.last().map(String::as_str) != Some(from.as_str()) {
-        return Err(format!("must end at the sender {from}"));
-    }
-    if path.len() > MAX_SIGHTING_PATH {
-        return Err(format!("{} orgs, at most {MAX_SIGHTING_PATH}", path.len()));
-    }
-    let mut seen = std::collections::HashSet::new();
-    for org in path {
-        if org == own.as_str() {
-            return Err(format!("already passed through {own} (a loop)"));
-        }
-        if !seen.insert(org.as_str()) {
-            return Err(format!("names {org} twice (a loop)"));
-        }
-    }
-    Ok(())
-}
-
-fn ok(stored: bool) -> ReportOutcome {
-    ReportOutcome {
-        code: 0,
-        message: String::new(),
-        stored,
-    }
-}
-
-fn refused_outcome(code: Code, message: String) -> ReportOutcome {
-    ReportOutcome {
-        code: code as u32,
-        message,
-        stored: false,
-    }
-}
-
-/// The gRPC name of a code, as ledger rows give it.
-pub(crate) fn code_name(code: Code) -> &'static str {
-    match code {
-        Code::InvalidArgument => "INVALID_ARGUMENT",
-        Code::NotFound => "NOT_FOUND",
-        Code::PermissionDenied => "PERMISSION_DENIED",
-        Code::Unauthenticated => "UNAUTHENTICATED",
-        Code::FailedPrecondition => "FAILED_PRECONDITION",
-        Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
-        _ => "REFUSED",
-    }
 }
 
 /// The ledger subject of a stored sighting.

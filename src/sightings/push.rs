@@ -10,9 +10,10 @@ use std::time::Duration;
 use tonic::Code;
 use tonic::transport::Channel;
 
-use super::{code_name, subject};
+use super::subject;
 use crate::audit::AuditEntry;
 use crate::context::NodeContext;
+use crate::federation::reports::code_name;
 use crate::model::OrgId;
 use crate::policy::sighting_egress;
 use crate::proto::v1::exchange_client::ExchangeClient;

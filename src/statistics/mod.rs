@@ -25,16 +25,16 @@ use tonic::Code;
 
 use crate::audit::AuditEntry;
 use crate::context::NodeContext;
+use crate::federation::reports::{self, code_name};
 use crate::model::OrgId;
 use crate::policy::statistics_ingress;
 use crate::proto::v1::{
-    ContributedReport, Envelope, MeshStatisticsRequest, MeshStatisticsResponse, ReportOutcome,
+    ContributedReport, Envelope, MeshStatisticsRequest, MeshStatisticsResponse,
     ShareStatisticsRequest, ShareStatisticsResponse, SignedReport, StatisticsReport,
     StatisticsRow as ViewRow,
 };
 use crate::refusal::RefusalKind;
 use crate::rpc::{RpcError, refusal_code};
-use crate::sightings::code_name;
 use crate::signing::{STATISTICS_PAYLOAD_TYPE, open_statistics};
 use crate::store::{KeptReport, OrgPath, StatisticsRow, StoreError, Versions};
 use tally::{Disclosure, Period, Tallies, count};
@@ -181,16 +181,8 @@ pub async fn receive(
             req.reports.len()
         )));
     }
-    // Cards only from a partner whose reports we take at all.
     let accept = statistics_ingress(from, ctx.view.load().policies.get(from).map(|p| p.as_ref()));
-    if accept.is_allow()
-        && !req.cards.is_empty()
-        && crate::federation::cards::learn_cards(ctx, &req.cards, from).await?
-    {
-        crate::federation::apply_trust_change(ctx)
-            .await
-            .map_err(|e| RpcError::Precondition(format!("reloading keys: {e}")))?;
-    }
+    reports::learn_cards(ctx, &accept, &req.cards, from).await?;
     let view = ctx.view.load_full();
     let mut outcomes = Vec::with_capacity(req.reports.len());
     for (i, report) in req.reports.into_iter().enumerate() {
@@ -209,26 +201,18 @@ pub async fn receive(
                 )];
                 let max = ctx.settings.federation.statistics_max_per_partner;
                 match ctx.store.keep_statistics(&row, max, &audit).await? {
-                    KeptReport::New | KeptReport::Replaced => ok(true),
-                    KeptReport::AlreadyHeld => ok(false),
+                    KeptReport::New | KeptReport::Replaced => reports::taken(true),
+                    KeptReport::AlreadyHeld => reports::taken(false),
                     KeptReport::OverLimit(n) => {
-                        let detail = format!(
-                            "{from} already brought {n} statistics reports, the most one partner may"
-                        );
-                        tracing::warn!(partner = %from, "{detail}");
-                        let row = AuditEntry::over_limit(
-                            from.as_str(),
+                        reports::over_bound(
+                            ctx,
+                            from,
                             "Exchange/ShareStatistics",
                             "federation.statistics_max_per_partner",
-                            &detail,
-                        );
-                        ctx.store.append_audit(&[row]).await?;
-                        refused(
-                            Code::ResourceExhausted,
-                            format!(
-                                "{detail} (federation.statistics_max_per_partner); retry later"
-                            ),
+                            "statistics reports",
+                            n,
                         )
+                        .await?
                     }
                 }
             }
@@ -245,7 +229,7 @@ pub async fn receive(
                     );
                     ctx.store.append_audit(&[row]).await?;
                 }
-                refused(code, why)
+                reports::refused(code, why)
             }
         };
         outcomes.push(outcome);
@@ -284,8 +268,14 @@ fn check(
         AuditEntry::statistics_subject(&r.reporter_org, &r.period, r.period_start_unix_ms);
     let invalid = |why: String| (Code::InvalidArgument, why, Some(subject.clone()));
     tally::check_report(&r, ctx.clock.now_ms()).map_err(|e| invalid(format!("{field}.{e}")))?;
-    check_path(&report.path, &r.reporter_org, from, &ctx.own, r.hop_limit)
-        .map_err(|why| invalid(format!("{field}.path: {why}")))?;
+    reports::check_path(
+        &report.path,
+        &r.reporter_org,
+        from,
+        &ctx.own,
+        r.hop_limit as usize,
+    )
+    .map_err(|why| invalid(format!("{field}.path: {why}")))?;
     Ok((
         StatisticsRow {
             reporter: r.reporter_org.clone(),
@@ -299,55 +289,6 @@ fn check(
         },
         subject,
     ))
-}
-
-/// A report's path starts at its reporter, ends at the sender, passes no
-/// org twice and not us, and has used at most `hop_limit` relays.
-fn check_path(
-    path: &[String],
-    reporter: &str,
-    from: &OrgId,
-    own: &OrgId,
-    hop_limit: u32,
-) -> Result<(), String> {
-    if path.first().map(String::as_str) != Some(reporter) {
-        return Err(format!("must start at the reporter {reporter}"));
-    }
-    if path.last().map(String::as_str) != Some(from.as_str()) {
-        return Err(format!("must end at the sender {from}"));
-    }
-    let relays = path.len() - 1;
-    if relays > hop_limit as usize {
-        return Err(format!(
-            "{relays} relay hop(s); {reporter} allows {hop_limit}"
-        ));
-    }
-    let mut seen = HashSet::new();
-    for org in path {
-        if org == own.as_str() {
-            return Err(format!("already passed through {own} (a loop)"));
-        }
-        if !seen.insert(org.as_str()) {
-            return Err(format!("names {org} twice (a loop)"));
-        }
-    }
-    Ok(())
-}
-
-fn ok(stored: bool) -> ReportOutcome {
-    ReportOutcome {
-        code: 0,
-        message: String::new(),
-        stored,
-    }
-}
-
-fn refused(code: Code, message: String) -> ReportOutcome {
-    ReportOutcome {
-        code: code as u32,
-        message,
-        stored: false,
-    }
 }
 
 /// The mesh-wide view at this node: its own exact counts and every report

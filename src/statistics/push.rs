@@ -14,11 +14,11 @@ use tonic::transport::Channel;
 use super::tally::Disclosure;
 use crate::audit::AuditEntry;
 use crate::context::NodeContext;
+use crate::federation::reports::code_name;
 use crate::model::OrgId;
 use crate::policy::statistics_egress;
 use crate::proto::v1::exchange_client::ExchangeClient;
 use crate::proto::v1::{Envelope, ShareStatisticsRequest, SignedReport, StatisticsReport};
-use crate::sightings::code_name;
 use crate::store::StoreError;
 
 /// What one link session has offered its partner: per (reporter, period,

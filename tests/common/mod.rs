@@ -1283,3 +1283,27 @@ pub fn serve_command(org: &Org) -> tokio::process::Command {
         .kill_on_drop(true);
     serve
 }
+
+/// Signed reports (sightings, statistics) with their paths, as a partner
+/// sends them.
+pub fn signed_reports(
+    reports: Vec<(Envelope, Vec<&str>)>,
+) -> Vec<threatmesh::proto::v1::SignedReport> {
+    reports
+        .into_iter()
+        .map(|(env, path)| threatmesh::proto::v1::SignedReport {
+            envelope: env.encode_to_vec(),
+            path: path.into_iter().map(String::from).collect(),
+        })
+        .collect()
+}
+
+/// Each report's outcome as (code, message, stored).
+pub fn outcomes(
+    answered: Vec<threatmesh::proto::v1::ReportOutcome>,
+) -> Vec<(tonic::Code, String, bool)> {
+    answered
+        .into_iter()
+        .map(|o| (tonic::Code::from(o.code as i32), o.message, o.stored))
+        .collect()
+}
