@@ -672,3 +672,39 @@ async fn a_partner_reporting_over_its_request_rate_is_refused_resource_exhausted
     assert!(refused > 0, "no request of the 20 was refused");
     node_a.stop().await;
 }
+
+/// B sights A's indicator while A is down: the signed report waits in B's
+/// outbox (shown by `status`) and reaches A once A is back; nothing is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sighting_made_while_the_origin_is_down_waits_and_arrives_when_it_is_back() {
+    let a = Org::new("a.example");
+    let b = Org::new("b.example");
+    a.add_peer_with(&b, None, SIGHTINGS_POLICY).await;
+    let node_a = start(&a).await;
+    b.add_peer_with(&a, Some(node_a.addr), SIGHTINGS_POLICY)
+        .await;
+    let node_b = start(&b).await;
+    let id = publish_one(&a, &node_a, 1).await;
+    caught_up(&node_b, &a, &node_a).await;
+    let addr = node_a.addr;
+    node_a.stop().await;
+    sight(&b, &node_b, &a, &id, 2).await;
+    let waiting = || async {
+        let s = admin(&b, &node_b)
+            .status(threatmesh::proto::v1::StatusRequest {})
+            .await
+            .unwrap()
+            .into_inner();
+        let link = s.links.iter().find(|l| l.partner == "a.example").unwrap();
+        (s.sightings_waiting, link.sightings_waiting)
+    };
+    assert_eq!(waiting().await, (1, 1));
+    let node_a = start_on(&a, tokio::net::TcpListener::bind(addr).await.unwrap()).await;
+    holds(&node_a, &id, &b, 2).await;
+    wait_until(60, "B's outbox to empty", || async {
+        waiting().await == (0, 0)
+    })
+    .await;
+    node_b.stop().await;
+    node_a.stop().await;
+}

@@ -434,6 +434,7 @@ impl AdminService {
         let quarantine = store.quarantine_counts().await?;
         let waiting =
             |org: &crate::model::OrgId| quarantine.get(org.as_str()).copied().unwrap_or(0);
+        let outbox = store.sighting_outbox_counts().await?;
         let mut links = Vec::new();
         for p in store.peers().await? {
             let cursor = store.cursor(&p.org).await?;
@@ -444,6 +445,7 @@ impl AdminService {
                 cursor,
                 policy: p.policy.clone(),
                 quarantined: waiting(&p.org),
+                sightings_waiting: outbox.get(p.org.as_str()).copied().unwrap_or(0),
                 ..Default::default()
             };
             if p.state != crate::store::PeerState::Active {
@@ -481,6 +483,7 @@ impl AdminService {
             audit_rows: store.count_audit().await?,
             links,
             quarantined: quarantine.values().sum(),
+            sightings_waiting: outbox.values().sum(),
         })
     }
 }

@@ -78,6 +78,7 @@ pub async fn run(config: &Path, conn: &ClientArgs, args: &StatusArgs) -> Result<
                     "last_error_past": l.last_error_past, "retry_in_ms": l.retry_in_ms,
                     "policy": l.policy,
                     "quarantined": l.quarantined,
+                    "sightings_waiting": l.sightings_waiting,
                     "clock_offset_ms": l.clock_offset_known.then_some(l.clock_offset_ms),
                     "clock_warning": l.clock_warning,
                 })
@@ -88,19 +89,25 @@ pub async fn run(config: &Path, conn: &ClientArgs, args: &StatusArgs) -> Result<
             serde_json::json!({
                 "org": s.org, "indicators": s.indicators, "latest_seq": s.latest_seq,
                 "rejections": s.rejections, "audit_rows": s.audit_rows,
-                "quarantined": s.quarantined, "links": links,
+                "quarantined": s.quarantined, "sightings_waiting": s.sightings_waiting,
+                "links": links,
             })
         );
         return Ok(());
     }
     out!(
-        "{}: {} indicator versions (latest seq {}), {} refused envelopes, {} in quarantine, {} audit rows",
+        "{}: {} indicator versions (latest seq {}), {} refused envelopes, {} in quarantine, {} audit rows{}",
         s.org,
         s.indicators,
         s.latest_seq,
         s.rejections,
         s.quarantined,
-        s.audit_rows
+        s.audit_rows,
+        if s.sightings_waiting > 0 {
+            format!(", {} sighting(s) waiting to go", s.sightings_waiting)
+        } else {
+            String::new()
+        }
     );
     if s.links.is_empty() {
         out!("no partners registered");
