@@ -108,6 +108,9 @@ pub struct NodeContext {
     /// Woken when sightings are queued for partners, so each link sends
     /// its share at once instead of at its next interval.
     pub sightings_queued: watch::Sender<u64>,
+    /// Held while one of our publishers' sightings is added to the day's
+    /// report, so additions here queue instead of retrying.
+    pub sighting_lock: tokio::sync::Mutex<()>,
     /// Our statistics counts per period, and when they were counted: made
     /// again at most every `federation.statistics_interval_ms`.
     pub statistics_counted:
@@ -239,6 +242,7 @@ impl NodeContext {
             metrics,
             quota,
             sightings_queued: watch::Sender::new(0),
+            sighting_lock: tokio::sync::Mutex::new(()),
             statistics_counted: tokio::sync::Mutex::new(None),
             log_id,
             tls: NodeTls {

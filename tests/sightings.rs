@@ -708,3 +708,70 @@ async fn a_sighting_made_while_the_origin_is_down_waits_and_arrives_when_it_is_b
     node_b.stop().await;
     node_a.stop().await;
 }
+
+/// Twenty sightings of one indicator reported at once all count (none
+/// overwrites another), and a Sight retried under its idempotency key
+/// counts once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_sightings_all_count_and_a_retried_one_counts_once() {
+    let p = pair_with(Org::new("a.example"), SIGHTINGS_POLICY).await;
+    let at_once = (0..20).map(|_| {
+        let mut c = publisher(&p.b, &p.node_b);
+        let id = p.id.clone();
+        async move {
+            c.sight(SightRequest {
+                indicator_id: id,
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+        }
+    });
+    futures_util::future::join_all(at_once).await;
+    let own = |node: &RunningNode| {
+        let id = p.id.clone();
+        let store = node.ctx.store.clone();
+        async move {
+            store
+                .sightings_of(None, &id)
+                .await
+                .unwrap()
+                .into_iter()
+                .find(|s| s.sighter == "b.example")
+                .map(|s| s.count)
+        }
+    };
+    assert_eq!(own(&p.node_b).await, Some(20));
+    let req = SightRequest {
+        indicator_id: p.id.clone(),
+        count: 5,
+        idempotency_key: "siem-alert-77".into(),
+        ..Default::default()
+    };
+    let mut c = publisher(&p.b, &p.node_b);
+    let first = c.sight(req.clone()).await.unwrap().into_inner();
+    let again = c.sight(req.clone()).await.unwrap().into_inner();
+    assert!(!first.replayed && again.replayed);
+    let count = |r: &threatmesh::proto::v1::SightResponse| {
+        r.sighting
+            .as_ref()
+            .unwrap()
+            .sighting
+            .as_ref()
+            .unwrap()
+            .count
+    };
+    assert_eq!((count(&first), count(&again)), (25, 25));
+    let mut other = req.clone();
+    other.count = 6;
+    let e = c.sight(other).await.unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+    assert!(
+        e.message()
+            .contains("idempotency_key: 'siem-alert-77' was used for another sighting"),
+        "{e:?}"
+    );
+    assert_eq!(own(&p.node_b).await, Some(25));
+    holds(&p.node_a, &p.id, &p.b, 25).await;
+    p.stop().await;
+}

@@ -35,3 +35,18 @@ CREATE TABLE sighting_outbox (
     queued_ms      BIGINT  NOT NULL,
     PRIMARY KEY (partner, sighter, origin_org, indicator_id, window_ms)
 );
+
+-- Idempotency keys of our publishers' sightings: a retried Sight with the
+-- same key adds nothing again. Forgotten with publish keys
+-- (store.publish_keys_kept_ms).
+CREATE TABLE sight_keys (
+    publisher       TEXT    NOT NULL,
+    key             TEXT    NOT NULL,
+    request_digest  BYTEA   NOT NULL,
+    origin_org      TEXT    NOT NULL,
+    indicator_id    TEXT    NOT NULL,
+    window_ms       BIGINT  NOT NULL,
+    created_ms      BIGINT  NOT NULL,
+    PRIMARY KEY (publisher, key)
+);
+CREATE INDEX sight_keys_created ON sight_keys (created_ms);

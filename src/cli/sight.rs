@@ -25,7 +25,7 @@ seen, and the sector and country only if you give them. It goes back to the
 partner that sent us the indicator, and on towards its origin, only where each
 hop's policy has `[sightings] send = true` (ours) or `relay = true` (others').
 Sightings add up per indicator and UTC day: running this twice with --count 1
-reports 2 for the day. The node must hold the indicator (`threatmesh lookup
+reports 2 for the day (with the same --idempotency-key, the second adds nothing). The node must hold the indicator (`threatmesh lookup
 VALUE` shows its id).")]
 pub struct SightArgs {
     /// The indicator's id (a UUID).
@@ -48,6 +48,10 @@ pub struct SightArgs {
     /// The country it was seen in, ISO 3166-1 alpha-2 (optional).
     #[arg(long)]
     pub country: Option<String>,
+    /// Makes a retry safe: the same key with the same sighting again adds
+    /// nothing (1-128 printable ASCII characters, e.g. the SIEM's alert id).
+    #[arg(long, value_name = "KEY")]
+    pub idempotency_key: Option<String>,
     /// One JSON object.
     #[arg(long)]
     pub json: bool,
@@ -90,6 +94,7 @@ pub async fn sight(config: &Path, conn: &PublisherArgs, args: &SightArgs) -> Res
         last_seen_unix_ms: time_arg("--last-seen", &args.last_seen)?,
         sector: args.sector.clone().unwrap_or_default(),
         country: args.country.clone().unwrap_or_default(),
+        idempotency_key: args.idempotency_key.clone().unwrap_or_default(),
     };
     if args.count == 0 {
         return Err(CliError::Usage("--count: must be at least 1".into()));
@@ -105,7 +110,14 @@ pub async fn sight(config: &Path, conn: &PublisherArgs, args: &SightArgs) -> Res
         return Err(CliError::Rpc("the node answered without the report".into()));
     };
     if args.json {
-        out!("{}", record_json(&rec));
+        let mut v = record_json(&rec);
+        v["replayed"] = r.replayed.into();
+        out!("{v}");
+    } else if r.replayed {
+        out!(
+            "already reported under this key; nothing added: {}",
+            record_line(&rec)
+        );
     } else {
         out!("{}", record_line(&rec));
     }

@@ -91,6 +91,13 @@ pub async fn supervise(ctx: Arc<NodeContext>) {
         {
             tracing::error!(error = %e, "cannot forget old publish idempotency keys");
         }
+        if let Err(e) = ctx
+            .store
+            .forget_sight_keys(ctx.clock.now_ms().saturating_sub(kept))
+            .await
+        {
+            tracing::error!(error = %e, "cannot forget old sighting idempotency keys");
+        }
         match apply_trust_change(&ctx).await {
             Ok(Reloaded { peers, .. }) => {
                 // What waited in quarantine across a restart, and what was

@@ -31,7 +31,7 @@ use crate::proto::v1::{
 use crate::refusal::RefusalKind;
 use crate::rpc::{RpcError, refusal_code};
 use crate::signing::{SIGHTING_PAYLOAD_TYPE, open_sighting};
-use crate::store::{KeptReport, SightingRow, StoreError};
+use crate::store::{KeptReport, OwnKept, OwnSight, PublishKey, SightingRow, StoreError};
 use tonic::Code;
 
 /// Most reports one ReportSightings request may carry.
@@ -45,6 +45,13 @@ pub async fn sight(
     actor: &str,
     req: SightRequest,
 ) -> Result<SightResponse, RpcError> {
+    let key = sight_key(&req)?;
+    // A retry: answer with the day's report as it stands, adding nothing.
+    if let Some(key) = &key
+        && let Some(earlier) = ctx.store.sighted_under(actor, &key.key).await?
+    {
+        return replayed(ctx, key, earlier).await;
+    }
     // Without an origin, the one holding that id here.
     let origin = if req.indicator_origin.is_empty() {
         match ctx.store.indicator_by_id(&req.indicator_id).await? {
@@ -63,7 +70,6 @@ pub async fn sight(
     }
     let origin = OrgId::parse(&origin)
         .map_err(|e| RpcError::BadRequest(format!("indicator_origin: {e}")))?;
-    let now = ctx.clock.now_ms();
     let draft = prepare_sighting(
         SightingDraft {
             origin,
@@ -74,7 +80,7 @@ pub async fn sight(
             sector: req.sector,
             country: req.country,
         },
-        now,
+        ctx.clock.now_ms(),
     )?;
     let origin = draft.origin.as_str();
     let Some((version, from)) = ctx.store.indicator_route(origin, &draft.id).await? else {
@@ -83,38 +89,120 @@ pub async fn sight(
             draft.id, ctx.own
         )));
     };
+    let next_hop = next_hop(ctx, origin, &from);
     let window = window_of(draft.first_seen_ms);
-    let held = ctx
-        .store
-        .own_sighting(&ctx.own, origin, &draft.id, window)
-        .await?
-        .map(|r| report_of(&r));
-    let signer = ctx.signing.load_full();
-    let report = merge_sighting(
-        &ctx.own,
-        signer.key_id(),
-        version,
-        held.as_ref(),
-        &draft,
-        now,
-    );
-    let envelope = signer
-        .seal(SIGHTING_PAYLOAD_TYPE, report.encode_to_vec())
-        .encode_to_vec();
-    let mut row = row_of(&report, envelope, "", Vec::new());
-    let next_hop = next_hop(ctx, &report.indicator_origin, &from);
-    let subject = subject(&row);
-    let audit = [AuditEntry::sighted(actor, subject, draft.count, row.count)];
-    ctx.store
-        .keep_sighting(&row, next_hop.as_ref(), u64::MAX, &audit)
-        .await?;
-    if next_hop.is_some() {
-        ctx.sightings_queued.send_modify(|n| *n += 1);
+    // Additions here queue; another replica's addition in between makes
+    // ours be made again from the report it kept.
+    let _adding = ctx.sighting_lock.lock().await;
+    for _ in 0..8 {
+        let held = ctx
+            .store
+            .own_sighting(&ctx.own, origin, &draft.id, window)
+            .await?;
+        let merged_from = held.as_ref().map(|r| r.reported_ms);
+        let held = held.map(|r| report_of(&r));
+        let now = ctx.clock.now_ms();
+        let signer = ctx.signing.load_full();
+        let report = merge_sighting(
+            &ctx.own,
+            signer.key_id(),
+            version,
+            held.as_ref(),
+            &draft,
+            now,
+        );
+        let envelope = signer
+            .seal(SIGHTING_PAYLOAD_TYPE, report.encode_to_vec())
+            .encode_to_vec();
+        let mut row = row_of(&report, envelope, "", Vec::new());
+        let audit = [AuditEntry::sighted(
+            actor,
+            subject(&row),
+            draft.count,
+            row.count,
+        )];
+        let own = OwnSight {
+            merged_from,
+            key: key.as_ref().map(|k| (actor, k)),
+        };
+        match ctx
+            .store
+            .keep_own_sighting(&row, next_hop.as_ref(), own, &audit)
+            .await?
+        {
+            OwnKept::Kept => {
+                if next_hop.is_some() {
+                    ctx.sightings_queued.send_modify(|n| *n += 1);
+                }
+                row.stored_ms = now;
+                tracing::debug!(publisher = actor, indicator = %draft.id, count = row.count, "sighting recorded");
+                return Ok(SightResponse {
+                    sighting: Some(record_of(&row)),
+                    replayed: false,
+                });
+            }
+            OwnKept::Changed => continue,
+            OwnKept::KeyUsed => {
+                let key = key.as_ref().ok_or(RpcError::Missing("idempotency_key"))?;
+                let earlier = ctx
+                    .store
+                    .sighted_under(actor, &key.key)
+                    .await?
+                    .ok_or_else(|| {
+                        RpcError::Precondition("idempotency_key: in use; retry".into())
+                    })?;
+                return replayed(ctx, key, earlier).await;
+            }
+        }
     }
-    row.stored_ms = now;
-    tracing::debug!(publisher = actor, indicator = %draft.id, count = row.count, "sighting recorded");
+    Err(RpcError::Precondition(format!(
+        "the report of {origin}/{} for that day kept changing while this sighting was added (other replicas); retry",
+        draft.id
+    )))
+}
+
+/// A Sight's idempotency key (checked as Publish checks its own), with the
+/// digest of the rest of the request.
+fn sight_key(req: &SightRequest) -> Result<Option<PublishKey>, RpcError> {
+    if req.idempotency_key.is_empty() {
+        return Ok(None);
+    }
+    let key = &req.idempotency_key;
+    if key.len() > 128 || !key.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(RpcError::BadRequest(
+            "idempotency_key: must be 1-128 printable ASCII characters (no spaces)".into(),
+        ));
+    }
+    let mut rest = req.clone();
+    rest.idempotency_key.clear();
+    let digest = ring::digest::digest(&ring::digest::SHA256, &rest.encode_to_vec());
+    Ok(Some(PublishKey {
+        key: key.clone(),
+        request_digest: digest.as_ref().to_vec(),
+    }))
+}
+
+/// The answer to a retried Sight: the day's report as it stands, if the
+/// key was used for this same request.
+async fn replayed(
+    ctx: &NodeContext,
+    key: &PublishKey,
+    (digest, origin, id, window): (Vec<u8>, String, String, i64),
+) -> Result<SightResponse, RpcError> {
+    if digest != key.request_digest {
+        return Err(RpcError::BadRequest(format!(
+            "idempotency_key: '{}' was used for another sighting (of {origin}/{id}); use a new key for a new sighting",
+            key.key
+        )));
+    }
+    let row = ctx
+        .store
+        .own_sighting(&ctx.own, &origin, &id, window)
+        .await?
+        .ok_or_else(|| RpcError::NotFound(format!("the report of {origin}/{id} is gone")))?;
     Ok(SightResponse {
         sighting: Some(record_of(&row)),
+        replayed: true,
     })
 }
 

@@ -338,6 +338,20 @@ const TABLES: &[Table] = &[
         serial: false,
     },
     Table {
+        name: "sight_keys",
+        columns: &[
+            ("publisher", Text),
+            ("key", Text),
+            ("request_digest", Bytes),
+            ("origin_org", Text),
+            ("indicator_id", Text),
+            ("window_ms", Int),
+            ("created_ms", Int),
+        ],
+        key: None,
+        serial: false,
+    },
+    Table {
         name: "statistics_reports",
         columns: &[
             ("reporter", Text),

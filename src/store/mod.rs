@@ -67,7 +67,7 @@ pub use publish_keys::{Appended, PublishKey};
 pub use quarantine::{OrgPath, QuarantineRow, Quarantined};
 pub use release::{ResendRequest, Sent};
 pub use replicas::LinkLease;
-pub use sightings::{KeptReport, OutgoingSighting, SightingRow};
+pub use sightings::{KeptReport, OutgoingSighting, OwnKept, OwnSight, SightingRow};
 pub use statistics::StatisticsRow;
 pub use witness::WitnessedHead;
 

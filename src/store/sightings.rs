@@ -70,6 +70,27 @@ pub struct OutgoingSighting {
     pub queued_ms: i64,
 }
 
+/// How our own report is kept (see [`Store::keep_own_sighting`]).
+#[derive(Debug, Clone, Copy)]
+pub struct OwnSight<'a> {
+    /// The reported time of the report it adds to (`None`: none held).
+    pub merged_from: Option<i64>,
+    /// The publisher and its idempotency key, if it sent one.
+    pub key: Option<(&'a str, &'a crate::store::PublishKey)>,
+}
+
+/// What keeping our own report did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OwnKept {
+    /// Kept.
+    Kept,
+    /// Another report of the day was kept since ours was made from the one
+    /// held: make it again.
+    Changed,
+    /// The publisher's idempotency key was used meanwhile: nothing kept.
+    KeyUsed,
+}
+
 /// What keeping a report did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum KeptReport {
@@ -80,7 +101,7 @@ pub enum KeptReport {
     /// That report, or a later one of the day, was already held: nothing
     /// changed (a replay, or a report overtaken on its way).
     AlreadyHeld,
-    /// The partner it came from already brought the most sightings one
+    /// The partner it came from already brought the most reports one
     /// partner may make us keep (the count it holds).
     OverLimit(u64),
 }
@@ -109,11 +130,10 @@ impl Store {
             .await?))
     }
 
-    /// Keeps a report unless it or a later one of its day is held; a
-    /// report from a partner counts against that partner's `max_from_partner`
-    /// sightings. When it is kept, `audit` goes on the ledger and, with a
-    /// `next_hop`, the sighting is queued for that partner — all in one
-    /// transaction.
+    /// Keeps a partner's report unless it or a later one of its day is
+    /// held; it counts against that partner's `max_from_partner` sightings.
+    /// When it is kept, `audit` goes on the ledger and, with a `next_hop`,
+    /// the sighting is queued for that partner — all in one transaction.
     pub async fn keep_sighting(
         &self,
         row: &SightingRow,
@@ -122,16 +142,7 @@ impl Store {
         audit: &[AuditEntry],
     ) -> Result<KeptReport, StoreError> {
         let (_writing, mut tx) = self.write_tx().await?;
-        let held: Option<i64> = on!(Tx, &mut tx, db => sqlx::query_scalar(sql!(
-            "SELECT reported_ms FROM sightings WHERE sighter = ? AND origin_org = ? \
-             AND indicator_id = ? AND window_ms = ?"
-        ))
-        .bind(&row.sighter)
-        .bind(&row.origin)
-        .bind(&row.indicator_id)
-        .bind(row.window_ms)
-        .fetch_optional(&mut **db)
-        .await?);
+        let held = held_report(&mut tx, row).await?;
         let kept = match held {
             Some(reported) if reported >= row.reported_ms => return Ok(KeptReport::AlreadyHeld),
             Some(_) => KeptReport::Replaced,
@@ -149,8 +160,100 @@ impl Store {
                 return Ok(KeptReport::OverLimit(n));
             }
         }
+        self.write_sighting(&mut tx, row, next_hop).await?;
+        self.append_audit_tx(&mut tx, audit).await?;
+        tx.commit().await?;
+        Ok(kept)
+    }
+
+    /// Keeps our own report of a day, made by adding to the one held when
+    /// `own.merged_from` (its reported time; `None`: none was held) — only
+    /// if that is still the one held, so no two additions overwrite each
+    /// other — and remembers the publisher's idempotency key with it. With
+    /// `audit` and the outbox row for `next_hop`, in one transaction.
+    pub async fn keep_own_sighting(
+        &self,
+        row: &SightingRow,
+        next_hop: Option<&OrgId>,
+        own: OwnSight<'_>,
+        audit: &[AuditEntry],
+    ) -> Result<OwnKept, StoreError> {
+        let (_writing, mut tx) = self.write_tx().await?;
+        if held_report(&mut tx, row).await? != own.merged_from {
+            return Ok(OwnKept::Changed);
+        }
+        if let Some((publisher, key)) = own.key {
+            let new = on!(Tx, &mut tx, db => sqlx::query(sql!(
+                "INSERT INTO sight_keys (publisher, key, request_digest, origin_org, indicator_id, window_ms, created_ms) \
+                 VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (publisher, key) DO NOTHING"
+            ))
+            .bind(publisher)
+            .bind(&key.key)
+            .bind(&key.request_digest)
+            .bind(&row.origin)
+            .bind(&row.indicator_id)
+            .bind(row.window_ms)
+            .bind(self.now())
+            .execute(&mut **db)
+            .await
+            .map(|r| r.rows_affected())?);
+            if new == 0 {
+                return Ok(OwnKept::KeyUsed);
+            }
+        }
+        self.write_sighting(&mut tx, row, next_hop).await?;
+        self.append_audit_tx(&mut tx, audit).await?;
+        tx.commit().await?;
+        Ok(OwnKept::Kept)
+    }
+
+    /// What `publisher` sighted under idempotency `key`: the digest of that
+    /// request and the report (origin, id, day) it added to.
+    pub async fn sighted_under(
+        &self,
+        publisher: &str,
+        key: &str,
+    ) -> Result<Option<(Vec<u8>, String, String, i64)>, StoreError> {
+        Ok(on!(Pool, &self.pool, db => sqlx::query_as(sql!(
+            "SELECT request_digest, origin_org, indicator_id, window_ms FROM sight_keys \
+             WHERE publisher = ? AND key = ?"
+        ))
+        .bind(publisher)
+        .bind(key)
+        .fetch_optional(db)
+        .await?))
+    }
+
+    /// Forgets sighting idempotency keys recorded before `before_ms`.
+    pub async fn forget_sight_keys(&self, before_ms: i64) -> Result<u64, StoreError> {
+        let any: Option<i64> = on!(Pool, &self.pool, db => sqlx::query_scalar(sql!(
+            "SELECT CAST(1 AS BIGINT) FROM sight_keys WHERE created_ms < ? LIMIT 1"
+        ))
+        .bind(before_ms)
+        .fetch_optional(db)
+        .await?);
+        if any.is_none() {
+            return Ok(0);
+        }
+        let (_writing, mut tx) = self.write_tx().await?;
+        let done = on!(Tx, &mut tx, db => sqlx::query(sql!("DELETE FROM sight_keys WHERE created_ms < ?"))
+            .bind(before_ms)
+            .execute(&mut **db)
+            .await
+            .map(|r| r.rows_affected())?);
+        tx.commit().await?;
+        Ok(done)
+    }
+
+    /// Writes `row` over the one of its day, and queues it for `next_hop`.
+    async fn write_sighting(
+        &self,
+        tx: &mut super::Tx,
+        row: &SightingRow,
+        next_hop: Option<&OrgId>,
+    ) -> Result<(), StoreError> {
         let now = self.now();
-        on!(Tx, &mut tx, db => sqlx::query(sql!(
+        on!(Tx, &mut *tx, db => sqlx::query(sql!(
             "INSERT INTO sightings (sighter, origin_org, indicator_id, window_ms, indicator_version, \
              seen_count, first_seen_ms, last_seen_ms, reported_ms, sector, country, received_from, \
              path, envelope, stored_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15) \
@@ -180,7 +283,7 @@ impl Store {
         if let Some(partner) = next_hop {
             // A replaced report is queued again, strictly later than when
             // it was read for sending, so finishing that send keeps it.
-            on!(Tx, &mut tx, db => sqlx::query(sql!(
+            on!(Tx, &mut *tx, db => sqlx::query(sql!(
                 "INSERT INTO sighting_outbox (partner, sighter, origin_org, indicator_id, window_ms, queued_ms) \
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6) \
                  ON CONFLICT (partner, sighter, origin_org, indicator_id, window_ms) DO UPDATE SET \
@@ -197,9 +300,7 @@ impl Store {
             .await
             .map(|r| r.rows_affected())?);
         }
-        self.append_audit_tx(&mut tx, audit).await?;
-        tx.commit().await?;
-        Ok(kept)
+        Ok(())
     }
 
     /// Sightings of indicator `id` (of `origin`, or any origin), newest day
@@ -333,4 +434,19 @@ impl Store {
         .await?);
         Ok(row.map(|(v, from)| (v.max(0) as u64, from)))
     }
+}
+
+/// The reported time of the report held for `row`'s sighter, indicator and
+/// day, if any.
+async fn held_report(tx: &mut super::Tx, row: &SightingRow) -> Result<Option<i64>, StoreError> {
+    Ok(on!(Tx, &mut *tx, db => sqlx::query_scalar(sql!(
+        "SELECT reported_ms FROM sightings WHERE sighter = ? AND origin_org = ? \
+         AND indicator_id = ? AND window_ms = ?"
+    ))
+    .bind(&row.sighter)
+    .bind(&row.origin)
+    .bind(&row.indicator_id)
+    .bind(row.window_ms)
+    .fetch_optional(&mut **db)
+    .await?))
 }
