@@ -231,7 +231,8 @@ async fn stats_at_every_node_equal_the_hand_computed_totals() {
 }
 
 /// A-B-C: C's policy for B leaves out cells under 3, B's policy for A
-/// shares none of B's own (but relays C's).
+/// shares none of B's own (but relays C's), and C's RED indicators, which
+/// go to no one here, are counted where they never go.
 #[tokio::test]
 async fn small_cells_are_suppressed_and_an_org_that_shares_nothing_contributes_nothing() {
     let mesh = Mesh::start_tuned(
@@ -265,6 +266,21 @@ async fn small_cells_are_suppressed_and_an_org_that_shares_nothing_contributes_n
         ],
     )
     .await;
+    // Three RED indicators for an org outside this mesh: they never leave
+    // C, but C's counts of them do.
+    let red = (0..3)
+        .map(|i| {
+            let mut d = indicator(Domain, &format!("red-{i}.example"), Tlp::Red, &[], &[]);
+            d.marking = Some(Marking {
+                tlp: Tlp::Red as i32,
+                recipients: vec!["x.example".into()],
+                may_forward: false,
+                hop_limit: 0,
+            });
+            d
+        })
+        .collect();
+    publish(&o[C], &n[C], red).await;
     publish(
         &o[B],
         &n[B],
@@ -275,7 +291,7 @@ async fn small_cells_are_suppressed_and_an_org_that_shares_nothing_contributes_n
     // At A: C's report (relayed by B) without its url cell (2 < 3); B's
     // own report never arrives.
     wait_until(60, "C's report to reach A", || async {
-        cell(&view(&n[A], &[]).await, "published", "kind", "ipv4").0 == 3
+        cell(&view(&n[A], &[]).await, "published", "total", "").0 == 8
     })
     .await;
     let v = view(&n[A], &[]).await;
@@ -290,8 +306,18 @@ async fn small_cells_are_suppressed_and_an_org_that_shares_nothing_contributes_n
     );
     assert_eq!(
         cell(&v, "published", "total", ""),
-        (5, vec!["c.example".into()])
+        (8, vec!["c.example".into()])
     );
+    assert_eq!(
+        cell(&v, "published", "tlp", "RED"),
+        (3, vec!["c.example".into()])
+    );
+    // The RED ones were counted at A and B, and never stored there.
+    for x in [A, B] {
+        let held = n[x].ctx.store.indicators(None).await.unwrap();
+        let from_c = held.iter().filter(|r| r.origin_org == "c.example").count();
+        assert_eq!(from_c, 5, "{} holds RED indicators of C", NAMES[x]);
+    }
     let c = v
         .reports
         .iter()
@@ -313,6 +339,7 @@ async fn small_cells_are_suppressed_and_an_org_that_shares_nothing_contributes_n
     // B itself holds C's report and its own exact counts.
     let v = view(&n[B], &[]).await;
     assert_eq!(cell(&v, "published", "kind", "ipv4").0, 4);
+    assert_eq!(cell(&v, "published", "kind", "domain").0, 3);
     mesh.stop().await;
 }
 
