@@ -91,8 +91,11 @@ async fn count_now(ctx: &NodeContext, now: i64) -> Result<Tallies, StoreError> {
     // Each indicator counts once per period and measure, whatever number
     // of its versions arrived in it.
     let mut seen = HashSet::new();
-    let mut after = 0;
-    loop {
+    // From the first row of the oldest period, not from the log's start
+    // (none: nothing that recent).
+    let first = ctx.store.first_seq_since(since).await?;
+    let mut after = first.unwrap_or(0).saturating_sub(1);
+    while first.is_some() {
         let rows = ctx
             .store
             .versions_after(Versions::All, after, since, PAGE)
