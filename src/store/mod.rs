@@ -179,8 +179,10 @@ pub fn durable_options(path: &Path) -> Result<SqliteConnectOptions, sqlx::Error>
 
 /// Page cache of the writing connection, KiB: it keeps the index pages
 /// that random keys (ids, values, idempotency keys) touch, one per row,
-/// between commits.
-const WRITER_CACHE_KIB: u32 = 65_536;
+/// between commits. 16 MiB imports 1,000,000 rows as fast as 64 MiB did
+/// (28.8k/s against 29.1k/s) and keeps a node serving 1,000 subscribers
+/// about 50 MB smaller (BENCHMARKS.md, round two, step 6).
+const WRITER_CACHE_KIB: u32 = 16_384;
 
 /// WAL pages between automatic checkpoints (512 MiB of 4 KiB pages): a
 /// bulk load's group commits each rewrite most index pages, so the fewer
