@@ -111,8 +111,8 @@ pub struct NodeContext {
     /// Held while one of our publishers' sightings is added to the day's
     /// report, so additions here queue instead of retrying.
     pub sighting_lock: tokio::sync::Mutex<()>,
-    /// Our statistics counts per period, and when they were counted: made
-    /// again at most every `federation.statistics_interval_ms`.
+    /// Our statistics counts per period, and when they were counted (kept
+    /// fresh by `statistics::count_in_background`).
     pub statistics_counted:
         tokio::sync::Mutex<Option<(i64, Arc<crate::statistics::tally::Tallies>)>>,
     /// What the view was last built from (`None` before the first load).

@@ -117,6 +117,8 @@ impl Node {
                 .await;
         }
         ctx.tasks.spawn(crate::federation::supervise(ctx.clone()));
+        ctx.tasks
+            .spawn(crate::statistics::count_in_background(ctx.clone()));
         tracing::info!(org = %ctx.own, %addr, "node serving");
         let stop = ctx.shutdown.clone();
         let signal = async move {

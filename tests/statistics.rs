@@ -357,12 +357,18 @@ async fn noisy_reports_stay_within_the_documented_bound() {
         "noisy",
         "share = true\nrelay = true\naccept = true\nepsilon = 0.5\nmin_count = 0",
     );
-    // A does not dial B until its 40 are published, so the first report it
-    // makes counts them all.
+    // A does not dial B until it has counted its 40, so the first report it
+    // offers holds them all.
     a.add_peer_with(&b, None, &noisy).await;
     let node_a = start(&a).await;
     let drafts = (0..40).map(|i| ipv4_draft(i, Tlp::Clear)).collect();
     publish(&a, &node_a, drafts).await;
+    // A's counts (kept by its background counter) hold all 40 before it
+    // first offers a report.
+    wait_until(60, "A to count its 40", || async {
+        cell(&view(&node_a, &[]).await, "published", "total", "").0 == 40
+    })
+    .await;
     admin(&a, &node_a)
         .update_peer(threatmesh::proto::v1::UpdatePeerRequest {
             org: "b.example".into(),

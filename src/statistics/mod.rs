@@ -62,13 +62,15 @@ pub fn reported_periods(now: i64) -> [(Period, i64); 4] {
     ]
 }
 
-/// Our counts for the [`reported_periods`], counted again when older than
-/// `federation.statistics_interval_ms`.
+/// Our counts for the [`reported_periods`], as [`count_in_background`]
+/// keeps them; counted here only when that has not run lately (at start,
+/// or if it fails).
 pub async fn tallies(ctx: &NodeContext) -> Result<Arc<Tallies>, StoreError> {
     let now = ctx.clock.now_ms();
+    let fresh = 2 * ctx.settings.federation.statistics_interval_ms as i64;
     let mut held = ctx.statistics_counted.lock().await;
     if let Some((at, t)) = held.as_ref()
-        && now - at < ctx.settings.federation.statistics_interval_ms as i64
+        && now - at < fresh
         && *at <= now
     {
         return Ok(t.clone());
@@ -76,6 +78,29 @@ pub async fn tallies(ctx: &NodeContext) -> Result<Arc<Tallies>, StoreError> {
     let t = Arc::new(count_now(ctx, now).await?);
     *held = Some((now, t.clone()));
     Ok(t)
+}
+
+/// Counts our statistics every `federation.statistics_interval_ms` until
+/// the node shuts down, so the links that offer reports never count on
+/// their own tasks (counting reads the last two weeks of the log).
+pub async fn count_in_background(ctx: Arc<NodeContext>) {
+    let mut every = tokio::time::interval(std::time::Duration::from_millis(
+        ctx.settings.federation.statistics_interval_ms,
+    ));
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = every.tick() => {}
+            _ = ctx.shutdown.cancelled() => return,
+        }
+        let now = ctx.clock.now_ms();
+        match count_now(&ctx, now).await {
+            Ok(t) => *ctx.statistics_counted.lock().await = Some((now, Arc::new(t))),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot count statistics; links count when they need to")
+            }
+        }
+    }
 }
 
 async fn count_now(ctx: &NodeContext, now: i64) -> Result<Tallies, StoreError> {
