@@ -1307,3 +1307,26 @@ pub fn outcomes(
         .map(|o| (tonic::Code::from(o.code as i32), o.message, o.stored))
         .collect()
 }
+
+/// Calls `call` 20 times in a row against a node whose
+/// `limits.partner_requests_per_second` is 1 (bursts of 2): some calls must
+/// be refused `RESOURCE_EXHAUSTED` naming that setting, and no other way.
+pub async fn refused_over_rate<F, Fut, T>(mut call: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, Status>>,
+{
+    let mut refused = 0;
+    for _ in 0..20 {
+        if let Err(s) = call().await {
+            assert_eq!(s.code(), tonic::Code::ResourceExhausted, "{s:?}");
+            assert!(
+                s.message().contains("limits.partner_requests_per_second"),
+                "{s:?}"
+            );
+            refused += 1;
+        }
+    }
+    // 20 requests cannot all pass unless they took 18 s.
+    assert!(refused > 0, "no request of the 20 was refused");
+}
