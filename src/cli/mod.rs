@@ -166,24 +166,26 @@ pub struct Admin<C: Subcommand> {
 /// node as its admin.
 #[derive(Debug, Args)]
 pub struct AdminArgs<A: Args> {
+    /// Its own arguments (first, so `--help` lists them under "Options",
+    /// before "Reaching the node").
+    #[command(flatten)]
+    pub args: A,
     /// How to reach the node.
     #[command(flatten)]
     pub conn: client::ClientArgs,
-    /// Its own arguments.
-    #[command(flatten)]
-    pub args: A,
 }
 
 /// A command that publishes through the node: its arguments, and how to
 /// reach the node as a publisher.
 #[derive(Debug, Args)]
 pub struct Publishing<A: Args> {
+    /// Its own arguments (first, so `--help` lists them under "Options",
+    /// before "Reaching the node").
+    #[command(flatten)]
+    pub args: A,
     /// How to reach the node.
     #[command(flatten)]
     pub conn: client::PublisherArgs,
-    /// Its own arguments.
-    #[command(flatten)]
-    pub args: A,
 }
 
 /// A command group that only needs to know where the node is.
