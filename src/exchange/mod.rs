@@ -752,6 +752,16 @@ fn check_deadline(deadline: Option<Deadline>) -> Result<(), RpcError> {
 /// characters), with the digest of the draft it is sent with; `None` when
 /// the publisher sent none.
 pub fn publish_key(key: &str, draft: &IndicatorDraft) -> Result<Option<PublishKey>, RpcError> {
+    idempotency_key(key, || draft.encode_to_vec())
+}
+
+/// An idempotency key as publishers send them (1-128 printable ASCII
+/// characters), with the digest of the `request` bytes it is sent with;
+/// `None` when the key is empty. Publish and Sight alike.
+pub fn idempotency_key(
+    key: &str,
+    request: impl FnOnce() -> Vec<u8>,
+) -> Result<Option<PublishKey>, RpcError> {
     if key.is_empty() {
         return Ok(None);
     }
@@ -760,7 +770,7 @@ pub fn publish_key(key: &str, draft: &IndicatorDraft) -> Result<Option<PublishKe
             "idempotency_key: must be 1-128 printable ASCII characters (no spaces)".into(),
         ));
     }
-    let digest = ring::digest::digest(&ring::digest::SHA256, &draft.encode_to_vec());
+    let digest = ring::digest::digest(&ring::digest::SHA256, &request());
     Ok(Some(PublishKey {
         key: key.to_string(),
         request_digest: digest.as_ref().to_vec(),

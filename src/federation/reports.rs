@@ -1,16 +1,127 @@
 //! What sightings and statistics share as signed reports from partners:
-//! their makers' cards, the path check, per-report outcomes, the bound on
-//! what one partner can make us keep, and the names of refusal codes.
+//! the request bound, their makers' cards, opening each report (verified
+//! before it is decoded), the path check, per-report outcomes and their
+//! ledger rows, the bound on what one partner can make us keep, and the
+//! names of refusal codes.
 
+use prost::Message;
 use tonic::Code;
 
 use crate::audit::AuditEntry;
 use crate::context::NodeContext;
 use crate::model::OrgId;
 use crate::policy::Decision;
-use crate::proto::v1::{Envelope, ReportOutcome};
-use crate::rpc::RpcError;
-use crate::store::StoreError;
+use crate::proto::v1::{Envelope, ReportOutcome, SignedReport};
+use crate::refusal::RefusalKind;
+use crate::rpc::{RpcError, refusal_code};
+use crate::signing::{KeyDirectory, VerifyError};
+use crate::store::{KeptReport, StoreError};
+
+/// Most reports one request may carry.
+pub const MAX_REPORTS_PER_REQUEST: usize = 500;
+
+/// Refuses a request of more than [`MAX_REPORTS_PER_REQUEST`] reports.
+pub fn check_count(n: usize) -> Result<(), RpcError> {
+    if n > MAX_REPORTS_PER_REQUEST {
+        return Err(RpcError::BadRequest(format!(
+            "reports: at most {MAX_REPORTS_PER_REQUEST} a request, got {n}"
+        )));
+    }
+    Ok(())
+}
+
+/// A report refused: its code, why, and its ledger subject once it is
+/// known (after verification).
+#[derive(Debug)]
+pub struct Refused {
+    /// The gRPC code answered for it.
+    pub code: Code,
+    /// Why, naming the field.
+    pub message: String,
+    /// What it reports, when that was read.
+    pub subject: Option<String>,
+}
+
+impl Refused {
+    /// A refusal.
+    pub fn new(code: Code, message: impl Into<String>, subject: Option<String>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+            subject,
+        }
+    }
+}
+
+/// Report `i`'s envelope, opened by `open` (which verifies before it
+/// decodes); refusals name `reports[i]`.
+pub fn open_report<T>(
+    report: &SignedReport,
+    i: usize,
+    keys: &KeyDirectory,
+    open: impl FnOnce(&Envelope, &KeyDirectory) -> Result<T, VerifyError>,
+) -> Result<T, Refused> {
+    let env = Envelope::decode(report.envelope.as_slice()).map_err(|e| {
+        Refused::new(
+            Code::InvalidArgument,
+            format!("reports[{i}].envelope: not an envelope: {e}"),
+            None,
+        )
+    })?;
+    open(&env, keys).map_err(|e| {
+        Refused::new(
+            refusal_code(RefusalKind::from(&e)),
+            format!("reports[{i}]: {e}"),
+            None,
+        )
+    })
+}
+
+/// Which bound a kind of report counts against, for its refusal.
+#[derive(Debug, Clone, Copy)]
+pub struct Bound {
+    /// The RPC the reports came by.
+    pub rpc: &'static str,
+    /// The setting that bounds them per partner.
+    pub setting: &'static str,
+    /// What they are, in words.
+    pub what: &'static str,
+}
+
+/// The outcome of keeping a report from `from`.
+pub async fn kept_outcome(
+    ctx: &NodeContext,
+    from: &OrgId,
+    kept: KeptReport,
+    bound: Bound,
+) -> Result<ReportOutcome, StoreError> {
+    Ok(match kept {
+        KeptReport::New | KeptReport::Replaced => taken(true),
+        KeptReport::AlreadyHeld => taken(false),
+        KeptReport::OverLimit(n) => {
+            over_bound(ctx, from, bound.rpc, bound.setting, bound.what, n).await?
+        }
+    })
+}
+
+/// The outcome of refusing report `i` from `from`, on the ledger (by
+/// `row`, the kind's refused-row constructor) and in the node log — unless
+/// it only waits for its maker's key, which the partner offers again.
+pub async fn refused_outcome(
+    ctx: &NodeContext,
+    from: &OrgId,
+    i: usize,
+    r: Refused,
+    row: fn(&str, String, &str, &str, bool) -> AuditEntry,
+) -> Result<ReportOutcome, StoreError> {
+    if r.code != Code::FailedPrecondition {
+        tracing::warn!(partner = %from, code = ?r.code, reason = %r.message, "partner's report refused");
+        let subject = r.subject.unwrap_or_else(|| format!("{from} report {i}"));
+        let entry = row(from.as_str(), subject, code_name(r.code), &r.message, false);
+        ctx.store.append_audit(&[entry]).await?;
+    }
+    Ok(refused(r.code, r.message))
+}
 
 /// Takes the makers' cards that came with reports from `from`, only when
 /// `accept` (our policy for `from`) takes its reports at all; rebuilds the

@@ -82,6 +82,14 @@ fn deny(rule: &'static str, reason: impl Into<String>) -> Decision {
     }
 }
 
+/// Nothing goes to a partner without a bound policy, whatever the exit.
+fn no_policy(to: &OrgId) -> Decision {
+    deny(
+        "no-policy",
+        format!("no sharing policy is bound to {to}; nothing is sent to it"),
+    )
+}
+
 fn label(tlp: i32) -> &'static str {
     tlp_name(tlp).unwrap_or("?")
 }
@@ -128,10 +136,7 @@ pub fn egress(
     now_ms: i64,
 ) -> Decision {
     let Some(policy) = policy else {
-        return deny(
-            "no-policy",
-            format!("no sharing policy is bound to {recipient}; nothing is sent to it"),
-        );
+        return no_policy(recipient);
     };
     let rules = &policy.egress;
     if let Err(e) = validate_marking(ind.marking.as_ref()) {
@@ -305,10 +310,7 @@ pub fn sighting_egress(
     policy: Option<&PartnerPolicy>,
 ) -> Decision {
     let Some(p) = policy else {
-        return deny(
-            "no-policy",
-            format!("no sharing policy is bound to {to}; nothing is sent to it"),
-        );
+        return no_policy(to);
     };
     if sighter == own.as_str() {
         if p.sightings.send {
@@ -386,10 +388,7 @@ pub fn statistics_egress(
     policy: Option<&PartnerPolicy>,
 ) -> Decision {
     let Some(p) = policy else {
-        return deny(
-            "no-policy",
-            format!("no sharing policy is bound to {to}; nothing is sent to it"),
-        );
+        return no_policy(to);
     };
     if reporter == own.as_str() {
         if p.statistics.share {

@@ -18,7 +18,7 @@ use prost::Message;
 
 use crate::audit::AuditEntry;
 use crate::context::NodeContext;
-use crate::federation::reports::{self, code_name};
+use crate::federation::reports::{self, Refused};
 use crate::model::{
     MAX_SIGHTING_PATH, OrgId, SightingDraft, merge_sighting, prepare_sighting, validate_sighting,
     window_of,
@@ -28,14 +28,10 @@ use crate::proto::v1::{
     Envelope, ReportSightingsRequest, ReportSightingsResponse, SightRequest, SightResponse,
     Sighting, SightingRecord, SignedReport,
 };
-use crate::refusal::RefusalKind;
-use crate::rpc::{RpcError, refusal_code};
+use crate::rpc::RpcError;
 use crate::signing::{SIGHTING_PAYLOAD_TYPE, open_sighting};
 use crate::store::{KeptReport, OwnKept, OwnSight, PublishKey, SightingRow, StoreError};
 use tonic::Code;
-
-/// Most reports one ReportSightings request may carry.
-pub const MAX_REPORTS_PER_REQUEST: usize = 500;
 
 /// Records a sighting our publisher `actor` reports: adds it to our report
 /// of that indicator for its day, signs it, keeps it and queues it for the
@@ -100,7 +96,8 @@ pub async fn sight(
             .own_sighting(&ctx.own, origin, &draft.id, window)
             .await?;
         let merged_from = held.as_ref().map(|r| r.reported_ms);
-        let held = held.map(|r| report_of(&r));
+        // The merge takes counts and times; the key id is the signer's now.
+        let held = held.map(|r| report_with_key(&r, String::new()));
         let now = ctx.clock.now_ms();
         let signer = ctx.signing.load_full();
         let report = merge_sighting(
@@ -161,25 +158,13 @@ pub async fn sight(
     )))
 }
 
-/// A Sight's idempotency key (checked as Publish checks its own), with the
-/// digest of the rest of the request.
+/// A Sight's idempotency key, with the digest of the rest of the request.
 fn sight_key(req: &SightRequest) -> Result<Option<PublishKey>, RpcError> {
-    if req.idempotency_key.is_empty() {
-        return Ok(None);
-    }
-    let key = &req.idempotency_key;
-    if key.len() > 128 || !key.bytes().all(|b| b.is_ascii_graphic()) {
-        return Err(RpcError::BadRequest(
-            "idempotency_key: must be 1-128 printable ASCII characters (no spaces)".into(),
-        ));
-    }
-    let mut rest = req.clone();
-    rest.idempotency_key.clear();
-    let digest = ring::digest::digest(&ring::digest::SHA256, &rest.encode_to_vec());
-    Ok(Some(PublishKey {
-        key: key.clone(),
-        request_digest: digest.as_ref().to_vec(),
-    }))
+    crate::exchange::idempotency_key(&req.idempotency_key, || {
+        let mut rest = req.clone();
+        rest.idempotency_key.clear();
+        rest.encode_to_vec()
+    })
 }
 
 /// The answer to a retried Sight: the day's report as it stands, if the
@@ -224,15 +209,15 @@ pub async fn receive(
     from: &OrgId,
     req: ReportSightingsRequest,
 ) -> Result<ReportSightingsResponse, RpcError> {
-    if req.reports.len() > MAX_REPORTS_PER_REQUEST {
-        return Err(RpcError::BadRequest(format!(
-            "reports: at most {MAX_REPORTS_PER_REQUEST} a request, got {}",
-            req.reports.len()
-        )));
-    }
+    reports::check_count(req.reports.len())?;
     let accept = sighting_ingress(from, ctx.view.load().policies.get(from).map(|p| p.as_ref()));
     reports::learn_cards(ctx, &accept, &req.cards, from).await?;
     let view = ctx.view.load_full();
+    let bound = reports::Bound {
+        rpc: "Exchange/ReportSightings",
+        setting: "federation.sightings_max_per_partner",
+        what: "sightings",
+    };
     let mut outcomes = Vec::with_capacity(req.reports.len());
     let mut queued = false;
     for (i, report) in req.reports.into_iter().enumerate() {
@@ -250,43 +235,15 @@ pub async fn receive(
                     &row.path,
                 )];
                 let max = ctx.settings.federation.sightings_max_per_partner;
-                match ctx
+                let kept = ctx
                     .store
                     .keep_sighting(&row, next.as_ref(), max, &audit)
-                    .await?
-                {
-                    KeptReport::New | KeptReport::Replaced => {
-                        queued |= next.is_some();
-                        reports::taken(true)
-                    }
-                    KeptReport::AlreadyHeld => reports::taken(false),
-                    KeptReport::OverLimit(n) => {
-                        reports::over_bound(
-                            ctx,
-                            from,
-                            "Exchange/ReportSightings",
-                            "federation.sightings_max_per_partner",
-                            "sightings",
-                            n,
-                        )
-                        .await?
-                    }
-                }
+                    .await?;
+                queued |= next.is_some() && matches!(kept, KeptReport::New | KeptReport::Replaced);
+                reports::kept_outcome(ctx, from, kept, bound).await?
             }
             Err(r) => {
-                if r.code != Code::FailedPrecondition {
-                    tracing::warn!(partner = %from, code = ?r.code, reason = %r.message, "sighting refused");
-                    let subject = r.subject.unwrap_or_else(|| format!("{from} report {i}"));
-                    let row = AuditEntry::sighting_refused(
-                        from.as_str(),
-                        subject,
-                        code_name(r.code),
-                        &r.message,
-                        false,
-                    );
-                    ctx.store.append_audit(&[row]).await?;
-                }
-                reports::refused(r.code, r.message)
+                reports::refused_outcome(ctx, from, i, r, AuditEntry::sighting_refused).await?
             }
         };
         outcomes.push(outcome);
@@ -295,24 +252,6 @@ pub async fn receive(
         ctx.sightings_queued.send_modify(|n| *n += 1);
     }
     Ok(ReportSightingsResponse { outcomes })
-}
-
-/// A report refused: its code, why, and the sighting it names once that is
-/// known (verified).
-struct Refused {
-    code: Code,
-    message: String,
-    subject: Option<String>,
-}
-
-impl Refused {
-    fn new(code: Code, message: impl Into<String>, subject: Option<String>) -> Self {
-        Self {
-            code,
-            message: message.into(),
-            subject,
-        }
-    }
 }
 
 /// Checks report `i` from `from`: an envelope, verified before anything in
@@ -326,22 +265,9 @@ async fn check(
     report: SignedReport,
 ) -> Result<Result<(SightingRow, Option<OrgId>), Refused>, StoreError> {
     let field = format!("reports[{i}]");
-    let env = match Envelope::decode(report.envelope.as_slice()) {
-        Ok(env) => env,
-        Err(e) => {
-            return Ok(Err(Refused::new(
-                Code::InvalidArgument,
-                format!("{field}.envelope: not an envelope: {e}"),
-                None,
-            )));
-        }
-    };
-    let s = match open_sighting(&env, keys) {
+    let s = match reports::open_report(&report, i, keys, open_sighting) {
         Ok(s) => s,
-        Err(e) => {
-            let code = refusal_code(RefusalKind::from(&e));
-            return Ok(Err(Refused::new(code, format!("{field}: {e}"), None)));
-        }
+        Err(r) => return Ok(Err(r)),
     };
     let subject = crate::audit::AuditEntry::sighting_subject(
         &s.sighter_org,
@@ -413,16 +339,8 @@ fn row_of(s: &Sighting, envelope: Vec<u8>, from: &str, path: Vec<String>) -> Sig
     }
 }
 
-/// The report a stored row holds (its columns; the key id from its
-/// signature).
-pub fn report_of(row: &SightingRow) -> Sighting {
-    let key_id = Envelope::decode(row.envelope.as_slice())
-        .ok()
-        .and_then(|e| e.signatures.first().map(|s| s.keyid.clone()))
-        .unwrap_or_default();
-    report_with_key(row, key_id)
-}
-
+/// The report a stored row holds, from its columns (`key_id` is that of
+/// its signature).
 fn report_with_key(row: &SightingRow, key_id: String) -> Sighting {
     Sighting {
         sighter_org: row.sighter.clone(),

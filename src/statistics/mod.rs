@@ -25,7 +25,7 @@ use tonic::Code;
 
 use crate::audit::AuditEntry;
 use crate::context::NodeContext;
-use crate::federation::reports::{self, code_name};
+use crate::federation::reports::{self, Refused};
 use crate::model::OrgId;
 use crate::policy::statistics_ingress;
 use crate::proto::v1::{
@@ -33,14 +33,11 @@ use crate::proto::v1::{
     ShareStatisticsRequest, ShareStatisticsResponse, SignedReport, StatisticsReport,
     StatisticsRow as ViewRow,
 };
-use crate::refusal::RefusalKind;
-use crate::rpc::{RpcError, refusal_code};
+use crate::rpc::RpcError;
 use crate::signing::{STATISTICS_PAYLOAD_TYPE, open_statistics};
-use crate::store::{KeptReport, OrgPath, StatisticsRow, StoreError, Versions};
+use crate::store::{OrgPath, StatisticsRow, StoreError, Versions};
 use tally::{Disclosure, Period, Tallies, count};
 
-/// Most reports one ShareStatistics request may carry.
-pub const MAX_REPORTS_PER_REQUEST: usize = 500;
 /// The name of the noise key among the node's secrets.
 const NOISE_SECRET: &str = "statistics-noise";
 /// Rows read per page while counting.
@@ -133,13 +130,20 @@ async fn count_now(ctx: &NodeContext, now: i64) -> Result<Tallies, StoreError> {
             } else {
                 "received"
             };
+            // Decoded only when it counts somewhere it has not yet.
+            let new: Vec<_> = within(r.stored_ms)
+                .filter(|p| {
+                    seen.insert((*p, measure, r.origin_org.clone(), r.indicator_id.clone()))
+                })
+                .collect();
+            if new.is_empty() {
+                continue;
+            }
             let Ok(ind) = crate::exchange::decoded(r) else {
                 continue;
             };
-            for p in within(r.stored_ms) {
-                if seen.insert((p, measure, r.origin_org.clone(), r.indicator_id.clone())) {
-                    count(out.entry(p).or_default(), measure, &ind);
-                }
+            for p in new {
+                count(out.entry(p).or_default(), measure, &ind);
             }
         }
     }
@@ -165,22 +169,22 @@ async fn count_now(ctx: &NodeContext, now: i64) -> Result<Tallies, StoreError> {
     Ok(out)
 }
 
-/// Our reports for the [`reported_periods`], disclosed as `how` says,
-/// signed now.
+/// Our reports for the [`reported_periods`], disclosed as `how` says, made
+/// now; not yet signed ([`seal`] signs the ones that go out).
 pub async fn own_reports(
     ctx: &NodeContext,
     how: Disclosure,
-) -> Result<Vec<(StatisticsReport, Envelope)>, StoreError> {
+) -> Result<Vec<StatisticsReport>, StoreError> {
     let t = tallies(ctx).await?;
     let secret = ctx.store.node_secret(NOISE_SECRET).await?;
-    let signer = ctx.signing.load_full();
+    let key_id = ctx.signing.load().key_id().to_string();
     let now = ctx.clock.now_ms();
     Ok(t.iter()
         .map(|((period, start), tally)| {
             let key = format!("{} {start}", period.name());
-            let report = StatisticsReport {
+            StatisticsReport {
                 reporter_org: ctx.own.to_string(),
-                key_id: signer.key_id().to_string(),
+                key_id: key_id.clone(),
                 period: period.name().into(),
                 period_start_unix_ms: *start,
                 made_unix_ms: now,
@@ -188,11 +192,17 @@ pub async fn own_reports(
                 min_count: how.min_count,
                 hop_limit: ctx.settings.federation.statistics_hop_limit,
                 cells: tally::disclose(tally, how, &secret, &key),
-            };
-            let env = signer.seal(STATISTICS_PAYLOAD_TYPE, report.encode_to_vec());
-            (report, env)
+            }
         })
         .collect())
+}
+
+/// One of our reports signed with our current org key.
+pub fn seal(ctx: &NodeContext, mut report: StatisticsReport) -> (StatisticsReport, Envelope) {
+    let signer = ctx.signing.load_full();
+    report.key_id = signer.key_id().to_string();
+    let env = signer.seal(STATISTICS_PAYLOAD_TYPE, report.encode_to_vec());
+    (report, env)
 }
 
 /// Takes the reports partner `from` shared: each verified, checked and kept
@@ -203,21 +213,21 @@ pub async fn receive(
     from: &OrgId,
     req: ShareStatisticsRequest,
 ) -> Result<ShareStatisticsResponse, RpcError> {
-    if req.reports.len() > MAX_REPORTS_PER_REQUEST {
-        return Err(RpcError::BadRequest(format!(
-            "reports: at most {MAX_REPORTS_PER_REQUEST} a request, got {}",
-            req.reports.len()
-        )));
-    }
+    reports::check_count(req.reports.len())?;
     let accept = statistics_ingress(from, ctx.view.load().policies.get(from).map(|p| p.as_ref()));
     reports::learn_cards(ctx, &accept, &req.cards, from).await?;
     let view = ctx.view.load_full();
+    let bound = reports::Bound {
+        rpc: "Exchange/ShareStatistics",
+        setting: "federation.statistics_max_per_partner",
+        what: "statistics reports",
+    };
     let mut outcomes = Vec::with_capacity(req.reports.len());
     for (i, report) in req.reports.into_iter().enumerate() {
         let checked = if accept.is_allow() {
             check(ctx, &view.keys, from, i, report)
         } else {
-            Err((Code::PermissionDenied, accept.reason().to_string(), None))
+            Err(Refused::new(Code::PermissionDenied, accept.reason(), None))
         };
         let outcome = match checked {
             Ok((row, subject)) => {
@@ -228,44 +238,17 @@ pub async fn receive(
                     &row.path,
                 )];
                 let max = ctx.settings.federation.statistics_max_per_partner;
-                match ctx.store.keep_statistics(&row, max, &audit).await? {
-                    KeptReport::New | KeptReport::Replaced => reports::taken(true),
-                    KeptReport::AlreadyHeld => reports::taken(false),
-                    KeptReport::OverLimit(n) => {
-                        reports::over_bound(
-                            ctx,
-                            from,
-                            "Exchange/ShareStatistics",
-                            "federation.statistics_max_per_partner",
-                            "statistics reports",
-                            n,
-                        )
-                        .await?
-                    }
-                }
+                let kept = ctx.store.keep_statistics(&row, max, &audit).await?;
+                reports::kept_outcome(ctx, from, kept, bound).await?
             }
-            Err((code, why, subject)) => {
-                if code != Code::FailedPrecondition {
-                    tracing::warn!(partner = %from, ?code, reason = %why, "statistics report refused");
-                    let subject = subject.unwrap_or_else(|| format!("{from} report {i}"));
-                    let row = AuditEntry::statistics_refused(
-                        from.as_str(),
-                        subject,
-                        code_name(code),
-                        &why,
-                        false,
-                    );
-                    ctx.store.append_audit(&[row]).await?;
-                }
-                reports::refused(code, why)
+            Err(r) => {
+                reports::refused_outcome(ctx, from, i, r, AuditEntry::statistics_refused).await?
             }
         };
         outcomes.push(outcome);
     }
     Ok(ShareStatisticsResponse { outcomes })
 }
-
-type Refusal = (Code, String, Option<String>);
 
 /// Report `i` from `from`: an envelope, verified before anything in it is
 /// read, well formed, along a path from its reporter to `from` within its
@@ -276,25 +259,12 @@ fn check(
     from: &OrgId,
     i: usize,
     report: SignedReport,
-) -> Result<(StatisticsRow, String), Refusal> {
+) -> Result<(StatisticsRow, String), Refused> {
     let field = format!("reports[{i}]");
-    let env = Envelope::decode(report.envelope.as_slice()).map_err(|e| {
-        (
-            Code::InvalidArgument,
-            format!("{field}.envelope: not an envelope: {e}"),
-            None,
-        )
-    })?;
-    let r = open_statistics(&env, keys).map_err(|e| {
-        (
-            refusal_code(RefusalKind::from(&e)),
-            format!("{field}: {e}"),
-            None,
-        )
-    })?;
+    let r = reports::open_report(&report, i, keys, open_statistics)?;
     let subject =
         AuditEntry::statistics_subject(&r.reporter_org, &r.period, r.period_start_unix_ms);
-    let invalid = |why: String| (Code::InvalidArgument, why, Some(subject.clone()));
+    let invalid = |why: String| Refused::new(Code::InvalidArgument, why, Some(subject.clone()));
     tally::check_report(&r, ctx.clock.now_ms()).map_err(|e| invalid(format!("{field}.{e}")))?;
     reports::check_path(
         &report.path,
@@ -358,7 +328,7 @@ pub async fn mesh_view(
         epsilon: 0.0,
         min_count: 0,
     };
-    for (r, _) in own_reports(ctx, exact).await? {
+    for r in own_reports(ctx, exact).await? {
         if r.period == period.name() && r.period_start_unix_ms >= since {
             contributed.push(contribution(&r, "", &[]));
             reports.push(r);

@@ -59,7 +59,7 @@ pub async fn push(
             epsilon: rules.epsilon(),
             min_count: rules.min_count,
         };
-        for (r, env) in super::own_reports(ctx, how).await? {
+        for r in super::own_reports(ctx, how).await? {
             let key = (
                 r.reporter_org.clone(),
                 r.period.clone(),
@@ -73,6 +73,7 @@ pub async fn push(
                 m.encode_to_vec()
             };
             if offered.sent.get(&key) != Some(&mark) {
+                let (r, env) = super::seal(ctx, r);
                 offer.push((key, mark, r, env, Vec::new(), own.rule()));
             }
         }
@@ -132,7 +133,7 @@ pub async fn push(
             ));
         }
     }
-    for chunk in offer.chunks(super::MAX_REPORTS_PER_REQUEST) {
+    for chunk in offer.chunks(crate::federation::reports::MAX_REPORTS_PER_REQUEST) {
         let mut cards = Vec::new();
         let mut carded = HashSet::new();
         let reports = chunk
