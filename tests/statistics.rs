@@ -628,3 +628,75 @@ async fn a_partner_sharing_over_its_request_rate_is_refused_resource_exhausted()
     .await;
     p.node_a.stop().await;
 }
+
+/// `stats --period week`, `--by` and `--since` as `--help` describes them,
+/// and the fields named when they are wrong.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stats_by_week_by_dimension_and_since_name_what_is_wrong() {
+    let mut a = Org::new("a.example");
+    fast(&mut a.settings);
+    let node_a = start(&a).await;
+    let drafts = (0..3).map(|i| ipv4_draft(i, Tlp::Clear)).collect();
+    publish(&a, &node_a, drafts).await;
+    wait_until(60, "A to count its 3", || async {
+        cell(&view(&node_a, &[]).await, "published", "total", "").0 == 3
+    })
+    .await;
+    let out = cli(
+        &a,
+        &node_a,
+        &["stats", "--period", "week", "--by", "kind,tlp", "--json"],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let j: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let rows = j["rows"].as_array().unwrap();
+    assert!(
+        rows.iter()
+            .all(|r| r["dimension"] == "kind" || r["dimension"] == "tlp")
+    );
+    let ipv4 = rows
+        .iter()
+        .find(|r| r["measure"] == "published" && r["value"] == "ipv4")
+        .unwrap();
+    assert_eq!(ipv4["count"], 3);
+    let weeks: Vec<_> = j["reports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["period"].clone())
+        .collect();
+    assert!(
+        !weeks.is_empty() && weeks.iter().all(|p| p == "week"),
+        "{weeks:?}"
+    );
+    // Nothing starts after next week.
+    let later = threatmesh::clock::rfc3339(now_ms() + 8 * threatmesh::model::DAY_MS);
+    let out = cli(&a, &node_a, &["stats", "--since", &later, "--json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let j: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(j["rows"].as_array().unwrap().is_empty(), "{j}");
+    for (args, said) in [
+        (
+            vec!["stats", "--by", "victim"],
+            "by: 'victim' is not one of",
+        ),
+        (
+            vec!["stats", "--period", "month"],
+            "period: 'month' is not day or week",
+        ),
+    ] {
+        let out = cli(&a, &node_a, &args);
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(said), "{args:?}: {err}");
+    }
+    node_a.stop().await;
+}
