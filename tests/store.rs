@@ -800,3 +800,70 @@ async fn a_group_with_duplicates_reports_the_sequence_numbers_it_stored() {
     assert!(store.verify_audit().await.unwrap().is_ok());
     store.close().await;
 }
+
+/// Two handles on one store (two processes on one SQLite file, two
+/// replicas on one database) append to one ledger: each moves the head on
+/// from the one it last wrote only if that is still the stored one, and
+/// otherwise reads it, so the ledger stays one chain with no row lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_handles_appending_in_turn_keep_one_ledger_chain() {
+    let at = TestStore::new();
+    let (first, second) = (at.open().await, at.open().await);
+    let (key, _) = threatmesh::signing::OrgSigningKey::generate().unwrap();
+    for i in 0..12 {
+        let store = if i % 3 == 0 { &second } else { &first };
+        store
+            .append_local(row(&key, i), "test", None)
+            .await
+            .unwrap();
+    }
+    for store in [&first, &second] {
+        assert_eq!(store.count_indicators().await.unwrap(), 12);
+        assert_eq!(store.verify_audit().await.unwrap(), Ok(12));
+        assert_eq!(store.count_audit().await.unwrap(), 12);
+    }
+    first.close().await;
+    second.close().await;
+}
+
+/// Release records (what was sent to whom) are committed without a sync
+/// of their own on SQLite, so a relayed indicator waits for one durable
+/// commit less; the writer syncs them by itself once idle (a durable commit
+/// moving the ledger head's `syncs`), and the ledger stays whole. On
+/// PostgreSQL they are committed durably and nothing needs moving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn release_records_committed_without_a_sync_are_synced_once_idle() {
+    let a = Org::new("a.example");
+    let b = Org::new("b.example");
+    a.add_peer(&b, None).await;
+    let node_a = start(&a).await;
+    b.add_peer(&a, Some(node_a.addr)).await;
+    let node_b = start(&b).await;
+    let drafts = (0..5).map(|i| ipv4_draft(i, Tlp::Green)).collect();
+    publish_all(&publisher(&a, &node_a), drafts, 1).await;
+    caught_up(&node_b, &a, &node_a).await;
+    let sent = ledger(&node_a, "b.example")
+        .await
+        .into_iter()
+        .filter(|r| r.entry.event == "sent")
+        .count();
+    assert!(sent >= 1, "A's ledger has no release to b.example");
+    let syncs = || async {
+        let mut db = a.raw_db().await;
+        sqlx::query_scalar::<_, i64>("SELECT syncs FROM audit_head WHERE id = 1")
+            .fetch_one(&mut db)
+            .await
+            .unwrap()
+    };
+    if node_a.ctx.store.is_postgres() {
+        assert_eq!(syncs().await, 0);
+    } else {
+        wait_until(30, "A's writer to sync its release records", || async {
+            syncs().await >= 1
+        })
+        .await;
+    }
+    assert!(node_a.ctx.store.verify_audit().await.unwrap().is_ok());
+    node_b.stop().await;
+    node_a.stop().await;
+}

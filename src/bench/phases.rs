@@ -51,8 +51,8 @@ impl Timed {
         let wall = self.at.elapsed().as_secs_f64();
         Measured {
             per_s: count / wall,
-            node_cpu: node.busy_since(self.node, wall, cores()),
-            clients_cpu: busy_since(self.clients, wall, cores()),
+            node_cpu: node.busy_since(self.node, wall, crate::signing::cores()),
+            clients_cpu: busy_since(self.clients, wall, crate::signing::cores()),
         }
     }
 }
@@ -156,12 +156,6 @@ pub(super) async fn bench_publish_batch(
     Ok(measured)
 }
 
-pub(super) fn cores() -> usize {
-    std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1)
-}
-
 /// Fills `settings`' store with `n` indicators of its org, signed on all
 /// cores, in transactions of 2,000.
 pub(super) async fn prefill(
@@ -174,9 +168,7 @@ pub(super) async fn prefill(
         .map_err(err)?;
     let key = Arc::new(load_signing_key(settings).map_err(err)?);
     let own = settings.org_id();
-    let cores = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1) as u64;
+    let cores = crate::signing::cores() as u64;
     let chunk = 2_000u64;
     let mut i = 0;
     while i < n {
@@ -243,7 +235,7 @@ pub(super) async fn bench_ingest(
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let elapsed = start_at.elapsed().as_secs_f64();
-    let cpu = busy_since(cpu0, elapsed, cores());
+    let cpu = busy_since(cpu0, elapsed, crate::signing::cores());
     let stored = node_b.ctx.store.count_indicators().await.map_err(err)?;
     node_b.stop().await;
     node_a.stop().await;

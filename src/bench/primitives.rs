@@ -34,9 +34,7 @@ pub(super) async fn primitives(
     opts: &super::BenchOptions,
 ) -> Result<Primitives, BenchError> {
     let secs = opts.primitive_secs;
-    let cores = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1);
+    let cores = crate::signing::cores();
     let (key, _) = OrgSigningKey::generate().map_err(err)?;
     // A realistic payload: one signed indicator envelope.
     let env = sample_envelope(&key, 0);

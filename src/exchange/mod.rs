@@ -258,6 +258,9 @@ where
         // The average size of the rows read last, so the next read asks for
         // about a reply's worth, not `batch` rows of whatever size.
         let mut avg_row = 0usize;
+        // Set once a batch went out: the log is read again only if it grew
+        // meanwhile, not to find nothing after every batch.
+        let mut sent_one = false;
         loop {
             if shutdown.is_cancelled() {
                 let _ = tx.send(fail(RpcError::ShuttingDown.into())).await;
@@ -283,9 +286,15 @@ where
                     return;
                 }
             }
-            latest.borrow_and_update();
+            let known = *latest.borrow_and_update();
+            let caught_up = std::mem::take(&mut sent_one) && follow && cursor >= known;
             let want = rows_for(budget, avg_row, batch);
-            let rows = match ctx.store.read_after(cursor, want).await {
+            let read = if caught_up {
+                Ok(Vec::new())
+            } else {
+                ctx.store.read_after(cursor, want).await
+            };
+            let rows = match read {
                 Ok(r) => {
                     if !r.is_empty() {
                         avg_row = r.iter().map(row_bytes).sum::<usize>() / r.len();
@@ -369,6 +378,7 @@ where
                 _ = shutdown.cancelled() => {}
             }
             cursor = last;
+            sent_one = true;
         }
     });
     ReceiverStream::new(rx)
@@ -710,7 +720,7 @@ async fn seal_all(
     signer: Arc<crate::signing::OrgSigningKey>,
     inds: Vec<Indicator>,
 ) -> Result<Vec<NewIndicator>, RpcError> {
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let cores = crate::signing::cores();
     let per = inds.len().div_ceil(cores).max(1);
     let mut parts = Vec::new();
     let mut rest = inds.into_iter().peekable();

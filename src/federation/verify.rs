@@ -253,9 +253,7 @@ pub async fn verify_all(
     keys: Arc<KeyDirectory>,
     now: i64,
 ) -> Result<Vec<Checked>, tokio::task::JoinError> {
-    let cores = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1);
+    let cores = crate::signing::cores();
     if deliveries.len() < 64 || cores == 1 {
         return Ok(verify_deliveries(own, upstream, deliveries, &keys, now));
     }

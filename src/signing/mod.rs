@@ -110,6 +110,14 @@ pub enum VerifyError {
     },
 }
 
+/// The cores signing and verifying work is split over. Read once: the
+/// standard library reads the cgroup files anew on every call, three file
+/// opens per verified message on a busy link.
+pub fn cores() -> usize {
+    static CORES: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *CORES.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+}
+
 /// DSSE pre-authentication encoding:
 /// `"DSSEv1" SP len(type) SP type SP len(body) SP body`.
 ///

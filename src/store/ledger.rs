@@ -3,6 +3,7 @@
 
 use super::db::{on, sql};
 use super::{ROWS_PER_STATEMENT, Store, StoreError, Tx, to_i64};
+use crate::audit::witness::Witnessed;
 use crate::audit::{AuditEntry, AuditEntryOwned, AuditRow, ChainBreak, row_hash, verify_chain};
 
 /// An `audit` row as read.
@@ -53,6 +54,11 @@ impl Store {
     }
 
     /// Appends entries to the chain inside `tx` (which holds the write lock).
+    ///
+    /// The head this process last wrote is moved on in one guarded
+    /// statement (`… WHERE seq = ? AND hash = ?`); only when the stored head
+    /// is another is it read and the rows hashed again from it. Either way
+    /// the rows chain from the head stored in this transaction.
     pub(super) async fn append_audit_tx(
         &self,
         tx: &mut Tx,
@@ -61,48 +67,58 @@ impl Store {
         if entries.is_empty() {
             return Ok(());
         }
-        let head: Option<(i64, Vec<u8>)> = on!(Tx, &mut *tx, db => sqlx::query_as(sql!("SELECT seq, hash FROM audit_head WHERE id = 1"))
-                .fetch_optional(&mut **db)
-                .await?);
-        let (mut seq, mut prev) = head
-            .map(|(s, h)| (s as u64, h))
-            .unwrap_or((0, crate::audit::GENESIS.to_vec()));
         let now = self.now();
-        let mut rows = Vec::with_capacity(entries.len());
-        for e in entries {
-            seq += 1;
-            let hash = row_hash(
-                &prev, seq, now, e.event, &e.actor, &e.partner, &e.subject, &e.rule, &e.detail,
-            )
-            .to_vec();
-            rows.push((seq, e, std::mem::replace(&mut prev, hash.clone()), hash));
+        let cached = self
+            .ledger_head
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        let mut moved = None;
+        if let Some(Witnessed {
+            rows: seq,
+            head_hash: hash,
+        }) = cached
+        {
+            let rows = chain(seq, hash.clone(), now, entries);
+            let (last, last_hash) = head_of(&rows, seq, &hash);
+            let done = on!(Tx, &mut *tx, db => sqlx::query(sql!("UPDATE audit_head SET seq = ?, hash = ? WHERE id = 1 AND seq = ? AND hash = ?",))
+                .bind(to_i64(last))
+                .bind(last_hash.clone())
+                .bind(to_i64(seq))
+                .bind(hash)
+                .execute(&mut **db)
+                .await.map(|r| r.rows_affected())?);
+            if done == 1 {
+                insert_audit_rows(tx, now, &rows).await?;
+                moved = Some((last, last_hash));
+            }
         }
-        for chunk in rows.chunks(ROWS_PER_STATEMENT) {
-            on!(Tx, &mut *tx, db => {
-            let mut q = sqlx::QueryBuilder::<DB>::new(
-                "INSERT INTO audit (seq, at_ms, event, actor, partner, subject, rule, detail, prev_hash, hash) ",
-            );
-            q.push_values(chunk, |mut b, (seq, e, prev, hash)| {
-                b.push_bind(to_i64(*seq))
-                    .push_bind(now)
-                    .push_bind(e.event)
-                    .push_bind(e.actor.clone())
-                    .push_bind(e.partner.clone())
-                    .push_bind(e.subject.clone())
-                    .push_bind(e.rule.clone())
-                    .push_bind(e.detail.clone())
-                    .push_bind(prev.clone())
-                    .push_bind(hash.clone());
-            });
-            q.build().execute(&mut **db).await?;
-            });
-        }
-        on!(Tx, &mut *tx, db => sqlx::query(sql!("INSERT INTO audit_head (id, seq, hash) VALUES (1, ?1, ?2) \
-             ON CONFLICT (id) DO UPDATE SET seq = ?1, hash = ?2",))
-        .bind(to_i64(seq))
-        .bind(prev.as_slice())
-        .execute(&mut **db)
-        .await.map(|r| r.rows_affected())?);
+        let head = match moved {
+            Some(head) => head,
+            None => {
+                let stored: Option<(i64, Vec<u8>)> = on!(Tx, &mut *tx, db => sqlx::query_as(sql!("SELECT seq, hash FROM audit_head WHERE id = 1"))
+                        .fetch_optional(&mut **db)
+                        .await?);
+                let (seq, hash) = stored
+                    .map(|(s, h)| (s as u64, h))
+                    .unwrap_or((0, crate::audit::GENESIS.to_vec()));
+                let rows = chain(seq, hash.clone(), now, entries);
+                let (last, last_hash) = head_of(&rows, seq, &hash);
+                insert_audit_rows(tx, now, &rows).await?;
+                on!(Tx, &mut *tx, db => sqlx::query(sql!("INSERT INTO audit_head (id, seq, hash) VALUES (1, ?1, ?2) \
+                     ON CONFLICT (id) DO UPDATE SET seq = ?1, hash = ?2",))
+                .bind(to_i64(last))
+                .bind(last_hash.clone())
+                .execute(&mut **db)
+                .await.map(|r| r.rows_affected())?);
+                (last, last_hash)
+            }
+        };
+        // Kept only once every statement went through; a transaction that
+        // is rolled back later leaves a head the next guard does not find.
+        let (rows, head_hash) = head;
+        *self.ledger_head.lock().unwrap_or_else(|e| e.into_inner()) =
+            Some(Witnessed { rows, head_hash });
         Ok(())
     }
 
@@ -180,6 +196,55 @@ impl Store {
         out.sort_by_key(|r| r.seq);
         Ok(out)
     }
+}
+
+/// A ledger row to insert: its number, entry, previous and own hash.
+type Chained<'a> = (u64, &'a AuditEntry, Vec<u8>, Vec<u8>);
+
+/// `entries` hashed into rows after row `seq` whose hash is `prev`.
+fn chain(mut seq: u64, mut prev: Vec<u8>, now: i64, entries: &[AuditEntry]) -> Vec<Chained<'_>> {
+    entries
+        .iter()
+        .map(|e| {
+            seq += 1;
+            let hash = row_hash(
+                &prev, seq, now, e.event, &e.actor, &e.partner, &e.subject, &e.rule, &e.detail,
+            )
+            .to_vec();
+            (seq, e, std::mem::replace(&mut prev, hash.clone()), hash)
+        })
+        .collect()
+}
+
+/// The head after `rows` (`seq`, `hash` when there are none).
+fn head_of(rows: &[Chained<'_>], seq: u64, hash: &[u8]) -> (u64, Vec<u8>) {
+    rows.last()
+        .map(|(s, _, _, h)| (*s, h.clone()))
+        .unwrap_or((seq, hash.to_vec()))
+}
+
+async fn insert_audit_rows(tx: &mut Tx, now: i64, rows: &[Chained<'_>]) -> Result<(), StoreError> {
+    for chunk in rows.chunks(ROWS_PER_STATEMENT) {
+        on!(Tx, &mut *tx, db => {
+        let mut q = sqlx::QueryBuilder::<DB>::new(
+            "INSERT INTO audit (seq, at_ms, event, actor, partner, subject, rule, detail, prev_hash, hash) ",
+        );
+        q.push_values(chunk, |mut b, (seq, e, prev, hash)| {
+            b.push_bind(to_i64(*seq))
+                .push_bind(now)
+                .push_bind(e.event)
+                .push_bind(e.actor.clone())
+                .push_bind(e.partner.clone())
+                .push_bind(e.subject.clone())
+                .push_bind(e.rule.clone())
+                .push_bind(e.detail.clone())
+                .push_bind(prev.clone())
+                .push_bind(hash.clone());
+        });
+        q.build().execute(&mut **db).await?;
+        });
+    }
+    Ok(())
 }
 
 async fn read_audit(

@@ -636,31 +636,32 @@ impl Store {
             // numbers after `before` in order.
             let inserted: Vec<(i64, String, String, i64)> = match &mut *tx {
                 Tx::Sqlite(t) => {
-                    // The one writer inside its transaction: rows past
-                    // `before` are this statement's. When every row went in
-                    // with no gap, they hold the numbers after `before` in
-                    // order; otherwise (a duplicate skipped) they are read
-                    // back. No RETURNING: SQLite buffers its rows, and the
-                    // driver hands them over one by one.
-                    let before: i64 =
-                        sqlx::query_scalar("SELECT COALESCE(MAX(seq), 0) FROM indicators")
-                            .fetch_one(&mut **t)
-                            .await?;
+                    // The one writer inside its transaction: the rows this
+                    // statement stored hold the highest numbers in the
+                    // table. When every row went in they are the `n`
+                    // numbers up to the last one given, in order; when some
+                    // were duplicates (skipped, perhaps after taking a
+                    // number) the `k` stored are read back as the `k`
+                    // highest. No RETURNING: SQLite buffers its rows, and
+                    // the driver hands them over one by one.
                     let done = statement!(sqlx::Sqlite, chunk)
                         .build()
                         .execute(&mut **t)
                         .await?;
-                    let n = chunk.len() as i64;
-                    if done.rows_affected() == chunk.len() as u64
-                        && done.last_insert_rowid() == before + n
-                    {
-                        out.extend((before + 1..=before + n).map(|seq| Some(seq as u64)));
+                    let (n, k) = (chunk.len() as u64, done.rows_affected());
+                    if k == n {
+                        let last = done.last_insert_rowid();
+                        out.extend((last - n as i64 + 1..=last).map(|seq| Some(seq as u64)));
+                        continue;
+                    }
+                    if k == 0 {
+                        out.extend(std::iter::repeat_n(None, chunk.len()));
                         continue;
                     }
                     sqlx::query_as(
-                        "SELECT seq, origin_org, indicator_id, version FROM indicators WHERE seq > ? ORDER BY seq",
+                        "SELECT seq, origin_org, indicator_id, version FROM indicators ORDER BY seq DESC LIMIT ?",
                     )
-                    .bind(before)
+                    .bind(to_i64(k))
                     .fetch_all(&mut **t)
                     .await?
                 }

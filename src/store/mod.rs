@@ -72,7 +72,19 @@ pub use statistics::StatisticsRow;
 pub use witness::WitnessedHead;
 
 /// The store's write lock and the transaction begun under it.
-type WriteLock = (tokio::sync::OwnedMutexGuard<()>, Tx);
+type WriteLock = (tokio::sync::OwnedMutexGuard<Writing>, Tx);
+
+/// What the write lock guards besides the right to write: how the writing
+/// connection (SQLite) commits now, and whether a commit made without a
+/// sync of its own still waits for one.
+#[derive(Debug, Default)]
+pub(crate) struct Writing {
+    /// The connection commits without syncing the WAL
+    /// (`synchronous=NORMAL`); set for release records only.
+    deferred: bool,
+    /// Release records were committed that no sync has put on disk yet.
+    unsynced: bool,
+}
 
 /// Storage errors, each saying what happened.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -215,7 +227,7 @@ pub struct Store {
     /// The newest rows, shared by live streams.
     tail: Arc<tokio::sync::Mutex<tail::Tail>>,
     /// Held for the length of every write transaction of this process.
-    writing: Arc<tokio::sync::Mutex<()>>,
+    writing: Arc<tokio::sync::Mutex<Writing>>,
     /// Highest local sequence number, so live subscribers wake without polling.
     latest: watch::Sender<u64>,
     /// What "now" is for every timestamp the store writes.
@@ -230,6 +242,11 @@ pub struct Store {
     observer: Arc<std::sync::OnceLock<Arc<crate::metrics::Metrics>>>,
     /// PostgreSQL: the partner link leases this process holds.
     leases: Option<Arc<replicas::Leases>>,
+    /// The ledger head (rows, hash of the last) as this process last wrote
+    /// it: an append moves the stored head from exactly this value in one
+    /// statement instead of reading it first, and reads it only when the
+    /// stored head is another (a rolled-back transaction, another replica).
+    ledger_head: Arc<std::sync::Mutex<Option<crate::audit::witness::Witnessed>>>,
 }
 
 use db::Tx;
@@ -430,6 +447,7 @@ impl Store {
                 Pool::Pg(p) => Some(Arc::new(replicas::Leases::new(p.clone()))),
                 Pool::Sqlite(_) => None,
             },
+            ledger_head: Default::default(),
         };
         let latest = store.latest_seq().await?;
         store.latest.send_replace(latest);
@@ -548,12 +566,35 @@ impl Store {
     /// sequences (the audit chain head, the next sequence number) cannot
     /// interleave with another writer, even in another process or replica.
     async fn write_tx(&self) -> Result<WriteLock, StoreError> {
+        self.write_tx_as(false).await
+    }
+
+    /// [`Store::write_tx`]; with `deferred` (SQLite), a transaction whose
+    /// commit writes the WAL without syncing it: it survives the process
+    /// but not a power cut until the next durable commit syncs the WAL,
+    /// and with it every commit before. Only release records are committed
+    /// so (see [`Store::release_writer`]).
+    async fn write_tx_as(&self, deferred: bool) -> Result<WriteLock, StoreError> {
         // Writers queue here rather than in the database (SQLite's busy
         // handler sleeps up to tens of milliseconds when it finds the lock
         // taken; each PostgreSQL waiter would hold a connection).
-        let guard = self.writing.clone().lock_owned().await;
+        let mut guard = self.writing.clone().lock_owned().await;
         let tx = match &self.writer {
-            Pool::Sqlite(p) => Tx::Sqlite(p.begin_with("BEGIN IMMEDIATE").await?),
+            Pool::Sqlite(p) => {
+                // Set between transactions (SQLite refuses it inside one).
+                // A connection opened afresh after a failure syncs (FULL, as
+                // opened), so a stale `deferred` only costs a sync.
+                if guard.deferred != deferred {
+                    let pragma = if deferred {
+                        "PRAGMA synchronous = NORMAL"
+                    } else {
+                        "PRAGMA synchronous = FULL"
+                    };
+                    sqlx::query(pragma).execute(p).await?;
+                    guard.deferred = deferred;
+                }
+                Tx::Sqlite(p.begin_with("BEGIN IMMEDIATE").await?)
+            }
             Pool::Pg(p) => {
                 let mut tx = p.begin().await?;
                 sqlx::query("SELECT pg_advisory_xact_lock($1)")

@@ -10,6 +10,10 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::db::{on, sql};
 use super::{ROWS_PER_STATEMENT, Store, StoreError};
+
+/// Longest a release record committed without a sync of its own waits
+/// for one (see [`Store::release_writer`]).
+pub const SYNC_WITHIN: std::time::Duration = std::time::Duration::from_millis(50);
 use crate::audit::AuditEntry;
 use crate::model::OrgId;
 
@@ -71,22 +75,85 @@ impl Store {
 
     /// Commits queued release records of every partner stream in groups:
     /// one transaction for all the streams waiting at that moment.
+    ///
+    /// On SQLite they are committed without a sync of their own (a record
+    /// is in the WAL before its batch is sent, and survives the process):
+    /// the node's next durable commit (a publish, an ingest) syncs them
+    /// with it. None waits longer than [`SYNC_WITHIN`] for that: a group
+    /// committed when the oldest unsynced one is that old syncs, and a
+    /// writer left idle syncs what it committed. This takes a durable
+    /// commit off the path of every relayed indicator.
     pub(super) async fn release_writer(self, mut queue: mpsc::Receiver<ReleaseWrite>) {
         const GROUP: usize = 1024;
+        let deferring = !self.writer.is_postgres();
         let mut group = Vec::with_capacity(GROUP);
-        while self.next_group(&mut queue, &mut group, GROUP, |_| 1).await > 0 {
-            let result = self.commit_releases(&group).await;
-            if let Err(e) = &result {
-                tracing::error!(error = %e, "group commit of release records failed");
+        // When the oldest release record not yet synced was committed.
+        let mut unsynced: Option<tokio::time::Instant> = None;
+        loop {
+            let got = match unsynced {
+                Some(since) => tokio::select! {
+                    n = self.next_group(&mut queue, &mut group, GROUP, |_| 1) => n,
+                    _ = tokio::time::sleep_until(since + SYNC_WITHIN) => {
+                        self.sync_now().await;
+                        unsynced = None;
+                        continue;
+                    }
+                },
+                None => self.next_group(&mut queue, &mut group, GROUP, |_| 1).await,
+            };
+            if got == 0 {
+                break;
+            }
+            let deferred = deferring && unsynced.is_none_or(|t| t.elapsed() < SYNC_WITHIN);
+            let result = self.commit_releases(&group, deferred).await;
+            match &result {
+                Err(e) => tracing::error!(error = %e, "group commit of release records failed"),
+                Ok(()) if deferred => {
+                    unsynced.get_or_insert_with(tokio::time::Instant::now);
+                }
+                Ok(()) => unsynced = None,
             }
             for w in group.drain(..) {
                 let _ = w.done.send(result.clone());
             }
         }
+        if unsynced.is_some() {
+            self.sync_now().await;
+        }
     }
 
-    async fn commit_releases(&self, group: &[ReleaseWrite]) -> Result<(), StoreError> {
-        let (_writing, mut tx) = self.write_tx().await?;
+    /// [`Store::sync_deferred`], its failure logged (the next durable
+    /// commit syncs what this could not).
+    async fn sync_now(&self) {
+        if let Err(e) = self.sync_deferred().await {
+            tracing::error!(error = %e, "syncing release records to disk failed");
+        }
+    }
+
+    /// Puts release records committed without a sync of their own on disk,
+    /// if there are any: a durable commit that moves the ledger head's
+    /// `syncs` counter syncs the WAL, and with it every commit before it.
+    pub(super) async fn sync_deferred(&self) -> Result<(), StoreError> {
+        if self.writer.is_postgres() {
+            return Ok(());
+        }
+        let (mut writing, mut tx) = self.write_tx().await?;
+        if writing.unsynced {
+            on!(Tx, &mut tx, db => sqlx::query(sql!("UPDATE audit_head SET syncs = syncs + 1 WHERE id = 1"))
+                .execute(&mut **db)
+                .await.map(|r| r.rows_affected())?);
+        }
+        tx.commit().await?;
+        writing.unsynced = false;
+        Ok(())
+    }
+
+    async fn commit_releases(
+        &self,
+        group: &[ReleaseWrite],
+        deferred: bool,
+    ) -> Result<(), StoreError> {
+        let (mut writing, mut tx) = self.write_tx_as(deferred).await?;
         let now = self.now();
         let entries: Vec<AuditEntry> = group
             .iter()
@@ -129,6 +196,8 @@ impl Store {
             });
         }
         tx.commit().await?;
+        // A durable commit synced every deferred one before it.
+        writing.unsynced = deferred;
         Ok(())
     }
 

@@ -35,8 +35,11 @@ pub struct WitnessedHead {
 }
 
 impl Store {
-    /// Our ledger head now: rows and the hash of the last one.
+    /// Our ledger head now: rows and the hash of the last one. Synced to
+    /// disk first: a head given to a partner never covers rows a power cut
+    /// could still take (which the partner would then see as truncated).
     pub async fn ledger_head(&self) -> Result<Witnessed, StoreError> {
+        self.sync_deferred().await?;
         let head: Option<(i64, Vec<u8>)> = on!(Pool, &self.pool, db => sqlx::query_as(sql!("SELECT seq, hash FROM audit_head WHERE id = 1"))
                 .fetch_optional(db)
                 .await?);
