@@ -867,3 +867,53 @@ async fn release_records_committed_without_a_sync_are_synced_once_idle() {
     node_b.stop().await;
     node_a.stop().await;
 }
+
+/// Rows a node commits go straight onto its shared tail, so the streams it
+/// wakes do not read them back; a row another handle wrote in between
+/// (another process on the file, another replica) is never skipped: a
+/// stream reading after the first row gets every later one, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rows_written_elsewhere_between_two_of_ours_are_not_skipped_by_the_tail() {
+    let at = TestStore::new();
+    let (ours, other) = (at.open().await, at.open().await);
+    let (key, _) = threatmesh::signing::OrgSigningKey::generate().unwrap();
+    let rows: Vec<NewIndicator> = (0..4).map(|i| row(&key, i)).collect();
+    let seq = |a: threatmesh::store::Appended| match a {
+        threatmesh::store::Appended::New(seq) => seq,
+        other => panic!("{other:?}"),
+    };
+    let first = seq(ours
+        .append_local(rows[0].clone(), "test", None)
+        .await
+        .unwrap());
+    let read = ours.read_after(0, 100).await.unwrap();
+    assert_eq!(read.iter().map(|r| r.seq).collect::<Vec<_>>(), vec![first]);
+    let between = seq(other
+        .append_local(rows[1].clone(), "test", None)
+        .await
+        .unwrap());
+    let next = seq(ours
+        .append_local(rows[2].clone(), "test", None)
+        .await
+        .unwrap());
+    let last = seq(ours
+        .append_local(rows[3].clone(), "test", None)
+        .await
+        .unwrap());
+    let read = ours.read_after(first, 100).await.unwrap();
+    assert_eq!(
+        read.iter().map(|r| r.seq).collect::<Vec<_>>(),
+        vec![between, next, last]
+    );
+    let ids: Vec<&str> = read.iter().map(|r| r.indicator_id.as_str()).collect();
+    assert_eq!(
+        ids,
+        vec![
+            &rows[1].indicator.id,
+            &rows[2].indicator.id,
+            &rows[3].indicator.id
+        ]
+    );
+    ours.close().await;
+    other.close().await;
+}

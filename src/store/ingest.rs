@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 
 use super::db::{on, sql};
-use super::log::NewIndicator;
+use super::log::{NewIndicator, StoredIndicator};
 use super::quarantine::Quarantined;
 use super::{ROWS_PER_STATEMENT, Store, StoreError, Tx, to_i64};
 use crate::audit::AuditEntry;
@@ -116,6 +116,7 @@ impl Store {
         upstream: &OrgId,
         rows: &[NewIndicator],
         audit: &mut Vec<AuditEntry>,
+        now: i64,
     ) -> Result<Vec<Admitted>, StoreError> {
         let keys: Vec<(String, String)> = rows
             .iter()
@@ -140,7 +141,7 @@ impl Store {
             }
         }
         let mut seqs = self
-            .insert_indicators(tx, &candidates, upstream.as_str())
+            .insert_indicators(tx, &candidates, upstream.as_str(), now)
             .await?
             .into_iter();
         let mut out = Vec::with_capacity(rows.len());
@@ -379,11 +380,17 @@ impl Store {
         let mut max_seq = 0;
         let mut audit = Vec::new();
         let mut refused: Vec<Rejection> = Vec::new();
-        for verdict in self.admit_rows(&mut tx, upstream, rows, &mut audit).await? {
+        let now = self.now();
+        let mut written = Vec::new();
+        let verdicts = self
+            .admit_rows(&mut tx, upstream, rows, &mut audit, now)
+            .await?;
+        for (verdict, row) in verdicts.into_iter().zip(rows) {
             match verdict {
                 Admitted::Stored(seq) => {
                     out.stored += 1;
                     max_seq = max_seq.max(seq);
+                    written.push(StoredIndicator::written(seq, row, upstream.as_str(), now));
                 }
                 Admitted::Duplicate => out.duplicates += 1,
                 Admitted::Refused(r) => refused.push(r),
@@ -413,6 +420,7 @@ impl Store {
         .execute(&mut **db)
         .await.map(|r| r.rows_affected())?);
         tx.commit().await?;
+        self.extend_tail(written).await;
         if max_seq > 0 {
             self.bump(max_seq);
         }

@@ -131,6 +131,32 @@ impl From<IndicatorRow> for StoredIndicator {
     }
 }
 
+impl StoredIndicator {
+    /// `row` as stored under `seq` at `stored_ms` by this process (from
+    /// `received_from`, "" when published here), its decoded indicator
+    /// already known.
+    pub(super) fn written(
+        seq: u64,
+        row: &NewIndicator,
+        received_from: &str,
+        stored_ms: i64,
+    ) -> Self {
+        let i = &row.indicator;
+        Self(Arc::new(StoredRow {
+            seq,
+            origin_org: i.origin_org.clone(),
+            indicator_id: i.id.clone(),
+            version: i.version,
+            received_from: (!received_from.is_empty()).then(|| received_from.to_string()),
+            envelope: row.envelope.clone().into(),
+            stored_ms,
+            path: row.path.clone(),
+            revoked: i.revoked,
+            decoded: Arc::new(OnceLock::from(Ok(Arc::new(i.clone())))),
+        }))
+    }
+}
+
 /// `SELECT` of the columns [`IndicatorRow`] reads, then `$rest`.
 macro_rules! select_indicators {
     ($rest:literal) => {
@@ -355,7 +381,10 @@ impl Store {
             .filter(|&i| outcome[i].is_none() && same_as[i].is_none())
             .collect();
         let indicators: Vec<&NewIndicator> = fresh.iter().map(|&i| rows[i].0).collect();
-        let seqs = self.insert_indicators(&mut tx, &indicators, "").await?;
+        let now = self.now();
+        let seqs = self
+            .insert_indicators(&mut tx, &indicators, "", now)
+            .await?;
         let inserted = started.elapsed();
         let mut audit = Vec::new();
         let mut remember = Vec::new();
@@ -410,6 +439,12 @@ impl Store {
             commit_ms = (started.elapsed() - written).as_millis() as u64,
             "group commit of local publishes"
         );
+        let written = indicators
+            .iter()
+            .zip(&seqs)
+            .filter_map(|(row, seq)| seq.map(|seq| StoredIndicator::written(seq, row, "", now)))
+            .collect();
+        self.extend_tail(written).await;
         if let Some(max) = seqs.iter().flatten().max() {
             self.bump(*max);
         }
@@ -600,8 +635,8 @@ impl Store {
         tx: &mut Tx,
         rows: &[&NewIndicator],
         received_from: &str,
+        now: i64,
     ) -> Result<Vec<Option<u64>>, StoreError> {
-        let now = self.now();
         let mut out = Vec::with_capacity(rows.len());
         // The statement for one chunk, in either backend's placeholders.
         macro_rules! statement {

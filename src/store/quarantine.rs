@@ -158,7 +158,13 @@ impl Store {
         let refused = match outcome {
             Ok(row) => {
                 let admitted = self
-                    .admit_rows(&mut tx, &q.upstream, std::slice::from_ref(&row), &mut audit)
+                    .admit_rows(
+                        &mut tx,
+                        &q.upstream,
+                        std::slice::from_ref(&row),
+                        &mut audit,
+                        self.now(),
+                    )
                     .await?
                     .pop();
                 match admitted {

@@ -62,23 +62,49 @@ impl Store {
         .fetch_all(db)
         .await?);
         let rows: Vec<StoredIndicator> = rows.into_iter().map(Into::into).collect();
-        if let Some(t) = tail.as_mut()
-            && !rows.is_empty()
-        {
-            if t.rows.back().is_some_and(|r| r.seq != after) {
-                t.rows.clear();
-                t.bytes = 0;
-            }
-            for r in &rows {
-                t.bytes += weight(r);
-                t.rows.push_back(r.clone());
-            }
-            while t.rows.len() > TAIL_ROWS || (t.bytes > TAIL_BYTES && t.rows.len() > 1) {
-                if let Some(r) = t.rows.pop_front() {
-                    t.bytes -= weight(&r);
-                }
-            }
+        if let Some(t) = tail.as_mut() {
+            t.append(after, &rows);
         }
         Ok(rows)
+    }
+
+    /// Puts rows this process just committed on the tail, so the streams
+    /// it wakes find them there instead of reading them back. Only rows
+    /// numbered one after another: nothing can then lie between them. If
+    /// the tail does not end right before the first (a row written
+    /// elsewhere — another process, another replica — or by a path that
+    /// does not come here), it starts afresh at them, and a stream further
+    /// back reads from the store as before: no row is ever skipped.
+    pub(super) async fn extend_tail(&self, rows: Vec<StoredIndicator>) {
+        let Some(first) = rows.first().map(|r| r.seq) else {
+            return;
+        };
+        if self.writer.is_postgres() || rows.windows(2).any(|w| w[1].seq != w[0].seq + 1) {
+            return;
+        }
+        self.tail.lock().await.append(first - 1, &rows);
+    }
+}
+
+impl Tail {
+    /// Adds `rows`, which follow row `after`: the tail starts afresh if it
+    /// does not end there; the oldest rows go beyond its bounds.
+    fn append(&mut self, after: u64, rows: &[StoredIndicator]) {
+        if rows.is_empty() {
+            return;
+        }
+        if self.rows.back().is_some_and(|r| r.seq != after) {
+            self.rows.clear();
+            self.bytes = 0;
+        }
+        for r in rows {
+            self.bytes += weight(r);
+            self.rows.push_back(r.clone());
+        }
+        while self.rows.len() > TAIL_ROWS || (self.bytes > TAIL_BYTES && self.rows.len() > 1) {
+            if let Some(r) = self.rows.pop_front() {
+                self.bytes -= weight(&r);
+            }
+        }
     }
 }
