@@ -833,12 +833,7 @@ async fn two_handles_appending_in_turn_keep_one_ledger_chain() {
 /// PostgreSQL they are committed durably and nothing needs moving.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn release_records_committed_without_a_sync_are_synced_once_idle() {
-    let a = Org::new("a.example");
-    let b = Org::new("b.example");
-    a.add_peer(&b, None).await;
-    let node_a = start(&a).await;
-    b.add_peer(&a, Some(node_a.addr)).await;
-    let node_b = start(&b).await;
+    let (a, _b, node_a, node_b) = linked_pair().await;
     let drafts = (0..5).map(|i| ipv4_draft(i, Tlp::Green)).collect();
     publish_all(&publisher(&a, &node_a), drafts, 1).await;
     caught_up(&node_b, &a, &node_a).await;

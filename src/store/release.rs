@@ -125,17 +125,24 @@ impl Store {
     /// [`Store::sync_deferred`], its failure logged (the next durable
     /// commit syncs what this could not).
     async fn sync_now(&self) {
-        if let Err(e) = self.sync_deferred().await {
+        if let Err(e) = self.sync_deferred().await.map(drop) {
             tracing::error!(error = %e, "syncing release records to disk failed");
         }
     }
 
     /// Puts release records committed without a sync of their own on disk,
-    /// if there are any: a durable commit that moves the ledger head's
-    /// `syncs` counter syncs the WAL, and with it every commit before it.
-    pub(super) async fn sync_deferred(&self) -> Result<(), StoreError> {
+    /// if there are any (a durable commit that moves the ledger head's
+    /// `syncs` counter syncs the WAL, and with it every commit before it),
+    /// and returns the ledger head (rows, hash of the last) read in that
+    /// same transaction: no commit can come between, so everything the
+    /// head covers is on disk.
+    pub(super) async fn sync_deferred(&self) -> Result<Option<(i64, Vec<u8>)>, StoreError> {
+        const HEAD: &str = "SELECT seq, hash FROM audit_head WHERE id = 1";
         if self.writer.is_postgres() {
-            return Ok(());
+            // Every commit is durable there.
+            return Ok(on!(Pool, &self.pool, db => sqlx::query_as(sql!(HEAD))
+                .fetch_optional(db)
+                .await?));
         }
         let (mut writing, mut tx) = self.write_tx().await?;
         if writing.unsynced {
@@ -143,9 +150,12 @@ impl Store {
                 .execute(&mut **db)
                 .await.map(|r| r.rows_affected())?);
         }
+        let head = on!(Tx, &mut tx, db => sqlx::query_as(sql!(HEAD))
+            .fetch_optional(&mut **db)
+            .await?);
         tx.commit().await?;
         writing.unsynced = false;
-        Ok(())
+        Ok(head)
     }
 
     async fn commit_releases(

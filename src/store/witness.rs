@@ -39,11 +39,7 @@ impl Store {
     /// disk first: a head given to a partner never covers rows a power cut
     /// could still take (which the partner would then see as truncated).
     pub async fn ledger_head(&self) -> Result<Witnessed, StoreError> {
-        self.sync_deferred().await?;
-        let head: Option<(i64, Vec<u8>)> = on!(Pool, &self.pool, db => sqlx::query_as(sql!("SELECT seq, hash FROM audit_head WHERE id = 1"))
-                .fetch_optional(db)
-                .await?);
-        Ok(match head {
+        Ok(match self.sync_deferred().await? {
             Some((rows, head_hash)) => Witnessed {
                 rows: rows.max(0) as u64,
                 head_hash,
