@@ -10,12 +10,12 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::db::{on, sql};
 use super::{ROWS_PER_STATEMENT, Store, StoreError};
+use crate::audit::AuditEntry;
+use crate::model::OrgId;
 
 /// Longest a release record committed without a sync of its own waits
 /// for one (see [`Store::release_writer`]).
 pub const SYNC_WITHIN: std::time::Duration = std::time::Duration::from_millis(50);
-use crate::audit::AuditEntry;
-use crate::model::OrgId;
 
 /// The ledger rows and recipients of one batch released to a partner,
 /// waiting for the group commit.
