@@ -96,20 +96,24 @@ async fn a_cut_ledger_passes_its_own_check_but_not_its_witnesses() {
 
     // Delete the last three rows and move the head back, as someone with
     // the database file could.
+    // In one transaction: a witness asking between the two statements
+    // would see a head whose row is gone (a rewrite, not a cut).
     let rows = node_a.ctx.store.ledger_head().await.unwrap().rows as i64;
     let mut db = open_db(&a).await;
+    let mut cut = db.begin().await.unwrap();
     sqlx::query("DELETE FROM audit WHERE seq > $1")
         .bind(rows - 3)
-        .execute(&mut db)
+        .execute(&mut *cut)
         .await
         .unwrap();
     sqlx::query(
         "UPDATE audit_head SET seq = $1, hash = (SELECT hash FROM audit WHERE seq = $1) WHERE id = 1",
     )
     .bind(rows - 3)
-    .execute(&mut db)
+    .execute(&mut *cut)
     .await
     .unwrap();
+    cut.commit().await.unwrap();
 
     // The chain alone still looks intact...
     let o = cli(&a, &node_a, &["audit", "verify"]);

@@ -1114,15 +1114,16 @@ impl Exchange for ExchangeService {
         )?;
         charge(ctx, &caller.org, "Exchange/GetLedgerHead").await?;
         let asked = req.into_inner().witnessed_rows;
-        let head = ctx.store.ledger_head().await.map_err(RpcError::from)?;
-        // A row we no longer have answers with an empty hash: the caller
-        // sees the ledger lost it.
+        // Head and the asked row's hash from one transaction. A row we no
+        // longer have answers with an empty hash: the caller sees the
+        // ledger lost it.
+        let (head, at) = ctx
+            .store
+            .ledger_head_at(asked)
+            .await
+            .map_err(RpcError::from)?;
         let at = if asked <= head.rows {
-            ctx.store
-                .ledger_hash_at(asked)
-                .await
-                .map_err(RpcError::from)?
-                .unwrap_or_default()
+            at.unwrap_or_default()
         } else {
             Vec::new()
         };

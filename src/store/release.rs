@@ -8,7 +8,7 @@ use std::collections::{HashMap, HashSet};
 
 use tokio::sync::{mpsc, oneshot};
 
-use super::db::{on, sql};
+use super::db::{Pool, on, sql};
 use super::{ROWS_PER_STATEMENT, Store, StoreError};
 use crate::audit::AuditEntry;
 use crate::model::OrgId;
@@ -16,6 +16,9 @@ use crate::model::OrgId;
 /// Longest a release record committed without a sync of its own waits
 /// for one (see [`Store::release_writer`]).
 pub const SYNC_WITHIN: std::time::Duration = std::time::Duration::from_millis(50);
+
+/// The ledger head (rows, hash of the last) and the hash of an asked row.
+pub(super) type SyncedHead = (Option<(i64, Vec<u8>)>, Option<Vec<u8>>);
 
 /// The ledger rows and recipients of one batch released to a partner,
 /// waiting for the group commit.
@@ -125,7 +128,7 @@ impl Store {
     /// [`Store::sync_deferred`], its failure logged (the next durable
     /// commit syncs what this could not).
     async fn sync_now(&self) {
-        if let Err(e) = self.sync_deferred().await.map(drop) {
+        if let Err(e) = self.sync_deferred(None).await.map(drop) {
             tracing::error!(error = %e, "syncing release records to disk failed");
         }
     }
@@ -133,19 +136,22 @@ impl Store {
     /// Puts release records committed without a sync of their own on disk,
     /// if there are any (a durable commit that moves the ledger head's
     /// `syncs` counter syncs the WAL, and with it every commit before it),
-    /// and returns the ledger head (rows, hash of the last) read in that
-    /// same transaction: no commit can come between, so everything the
-    /// head covers is on disk.
-    pub(super) async fn sync_deferred(&self) -> Result<Option<(i64, Vec<u8>)>, StoreError> {
+    /// and returns the ledger head (rows, hash of the last) and the hash of
+    /// row `at` (if asked and held), read in that same transaction: no
+    /// commit can come between, so everything the head covers is on disk
+    /// and the two agree.
+    pub(super) async fn sync_deferred(&self, at: Option<u64>) -> Result<SyncedHead, StoreError> {
         const HEAD: &str = "SELECT seq, hash FROM audit_head WHERE id = 1";
-        if self.writer.is_postgres() {
-            // Every commit is durable there.
-            return Ok(on!(Pool, &self.pool, db => sqlx::query_as(sql!(HEAD))
-                .fetch_optional(db)
-                .await?));
-        }
-        let (mut writing, mut tx) = self.write_tx().await?;
-        if writing.unsynced {
+        const ROW: &str = "SELECT hash FROM audit WHERE seq = ?";
+        let (mut tx, mut writing) = match &self.writer {
+            // Every commit is durable there; one snapshot for both reads.
+            Pool::Pg(_) => (self.pool.begin().await?, None),
+            Pool::Sqlite(_) => {
+                let (writing, tx) = self.write_tx().await?;
+                (tx, Some(writing))
+            }
+        };
+        if writing.as_ref().is_some_and(|w| w.unsynced) {
             on!(Tx, &mut tx, db => sqlx::query(sql!("UPDATE audit_head SET syncs = syncs + 1 WHERE id = 1"))
                 .execute(&mut **db)
                 .await.map(|r| r.rows_affected())?);
@@ -153,9 +159,19 @@ impl Store {
         let head = on!(Tx, &mut tx, db => sqlx::query_as(sql!(HEAD))
             .fetch_optional(&mut **db)
             .await?);
+        let hash_at = match at {
+            Some(0) => Some(crate::audit::GENESIS.to_vec()),
+            Some(seq) => on!(Tx, &mut tx, db => sqlx::query_scalar(sql!(ROW))
+                .bind(super::to_i64(seq))
+                .fetch_optional(&mut **db)
+                .await?),
+            None => None,
+        };
         tx.commit().await?;
-        writing.unsynced = false;
-        Ok(head)
+        if let Some(w) = writing.as_mut() {
+            w.unsynced = false;
+        }
+        Ok((head, hash_at))
     }
 
     async fn commit_releases(

@@ -39,7 +39,18 @@ impl Store {
     /// disk first: a head given to a partner never covers rows a power cut
     /// could still take (which the partner would then see as truncated).
     pub async fn ledger_head(&self) -> Result<Witnessed, StoreError> {
-        Ok(match self.sync_deferred().await? {
+        Ok(self.ledger_head_at(0).await?.0)
+    }
+
+    /// [`Store::ledger_head`] and the hash of row `rows` as stored now (the
+    /// genesis hash for 0; `None` if there is no such row), both read in one
+    /// transaction, so they agree even while the ledger is being changed.
+    pub async fn ledger_head_at(
+        &self,
+        rows: u64,
+    ) -> Result<(Witnessed, Option<Vec<u8>>), StoreError> {
+        let (head, at) = self.sync_deferred(Some(rows)).await?;
+        let head = match head {
             Some((rows, head_hash)) => Witnessed {
                 rows: rows.max(0) as u64,
                 head_hash,
@@ -48,7 +59,8 @@ impl Store {
                 rows: 0,
                 head_hash: GENESIS.to_vec(),
             },
-        })
+        };
+        Ok((head, at))
     }
 
     /// The hash of our ledger's row `rows` as stored now (the genesis hash
