@@ -11,9 +11,11 @@
 //! same `FromRow` types on both.
 
 use std::collections::HashMap;
-use std::sync::{OnceLock, RwLock};
+use std::ops::{Deref, DerefMut};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 
-use sqlx::{PgPool, Postgres, Sqlite, SqlitePool};
+use sqlx::{PgPool, Postgres, Sqlite, SqliteConnection, SqlitePool};
+use sqlx_core::transaction::TransactionManager;
 
 /// A pool of connections to the store's database.
 #[derive(Debug, Clone)]
@@ -28,7 +30,7 @@ pub(crate) enum Pool {
 #[derive(Debug)]
 pub(crate) enum Tx {
     /// SQLite.
-    Sqlite(sqlx::Transaction<'static, Sqlite>),
+    Sqlite(SqliteTx),
     /// PostgreSQL.
     Pg(sqlx::Transaction<'static, Postgres>),
 }
@@ -68,8 +70,136 @@ impl Tx {
     /// Commits.
     pub(crate) async fn commit(self) -> Result<(), sqlx::Error> {
         match self {
-            Tx::Sqlite(t) => t.commit().await,
+            Tx::Sqlite(SqliteTx::Read(t)) => t.commit().await,
+            Tx::Sqlite(SqliteTx::Write(t)) => t.commit().await,
             Tx::Pg(t) => t.commit().await,
+        }
+    }
+}
+
+/// A SQLite transaction: a read on a pooled connection, or a write on the
+/// one writing connection. Either is used as the connection it runs on.
+#[derive(Debug)]
+pub(crate) enum SqliteTx {
+    /// On a connection of the read pool.
+    Read(sqlx::Transaction<'static, Sqlite>),
+    /// On the writing connection, kept between transactions.
+    Write(HeldTx),
+}
+
+impl Deref for SqliteTx {
+    type Target = SqliteConnection;
+
+    fn deref(&self) -> &SqliteConnection {
+        match self {
+            SqliteTx::Read(t) => t,
+            SqliteTx::Write(t) => t,
+        }
+    }
+}
+
+impl DerefMut for SqliteTx {
+    fn deref_mut(&mut self) -> &mut SqliteConnection {
+        match self {
+            SqliteTx::Read(t) => &mut *t,
+            SqliteTx::Write(t) => &mut *t,
+        }
+    }
+}
+
+/// Where the writing connection (SQLite) waits between transactions.
+///
+/// It is kept out of the pool because a pooled connection costs two round
+/// trips to its database thread per transaction besides the transaction's
+/// own (the pool pings it when it is taken and again when it is given
+/// back, the latter from a task of its own that the next writer waits
+/// for). Write transactions run one at a time under the store's write
+/// lock, so one connection serves them all.
+#[derive(Debug, Default, Clone)]
+pub(crate) struct WriterSlot(Arc<Mutex<Option<SqliteConnection>>>);
+
+impl WriterSlot {
+    /// The kept connection, if there is one (taken out for a transaction).
+    pub(crate) fn take(&self) -> Option<SqliteConnection> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).take()
+    }
+
+    /// Keeps `conn` for the next transaction, unless one is kept already
+    /// (one opened while this was still in use after its lock was given
+    /// up): then `conn` is closed.
+    pub(crate) fn put(&self, conn: SqliteConnection) {
+        let mut slot = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if slot.is_none() {
+            *slot = Some(conn);
+        }
+    }
+
+    /// Begins a write transaction (`BEGIN IMMEDIATE`) on `conn`, which
+    /// goes back to this slot when the transaction ends, committed or not.
+    pub(crate) async fn begin(
+        &self,
+        mut conn: SqliteConnection,
+    ) -> Result<HeldTx, (sqlx::Error, SqliteConnection)> {
+        match <Sqlite as sqlx::Database>::TransactionManager::begin(
+            &mut conn,
+            Some(sqlx::SqlSafeStr::into_sql_str("BEGIN IMMEDIATE")),
+        )
+        .await
+        {
+            Ok(()) => Ok(HeldTx {
+                conn: Some(conn),
+                open: true,
+                home: self.clone(),
+            }),
+            Err(e) => Err((e, conn)),
+        }
+    }
+}
+
+/// A write transaction on the kept writing connection. Dropped without a
+/// commit, it rolls back (queued on the connection before anything else
+/// it is asked to do, as `sqlx::Transaction` does); either way the
+/// connection goes back to its [`WriterSlot`].
+#[derive(Debug)]
+pub(crate) struct HeldTx {
+    /// Always `Some` until dropped.
+    conn: Option<SqliteConnection>,
+    /// Not yet committed.
+    open: bool,
+    /// Where the connection goes afterwards.
+    home: WriterSlot,
+}
+
+impl HeldTx {
+    /// Commits; on failure the drop rolls back what is left.
+    pub(crate) async fn commit(mut self) -> Result<(), sqlx::Error> {
+        <Sqlite as sqlx::Database>::TransactionManager::commit(&mut self).await?;
+        self.open = false;
+        Ok(())
+    }
+}
+
+impl Deref for HeldTx {
+    type Target = SqliteConnection;
+
+    fn deref(&self) -> &SqliteConnection {
+        self.conn.as_ref().expect("held until dropped")
+    }
+}
+
+impl DerefMut for HeldTx {
+    fn deref_mut(&mut self) -> &mut SqliteConnection {
+        self.conn.as_mut().expect("held until dropped")
+    }
+}
+
+impl Drop for HeldTx {
+    fn drop(&mut self) {
+        if let Some(mut conn) = self.conn.take() {
+            if self.open {
+                <Sqlite as sqlx::Database>::TransactionManager::start_rollback(&mut conn);
+            }
+            self.home.put(conn);
         }
     }
 }
@@ -83,7 +213,7 @@ impl Pool {
     /// A read transaction: every query in it sees one snapshot.
     pub(crate) async fn begin(&self) -> Result<Tx, sqlx::Error> {
         Ok(match self {
-            Pool::Sqlite(p) => Tx::Sqlite(p.begin().await?),
+            Pool::Sqlite(p) => Tx::Sqlite(SqliteTx::Read(p.begin().await?)),
             Pool::Pg(p) => Tx::Pg(
                 p.begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ")
                     .await?,

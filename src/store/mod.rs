@@ -228,6 +228,8 @@ pub struct Store {
     tail: Arc<tokio::sync::Mutex<tail::Tail>>,
     /// Held for the length of every write transaction of this process.
     writing: Arc<tokio::sync::Mutex<Writing>>,
+    /// SQLite: the writing connection between two write transactions.
+    held: db::WriterSlot,
     /// Highest local sequence number, so live subscribers wake without polling.
     latest: watch::Sender<u64>,
     /// What "now" is for every timestamp the store writes.
@@ -334,6 +336,7 @@ impl Store {
         // cold and read them again from the file.
         let writer = SqlitePoolOptions::new()
             .max_connections(1)
+            .test_before_acquire(false)
             .before_acquire(check_after_failure)
             .connect_with(
                 opts.clone()
@@ -362,6 +365,7 @@ impl Store {
         }
         let pool = SqlitePoolOptions::new()
             .max_connections(4)
+            .test_before_acquire(false)
             .before_acquire(check_after_failure)
             .connect_with(opts)
             .await
@@ -438,6 +442,7 @@ impl Store {
             releases,
             tail: Default::default(),
             writing: Default::default(),
+            held: Default::default(),
             latest: watch::channel(0).0,
             clock,
             stop: CancellationToken::new(),
@@ -488,6 +493,9 @@ impl Store {
         self.stop.cancel();
         self.writers.wait().await;
         self.pool.close().await;
+        if let Some(conn) = self.held.take() {
+            let _ = sqlx::Connection::close(conn).await;
+        }
         self.writer.close().await;
     }
 
@@ -581,19 +589,27 @@ impl Store {
         let mut guard = self.writing.clone().lock_owned().await;
         let tx = match &self.writer {
             Pool::Sqlite(p) => {
-                // Set between transactions (SQLite refuses it inside one).
-                // A connection opened afresh after a failure syncs (FULL, as
-                // opened), so a stale `deferred` only costs a sync.
-                if guard.deferred != deferred {
-                    let pragma = if deferred {
-                        "PRAGMA synchronous = NORMAL"
-                    } else {
-                        "PRAGMA synchronous = FULL"
-                    };
-                    sqlx::query(pragma).execute(p).await?;
-                    guard.deferred = deferred;
-                }
-                Tx::Sqlite(p.begin_with("BEGIN IMMEDIATE").await?)
+                let tx = match self.held.take() {
+                    Some(conn) => match self.begin_held(conn, &mut guard, deferred).await {
+                        Ok(tx) => tx,
+                        // A kept connection that cannot begin (a rollback
+                        // that failed left it inside a transaction, or its
+                        // thread stopped) is closed, and a fresh one tried.
+                        Err(e) => {
+                            tracing::warn!(error = %e, "reopening the store's writing connection");
+                            let conn = p.acquire().await?.detach();
+                            guard.deferred = false;
+                            self.begin_held(conn, &mut guard, deferred).await?
+                        }
+                    },
+                    None => {
+                        // Opened as the pool's options say: synchronous=FULL.
+                        let conn = p.acquire().await?.detach();
+                        guard.deferred = false;
+                        self.begin_held(conn, &mut guard, deferred).await?
+                    }
+                };
+                Tx::Sqlite(db::SqliteTx::Write(tx))
             }
             Pool::Pg(p) => {
                 let mut tx = p.begin().await?;
@@ -605,6 +621,28 @@ impl Store {
             }
         };
         Ok((guard, tx))
+    }
+
+    /// Begins a write transaction on the writing connection `conn`, its
+    /// `synchronous` set first for a `deferred` commit or a durable one
+    /// (between transactions, as SQLite requires; `writing` says how it
+    /// is set now). `conn` is closed if this fails.
+    async fn begin_held(
+        &self,
+        mut conn: sqlx::SqliteConnection,
+        writing: &mut Writing,
+        deferred: bool,
+    ) -> Result<db::HeldTx, sqlx::Error> {
+        if writing.deferred != deferred {
+            let pragma = if deferred {
+                "PRAGMA synchronous = NORMAL"
+            } else {
+                "PRAGMA synchronous = FULL"
+            };
+            sqlx::query(pragma).execute(&mut conn).await?;
+            writing.deferred = deferred;
+        }
+        self.held.begin(conn).await.map_err(|(e, _)| e)
     }
 }
 
