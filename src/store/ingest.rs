@@ -408,8 +408,6 @@ impl Store {
         out.quarantined = self
             .hold(&mut tx, upstream, quarantined, &mut audit)
             .await?;
-        self.append_audit_tx(&mut tx, &crate::audit::coalesce(audit))
-            .await?;
         on!(Tx, &mut tx, db => sqlx::query(sql!("INSERT INTO cursors (upstream_org, cursor, updated_ms, log_id) VALUES (?, ?, ?, ?) \
              ON CONFLICT (upstream_org) DO UPDATE SET cursor = excluded.cursor, updated_ms = excluded.updated_ms \
              WHERE excluded.cursor > cursors.cursor AND excluded.log_id = cursors.log_id",))
@@ -419,7 +417,10 @@ impl Store {
         .bind(log_id)
         .execute(&mut **db)
         .await.map(|r| r.rows_affected())?);
-        tx.commit().await?;
+        // Release records waiting for the lock go on disk with these.
+        let taken = self.take_releases();
+        self.commit_with_releases(tx, crate::audit::coalesce(audit), taken)
+            .await?;
         self.extend_tail(written).await;
         if max_seq > 0 {
             self.bump(max_seq);

@@ -427,10 +427,11 @@ impl Store {
                 });
             }
         }
-        self.append_audit_tx(&mut tx, &crate::audit::coalesce(audit))
-            .await?;
         let written = started.elapsed();
-        tx.commit().await?;
+        // Release records waiting for the lock go on disk with these.
+        let taken = self.take_releases();
+        self.commit_with_releases(tx, crate::audit::coalesce(audit), taken)
+            .await?;
         tracing::debug!(
             rows = rows.len(),
             keys_ms = looked_up.as_millis() as u64,

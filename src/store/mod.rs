@@ -224,6 +224,9 @@ pub struct Store {
     local: mpsc::Sender<log::LocalWrite>,
     /// Release records of partner streams, committed in groups.
     releases: mpsc::Sender<release::ReleaseWrite>,
+    /// Release records waiting for the write lock, which a durable commit
+    /// holding it takes (see [`Store::release_writer`]).
+    pending_releases: Arc<std::sync::Mutex<Vec<release::ReleaseWrite>>>,
     /// The newest rows, shared by live streams.
     tail: Arc<tokio::sync::Mutex<tail::Tail>>,
     /// Held for the length of every write transaction of this process.
@@ -440,6 +443,7 @@ impl Store {
             writer: writer.clone(),
             local,
             releases,
+            pending_releases: Default::default(),
             tail: Default::default(),
             writing: Default::default(),
             held: Default::default(),
@@ -586,7 +590,16 @@ impl Store {
         // Writers queue here rather than in the database (SQLite's busy
         // handler sleeps up to tens of milliseconds when it finds the lock
         // taken; each PostgreSQL waiter would hold a connection).
-        let mut guard = self.writing.clone().lock_owned().await;
+        let guard = self.writing.clone().lock_owned().await;
+        self.begin_locked(guard, deferred).await
+    }
+
+    /// [`Store::write_tx_as`] with the write lock already taken.
+    async fn begin_locked(
+        &self,
+        mut guard: tokio::sync::OwnedMutexGuard<Writing>,
+        deferred: bool,
+    ) -> Result<WriteLock, StoreError> {
         let tx = match &self.writer {
             Pool::Sqlite(p) => {
                 let tx = match self.held.take() {

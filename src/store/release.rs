@@ -8,8 +8,8 @@ use std::collections::{HashMap, HashSet};
 
 use tokio::sync::{mpsc, oneshot};
 
-use super::db::{Pool, on, sql};
-use super::{ROWS_PER_STATEMENT, Store, StoreError};
+use super::db::{Pool, Tx, on, sql};
+use super::{ROWS_PER_STATEMENT, Store, StoreError, WriteLock};
 use crate::audit::AuditEntry;
 use crate::model::OrgId;
 
@@ -42,6 +42,13 @@ pub struct ResendRequest {
     /// When it was asked: identifies this request, so one asked while an
     /// earlier one runs is not removed with it.
     pub requested_ms: i64,
+}
+
+/// Tells each of `writes` how its commit went.
+pub(super) fn answer_releases(writes: Vec<ReleaseWrite>, result: &Result<(), StoreError>) {
+    for w in writes {
+        let _ = w.done.send(result.clone());
+    }
 }
 
 impl std::fmt::Debug for ReleaseWrite {
@@ -79,13 +86,19 @@ impl Store {
     /// Commits queued release records of every partner stream in groups:
     /// one transaction for all the streams waiting at that moment.
     ///
-    /// On SQLite they are committed without a sync of their own (a record
-    /// is in the WAL before its batch is sent, and survives the process):
-    /// the node's next durable commit (a publish, an ingest) syncs them
-    /// with it. None waits longer than [`SYNC_WITHIN`] for that: a group
-    /// committed when the oldest unsynced one is that old syncs, and a
-    /// writer left idle syncs what it committed. This takes a durable
-    /// commit off the path of every relayed indicator.
+    /// While a group waits for the write lock it is left where the node's
+    /// durable commits (publishes, ingest) take it (see
+    /// [`Store::take_releases`]): a node that is writing anyway commits its
+    /// release records with that write, and only what no such write took is
+    /// committed here, in a transaction of its own.
+    ///
+    /// On SQLite that transaction is committed without a sync of its own
+    /// (a record is in the WAL before its batch is sent, and survives the
+    /// process): the node's next durable commit syncs it with it. None
+    /// waits longer than [`SYNC_WITHIN`] for that: a group committed when
+    /// the oldest unsynced one is that old syncs, and a writer left idle
+    /// syncs what it committed. This takes a durable commit off the path of
+    /// every relayed indicator.
     pub(super) async fn release_writer(self, mut queue: mpsc::Receiver<ReleaseWrite>) {
         const GROUP: usize = 1024;
         let deferring = !self.writer.is_postgres();
@@ -107,8 +120,30 @@ impl Store {
             if got == 0 {
                 break;
             }
+            self.leave_releases(group.drain(..));
+            // Waiting for the lock, what else is queued joins them.
+            let lock = self.writing.clone().lock_owned();
+            tokio::pin!(lock);
+            let mut open = true;
+            let guard = loop {
+                tokio::select! {
+                    guard = &mut lock => break guard,
+                    w = queue.recv(), if open => match w {
+                        Some(w) => self.leave_releases([w]),
+                        None => open = false,
+                    },
+                }
+            };
+            let group = self.take_releases();
+            if group.is_empty() {
+                // A durable commit took them.
+                continue;
+            }
             let deferred = deferring && unsynced.is_none_or(|t| t.elapsed() < SYNC_WITHIN);
-            let result = self.commit_releases(&group, deferred).await;
+            let result = match self.begin_locked(guard, deferred).await {
+                Ok(lock) => self.commit_releases(lock, &group, deferred).await,
+                Err(e) => Err(e),
+            };
             match &result {
                 Err(e) => tracing::error!(error = %e, "group commit of release records failed"),
                 Ok(()) if deferred => {
@@ -116,13 +151,53 @@ impl Store {
                 }
                 Ok(()) => unsynced = None,
             }
-            for w in group.drain(..) {
-                let _ = w.done.send(result.clone());
-            }
+            answer_releases(group, &result);
         }
         if unsynced.is_some() {
             self.sync_now().await;
         }
+    }
+
+    /// Puts release writes where a durable commit can take them.
+    fn leave_releases(&self, writes: impl IntoIterator<Item = ReleaseWrite>) {
+        self.pending_releases
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .extend(writes);
+    }
+
+    /// Takes the release writes waiting for the write lock, for a
+    /// transaction that holds it to commit with its own writes (see
+    /// [`Store::commit_with_releases`]); whoever takes them answers them
+    /// with [`answer_releases`].
+    pub(super) fn take_releases(&self) -> Vec<ReleaseWrite> {
+        std::mem::take(
+            &mut *self
+                .pending_releases
+                .lock()
+                .unwrap_or_else(|e| e.into_inner()),
+        )
+    }
+
+    /// Appends `entries` and the ledger rows of the release writes `taken`
+    /// (from [`Store::take_releases`]) to the ledger inside `tx`, records
+    /// what those sent, and commits; `taken` are answered with the outcome.
+    pub(super) async fn commit_with_releases(
+        &self,
+        mut tx: Tx,
+        mut entries: Vec<AuditEntry>,
+        taken: Vec<ReleaseWrite>,
+    ) -> Result<(), StoreError> {
+        let result = async {
+            entries.extend(taken.iter().flat_map(|w| w.entries.iter().cloned()));
+            self.record_sent(&mut tx, &taken).await?;
+            self.append_audit_tx(&mut tx, &entries).await?;
+            tx.commit().await?;
+            Ok(())
+        }
+        .await;
+        answer_releases(taken, &result);
+        result
     }
 
     /// [`Store::sync_deferred`], its failure logged (the next durable
@@ -176,16 +251,26 @@ impl Store {
 
     async fn commit_releases(
         &self,
+        (mut writing, mut tx): WriteLock,
         group: &[ReleaseWrite],
         deferred: bool,
     ) -> Result<(), StoreError> {
-        let (mut writing, mut tx) = self.write_tx_as(deferred).await?;
-        let now = self.now();
         let entries: Vec<AuditEntry> = group
             .iter()
             .flat_map(|w| w.entries.iter().cloned())
             .collect();
         self.append_audit_tx(&mut tx, &entries).await?;
+        self.record_sent(&mut tx, group).await?;
+        tx.commit().await?;
+        // A durable commit synced every deferred one before it.
+        writing.unsynced = deferred;
+        Ok(())
+    }
+
+    /// Records which indicator versions the release writes `group` sent to
+    /// whom (the highest version per indicator and recipient).
+    async fn record_sent(&self, tx: &mut Tx, group: &[ReleaseWrite]) -> Result<(), StoreError> {
+        let now = self.now();
         // One row per (origin, id, recipient) in a statement: SQLite refuses
         // an upsert that touches a row twice.
         let mut sent: HashMap<(&str, &str, &str), u64> = HashMap::new();
@@ -202,7 +287,7 @@ impl Store {
         let mut sent: Vec<_> = sent.into_iter().collect();
         sent.sort_unstable();
         for chunk in sent.chunks(ROWS_PER_STATEMENT * 3) {
-            on!(Tx, &mut tx, db => {
+            on!(Tx, &mut *tx, db => {
             let mut q = sqlx::QueryBuilder::<DB>::new(
                 "INSERT INTO sent_to (origin_org, indicator_id, recipient, first_sent_ms, max_version) ",
             );
@@ -221,9 +306,6 @@ impl Store {
             q.build().execute(&mut **db).await?;
             });
         }
-        tx.commit().await?;
-        // A durable commit synced every deferred one before it.
-        writing.unsynced = deferred;
         Ok(())
     }
 
@@ -347,5 +429,64 @@ impl Store {
             .await.map(|r| r.rows_affected())?);
         tx.commit().await?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A release write left waiting for the write lock is committed by the
+    /// durable commit holding it: answered with its outcome, its ledger row
+    /// and `sent_to` record stored once, and the release writer, finding
+    /// nothing left when the lock comes to it, commits nothing more.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_durable_commit_takes_the_release_records_waiting_for_the_lock() {
+        let dir = std::env::temp_dir().join(format!(
+            "threatmesh-release-{}-{}",
+            std::process::id(),
+            fastrand::u64(..)
+        ));
+        let store = Store::open_sqlite(&dir.join("store.db"), crate::clock::Clock::system())
+            .await
+            .unwrap();
+        let b = OrgId::parse("b.example").unwrap();
+        let subject = || "indicator a.example/id-1 v1".to_string();
+        let guard = store.writing.clone().lock_owned().await;
+        let pending = store
+            .enqueue_release(
+                vec![AuditEntry::sent(
+                    "b.example",
+                    subject(),
+                    "allow",
+                    "test".into(),
+                )],
+                &b,
+                vec![("a.example".into(), "id-1".into(), 1)],
+            )
+            .await
+            .unwrap();
+        // The release writer leaves it for whoever holds the lock.
+        while store.pending_releases.lock().unwrap().is_empty() {
+            tokio::task::yield_now().await;
+        }
+        let (writing, tx) = store.begin_locked(guard, false).await.unwrap();
+        let taken = store.take_releases();
+        assert_eq!(taken.len(), 1);
+        let own = vec![AuditEntry::published("test", subject())];
+        store.commit_with_releases(tx, own, taken).await.unwrap();
+        drop(writing);
+        pending.await.unwrap().unwrap();
+        let asked = [("a.example".to_string(), "id-1".to_string())];
+        assert_eq!(store.sent_before(&b, &asked).await.unwrap().len(), 1);
+        // The writer gets the lock, finds nothing, and stops on close.
+        store.close().await;
+        let store = Store::open_sqlite(&dir.join("store.db"), crate::clock::Clock::system())
+            .await
+            .unwrap();
+        assert_eq!(store.count_audit().await.unwrap(), 2);
+        assert_eq!(store.verify_audit().await.unwrap(), Ok(2));
+        store.close().await;
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }
