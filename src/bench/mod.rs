@@ -175,6 +175,9 @@ pub struct Latency {
     pub p99_ms: f64,
     /// Worst.
     pub max_ms: f64,
+    /// Median of each hop: publish call to A's commit, A's to B's, B's to
+    /// C's (where the time goes; the three do not add up to `p50_ms`).
+    pub hop_p50_ms: [f64; 3],
 }
 
 /// Fan-out figures.
@@ -657,6 +660,11 @@ pub fn render(r: &Report) -> String {
         s,
         "  latency A>B>C      p50 {:.2} ms  p99 {:.2} ms  max {:.2} ms at {}/s, {} samples (target p50 <= 4 ms, p99 <= 10 ms)",
         l.p50_ms, l.p99_ms, l.max_ms, l.rate, l.samples
+    );
+    let _ = writeln!(
+        s,
+        "                     by hop, p50: publish > A {:.2} ms, A > B {:.2} ms, B > C {:.2} ms",
+        l.hop_p50_ms[0], l.hop_p50_ms[1], l.hop_p50_ms[2]
     );
     let _ = writeln!(
         s,

@@ -274,32 +274,17 @@ pub(super) async fn bench_latency(
     let node_b = start(&b, lb).await?;
     let node_c = start(&c, lc).await?;
 
-    // Arrival times at C, by indicator value, recorded as rows land.
-    let arrivals: Arc<std::sync::Mutex<HashMap<String, Instant>>> = Default::default();
-    let watcher = {
-        let store = node_c.ctx.store.clone();
-        let arrivals = arrivals.clone();
-        tokio::spawn(async move {
-            let mut latest = store.watch_latest();
-            let mut cursor = 0;
-            loop {
-                if latest.changed().await.is_err() {
-                    return;
-                }
-                let Ok(rows) = store.read_after(cursor, 4096).await else {
-                    return;
-                };
-                let now = Instant::now();
-                let mut map = arrivals.lock().expect("not poisoned");
-                for r in rows {
-                    cursor = r.seq;
-                    if let Ok(ind) = crate::exchange::decode_stored(&r.envelope) {
-                        map.insert(ind.value, now);
-                    }
-                }
-            }
-        })
+    // Arrival times at each node, by indicator value, recorded as rows
+    // land: C's end the measurement, A's and B's split it by hop.
+    let watch = |node: &super::Running| {
+        let store = node.ctx.store.clone();
+        let arrivals: Arrivals = Default::default();
+        let task = tokio::spawn(record_arrivals(store, arrivals.clone()));
+        (arrivals, task)
     };
+    let (at_a, watch_a) = watch(&node_a);
+    let (at_b, watch_b) = watch(&node_b);
+    let (arrivals, watcher) = watch(&node_c);
     // Warm up the path end to end.
     let client = warm_publisher(&a, node_a.addr).await?;
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -349,11 +334,21 @@ pub(super) async fn bench_latency(
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    watcher.abort();
+    for w in [watcher, watch_a, watch_b] {
+        w.abort();
+    }
     let got = arrivals.lock().expect("not poisoned").clone();
+    let sent = sent.lock().expect("not poisoned").clone();
+    let [at_a, at_b] = [at_a, at_b].map(|m| m.lock().expect("not poisoned").clone());
+    let hops = [(&sent, &at_a), (&at_a, &at_b), (&at_b, &got)].map(|(from, to)| {
+        let mut ms: Vec<f64> = from
+            .iter()
+            .filter_map(|(v, t0)| to.get(v).map(|t1| t1.saturating_duration_since(*t0).as_secs_f64() * 1e3))
+            .collect();
+        ms.sort_by(|x, y| x.total_cmp(y));
+        percentile(&ms, 0.50)
+    });
     let mut ms: Vec<f64> = sent
-        .lock()
-        .expect("not poisoned")
         .iter()
         .filter_map(|(v, t0)| {
             got.get(v)
@@ -370,7 +365,34 @@ pub(super) async fn bench_latency(
         p50_ms: percentile(&ms, 0.50),
         p99_ms: percentile(&ms, 0.99),
         max_ms: ms.last().copied().unwrap_or(0.0),
+        hop_p50_ms: hops,
     })
+}
+
+/// When each indicator (by value) was first seen committed at a node.
+type Arrivals = Arc<std::sync::Mutex<HashMap<String, Instant>>>;
+
+/// Records in `arrivals` when each row of `store`'s log is first seen, as
+/// the log grows.
+async fn record_arrivals(store: crate::store::Store, arrivals: Arrivals) {
+    let mut latest = store.watch_latest();
+    let mut cursor = 0;
+    loop {
+        if latest.changed().await.is_err() {
+            return;
+        }
+        let Ok(rows) = store.read_after(cursor, 4096).await else {
+            return;
+        };
+        let now = Instant::now();
+        let mut map = arrivals.lock().expect("not poisoned");
+        for r in rows {
+            cursor = r.seq;
+            if let Ok(ind) = crate::exchange::decode_stored(&r.envelope) {
+                map.entry(ind.value).or_insert(now);
+            }
+        }
+    }
 }
 
 /// The policies subscribers are bound to, in rotation.
