@@ -1,7 +1,7 @@
 //! `threatmesh bench`: one command that measures, in one run on this
 //! machine, the primitives that bound ThreatMesh (Ed25519 sign and verify
 //! on one core and all cores, durable SQLite inserts) and the node itself
-//! over real mutual TLS on loopback with `synchronous=FULL`: publish
+//! over real mutual TLS on loopback, every acknowledged commit on disk: publish
 //! throughput, peer ingest of a backlog, end-to-end latency over two hops,
 //! and fan-out to many subscribers with differing policies (with peak RSS
 //! and the memory of a subscriber that stops reading). Every node figure is

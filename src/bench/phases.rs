@@ -343,7 +343,10 @@ pub(super) async fn bench_latency(
     let hops = [(&sent, &at_a), (&at_a, &at_b), (&at_b, &got)].map(|(from, to)| {
         let mut ms: Vec<f64> = from
             .iter()
-            .filter_map(|(v, t0)| to.get(v).map(|t1| t1.saturating_duration_since(*t0).as_secs_f64() * 1e3))
+            .filter_map(|(v, t0)| {
+                to.get(v)
+                    .map(|t1| t1.saturating_duration_since(*t0).as_secs_f64() * 1e3)
+            })
             .collect();
         ms.sort_by(|x, y| x.total_cmp(y));
         percentile(&ms, 0.50)

@@ -67,12 +67,22 @@ macro_rules! sql {
 pub(crate) use sql;
 
 impl Tx {
-    /// Commits.
+    /// Commits; a write is on disk when this returns (unless begun for
+    /// release records, see `Store::release_writer`).
     pub(crate) async fn commit(self) -> Result<(), sqlx::Error> {
         match self {
             Tx::Sqlite(SqliteTx::Read(t)) => t.commit().await,
             Tx::Sqlite(SqliteTx::Write(t)) => t.commit().await,
             Tx::Pg(t) => t.commit().await,
+        }
+    }
+
+    /// Commits; a SQLite write returns what resolves once it is on disk
+    /// (see [`HeldTx::commit_unsynced`]); anything else is on disk already.
+    pub(crate) async fn commit_unsynced(self) -> Result<Option<super::wal::Unsynced>, sqlx::Error> {
+        match self {
+            Tx::Sqlite(SqliteTx::Write(t)) => t.commit_unsynced().await.map(Some),
+            other => other.commit().await.map(|()| None),
         }
     }
 }
@@ -135,10 +145,13 @@ impl WriterSlot {
     }
 
     /// Begins a write transaction (`BEGIN IMMEDIATE`) on `conn`, which
-    /// goes back to this slot when the transaction ends, committed or not.
+    /// goes back to this slot when the transaction ends, committed or not;
+    /// a `durable` one's commit returns once it is on disk (see `wal`).
     pub(crate) async fn begin(
         &self,
         mut conn: SqliteConnection,
+        wal: Arc<super::wal::WalSync>,
+        durable: bool,
     ) -> Result<HeldTx, (sqlx::Error, SqliteConnection)> {
         match <Sqlite as sqlx::Database>::TransactionManager::begin(
             &mut conn,
@@ -150,6 +163,8 @@ impl WriterSlot {
                 conn: Some(conn),
                 open: true,
                 home: self.clone(),
+                wal,
+                durable,
             }),
             Err(e) => Err((e, conn)),
         }
@@ -168,14 +183,39 @@ pub(crate) struct HeldTx {
     open: bool,
     /// Where the connection goes afterwards.
     home: WriterSlot,
+    /// The log its commit is written to.
+    wal: Arc<super::wal::WalSync>,
+    /// Whether [`HeldTx::commit`] returns only once the commit is on disk.
+    durable: bool,
 }
 
 impl HeldTx {
-    /// Commits; on failure the drop rolls back what is left.
-    pub(crate) async fn commit(mut self) -> Result<(), sqlx::Error> {
+    /// Commits (on failure the drop rolls back what is left); a durable
+    /// transaction's commit is on disk when this returns.
+    pub(crate) async fn commit(self) -> Result<(), sqlx::Error> {
+        let durable = self.durable;
+        let unsynced = self.commit_unsynced().await?;
+        if durable {
+            unsynced.wal.sync_through(unsynced.n).await?;
+        }
+        Ok(())
+    }
+
+    /// Whether [`HeldTx::commit`] waits for the commit to be on disk.
+    pub(crate) fn is_durable(&self) -> bool {
+        self.durable
+    }
+
+    /// Commits, and returns what resolves once the commit is on disk, for
+    /// the caller to await after giving up the write lock: the next
+    /// transaction is written meanwhile.
+    pub(crate) async fn commit_unsynced(mut self) -> Result<super::wal::Unsynced, sqlx::Error> {
         <Sqlite as sqlx::Database>::TransactionManager::commit(&mut self).await?;
         self.open = false;
-        Ok(())
+        Ok(super::wal::Unsynced {
+            wal: self.wal.clone(),
+            n: self.wal.committed(),
+        })
     }
 }
 

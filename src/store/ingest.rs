@@ -376,7 +376,7 @@ impl Store {
     ) -> Result<IngestOutcome, StoreError> {
         let (log_id, cursor) = cursor;
         let mut out = IngestOutcome::default();
-        let (_writing, mut tx) = self.write_tx().await?;
+        let (writing, mut tx) = self.write_tx().await?;
         let mut max_seq = 0;
         let mut audit = Vec::new();
         let mut refused: Vec<Rejection> = Vec::new();
@@ -419,8 +419,15 @@ impl Store {
         .await.map(|r| r.rows_affected())?);
         // Release records waiting for the lock go on disk with these.
         let taken = self.take_releases();
-        self.commit_with_releases(tx, crate::audit::coalesce(audit), taken)
+        let unsynced = self
+            .commit_with_releases(tx, crate::audit::coalesce(audit), taken)
             .await?;
+        // The next transaction is written while this one is synced; the
+        // rows are given out, and the cursor counted as moved, only after.
+        drop(writing);
+        if let Some(u) = unsynced {
+            u.synced().await?;
+        }
         self.extend_tail(written).await;
         if max_seq > 0 {
             self.bump(max_seq);

@@ -228,6 +228,17 @@ impl Store {
         self.latest.subscribe()
     }
 
+    /// The highest sequence number that may be read to be given out: on
+    /// SQLite the newest row known to be on disk (a row committed but not
+    /// yet synced is left for the next read), on PostgreSQL any committed.
+    pub(super) fn given_out_up_to(&self) -> i64 {
+        if self.wal.is_some() {
+            to_i64(*self.latest.borrow())
+        } else {
+            i64::MAX
+        }
+    }
+
     pub(super) fn bump(&self, seq: u64) {
         self.latest.send_if_modified(|cur| {
             if seq > *cur {
@@ -353,7 +364,7 @@ impl Store {
     /// of the same group, stores nothing and answers with the original.
     async fn commit_local(
         &self,
-        (_writing, mut tx): WriteLock,
+        (writing, mut tx): WriteLock,
         rows: &[LocalRef<'_>],
     ) -> Result<Vec<Result<Appended, StoreError>>, StoreError> {
         let started = std::time::Instant::now();
@@ -430,8 +441,14 @@ impl Store {
         let written = started.elapsed();
         // Release records waiting for the lock go on disk with these.
         let taken = self.take_releases();
-        self.commit_with_releases(tx, crate::audit::coalesce(audit), taken)
+        let unsynced = self
+            .commit_with_releases(tx, crate::audit::coalesce(audit), taken)
             .await?;
+        // The next transaction is written while this one is synced.
+        drop(writing);
+        if let Some(u) = unsynced {
+            u.synced().await?;
+        }
         tracing::debug!(
             rows = rows.len(),
             keys_ms = looked_up.as_millis() as u64,
@@ -529,16 +546,18 @@ impl Store {
     ) -> Result<Vec<StoredIndicator>, StoreError> {
         let sql = match which {
             Versions::All => {
-                select_indicators!("WHERE seq > ?1 AND stored_ms >= ?2 ORDER BY seq LIMIT ?3")
+                select_indicators!(
+                    "WHERE seq > ?1 AND seq <= ?4 AND stored_ms >= ?2 ORDER BY seq LIMIT ?3"
+                )
             }
             Versions::Latest => select_indicators!(
-                "WHERE seq > ?1 AND stored_ms >= ?2 AND version = \
+                "WHERE seq > ?1 AND seq <= ?4 AND stored_ms >= ?2 AND version = \
                  (SELECT MAX(j.version) FROM indicators j \
                   WHERE j.origin_org = indicators.origin_org AND j.indicator_id = indicators.indicator_id) \
                  ORDER BY seq LIMIT ?3"
             ),
             Versions::Earliest => select_indicators!(
-                "WHERE seq > ?1 AND stored_ms >= ?2 AND version = \
+                "WHERE seq > ?1 AND seq <= ?4 AND stored_ms >= ?2 AND version = \
                  (SELECT MIN(j.version) FROM indicators j \
                   WHERE j.origin_org = indicators.origin_org AND j.indicator_id = indicators.indicator_id) \
                  ORDER BY seq LIMIT ?3"
@@ -548,6 +567,7 @@ impl Store {
             .bind(to_i64(after))
             .bind(since_ms)
             .bind(i64::from(limit))
+            .bind(self.given_out_up_to())
             .fetch_all(db)
             .await?);
         Ok(rows.into_iter().map(Into::into).collect())

@@ -10,9 +10,11 @@
 //!   and partners', and those waiting to go towards the origin),
 //!   `statistics` (partners' reports, the node's own secrets).
 //!
-//! SQLite (embedded default) in WAL mode with `synchronous=FULL`: a publish
-//! is acknowledged, and a cursor advanced, only after the commit is durable.
-//! Received rows and the cursor that covers them commit in one transaction.
+//! SQLite (embedded default) in WAL mode: a publish is acknowledged, a
+//! cursor advanced and a row given out to anyone only after its commit is
+//! on disk (`wal`: each commit is written under the write lock and synced
+//! after it, one sync covering every commit before it). Received rows and
+//! the cursor that covers them commit in one transaction.
 //!
 //! The store stores and queries: it parses no policy, decodes no envelope
 //! and knows nothing of gRPC. Its surface is backend-shaped — every
@@ -37,6 +39,7 @@ mod replicas;
 mod sightings;
 mod statistics;
 mod tail;
+mod wal;
 mod witness;
 
 use std::path::Path;
@@ -74,17 +77,10 @@ pub use witness::WitnessedHead;
 /// The store's write lock and the transaction begun under it.
 type WriteLock = (tokio::sync::OwnedMutexGuard<Writing>, Tx);
 
-/// What the write lock guards besides the right to write: how the writing
-/// connection (SQLite) commits now, and whether a commit made without a
-/// sync of its own still waits for one.
+/// What the write lock guards: the right to write. Held for the length
+/// of every write transaction of this process.
 #[derive(Debug, Default)]
-pub(crate) struct Writing {
-    /// The connection commits without syncing the WAL
-    /// (`synchronous=NORMAL`); set for release records only.
-    deferred: bool,
-    /// Release records were committed that no sync has put on disk yet.
-    unsynced: bool,
-}
+pub(crate) struct Writing;
 
 /// Storage errors, each saying what happened.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -179,8 +175,10 @@ fn check_after_failure(
     Box::pin(std::future::ready(Ok(usable)))
 }
 
-/// The store's durability settings: WAL, `synchronous=FULL`. Public so the
-/// benchmark measures SQLite with exactly these.
+/// The store's durability: WAL, each commit on disk before it returns
+/// (`synchronous=FULL`; the store's writing connection gets the same by
+/// syncing the log after the write lock, see `wal`). Public so the
+/// benchmark measures SQLite's durable commit with exactly these.
 pub fn durable_options(path: &Path) -> Result<SqliteConnectOptions, sqlx::Error> {
     Ok(SqliteConnectOptions::from_str("sqlite://")?
         .filename(path)
@@ -233,6 +231,8 @@ pub struct Store {
     writing: Arc<tokio::sync::Mutex<Writing>>,
     /// SQLite: the writing connection between two write transactions.
     held: db::WriterSlot,
+    /// SQLite: its write-ahead log, synced after commits (see `wal`).
+    wal: Option<Arc<wal::WalSync>>,
     /// Highest local sequence number, so live subscribers wake without polling.
     latest: watch::Sender<u64>,
     /// What "now" is for every timestamp the store writes.
@@ -343,7 +343,9 @@ impl Store {
             .before_acquire(check_after_failure)
             .connect_with(
                 opts.clone()
-                    .pragma("cache_size", format!("-{WRITER_CACHE_KIB}")),
+                    .pragma("cache_size", format!("-{WRITER_CACHE_KIB}"))
+                    // Commits write the log; `wal` syncs it after them.
+                    .synchronous(SqliteSynchronous::Normal),
             )
             .await
             .map_err(|e| open_err(e.to_string()))?;
@@ -373,7 +375,8 @@ impl Store {
             .connect_with(opts)
             .await
             .map_err(|e| open_err(e.to_string()))?;
-        Self::start(Pool::Sqlite(pool), Pool::Sqlite(writer), clock).await
+        let wal = Arc::new(wal::WalSync::new(path));
+        Self::start(Pool::Sqlite(pool), Pool::Sqlite(writer), clock, Some(wal)).await
     }
 
     /// Opens the store `settings` name: PostgreSQL when `store.url` is
@@ -431,11 +434,24 @@ impl Store {
             .run(&pool)
             .await
             .map_err(|e| open_err(format!("migration failed: {e}")))?;
-        Self::start(Pool::Pg(pool.clone()), Pool::Pg(pool), clock).await
+        Self::start(Pool::Pg(pool.clone()), Pool::Pg(pool), clock, None).await
     }
 
     /// The handle over opened pools, its writers started.
-    async fn start(pool: Pool, writer: Pool, clock: Clock) -> Result<Self, StoreError> {
+    async fn start(
+        pool: Pool,
+        writer: Pool,
+        clock: Clock,
+        wal: Option<Arc<wal::WalSync>>,
+    ) -> Result<Self, StoreError> {
+        // What the log holds from before (a process that stopped between
+        // a commit and its sync) is put on disk before anything is read
+        // from it and given out.
+        if let Some(w) = &wal {
+            w.sync_now()
+                .await
+                .map_err(|e| StoreError::from(sqlx::Error::Io(e)))?;
+        }
         let (local, queue) = mpsc::channel(4096);
         let (releases, release_queue) = mpsc::channel(4096);
         let store = Self {
@@ -447,6 +463,7 @@ impl Store {
             tail: Default::default(),
             writing: Default::default(),
             held: Default::default(),
+            wal,
             latest: watch::channel(0).0,
             clock,
             stop: CancellationToken::new(),
@@ -582,10 +599,10 @@ impl Store {
     }
 
     /// [`Store::write_tx`]; with `deferred` (SQLite), a transaction whose
-    /// commit writes the WAL without syncing it: it survives the process
-    /// but not a power cut until the next durable commit syncs the WAL,
-    /// and with it every commit before. Only release records are committed
-    /// so (see [`Store::release_writer`]).
+    /// commit returns once written to the log, before it is on disk: it
+    /// survives the process but not a power cut until the next sync (see
+    /// `wal`). Only release records are committed so (see
+    /// [`Store::release_writer`]).
     async fn write_tx_as(&self, deferred: bool) -> Result<WriteLock, StoreError> {
         // Writers queue here rather than in the database (SQLite's busy
         // handler sleeps up to tens of milliseconds when it finds the lock
@@ -597,34 +614,43 @@ impl Store {
     /// [`Store::write_tx_as`] with the write lock already taken.
     async fn begin_locked(
         &self,
-        mut guard: tokio::sync::OwnedMutexGuard<Writing>,
+        guard: tokio::sync::OwnedMutexGuard<Writing>,
         deferred: bool,
     ) -> Result<WriteLock, StoreError> {
-        let tx = match &self.writer {
-            Pool::Sqlite(p) => {
+        let tx = match (&self.writer, &self.wal) {
+            (Pool::Sqlite(p), Some(wal)) => {
+                let durable = !deferred;
                 let tx = match self.held.take() {
-                    Some(conn) => match self.begin_held(conn, &mut guard, deferred).await {
+                    Some(conn) => match self.held.begin(conn, wal.clone(), durable).await {
                         Ok(tx) => tx,
                         // A kept connection that cannot begin (a rollback
                         // that failed left it inside a transaction, or its
                         // thread stopped) is closed, and a fresh one tried.
-                        Err(e) => {
+                        Err((e, _)) => {
                             tracing::warn!(error = %e, "reopening the store's writing connection");
                             let conn = p.acquire().await?.detach();
-                            guard.deferred = false;
-                            self.begin_held(conn, &mut guard, deferred).await?
+                            self.held
+                                .begin(conn, wal.clone(), durable)
+                                .await
+                                .map_err(|(e, _)| e)?
                         }
                     },
                     None => {
-                        // Opened as the pool's options say: synchronous=FULL.
                         let conn = p.acquire().await?.detach();
-                        guard.deferred = false;
-                        self.begin_held(conn, &mut guard, deferred).await?
+                        self.held
+                            .begin(conn, wal.clone(), durable)
+                            .await
+                            .map_err(|(e, _)| e)?
                     }
                 };
                 Tx::Sqlite(db::SqliteTx::Write(tx))
             }
-            Pool::Pg(p) => {
+            (Pool::Sqlite(_), None) => {
+                return Err(StoreError::Database(
+                    "SQLite store opened without its log".into(),
+                ));
+            }
+            (Pool::Pg(p), _) => {
                 let mut tx = p.begin().await?;
                 sqlx::query("SELECT pg_advisory_xact_lock($1)")
                     .bind(PG_WRITE_LOCK)
@@ -636,26 +662,21 @@ impl Store {
         Ok((guard, tx))
     }
 
-    /// Begins a write transaction on the writing connection `conn`, its
-    /// `synchronous` set first for a `deferred` commit or a durable one
-    /// (between transactions, as SQLite requires; `writing` says how it
-    /// is set now). `conn` is closed if this fails.
-    async fn begin_held(
-        &self,
-        mut conn: sqlx::SqliteConnection,
-        writing: &mut Writing,
-        deferred: bool,
-    ) -> Result<db::HeldTx, sqlx::Error> {
-        if writing.deferred != deferred {
-            let pragma = if deferred {
-                "PRAGMA synchronous = NORMAL"
-            } else {
-                "PRAGMA synchronous = FULL"
-            };
-            sqlx::query(pragma).execute(&mut conn).await?;
-            writing.deferred = deferred;
+    /// Commits written to the log that no sync has put on disk yet
+    /// (SQLite; always 0 on PostgreSQL, where every commit is on disk).
+    pub fn unsynced_commits(&self) -> u64 {
+        self.wal.as_ref().map_or(0, |w| w.unsynced())
+    }
+
+    /// Puts every commit made so far on disk (SQLite; PostgreSQL's are).
+    async fn sync_all(&self) -> Result<(), StoreError> {
+        match &self.wal {
+            Some(w) => w
+                .sync_now()
+                .await
+                .map_err(|e| StoreError::from(sqlx::Error::Io(e))),
+            None => Ok(()),
         }
-        self.held.begin(conn).await.map_err(|(e, _)| e)
     }
 }
 

@@ -8,7 +8,8 @@ use std::collections::{HashMap, HashSet};
 
 use tokio::sync::{mpsc, oneshot};
 
-use super::db::{Pool, Tx, on, sql};
+use super::db::{Tx, on, sql};
+use super::wal::Unsynced;
 use super::{ROWS_PER_STATEMENT, Store, StoreError, WriteLock};
 use crate::audit::AuditEntry;
 use crate::model::OrgId;
@@ -92,25 +93,27 @@ impl Store {
     /// release records with that write, and only what no such write took is
     /// committed here, in a transaction of its own.
     ///
-    /// On SQLite that transaction is committed without a sync of its own
-    /// (a record is in the WAL before its batch is sent, and survives the
-    /// process): the node's next durable commit syncs it with it. None
-    /// waits longer than [`SYNC_WITHIN`] for that: a group committed when
-    /// the oldest unsynced one is that old syncs, and a writer left idle
-    /// syncs what it committed. This takes a durable commit off the path of
-    /// every relayed indicator.
+    /// On SQLite a batch is answered (and sent) once its records are
+    /// written to the log, before they are synced (they survive the
+    /// process): the next sync of the log puts them on disk. None waits
+    /// longer than [`SYNC_WITHIN`] for that: a group committed when the
+    /// oldest unsynced one is that old is synced before it is answered,
+    /// and a writer left idle syncs what it committed. This takes a sync
+    /// off the path of every relayed indicator.
     pub(super) async fn release_writer(self, mut queue: mpsc::Receiver<ReleaseWrite>) {
         const GROUP: usize = 1024;
         let deferring = !self.writer.is_postgres();
         let mut group = Vec::with_capacity(GROUP);
-        // When the oldest release record not yet synced was committed.
+        // When the oldest release record not yet synced was committed, and
+        // the number of the last commit of release records.
         let mut unsynced: Option<tokio::time::Instant> = None;
+        let mut last = 0;
         loop {
             let got = match unsynced {
                 Some(since) => tokio::select! {
                     n = self.next_group(&mut queue, &mut group, GROUP, |_| 1) => n,
                     _ = tokio::time::sleep_until(since + SYNC_WITHIN) => {
-                        self.sync_now().await;
+                        self.sync_now(last).await;
                         unsynced = None;
                         continue;
                     }
@@ -141,20 +144,21 @@ impl Store {
             }
             let deferred = deferring && unsynced.is_none_or(|t| t.elapsed() < SYNC_WITHIN);
             let result = match self.begin_locked(guard, deferred).await {
-                Ok(lock) => self.commit_releases(lock, &group, deferred).await,
+                Ok(lock) => self.commit_releases(lock, &group).await,
                 Err(e) => Err(e),
             };
             match &result {
                 Err(e) => tracing::error!(error = %e, "group commit of release records failed"),
-                Ok(()) if deferred => {
+                Ok(Some(n)) => {
+                    last = *n;
                     unsynced.get_or_insert_with(tokio::time::Instant::now);
                 }
-                Ok(()) => unsynced = None,
+                Ok(None) => unsynced = None,
             }
-            answer_releases(group, &result);
+            answer_releases(group, &result.map(drop));
         }
         if unsynced.is_some() {
-            self.sync_now().await;
+            self.sync_now(last).await;
         }
     }
 
@@ -181,56 +185,48 @@ impl Store {
 
     /// Appends `entries` and the ledger rows of the release writes `taken`
     /// (from [`Store::take_releases`]) to the ledger inside `tx`, records
-    /// what those sent, and commits; `taken` are answered with the outcome.
+    /// what those sent, and commits. `taken` are answered once the commit
+    /// is written (all a release record waits for, see
+    /// [`Store::release_writer`]); what is returned resolves once it is on
+    /// disk, for the caller to await after giving up the write lock.
     pub(super) async fn commit_with_releases(
         &self,
         mut tx: Tx,
         mut entries: Vec<AuditEntry>,
         taken: Vec<ReleaseWrite>,
-    ) -> Result<(), StoreError> {
+    ) -> Result<Option<Unsynced>, StoreError> {
         let result = async {
             entries.extend(taken.iter().flat_map(|w| w.entries.iter().cloned()));
             self.record_sent(&mut tx, &taken).await?;
             self.append_audit_tx(&mut tx, &entries).await?;
-            tx.commit().await?;
-            Ok(())
+            Ok(tx.commit_unsynced().await?)
         }
         .await;
-        answer_releases(taken, &result);
+        answer_releases(taken, &result.as_ref().map(drop).map_err(Clone::clone));
         result
     }
 
-    /// [`Store::sync_deferred`], its failure logged (the next durable
-    /// commit syncs what this could not).
-    async fn sync_now(&self) {
-        if let Err(e) = self.sync_deferred(None).await.map(drop) {
+    /// Puts release records committed without a sync of their own, up to
+    /// commit `n`, on disk (at once if a sync since covered them); a
+    /// failure is logged (the next sync puts them there).
+    async fn sync_now(&self, n: u64) {
+        if let Some(wal) = &self.wal
+            && let Err(e) = wal.sync_through(n).await
+        {
             tracing::error!(error = %e, "syncing release records to disk failed");
         }
     }
 
-    /// Puts release records committed without a sync of their own on disk,
-    /// if there are any (a durable commit that moves the ledger head's
-    /// `syncs` counter syncs the WAL, and with it every commit before it),
-    /// and returns the ledger head (rows, hash of the last) and the hash of
-    /// row `at` (if asked and held), read in that same transaction: no
-    /// commit can come between, so everything the head covers is on disk
-    /// and the two agree.
+    /// The ledger head (rows, hash of the last) and the hash of row `at`
+    /// (if asked and held), read in one transaction so the two agree, and
+    /// on disk when this returns: a release record committed without a
+    /// sync of its own is synced first, so a head given to a witness never
+    /// covers a row a power cut could undo.
     pub(super) async fn sync_deferred(&self, at: Option<u64>) -> Result<SyncedHead, StoreError> {
         const HEAD: &str = "SELECT seq, hash FROM audit_head WHERE id = 1";
         const ROW: &str = "SELECT hash FROM audit WHERE seq = ?";
-        let (mut tx, mut writing) = match &self.writer {
-            // Every commit is durable there; one snapshot for both reads.
-            Pool::Pg(_) => (self.pool.begin().await?, None),
-            Pool::Sqlite(_) => {
-                let (writing, tx) = self.write_tx().await?;
-                (tx, Some(writing))
-            }
-        };
-        if writing.as_ref().is_some_and(|w| w.unsynced) {
-            on!(Tx, &mut tx, db => sqlx::query(sql!("UPDATE audit_head SET syncs = syncs + 1 WHERE id = 1"))
-                .execute(&mut **db)
-                .await.map(|r| r.rows_affected())?);
-        }
+        // One snapshot for both reads.
+        let mut tx = self.pool.begin().await?;
         let head = on!(Tx, &mut tx, db => sqlx::query_as(sql!(HEAD))
             .fetch_optional(&mut **db)
             .await?);
@@ -243,28 +239,33 @@ impl Store {
             None => None,
         };
         tx.commit().await?;
-        if let Some(w) = writing.as_mut() {
-            w.unsynced = false;
-        }
+        // Whatever the snapshot saw was in the log before this sync.
+        self.sync_all().await?;
         Ok((head, hash_at))
     }
 
+    /// Commits the release writes `group` under `lock`: on disk when this
+    /// returns, or (a transaction begun deferred, SQLite) written to the
+    /// log only, when it returns the commit's number for
+    /// [`Store::sync_now`].
     async fn commit_releases(
         &self,
-        (mut writing, mut tx): WriteLock,
+        (_writing, mut tx): WriteLock,
         group: &[ReleaseWrite],
-        deferred: bool,
-    ) -> Result<(), StoreError> {
+    ) -> Result<Option<u64>, StoreError> {
         let entries: Vec<AuditEntry> = group
             .iter()
             .flat_map(|w| w.entries.iter().cloned())
             .collect();
         self.append_audit_tx(&mut tx, &entries).await?;
         self.record_sent(&mut tx, group).await?;
-        tx.commit().await?;
-        // A durable commit synced every deferred one before it.
-        writing.unsynced = deferred;
-        Ok(())
+        let deferred = matches!(&tx, Tx::Sqlite(super::db::SqliteTx::Write(t)) if !t.is_durable());
+        if deferred {
+            Ok(tx.commit_unsynced().await?.map(|u| u.n))
+        } else {
+            tx.commit().await?;
+            Ok(None)
+        }
     }
 
     /// Records which indicator versions the release writes `group` sent to

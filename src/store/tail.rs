@@ -30,7 +30,8 @@ fn weight(r: &StoredIndicator) -> usize {
 }
 
 impl Store {
-    /// Up to `limit` rows with `seq > after`, in order.
+    /// Up to `limit` rows with `seq > after`, in order; on SQLite only
+    /// rows on disk (see [`Store::given_out_up_to`]).
     pub async fn read_after(
         &self,
         after: u64,
@@ -55,9 +56,10 @@ impl Store {
         // Readers behind the tail (catching up) read without it.
         let mut tail = last.is_none_or(|l| l <= after).then_some(tail);
         let rows: Vec<IndicatorRow> = on!(Pool, &self.pool, db => sqlx::query_as(sql!(super::log::select_indicators!(
-            "WHERE seq > ? ORDER BY seq LIMIT ?"
+            "WHERE seq > ? AND seq <= ? ORDER BY seq LIMIT ?"
         )))
         .bind(to_i64(after))
+        .bind(self.given_out_up_to())
         .bind(i64::try_from(limit).unwrap_or(i64::MAX))
         .fetch_all(db)
         .await?);

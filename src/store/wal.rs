@@ -1,0 +1,158 @@
+//! When a SQLite commit is on disk.
+//!
+//! The writing connection commits with `synchronous=NORMAL`: a commit
+//! writes its pages to the write-ahead log (where they survive the
+//! process) without syncing it. A commit is made durable by syncing the
+//! log file afterwards, outside the write lock, so the next transaction is
+//! written while this one's sync runs, and one sync covers every commit
+//! written before it (group commit). What must be on disk before it is
+//! acknowledged or given out — a publish, an ingested batch and the
+//! cursor covering it, a ledger head given to a witness — waits for
+//! [`WalSync::sync_through`] first; what may wait (release records, see
+//! `Store::release_writer`) is synced by the next sync of any kind.
+//!
+//! This is SQLite's own durability in `synchronous=FULL` mode (commit
+//! frames written, then the log synced), with the sync moved after the
+//! write lock: on a power cut the log is read back up to its last complete
+//! commit, and every commit a sync returned for is before it.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// The write-ahead log of one SQLite store and how far it is synced.
+#[derive(Debug)]
+pub(crate) struct WalSync {
+    /// The log file (`<database>-wal`).
+    path: PathBuf,
+    /// Commits counted so far (each counted once its frames are written).
+    committed: AtomicU64,
+    /// Commits known to be on disk.
+    synced: AtomicU64,
+    /// Held while a sync runs: callers who need one wait for it rather
+    /// than start another, and find their commit covered.
+    syncing: tokio::sync::Mutex<()>,
+}
+
+impl WalSync {
+    /// The log of the database at `database`.
+    pub(crate) fn new(database: &std::path::Path) -> Self {
+        let mut path = database.as_os_str().to_owned();
+        path.push("-wal");
+        Self {
+            path: path.into(),
+            committed: AtomicU64::new(0),
+            synced: AtomicU64::new(0),
+            syncing: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    /// Counts a commit whose `COMMIT` just returned (its frames are in the
+    /// log) and returns its number, for [`WalSync::sync_through`].
+    pub(crate) fn committed(&self) -> u64 {
+        self.committed.fetch_add(1, Ordering::AcqRel) + 1
+    }
+
+    /// Commits counted that no sync has put on disk yet.
+    pub(crate) fn unsynced(&self) -> u64 {
+        self.committed
+            .load(Ordering::Acquire)
+            .saturating_sub(self.synced.load(Ordering::Acquire))
+    }
+
+    /// Returns once commit `n` (and every commit before it) is on disk:
+    /// at once if a sync since its commit covered it, after the sync in
+    /// flight if that covers it, else after a sync of its own.
+    pub(crate) async fn sync_through(&self, n: u64) -> std::io::Result<()> {
+        if self.synced.load(Ordering::Acquire) >= n {
+            return Ok(());
+        }
+        let _syncing = self.syncing.lock().await;
+        if self.synced.load(Ordering::Acquire) >= n {
+            return Ok(());
+        }
+        self.sync_locked().await
+    }
+
+    /// Syncs whatever the log holds now: every commit a read made before
+    /// this call could see is on disk when it returns.
+    pub(crate) async fn sync_now(&self) -> std::io::Result<()> {
+        let _syncing = self.syncing.lock().await;
+        self.sync_locked().await
+    }
+
+    async fn sync_locked(&self) -> std::io::Result<()> {
+        // Every commit counted by now has written its frames, so the sync
+        // below covers it.
+        let target = self.committed.load(Ordering::Acquire);
+        let path = self.path.clone();
+        tokio::task::spawn_blocking(move || match std::fs::File::open(&path) {
+            Ok(f) => f.sync_data(),
+            // No log: SQLite removed it after checkpointing everything
+            // into the database file, which it synced first.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(e),
+        })
+        .await
+        .map_err(std::io::Error::other)??;
+        self.synced.fetch_max(target, Ordering::AcqRel);
+        Ok(())
+    }
+}
+
+/// A commit written to the log but perhaps not yet on disk: what
+/// `Tx::commit_unsynced` returns, to be awaited once the write lock is
+/// given up.
+#[derive(Debug)]
+pub(crate) struct Unsynced {
+    /// The log.
+    pub(crate) wal: std::sync::Arc<WalSync>,
+    /// The commit's number.
+    pub(crate) n: u64,
+}
+
+impl Unsynced {
+    /// Returns once the commit is on disk.
+    pub(crate) async fn synced(self) -> Result<(), super::StoreError> {
+        self.wal
+            .sync_through(self.n)
+            .await
+            .map_err(|e| super::StoreError::from(sqlx::Error::Io(e)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Commits are counted as written and covered by the first sync after
+    /// them: one sync covers every commit before it, a commit a sync
+    /// covered needs none of its own, and a missing log (checkpointed
+    /// away) has nothing to sync.
+    #[tokio::test]
+    async fn one_sync_covers_every_commit_written_before_it() {
+        let dir = std::env::temp_dir().join(format!(
+            "threatmesh-wal-{}-{}",
+            std::process::id(),
+            fastrand::u64(..)
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let db = dir.join("store.db");
+        let wal = WalSync::new(&db);
+        assert_eq!(wal.path, dir.join("store.db-wal"));
+        // No log yet: nothing to put on disk.
+        let first = wal.committed();
+        wal.sync_through(first).await.unwrap();
+        assert_eq!(wal.unsynced(), 0);
+        std::fs::write(&wal.path, b"frames").unwrap();
+        let (second, third) = (wal.committed(), wal.committed());
+        assert_eq!((second, third, wal.unsynced()), (2, 3, 2));
+        wal.sync_through(second).await.unwrap();
+        assert_eq!(wal.unsynced(), 0, "the sync covered the third commit too");
+        wal.sync_through(third).await.unwrap();
+        let fourth = wal.committed();
+        assert_eq!(wal.unsynced(), 1);
+        wal.sync_now().await.unwrap();
+        assert_eq!((fourth, wal.unsynced()), (4, 0));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
