@@ -273,6 +273,20 @@ pub async fn run(opts: &BenchOptions, progress: impl Fn(&str)) -> Result<Report,
     report
 }
 
+/// Writes back to disk what earlier phases left dirty in the page cache
+/// (their stores' files, gigabytes after a large backlog), so that the
+/// syncs of the phase about to start do not queue behind another phase's
+/// writes. Best effort: without `sync(1)` the phase runs as it is.
+async fn write_back() {
+    let _ = tokio::task::spawn_blocking(|| {
+        std::process::Command::new("sync")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status()
+    })
+    .await;
+}
+
 async fn run_phases(opts: &BenchOptions, progress: impl Fn(&str)) -> Result<Report, BenchError> {
     crate::identity::install_default_provider();
     let dir = tempfile::tempdir().map_err(err)?;
@@ -287,36 +301,42 @@ async fn run_phases(opts: &BenchOptions, progress: impl Fn(&str)) -> Result<Repo
         "fan-out: {} subscribers, {} indicators",
         opts.subscribers, opts.fanout_indicators
     ));
+    write_back().await;
     let fanout = bench_fanout(dir.path(), opts).await?;
 
     progress(&format!(
         "publish: {} indicators, {} in flight",
         opts.publish, opts.in_flight
     ));
+    write_back().await;
     let publish = bench_publish(dir.path(), opts).await?;
 
     progress(&format!(
         "publish (batch): {} indicators, {PUBLISH_BATCH} a request, {BATCHES_IN_FLIGHT} requests in flight",
         opts.publish
     ));
+    write_back().await;
     let batch = bench_publish_batch(dir.path(), opts).await?;
 
     progress(&format!(
         "ingest: a subscriber catches up on {} indicators",
         opts.backlog
     ));
+    write_back().await;
     let (ingest_per_s, ingest_cpu) = bench_ingest(dir.path(), opts).await?;
 
     progress(&format!(
         "latency: A -> B -> C at {}/s for {} s",
         opts.latency_rate, opts.latency_secs
     ));
+    write_back().await;
     let latency = bench_latency(dir.path(), opts).await?;
 
     progress(&format!(
         "TAXII: a partner reads {} objects, 1,000 per page",
         opts.taxii_objects
     ));
+    write_back().await;
     let taxii = bench_taxii(dir.path(), opts).await?;
 
     progress(&format!(

@@ -417,17 +417,10 @@ impl Store {
         .bind(log_id)
         .execute(&mut **db)
         .await.map(|r| r.rows_affected())?);
-        // Release records waiting for the lock go on disk with these.
-        let taken = self.take_releases();
-        let unsynced = self
-            .commit_with_releases(tx, crate::audit::coalesce(audit), taken)
+        // The rows are given out, and the cursor counted as moved, only
+        // once on disk.
+        self.commit_log_rows((writing, tx), crate::audit::coalesce(audit))
             .await?;
-        // The next transaction is written while this one is synced; the
-        // rows are given out, and the cursor counted as moved, only after.
-        drop(writing);
-        if let Some(u) = unsynced {
-            u.synced().await?;
-        }
         self.extend_tail(written).await;
         if max_seq > 0 {
             self.bump(max_seq);

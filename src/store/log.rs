@@ -439,16 +439,8 @@ impl Store {
             }
         }
         let written = started.elapsed();
-        // Release records waiting for the lock go on disk with these.
-        let taken = self.take_releases();
-        let unsynced = self
-            .commit_with_releases(tx, crate::audit::coalesce(audit), taken)
+        self.commit_log_rows((writing, tx), crate::audit::coalesce(audit))
             .await?;
-        // The next transaction is written while this one is synced.
-        drop(writing);
-        if let Some(u) = unsynced {
-            u.synced().await?;
-        }
         tracing::debug!(
             rows = rows.len(),
             keys_ms = looked_up.as_millis() as u64,

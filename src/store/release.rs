@@ -183,13 +183,31 @@ impl Store {
         )
     }
 
+    /// Ends a transaction that stores log rows (publishes, ingest): appends
+    /// `entries` to the ledger with the release records waiting for the
+    /// lock, commits, gives up the write lock, and returns once the commit
+    /// is on disk — the next transaction is written meanwhile.
+    pub(super) async fn commit_log_rows(
+        &self,
+        (writing, tx): WriteLock,
+        entries: Vec<AuditEntry>,
+    ) -> Result<(), StoreError> {
+        let taken = self.take_releases();
+        let unsynced = self.commit_with_releases(tx, entries, taken).await?;
+        drop(writing);
+        if let Some(u) = unsynced {
+            u.synced().await?;
+        }
+        Ok(())
+    }
+
     /// Appends `entries` and the ledger rows of the release writes `taken`
     /// (from [`Store::take_releases`]) to the ledger inside `tx`, records
     /// what those sent, and commits. `taken` are answered once the commit
     /// is written (all a release record waits for, see
     /// [`Store::release_writer`]); what is returned resolves once it is on
     /// disk, for the caller to await after giving up the write lock.
-    pub(super) async fn commit_with_releases(
+    async fn commit_with_releases(
         &self,
         mut tx: Tx,
         mut entries: Vec<AuditEntry>,
