@@ -229,8 +229,10 @@ impl Store {
     }
 
     /// The highest sequence number that may be read to be given out: on
-    /// SQLite the newest row known to be on disk (a row committed but not
-    /// yet synced is left for the next read), on PostgreSQL any committed.
+    /// SQLite the newest row this process knows to be on disk (a row
+    /// committed but not yet synced is left for the next read; one another
+    /// process wrote to the file is read once this process's own log moves
+    /// past it), on PostgreSQL any committed.
     pub(super) fn given_out_up_to(&self) -> i64 {
         if self.wal.is_some() {
             to_i64(*self.latest.borrow())
