@@ -391,8 +391,10 @@ async fn record_arrivals(store: crate::store::Store, arrivals: Arrivals) {
         let mut map = arrivals.lock().expect("not poisoned");
         for r in rows {
             cursor = r.seq;
-            if let Ok(ind) = crate::exchange::decode_stored(&r.envelope) {
-                map.entry(ind.value).or_insert(now);
+            // The row's shared decode (made by the commit that stored it,
+            // or by a stream), not one of the watcher's own.
+            if let Ok(ind) = crate::exchange::decoded(&r) {
+                map.entry(ind.value.clone()).or_insert(now);
             }
         }
     }
