@@ -155,4 +155,57 @@ mod tests {
         assert_eq!((fourth, wal.unsynced()), (4, 0));
         let _ = std::fs::remove_dir_all(&dir);
     }
+
+    /// A row committed but not yet synced is not read to be given out (to
+    /// a stream, a TAXII page): reads stop at the newest row known to be
+    /// on disk, and return it once its commit is synced and the log moved
+    /// on to it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_row_committed_but_not_synced_is_not_given_out() {
+        let dir = std::env::temp_dir().join(format!(
+            "threatmesh-unsynced-{}-{}",
+            std::process::id(),
+            fastrand::u64(..)
+        ));
+        let store =
+            crate::store::Store::open_sqlite(&dir.join("store.db"), crate::clock::Clock::system())
+                .await
+                .unwrap();
+        let (key, _) = crate::signing::OrgSigningKey::generate().unwrap();
+        let row = crate::exchange::seal(
+            &key,
+            crate::proto::v1::Indicator {
+                origin_org: "a.example".into(),
+                key_id: key.key_id().into(),
+                id: "0b0e7c32-8a43-4c57-9a4e-3f5a2c6f1d10".into(),
+                version: 1,
+                created_unix_ms: 1000,
+                modified_unix_ms: 1000,
+                ..Default::default()
+            },
+        );
+        let (writing, mut tx) = store.write_tx().await.unwrap();
+        let seqs = store
+            .insert_indicators(&mut tx, &[&row], "", 1000)
+            .await
+            .unwrap();
+        let unsynced = tx.commit_unsynced().await.unwrap().expect("a SQLite write");
+        drop(writing);
+        // Committed, and counted by any read...
+        assert_eq!(store.count_indicators().await.unwrap(), 1);
+        assert!(store.unsynced_commits() >= 1);
+        // ...but not read to be given out.
+        assert!(store.read_after(0, 10).await.unwrap().is_empty());
+        let page = store
+            .versions_after(crate::store::Versions::All, 0, 0, 10)
+            .await
+            .unwrap();
+        assert!(page.is_empty());
+        unsynced.synced().await.unwrap();
+        store.bump(seqs[0].expect("stored"));
+        assert_eq!(store.read_after(0, 10).await.unwrap().len(), 1);
+        assert_eq!(store.unsynced_commits(), 0);
+        store.close().await;
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }
