@@ -67,8 +67,7 @@ macro_rules! sql {
 pub(crate) use sql;
 
 impl Tx {
-    /// Commits; a write is on disk when this returns (unless begun for
-    /// release records, see `Store::release_writer`).
+    /// Commits; a write is on disk when this returns.
     pub(crate) async fn commit(self) -> Result<(), sqlx::Error> {
         match self {
             Tx::Sqlite(SqliteTx::Read(t)) => t.commit().await,
@@ -146,13 +145,12 @@ impl WriterSlot {
 
     /// Begins a write transaction (`BEGIN IMMEDIATE`) on `conn`, which
     /// goes back to this slot when the transaction ends, committed or not;
-    /// a `durable` one's commit returns once it is on disk (see `wal`).
+    /// its commit is written to `wal` (see `wal`).
     pub(crate) async fn begin(
         &self,
         mut conn: SqliteConnection,
         wal: Arc<super::wal::WalSync>,
-        durable: bool,
-    ) -> Result<HeldTx, (sqlx::Error, SqliteConnection)> {
+    ) -> Result<HeldTx, sqlx::Error> {
         match <Sqlite as sqlx::Database>::TransactionManager::begin(
             &mut conn,
             Some(sqlx::SqlSafeStr::into_sql_str("BEGIN IMMEDIATE")),
@@ -164,9 +162,8 @@ impl WriterSlot {
                 open: true,
                 home: self.clone(),
                 wal,
-                durable,
             }),
-            Err(e) => Err((e, conn)),
+            Err(e) => Err(e),
         }
     }
 }
@@ -185,25 +182,15 @@ pub(crate) struct HeldTx {
     home: WriterSlot,
     /// The log its commit is written to.
     wal: Arc<super::wal::WalSync>,
-    /// Whether [`HeldTx::commit`] returns only once the commit is on disk.
-    durable: bool,
 }
 
 impl HeldTx {
-    /// Commits (on failure the drop rolls back what is left); a durable
-    /// transaction's commit is on disk when this returns.
+    /// Commits (on failure the drop rolls back what is left); the commit
+    /// is on disk when this returns.
     pub(crate) async fn commit(self) -> Result<(), sqlx::Error> {
-        let durable = self.durable;
         let unsynced = self.commit_unsynced().await?;
-        if durable {
-            unsynced.wal.sync_through(unsynced.n).await?;
-        }
+        unsynced.wal.sync_through(unsynced.n).await?;
         Ok(())
-    }
-
-    /// Whether [`HeldTx::commit`] waits for the commit to be on disk.
-    pub(crate) fn is_durable(&self) -> bool {
-        self.durable
     }
 
     /// Commits, and returns what resolves once the commit is on disk, for

@@ -595,53 +595,37 @@ impl Store {
     /// sequences (the audit chain head, the next sequence number) cannot
     /// interleave with another writer, even in another process or replica.
     async fn write_tx(&self) -> Result<WriteLock, StoreError> {
-        self.write_tx_as(false).await
-    }
-
-    /// [`Store::write_tx`]; with `deferred` (SQLite), a transaction whose
-    /// commit returns once written to the log, before it is on disk: it
-    /// survives the process but not a power cut until the next sync (see
-    /// `wal`). Only release records are committed so (see
-    /// [`Store::release_writer`]).
-    async fn write_tx_as(&self, deferred: bool) -> Result<WriteLock, StoreError> {
         // Writers queue here rather than in the database (SQLite's busy
         // handler sleeps up to tens of milliseconds when it finds the lock
         // taken; each PostgreSQL waiter would hold a connection).
         let guard = self.writing.clone().lock_owned().await;
-        self.begin_locked(guard, deferred).await
+        self.begin_locked(guard).await
     }
 
-    /// [`Store::write_tx_as`] with the write lock already taken.
+    /// [`Store::write_tx`] with the write lock already taken.
     async fn begin_locked(
         &self,
         guard: tokio::sync::OwnedMutexGuard<Writing>,
-        deferred: bool,
     ) -> Result<WriteLock, StoreError> {
         let tx = match (&self.writer, &self.wal) {
             (Pool::Sqlite(p), Some(wal)) => {
-                let durable = !deferred;
-                let tx = match self.held.take() {
-                    Some(conn) => match self.held.begin(conn, wal.clone(), durable).await {
-                        Ok(tx) => tx,
-                        // A kept connection that cannot begin (a rollback
-                        // that failed left it inside a transaction, or its
-                        // thread stopped) is closed, and a fresh one tried.
-                        Err((e, _)) => {
-                            tracing::warn!(error = %e, "reopening the store's writing connection");
-                            let conn = p.acquire().await?.detach();
-                            self.held
-                                .begin(conn, wal.clone(), durable)
-                                .await
-                                .map_err(|(e, _)| e)?
-                        }
-                    },
-                    None => {
+                let kept = self.held.take();
+                let retry = kept.is_some();
+                let conn = match kept {
+                    Some(conn) => conn,
+                    None => p.acquire().await?.detach(),
+                };
+                let tx = match self.held.begin(conn, wal.clone()).await {
+                    Ok(tx) => tx,
+                    // A kept connection that cannot begin (a rollback that
+                    // failed left it inside a transaction, or its thread
+                    // stopped) is closed, and a fresh one tried.
+                    Err(e) if retry => {
+                        tracing::warn!(error = %e, "reopening the store's writing connection");
                         let conn = p.acquire().await?.detach();
-                        self.held
-                            .begin(conn, wal.clone(), durable)
-                            .await
-                            .map_err(|(e, _)| e)?
+                        self.held.begin(conn, wal.clone()).await?
                     }
+                    Err(e) => return Err(e.into()),
                 };
                 Tx::Sqlite(db::SqliteTx::Write(tx))
             }

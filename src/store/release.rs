@@ -97,12 +97,11 @@ impl Store {
     /// written to the log, before they are synced (they survive the
     /// process): the next sync of the log puts them on disk. None waits
     /// longer than [`SYNC_WITHIN`] for that: a group committed when the
-    /// oldest unsynced one is that old is synced before it is answered,
-    /// and a writer left idle syncs what it committed. This takes a sync
+    /// oldest unsynced one is that old is synced at once, and a writer
+    /// left idle syncs what it committed. This takes a sync
     /// off the path of every relayed indicator.
     pub(super) async fn release_writer(self, mut queue: mpsc::Receiver<ReleaseWrite>) {
         const GROUP: usize = 1024;
-        let deferring = !self.writer.is_postgres();
         let mut group = Vec::with_capacity(GROUP);
         // When the oldest release record not yet synced was committed, and
         // the number of the last commit of release records.
@@ -142,20 +141,26 @@ impl Store {
                 // A durable commit took them.
                 continue;
             }
-            let deferred = deferring && unsynced.is_none_or(|t| t.elapsed() < SYNC_WITHIN);
-            let result = match self.begin_locked(guard, deferred).await {
-                Ok(lock) => self.commit_releases(lock, &group).await,
-                Err(e) => Err(e),
-            };
-            match &result {
-                Err(e) => tracing::error!(error = %e, "group commit of release records failed"),
-                Ok(Some(n)) => {
-                    last = *n;
-                    unsynced.get_or_insert_with(tokio::time::Instant::now);
+            let result = match self.begin_locked(guard).await {
+                Ok((_writing, tx)) => self.commit_with_releases(tx, Vec::new(), group).await,
+                Err(e) => {
+                    answer_releases(group, &Err(e.clone()));
+                    Err(e)
                 }
+            };
+            match result {
+                Err(e) => tracing::error!(error = %e, "group commit of release records failed"),
+                Ok(Some(written)) => {
+                    last = written.n;
+                    let since = *unsynced.get_or_insert_with(tokio::time::Instant::now);
+                    if since.elapsed() >= SYNC_WITHIN {
+                        self.sync_now(last).await;
+                        unsynced = None;
+                    }
+                }
+                // PostgreSQL: on disk already.
                 Ok(None) => unsynced = None,
             }
-            answer_releases(group, &result.map(drop));
         }
         if unsynced.is_some() {
             self.sync_now(last).await;
@@ -240,7 +245,7 @@ impl Store {
     /// on disk when this returns: a release record committed without a
     /// sync of its own is synced first, so a head given to a witness never
     /// covers a row a power cut could undo.
-    pub(super) async fn sync_deferred(&self, at: Option<u64>) -> Result<SyncedHead, StoreError> {
+    pub(super) async fn synced_head(&self, at: Option<u64>) -> Result<SyncedHead, StoreError> {
         const HEAD: &str = "SELECT seq, hash FROM audit_head WHERE id = 1";
         const ROW: &str = "SELECT hash FROM audit WHERE seq = ?";
         // One snapshot for both reads.
@@ -260,30 +265,6 @@ impl Store {
         // Whatever the snapshot saw was in the log before this sync.
         self.sync_all().await?;
         Ok((head, hash_at))
-    }
-
-    /// Commits the release writes `group` under `lock`: on disk when this
-    /// returns, or (a transaction begun deferred, SQLite) written to the
-    /// log only, when it returns the commit's number for
-    /// [`Store::sync_now`].
-    async fn commit_releases(
-        &self,
-        (_writing, mut tx): WriteLock,
-        group: &[ReleaseWrite],
-    ) -> Result<Option<u64>, StoreError> {
-        let entries: Vec<AuditEntry> = group
-            .iter()
-            .flat_map(|w| w.entries.iter().cloned())
-            .collect();
-        self.append_audit_tx(&mut tx, &entries).await?;
-        self.record_sent(&mut tx, group).await?;
-        let deferred = matches!(&tx, Tx::Sqlite(super::db::SqliteTx::Write(t)) if !t.is_durable());
-        if deferred {
-            Ok(tx.commit_unsynced().await?.map(|u| u.n))
-        } else {
-            tx.commit().await?;
-            Ok(None)
-        }
     }
 
     /// Records which indicator versions the release writes `group` sent to
@@ -489,7 +470,7 @@ mod tests {
         while store.pending_releases.lock().unwrap().is_empty() {
             tokio::task::yield_now().await;
         }
-        let (writing, tx) = store.begin_locked(guard, false).await.unwrap();
+        let (writing, tx) = store.begin_locked(guard).await.unwrap();
         let taken = store.take_releases();
         assert_eq!(taken.len(), 1);
         let own = vec![AuditEntry::published("test", subject())];

@@ -49,7 +49,7 @@ impl Store {
         &self,
         rows: u64,
     ) -> Result<(Witnessed, Option<Vec<u8>>), StoreError> {
-        let (head, at) = self.sync_deferred(Some(rows)).await?;
+        let (head, at) = self.synced_head(Some(rows)).await?;
         let head = match head {
             Some((rows, head_hash)) => Witnessed {
                 rows: rows.max(0) as u64,
