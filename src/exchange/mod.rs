@@ -218,7 +218,14 @@ where
                     let _ = tx.send(Err(status)).await;
                     return;
                 }
-                Forward::Item(item, pending) => {
+                Forward::Item(item, pending, rows_unsynced) => {
+                    // Nothing is given out before it is on disk here.
+                    if let Some(rows) = rows_unsynced
+                        && let Err(e) = rows.synced().await
+                    {
+                        let _ = tx.send(Err(RpcError::Store(e).into())).await;
+                        return;
+                    }
                     if let Some(pending) = pending {
                         match pending.await {
                             Ok(Ok(())) => {}
@@ -247,7 +254,10 @@ where
         let tx = forward;
         let fail = |status: Status| Forward::Fail(status);
         let mut cursor = after;
-        let mut latest = ctx.store.watch_latest();
+        // Rows are read as soon as they are written here, before they are
+        // on disk: the batch is decided and its release recorded while the
+        // sync runs, and the forwarder sends it once that is done.
+        let mut latest = ctx.store.watch_written();
         let shutdown = ctx.shutdown.clone();
         let mut peers = ctx.peer_changes.subscribe();
         let batch = ctx.settings.federation.batch_size;
@@ -290,16 +300,18 @@ where
             let caught_up = std::mem::take(&mut sent_one) && follow && cursor >= known;
             let want = rows_for(budget, avg_row, batch);
             let read = if caught_up {
-                Ok(Vec::new())
+                Ok((Vec::new(), None))
             } else {
-                ctx.store.read_after(cursor, want).await
+                ctx.store.read_written_after(cursor, want).await
             };
-            let rows = match read {
-                Ok(r) => {
+            let (rows, unsynced) = match read {
+                Ok((r, unsynced)) => {
                     if !r.is_empty() {
                         avg_row = r.iter().map(row_bytes).sum::<usize>() / r.len();
                     }
-                    within_budget(r, budget)
+                    // (The commit of the last row read covers any rows
+                    // the budget leaves out: waiting for it is enough.)
+                    (within_budget(r, budget), unsynced)
                 }
                 Err(e) => {
                     let _ = tx.send(fail(RpcError::Store(e).into())).await;
@@ -327,7 +339,7 @@ where
                         // stand, so the subscriber's lag and last-message
                         // time are true.
                         if let Some((_, make)) = &heartbeat
-                            && tx.send(Forward::Item(Some(make(cursor)), None)).await.is_err()
+                            && tx.send(Forward::Item(Some(make(cursor)), None, None)).await.is_err()
                         {
                             return;
                         }
@@ -374,7 +386,7 @@ where
                 }
             };
             tokio::select! {
-                r = tx.send(Forward::Item(item, pending)) => if r.is_err() { return },
+                r = tx.send(Forward::Item(item, pending, unsynced)) => if r.is_err() { return },
                 _ = shutdown.cancelled() => {}
             }
             cursor = last;
@@ -431,7 +443,11 @@ where
             .enqueue_release(audit, recipient, sent)
             .await
             .map_err(store)?;
-        if tx.send(Forward::Item(item, Some(pending))).await.is_err() {
+        if tx
+            .send(Forward::Item(item, Some(pending), None))
+            .await
+            .is_err()
+        {
             return Ok(());
         }
     }
@@ -539,11 +555,13 @@ pub type Heartbeat<T> = (std::time::Duration, Box<dyn Fn(u64) -> T + Send + Sync
 
 /// What a log stream hands its forwarder.
 enum Forward<T> {
-    /// A batch (or nothing to send) and, for partner streams, what resolves
-    /// when its ledger records are durable.
+    /// A batch (or nothing to send), for partner streams what resolves
+    /// when its ledger records are written, and, when its rows were read
+    /// before their commit was on disk, what resolves once it is.
     Item(
         Option<T>,
         Option<tokio::sync::oneshot::Receiver<Result<(), crate::store::StoreError>>>,
+        Option<crate::store::Unsynced>,
     ),
     /// End the stream with this status.
     Fail(Status),

@@ -377,7 +377,6 @@ impl Store {
         let (log_id, cursor) = cursor;
         let mut out = IngestOutcome::default();
         let (writing, mut tx) = self.write_tx().await?;
-        let mut max_seq = 0;
         let mut audit = Vec::new();
         let mut refused: Vec<Rejection> = Vec::new();
         let now = self.now();
@@ -389,7 +388,6 @@ impl Store {
             match verdict {
                 Admitted::Stored(seq) => {
                     out.stored += 1;
-                    max_seq = max_seq.max(seq);
                     written.push(StoredIndicator::written(seq, row, upstream.as_str(), now));
                 }
                 Admitted::Duplicate => out.duplicates += 1,
@@ -419,12 +417,8 @@ impl Store {
         .await.map(|r| r.rows_affected())?);
         // The rows are given out, and the cursor counted as moved, only
         // once on disk.
-        self.commit_log_rows((writing, tx), crate::audit::coalesce(audit))
+        self.commit_log_rows((writing, tx), crate::audit::coalesce(audit), written)
             .await?;
-        self.extend_tail(written).await;
-        if max_seq > 0 {
-            self.bump(max_seq);
-        }
         Ok(out)
     }
 

@@ -223,7 +223,8 @@ impl Store {
         *self.latest.borrow()
     }
 
-    /// A receiver that changes whenever new rows are committed.
+    /// A receiver that changes whenever new rows are committed (and on
+    /// disk).
     pub fn watch_latest(&self) -> watch::Receiver<u64> {
         self.latest.subscribe()
     }
@@ -242,14 +243,20 @@ impl Store {
     }
 
     pub(super) fn bump(&self, seq: u64) {
-        self.latest.send_if_modified(|cur| {
-            if seq > *cur {
-                *cur = seq;
-                true
-            } else {
-                false
-            }
-        });
+        self.bump_written(seq);
+        raise(&self.latest, seq);
+    }
+
+    /// Moves the highest row written (and on the tail) to `seq`, on disk
+    /// or not yet: streams that decide while the sync runs wake.
+    pub(super) fn bump_written(&self, seq: u64) {
+        raise(&self.written, seq);
+    }
+
+    /// A receiver that changes whenever rows are written and put on the
+    /// tail, before they are on disk: for [`Store::read_written_after`].
+    pub fn watch_written(&self) -> watch::Receiver<u64> {
+        self.written.subscribe()
     }
 
     /// Stores a version published here by `actor` (the publisher's
@@ -440,26 +447,22 @@ impl Store {
                 });
             }
         }
-        let written = started.elapsed();
-        self.commit_log_rows((writing, tx), crate::audit::coalesce(audit))
-            .await?;
-        tracing::debug!(
-            rows = rows.len(),
-            keys_ms = looked_up.as_millis() as u64,
-            insert_ms = (inserted - looked_up).as_millis() as u64,
-            remember_ms = (written - inserted).as_millis() as u64,
-            commit_ms = (started.elapsed() - written).as_millis() as u64,
-            "group commit of local publishes"
-        );
+        let remembered = started.elapsed();
         let written = indicators
             .iter()
             .zip(&seqs)
             .filter_map(|(row, seq)| seq.map(|seq| StoredIndicator::written(seq, row, "", now)))
             .collect();
-        self.extend_tail(written).await;
-        if let Some(max) = seqs.iter().flatten().max() {
-            self.bump(*max);
-        }
+        self.commit_log_rows((writing, tx), crate::audit::coalesce(audit), written)
+            .await?;
+        tracing::debug!(
+            rows = rows.len(),
+            keys_ms = looked_up.as_millis() as u64,
+            insert_ms = (inserted - looked_up).as_millis() as u64,
+            remember_ms = (remembered - inserted).as_millis() as u64,
+            commit_ms = (started.elapsed() - remembered).as_millis() as u64,
+            "group commit of local publishes"
+        );
         Ok(outcome
             .into_iter()
             .map(|o| o.expect("every row is decided"))
@@ -752,4 +755,16 @@ impl Store {
         }
         Ok(out)
     }
+}
+
+/// Raises `watch` to `seq` (waking its receivers) if it is below.
+fn raise(watch: &watch::Sender<u64>, seq: u64) {
+    watch.send_if_modified(|cur| {
+        if seq > *cur {
+            *cur = seq;
+            true
+        } else {
+            false
+        }
+    });
 }

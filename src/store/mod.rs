@@ -72,6 +72,7 @@ pub use release::{ResendRequest, Sent};
 pub use replicas::LinkLease;
 pub use sightings::{KeptReport, OutgoingSighting, OwnKept, OwnSight, SightingRow};
 pub use statistics::StatisticsRow;
+pub(crate) use wal::Unsynced;
 pub use witness::WitnessedHead;
 
 /// The store's write lock and the transaction begun under it.
@@ -235,6 +236,10 @@ pub struct Store {
     wal: Option<Arc<wal::WalSync>>,
     /// Highest local sequence number, so live subscribers wake without polling.
     latest: watch::Sender<u64>,
+    /// Highest sequence number this process has written and put on the
+    /// tail, on disk or not yet (at least `latest`): what a stream that
+    /// decides while the sync runs wakes for.
+    written: watch::Sender<u64>,
     /// What "now" is for every timestamp the store writes.
     clock: Clock,
     /// Cancelled by [`Store::close`]: the writers commit what is queued,
@@ -465,6 +470,7 @@ impl Store {
             held: Default::default(),
             wal,
             latest: watch::channel(0).0,
+            written: watch::channel(0).0,
             clock,
             stop: CancellationToken::new(),
             writers: TaskTracker::new(),
@@ -476,7 +482,7 @@ impl Store {
             ledger_head: Default::default(),
         };
         let latest = store.latest_seq().await?;
-        store.latest.send_replace(latest);
+        store.bump(latest);
         // The writers hold handles without the queues' senders, so they end
         // when every other handle is dropped.
         let writer = || Self {

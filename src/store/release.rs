@@ -190,18 +190,31 @@ impl Store {
 
     /// Ends a transaction that stores log rows (publishes, ingest): appends
     /// `entries` to the ledger with the release records waiting for the
-    /// lock, commits, gives up the write lock, and returns once the commit
-    /// is on disk — the next transaction is written meanwhile.
+    /// lock, commits, puts the rows `written` on the tail (in commit
+    /// order, before the lock is given up) so streams decide on them while
+    /// the commit is synced, gives up the write lock, and returns once the
+    /// commit is on disk and the log moved on to them — the next
+    /// transaction is written meanwhile.
     pub(super) async fn commit_log_rows(
         &self,
         (writing, tx): WriteLock,
         entries: Vec<AuditEntry>,
+        written: Vec<super::StoredIndicator>,
     ) -> Result<(), StoreError> {
         let taken = self.take_releases();
         let unsynced = self.commit_with_releases(tx, entries, taken).await?;
+        let newest = written.iter().map(|r| r.seq).max();
+        self.extend_tail(written, unsynced.as_ref().map(|u| u.n))
+            .await;
         drop(writing);
+        if let Some(seq) = newest {
+            self.bump_written(seq);
+        }
         if let Some(u) = unsynced {
             u.synced().await?;
+        }
+        if let Some(seq) = newest {
+            self.bump(seq);
         }
         Ok(())
     }

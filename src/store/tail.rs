@@ -1,9 +1,16 @@
 //! The newest stretch of the log, read once and shared by every live
 //! subscriber stream: a new batch costs one store read (and, through the
 //! rows' shared decode cells, one decode per row), not one per subscriber.
+//!
+//! Rows this process commits go on the tail as soon as their commit is
+//! written, before it is synced, each stretch tagged with its commit: a
+//! stream may decide on them and record its release while the sync runs
+//! ([`Store::read_written_after`]), and sends them only once it is done.
+//! Every other read stops at the newest row on disk.
 
 use super::db::{on, sql};
 use super::log::IndicatorRow;
+use super::wal::Unsynced;
 use super::{Store, StoreError, StoredIndicator, to_i64};
 
 /// The newest stretch of the log, read once and shared by every live
@@ -15,6 +22,9 @@ pub(super) struct Tail {
     rows: std::collections::VecDeque<StoredIndicator>,
     /// Their [`weight`] in all.
     bytes: usize,
+    /// SQLite: for rows committed here whose commit may not be synced yet,
+    /// the last row of each commit and the commit's number, oldest first.
+    commits: std::collections::VecDeque<(u64, u64)>,
 }
 
 /// Most rows the tail keeps.
@@ -37,6 +47,44 @@ impl Store {
         after: u64,
         limit: u32,
     ) -> Result<Vec<StoredIndicator>, StoreError> {
+        let on_disk = self.given_out_up_to();
+        let (mut rows, _) = self.read_tail_first(after, limit).await?;
+        rows.retain(|r| to_i64(r.seq) <= on_disk);
+        Ok(rows)
+    }
+
+    /// Up to `limit` rows with `seq > after`, in order, including rows
+    /// this process committed whose commit is not yet on disk, and what
+    /// resolves once it is (`None` when every row returned is on disk
+    /// already). For a stream that decides on rows, and records its
+    /// release, while their commit is synced: it must not send them before
+    /// that resolves.
+    pub(crate) async fn read_written_after(
+        &self,
+        after: u64,
+        limit: u32,
+    ) -> Result<(Vec<StoredIndicator>, Option<Unsynced>), StoreError> {
+        let (rows, commit) = self.read_tail_first(after, limit).await?;
+        match (commit, &self.wal) {
+            (Some(n), Some(wal)) => Ok((
+                rows,
+                Some(Unsynced {
+                    wal: wal.clone(),
+                    n,
+                }),
+            )),
+            _ => Ok((rows, None)),
+        }
+    }
+
+    /// Up to `limit` rows with `seq > after` from the tail when it covers
+    /// them (whether on disk or not: then with the commit to wait for),
+    /// else from the store (on disk only).
+    async fn read_tail_first(
+        &self,
+        after: u64,
+        limit: u32,
+    ) -> Result<(Vec<StoredIndicator>, Option<u64>), StoreError> {
         let limit = limit as usize;
         let tail = self.tail.lock().await;
         let first = tail.rows.front().map(|r| r.seq);
@@ -47,7 +95,15 @@ impl Store {
             && after < last
         {
             let skip = tail.rows.partition_point(|r| r.seq <= after);
-            return Ok(tail.rows.iter().skip(skip).take(limit).cloned().collect());
+            let rows: Vec<_> = tail.rows.iter().skip(skip).take(limit).cloned().collect();
+            // The commit of the last row returned covers those before it.
+            let commit = rows.last().and_then(|r| {
+                tail.commits
+                    .iter()
+                    .find(|(up_to, _)| *up_to >= r.seq)
+                    .map(|(_, n)| *n)
+            });
+            return Ok((rows, commit));
         }
         // ...else read from the store. Rows that directly follow the tail
         // extend it (a reader beyond the tail starts it afresh), shared by
@@ -65,9 +121,9 @@ impl Store {
         .await?);
         let rows: Vec<StoredIndicator> = rows.into_iter().map(Into::into).collect();
         if let Some(t) = tail.as_mut() {
-            t.append(after, &rows);
+            t.append(after, &rows, None);
         }
-        Ok(rows)
+        Ok((rows, None))
     }
 
     /// Puts rows this process just committed on the tail, so the streams
@@ -77,27 +133,44 @@ impl Store {
     /// elsewhere — another process, another replica — or by a path that
     /// does not come here), it starts afresh at them, and a stream further
     /// back reads from the store as before: no row is ever skipped.
-    pub(super) async fn extend_tail(&self, rows: Vec<StoredIndicator>) {
+    /// `commit` is the number of the SQLite commit that wrote them, when
+    /// it may not be synced yet.
+    pub(super) async fn extend_tail(&self, rows: Vec<StoredIndicator>, commit: Option<u64>) {
         let Some(first) = rows.first().map(|r| r.seq) else {
             return;
         };
         if self.writer.is_postgres() || rows.windows(2).any(|w| w[1].seq != w[0].seq + 1) {
             return;
         }
-        self.tail.lock().await.append(first - 1, &rows);
+        let on_disk = self.given_out_up_to();
+        let mut tail = self.tail.lock().await;
+        tail.append(first - 1, &rows, commit);
+        // Commits up to the newest row on disk need no waiting for.
+        while tail
+            .commits
+            .front()
+            .is_some_and(|(up_to, _)| to_i64(*up_to) <= on_disk)
+        {
+            tail.commits.pop_front();
+        }
     }
 }
 
 impl Tail {
-    /// Adds `rows`, which follow row `after`: the tail starts afresh if it
-    /// does not end there; the oldest rows go beyond its bounds.
-    fn append(&mut self, after: u64, rows: &[StoredIndicator]) {
-        if rows.is_empty() {
+    /// Adds `rows`, which follow row `after` (written by SQLite commit
+    /// `commit`, if it may not be on disk yet): the tail starts afresh if
+    /// it does not end there; the oldest rows go beyond its bounds.
+    fn append(&mut self, after: u64, rows: &[StoredIndicator], commit: Option<u64>) {
+        let Some(last) = rows.last().map(|r| r.seq) else {
             return;
-        }
+        };
         if self.rows.back().is_some_and(|r| r.seq != after) {
             self.rows.clear();
+            self.commits.clear();
             self.bytes = 0;
+        }
+        if let Some(n) = commit {
+            self.commits.push_back((last, n));
         }
         for r in rows {
             self.bytes += weight(r);
@@ -107,6 +180,14 @@ impl Tail {
             if let Some(r) = self.rows.pop_front() {
                 self.bytes -= weight(&r);
             }
+        }
+        let first = self.rows.front().map_or(0, |r| r.seq);
+        while self
+            .commits
+            .front()
+            .is_some_and(|(up_to, _)| *up_to < first)
+        {
+            self.commits.pop_front();
         }
     }
 }

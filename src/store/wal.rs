@@ -156,6 +156,54 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
     }
 
+    /// A row this process committed goes on the tail before its commit is
+    /// synced: a stream may read it to decide on (with the commit to wait
+    /// for before sending it), every other read still stops at the newest
+    /// row on disk; once synced, the commit needs no waiting.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_row_written_but_not_synced_is_read_with_the_commit_to_wait_for() {
+        let dir = std::env::temp_dir().join(format!(
+            "threatmesh-written-{}-{}",
+            std::process::id(),
+            fastrand::u64(..)
+        ));
+        let store =
+            crate::store::Store::open_sqlite(&dir.join("store.db"), crate::clock::Clock::system())
+                .await
+                .unwrap();
+        let row = test_row();
+        let written = store.watch_written();
+        let latest = store.watch_latest();
+        let (writing, mut tx) = store.write_tx().await.unwrap();
+        let seqs = store
+            .insert_indicators(&mut tx, &[&row], "", 1000)
+            .await
+            .unwrap();
+        let seq = seqs[0].expect("stored");
+        let unsynced = tx.commit_unsynced().await.unwrap().expect("a SQLite write");
+        let n = unsynced.n;
+        // What `Store::commit_log_rows` does between the commit and the sync.
+        let stored = crate::store::StoredIndicator::written(seq, &row, "", 1000);
+        store.extend_tail(vec![stored], Some(n)).await;
+        drop(writing);
+        store.bump_written(seq);
+        assert!(written.has_changed().unwrap());
+        assert!(!latest.has_changed().unwrap(), "nothing new on disk yet");
+        assert!(store.read_after(0, 10).await.unwrap().is_empty());
+        let (rows, wait) = store.read_written_after(0, 10).await.unwrap();
+        assert_eq!(rows.len(), 1);
+        let wait = wait.expect("its commit is not on disk yet");
+        assert_eq!(wait.n, n);
+        assert!(store.unsynced_commits() >= 1);
+        wait.synced().await.unwrap();
+        assert_eq!(store.unsynced_commits(), 0);
+        store.bump(seq);
+        assert!(latest.has_changed().unwrap());
+        assert_eq!(store.read_after(0, 10).await.unwrap().len(), 1);
+        store.close().await;
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
     /// A row committed but not yet synced is not read to be given out (to
     /// a stream, a TAXII page): reads stop at the newest row known to be
     /// on disk, and return it once its commit is synced and the log moved
@@ -171,19 +219,7 @@ mod tests {
             crate::store::Store::open_sqlite(&dir.join("store.db"), crate::clock::Clock::system())
                 .await
                 .unwrap();
-        let (key, _) = crate::signing::OrgSigningKey::generate().unwrap();
-        let row = crate::exchange::seal(
-            &key,
-            crate::proto::v1::Indicator {
-                origin_org: "a.example".into(),
-                key_id: key.key_id().into(),
-                id: "0b0e7c32-8a43-4c57-9a4e-3f5a2c6f1d10".into(),
-                version: 1,
-                created_unix_ms: 1000,
-                modified_unix_ms: 1000,
-                ..Default::default()
-            },
-        );
+        let row = test_row();
         let (writing, mut tx) = store.write_tx().await.unwrap();
         let seqs = store
             .insert_indicators(&mut tx, &[&row], "", 1000)
@@ -207,5 +243,22 @@ mod tests {
         assert_eq!(store.unsynced_commits(), 0);
         store.close().await;
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// One signed indicator version, as a publish would store it.
+    fn test_row() -> crate::store::NewIndicator {
+        let (key, _) = crate::signing::OrgSigningKey::generate().unwrap();
+        crate::exchange::seal(
+            &key,
+            crate::proto::v1::Indicator {
+                origin_org: "a.example".into(),
+                key_id: key.key_id().into(),
+                id: "0b0e7c32-8a43-4c57-9a4e-3f5a2c6f1d10".into(),
+                version: 1,
+                created_unix_ms: 1000,
+                modified_unix_ms: 1000,
+                ..Default::default()
+            },
+        )
     }
 }
