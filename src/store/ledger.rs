@@ -6,6 +6,10 @@ use super::{ROWS_PER_STATEMENT, Store, StoreError, Tx, to_i64};
 use crate::audit::witness::Witnessed;
 use crate::audit::{AuditEntry, AuditEntryOwned, AuditRow, ChainBreak, row_hash, verify_chain};
 
+/// What SQLite says when appended rows do not follow the stored ledger
+/// head (the trigger `audit_follows_head`, migration 0022).
+const NOT_FOLLOWING: &str = "audit row does not follow the ledger head";
+
 /// An `audit` row as read.
 #[derive(sqlx::FromRow)]
 struct Row {
@@ -55,10 +59,14 @@ impl Store {
 
     /// Appends entries to the chain inside `tx` (which holds the write lock).
     ///
-    /// The head this process last wrote is moved on in one guarded
-    /// statement (`… WHERE seq = ? AND hash = ?`); only when the stored head
-    /// is another is it read and the rows hashed again from it. Either way
-    /// the rows chain from the head stored in this transaction.
+    /// The rows are chained from the head this process last wrote, and
+    /// that head is moved on only if it is still the stored one: on SQLite
+    /// by the insert itself (a trigger moves the head, another refuses rows
+    /// that do not follow it: one statement), on PostgreSQL by a guarded
+    /// update (`… WHERE seq = ? AND hash = ?`) before the insert. Only when
+    /// the stored head is another is it read and the rows hashed again
+    /// from it. Either way the rows chain from the head stored in this
+    /// transaction.
     pub(super) async fn append_audit_tx(
         &self,
         tx: &mut Tx,
@@ -81,15 +89,28 @@ impl Store {
         {
             let rows = chain(seq, hash.clone(), now, entries);
             let (last, last_hash) = head_of(&rows, seq, &hash);
-            let done = on!(Tx, &mut *tx, db => sqlx::query(sql!("UPDATE audit_head SET seq = ?, hash = ? WHERE id = 1 AND seq = ? AND hash = ?",))
-                .bind(to_i64(last))
-                .bind(last_hash.clone())
-                .bind(to_i64(seq))
-                .bind(hash)
-                .execute(&mut **db)
-                .await.map(|r| r.rows_affected())?);
-            if done == 1 {
-                insert_audit_rows(tx, now, &rows).await?;
+            let followed = if matches!(tx, Tx::Sqlite(_)) {
+                // The insert moves the stored head, or is refused whole if
+                // the rows do not follow it (triggers of migration 0022).
+                match insert_audit_rows(tx, now, &rows).await {
+                    Ok(()) => true,
+                    Err(StoreError::Database(e)) if e.contains(NOT_FOLLOWING) => false,
+                    Err(e) => return Err(e),
+                }
+            } else {
+                let done = on!(Tx, &mut *tx, db => sqlx::query(sql!("UPDATE audit_head SET seq = ?, hash = ? WHERE id = 1 AND seq = ? AND hash = ?",))
+                    .bind(to_i64(last))
+                    .bind(last_hash.clone())
+                    .bind(to_i64(seq))
+                    .bind(hash)
+                    .execute(&mut **db)
+                    .await.map(|r| r.rows_affected())?);
+                if done == 1 {
+                    insert_audit_rows(tx, now, &rows).await?;
+                }
+                done == 1
+            };
+            if followed {
                 moved = Some((last, last_hash));
             }
         }
@@ -259,4 +280,67 @@ async fn read_audit(
     .fetch_all(&mut **db)
     .await?);
     Ok(rows.into_iter().map(Into::into).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sqlx::Connection;
+
+    /// On SQLite the insert of ledger rows moves the stored head (no
+    /// statement of its own), and the schema itself refuses a row that does
+    /// not follow the head — a wrong number or a wrong previous hash — so
+    /// a writer with a stale head finds out and chains from the stored one.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn ledger_rows_move_the_head_and_a_row_that_does_not_follow_it_is_refused() {
+        let dir = std::env::temp_dir().join(format!(
+            "threatmesh-ledger-{}-{}",
+            std::process::id(),
+            fastrand::u64(..)
+        ));
+        let path = dir.join("store.db");
+        let store = Store::open_sqlite(&path, crate::clock::Clock::system())
+            .await
+            .unwrap();
+        let entry = |n: u32| AuditEntry::published("test", format!("indicator {n}"));
+        // The first append writes the head; the second moves it by the
+        // insert alone.
+        store.append_audit(&[entry(1)]).await.unwrap();
+        store.append_audit(&[entry(2), entry(3)]).await.unwrap();
+        assert_eq!(store.count_audit().await.unwrap(), 3);
+        let head = store.ledger_head().await.unwrap();
+        assert_eq!(head.rows, 3);
+
+        let url = format!("sqlite://{}", path.display());
+        let mut db = sqlx::SqliteConnection::connect(&url).await.unwrap();
+        let forged = |seq: i64, prev: Vec<u8>| {
+            sqlx::query(
+                "INSERT INTO audit (seq, at_ms, event, actor, partner, subject, rule, detail, prev_hash, hash) \
+                 VALUES (?, 0, 'published', 'x', '', 'x', '', '', ?, ?)",
+            )
+            .bind(seq)
+            .bind(prev)
+            .bind(vec![7u8; 32])
+        };
+        for (seq, prev, what) in [
+            (4, vec![0u8; 32], "a wrong previous hash"),
+            (5, head.head_hash.clone(), "a skipped number"),
+        ] {
+            let e = forged(seq, prev).execute(&mut db).await.unwrap_err();
+            assert!(e.to_string().contains(NOT_FOLLOWING), "{what}: {e}");
+        }
+        // Another writer moves the head on: this handle's next append
+        // finds its own head stale and chains from the stored one.
+        forged(4, head.head_hash.clone())
+            .execute(&mut db)
+            .await
+            .unwrap();
+        db.close().await.unwrap();
+        store.append_audit(&[entry(5)]).await.unwrap();
+        assert_eq!(store.count_audit().await.unwrap(), 5);
+        let rows = store.audit_rows(None, None).await.unwrap();
+        assert_eq!(rows[4].prev_hash, rows[3].hash);
+        store.close().await;
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }
