@@ -31,6 +31,10 @@ pub(crate) struct WalSync {
     /// Held while a sync runs: callers who need one wait for it rather
     /// than start another, and find their commit covered.
     syncing: tokio::sync::Mutex<()>,
+    /// Syncs ended (done or failed), so everyone waiting for the one in
+    /// flight wakes at once when it ends, not one after another through
+    /// `syncing` (a thousand streams may wait for one sync).
+    ended: tokio::sync::watch::Sender<u64>,
 }
 
 impl WalSync {
@@ -43,6 +47,7 @@ impl WalSync {
             committed: AtomicU64::new(0),
             synced: AtomicU64::new(0),
             syncing: tokio::sync::Mutex::new(()),
+            ended: tokio::sync::watch::Sender::new(0),
         }
     }
 
@@ -63,29 +68,49 @@ impl WalSync {
     /// at once if a sync since its commit covered it, after the sync in
     /// flight if that covers it, else after a sync of its own.
     pub(crate) async fn sync_through(&self, n: u64) -> std::io::Result<()> {
-        if self.synced.load(Ordering::Acquire) >= n {
-            return Ok(());
+        // Subscribed first: a sync ending from here on is seen.
+        let mut ended = self.ended.subscribe();
+        loop {
+            if self.synced.load(Ordering::Acquire) >= n {
+                return Ok(());
+            }
+            match self.syncing.try_lock() {
+                Ok(syncing) => {
+                    if self.synced.load(Ordering::Acquire) >= n {
+                        return Ok(());
+                    }
+                    return self.sync_locked(syncing).await;
+                }
+                // One is running: see whether it covered `n` once it ends
+                // (if it failed, the next turn starts one).
+                Err(_) => {
+                    let _ = ended.changed().await;
+                }
+            }
         }
-        let _syncing = self.syncing.lock().await;
-        if self.synced.load(Ordering::Acquire) >= n {
-            return Ok(());
-        }
-        self.sync_locked().await
     }
 
     /// Syncs whatever the log holds now: every commit a read made before
     /// this call could see is on disk when it returns.
     pub(crate) async fn sync_now(&self) -> std::io::Result<()> {
-        let _syncing = self.syncing.lock().await;
-        self.sync_locked().await
+        let syncing = self.syncing.lock().await;
+        self.sync_locked(syncing).await
     }
 
-    async fn sync_locked(&self) -> std::io::Result<()> {
+    /// Syncs the log, holding `syncing` (the lock of that name).
+    async fn sync_locked(&self, syncing: tokio::sync::MutexGuard<'_, ()>) -> std::io::Result<()> {
         // Every commit counted by now has written its frames, so the sync
         // below covers it.
         let target = self.committed.load(Ordering::Acquire);
         let path = self.path.clone();
-        tokio::task::spawn_blocking(move || match std::fs::File::open(&path) {
+        // When this sync ends (or its caller is dropped first), the lock
+        // is given up and then those waiting are told: they find their
+        // commit covered, or start a sync of their own.
+        let _ended = Ended {
+            syncing: Some(syncing),
+            ended: &self.ended,
+        };
+        let result = tokio::task::spawn_blocking(move || match std::fs::File::open(&path) {
             Ok(f) => f.sync_data(),
             // No log: SQLite removed it after checkpointing everything
             // into the database file, which it synced first.
@@ -93,9 +118,26 @@ impl WalSync {
             Err(e) => Err(e),
         })
         .await
-        .map_err(std::io::Error::other)??;
-        self.synced.fetch_max(target, Ordering::AcqRel);
-        Ok(())
+        .map_err(std::io::Error::other)
+        .and_then(|r| r);
+        if result.is_ok() {
+            self.synced.fetch_max(target, Ordering::AcqRel);
+        }
+        result
+    }
+}
+
+/// A sync in flight: when dropped, gives up the lock, then counts the
+/// sync as ended (in that order, so a waiter woken can take the lock).
+struct Ended<'a> {
+    syncing: Option<tokio::sync::MutexGuard<'a, ()>>,
+    ended: &'a tokio::sync::watch::Sender<u64>,
+}
+
+impl Drop for Ended<'_> {
+    fn drop(&mut self) {
+        drop(self.syncing.take());
+        self.ended.send_modify(|n| *n += 1);
     }
 }
 
@@ -153,6 +195,54 @@ mod tests {
         assert_eq!(wal.unsynced(), 1);
         wal.sync_now().await.unwrap();
         assert_eq!((fourth, wal.unsynced()), (4, 0));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// Everyone waiting for the sync in flight wakes when it ends: they
+    /// find their commit covered (no sync of their own), or, when it did
+    /// not cover it (it failed, or its caller was dropped), one of them
+    /// starts another — none is left waiting.
+    #[tokio::test]
+    async fn waiters_for_a_sync_wake_when_it_ends_whether_it_covered_them_or_not() {
+        use futures_util::FutureExt;
+        let dir = std::env::temp_dir().join(format!(
+            "threatmesh-waiters-{}-{}",
+            std::process::id(),
+            fastrand::u64(..)
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let wal = WalSync::new(&dir.join("store.db"));
+        std::fs::write(&wal.path, b"frames").unwrap();
+        let n = wal.committed();
+        // A sync in flight that covers `n`: a hundred waiters, all woken.
+        let in_flight = Ended {
+            syncing: Some(wal.syncing.lock().await),
+            ended: &wal.ended,
+        };
+        let mut waiters: Vec<_> = (0..100).map(|_| Box::pin(wal.sync_through(n))).collect();
+        for w in &mut waiters {
+            assert!(
+                w.as_mut().now_or_never().is_none(),
+                "waits for the sync in flight"
+            );
+        }
+        wal.synced.store(n, Ordering::Release);
+        drop(in_flight);
+        for w in waiters {
+            w.await.unwrap();
+        }
+        // One that ends without covering the next commit: the waiter
+        // starts a sync of its own.
+        let m = wal.committed();
+        let in_flight = Ended {
+            syncing: Some(wal.syncing.lock().await),
+            ended: &wal.ended,
+        };
+        let mut waiter = Box::pin(wal.sync_through(m));
+        assert!(waiter.as_mut().now_or_never().is_none());
+        drop(in_flight);
+        waiter.await.unwrap();
+        assert_eq!(wal.unsynced(), 0);
         let _ = std::fs::remove_dir_all(&dir);
     }
 
