@@ -490,6 +490,21 @@ pub fn open_verified(env: &Envelope, key: &KnownKey) -> Result<Indicator, Verify
     Ok(ind)
 }
 
+/// Version 1 of one indicator of `origin`, signed with `key`'s id, for
+/// unit tests.
+#[cfg(test)]
+pub(crate) fn test_indicator(origin: &str, key: &OrgSigningKey) -> Indicator {
+    Indicator {
+        origin_org: origin.into(),
+        key_id: key.key_id().into(),
+        id: "0b0e7c32-8a43-4c57-9a4e-3f5a2c6f1d10".into(),
+        version: 1,
+        created_unix_ms: 1000,
+        modified_unix_ms: 1000,
+        ..Default::default()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -508,17 +523,7 @@ mod tests {
         d
     }
 
-    fn indicator(origin: &str, key: &OrgSigningKey) -> Indicator {
-        Indicator {
-            origin_org: origin.into(),
-            key_id: key.key_id().into(),
-            id: "0b0e7c32-8a43-4c57-9a4e-3f5a2c6f1d10".into(),
-            version: 1,
-            created_unix_ms: 1000,
-            modified_unix_ms: 1000,
-            ..Default::default()
-        }
-    }
+    use super::test_indicator as indicator;
 
     /// DSSE's own schema (secure-systems-lab/dsse `envelope.proto`,
     /// package io.intoto), declared here independently of ours.

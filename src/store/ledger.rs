@@ -293,11 +293,7 @@ mod tests {
     /// a writer with a stale head finds out and chains from the stored one.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn ledger_rows_move_the_head_and_a_row_that_does_not_follow_it_is_refused() {
-        let dir = std::env::temp_dir().join(format!(
-            "threatmesh-ledger-{}-{}",
-            std::process::id(),
-            fastrand::u64(..)
-        ));
+        let dir = crate::store::scratch_dir("ledger");
         let path = dir.join("store.db");
         let store = Store::open_sqlite(&path, crate::clock::Clock::system())
             .await

@@ -681,3 +681,13 @@ pub fn redact_url(url: &str) -> String {
         Err(_) => "(unparsable store.url)".to_string(),
     }
 }
+
+/// A fresh directory for one unit test's store, named for `tag`.
+#[cfg(test)]
+pub(crate) fn scratch_dir(tag: &str) -> std::path::PathBuf {
+    std::env::temp_dir().join(format!(
+        "threatmesh-{tag}-{}-{}",
+        std::process::id(),
+        fastrand::u64(..)
+    ))
+}

@@ -455,11 +455,7 @@ mod tests {
     /// nothing left when the lock comes to it, commits nothing more.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_durable_commit_takes_the_release_records_waiting_for_the_lock() {
-        let dir = std::env::temp_dir().join(format!(
-            "threatmesh-release-{}-{}",
-            std::process::id(),
-            fastrand::u64(..)
-        ));
+        let dir = crate::store::scratch_dir("release");
         let store = Store::open_sqlite(&dir.join("store.db"), crate::clock::Clock::system())
             .await
             .unwrap();

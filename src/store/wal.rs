@@ -172,11 +172,7 @@ mod tests {
     /// away) has nothing to sync.
     #[tokio::test]
     async fn one_sync_covers_every_commit_written_before_it() {
-        let dir = std::env::temp_dir().join(format!(
-            "threatmesh-wal-{}-{}",
-            std::process::id(),
-            fastrand::u64(..)
-        ));
+        let dir = crate::store::scratch_dir("wal");
         std::fs::create_dir_all(&dir).unwrap();
         let db = dir.join("store.db");
         let wal = WalSync::new(&db);
@@ -205,11 +201,7 @@ mod tests {
     #[tokio::test]
     async fn waiters_for_a_sync_wake_when_it_ends_whether_it_covered_them_or_not() {
         use futures_util::FutureExt;
-        let dir = std::env::temp_dir().join(format!(
-            "threatmesh-waiters-{}-{}",
-            std::process::id(),
-            fastrand::u64(..)
-        ));
+        let dir = crate::store::scratch_dir("waiters");
         std::fs::create_dir_all(&dir).unwrap();
         let wal = WalSync::new(&dir.join("store.db"));
         std::fs::write(&wal.path, b"frames").unwrap();
@@ -252,30 +244,14 @@ mod tests {
     /// row on disk; once synced, the commit needs no waiting.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_row_written_but_not_synced_is_read_with_the_commit_to_wait_for() {
-        let dir = std::env::temp_dir().join(format!(
-            "threatmesh-written-{}-{}",
-            std::process::id(),
-            fastrand::u64(..)
-        ));
-        let store =
-            crate::store::Store::open_sqlite(&dir.join("store.db"), crate::clock::Clock::system())
-                .await
-                .unwrap();
-        let row = test_row();
+        let dir = crate::store::scratch_dir("written");
+        let (store, row, seq, unsynced) = one_row_not_synced(&dir).await;
         let written = store.watch_written();
         let latest = store.watch_latest();
-        let (writing, mut tx) = store.write_tx().await.unwrap();
-        let seqs = store
-            .insert_indicators(&mut tx, &[&row], "", 1000)
-            .await
-            .unwrap();
-        let seq = seqs[0].expect("stored");
-        let unsynced = tx.commit_unsynced().await.unwrap().expect("a SQLite write");
         let n = unsynced.n;
         // What `Store::commit_log_rows` does between the commit and the sync.
         let stored = crate::store::StoredIndicator::written(seq, &row, "", 1000);
         store.extend_tail(vec![stored], Some(n)).await;
-        drop(writing);
         store.bump_written(seq);
         assert!(written.has_changed().unwrap());
         assert!(!latest.has_changed().unwrap(), "nothing new on disk yet");
@@ -300,11 +276,36 @@ mod tests {
     /// on to it.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_row_committed_but_not_synced_is_not_given_out() {
-        let dir = std::env::temp_dir().join(format!(
-            "threatmesh-unsynced-{}-{}",
-            std::process::id(),
-            fastrand::u64(..)
-        ));
+        let dir = crate::store::scratch_dir("unsynced");
+        let (store, _, seq, unsynced) = one_row_not_synced(&dir).await;
+        // Committed, and counted by any read...
+        assert_eq!(store.count_indicators().await.unwrap(), 1);
+        assert!(store.unsynced_commits() >= 1);
+        // ...but not read to be given out.
+        assert!(store.read_after(0, 10).await.unwrap().is_empty());
+        let page = store
+            .versions_after(crate::store::Versions::All, 0, 0, 10)
+            .await
+            .unwrap();
+        assert!(page.is_empty());
+        unsynced.synced().await.unwrap();
+        store.bump(seq);
+        assert_eq!(store.read_after(0, 10).await.unwrap().len(), 1);
+        assert_eq!(store.unsynced_commits(), 0);
+        store.close().await;
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// A store in `dir` holding one row whose commit is written but not
+    /// synced, with the row, its number and its commit.
+    async fn one_row_not_synced(
+        dir: &std::path::Path,
+    ) -> (
+        crate::store::Store,
+        crate::store::NewIndicator,
+        u64,
+        Unsynced,
+    ) {
         let store =
             crate::store::Store::open_sqlite(&dir.join("store.db"), crate::clock::Clock::system())
                 .await
@@ -317,38 +318,12 @@ mod tests {
             .unwrap();
         let unsynced = tx.commit_unsynced().await.unwrap().expect("a SQLite write");
         drop(writing);
-        // Committed, and counted by any read...
-        assert_eq!(store.count_indicators().await.unwrap(), 1);
-        assert!(store.unsynced_commits() >= 1);
-        // ...but not read to be given out.
-        assert!(store.read_after(0, 10).await.unwrap().is_empty());
-        let page = store
-            .versions_after(crate::store::Versions::All, 0, 0, 10)
-            .await
-            .unwrap();
-        assert!(page.is_empty());
-        unsynced.synced().await.unwrap();
-        store.bump(seqs[0].expect("stored"));
-        assert_eq!(store.read_after(0, 10).await.unwrap().len(), 1);
-        assert_eq!(store.unsynced_commits(), 0);
-        store.close().await;
-        let _ = std::fs::remove_dir_all(&dir);
+        (store, row, seqs[0].expect("stored"), unsynced)
     }
 
     /// One signed indicator version, as a publish would store it.
     fn test_row() -> crate::store::NewIndicator {
         let (key, _) = crate::signing::OrgSigningKey::generate().unwrap();
-        crate::exchange::seal(
-            &key,
-            crate::proto::v1::Indicator {
-                origin_org: "a.example".into(),
-                key_id: key.key_id().into(),
-                id: "0b0e7c32-8a43-4c57-9a4e-3f5a2c6f1d10".into(),
-                version: 1,
-                created_unix_ms: 1000,
-                modified_unix_ms: 1000,
-                ..Default::default()
-            },
-        )
+        crate::exchange::seal(&key, crate::signing::test_indicator("a.example", &key))
     }
 }
