@@ -219,26 +219,9 @@ where
                     return;
                 }
                 Forward::Item(item, pending, rows_unsynced) => {
-                    // Nothing is given out before it is on disk here.
-                    if let Some(rows) = rows_unsynced
-                        && let Err(e) = rows.synced().await
-                    {
-                        let _ = tx.send(Err(RpcError::Store(e).into())).await;
+                    if let Err(status) = cleared_to_send(rows_unsynced, pending).await {
+                        let _ = tx.send(Err(status)).await;
                         return;
-                    }
-                    if let Some(pending) = pending {
-                        match pending.await {
-                            Ok(Ok(())) => {}
-                            // Nothing leaves unless its decision is on record.
-                            Ok(Err(e)) => {
-                                let _ = tx.send(Err(RpcError::Store(e).into())).await;
-                                return;
-                            }
-                            Err(_) => {
-                                let _ = tx.send(Err(RpcError::ShuttingDown.into())).await;
-                                return;
-                            }
-                        }
                     }
                     item
                 }
@@ -553,6 +536,31 @@ async fn over_limit(ctx: &NodeContext, org: &OrgId, rpc: &str, hit: OverLimit) -
 /// stream at a cursor.
 pub type Heartbeat<T> = (std::time::Duration, Box<dyn Fn(u64) -> T + Send + Sync>);
 
+/// What resolves when its ledger records are written (a partner stream's
+/// release records).
+type ReleaseWritten = tokio::sync::oneshot::Receiver<Result<(), crate::store::StoreError>>;
+
+/// Returns once a batch may leave: its rows on disk here (`rows`, when
+/// they were read before their commit was synced) and its decisions on
+/// record (`pending`); the status to end the stream with if either fails.
+async fn cleared_to_send(
+    rows: Option<crate::store::Unsynced>,
+    pending: Option<ReleaseWritten>,
+) -> Result<(), Status> {
+    if let Some(rows) = rows {
+        rows.synced().await.map_err(RpcError::Store)?;
+    }
+    let Some(pending) = pending else {
+        return Ok(());
+    };
+    match pending.await {
+        Ok(Ok(())) => Ok(()),
+        // Nothing leaves unless its decision is on record.
+        Ok(Err(e)) => Err(RpcError::Store(e).into()),
+        Err(_) => Err(RpcError::ShuttingDown.into()),
+    }
+}
+
 /// What a log stream hands its forwarder.
 enum Forward<T> {
     /// A batch (or nothing to send), for partner streams what resolves
@@ -560,7 +568,7 @@ enum Forward<T> {
     /// before their commit was on disk, what resolves once it is.
     Item(
         Option<T>,
-        Option<tokio::sync::oneshot::Receiver<Result<(), crate::store::StoreError>>>,
+        Option<ReleaseWritten>,
         Option<crate::store::Unsynced>,
     ),
     /// End the stream with this status.
@@ -1207,6 +1215,50 @@ impl Exchange for ExchangeService {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A batch leaves only once its rows are on disk here and its release
+    /// records are written: the check returns after the rows' sync (the
+    /// log then has nothing unsynced), and ends the stream, sending
+    /// nothing, when the sync fails, the records failed, or the writer
+    /// stopped.
+    #[tokio::test]
+    async fn a_batch_is_cleared_to_leave_only_once_its_rows_are_on_disk_and_its_release_recorded() {
+        let dir = crate::store::scratch_dir("cleared");
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("store.db-wal"), b"frames").unwrap();
+        let answered = |r: Result<(), crate::store::StoreError>| {
+            let (done, written) = tokio::sync::oneshot::channel();
+            done.send(r).unwrap();
+            written
+        };
+        let rows = crate::store::Unsynced::of_log_at(&dir.join("store.db"));
+        let on_disk = rows.on_disk_probe();
+        assert!(!on_disk());
+        cleared_to_send(Some(rows), Some(answered(Ok(()))))
+            .await
+            .unwrap();
+        assert!(on_disk(), "cleared only after the rows' sync");
+        // A log that cannot be synced (its directory is a file).
+        let broken = crate::store::Unsynced::of_log_at(&dir.join("store.db-wal").join("x"));
+        let e = cleared_to_send(Some(broken), Some(answered(Ok(()))))
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), tonic::Code::Internal, "{e:?}");
+        let e = cleared_to_send(
+            None,
+            Some(answered(Err(crate::store::StoreError::Database(
+                "x".into(),
+            )))),
+        )
+        .await
+        .unwrap_err();
+        assert_eq!(e.code(), tonic::Code::Internal, "{e:?}");
+        let (done, written) = tokio::sync::oneshot::channel();
+        drop(done);
+        let e = cleared_to_send(None, Some(written)).await.unwrap_err();
+        assert_eq!(e.code(), tonic::Code::Unavailable, "{e:?}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 
     #[test]
     fn replies_shrink_as_streams_open_between_the_floor_and_the_cap() {

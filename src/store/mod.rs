@@ -449,14 +449,6 @@ impl Store {
         clock: Clock,
         wal: Option<Arc<wal::WalSync>>,
     ) -> Result<Self, StoreError> {
-        // What the log holds from before (a process that stopped between
-        // a commit and its sync) is put on disk before anything is read
-        // from it and given out.
-        if let Some(w) = &wal {
-            w.sync_now()
-                .await
-                .map_err(|e| StoreError::from(sqlx::Error::Io(e)))?;
-        }
         let (local, queue) = mpsc::channel(4096);
         let (releases, release_queue) = mpsc::channel(4096);
         let store = Self {
@@ -481,6 +473,10 @@ impl Store {
             },
             ledger_head: Default::default(),
         };
+        // What the log holds from before (a process that stopped between
+        // a commit and its sync) is put on disk before anything is read
+        // from it and given out.
+        store.sync_all().await?;
         let latest = store.latest_seq().await?;
         store.bump(latest);
         // The writers hold handles without the queues' senders, so they end
@@ -661,10 +657,7 @@ impl Store {
     /// Puts every commit made so far on disk (SQLite; PostgreSQL's are).
     async fn sync_all(&self) -> Result<(), StoreError> {
         match &self.wal {
-            Some(w) => w
-                .sync_now()
-                .await
-                .map_err(|e| StoreError::from(sqlx::Error::Io(e))),
+            Some(w) => w.sync_now().await.map_err(wal::not_on_disk),
             None => Ok(()),
         }
     }

@@ -112,7 +112,7 @@ impl Store {
                 Some(since) => tokio::select! {
                     n = self.next_group(&mut queue, &mut group, GROUP, |_| 1) => n,
                     _ = tokio::time::sleep_until(since + SYNC_WITHIN) => {
-                        self.sync_now(last).await;
+                        self.sync_releases_through(last).await;
                         unsynced = None;
                         continue;
                     }
@@ -154,7 +154,7 @@ impl Store {
                     last = written.n;
                     let since = *unsynced.get_or_insert_with(tokio::time::Instant::now);
                     if since.elapsed() >= SYNC_WITHIN {
-                        self.sync_now(last).await;
+                        self.sync_releases_through(last).await;
                         unsynced = None;
                     }
                 }
@@ -163,7 +163,7 @@ impl Store {
             }
         }
         if unsynced.is_some() {
-            self.sync_now(last).await;
+            self.sync_releases_through(last).await;
         }
     }
 
@@ -245,7 +245,7 @@ impl Store {
     /// Puts release records committed without a sync of their own, up to
     /// commit `n`, on disk (at once if a sync since covered them); a
     /// failure is logged (the next sync puts them there).
-    async fn sync_now(&self, n: u64) {
+    async fn sync_releases_through(&self, n: u64) {
         if let Some(wal) = &self.wal
             && let Err(e) = wal.sync_through(n).await
         {

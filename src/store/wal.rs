@@ -155,11 +155,30 @@ pub(crate) struct Unsynced {
 impl Unsynced {
     /// Returns once the commit is on disk.
     pub(crate) async fn synced(self) -> Result<(), super::StoreError> {
-        self.wal
-            .sync_through(self.n)
-            .await
-            .map_err(|e| super::StoreError::from(sqlx::Error::Io(e)))
+        self.wal.sync_through(self.n).await.map_err(not_on_disk)
     }
+}
+
+#[cfg(test)]
+impl Unsynced {
+    /// The first commit of a log for the database at `database`, for tests
+    /// of what waits for one.
+    pub(crate) fn of_log_at(database: &std::path::Path) -> Self {
+        let wal = std::sync::Arc::new(WalSync::new(database));
+        let n = wal.committed();
+        Self { wal, n }
+    }
+
+    /// Whether this commit is on disk, asked later.
+    pub(crate) fn on_disk_probe(&self) -> impl Fn() -> bool + use<> {
+        let (wal, n) = (self.wal.clone(), self.n);
+        move || wal.synced.load(Ordering::Acquire) >= n
+    }
+}
+
+/// A sync that failed, as a store error (a full disk is told as such).
+pub(super) fn not_on_disk(e: std::io::Error) -> super::StoreError {
+    super::StoreError::from(sqlx::Error::Io(e))
 }
 
 #[cfg(test)]
