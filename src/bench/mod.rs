@@ -104,6 +104,9 @@ impl Default for BenchOptions {
 pub struct Primitives {
     /// Cores used for the all-core figures.
     pub cores: usize,
+    /// The processor, as the kernel names it (`model name` in
+    /// /proc/cpuinfo; empty elsewhere): machines of one kind differ.
+    pub cpu: String,
     /// Ed25519 signatures per second, one core.
     pub sign_per_s_1core: f64,
     /// Ed25519 signatures per second, all cores.
@@ -120,6 +123,10 @@ pub struct Primitives {
     /// Durable SQLite commits per second of one row each: the latency of
     /// one durable step is its inverse.
     pub sqlite_commit_per_s: f64,
+    /// Statements per second handed one after another to one SQLite
+    /// connection's thread and answered (`SELECT 1`): the inverse is the
+    /// round trip every statement of a write pays.
+    pub sqlite_round_trips_per_s: f64,
     /// With `--store postgres://…`: durable PostgreSQL row inserts per
     /// second (batches of 256, `synchronous_commit` as the server has it).
     pub postgres_insert_per_s: Option<f64>,
@@ -134,6 +141,7 @@ impl Primitives {
     pub fn better(&self, other: &Primitives) -> Primitives {
         Primitives {
             cores: self.cores,
+            cpu: self.cpu.clone(),
             sign_per_s_1core: self.sign_per_s_1core.max(other.sign_per_s_1core),
             sign_per_s_all: self.sign_per_s_all.max(other.sign_per_s_all),
             verify_per_s_1core: self.verify_per_s_1core.max(other.verify_per_s_1core),
@@ -143,6 +151,9 @@ impl Primitives {
                 .max(other.verify_batch_per_s_all),
             sqlite_insert_per_s: self.sqlite_insert_per_s.max(other.sqlite_insert_per_s),
             sqlite_commit_per_s: self.sqlite_commit_per_s.max(other.sqlite_commit_per_s),
+            sqlite_round_trips_per_s: self
+                .sqlite_round_trips_per_s
+                .max(other.sqlite_round_trips_per_s),
             postgres_insert_per_s: better_of(
                 self.postgres_insert_per_s,
                 other.postgres_insert_per_s,
@@ -178,6 +189,15 @@ pub struct Latency {
     /// Median of each hop: publish call to A's commit, A's to B's, B's to
     /// C's (where the time goes; the three do not add up to `p50_ms`).
     pub hop_p50_ms: [f64; 3],
+    /// CPU time the process (three nodes, the publisher and the watchers)
+    /// spent per indicator relayed, in µs: at this rate the path shares
+    /// two cores, so a hop's wait grows with it, and it is far less noisy
+    /// than the latency.
+    pub cpu_us_per_indicator: f64,
+    /// Thread switches per indicator relayed (every thread of the process,
+    /// voluntary and not): each hand-off to a database thread or the
+    /// blocking pool and back is two.
+    pub switches_per_indicator: f64,
 }
 
 /// Fan-out figures.
@@ -588,8 +608,13 @@ pub fn render(r: &Report) -> String {
     let (b, a) = (&r.primitives_before, &r.primitives_after);
     let _ = writeln!(
         s,
-        "machine ({} cores; the better of before/after the node phases)",
-        p.cores
+        "machine ({} cores{}; the better of before/after the node phases)",
+        p.cores,
+        if p.cpu.is_empty() {
+            String::new()
+        } else {
+            format!(", {}", p.cpu)
+        }
     );
     let _ = writeln!(
         s,
@@ -626,6 +651,14 @@ pub fn render(r: &Report) -> String {
         "  SQLite commit      {:>10.0}/s (one row each: {:.2} ms per durable step)",
         p.sqlite_commit_per_s,
         1e3 / p.sqlite_commit_per_s
+    );
+    let _ = writeln!(
+        s,
+        "  SQLite round trip  {:>10.0}/s (one statement to the connection's thread and back: {:.0} µs; before {:.0}, after {:.0})",
+        p.sqlite_round_trips_per_s,
+        1e6 / p.sqlite_round_trips_per_s,
+        b.sqlite_round_trips_per_s,
+        a.sqlite_round_trips_per_s
     );
     if let (Some(ins), Some(com)) = (p.postgres_insert_per_s, p.postgres_commit_per_s) {
         let _ = writeln!(
@@ -685,6 +718,11 @@ pub fn render(r: &Report) -> String {
         s,
         "                     by hop, p50: publish > A {:.2} ms, A > B {:.2} ms, B > C {:.2} ms",
         l.hop_p50_ms[0], l.hop_p50_ms[1], l.hop_p50_ms[2]
+    );
+    let _ = writeln!(
+        s,
+        "                     work per indicator (the whole process): {:.0} µs of CPU, {:.1} thread switches",
+        l.cpu_us_per_indicator, l.switches_per_indicator
     );
     let _ = writeln!(
         s,

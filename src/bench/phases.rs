@@ -295,6 +295,7 @@ pub(super) async fn bench_latency(
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
     let mut tasks = Vec::with_capacity(total as usize);
+    let (cpu_before, switches_before) = (cpu_seconds(), context_switches());
     for i in 0..total {
         ticker.tick().await;
         let d = draft(i, Tlp::Clear, 70);
@@ -334,6 +335,9 @@ pub(super) async fn bench_latency(
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    let cpu = cpu_seconds();
+    let cpu_us = (cpu.0 + cpu.1 - cpu_before.0 - cpu_before.1) * 1e6;
+    let switches = context_switches().saturating_sub(switches_before);
     for w in [watcher, watch_a, watch_b] {
         w.abort();
     }
@@ -369,6 +373,8 @@ pub(super) async fn bench_latency(
         p99_ms: percentile(&ms, 0.99),
         max_ms: ms.last().copied().unwrap_or(0.0),
         hop_p50_ms: hops,
+        cpu_us_per_indicator: cpu_us / total.max(1) as f64,
+        switches_per_indicator: switches as f64 / total.max(1) as f64,
     })
 }
 

@@ -81,6 +81,7 @@ pub(super) async fn primitives(
     let commits = sqlite_insert_rate(&dir.join("commit.db"), 1, 400, secs)
         .await
         .map_err(err)?;
+    let round_trips = sqlite_round_trip_rate(&dir.join("commit.db"), secs).await?;
     let (pg_inserts, pg_commits) = if opts.store.is_empty() {
         (None, None)
     } else {
@@ -91,6 +92,7 @@ pub(super) async fn primitives(
     };
     Ok(Primitives {
         cores,
+        cpu: cpu_model(),
         sign_per_s_1core: s1,
         sign_per_s_all: sa,
         verify_per_s_1core: v1,
@@ -98,9 +100,44 @@ pub(super) async fn primitives(
         verify_batch_per_s_all: vb,
         sqlite_insert_per_s: sqlite,
         sqlite_commit_per_s: commits,
+        sqlite_round_trips_per_s: round_trips,
         postgres_insert_per_s: pg_inserts,
         postgres_commit_per_s: pg_commits,
     })
+}
+
+/// The processor's name from /proc/cpuinfo (Linux; empty elsewhere).
+fn cpu_model() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|info| {
+            info.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split_once(':'))
+                .map(|(_, name)| name.trim().to_string())
+        })
+        .unwrap_or_default()
+}
+
+/// Thread switches (voluntary and not) of this process's live threads so
+/// far, from /proc/self/task/*/status (Linux; 0 elsewhere). Threads that
+/// ended are not counted: take the difference over a phase whose threads
+/// outlive it.
+pub(super) fn context_switches() -> u64 {
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return 0;
+    };
+    tasks
+        .flatten()
+        .filter_map(|t| std::fs::read_to_string(t.path().join("status")).ok())
+        .map(|status| {
+            status
+                .lines()
+                .filter(|l| l.contains("ctxt_switches:"))
+                .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+                .sum::<u64>()
+        })
+        .sum()
 }
 
 /// CPU seconds this process has used so far, (user, system), from
@@ -212,5 +249,35 @@ pub(super) async fn sqlite_insert_rate(
     }
     let rate = n as f64 / start.elapsed().as_secs_f64();
     pool.close().await;
+    Ok(rate)
+}
+
+/// Statements per second one task gets through on one SQLite connection,
+/// one after another, each a `SELECT 1` that touches no page: the cost of
+/// handing a statement to the driver's connection thread and its answer
+/// back (two thread wake-ups), which every statement of a write pays. It
+/// differs between machines more than the CPU figures do (context
+/// switches cost what the host's mitigations make them cost), and a relay
+/// hop is about a dozen of them plus a sync.
+pub(super) async fn sqlite_round_trip_rate(
+    path: &std::path::Path,
+    secs: f64,
+) -> Result<f64, BenchError> {
+    let opts = crate::store::durable_options(path).map_err(err)?;
+    let mut conn = sqlx::ConnectOptions::connect(&opts).await.map_err(err)?;
+    let start = Instant::now();
+    let mut n = 0u64;
+    while start.elapsed().as_secs_f64() < secs {
+        for _ in 0..64 {
+            let one: i64 = sqlx::query_scalar("SELECT 1")
+                .fetch_one(&mut conn)
+                .await
+                .map_err(err)?;
+            std::hint::black_box(one);
+        }
+        n += 64;
+    }
+    let rate = n as f64 / start.elapsed().as_secs_f64();
+    let _ = sqlx::Connection::close(conn).await;
     Ok(rate)
 }
