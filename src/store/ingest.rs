@@ -122,6 +122,92 @@ impl Store {
             .iter()
             .map(|r| (r.indicator.origin_org.clone(), r.indicator.id.clone()))
             .collect();
+        let distinct = keys.iter().collect::<std::collections::HashSet<_>>().len() == keys.len();
+        let all: Vec<&NewIndicator> = rows.iter().collect();
+        // Each indicator once (the usual batch): stored where in step in
+        // one statement, and only what it did not store is looked at.
+        let in_step = if distinct {
+            self.insert_indicators_in_step(tx, &all, upstream.as_str(), now)
+                .await?
+        } else {
+            None
+        };
+        let mut out = match in_step {
+            Some(seqs) => self.left_out(tx, rows, keys, seqs).await?,
+            None => {
+                self.check_then_insert(tx, rows, keys, upstream, now)
+                    .await?
+            }
+        };
+        for (row, admitted) in rows.iter().zip(&out) {
+            if matches!(admitted, Admitted::Stored(_)) {
+                audit.push(AuditEntry::accepted(
+                    upstream.as_str(),
+                    row.subject(),
+                    row.rule,
+                    &row.path,
+                ));
+            }
+        }
+        self.refuse_conflicting(tx, rows, &mut out).await?;
+        Ok(out)
+    }
+
+    /// What [`Store::insert_indicators_in_step`] did with each row: its
+    /// number where stored; where not, a refusal if its version is out of
+    /// step with the one held, else a duplicate.
+    async fn left_out(
+        &self,
+        tx: &mut Tx,
+        rows: &[NewIndicator],
+        keys: Vec<(String, String)>,
+        seqs: Vec<Option<u64>>,
+    ) -> Result<Vec<Admitted>, StoreError> {
+        let missing: Vec<(String, String)> = keys
+            .into_iter()
+            .zip(&seqs)
+            .filter(|(_, seq)| seq.is_none())
+            .map(|(key, _)| key)
+            .collect();
+        // The statement stored no version of these indicators (each is
+        // once in the batch), so what is held now is what it checked.
+        let held = if missing.is_empty() {
+            HashMap::new()
+        } else {
+            held_versions(tx, &missing).await?
+        };
+        Ok(rows
+            .iter()
+            .zip(seqs)
+            .map(|(row, seq)| match seq {
+                Some(seq) => Admitted::Stored(seq),
+                None => {
+                    let i = &row.indicator;
+                    let key = (i.origin_org.clone(), i.id.clone());
+                    match version_refusal(i, held.get(&key).copied()) {
+                        Some(refusal) => Admitted::Refused(Rejection {
+                            upstream_seq: row.upstream_seq,
+                            refusal,
+                            envelope: row.envelope.clone(),
+                        }),
+                        None => Admitted::Duplicate,
+                    }
+                }
+            })
+            .collect())
+    }
+
+    /// Reads the newest version held of each indicator, refuses rows out of
+    /// step with it (or with an earlier row of the batch), and stores the
+    /// rest: a batch carrying an indicator more than once, or PostgreSQL.
+    async fn check_then_insert(
+        &self,
+        tx: &mut Tx,
+        rows: &[NewIndicator],
+        keys: Vec<(String, String)>,
+        upstream: &OrgId,
+        now: i64,
+    ) -> Result<Vec<Admitted>, StoreError> {
         let mut held = held_versions(tx, &keys).await?;
         let mut verdicts: Vec<Option<Admitted>> = Vec::with_capacity(rows.len());
         let mut candidates = Vec::new();
@@ -144,26 +230,16 @@ impl Store {
             .insert_indicators(tx, &candidates, upstream.as_str(), now)
             .await?
             .into_iter();
-        let mut out = Vec::with_capacity(rows.len());
-        for (row, verdict) in rows.iter().zip(verdicts) {
-            out.push(match verdict {
+        Ok(verdicts
+            .into_iter()
+            .map(|verdict| match verdict {
                 Some(v) => v,
                 None => match seqs.next().flatten() {
-                    Some(seq) => {
-                        audit.push(AuditEntry::accepted(
-                            upstream.as_str(),
-                            row.subject(),
-                            row.rule,
-                            &row.path,
-                        ));
-                        Admitted::Stored(seq)
-                    }
+                    Some(seq) => Admitted::Stored(seq),
                     None => Admitted::Duplicate,
                 },
-            });
-        }
-        self.refuse_conflicting(tx, rows, &mut out).await?;
-        Ok(out)
+            })
+            .collect())
     }
 
     /// Turns each duplicate whose envelope differs from the one stored
@@ -476,4 +552,126 @@ async fn held_versions(
         }
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::signing::OrgSigningKey;
+
+    /// Version `v` of indicator `id` of a.example, sealed as its origin
+    /// sends it.
+    fn version(key: &OrgSigningKey, id: &str, v: u64) -> NewIndicator {
+        let mut i = crate::signing::test_indicator("a.example", key);
+        i.id = id.into();
+        i.version = v;
+        crate::exchange::seal(key, i)
+    }
+
+    /// A batch naming each indicator once is checked inside its insert;
+    /// what it stores, skips and refuses (and the numbers it gives) are
+    /// what reading the held versions first and inserting the rest gives,
+    /// also when only some rows go in: a rollback, a duplicate, a version
+    /// too far ahead, a new indicator, a version in step, and a new
+    /// indicator at a high first version.
+    #[tokio::test]
+    async fn a_batch_of_distinct_indicators_is_checked_in_its_insert_as_by_reading_first() {
+        let (key, _) = OrgSigningKey::generate().unwrap();
+        let upstream = OrgId::parse("a.example").unwrap();
+        let held = [("x", 5), ("y", 1), ("p", 1), ("q", 1)];
+        let offered = [
+            ("x", 3),
+            ("y", 1),
+            ("z", 1),
+            ("p", 2 + MAX_VERSION_STEP),
+            ("q", 3),
+            ("r", 5_000),
+        ];
+        let mut seen = Vec::new();
+        for in_step in [true, false] {
+            let dir = crate::store::scratch_dir("ingest");
+            std::fs::create_dir_all(&dir).unwrap();
+            let store = Store::open_sqlite(&dir.join("store.db"), crate::clock::Clock::system())
+                .await
+                .unwrap();
+            let rows: Vec<NewIndicator> =
+                held.iter().map(|(id, v)| version(&key, id, *v)).collect();
+            let (writing, mut tx) = store.write_tx().await.unwrap();
+            let refs: Vec<&NewIndicator> = rows.iter().collect();
+            store
+                .insert_indicators(&mut tx, &refs, "a.example", 1000)
+                .await
+                .unwrap();
+            tx.commit().await.unwrap();
+            drop(writing);
+
+            let batch: Vec<NewIndicator> = offered
+                .iter()
+                .map(|(id, v)| version(&key, id, *v))
+                .collect();
+            let keys: Vec<(String, String)> = batch
+                .iter()
+                .map(|r| (r.indicator.origin_org.clone(), r.indicator.id.clone()))
+                .collect();
+            let (writing, mut tx) = store.write_tx().await.unwrap();
+            let out = if in_step {
+                let refs: Vec<&NewIndicator> = batch.iter().collect();
+                let seqs = store
+                    .insert_indicators_in_step(&mut tx, &refs, "a.example", 1000)
+                    .await
+                    .unwrap()
+                    .expect("SQLite checks in the insert");
+                store.left_out(&mut tx, &batch, keys, seqs).await.unwrap()
+            } else {
+                store
+                    .check_then_insert(&mut tx, &batch, keys, &upstream, 1000)
+                    .await
+                    .unwrap()
+            };
+            tx.commit().await.unwrap();
+            drop(writing);
+            // Each number given is the row's own; numbers skipped by the
+            // statement may differ between the two, what went in may not.
+            let crate::store::db::Pool::Sqlite(db) = &store.pool else {
+                unreachable!("a SQLite store")
+            };
+            let mut verdicts = Vec::new();
+            for (a, (id, v)) in out.iter().zip(offered) {
+                verdicts.push(match a {
+                    Admitted::Stored(seq) => {
+                        let at: (String, i64) = sqlx::query_as(
+                            "SELECT indicator_id, version FROM indicators WHERE seq = ?",
+                        )
+                        .bind(*seq as i64)
+                        .fetch_one(db)
+                        .await
+                        .unwrap();
+                        assert_eq!(at, (id.to_string(), v as i64), "row {seq}");
+                        "stored".to_string()
+                    }
+                    Admitted::Duplicate => "duplicate".into(),
+                    Admitted::Refused(r) => format!("{:?}", r.refusal.kind),
+                });
+            }
+            assert_eq!(store.count_indicators().await.unwrap(), 7);
+            seen.push(verdicts);
+            store.close().await;
+            let _ = std::fs::remove_dir_all(&dir);
+        }
+        assert_eq!(
+            seen[0],
+            [
+                "Rollback",
+                "duplicate",
+                "stored",
+                "TooFarAhead",
+                "stored",
+                "stored"
+            ]
+        );
+        assert_eq!(
+            seen[0], seen[1],
+            "the in-step insert and reading first differ"
+        );
+    }
 }

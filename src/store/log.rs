@@ -655,15 +655,61 @@ impl Store {
         received_from: &str,
         now: i64,
     ) -> Result<Vec<Option<u64>>, StoreError> {
+        self.insert_rows(tx, rows, received_from, now, false).await
+    }
+
+    /// [`Store::insert_indicators`] of only the rows whose version may
+    /// follow the newest one held of their indicator (none held, or at
+    /// most [`super::ingest::MAX_VERSION_STEP`] above it; the ingest's
+    /// rollback and far-ahead checks) — in the same statement, so a batch
+    /// of new indicators costs one round trip, not a read and then a
+    /// write. Per row, its sequence number, or `None` when it was not
+    /// stored (held already, or out of step). Every (origin, id) of `rows`
+    /// must be distinct (the check sees what was held before the
+    /// statement). SQLite only: `None` on PostgreSQL, whose caller checks
+    /// first.
+    pub(super) async fn insert_indicators_in_step(
+        &self,
+        tx: &mut Tx,
+        rows: &[&NewIndicator],
+        received_from: &str,
+        now: i64,
+    ) -> Result<Option<Vec<Option<u64>>>, StoreError> {
+        if matches!(tx, Tx::Pg(_)) {
+            return Ok(None);
+        }
+        self.insert_rows(tx, rows, received_from, now, true)
+            .await
+            .map(Some)
+    }
+
+    /// [`Store::insert_indicators`], and with `in_step` (SQLite) only the
+    /// rows [`Store::insert_indicators_in_step`] describes.
+    async fn insert_rows(
+        &self,
+        tx: &mut Tx,
+        rows: &[&NewIndicator],
+        received_from: &str,
+        now: i64,
+        in_step: bool,
+    ) -> Result<Vec<Option<u64>>, StoreError> {
         let mut out = Vec::with_capacity(rows.len());
-        // The statement for one chunk, in either backend's placeholders.
+        // The statement for one chunk, in either backend's placeholders;
+        // with `in_step`, the rows are selected from their list (a 15th
+        // column keeps their order) where their version is in step.
         macro_rules! statement {
             ($db:ty, $chunk:expr) => {{
                 let mut q = sqlx::QueryBuilder::<$db>::new(
                     "INSERT INTO indicators (origin_org, indicator_id, version, received_from, envelope, kind, value, \
                      tlp, confidence, created_ms, modified_ms, revoked, stored_ms, path) ",
                 );
-                q.push_values($chunk, |mut b, row| {
+                if in_step {
+                    q.push(
+                        "SELECT v.column1, v.column2, v.column3, v.column4, v.column5, v.column6, v.column7, \
+                         v.column8, v.column9, v.column10, v.column11, v.column12, v.column13, v.column14 FROM (",
+                    );
+                }
+                q.push_values($chunk.iter().enumerate(), |mut b, (n, row)| {
                     let i = &row.indicator;
                     b.push_bind(i.origin_org.clone())
                         .push_bind(i.id.clone())
@@ -679,7 +725,18 @@ impl Store {
                         .push_bind(i.revoked)
                         .push_bind(now)
                         .push_bind(row.path.join(","));
+                    if in_step {
+                        b.push_bind(n as i64);
+                    }
                 });
+                if in_step {
+                    q.push(format!(
+                        ") AS v WHERE COALESCE((SELECT MAX(h.version) FROM indicators h \
+                         WHERE h.origin_org = v.column1 AND h.indicator_id = v.column2), v.column3) \
+                         BETWEEN v.column3 - {} AND v.column3 ORDER BY v.column15",
+                        super::ingest::MAX_VERSION_STEP
+                    ));
+                }
                 q.push(" ON CONFLICT (origin_org, indicator_id, version) DO NOTHING");
                 q
             }};
