@@ -198,6 +198,11 @@ pub struct Latency {
     /// voluntary and not): each hand-off to a database thread or the
     /// blocking pool and back is two.
     pub switches_per_indicator: f64,
+    /// SQLite commits per indicator relayed, at A, B and C (publishes or
+    /// ingests, and release records not folded into one of those).
+    pub commits_per_indicator: [f64; 3],
+    /// Log syncs per indicator relayed, the three nodes together.
+    pub syncs_per_indicator: f64,
 }
 
 /// Fan-out figures.
@@ -721,8 +726,13 @@ pub fn render(r: &Report) -> String {
     );
     let _ = writeln!(
         s,
-        "                     work per indicator (the whole process): {:.0} µs of CPU, {:.1} thread switches",
-        l.cpu_us_per_indicator, l.switches_per_indicator
+        "                     work per indicator (the whole process): {:.0} µs of CPU, {:.1} thread switches, commits {:.2} at A, {:.2} at B, {:.2} at C, {:.2} syncs",
+        l.cpu_us_per_indicator,
+        l.switches_per_indicator,
+        l.commits_per_indicator[0],
+        l.commits_per_indicator[1],
+        l.commits_per_indicator[2],
+        l.syncs_per_indicator
     );
     let _ = writeln!(
         s,

@@ -295,7 +295,13 @@ pub(super) async fn bench_latency(
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
     let mut tasks = Vec::with_capacity(total as usize);
-    let (cpu_before, switches_before) = (cpu_seconds(), context_switches());
+    let nodes = [&node_a, &node_b, &node_c];
+    // Commits at each node, and syncs of all three.
+    let disk = || {
+        let counts = nodes.map(|n| n.ctx.store.commits_and_syncs());
+        (counts.map(|c| c.0), counts.iter().map(|c| c.1).sum::<u64>())
+    };
+    let (cpu_before, switches_before, disk_before) = (cpu_seconds(), context_switches(), disk());
     for i in 0..total {
         ticker.tick().await;
         let d = draft(i, Tlp::Clear, 70);
@@ -338,6 +344,10 @@ pub(super) async fn bench_latency(
     let cpu = cpu_seconds();
     let cpu_us = (cpu.0 + cpu.1 - cpu_before.0 - cpu_before.1) * 1e6;
     let switches = context_switches().saturating_sub(switches_before);
+    let (commits, syncs) = disk();
+    let per = |n: u64| n as f64 / total.max(1) as f64;
+    let commits: [f64; 3] = std::array::from_fn(|i| per(commits[i] - disk_before.0[i]));
+    let syncs = per(syncs - disk_before.1);
     for w in [watcher, watch_a, watch_b] {
         w.abort();
     }
@@ -375,6 +385,8 @@ pub(super) async fn bench_latency(
         hop_p50_ms: hops,
         cpu_us_per_indicator: cpu_us / total.max(1) as f64,
         switches_per_indicator: switches as f64 / total.max(1) as f64,
+        commits_per_indicator: commits,
+        syncs_per_indicator: syncs,
     })
 }
 

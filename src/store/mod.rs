@@ -654,6 +654,13 @@ impl Store {
         self.wal.as_ref().map_or(0, |w| w.unsynced())
     }
 
+    /// Write transactions committed and log syncs done by this handle so
+    /// far (SQLite; `(0, 0)` on PostgreSQL): what a write path costs the
+    /// disk, counted rather than timed.
+    pub fn commits_and_syncs(&self) -> (u64, u64) {
+        self.wal.as_ref().map_or((0, 0), |w| w.counts())
+    }
+
     /// Puts every commit made so far on disk (SQLite; PostgreSQL's are).
     async fn sync_all(&self) -> Result<(), StoreError> {
         match &self.wal {

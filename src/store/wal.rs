@@ -28,6 +28,8 @@ pub(crate) struct WalSync {
     committed: AtomicU64,
     /// Commits known to be on disk.
     synced: AtomicU64,
+    /// Syncs done (each may cover many commits).
+    syncs: AtomicU64,
     /// Held while a sync runs: callers who need one wait for it rather
     /// than start another, and find their commit covered.
     syncing: tokio::sync::Mutex<()>,
@@ -46,6 +48,7 @@ impl WalSync {
             path: path.into(),
             committed: AtomicU64::new(0),
             synced: AtomicU64::new(0),
+            syncs: AtomicU64::new(0),
             syncing: tokio::sync::Mutex::new(()),
             ended: tokio::sync::watch::Sender::new(0),
         }
@@ -55,6 +58,14 @@ impl WalSync {
     /// log) and returns its number, for [`WalSync::sync_through`].
     pub(crate) fn committed(&self) -> u64 {
         self.committed.fetch_add(1, Ordering::AcqRel) + 1
+    }
+
+    /// Commits counted and syncs done so far.
+    pub(crate) fn counts(&self) -> (u64, u64) {
+        (
+            self.committed.load(Ordering::Acquire),
+            self.syncs.load(Ordering::Relaxed),
+        )
     }
 
     /// Commits counted that no sync has put on disk yet.
@@ -122,6 +133,7 @@ impl WalSync {
         .and_then(|r| r);
         if result.is_ok() {
             self.synced.fetch_max(target, Ordering::AcqRel);
+            self.syncs.fetch_add(1, Ordering::Relaxed);
         }
         result
     }
