@@ -235,7 +235,7 @@ impl Store {
     /// process wrote to the file is read once this process's own log moves
     /// past it), on PostgreSQL any committed.
     pub(super) fn given_out_up_to(&self) -> i64 {
-        if self.wal.is_some() {
+        if self.wal().is_some() {
             to_i64(*self.latest.borrow())
         } else {
             i64::MAX

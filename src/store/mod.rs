@@ -48,7 +48,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
 
 use db::{Pool, on, sql};
 use tokio::sync::{mpsc, watch};
@@ -212,13 +214,27 @@ const WAL_KEPT_BYTES: u64 = 64 << 20;
 pub const ROWS_PER_STATEMENT: usize = 512;
 
 /// The node's store.
+/// Where a store's write transactions run.
+#[derive(Debug, Clone)]
+enum Writer {
+    /// The one connection every write transaction of this process uses,
+    /// kept between them (opened from `pool` when there is none), and the
+    /// write-ahead log its commits are synced through (see `wal`).
+    Sqlite {
+        pool: SqlitePool,
+        held: db::WriterSlot,
+        wal: Arc<wal::WalSync>,
+    },
+    /// The pool reads use too.
+    Pg(sqlx::PgPool),
+}
+
 #[derive(Debug, Clone)]
 pub struct Store {
     /// Connections for reads.
     pool: Pool,
-    /// SQLite: the one connection every write transaction of this process
-    /// uses (see [`Store::write_tx`]); PostgreSQL: the same pool as reads.
-    writer: Pool,
+    /// Where write transactions run (see [`Store::write_tx`]).
+    writer: Writer,
     /// Local publishes, committed in groups by one writer task.
     local: mpsc::Sender<log::LocalWrite>,
     /// Release records of partner streams, committed in groups.
@@ -230,10 +246,6 @@ pub struct Store {
     tail: Arc<tokio::sync::Mutex<tail::Tail>>,
     /// Held for the length of every write transaction of this process.
     writing: Arc<tokio::sync::Mutex<Writing>>,
-    /// SQLite: the writing connection between two write transactions.
-    held: db::WriterSlot,
-    /// SQLite: its write-ahead log, synced after commits (see `wal`).
-    wal: Option<Arc<wal::WalSync>>,
     /// Highest local sequence number, so live subscribers wake without polling.
     latest: watch::Sender<u64>,
     /// Highest sequence number this process has written and put on the
@@ -380,8 +392,12 @@ impl Store {
             .connect_with(opts)
             .await
             .map_err(|e| open_err(e.to_string()))?;
-        let wal = Arc::new(wal::WalSync::new(path));
-        Self::start(Pool::Sqlite(pool), Pool::Sqlite(writer), clock, Some(wal)).await
+        let writer = Writer::Sqlite {
+            pool: writer,
+            held: Default::default(),
+            wal: Arc::new(wal::WalSync::new(path)),
+        };
+        Self::start(Pool::Sqlite(pool), writer, clock).await
     }
 
     /// Opens the store `settings` name: PostgreSQL when `store.url` is
@@ -439,16 +455,11 @@ impl Store {
             .run(&pool)
             .await
             .map_err(|e| open_err(format!("migration failed: {e}")))?;
-        Self::start(Pool::Pg(pool.clone()), Pool::Pg(pool), clock, None).await
+        Self::start(Pool::Pg(pool.clone()), Writer::Pg(pool), clock).await
     }
 
     /// The handle over opened pools, its writers started.
-    async fn start(
-        pool: Pool,
-        writer: Pool,
-        clock: Clock,
-        wal: Option<Arc<wal::WalSync>>,
-    ) -> Result<Self, StoreError> {
+    async fn start(pool: Pool, writer: Writer, clock: Clock) -> Result<Self, StoreError> {
         let (local, queue) = mpsc::channel(4096);
         let (releases, release_queue) = mpsc::channel(4096);
         let store = Self {
@@ -459,8 +470,6 @@ impl Store {
             pending_releases: Default::default(),
             tail: Default::default(),
             writing: Default::default(),
-            held: Default::default(),
-            wal,
             latest: watch::channel(0).0,
             written: watch::channel(0).0,
             clock,
@@ -468,8 +477,8 @@ impl Store {
             writers: TaskTracker::new(),
             observer: Default::default(),
             leases: match &writer {
-                Pool::Pg(p) => Some(Arc::new(replicas::Leases::new(p.clone()))),
-                Pool::Sqlite(_) => None,
+                Writer::Pg(p) => Some(Arc::new(replicas::Leases::new(p.clone()))),
+                Writer::Sqlite { .. } => None,
             },
             ledger_head: Default::default(),
         };
@@ -516,10 +525,15 @@ impl Store {
         self.stop.cancel();
         self.writers.wait().await;
         self.pool.close().await;
-        if let Some(conn) = self.held.take() {
-            let _ = sqlx::Connection::close(conn).await;
+        match &self.writer {
+            Writer::Sqlite { pool, held, .. } => {
+                if let Some(conn) = held.take() {
+                    let _ = sqlx::Connection::close(conn).await;
+                }
+                pool.close().await;
+            }
+            Writer::Pg(pool) => pool.close().await,
         }
-        self.writer.close().await;
     }
 
     /// The next group for a writer: waits for one queued write, then takes
@@ -609,34 +623,29 @@ impl Store {
         &self,
         guard: tokio::sync::OwnedMutexGuard<Writing>,
     ) -> Result<WriteLock, StoreError> {
-        let tx = match (&self.writer, &self.wal) {
-            (Pool::Sqlite(p), Some(wal)) => {
-                let kept = self.held.take();
+        let tx = match &self.writer {
+            Writer::Sqlite { pool, held, wal } => {
+                let kept = held.take();
                 let retry = kept.is_some();
                 let conn = match kept {
                     Some(conn) => conn,
-                    None => p.acquire().await?.detach(),
+                    None => pool.acquire().await?.detach(),
                 };
-                let tx = match self.held.begin(conn, wal.clone()).await {
+                let tx = match held.begin(conn, wal.clone()).await {
                     Ok(tx) => tx,
                     // A kept connection that cannot begin (a rollback that
                     // failed left it inside a transaction, or its thread
                     // stopped) is closed, and a fresh one tried.
                     Err(e) if retry => {
                         tracing::warn!(error = %e, "reopening the store's writing connection");
-                        let conn = p.acquire().await?.detach();
-                        self.held.begin(conn, wal.clone()).await?
+                        let conn = pool.acquire().await?.detach();
+                        held.begin(conn, wal.clone()).await?
                     }
                     Err(e) => return Err(e.into()),
                 };
                 Tx::Sqlite(db::SqliteTx::Write(tx))
             }
-            (Pool::Sqlite(_), None) => {
-                return Err(StoreError::Database(
-                    "SQLite store opened without its log".into(),
-                ));
-            }
-            (Pool::Pg(p), _) => {
+            Writer::Pg(p) => {
                 let mut tx = p.begin().await?;
                 sqlx::query("SELECT pg_advisory_xact_lock($1)")
                     .bind(PG_WRITE_LOCK)
@@ -648,22 +657,31 @@ impl Store {
         Ok((guard, tx))
     }
 
+    /// SQLite: the write-ahead log its commits are synced through (see
+    /// `wal`); PostgreSQL: none (a commit is on disk when it returns).
+    fn wal(&self) -> Option<&Arc<wal::WalSync>> {
+        match &self.writer {
+            Writer::Sqlite { wal, .. } => Some(wal),
+            Writer::Pg(_) => None,
+        }
+    }
+
     /// Commits written to the log that no sync has put on disk yet
     /// (SQLite; always 0 on PostgreSQL, where every commit is on disk).
     pub fn unsynced_commits(&self) -> u64 {
-        self.wal.as_ref().map_or(0, |w| w.unsynced())
+        self.wal().map_or(0, |w| w.unsynced())
     }
 
     /// Write transactions committed and log syncs done by this handle so
     /// far (SQLite; `(0, 0)` on PostgreSQL): what a write path costs the
     /// disk, counted rather than timed.
     pub fn commits_and_syncs(&self) -> (u64, u64) {
-        self.wal.as_ref().map_or((0, 0), |w| w.counts())
+        self.wal().map_or((0, 0), |w| w.counts())
     }
 
     /// Puts every commit made so far on disk (SQLite; PostgreSQL's are).
     async fn sync_all(&self) -> Result<(), StoreError> {
-        match &self.wal {
+        match self.wal() {
             Some(w) => w.sync_now().await.map_err(wal::not_on_disk),
             None => Ok(()),
         }

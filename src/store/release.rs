@@ -246,7 +246,7 @@ impl Store {
     /// commit `n`, on disk (at once if a sync since covered them); a
     /// failure is logged (the next sync puts them there).
     async fn sync_releases_through(&self, n: u64) {
-        if let Some(wal) = &self.wal
+        if let Some(wal) = self.wal()
             && let Err(e) = wal.sync_through(n).await
         {
             tracing::error!(error = %e, "syncing release records to disk failed");

@@ -65,7 +65,7 @@ impl Store {
         limit: u32,
     ) -> Result<(Vec<StoredIndicator>, Option<Unsynced>), StoreError> {
         let (rows, commit) = self.read_tail_first(after, limit).await?;
-        match (commit, &self.wal) {
+        match (commit, self.wal()) {
             (Some(n), Some(wal)) => Ok((
                 rows,
                 Some(Unsynced {
@@ -139,7 +139,7 @@ impl Store {
         let Some(first) = rows.first().map(|r| r.seq) else {
             return;
         };
-        if self.writer.is_postgres() || rows.windows(2).any(|w| w[1].seq != w[0].seq + 1) {
+        if self.wal().is_none() || rows.windows(2).any(|w| w[1].seq != w[0].seq + 1) {
             return;
         }
         let on_disk = self.given_out_up_to();
