@@ -27,6 +27,9 @@ pub(super) struct ReleaseWrite {
     entries: Vec<AuditEntry>,
     recipient: OrgId,
     sent: Vec<Sent>,
+    /// SQLite: the commit that wrote the rows this batch releases, when it
+    /// may not be synced yet (the batch is not sent before it is).
+    rows_commit: Option<u64>,
     done: oneshot::Sender<Result<(), StoreError>>,
 }
 
@@ -70,11 +73,28 @@ impl Store {
         recipient: &OrgId,
         sent: Vec<Sent>,
     ) -> Result<oneshot::Receiver<Result<(), StoreError>>, StoreError> {
+        self.enqueue_release_of(entries, recipient, sent, None)
+            .await
+    }
+
+    /// [`Store::enqueue_release`] of a batch of rows whose commit `rows`
+    /// may not be on disk yet (from [`Store::read_written_after`]): the
+    /// batch waits for that sync anyway, so its records wait for it too
+    /// before they are committed on their own, for a publish or ingest to
+    /// carry them meanwhile (see [`Store::release_writer`]).
+    pub(crate) async fn enqueue_release_of(
+        &self,
+        entries: Vec<AuditEntry>,
+        recipient: &OrgId,
+        sent: Vec<Sent>,
+        rows: Option<&Unsynced>,
+    ) -> Result<oneshot::Receiver<Result<(), StoreError>>, StoreError> {
         let (done, result) = oneshot::channel();
         let write = ReleaseWrite {
             entries,
             recipient: recipient.clone(),
             sent,
+            rows_commit: rows.map(|u| u.n),
             done,
         };
         self.releases
@@ -91,7 +111,10 @@ impl Store {
     /// durable commits (publishes, ingest) take it (see
     /// [`Store::take_releases`]): a node that is writing anyway commits its
     /// release records with that write, and only what no such write took is
-    /// committed here, in a transaction of its own.
+    /// committed here, in a transaction of its own. A group releasing rows
+    /// whose commit is still being synced waits for that sync first (its
+    /// batches are not sent before it ends), so a publish or ingest
+    /// arriving meanwhile carries it.
     ///
     /// On SQLite a batch is answered (and sent) once its records are
     /// written to the log, before they are synced (they survive the
@@ -122,7 +145,11 @@ impl Store {
             if got == 0 {
                 break;
             }
+            let rows_commit = group.iter().filter_map(|w| w.rows_commit).max();
             self.leave_releases(group.drain(..));
+            if let Some(n) = rows_commit {
+                self.carry_while_synced(n).await;
+            }
             // Waiting for the lock, what else is queued joins them.
             let lock = self.writing.clone().lock_owned();
             tokio::pin!(lock);
@@ -167,6 +194,28 @@ impl Store {
         }
     }
 
+    /// Returns once the release writes waiting for the lock were taken by a
+    /// durable commit, or commit `n` is synced (or its sync failed: the
+    /// batches waiting for it see that), whichever comes first.
+    async fn carry_while_synced(&self, n: u64) {
+        let Some(wal) = self.wal() else { return };
+        let taken = self.releases_taken.notified();
+        tokio::pin!(taken);
+        taken.as_mut().enable();
+        if self
+            .pending_releases
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_empty()
+        {
+            return;
+        }
+        tokio::select! {
+            _ = taken => {}
+            _ = wal.sync_through(n) => {}
+        }
+    }
+
     /// Puts release writes where a durable commit can take them.
     fn leave_releases(&self, writes: impl IntoIterator<Item = ReleaseWrite>) {
         self.pending_releases
@@ -180,12 +229,16 @@ impl Store {
     /// [`Store::commit_with_releases`]); whoever takes them answers them
     /// with [`answer_releases`].
     pub(super) fn take_releases(&self) -> Vec<ReleaseWrite> {
-        std::mem::take(
+        let taken = std::mem::take(
             &mut *self
                 .pending_releases
                 .lock()
                 .unwrap_or_else(|e| e.into_inner()),
-        )
+        );
+        if !taken.is_empty() {
+            self.releases_taken.notify_waiters();
+        }
+        taken
     }
 
     /// Ends a transaction that stores log rows (publishes, ingest): appends
@@ -493,6 +546,73 @@ mod tests {
         let store = Store::open_sqlite(&dir.join("store.db"), crate::clock::Clock::system())
             .await
             .unwrap();
+        assert_eq!(store.count_audit().await.unwrap(), 2);
+        assert_eq!(store.verify_audit().await.unwrap(), Ok(2));
+        store.close().await;
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// Release records of rows whose commit is still being synced wait for
+    /// that sync before the release writer commits them on its own: a
+    /// publish or ingest committed meanwhile carries them, and no
+    /// transaction of release records alone is committed.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn release_records_of_rows_being_synced_ride_with_a_write_committed_meanwhile() {
+        let dir = crate::store::scratch_dir("release-carried");
+        let store = Store::open_sqlite(&dir.join("store.db"), crate::clock::Clock::system())
+            .await
+            .unwrap();
+        let b = OrgId::parse("b.example").unwrap();
+        let subject = || "indicator a.example/id-1 v1".to_string();
+        let wal = store.wal().expect("a SQLite store").clone();
+        // A sync in flight that ends when the test says.
+        let in_flight = wal.sync_in_flight().await;
+        // The rows' commit, written and not yet synced.
+        let (writing, tx) = store.write_tx().await.unwrap();
+        let rows = tx.commit_unsynced().await.unwrap().expect("a SQLite write");
+        drop(writing);
+        let (commits_before, _) = store.commits_and_syncs();
+        let pending = store
+            .enqueue_release_of(
+                vec![AuditEntry::sent(
+                    "b.example",
+                    subject(),
+                    "allow",
+                    "test".into(),
+                )],
+                &b,
+                vec![("a.example".into(), "id-1".into(), 1)],
+                Some(&rows),
+            )
+            .await
+            .unwrap();
+        while store.pending_releases.lock().unwrap().is_empty() {
+            let (commits, _) = store.commits_and_syncs();
+            assert_eq!(
+                commits, commits_before,
+                "the release writer committed them itself"
+            );
+            tokio::task::yield_now().await;
+        }
+        // The write lock is free, and the release writer leaves the records
+        // for a write while the rows are synced: this one takes them.
+        let (writing, tx) = store.write_tx().await.unwrap();
+        let taken = store.take_releases();
+        assert_eq!(taken.len(), 1, "the release writer committed them itself");
+        let own = vec![AuditEntry::published("test", subject())];
+        store.commit_with_releases(tx, own, taken).await.unwrap();
+        drop(writing);
+        pending.await.unwrap().unwrap();
+        drop(in_flight);
+        rows.synced().await.unwrap();
+        store.close().await;
+        let (commits_after, _) = store.commits_and_syncs();
+        assert_eq!(commits_after, commits_before + 1, "one commit carried both");
+        let store = Store::open_sqlite(&dir.join("store.db"), crate::clock::Clock::system())
+            .await
+            .unwrap();
+        let asked = [("a.example".to_string(), "id-1".to_string())];
+        assert_eq!(store.sent_before(&b, &asked).await.unwrap().len(), 1);
         assert_eq!(store.count_audit().await.unwrap(), 2);
         assert_eq!(store.verify_audit().await.unwrap(), Ok(2));
         store.close().await;

@@ -172,6 +172,18 @@ impl Unsynced {
 }
 
 #[cfg(test)]
+impl WalSync {
+    /// Holds the sync lock as a sync in flight does, until what this
+    /// returns is dropped (then those waiting are told it ended).
+    pub(crate) async fn sync_in_flight(&self) -> impl Sized + '_ {
+        Ended {
+            syncing: Some(self.syncing.lock().await),
+            ended: &self.ended,
+        }
+    }
+}
+
+#[cfg(test)]
 impl Unsynced {
     /// The first commit of a log for the database at `database`, for tests
     /// of what waits for one.
