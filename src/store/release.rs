@@ -502,54 +502,83 @@ impl Store {
 mod tests {
     use super::*;
 
+    /// The indicator the tests release.
+    fn subject() -> String {
+        "indicator a.example/id-1 v1".to_string()
+    }
+
+    /// A new SQLite store in a scratch directory named for `tag`, with the
+    /// partner b.example.
+    async fn store_and_partner(tag: &str) -> (std::path::PathBuf, Store, OrgId) {
+        let dir = crate::store::scratch_dir(tag);
+        let store = Store::open_sqlite(&dir.join("store.db"), crate::clock::Clock::system())
+            .await
+            .unwrap();
+        (dir, store, OrgId::parse("b.example").unwrap())
+    }
+
+    /// Queues the release of the test indicator to `b`, after the rows'
+    /// commit `rows` if given.
+    async fn release_to(
+        store: &Store,
+        b: &OrgId,
+        rows: Option<&Unsynced>,
+    ) -> oneshot::Receiver<Result<(), StoreError>> {
+        let entries = vec![AuditEntry::sent(
+            "b.example",
+            subject(),
+            "allow",
+            "test".into(),
+        )];
+        let sent = vec![("a.example".into(), "id-1".into(), 1)];
+        store
+            .enqueue_release_of(entries, b, sent, rows)
+            .await
+            .unwrap()
+    }
+
+    /// Commits the release writes waiting for the lock with a publish's
+    /// ledger row, in `tx`, checking there was one.
+    async fn carry_with_a_publish(store: &Store, (writing, tx): WriteLock) {
+        let taken = store.take_releases();
+        assert_eq!(taken.len(), 1, "the release writer committed them itself");
+        let own = vec![AuditEntry::published("test", subject())];
+        store.commit_with_releases(tx, own, taken).await.unwrap();
+        drop(writing);
+    }
+
+    /// After `store` is closed: reopened, it holds the release to `b`
+    /// once and the two ledger rows, chained; the directory is removed.
+    async fn holds_the_release_and_the_publish(dir: &std::path::Path, b: &OrgId) {
+        let store = Store::open_sqlite(&dir.join("store.db"), crate::clock::Clock::system())
+            .await
+            .unwrap();
+        let asked = [("a.example".to_string(), "id-1".to_string())];
+        assert_eq!(store.sent_before(b, &asked).await.unwrap().len(), 1);
+        assert_eq!(store.count_audit().await.unwrap(), 2);
+        assert_eq!(store.verify_audit().await.unwrap(), Ok(2));
+        store.close().await;
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
     /// A release write left waiting for the write lock is committed by the
     /// durable commit holding it: answered with its outcome, its ledger row
     /// and `sent_to` record stored once, and the release writer, finding
     /// nothing left when the lock comes to it, commits nothing more.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_durable_commit_takes_the_release_records_waiting_for_the_lock() {
-        let dir = crate::store::scratch_dir("release");
-        let store = Store::open_sqlite(&dir.join("store.db"), crate::clock::Clock::system())
-            .await
-            .unwrap();
-        let b = OrgId::parse("b.example").unwrap();
-        let subject = || "indicator a.example/id-1 v1".to_string();
+        let (dir, store, b) = store_and_partner("release").await;
         let guard = store.writing.clone().lock_owned().await;
-        let pending = store
-            .enqueue_release(
-                vec![AuditEntry::sent(
-                    "b.example",
-                    subject(),
-                    "allow",
-                    "test".into(),
-                )],
-                &b,
-                vec![("a.example".into(), "id-1".into(), 1)],
-            )
-            .await
-            .unwrap();
+        let pending = release_to(&store, &b, None).await;
         // The release writer leaves it for whoever holds the lock.
         while store.pending_releases.lock().unwrap().is_empty() {
             tokio::task::yield_now().await;
         }
-        let (writing, tx) = store.begin_locked(guard).await.unwrap();
-        let taken = store.take_releases();
-        assert_eq!(taken.len(), 1);
-        let own = vec![AuditEntry::published("test", subject())];
-        store.commit_with_releases(tx, own, taken).await.unwrap();
-        drop(writing);
+        carry_with_a_publish(&store, store.begin_locked(guard).await.unwrap()).await;
         pending.await.unwrap().unwrap();
-        let asked = [("a.example".to_string(), "id-1".to_string())];
-        assert_eq!(store.sent_before(&b, &asked).await.unwrap().len(), 1);
         // The writer gets the lock, finds nothing, and stops on close.
         store.close().await;
-        let store = Store::open_sqlite(&dir.join("store.db"), crate::clock::Clock::system())
-            .await
-            .unwrap();
-        assert_eq!(store.count_audit().await.unwrap(), 2);
-        assert_eq!(store.verify_audit().await.unwrap(), Ok(2));
-        store.close().await;
-        let _ = std::fs::remove_dir_all(&dir);
+        holds_the_release_and_the_publish(&dir, &b).await;
     }
 
     /// Release records of rows whose commit is still being synced wait for
@@ -558,12 +587,7 @@ mod tests {
     /// transaction of release records alone is committed.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn release_records_of_rows_being_synced_ride_with_a_write_committed_meanwhile() {
-        let dir = crate::store::scratch_dir("release-carried");
-        let store = Store::open_sqlite(&dir.join("store.db"), crate::clock::Clock::system())
-            .await
-            .unwrap();
-        let b = OrgId::parse("b.example").unwrap();
-        let subject = || "indicator a.example/id-1 v1".to_string();
+        let (dir, store, b) = store_and_partner("release-carried").await;
         let wal = store.wal().expect("a SQLite store").clone();
         // A sync in flight that ends when the test says.
         let in_flight = wal.sync_in_flight().await;
@@ -572,20 +596,7 @@ mod tests {
         let rows = tx.commit_unsynced().await.unwrap().expect("a SQLite write");
         drop(writing);
         let (commits_before, _) = store.commits_and_syncs();
-        let pending = store
-            .enqueue_release_of(
-                vec![AuditEntry::sent(
-                    "b.example",
-                    subject(),
-                    "allow",
-                    "test".into(),
-                )],
-                &b,
-                vec![("a.example".into(), "id-1".into(), 1)],
-                Some(&rows),
-            )
-            .await
-            .unwrap();
+        let pending = release_to(&store, &b, Some(&rows)).await;
         while store.pending_releases.lock().unwrap().is_empty() {
             let (commits, _) = store.commits_and_syncs();
             assert_eq!(
@@ -596,26 +607,13 @@ mod tests {
         }
         // The write lock is free, and the release writer leaves the records
         // for a write while the rows are synced: this one takes them.
-        let (writing, tx) = store.write_tx().await.unwrap();
-        let taken = store.take_releases();
-        assert_eq!(taken.len(), 1, "the release writer committed them itself");
-        let own = vec![AuditEntry::published("test", subject())];
-        store.commit_with_releases(tx, own, taken).await.unwrap();
-        drop(writing);
+        carry_with_a_publish(&store, store.write_tx().await.unwrap()).await;
         pending.await.unwrap().unwrap();
         drop(in_flight);
         rows.synced().await.unwrap();
         store.close().await;
         let (commits_after, _) = store.commits_and_syncs();
         assert_eq!(commits_after, commits_before + 1, "one commit carried both");
-        let store = Store::open_sqlite(&dir.join("store.db"), crate::clock::Clock::system())
-            .await
-            .unwrap();
-        let asked = [("a.example".to_string(), "id-1".to_string())];
-        assert_eq!(store.sent_before(&b, &asked).await.unwrap().len(), 1);
-        assert_eq!(store.count_audit().await.unwrap(), 2);
-        assert_eq!(store.verify_audit().await.unwrap(), Ok(2));
-        store.close().await;
-        let _ = std::fs::remove_dir_all(&dir);
+        holds_the_release_and_the_publish(&dir, &b).await;
     }
 }
