@@ -82,6 +82,24 @@ pub(super) enum Admitted {
     Refused(Rejection),
 }
 
+impl Admitted {
+    /// `row` refused for `refusal`, its envelope kept with the refusal.
+    fn refused(row: &NewIndicator, refusal: Refusal) -> Self {
+        Admitted::Refused(Rejection {
+            upstream_seq: row.upstream_seq,
+            refusal,
+            envelope: row.envelope.clone(),
+        })
+    }
+}
+
+/// The (origin, id) of each row, in order.
+fn indicator_keys(rows: &[NewIndicator]) -> Vec<(String, String)> {
+    rows.iter()
+        .map(|r| (r.indicator.origin_org.clone(), r.indicator.id.clone()))
+        .collect()
+}
+
 /// Why `version` may not follow the newest version `held`, if it may not.
 fn version_refusal(i: &crate::proto::v1::Indicator, held: Option<u64>) -> Option<Refusal> {
     let h = held?;
@@ -118,10 +136,7 @@ impl Store {
         audit: &mut Vec<AuditEntry>,
         now: i64,
     ) -> Result<Vec<Admitted>, StoreError> {
-        let keys: Vec<(String, String)> = rows
-            .iter()
-            .map(|r| (r.indicator.origin_org.clone(), r.indicator.id.clone()))
-            .collect();
+        let keys = indicator_keys(rows);
         let distinct = keys.iter().collect::<std::collections::HashSet<_>>().len() == keys.len();
         let all: Vec<&NewIndicator> = rows.iter().collect();
         // Each indicator once (the usual batch): stored where in step in
@@ -185,11 +200,7 @@ impl Store {
                     let i = &row.indicator;
                     let key = (i.origin_org.clone(), i.id.clone());
                     match version_refusal(i, held.get(&key).copied()) {
-                        Some(refusal) => Admitted::Refused(Rejection {
-                            upstream_seq: row.upstream_seq,
-                            refusal,
-                            envelope: row.envelope.clone(),
-                        }),
+                        Some(refusal) => Admitted::refused(row, refusal),
                         None => Admitted::Duplicate,
                     }
                 }
@@ -213,11 +224,7 @@ impl Store {
         let mut candidates = Vec::new();
         for (row, key) in rows.iter().zip(keys) {
             match version_refusal(&row.indicator, held.get(&key).copied()) {
-                Some(refusal) => verdicts.push(Some(Admitted::Refused(Rejection {
-                    upstream_seq: row.upstream_seq,
-                    refusal,
-                    envelope: row.envelope.clone(),
-                }))),
+                Some(refusal) => verdicts.push(Some(Admitted::refused(row, refusal))),
                 None => {
                     let h = held.entry(key).or_insert(0);
                     *h = (*h).max(row.indicator.version);
@@ -285,17 +292,16 @@ impl Store {
                         && env != &row.envelope
                 });
                 if differs {
-                    out[*i] = Admitted::Refused(Rejection {
-                        upstream_seq: row.upstream_seq,
-                        refusal: Refusal::new(
+                    out[*i] = Admitted::refused(
+                        row,
+                        Refusal::new(
                             RefusalKind::ConflictingVersion,
                             format!(
                                 "{}/{} version {} is already held with other content; the first stays",
                                 ind.origin_org, ind.id, ind.version
                             ),
                         ),
-                        envelope: row.envelope.clone(),
-                    });
+                    );
                 }
             }
         }
@@ -609,10 +615,7 @@ mod tests {
                 .iter()
                 .map(|(id, v)| version(&key, id, *v))
                 .collect();
-            let keys: Vec<(String, String)> = batch
-                .iter()
-                .map(|r| (r.indicator.origin_org.clone(), r.indicator.id.clone()))
-                .collect();
+            let keys = indicator_keys(&batch);
             let (writing, mut tx) = store.write_tx().await.unwrap();
             let out = if in_step {
                 let refs: Vec<&NewIndicator> = batch.iter().collect();
