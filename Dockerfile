@@ -18,6 +18,7 @@ WORKDIR /src
 # between builds, so a change to src/ recompiles the crate, not its
 # dependencies.
 COPY Cargo.toml Cargo.lock build.rs ./
+COPY .cargo .cargo
 RUN mkdir -p src && touch src/lib.rs && echo 'fn main() {}' > src/main.rs \
     && cargo fetch --locked \
     && rm -rf src

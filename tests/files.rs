@@ -154,6 +154,7 @@ fn the_docker_build_context_holds_the_build_inputs_and_no_org_secrets() {
         "Cargo.toml".to_string(),
         "Cargo.lock".into(),
         "build.rs".into(),
+        ".cargo/config.toml".into(),
         "config/defaults.toml".into(),
     ];
     for dir in ["proto", "src", "migrations", "config/policies"] {

@@ -364,4 +364,21 @@ mod tests {
         assert!(std::ptr::eq(a, b));
         assert_eq!(<Sqlite as Dialect>::sql("SELECT ?"), "SELECT ?");
     }
+
+    /// `.cargo/config.toml` builds the bundled SQLite without memory
+    /// statistics (each allocation would take a process-wide mutex); a
+    /// build that lost the setting fails here rather than only slower.
+    #[tokio::test]
+    async fn the_bundled_sqlite_keeps_no_memory_statistics() {
+        use sqlx::Connection;
+        let mut conn = SqliteConnection::connect("sqlite::memory:").await.unwrap();
+        let options: Vec<String> = sqlx::query_scalar("PRAGMA compile_options")
+            .fetch_all(&mut conn)
+            .await
+            .unwrap();
+        assert!(
+            options.iter().any(|o| o == "DEFAULT_MEMSTATUS=0"),
+            "SQLite built without LIBSQLITE3_FLAGS from .cargo/config.toml: {options:?}"
+        );
+    }
 }
