@@ -124,6 +124,42 @@ fn version_refusal(i: &crate::proto::v1::Indicator, held: Option<u64>) -> Option
     }
 }
 
+/// An ingested batch's cursor for its upstream, written with the batch's
+/// ledger rows (see [`super::ledger::Lead`]): it moves only forward, and
+/// only within the log it counts in.
+pub(super) struct CursorMove<'a> {
+    /// The partner the batch came from.
+    pub(super) upstream: &'a str,
+    /// The last sequence number of that partner's log the batch covers.
+    pub(super) cursor: i64,
+    /// When it moved.
+    pub(super) updated_ms: i64,
+    /// The identity of the log the cursor counts in.
+    pub(super) log_id: &'a str,
+}
+
+impl CursorMove<'_> {
+    /// Pushes the cursor's upsert onto `q`.
+    pub(super) fn push<DB: sqlx::Database>(&self, q: &mut sqlx::QueryBuilder<DB>)
+    where
+        for<'t> &'t str: sqlx::Encode<'t, DB> + sqlx::Type<DB>,
+        for<'t> i64: sqlx::Encode<'t, DB> + sqlx::Type<DB>,
+    {
+        q.push("INSERT INTO cursors (upstream_org, cursor, updated_ms, log_id) VALUES (");
+        let mut values = q.separated(", ");
+        values
+            .push_bind(self.upstream)
+            .push_bind(self.cursor)
+            .push_bind(self.updated_ms)
+            .push_bind(self.log_id);
+        q.push(
+            ") ON CONFLICT (upstream_org) DO UPDATE SET cursor = excluded.cursor, \
+             updated_ms = excluded.updated_ms \
+             WHERE excluded.cursor > cursors.cursor AND excluded.log_id = cursors.log_id",
+        );
+    }
+}
+
 impl Store {
     /// Stores verified, admitted rows from `upstream`, in order, except
     /// duplicates, versions older than the one held (rollback) and versions
@@ -488,19 +524,21 @@ impl Store {
         out.quarantined = self
             .hold(&mut tx, upstream, quarantined, &mut audit)
             .await?;
-        on!(Tx, &mut tx, db => sqlx::query(sql!("INSERT INTO cursors (upstream_org, cursor, updated_ms, log_id) VALUES (?, ?, ?, ?) \
-             ON CONFLICT (upstream_org) DO UPDATE SET cursor = excluded.cursor, updated_ms = excluded.updated_ms \
-             WHERE excluded.cursor > cursors.cursor AND excluded.log_id = cursors.log_id",))
-        .bind(upstream.as_str())
-        .bind(to_i64(cursor))
-        .bind(self.now())
-        .bind(log_id)
-        .execute(&mut **db)
-        .await.map(|r| r.rows_affected())?);
+        let cursor = CursorMove {
+            upstream: upstream.as_str(),
+            cursor: to_i64(cursor),
+            updated_ms: self.now(),
+            log_id,
+        };
         // The rows are given out, and the cursor counted as moved, only
-        // once on disk.
-        self.commit_log_rows((writing, tx), crate::audit::coalesce(audit), written)
-            .await?;
+        // once on disk. The cursor is written with the ledger rows.
+        self.commit_log_rows(
+            (writing, tx),
+            crate::audit::coalesce(audit),
+            written,
+            Some(cursor),
+        )
+        .await?;
         Ok(out)
     }
 

@@ -72,6 +72,25 @@ impl Store {
         tx: &mut Tx,
         entries: &[AuditEntry],
     ) -> Result<(), StoreError> {
+        self.append_audit_with(tx, entries, &[]).await
+    }
+
+    /// [`Store::append_audit_tx`], `leads` written first in the same
+    /// transaction: on SQLite in the query of the ledger rows' insert (see
+    /// [`Lead`]), else each on its own.
+    pub(super) async fn append_audit_with(
+        &self,
+        tx: &mut Tx,
+        entries: &[AuditEntry],
+        leads: &[Lead<'_>],
+    ) -> Result<(), StoreError> {
+        let ride = matches!(tx, Tx::Sqlite(_)) && !entries.is_empty();
+        if !ride {
+            run_leads(tx, leads).await?;
+        }
+        // Cleared once they ran: ridden by an insert that went through or
+        // was refused for not following the head (it runs after them).
+        let mut leads = if ride { leads } else { &[] };
         if entries.is_empty() {
             return Ok(());
         }
@@ -92,9 +111,13 @@ impl Store {
             let followed = if matches!(tx, Tx::Sqlite(_)) {
                 // The insert moves the stored head, or is refused whole if
                 // the rows do not follow it (triggers of migration 0022).
-                match insert_audit_rows(tx, now, &rows).await {
+                let inserted = insert_audit_rows(tx, now, &rows, leads).await;
+                match inserted {
                     Ok(()) => true,
-                    Err(StoreError::Database(e)) if e.contains(NOT_FOLLOWING) => false,
+                    Err(StoreError::Database(e)) if e.contains(NOT_FOLLOWING) => {
+                        leads = &[];
+                        false
+                    }
                     Err(e) => return Err(e),
                 }
             } else {
@@ -106,7 +129,7 @@ impl Store {
                     .execute(&mut **db)
                     .await.map(|r| r.rows_affected())?);
                 if done == 1 {
-                    insert_audit_rows(tx, now, &rows).await?;
+                    insert_audit_rows(tx, now, &rows, &[]).await?;
                 }
                 done == 1
             };
@@ -125,7 +148,7 @@ impl Store {
                     .unwrap_or((0, crate::audit::GENESIS.to_vec()));
                 let rows = chain(seq, hash.clone(), now, entries);
                 let (last, last_hash) = head_of(&rows, seq, &hash);
-                insert_audit_rows(tx, now, &rows).await?;
+                insert_audit_rows(tx, now, &rows, leads).await?;
                 on!(Tx, &mut *tx, db => sqlx::query(sql!("INSERT INTO audit_head (id, seq, hash) VALUES (1, ?1, ?2) \
                      ON CONFLICT (id) DO UPDATE SET seq = ?1, hash = ?2",))
                 .bind(to_i64(last))
@@ -244,10 +267,22 @@ fn head_of(rows: &[Chained<'_>], seq: u64, hash: &[u8]) -> (u64, Vec<u8>) {
         .unwrap_or((seq, hash.to_vec()))
 }
 
-async fn insert_audit_rows(tx: &mut Tx, now: i64, rows: &[Chained<'_>]) -> Result<(), StoreError> {
+/// Inserts `rows`; `leads` (SQLite only) go first in the query of the
+/// first chunk, so they cost no round trip of their own.
+async fn insert_audit_rows(
+    tx: &mut Tx,
+    now: i64,
+    rows: &[Chained<'_>],
+    mut leads: &[Lead<'_>],
+) -> Result<(), StoreError> {
     for chunk in rows.chunks(ROWS_PER_STATEMENT) {
         on!(Tx, &mut *tx, db => {
-        let mut q = sqlx::QueryBuilder::<DB>::new(
+        let mut q = sqlx::QueryBuilder::<DB>::new("");
+        for lead in std::mem::take(&mut leads) {
+            lead.push(&mut q);
+            q.push("; ");
+        }
+        q.push(
             "INSERT INTO audit (seq, at_ms, event, actor, partner, subject, rule, detail, prev_hash, hash) ",
         );
         q.push_values(chunk, |mut b, (seq, e, prev, hash)| {
@@ -263,6 +298,45 @@ async fn insert_audit_rows(tx: &mut Tx, now: i64, rows: &[Chained<'_>]) -> Resul
                 .push_bind(hash.clone());
         });
         q.build().execute(&mut **db).await?;
+        });
+    }
+    Ok(())
+}
+
+/// A write that rides with its transaction's ledger append instead of
+/// taking a round trip of its own: SQLite runs every statement of a query
+/// in one hand-off to its database thread, in order, so leads go in the
+/// query of the ledger rows' insert, before it; PostgreSQL takes one
+/// statement per query, so there each runs on its own first. Either way
+/// they are written before the ledger rows, in the same transaction.
+pub(super) enum Lead<'a> {
+    /// An ingested batch's cursor (see `Store::ingest_batch`).
+    Cursor(super::ingest::CursorMove<'a>),
+    /// Indicator versions recorded as sent (see `Store::record_sent`).
+    Sent(super::release::SentRows<'a>),
+}
+
+impl Lead<'_> {
+    /// Pushes the lead's statement (without a `;`) onto `q`.
+    fn push<DB: sqlx::Database>(&self, q: &mut sqlx::QueryBuilder<DB>)
+    where
+        for<'t> &'t str: sqlx::Encode<'t, DB> + sqlx::Type<DB>,
+        for<'t> i64: sqlx::Encode<'t, DB> + sqlx::Type<DB>,
+    {
+        match self {
+            Lead::Cursor(c) => c.push(q),
+            Lead::Sent(s) => s.push(q),
+        }
+    }
+}
+
+/// Runs each of `leads` on its own (no ledger insert to ride with).
+async fn run_leads(tx: &mut Tx, leads: &[Lead<'_>]) -> Result<(), StoreError> {
+    for lead in leads {
+        on!(Tx, &mut *tx, db => {
+            let mut q = sqlx::QueryBuilder::<DB>::new("");
+            lead.push(&mut q);
+            q.build().execute(&mut **db).await?;
         });
     }
     Ok(())
@@ -336,6 +410,74 @@ mod tests {
         assert_eq!(store.count_audit().await.unwrap(), 5);
         let rows = store.audit_rows(None, None).await.unwrap();
         assert_eq!(rows[4].prev_hash, rows[3].hash);
+        store.close().await;
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// A write led by a ledger append (an ingest's cursor) is written with
+    /// the ledger rows however the head is found — not cached yet (read),
+    /// cached (the insert moves it), or moved by another writer (the
+    /// insert is refused after the lead ran, and the rows are chained
+    /// again from the stored head without it) — alone when there is
+    /// nothing to append, and not at all when the transaction rolls back.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_lead_is_written_with_the_ledger_rows_however_the_head_is_found() {
+        let dir = crate::store::scratch_dir("leads");
+        let path = dir.join("store.db");
+        let store = Store::open_sqlite(&path, crate::clock::Clock::system())
+            .await
+            .unwrap();
+        let up = crate::model::OrgId::parse("up.example").unwrap();
+        let entry = |n: u32| AuditEntry::published("test", format!("indicator {n}"));
+        let append = |n: i64, entries: Vec<AuditEntry>, commit: bool| {
+            let store = store.clone();
+            async move {
+                let (_writing, mut tx) = store.write_tx().await.unwrap();
+                let lead = Lead::Cursor(super::super::ingest::CursorMove {
+                    upstream: "up.example",
+                    cursor: n,
+                    updated_ms: 0,
+                    log_id: "log-1",
+                });
+                store
+                    .append_audit_with(&mut tx, &entries, &[lead])
+                    .await
+                    .unwrap();
+                if commit {
+                    tx.commit().await.unwrap();
+                }
+            }
+        };
+        append(10, vec![entry(1)], true).await;
+        assert_eq!(store.cursor(&up).await.unwrap(), 10, "head read");
+        append(20, vec![entry(2), entry(3)], true).await;
+        assert_eq!(store.cursor(&up).await.unwrap(), 20, "head cached");
+        assert_eq!(store.count_audit().await.unwrap(), 3);
+
+        let head = store.ledger_head().await.unwrap();
+        let url = format!("sqlite://{}", path.display());
+        let mut db = sqlx::SqliteConnection::connect(&url).await.unwrap();
+        sqlx::query(
+            "INSERT INTO audit (seq, at_ms, event, actor, partner, subject, rule, detail, prev_hash, hash) \
+             VALUES (4, 0, 'published', 'x', '', 'x', '', '', ?, ?)",
+        )
+        .bind(head.head_hash.clone())
+        .bind(vec![7u8; 32])
+        .execute(&mut db)
+        .await
+        .unwrap();
+        db.close().await.unwrap();
+        append(30, vec![entry(5)], true).await;
+        assert_eq!(store.cursor(&up).await.unwrap(), 30, "head moved elsewhere");
+        assert_eq!(store.count_audit().await.unwrap(), 5);
+        let rows = store.audit_rows(None, None).await.unwrap();
+        assert_eq!(rows[4].prev_hash, rows[3].hash);
+
+        append(40, Vec::new(), true).await;
+        assert_eq!(store.cursor(&up).await.unwrap(), 40, "nothing to append");
+        append(50, vec![entry(6)], false).await;
+        assert_eq!(store.cursor(&up).await.unwrap(), 40, "rolled back");
+        assert_eq!(store.count_audit().await.unwrap(), 5);
         store.close().await;
         let _ = std::fs::remove_dir_all(&dir);
     }

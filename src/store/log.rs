@@ -453,7 +453,7 @@ impl Store {
             .zip(&seqs)
             .filter_map(|(row, seq)| seq.map(|seq| StoredIndicator::written(seq, row, "", now)))
             .collect();
-        self.commit_log_rows((writing, tx), crate::audit::coalesce(audit), written)
+        self.commit_log_rows((writing, tx), crate::audit::coalesce(audit), written, None)
             .await?;
         tracing::debug!(
             rows = rows.len(),

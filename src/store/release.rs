@@ -9,6 +9,8 @@ use std::collections::{HashMap, HashSet};
 use tokio::sync::{mpsc, oneshot};
 
 use super::db::{Tx, on, sql};
+use super::ingest::CursorMove;
+use super::ledger::Lead;
 use super::wal::Unsynced;
 use super::{ROWS_PER_STATEMENT, Store, StoreError, WriteLock};
 use crate::audit::AuditEntry;
@@ -46,6 +48,61 @@ pub struct ResendRequest {
     /// When it was asked: identifies this request, so one asked while an
     /// earlier one runs is not removed with it.
     pub requested_ms: i64,
+}
+
+/// One row per (origin, id, recipient) that `group` sent, with the highest
+/// version sent (SQLite refuses an upsert that touches a row twice), in key
+/// order: the rows of one indicator for every recipient go to neighbouring
+/// index pages instead of random ones.
+fn sent_rows(group: &[ReleaseWrite]) -> Vec<SentRow<'_>> {
+    let mut sent: HashMap<(&str, &str, &str), u64> = HashMap::new();
+    for w in group {
+        for (o, i, v) in &w.sent {
+            let e = sent
+                .entry((o.as_str(), i.as_str(), w.recipient.as_str()))
+                .or_default();
+            *e = (*e).max(*v);
+        }
+    }
+    let mut sent: Vec<_> = sent.into_iter().collect();
+    sent.sort_unstable();
+    sent
+}
+
+/// (origin, id, recipient) and the highest version sent.
+type SentRow<'a> = ((&'a str, &'a str, &'a str), u64);
+
+/// Indicator versions recorded as sent, first sent at `now`: written with
+/// the ledger rows of their release (see [`super::ledger::Lead`]).
+pub(super) struct SentRows<'a> {
+    /// What was sent, from [`sent_rows`].
+    rows: &'a [SentRow<'a>],
+    /// When.
+    now: i64,
+}
+
+impl SentRows<'_> {
+    /// Pushes the rows' upsert onto `q`: a partner is never offered a
+    /// version it was sent again, and `max_version` never goes down.
+    pub(super) fn push<DB: sqlx::Database>(&self, q: &mut sqlx::QueryBuilder<DB>)
+    where
+        for<'t> &'t str: sqlx::Encode<'t, DB> + sqlx::Type<DB>,
+        for<'t> i64: sqlx::Encode<'t, DB> + sqlx::Type<DB>,
+    {
+        q.push("INSERT INTO sent_to (origin_org, indicator_id, recipient, first_sent_ms, max_version) ");
+        q.push_values(self.rows, |mut b, ((o, i, r), v)| {
+            b.push_bind(*o)
+                .push_bind(*i)
+                .push_bind(*r)
+                .push_bind(self.now)
+                .push_bind(super::to_i64(*v));
+        });
+        q.push(
+            " ON CONFLICT (origin_org, indicator_id, recipient) DO UPDATE \
+             SET max_version = CASE WHEN excluded.max_version > sent_to.max_version \
+             THEN excluded.max_version ELSE sent_to.max_version END",
+        );
+    }
 }
 
 /// Tells each of `writes` how its commit went.
@@ -169,7 +226,7 @@ impl Store {
                 continue;
             }
             let result = match self.begin_locked(guard).await {
-                Ok((_writing, tx)) => self.commit_with_releases(tx, Vec::new(), group).await,
+                Ok((_writing, tx)) => self.commit_with_releases(tx, Vec::new(), group, None).await,
                 Err(e) => {
                     answer_releases(group, &Err(e.clone()));
                     Err(e)
@@ -253,9 +310,12 @@ impl Store {
         (writing, tx): WriteLock,
         entries: Vec<AuditEntry>,
         written: Vec<super::StoredIndicator>,
+        cursor: Option<CursorMove<'_>>,
     ) -> Result<(), StoreError> {
         let taken = self.take_releases();
-        let unsynced = self.commit_with_releases(tx, entries, taken).await?;
+        let unsynced = self
+            .commit_with_releases(tx, entries, taken, cursor)
+            .await?;
         let newest = written.iter().map(|r| r.seq).max();
         self.extend_tail(written, unsynced.as_ref().map(|u| u.n))
             .await;
@@ -283,11 +343,20 @@ impl Store {
         mut tx: Tx,
         mut entries: Vec<AuditEntry>,
         taken: Vec<ReleaseWrite>,
+        cursor: Option<CursorMove<'_>>,
     ) -> Result<Option<Unsynced>, StoreError> {
         let result = async {
             entries.extend(taken.iter().flat_map(|w| w.entries.iter().cloned()));
-            self.record_sent(&mut tx, &taken).await?;
-            self.append_audit_tx(&mut tx, &entries).await?;
+            // What was sent, and an ingest's cursor, ride with the ledger
+            // rows (one round trip on SQLite).
+            let sent = sent_rows(&taken);
+            let now = self.now();
+            let mut leads: Vec<Lead<'_>> = cursor.into_iter().map(Lead::Cursor).collect();
+            leads.extend(
+                sent.chunks(ROWS_PER_STATEMENT * 3)
+                    .map(|rows| Lead::Sent(SentRows { rows, now })),
+            );
+            self.append_audit_with(&mut tx, &entries, &leads).await?;
             Ok(tx.commit_unsynced().await?)
         }
         .await;
@@ -331,48 +400,6 @@ impl Store {
         // Whatever the snapshot saw was in the log before this sync.
         self.sync_all().await?;
         Ok((head, hash_at))
-    }
-
-    /// Records which indicator versions the release writes `group` sent to
-    /// whom (the highest version per indicator and recipient).
-    async fn record_sent(&self, tx: &mut Tx, group: &[ReleaseWrite]) -> Result<(), StoreError> {
-        let now = self.now();
-        // One row per (origin, id, recipient) in a statement: SQLite refuses
-        // an upsert that touches a row twice.
-        let mut sent: HashMap<(&str, &str, &str), u64> = HashMap::new();
-        for w in group {
-            for (o, i, v) in &w.sent {
-                let e = sent
-                    .entry((o.as_str(), i.as_str(), w.recipient.as_str()))
-                    .or_default();
-                *e = (*e).max(*v);
-            }
-        }
-        // In key order: the rows of one indicator for every recipient go to
-        // neighbouring index pages instead of random ones.
-        let mut sent: Vec<_> = sent.into_iter().collect();
-        sent.sort_unstable();
-        for chunk in sent.chunks(ROWS_PER_STATEMENT * 3) {
-            on!(Tx, &mut *tx, db => {
-            let mut q = sqlx::QueryBuilder::<DB>::new(
-                "INSERT INTO sent_to (origin_org, indicator_id, recipient, first_sent_ms, max_version) ",
-            );
-            q.push_values(chunk, |mut b, ((o, i, r), v)| {
-                b.push_bind(*o)
-                    .push_bind(*i)
-                    .push_bind(*r)
-                    .push_bind(now)
-                    .push_bind(super::to_i64(*v));
-            });
-            q.push(
-                " ON CONFLICT (origin_org, indicator_id, recipient) DO UPDATE \
-                 SET max_version = CASE WHEN excluded.max_version > sent_to.max_version \
-                 THEN excluded.max_version ELSE sent_to.max_version END",
-            );
-            q.build().execute(&mut **db).await?;
-            });
-        }
-        Ok(())
     }
 
     /// Which of `indicators` (origin, id) were ever sent to `recipient`.
@@ -543,7 +570,10 @@ mod tests {
         let taken = store.take_releases();
         assert_eq!(taken.len(), 1, "the release writer committed them itself");
         let own = vec![AuditEntry::published("test", subject())];
-        store.commit_with_releases(tx, own, taken).await.unwrap();
+        store
+            .commit_with_releases(tx, own, taken, None)
+            .await
+            .unwrap();
         drop(writing);
     }
 
