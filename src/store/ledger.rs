@@ -331,7 +331,7 @@ impl Lead<'_> {
 }
 
 /// Runs each of `leads` on its own (no ledger insert to ride with).
-async fn run_leads(tx: &mut Tx, leads: &[Lead<'_>]) -> Result<(), StoreError> {
+pub(super) async fn run_leads(tx: &mut Tx, leads: &[Lead<'_>]) -> Result<(), StoreError> {
     for lead in leads {
         on!(Tx, &mut *tx, db => {
             let mut q = sqlx::QueryBuilder::<DB>::new("");
