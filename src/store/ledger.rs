@@ -312,7 +312,8 @@ async fn insert_audit_rows(
 pub(super) enum Lead<'a> {
     /// An ingested batch's cursor (see `Store::ingest_batch`).
     Cursor(super::ingest::CursorMove<'a>),
-    /// Indicator versions recorded as sent (see `Store::record_sent`).
+    /// Indicator versions recorded as sent (see
+    /// `Store::commit_with_releases`).
     Sent(super::release::SentRows<'a>),
 }
 

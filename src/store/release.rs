@@ -69,9 +69,9 @@ fn sent_rows(group: &[ReleaseWrite]) -> Vec<SentRow<'_>> {
     sent
 }
 
-/// Most `sent_to` rows that ride in the query of the ledger rows' insert
-/// (a live stream's batch); more (a group of many streams' releases) are
-/// written by statements of their own. The connection keeps every query
+/// At most this many `sent_to` rows ride in the query of the ledger rows'
+/// insert (a live stream's batch); more (a group of many streams'
+/// releases) are written by statements of their own. The connection keeps every query
 /// text it ran prepared (up to 100), so a query carrying a statement of
 /// hundreds of rows kept megabytes each: with all riding, a node serving
 /// 1,000 subscribers peaked at 961 MB against 338 MB.
