@@ -213,7 +213,6 @@ const WAL_KEPT_BYTES: u64 = 64 << 20;
 /// At 14 columns a row that is 7,168 bound values (SQLite allows 32,766).
 pub const ROWS_PER_STATEMENT: usize = 512;
 
-/// The node's store.
 /// Where a store's write transactions run.
 #[derive(Debug, Clone)]
 enum Writer {
@@ -229,6 +228,7 @@ enum Writer {
     Pg(sqlx::PgPool),
 }
 
+/// The node's store.
 #[derive(Debug, Clone)]
 pub struct Store {
     /// Connections for reads.

@@ -10,7 +10,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::db::{Tx, on, sql};
 use super::ingest::CursorMove;
-use super::ledger::{Lead, run_leads};
+use super::ledger::Lead;
 use super::wal::Unsynced;
 use super::{ROWS_PER_STATEMENT, Store, StoreError, WriteLock};
 use crate::audit::AuditEntry;
@@ -69,14 +69,6 @@ fn sent_rows(group: &[ReleaseWrite]) -> Vec<SentRow<'_>> {
     sent
 }
 
-/// At most this many `sent_to` rows ride in the query of the ledger rows'
-/// insert (a live stream's batch); more (a group of many streams'
-/// releases) are written by statements of their own. The connection keeps every query
-/// text it ran prepared (up to 100), so a query carrying a statement of
-/// hundreds of rows kept megabytes each: with all riding, a node serving
-/// 1,000 subscribers peaked at 961 MB against 338 MB.
-const SENT_ROWS_RIDING: usize = 16;
-
 /// (origin, id, recipient) and the highest version sent.
 type SentRow<'a> = ((&'a str, &'a str, &'a str), u64);
 
@@ -90,6 +82,11 @@ pub(super) struct SentRows<'a> {
 }
 
 impl SentRows<'_> {
+    /// Rows the upsert writes.
+    pub(super) fn rows(&self) -> usize {
+        self.rows.len()
+    }
+
     /// Pushes the rows' upsert onto `q`: a partner is never offered a
     /// version it was sent again, and `max_version` never goes down.
     pub(super) fn push<DB: sqlx::Database>(&self, q: &mut sqlx::QueryBuilder<DB>)
@@ -359,16 +356,11 @@ impl Store {
             // rows (one round trip on SQLite).
             let sent = sent_rows(&taken);
             let now = self.now();
-            let sent_leads: Vec<Lead<'_>> = sent
-                .chunks(ROWS_PER_STATEMENT * 3)
-                .map(|rows| Lead::Sent(SentRows { rows, now }))
-                .collect();
             let mut leads: Vec<Lead<'_>> = cursor.into_iter().map(Lead::Cursor).collect();
-            if sent.len() <= SENT_ROWS_RIDING {
-                leads.extend(sent_leads);
-            } else {
-                run_leads(&mut tx, &sent_leads).await?;
-            }
+            leads.extend(
+                sent.chunks(ROWS_PER_STATEMENT * 3)
+                    .map(|rows| Lead::Sent(SentRows { rows, now })),
+            );
             self.append_audit_with(&mut tx, &entries, &leads).await?;
             Ok(tx.commit_unsynced().await?)
         }
@@ -540,6 +532,7 @@ impl Store {
 
 #[cfg(test)]
 mod tests {
+    use super::super::ledger::ROWS_RIDING;
     use super::*;
 
     /// The indicator the tests release.
@@ -605,7 +598,7 @@ mod tests {
     }
 
     /// What a group of release writes sent is recorded whether it rides in
-    /// the ledger rows' query (up to [`SENT_ROWS_RIDING`] rows) or, more,
+    /// the ledger rows' query (up to [`ROWS_RIDING`] rows) or, more,
     /// goes by statements of its own (past one statement's rows too): each
     /// (origin, id) once per recipient with the highest version sent, never
     /// lowered by a later release of an older version, and the ledger rows
@@ -631,12 +624,7 @@ mod tests {
             }
         };
         let mut commits = 0;
-        for n in [
-            1,
-            SENT_ROWS_RIDING,
-            SENT_ROWS_RIDING + 1,
-            ROWS_PER_STATEMENT * 3 + 7,
-        ] {
+        for n in [1, ROWS_RIDING, ROWS_RIDING + 1, ROWS_PER_STATEMENT * 3 + 7] {
             for version in [3, 2] {
                 let (writing, tx) = store.write_tx().await.unwrap();
                 store
