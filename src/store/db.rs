@@ -15,7 +15,6 @@ use std::ops::{Deref, DerefMut};
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
 
 use sqlx::{PgPool, Postgres, Sqlite, SqliteConnection, SqlitePool};
-use sqlx_core::transaction::TransactionManager;
 
 /// A pool of connections to the store's database.
 #[derive(Debug, Clone)]
@@ -73,6 +72,15 @@ impl Tx {
             Tx::Sqlite(SqliteTx::Read(t)) => t.commit().await,
             Tx::Sqlite(SqliteTx::Write(t)) => t.commit().await,
             Tx::Pg(t) => t.commit().await,
+        }
+    }
+
+    /// The transaction on SQLite's writing connection, whose commit can
+    /// ride in a query (see [`HeldTx::committed_by_query`]).
+    pub(crate) fn held_write(&mut self) -> Option<&mut HeldTx> {
+        match self {
+            Tx::Sqlite(SqliteTx::Write(t)) => Some(t),
+            _ => None,
         }
     }
 
@@ -144,34 +152,32 @@ impl WriterSlot {
     }
 
     /// Begins a write transaction (`BEGIN IMMEDIATE`) on `conn`, which
-    /// goes back to this slot when the transaction ends, committed or not;
-    /// its commit is written to `wal` (see `wal`).
+    /// goes back to this slot when the transaction is committed; its commit
+    /// is written to `wal` (see `wal`).
     pub(crate) async fn begin(
         &self,
         mut conn: SqliteConnection,
         wal: Arc<super::wal::WalSync>,
     ) -> Result<HeldTx, sqlx::Error> {
-        match <Sqlite as sqlx::Database>::TransactionManager::begin(
-            &mut conn,
-            Some(sqlx::SqlSafeStr::into_sql_str("BEGIN IMMEDIATE")),
-        )
-        .await
-        {
-            Ok(()) => Ok(HeldTx {
-                conn: Some(conn),
-                open: true,
-                home: self.clone(),
-                wal,
-            }),
-            Err(e) => Err(e),
-        }
+        sqlx::query("BEGIN IMMEDIATE").execute(&mut conn).await?;
+        Ok(HeldTx {
+            conn: Some(conn),
+            open: true,
+            home: self.clone(),
+            wal,
+        })
     }
 }
 
-/// A write transaction on the kept writing connection. Dropped without a
-/// commit, it rolls back (queued on the connection before anything else
-/// it is asked to do, as `sqlx::Transaction` does); either way the
-/// connection goes back to its [`WriterSlot`].
+/// A write transaction on the kept writing connection.
+///
+/// Its `BEGIN` and `COMMIT` are statements of ours, not sqlx's
+/// transaction calls, so the commit can ride in the query of the
+/// transaction's last statement (see [`HeldTx::committed_by_query`]): one
+/// hand-off to the connection's thread less per transaction. Dropped
+/// without a commit, the connection is closed instead of kept, which rolls
+/// the transaction back (SQLite does so on close); the next transaction
+/// opens a fresh one.
 #[derive(Debug)]
 pub(crate) struct HeldTx {
     /// Always `Some` until dropped.
@@ -184,6 +190,10 @@ pub(crate) struct HeldTx {
     wal: Arc<super::wal::WalSync>,
 }
 
+/// What ends a query that commits the transaction it runs in (see
+/// [`HeldTx::committed_by_query`]).
+pub(crate) const COMMIT_RIDING: &str = "; COMMIT";
+
 impl HeldTx {
     /// Commits (on failure the drop rolls back what is left); the commit
     /// is on disk when this returns.
@@ -193,16 +203,26 @@ impl HeldTx {
         Ok(())
     }
 
-    /// Commits, and returns what resolves once the commit is on disk, for
-    /// the caller to await after giving up the write lock: the next
+    /// Commits (unless a query did, see [`HeldTx::committed_by_query`]),
+    /// and returns what resolves once the commit is on disk, for the
+    /// caller to await after giving up the write lock: the next
     /// transaction is written meanwhile.
     pub(crate) async fn commit_unsynced(mut self) -> Result<super::wal::Unsynced, sqlx::Error> {
-        <Sqlite as sqlx::Database>::TransactionManager::commit(&mut self).await?;
-        self.open = false;
+        if self.open {
+            sqlx::query("COMMIT").execute(&mut *self).await?;
+            self.open = false;
+        }
         Ok(super::wal::Unsynced {
             wal: self.wal.clone(),
             n: self.wal.committed(),
         })
+    }
+
+    /// Says that a query ending with [`COMMIT_RIDING`] went through on
+    /// this transaction: it is committed, and [`HeldTx::commit_unsynced`]
+    /// only counts the commit. Nothing may be run on it after that.
+    pub(crate) fn committed_by_query(&mut self) {
+        self.open = false;
     }
 }
 
@@ -222,12 +242,13 @@ impl DerefMut for HeldTx {
 
 impl Drop for HeldTx {
     fn drop(&mut self) {
-        if let Some(mut conn) = self.conn.take() {
-            if self.open {
-                <Sqlite as sqlx::Database>::TransactionManager::start_rollback(&mut conn);
-            }
+        if let Some(conn) = self.conn.take()
+            && !self.open
+        {
             self.home.put(conn);
         }
+        // Not committed: the connection is dropped, and its thread closes
+        // it, which rolls the transaction back.
     }
 }
 

@@ -52,7 +52,8 @@ impl Store {
             return Ok(());
         }
         let (_writing, mut tx) = self.write_tx().await?;
-        self.append_audit_tx(&mut tx, entries).await?;
+        self.append_audit_with(&mut tx, entries, &[], Then::Commit)
+            .await?;
         tx.commit().await?;
         Ok(())
     }
@@ -72,17 +73,21 @@ impl Store {
         tx: &mut Tx,
         entries: &[AuditEntry],
     ) -> Result<(), StoreError> {
-        self.append_audit_with(tx, entries, &[]).await
+        self.append_audit_with(tx, entries, &[], Then::More).await
     }
 
     /// [`Store::append_audit_tx`], `leads` written first in the same
     /// transaction: on SQLite in the query of the ledger rows' insert when
     /// they are few (see [`Lead`], [`ROWS_RIDING`]), else each on its own.
+    /// With [`Then::Commit`] the caller commits `tx` next and runs nothing
+    /// else on it: on SQLite's writing connection the commit may ride in
+    /// the query of the rows' insert.
     pub(super) async fn append_audit_with(
         &self,
         tx: &mut Tx,
         entries: &[AuditEntry],
         leads: &[Lead<'_>],
+        then: Then,
     ) -> Result<(), StoreError> {
         let ride = matches!(tx, Tx::Sqlite(_))
             && !entries.is_empty()
@@ -112,10 +117,17 @@ impl Store {
             let (last, last_hash) = head_of(&rows, seq, &hash);
             let followed = if matches!(tx, Tx::Sqlite(_)) {
                 // The insert moves the stored head, or is refused whole if
-                // the rows do not follow it (triggers of migration 0022).
-                let inserted = insert_audit_rows(tx, now, &rows, leads).await;
+                // the rows do not follow it (triggers of migration 0022);
+                // the commit rides in its query if nothing else follows.
+                let commit = then == Then::Commit && tx.held_write().is_some();
+                let inserted = insert_audit_rows(tx, now, &rows, leads, commit).await;
                 match inserted {
-                    Ok(()) => true,
+                    Ok(()) => {
+                        if let (true, Some(held)) = (commit, tx.held_write()) {
+                            held.committed_by_query();
+                        }
+                        true
+                    }
                     Err(StoreError::Database(e)) if e.contains(NOT_FOLLOWING) => {
                         leads = &[];
                         false
@@ -131,7 +143,7 @@ impl Store {
                     .execute(&mut **db)
                     .await.map(|r| r.rows_affected())?);
                 if done == 1 {
-                    insert_audit_rows(tx, now, &rows, &[]).await?;
+                    insert_audit_rows(tx, now, &rows, &[], false).await?;
                 }
                 done == 1
             };
@@ -150,7 +162,7 @@ impl Store {
                     .unwrap_or((0, crate::audit::GENESIS.to_vec()));
                 let rows = chain(seq, hash.clone(), now, entries);
                 let (last, last_hash) = head_of(&rows, seq, &hash);
-                insert_audit_rows(tx, now, &rows, leads).await?;
+                insert_audit_rows(tx, now, &rows, leads, false).await?;
                 on!(Tx, &mut *tx, db => sqlx::query(sql!("INSERT INTO audit_head (id, seq, hash) VALUES (1, ?1, ?2) \
                      ON CONFLICT (id) DO UPDATE SET seq = ?1, hash = ?2",))
                 .bind(to_i64(last))
@@ -276,8 +288,10 @@ async fn insert_audit_rows(
     now: i64,
     rows: &[Chained<'_>],
     mut leads: &[Lead<'_>],
+    commit: bool,
 ) -> Result<(), StoreError> {
-    for chunk in rows.chunks(ROWS_PER_STATEMENT) {
+    let chunks = rows.len().div_ceil(ROWS_PER_STATEMENT);
+    for (n, chunk) in rows.chunks(ROWS_PER_STATEMENT).enumerate() {
         on!(Tx, &mut *tx, db => {
         let mut q = sqlx::QueryBuilder::<DB>::new("");
         for lead in std::mem::take(&mut leads) {
@@ -299,10 +313,23 @@ async fn insert_audit_rows(
                 .push_bind(prev.clone())
                 .push_bind(hash.clone());
         });
+        if commit && n + 1 == chunks {
+            q.push(super::db::COMMIT_RIDING);
+        }
         q.build().execute(&mut **db).await?;
         });
     }
     Ok(())
+}
+
+/// What follows a ledger append in its transaction (see
+/// [`Store::append_audit_with`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Then {
+    /// More statements, or a commit the caller makes on its own.
+    More,
+    /// Only the commit.
+    Commit,
 }
 
 /// A write that rides with its transaction's ledger append instead of
@@ -440,6 +467,9 @@ mod tests {
     /// insert is refused after the lead ran, and the rows are chained
     /// again from the stored head without it) — alone when there is
     /// nothing to append, and not at all when the transaction rolls back.
+    /// With the head cached the commit rides in the insert's query (the
+    /// rows are visible to another connection before `commit` is called);
+    /// after a rollback the next transaction writes and rides again.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_lead_is_written_with_the_ledger_rows_however_the_head_is_found() {
         let dir = crate::store::scratch_dir("leads");
@@ -449,8 +479,19 @@ mod tests {
             .unwrap();
         let up = crate::model::OrgId::parse("up.example").unwrap();
         let entry = |n: u32| AuditEntry::published("test", format!("indicator {n}"));
+        let url = format!("sqlite://{}", path.display());
+        // Ledger rows another connection sees.
+        let seen = |url: String| async move {
+            let mut db = sqlx::SqliteConnection::connect(&url).await.unwrap();
+            let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM audit")
+                .fetch_one(&mut db)
+                .await
+                .unwrap();
+            db.close().await.unwrap();
+            n
+        };
         let append = |n: i64, entries: Vec<AuditEntry>, commit: bool| {
-            let store = store.clone();
+            let (store, url) = (store.clone(), url.clone());
             async move {
                 let (_writing, mut tx) = store.write_tx().await.unwrap();
                 let lead = Lead::Cursor(super::super::ingest::CursorMove {
@@ -459,23 +500,26 @@ mod tests {
                     updated_ms: 0,
                     log_id: "log-1",
                 });
+                let then = if commit { Then::Commit } else { Then::More };
                 store
-                    .append_audit_with(&mut tx, &entries, &[lead])
+                    .append_audit_with(&mut tx, &entries, &[lead], then)
                     .await
                     .unwrap();
+                // Seen before the commit only if the commit rode.
+                let before = seen(url).await;
                 if commit {
                     tx.commit().await.unwrap();
                 }
+                before
             }
         };
-        append(10, vec![entry(1)], true).await;
+        assert_eq!(append(10, vec![entry(1)], true).await, 0, "head read");
         assert_eq!(store.cursor(&up).await.unwrap(), 10, "head read");
-        append(20, vec![entry(2), entry(3)], true).await;
+        assert_eq!(append(20, vec![entry(2), entry(3)], true).await, 3);
         assert_eq!(store.cursor(&up).await.unwrap(), 20, "head cached");
         assert_eq!(store.count_audit().await.unwrap(), 3);
 
         let head = store.ledger_head().await.unwrap();
-        let url = format!("sqlite://{}", path.display());
         let mut db = sqlx::SqliteConnection::connect(&url).await.unwrap();
         sqlx::query(
             "INSERT INTO audit (seq, at_ms, event, actor, partner, subject, rule, detail, prev_hash, hash) \
@@ -487,7 +531,7 @@ mod tests {
         .await
         .unwrap();
         db.close().await.unwrap();
-        append(30, vec![entry(5)], true).await;
+        assert_eq!(append(30, vec![entry(5)], true).await, 4, "chained again");
         assert_eq!(store.cursor(&up).await.unwrap(), 30, "head moved elsewhere");
         assert_eq!(store.count_audit().await.unwrap(), 5);
         let rows = store.audit_rows(None, None).await.unwrap();
@@ -495,9 +539,23 @@ mod tests {
 
         append(40, Vec::new(), true).await;
         assert_eq!(store.cursor(&up).await.unwrap(), 40, "nothing to append");
-        append(50, vec![entry(6)], false).await;
+        assert_eq!(append(50, vec![entry(6)], false).await, 5);
         assert_eq!(store.cursor(&up).await.unwrap(), 40, "rolled back");
         assert_eq!(store.count_audit().await.unwrap(), 5);
+        // The head kept by the rolled-back append is not the stored one:
+        // chained again from the stored head, then cached and riding.
+        assert_eq!(
+            append(60, vec![entry(7)], true).await,
+            5,
+            "after a rollback"
+        );
+        assert_eq!(store.cursor(&up).await.unwrap(), 60, "after a rollback");
+        assert_eq!(append(70, vec![entry(8)], true).await, 7, "riding again");
+        assert_eq!(store.cursor(&up).await.unwrap(), 70, "riding again");
+        let rows = store.audit_rows(None, None).await.unwrap();
+        assert_eq!(rows.len(), 7);
+        assert_eq!(rows[5].prev_hash, rows[4].hash);
+        assert_eq!(rows[6].prev_hash, rows[5].hash);
         store.close().await;
         let _ = std::fs::remove_dir_all(&dir);
     }

@@ -593,7 +593,8 @@ impl Store {
     /// Appends `entries` to the ledger inside `tx` and commits: the end of
     /// every change that is recorded on the ledger.
     async fn commit_with(&self, mut tx: Tx, entries: &[AuditEntry]) -> Result<(), StoreError> {
-        self.append_audit_tx(&mut tx, entries).await?;
+        self.append_audit_with(&mut tx, entries, &[], ledger::Then::Commit)
+            .await?;
         tx.commit().await?;
         Ok(())
     }

@@ -10,7 +10,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::db::{Tx, on, sql};
 use super::ingest::CursorMove;
-use super::ledger::Lead;
+use super::ledger::{Lead, Then};
 use super::wal::Unsynced;
 use super::{ROWS_PER_STATEMENT, Store, StoreError, WriteLock};
 use crate::audit::AuditEntry;
@@ -361,7 +361,8 @@ impl Store {
                 sent.chunks(ROWS_PER_STATEMENT * 3)
                     .map(|rows| Lead::Sent(SentRows { rows, now })),
             );
-            self.append_audit_with(&mut tx, &entries, &leads).await?;
+            self.append_audit_with(&mut tx, &entries, &leads, Then::Commit)
+                .await?;
             Ok(tx.commit_unsynced().await?)
         }
         .await;
