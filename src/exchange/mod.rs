@@ -353,11 +353,7 @@ where
             drop(rows);
             ctx.metrics.count_releases(&audit);
             let pending = match &recipient {
-                Some(r) => match ctx
-                    .store
-                    .enqueue_release_of(audit, r, sent, unsynced.as_ref())
-                    .await
-                {
+                Some(r) => match ctx.store.enqueue_release(audit, r, sent).await {
                     Ok(p) => Some(p),
                     Err(e) => {
                         let _ = tx.send(fail(RpcError::Store(e).into())).await;

@@ -242,8 +242,6 @@ pub struct Store {
     /// Release records waiting for the write lock, which a durable commit
     /// holding it takes (see [`Store::release_writer`]).
     pending_releases: Arc<std::sync::Mutex<Vec<release::ReleaseWrite>>>,
-    /// Told when a durable commit took release records waiting for the lock.
-    releases_taken: Arc<tokio::sync::Notify>,
     /// The newest rows, shared by live streams.
     tail: Arc<tokio::sync::Mutex<tail::Tail>>,
     /// Held for the length of every write transaction of this process.
@@ -470,7 +468,6 @@ impl Store {
             local,
             releases,
             pending_releases: Default::default(),
-            releases_taken: Default::default(),
             tail: Default::default(),
             writing: Default::default(),
             latest: watch::channel(0).0,

@@ -29,9 +29,6 @@ pub(super) struct ReleaseWrite {
     entries: Vec<AuditEntry>,
     recipient: OrgId,
     sent: Vec<Sent>,
-    /// SQLite: the commit that wrote the rows this batch releases, when it
-    /// may not be synced yet (the batch is not sent before it is).
-    rows_commit: Option<u64>,
     done: oneshot::Sender<Result<(), StoreError>>,
 }
 
@@ -128,35 +125,18 @@ impl Store {
     /// which indicator versions it was sent, for the next group commit,
     /// and returns at once with what resolves when they are durable, so a
     /// stream can prepare its next batch meanwhile (the batch itself is sent
-    /// only after that resolves).
+    /// only after that resolves, and after the sync of the rows it carries).
     pub async fn enqueue_release(
         &self,
         entries: Vec<AuditEntry>,
         recipient: &OrgId,
         sent: Vec<Sent>,
     ) -> Result<oneshot::Receiver<Result<(), StoreError>>, StoreError> {
-        self.enqueue_release_of(entries, recipient, sent, None)
-            .await
-    }
-
-    /// [`Store::enqueue_release`] of a batch of rows whose commit `rows`
-    /// may not be on disk yet (from [`Store::read_written_after`]): the
-    /// batch waits for that sync anyway, so its records wait for it too
-    /// before they are committed on their own, for a publish or ingest to
-    /// carry them meanwhile (see [`Store::release_writer`]).
-    pub(crate) async fn enqueue_release_of(
-        &self,
-        entries: Vec<AuditEntry>,
-        recipient: &OrgId,
-        sent: Vec<Sent>,
-        rows: Option<&Unsynced>,
-    ) -> Result<oneshot::Receiver<Result<(), StoreError>>, StoreError> {
         let (done, result) = oneshot::channel();
         let write = ReleaseWrite {
             entries,
             recipient: recipient.clone(),
             sent,
-            rows_commit: rows.map(|u| u.n),
             done,
         };
         self.releases
@@ -174,9 +154,8 @@ impl Store {
     /// [`Store::take_releases`]): a node that is writing anyway commits its
     /// release records with that write, and only what no such write took is
     /// committed here, in a transaction of its own. A group releasing rows
-    /// whose commit is still being synced waits for that sync first (its
-    /// batches are not sent before it ends), so a publish or ingest
-    /// arriving meanwhile carries it.
+    /// whose commit is still being synced is committed during that sync, so
+    /// its batches leave as soon as it ends.
     ///
     /// On SQLite a batch is answered (and sent) once its records are
     /// written to the log, before they are synced (they survive the
@@ -207,11 +186,7 @@ impl Store {
             if got == 0 {
                 break;
             }
-            let rows_commit = group.iter().filter_map(|w| w.rows_commit).max();
             self.leave_releases(group.drain(..));
-            if let Some(n) = rows_commit {
-                self.carry_while_synced(n).await;
-            }
             // Waiting for the lock, what else is queued joins them.
             let lock = self.writing.clone().lock_owned();
             tokio::pin!(lock);
@@ -256,28 +231,6 @@ impl Store {
         }
     }
 
-    /// Returns once the release writes waiting for the lock were taken by a
-    /// durable commit, or commit `n` is synced (or its sync failed: the
-    /// batches waiting for it see that), whichever comes first.
-    async fn carry_while_synced(&self, n: u64) {
-        let Some(wal) = self.wal() else { return };
-        let taken = self.releases_taken.notified();
-        tokio::pin!(taken);
-        taken.as_mut().enable();
-        if self
-            .pending_releases
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .is_empty()
-        {
-            return;
-        }
-        tokio::select! {
-            _ = taken => {}
-            _ = wal.sync_through(n) => {}
-        }
-    }
-
     /// Puts release writes where a durable commit can take them.
     fn leave_releases(&self, writes: impl IntoIterator<Item = ReleaseWrite>) {
         self.pending_releases
@@ -291,16 +244,12 @@ impl Store {
     /// [`Store::commit_with_releases`]); whoever takes them answers them
     /// with [`answer_releases`].
     pub(super) fn take_releases(&self) -> Vec<ReleaseWrite> {
-        let taken = std::mem::take(
+        std::mem::take(
             &mut *self
                 .pending_releases
                 .lock()
                 .unwrap_or_else(|e| e.into_inner()),
-        );
-        if !taken.is_empty() {
-            self.releases_taken.notify_waiters();
-        }
-        taken
+        )
     }
 
     /// Ends a transaction that stores log rows (publishes, ingest): appends
@@ -551,13 +500,8 @@ mod tests {
         (dir, store, OrgId::parse("b.example").unwrap())
     }
 
-    /// Queues the release of the test indicator to `b`, after the rows'
-    /// commit `rows` if given.
-    async fn release_to(
-        store: &Store,
-        b: &OrgId,
-        rows: Option<&Unsynced>,
-    ) -> oneshot::Receiver<Result<(), StoreError>> {
+    /// Queues the release of the test indicator to `b`.
+    async fn release_to(store: &Store, b: &OrgId) -> oneshot::Receiver<Result<(), StoreError>> {
         let entries = vec![AuditEntry::sent(
             "b.example",
             subject(),
@@ -565,10 +509,7 @@ mod tests {
             "test".into(),
         )];
         let sent = vec![("a.example".into(), "id-1".into(), 1)];
-        store
-            .enqueue_release_of(entries, b, sent, rows)
-            .await
-            .unwrap()
+        store.enqueue_release(entries, b, sent).await.unwrap()
     }
 
     /// Commits the release writes waiting for the lock with a publish's
@@ -620,7 +561,6 @@ mod tests {
                 )],
                 recipient: b.clone(),
                 sent,
-                rows_commit: None,
                 done: oneshot::channel().0,
             }
         };
@@ -662,7 +602,7 @@ mod tests {
     async fn a_durable_commit_takes_the_release_records_waiting_for_the_lock() {
         let (dir, store, b) = store_and_partner("release").await;
         let guard = store.writing.clone().lock_owned().await;
-        let pending = release_to(&store, &b, None).await;
+        let pending = release_to(&store, &b).await;
         // The release writer leaves it for whoever holds the lock.
         while store.pending_releases.lock().unwrap().is_empty() {
             tokio::task::yield_now().await;
@@ -674,39 +614,37 @@ mod tests {
         holds_the_release_and_the_publish(&dir, &b).await;
     }
 
-    /// Release records of rows whose commit is still being synced wait for
-    /// that sync before the release writer commits them on its own: a
-    /// publish or ingest committed meanwhile carries them, and no
-    /// transaction of release records alone is committed.
+    /// Release records of rows whose commit is still being synced are
+    /// committed while that sync runs, not after it, so their batch leaves
+    /// as soon as the sync ends (waiting for a write to carry them put a
+    /// commit after the sync of every relayed row: BENCHMARKS.md, round
+    /// two, step 12).
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn release_records_of_rows_being_synced_ride_with_a_write_committed_meanwhile() {
-        let (dir, store, b) = store_and_partner("release-carried").await;
+    async fn release_records_of_rows_being_synced_are_committed_during_that_sync() {
+        let (dir, store, b) = store_and_partner("release-during-sync").await;
         let wal = store.wal().expect("a SQLite store").clone();
         // A sync in flight that ends when the test says.
         let in_flight = wal.sync_in_flight().await;
-        // The rows' commit, written and not yet synced.
-        let (writing, tx) = store.write_tx().await.unwrap();
+        // The rows' commit (a publish), written and not yet synced.
+        let (writing, mut tx) = store.write_tx().await.unwrap();
+        let own = [AuditEntry::published("test", subject())];
+        store.append_audit_tx(&mut tx, &own).await.unwrap();
         let rows = tx.commit_unsynced().await.unwrap().expect("a SQLite write");
         drop(writing);
         let (commits_before, _) = store.commits_and_syncs();
-        let pending = release_to(&store, &b, Some(&rows)).await;
-        while store.pending_releases.lock().unwrap().is_empty() {
-            let (commits, _) = store.commits_and_syncs();
-            assert_eq!(
-                commits, commits_before,
-                "the release writer committed them itself"
-            );
-            tokio::task::yield_now().await;
-        }
-        // The write lock is free, and the release writer leaves the records
-        // for a write while the rows are synced: this one takes them.
-        carry_with_a_publish(&store, store.write_tx().await.unwrap()).await;
-        pending.await.unwrap().unwrap();
+        let pending = release_to(&store, &b).await;
+        // Answered while the rows' sync is still in flight (the bound only
+        // turns a hang into a failure).
+        tokio::time::timeout(std::time::Duration::from_secs(60), pending)
+            .await
+            .expect("the release records waited for the rows' sync")
+            .unwrap()
+            .unwrap();
+        let (commits, _) = store.commits_and_syncs();
+        assert_eq!(commits, commits_before + 1, "one commit of the records");
         drop(in_flight);
         rows.synced().await.unwrap();
         store.close().await;
-        let (commits_after, _) = store.commits_and_syncs();
-        assert_eq!(commits_after, commits_before + 1, "one commit carried both");
         holds_the_release_and_the_publish(&dir, &b).await;
     }
 }
