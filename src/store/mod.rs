@@ -634,9 +634,9 @@ impl Store {
                 };
                 let tx = match held.begin(conn, wal.clone()).await {
                     Ok(tx) => tx,
-                    // A kept connection that cannot begin (a rollback that
-                    // failed left it inside a transaction, or its thread
-                    // stopped) is closed, and a fresh one tried.
+                    // A kept connection that cannot begin (its thread
+                    // stopped; one left inside a transaction is never kept)
+                    // is closed, and a fresh one tried.
                     Err(e) if retry => {
                         tracing::warn!(error = %e, "reopening the store's writing connection");
                         let conn = pool.acquire().await?.detach();
