@@ -236,6 +236,12 @@ impl Deref for HeldTx {
 
 impl DerefMut for HeldTx {
     fn deref_mut(&mut self) -> &mut SqliteConnection {
+        // After a commit that rode in a query, a statement would run
+        // outside any transaction: the test builds refuse it.
+        debug_assert!(
+            self.open,
+            "a statement on a write transaction after its commit"
+        );
         self.conn.as_mut().expect("held until dropped")
     }
 }
