@@ -353,10 +353,6 @@ where
             drop(rows);
             ctx.metrics.count_releases(&audit);
             let pending = match &recipient {
-                // Nothing decided (every row came from this partner or
-                // through it): nothing to record, so no commit of its own;
-                // the batch waits only for its rows' sync.
-                Some(_) if audit.is_empty() && sent.is_empty() => None,
                 Some(r) => match ctx.store.enqueue_release(audit, r, sent).await {
                     Ok(p) => Some(p),
                     Err(e) => {

@@ -108,9 +108,19 @@ impl SentRows<'_> {
 }
 
 /// Tells each of `writes` how its commit went.
-pub(super) fn answer_releases(writes: Vec<ReleaseWrite>, result: &Result<(), StoreError>) {
+pub(super) fn answer_releases(
+    writes: impl IntoIterator<Item = ReleaseWrite>,
+    result: &Result<(), StoreError>,
+) {
     for w in writes {
         let _ = w.done.send(result.clone());
+    }
+}
+
+impl ReleaseWrite {
+    /// Whether it has no ledger entry and no indicator sent.
+    fn records_nothing(&self) -> bool {
+        self.entries.is_empty() && self.sent.is_empty()
     }
 }
 
@@ -155,7 +165,8 @@ impl Store {
     /// release records with that write, and only what no such write took is
     /// committed here, in a transaction of its own. A group releasing rows
     /// whose commit is still being synced is committed during that sync, so
-    /// its batches leave as soon as it ends.
+    /// its batches leave as soon as it ends. A group with nothing to record
+    /// is answered without a transaction.
     ///
     /// On SQLite a batch is answered (and sent) once its records are
     /// written to the log, before they are synced (they survive the
@@ -185,6 +196,13 @@ impl Store {
             };
             if got == 0 {
                 break;
+            }
+            // Nothing to record (a resend's flush, streams whose batches
+            // decided nothing): answered without a transaction. Whatever
+            // was queued before is answered already.
+            if group.iter().all(ReleaseWrite::records_nothing) {
+                answer_releases(group.drain(..), &Ok(()));
+                continue;
             }
             self.leave_releases(group.drain(..));
             // Waiting for the lock, what else is queued joins them.
@@ -612,6 +630,35 @@ mod tests {
         // The writer gets the lock, finds nothing, and stops on close.
         store.close().await;
         holds_the_release_and_the_publish(&dir, &b).await;
+    }
+
+    /// A group with nothing to record (a resend's flush, streams whose
+    /// batches decided nothing) is answered without a transaction, after
+    /// what was queued before it; the next group with records is committed.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_group_with_nothing_to_record_is_answered_without_a_commit() {
+        let (dir, store, b) = store_and_partner("release-empty").await;
+        let (commits_before, _) = store.commits_and_syncs();
+        let first = release_to(&store, &b).await;
+        let empty = store
+            .enqueue_release(Vec::new(), &b, Vec::new())
+            .await
+            .unwrap();
+        empty.await.unwrap().unwrap();
+        first.await.unwrap().unwrap();
+        let (commits, _) = store.commits_and_syncs();
+        assert_eq!(commits, commits_before + 1, "only the records committed");
+        store
+            .enqueue_release(Vec::new(), &b, Vec::new())
+            .await
+            .unwrap()
+            .await
+            .unwrap()
+            .unwrap();
+        let (commits, _) = store.commits_and_syncs();
+        assert_eq!(commits, commits_before + 1, "nothing committed for nothing");
+        store.close().await;
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     /// Release records of rows whose commit is still being synced are
