@@ -21,6 +21,7 @@
 //! operation is a method taking and returning plain domain rows — so a
 //! second backend implements the same methods behind the same handle.
 
+mod checkpoint;
 mod copy;
 pub(crate) mod db;
 mod directory;
@@ -497,6 +498,12 @@ impl Store {
         };
         store.writers.spawn(writer().local_writer(queue));
         store.writers.spawn(writer().release_writer(release_queue));
+        if let Some(opts) = store.keeper_options() {
+            let alive = store.local.downgrade();
+            store
+                .writers
+                .spawn(writer().keep_log_short(opts, alive, checkpoint::REWIND_FRAMES));
+        }
         if let Some(leases) = &store.leases {
             store.writers.spawn(writer().follow_replicas());
             store
@@ -656,6 +663,15 @@ impl Store {
             }
         };
         Ok((guard, tx))
+    }
+
+    /// SQLite: how a connection of the log keeper's is opened (the
+    /// writer's options, see `checkpoint`); PostgreSQL: none.
+    fn keeper_options(&self) -> Option<SqliteConnectOptions> {
+        match &self.writer {
+            Writer::Sqlite { pool, .. } => Some((*pool.connect_options()).clone()),
+            Writer::Pg(_) => None,
+        }
     }
 
     /// SQLite: the write-ahead log its commits are synced through (see
