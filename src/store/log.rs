@@ -311,58 +311,68 @@ impl Store {
             .await
             > 0
         {
-            let lock = match self.write_tx().await {
-                Ok(lock) => lock,
-                Err(e) => {
-                    tracing::error!(error = %e, writes = group.len(), "group commit of local publishes failed");
-                    for w in group.drain(..) {
-                        let _ = w.done.send(vec![Err(e.clone()); w.rows.len()]);
+            'group: loop {
+                let lock = match self.write_tx().await {
+                    Ok(lock) => lock,
+                    Err(e) => {
+                        tracing::error!(error = %e, writes = group.len(), "group commit of local publishes failed");
+                        for w in group.drain(..) {
+                            let _ = w.done.send(vec![Err(e.clone()); w.rows.len()]);
+                        }
+                        break;
                     }
-                    continue;
+                };
+                // With the write lock held: nobody waits for these any more
+                // (their caller's deadline passed while the store was busy, or
+                // it went away) and they were answered as not stored. (Checked
+                // again once SQLite's lock is taken too, see below.)
+                let before = group.len();
+                group.retain(|w| !w.done.is_closed());
+                if group.len() < before {
+                    tracing::info!(
+                        dropped = before - group.len(),
+                        "publishes abandoned by their caller before commit; not stored"
+                    );
                 }
-            };
-            // With the write lock held: nobody waits for these any more
-            // (their caller's deadline passed while the store was busy, or
-            // it went away) and they were answered as not stored.
-            let before = group.len();
-            group.retain(|w| !w.done.is_closed());
-            if group.len() < before {
-                tracing::info!(
-                    dropped = before - group.len(),
-                    "publishes abandoned by their caller before commit; not stored"
-                );
-            }
-            if group.is_empty() {
-                continue;
-            }
-            let rows: Vec<LocalRef<'_>> = group
-                .iter()
-                .flat_map(|w| {
-                    w.rows
-                        .iter()
-                        .map(|(row, key)| (row, w.actor.as_str(), key.as_ref()))
-                })
-                .collect();
-            let started = std::time::Instant::now();
-            let results = match self.commit_local(lock, &rows).await {
-                Ok(results) => results,
-                Err(e) => {
-                    tracing::error!(error = %e, rows = rows.len(), "group commit of local publishes failed");
-                    vec![Err(e); rows.len()]
+                if group.is_empty() {
+                    break;
                 }
-            };
-            if let Some(m) = self.observer.get() {
-                m.commit_seconds.observe(started.elapsed().as_secs_f64());
-                let stored = results
+                let rows: Vec<LocalRef<'_>> = group
                     .iter()
-                    .filter(|r| matches!(r, Ok(Appended::New(_))))
-                    .count();
-                m.published.inc_by(stored as u64);
-            }
-            let mut results = results.into_iter();
-            for w in group.drain(..) {
-                let mine = results.by_ref().take(w.rows.len()).collect();
-                let _ = w.done.send(mine);
+                    .flat_map(|w| {
+                        w.rows
+                            .iter()
+                            .map(|(row, key)| (row, w.actor.as_str(), key.as_ref()))
+                    })
+                    .collect();
+                let started = std::time::Instant::now();
+                // A write transaction takes SQLite's lock with its first
+                // statement: publishes whose callers went away while it waited
+                // for the lock (held by another process) are left out, and the
+                // rest written again.
+                let abandoned = || group.iter().any(|w| w.done.is_closed());
+                let results = match self.commit_local(lock, &rows, &abandoned).await {
+                    Ok(Some(results)) => results,
+                    Ok(None) => continue 'group,
+                    Err(e) => {
+                        tracing::error!(error = %e, rows = rows.len(), "group commit of local publishes failed");
+                        vec![Err(e); rows.len()]
+                    }
+                };
+                if let Some(m) = self.observer.get() {
+                    m.commit_seconds.observe(started.elapsed().as_secs_f64());
+                    let stored = results
+                        .iter()
+                        .filter(|r| matches!(r, Ok(Appended::New(_))))
+                        .count();
+                    m.published.inc_by(stored as u64);
+                }
+                let mut results = results.into_iter();
+                for w in group.drain(..) {
+                    let mine = results.by_ref().take(w.rows.len()).collect();
+                    let _ = w.done.send(mine);
+                }
+                break;
             }
         }
     }
@@ -371,11 +381,15 @@ impl Store {
     /// it, its idempotency key and its ledger row, in one transaction; per
     /// row what it did. A key already recorded, or used by an earlier row
     /// of the same group, stores nothing and answers with the original.
+    /// `None`, nothing stored, when `abandoned` says (once every statement
+    /// before the commit ran, so SQLite's lock is held) that a caller of the
+    /// group went away meanwhile.
     async fn commit_local(
         &self,
         (writing, mut tx): WriteLock,
         rows: &[LocalRef<'_>],
-    ) -> Result<Vec<Result<Appended, StoreError>>, StoreError> {
+        abandoned: &(dyn Fn() -> bool + Sync),
+    ) -> Result<Option<Vec<Result<Appended, StoreError>>>, StoreError> {
         let started = std::time::Instant::now();
         let mut outcome: Vec<Option<Result<Appended, StoreError>>> = vec![None; rows.len()];
         // Rows whose key an earlier row of this group carries.
@@ -453,6 +467,10 @@ impl Store {
             .zip(&seqs)
             .filter_map(|(row, seq)| seq.map(|seq| StoredIndicator::written(seq, row, "", now)))
             .collect();
+        if abandoned() {
+            // Dropped: the transaction is rolled back.
+            return Ok(None);
+        }
         self.commit_log_rows((writing, tx), crate::audit::coalesce(audit), written, None)
             .await?;
         tracing::debug!(
@@ -463,10 +481,12 @@ impl Store {
             commit_ms = (started.elapsed() - remembered).as_millis() as u64,
             "group commit of local publishes"
         );
-        Ok(outcome
-            .into_iter()
-            .map(|o| o.expect("every row is decided"))
-            .collect())
+        Ok(Some(
+            outcome
+                .into_iter()
+                .map(|o| o.expect("every row is decided"))
+                .collect(),
+        ))
     }
 
     /// Appends many versions published here in one transaction (each with
@@ -478,8 +498,9 @@ impl Store {
         actor: &str,
     ) -> Result<Vec<u64>, StoreError> {
         let refs: Vec<LocalRef<'_>> = rows.iter().map(|r| (r, actor, None)).collect();
-        self.commit_local(self.write_tx().await?, &refs)
+        self.commit_local(self.write_tx().await?, &refs, &|| false)
             .await?
+            .unwrap_or_default()
             .into_iter()
             .map(|r| match r? {
                 Appended::New(seq) => Ok(seq),

@@ -633,24 +633,15 @@ impl Store {
     ) -> Result<WriteLock, StoreError> {
         let tx = match &self.writer {
             Writer::Sqlite { pool, held, wal } => {
-                let kept = held.take();
-                let retry = kept.is_some();
-                let conn = match kept {
+                // A kept connection whose thread stopped fails the
+                // transaction's first statement; it is then closed (one left
+                // inside a transaction is never kept) and the next
+                // transaction opens a fresh one.
+                let conn = match held.take() {
                     Some(conn) => conn,
                     None => pool.acquire().await?.detach(),
                 };
-                let tx = match held.begin(conn, wal.clone()).await {
-                    Ok(tx) => tx,
-                    // A kept connection that cannot begin (its thread
-                    // stopped; one left inside a transaction is never kept)
-                    // is closed, and a fresh one tried.
-                    Err(e) if retry => {
-                        tracing::warn!(error = %e, "reopening the store's writing connection");
-                        let conn = pool.acquire().await?.detach();
-                        held.begin(conn, wal.clone()).await?
-                    }
-                    Err(e) => return Err(e.into()),
-                };
+                let tx = held.begin(conn, wal.clone());
                 Tx::Sqlite(db::SqliteTx::Write(tx))
             }
             Writer::Pg(p) => {
