@@ -734,7 +734,7 @@ mod tests {
         let s = Settings::load_with_env(&p, Some(HashMap::new())).unwrap();
         assert_eq!(s.node.listen, "127.0.0.1:9000");
         assert_eq!(s.store.path, dir.path().join("data/threatmesh.db"));
-        assert_eq!(s.federation.batch_size, 256);
+        assert_eq!(s.federation.batch_size, 1024);
         assert_eq!(s.client_server().unwrap(), "127.0.0.1:9000");
 
         let env = HashMap::from([

@@ -91,7 +91,7 @@ impl Default for BenchOptions {
             subscribers: 1_000,
             fanout_indicators: 2_000,
             primitive_secs: 2.0,
-            batch_size: 256,
+            batch_size: 1_024,
             taxii_objects: 10_000,
             import_indicators: 1_000_000,
             store: String::new(),

@@ -42,8 +42,9 @@ pub struct BenchArgs {
     /// Seconds each primitive is measured for.
     #[arg(long, default_value_t = 2.0)]
     pub primitive_secs: f64,
-    /// federation.batch_size of the benchmark's nodes (1-4096).
-    #[arg(long, default_value_t = 256)]
+    /// federation.batch_size of the benchmark's nodes (1-4096; the
+    /// nodes' default).
+    #[arg(long, default_value_t = 1_024)]
     pub batch_size: u32,
     /// Indicators a partner reads over TAXII, 1,000 per page.
     #[arg(long, default_value_t = 10_000)]
