@@ -95,6 +95,18 @@ impl Tx {
             other => other.commit().await.map(|()| None),
         }
     }
+
+    /// Rolls back what the transaction wrote, keeping its connection.
+    pub(crate) async fn rollback(self) -> Result<(), sqlx::Error> {
+        match self {
+            Tx::Sqlite(SqliteTx::Read(t)) => match t.on {
+                On::Pooled(t) => t.rollback().await,
+                On::Kept(_) => unreachable!("a read runs on the pool"),
+            },
+            Tx::Sqlite(SqliteTx::Write(t)) => t.rollback().await,
+            Tx::Pg(t) => t.rollback().await,
+        }
+    }
 }
 
 /// A SQLite transaction: a read on a pooled connection, or a write on the
@@ -412,6 +424,21 @@ impl HeldTx {
         })
     }
 
+    /// Rolls back what the transaction wrote and keeps the connection for
+    /// the next (a transaction that ran nothing has nothing to roll back;
+    /// one whose first statement failed is closed by the drop instead).
+    pub(crate) async fn rollback(mut self) -> Result<(), sqlx::Error> {
+        match self.begin() {
+            Begin::Done => {
+                sqlx::query("ROLLBACK").execute(&mut *self).await?;
+                self.open = false;
+            }
+            Begin::Carried => self.open = false,
+            Begin::Unsure => {}
+        }
+        Ok(())
+    }
+
     /// Says that a query ending with [`COMMIT_RIDING`] went through on
     /// this transaction: it is committed, and [`HeldTx::commit_unsynced`]
     /// only counts the commit. Nothing may be run on it after that.
@@ -675,6 +702,32 @@ mod tests {
             .unwrap();
         assert_eq!(rows, [1, 100]);
         drop(tx);
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    /// A write transaction rolled back leaves nothing and keeps its
+    /// connection for the next, which begins afresh.
+    #[tokio::test]
+    async fn a_rolled_back_write_transaction_keeps_its_connection() {
+        let dir = super::super::scratch_dir("carried-rollback");
+        let (slot, mut tx, mut other) = held_and_other(&dir).await;
+        let wal = tx.wal.clone();
+        sqlx::query("INSERT INTO t (k) VALUES (1)")
+            .execute(&mut *tx)
+            .await
+            .unwrap();
+        tx.rollback().await.unwrap();
+        let mut tx = slot.begin(slot.take().expect("kept after the rollback"), wal);
+        sqlx::query("INSERT INTO t (k) VALUES (2)")
+            .execute(&mut *tx)
+            .await
+            .unwrap();
+        tx.commit_unsynced().await.unwrap();
+        let held: Vec<i64> = sqlx::query_scalar("SELECT k FROM t")
+            .fetch_all(&mut other)
+            .await
+            .unwrap();
+        assert_eq!(held, [2]);
         let _ = std::fs::remove_dir_all(dir);
     }
 

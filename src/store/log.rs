@@ -468,7 +468,7 @@ impl Store {
             .filter_map(|(row, seq)| seq.map(|seq| StoredIndicator::written(seq, row, "", now)))
             .collect();
         if abandoned() {
-            // Dropped: the transaction is rolled back.
+            tx.rollback().await?;
             return Ok(None);
         }
         self.commit_log_rows((writing, tx), crate::audit::coalesce(audit), written, None)
