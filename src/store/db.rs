@@ -69,10 +69,7 @@ impl Tx {
     /// Commits; a write is on disk when this returns.
     pub(crate) async fn commit(self) -> Result<(), sqlx::Error> {
         match self {
-            Tx::Sqlite(SqliteTx::Read(t)) => match t.on {
-                On::Pooled(t) => t.commit().await,
-                On::Kept(_) => unreachable!("a read runs on the pool"),
-            },
+            Tx::Sqlite(SqliteTx::Read(t)) => t.into_pooled().commit().await,
             Tx::Sqlite(SqliteTx::Write(t)) => t.commit().await,
             Tx::Pg(t) => t.commit().await,
         }
@@ -99,10 +96,7 @@ impl Tx {
     /// Rolls back what the transaction wrote, keeping its connection.
     pub(crate) async fn rollback(self) -> Result<(), sqlx::Error> {
         match self {
-            Tx::Sqlite(SqliteTx::Read(t)) => match t.on {
-                On::Pooled(t) => t.rollback().await,
-                On::Kept(_) => unreachable!("a read runs on the pool"),
-            },
+            Tx::Sqlite(SqliteTx::Read(t)) => t.into_pooled().rollback().await,
             Tx::Sqlite(SqliteTx::Write(t)) => t.rollback().await,
             Tx::Pg(t) => t.rollback().await,
         }
@@ -177,6 +171,14 @@ enum Begin {
 const BEGIN_CARRIED: &str = "BEGIN IMMEDIATE; ";
 
 impl Conn {
+    /// The read transaction underneath (a read runs on the pool).
+    fn into_pooled(self) -> sqlx::Transaction<'static, Sqlite> {
+        match self.on {
+            On::Pooled(t) => t,
+            On::Kept(_) => unreachable!("a read runs on the pool"),
+        }
+    }
+
     /// The connection underneath.
     fn raw(&mut self) -> &mut SqliteConnection {
         match &mut self.on {
