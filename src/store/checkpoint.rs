@@ -55,14 +55,24 @@ pub(crate) enum Rewind {
     Partial,
 }
 
+/// What SQLite's checkpoint of the log does (`PRAGMA wal_checkpoint(…)`).
+#[derive(Debug, Clone, Copy)]
+enum Mode {
+    /// Nothing: only says how many frames the log holds and how many are
+    /// copied.
+    Look,
+    /// Copies what no reader still needs, waiting for no one.
+    Passive,
+}
+
 /// `(busy, frames in the log, frames copied)` from a checkpoint in `mode`.
 async fn checkpoint(
     conn: &mut SqliteConnection,
-    mode: &str,
+    mode: Mode,
 ) -> Result<(i64, i64, i64), StoreError> {
     let sql = match mode {
-        "NOOP" => "PRAGMA wal_checkpoint(NOOP)",
-        _ => "PRAGMA wal_checkpoint(PASSIVE)",
+        Mode::Look => "PRAGMA wal_checkpoint(NOOP)",
+        Mode::Passive => "PRAGMA wal_checkpoint(PASSIVE)",
     };
     Ok(sqlx::query_as(sql).fetch_one(&mut *conn).await?)
 }
@@ -78,16 +88,16 @@ impl Store {
         conn: &mut SqliteConnection,
         frames: i64,
     ) -> Result<Rewind, StoreError> {
-        let (_, log, _) = checkpoint(conn, "NOOP").await?;
+        let (_, log, _) = checkpoint(conn, Mode::Look).await?;
         if log < frames.max(1) {
             return Ok(Rewind::Short);
         }
-        let (busy, log, copied) = checkpoint(conn, "PASSIVE").await?;
+        let (busy, log, copied) = checkpoint(conn, Mode::Passive).await?;
         if busy != 0 || log - copied > COPIED_UNDER_LOCK {
             return Ok(Rewind::Partial);
         }
         let writing = self.writing.lock().await;
-        let (busy, log, copied) = checkpoint(conn, "PASSIVE").await?;
+        let (busy, log, copied) = checkpoint(conn, Mode::Passive).await?;
         drop(writing);
         Ok(if busy == 0 && log == copied {
             Rewind::Done
@@ -196,7 +206,7 @@ mod tests {
         }
         let grown = std::fs::metadata(&wal_path).unwrap().len();
         let mut conn = store.keeper_options().unwrap().connect().await.unwrap();
-        let (_, before, _) = checkpoint(&mut conn, "NOOP").await.unwrap();
+        let (_, before, _) = checkpoint(&mut conn, Mode::Look).await.unwrap();
         assert_eq!(
             store.rewind_log(&mut conn, 1_000_000).await.unwrap(),
             Rewind::Short,
@@ -211,7 +221,7 @@ mod tests {
             grown,
             "the commits after the copy were written over the log, not after it"
         );
-        let (_, log, _) = checkpoint(&mut conn, "NOOP").await.unwrap();
+        let (_, log, _) = checkpoint(&mut conn, Mode::Look).await.unwrap();
         assert!(
             log < before / 2,
             "the log was started again: {log} frames after, {before} before"
@@ -259,7 +269,7 @@ mod tests {
         loop {
             store.append_local(row(&key, n), "p", None).await.unwrap();
             n += 1;
-            let (_, log, _) = checkpoint(&mut conn, "NOOP").await.unwrap();
+            let (_, log, _) = checkpoint(&mut conn, Mode::Look).await.unwrap();
             if log < most {
                 break;
             }

@@ -415,7 +415,7 @@ impl HeldTx {
     /// statement has nothing to commit.
     pub(crate) async fn commit_unsynced(mut self) -> Result<super::wal::Unsynced, sqlx::Error> {
         if self.open {
-            if self.begin() != Begin::Carried {
+            if self.begun() != Begin::Carried {
                 sqlx::query("COMMIT").execute(&mut *self).await?;
             }
             self.open = false;
@@ -430,7 +430,7 @@ impl HeldTx {
     /// the next (a transaction that ran nothing has nothing to roll back;
     /// one whose first statement failed is closed by the drop instead).
     pub(crate) async fn rollback(mut self) -> Result<(), sqlx::Error> {
-        match self.begin() {
+        match self.begun() {
             Begin::Done => {
                 sqlx::query("ROLLBACK").execute(&mut *self).await?;
                 self.open = false;
@@ -448,7 +448,8 @@ impl HeldTx {
         self.open = false;
     }
 
-    fn begin(&self) -> Begin {
+    /// How far its `BEGIN` went.
+    fn begun(&self) -> Begin {
         self.conn.as_ref().expect("held until dropped").begin
     }
 }
